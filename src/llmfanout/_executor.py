@@ -1,0 +1,471 @@
+"""The scheduler: a bounded pool of workers pulling tasks from the input.
+
+One worker task per concurrency slot, not one task per input: at 100k inputs that is the
+difference between flat and growing cost per task. Each worker holds one token of the
+executor's CapacityLimiter for its life, so concurrent calls on one executor share
+``max_concurrency``; a worker hands its token on after an item whenever another call's
+worker is queued for one, so no call starves.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, nullcontext
+from time import perf_counter
+from typing import Any
+
+import anyio
+import attrs
+
+from ._calls import call_maybe_async, callable_is_async
+from ._inputs import AsyncItems, Invalid, Item, TaskSource, check_mapping, prepare
+from ._ratelimit import RateLimit, estimate_tokens, is_rate_limit_error
+from ._retry import RetryConfig, attempt
+from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
+from ._types import AsyncLLMProvider, LLMMessage, LLMResponse
+from .errors import TaskAborted
+
+logger = logging.getLogger("llmfanout")
+
+OnResult = Callable[[TaskResult], Any]
+_NO_RETRY = RetryConfig(max_attempts=1)
+
+
+class _Run:
+    """The state of one call: where items come from, where results go, how many failed."""
+
+    __slots__ = (
+        "aborted",
+        "emit",
+        "failures",
+        "inflight",
+        "items",
+        "max_errors",
+        "notify",
+        "scope",
+    )
+
+    def __init__(
+        self,
+        items: Iterator[Item] | AsyncItems,
+        emit: Callable[[TaskResult], Awaitable[None]],
+        max_errors: int | None,
+        on_result: OnResult | None,
+    ) -> None:
+        self.items = items
+        self.emit = emit
+        self.max_errors = max_errors
+        self.notify = _callback(on_result)
+        self.failures = 0
+        self.aborted = False
+        self.scope = anyio.CancelScope()
+        # Per worker: the tag it is running, or the result it has not yet handed on.
+        self.inflight: list[str | TaskResult | None] = []
+
+
+def _callback(fn: OnResult | None) -> Callable[[TaskResult], Awaitable[None]] | None:
+    if fn is None:
+        return None
+    if not callable(fn):
+        raise TypeError(f"on_result must be callable, not {type(fn).__name__}")
+    if callable_is_async(fn):
+        return fn
+
+    async def call(result: TaskResult) -> None:
+        outcome = fn(result)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+    return call
+
+
+def _check_max_errors(value: object) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"max_errors is {value!r}; give a whole number >= 1, or None for no limit")
+    return value
+
+
+def _aborted(tag: str) -> TaskResult:
+    return TaskResult(
+        tag, False, None, TaskAborted(f"task {tag!r}: run stopped at max_errors"), 0.0, 0
+    )
+
+
+def _unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A lone ``Exception`` out of our task group reads better bare (a failing callback)."""
+    if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+        return group.exceptions[0]
+    return group
+
+
+class ParallelLLMExecutor:
+    """Runs LLM tasks and plain functions concurrently, never more than ``max_concurrency``.
+
+    Each task's ``Exception`` is caught into its own :class:`TaskResult`: one failure never
+    disturbs another task. Cancellation (a cancelled scope, ``anyio.move_on_after``,
+    Ctrl-C) is never caught: it stops every attempt and retry wait, and propagates out of
+    the call with nothing left running. Works on asyncio and trio alike.
+
+    ``default_retry`` applies to LLM tasks without their own ``retry``;
+    ``default_config_overrides`` are merged under each task's; ``default_timeout`` bounds
+    every attempt (seconds) of tasks without their own ``timeout``; ``rate_limit`` (a
+    :class:`RateLimit`, shareable between executors) paces LLM calls.
+    """
+
+    def __init__(
+        self,
+        provider: AsyncLLMProvider,
+        max_concurrency: int = 5,
+        default_retry: RetryConfig | None = None,
+        default_config_overrides: Mapping[str, Any] | None = None,
+        *,
+        default_timeout: float | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
+        if not callable(getattr(provider, "complete", None)):
+            raise TypeError(
+                f"provider is a {type(provider).__name__} with no complete() method; give an "
+                "object with `async def complete(messages, config_overrides=None)`"
+            )
+        if (
+            not isinstance(max_concurrency, int)
+            or isinstance(max_concurrency, bool)
+            or (max_concurrency < 1)
+        ):
+            raise ValueError(f"max_concurrency is {max_concurrency!r}; give a whole number >= 1")
+        if default_retry is not None and not isinstance(default_retry, RetryConfig):
+            raise TypeError(f"default_retry must be a RetryConfig, not {type(default_retry)}")
+        if default_config_overrides is not None and not isinstance(
+            default_config_overrides, Mapping
+        ):
+            raise TypeError("default_config_overrides must be a mapping or None")
+        check_timeout("ParallelLLMExecutor", default_timeout)
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a RateLimit, not {type(rate_limit).__name__}")
+        self.provider = provider
+        self.max_concurrency = max_concurrency
+        self.default_retry = default_retry
+        self.default_config_overrides = (
+            dict(default_config_overrides) if default_config_overrides else None
+        )
+        self.default_timeout = default_timeout
+        self.rate_limit = rate_limit
+        self._limiter = anyio.CapacityLimiter(max_concurrency)
+        # Threads get their own limiter: a worker already holds a token of the first one.
+        self._thread_limiter = anyio.CapacityLimiter(max_concurrency)
+        self._queued = 0  # workers waiting for a slot (another call holds them all)
+
+    def __repr__(self) -> str:
+        return (
+            f"ParallelLLMExecutor({type(self.provider).__name__}, "
+            f"max_concurrency={self.max_concurrency})"
+        )
+
+    # -- public calls ------------------------------------------------------------------
+
+    async def execute(
+        self,
+        tasks: Mapping[str, LLMTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+    ) -> dict[str, TaskResult]:
+        """Run LLM tasks concurrently; return ``{tag: TaskResult}`` in the input's order.
+
+        Raises ``TypeError`` before any work if an item is not an ``LLMTask`` (use
+        :meth:`execute_mixed` for functions). See :meth:`stream` for ``max_errors`` and
+        ``on_result``.
+        """
+        return await self._execute_mapping(tasks, "execute", True, max_errors, on_result)
+
+    async def execute_mixed(
+        self,
+        tasks: Mapping[str, LLMTask | DeterministicTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+    ) -> dict[str, TaskResult]:
+        """Like :meth:`execute`, with ``DeterministicTask`` functions beside LLM tasks.
+
+        Both kinds share the same ``max_concurrency`` slots.
+        """
+        return await self._execute_mapping(tasks, "execute_mixed", False, max_errors, on_result)
+
+    async def execute_sequential(
+        self, tasks: Sequence[LLMTask], pass_result: bool = False
+    ) -> list[TaskResult]:
+        """Run LLM tasks one after another; return their results in order.
+
+        A task with no tag gets ``step_<index>``. With ``pass_result``, a task that follows
+        a successful one is sent its own messages plus the previous response's content as
+        an ``assistant`` message; a failed step does not stop the chain.
+        """
+        if isinstance(tasks, Mapping) or not isinstance(tasks, Sequence):
+            raise TypeError(
+                f"execute_sequential() takes a sequence of LLMTask, not {type(tasks).__name__}"
+            )
+        for index, task in enumerate(tasks):
+            if not isinstance(task, LLMTask):
+                tag = getattr(task, "tag", "") or f"step_{index}"
+                raise TypeError(
+                    f"execute_sequential: task {tag!r} is a {type(task).__name__}; give an LLMTask"
+                )
+        results: list[TaskResult] = []
+        previous: TaskResult | None = None
+        async with self._limiter:
+            for index, task in enumerate(tasks):
+                if pass_result and previous is not None and previous.success:
+                    reply = LLMMessage("assistant", _content(previous.value))
+                    task = attrs.evolve(task, messages=(*task.messages, reply))
+                previous = await self._run_task(task.tag or f"step_{index}", task)
+                results.append(previous)
+        return results
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        tasks: TaskSource,
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+    ) -> AsyncIterator[AsyncIterator[TaskResult]]:
+        """Run tasks and hand out each :class:`TaskResult` as it completes.
+
+        ``async with executor.stream(tasks) as results: async for r in results: ...``
+
+        ``tasks`` is a mapping of tag to task, an iterable or an async iterable of tasks
+        (LLM and deterministic mixed). Input is read lazily as workers free up, so memory
+        stays proportional to ``max_concurrency``. A task from an iterable with no tag is
+        tagged with its position (``"0"``, ``"1"``...); a repeated tag gives a failed result
+        with a ``ValueError`` and the run goes on.
+
+        ``max_errors``: once that many tasks have failed (after retries), nothing new starts,
+        in-flight tasks are cancelled, and each unfinished task gets a failed result holding
+        :class:`~llmfanout.errors.TaskAborted`: every task still gets exactly one result.
+        ``on_result(result)`` (sync or async) is called once per result as it completes;
+        an exception it raises ends the run and propagates.
+
+        Leaving the block early (``break``, an exception, cancellation) cancels the work
+        in flight promptly and leaves nothing running.
+        """
+        max_errors = _check_max_errors(max_errors)
+        items, count = prepare(tasks)
+        send, receive = anyio.create_memory_object_stream[TaskResult](self.max_concurrency)
+        run = _Run(items, send.send, max_errors, on_result)
+
+        async def drive() -> None:
+            async with send:
+                await self._drive(run, count)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drive)
+                try:
+                    async with receive:
+                        yield receive
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _unwrap_group(group) from None
+        finally:
+            if isinstance(items, AsyncItems):
+                with anyio.CancelScope(shield=True):
+                    await items.aclose()
+
+    # -- the engine ----------------------------------------------------------------------
+
+    async def _execute_mapping(
+        self,
+        tasks: Mapping[str, Task],
+        method: str,
+        llm_only: bool,
+        max_errors: int | None,
+        on_result: OnResult | None,
+    ) -> dict[str, TaskResult]:
+        max_errors = _check_max_errors(max_errors)
+        items = check_mapping(tasks, method, llm_only=llm_only)
+        results: dict[str, Any] = dict.fromkeys(tasks)  # keeps the input's order
+
+        async def store(result: TaskResult) -> None:
+            results[result.tag] = result
+
+        await self._drive(_Run(iter(items), store, max_errors, on_result), len(items))
+        return results
+
+    async def _drive(self, run: _Run, count: int | None) -> None:
+        workers = self.max_concurrency if count is None else min(self.max_concurrency, count)
+        if workers == 0:
+            return
+        logger.debug("run starting: %s tasks, %d workers", count or "streamed", workers)
+        run.inflight = [None] * workers
+        try:
+            with run.scope:
+                async with anyio.create_task_group() as tg:
+                    for index in range(workers):
+                        tg.start_soon(self._worker, run, index)
+        except BaseExceptionGroup as group:
+            raise _unwrap_group(group) from None
+        if run.aborted:
+            await self._finish_aborted(run)
+
+    async def _worker(self, run: _Run, index: int) -> None:
+        await self._take_slot()
+        try:
+            items = run.items
+            if isinstance(items, AsyncItems):
+                while (item := await items.next()) is not None:
+                    await self._one(run, index, item)
+            else:
+                for item in items:
+                    await self._one(run, index, item)
+        finally:
+            self._limiter.release()
+
+    async def _one(self, run: _Run, index: int, item: Item) -> None:
+        """The per-task path: run it, hand the result on, maybe give the slot away."""
+        tag, task = item
+        inflight = run.inflight
+        inflight[index] = tag
+        result = await self._run_task(tag, task)
+        inflight[index] = result
+        if not result.success and run.max_errors is not None:
+            run.failures += 1
+            if run.failures >= run.max_errors and not run.aborted:
+                logger.info("max_errors=%d reached: stopping the run", run.max_errors)
+                run.aborted = True
+                run.scope.cancel()
+        await run.emit(result)
+        inflight[index] = None
+        if run.notify is not None:
+            await run.notify(result)
+        if self._queued:  # another call is waiting for a slot: take turns
+            self._limiter.release()
+            await self._take_slot()
+
+    async def _take_slot(self) -> None:
+        try:
+            self._limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            self._queued += 1
+            try:
+                await self._limiter.acquire()
+            finally:
+                self._queued -= 1
+
+    async def _finish_aborted(self, run: _Run) -> None:
+        """After max_errors: deliver what was done, and an aborted result for the rest."""
+        leftovers: list[TaskResult] = []
+        for slot in run.inflight:
+            if isinstance(slot, TaskResult):
+                leftovers.append(slot)
+            elif isinstance(slot, str):
+                leftovers.append(_aborted(slot))
+        for result in leftovers:
+            await run.emit(result)
+            if run.notify is not None:
+                await run.notify(result)
+        items = run.items
+        while True:
+            item = await items.next() if isinstance(items, AsyncItems) else next(items, None)
+            if item is None:
+                break
+            result = _aborted(item[0])
+            await run.emit(result)
+            if run.notify is not None:
+                await run.notify(result)
+
+    async def _run_task(self, tag: str, task: Task | Invalid) -> TaskResult:
+        """One task, all its attempts: never raises but for cancellation."""
+        start = perf_counter()
+        if type(task) is LLMTask:
+            retry = task.retry or self.default_retry
+            timeout = task.timeout or self.default_timeout
+            if (
+                (retry is None or retry.max_attempts == 1)
+                and timeout is None
+                and (self.rate_limit is None)
+            ):
+                # The fast path: a single plain call, nothing to wrap it in.
+                try:
+                    response = await self.provider.complete(
+                        task.messages, config_overrides=self._overrides(task)
+                    )
+                except Exception as exc:
+                    return _failed(tag, exc, start, 1)
+                return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
+            ok, value, attempts = await attempt(retry or _NO_RETRY, self._llm_call(task, timeout))
+        elif type(task) is DeterministicTask:
+            ok, value, attempts = await attempt(task.retry or _NO_RETRY, self._function_call(task))
+        else:
+            assert isinstance(task, Invalid)
+            return _failed(tag, task.error, start, 0)
+        if ok:
+            return TaskResult(tag, True, value, None, (perf_counter() - start) * 1000, attempts)
+        assert isinstance(value, Exception)
+        return _failed(tag, value, start, attempts)
+
+    def _overrides(self, task: LLMTask) -> Mapping[str, Any] | None:
+        own = task.config_overrides
+        default = self.default_config_overrides
+        if not own:
+            return default
+        if default is None:
+            return own
+        return {**default, **own}
+
+    def _llm_call(
+        self, task: LLMTask, timeout: float | None
+    ) -> Callable[[], Awaitable[LLMResponse]]:
+        complete = self.provider.complete
+        messages = task.messages
+        overrides = self._overrides(task)
+        limit = self.rate_limit
+        tokens = 0 if limit is None else estimate_tokens(task, overrides)
+
+        async def call() -> LLMResponse:
+            if limit is not None:
+                await limit.acquire(tokens)
+            try:
+                with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+                    response = await complete(messages, config_overrides=overrides)
+            except Exception as exc:
+                if limit is not None:
+                    limit.settle(tokens, None)
+                    if is_rate_limit_error(exc):
+                        limit.cooldown(exc.retry_after)  # type: ignore[attr-defined]
+                raise
+            if limit is not None:
+                limit.settle(tokens, getattr(response, "total_tokens", None))
+            return response
+
+        return call
+
+    def _function_call(self, task: DeterministicTask) -> Callable[[], Awaitable[Any]]:
+        timeout = task.timeout or self.default_timeout
+        fn, args, kwargs, is_async = task.fn, task.args, task.kwargs, task.is_async
+        limiter = self._thread_limiter
+
+        async def call() -> Any:
+            with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+                return await call_maybe_async(
+                    fn,
+                    args,
+                    kwargs,
+                    is_async,
+                    limiter=limiter,
+                    abandon_on_cancel=timeout is not None,
+                )
+
+        return call
+
+
+def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:
+    logger.debug("task %r failed after %d attempt(s): %r", tag, attempts, exc)
+    return TaskResult(tag, False, None, exc, (perf_counter() - start) * 1000, attempts)
+
+
+def _content(value: Any) -> str:
+    content = getattr(value, "content", value)
+    return content if isinstance(content, str) else str(content)

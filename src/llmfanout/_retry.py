@@ -1,0 +1,208 @@
+"""Retry policy: how many attempts, how long to wait between them, what is worth retrying."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import attrs
+
+from ._calls import call_maybe_async, callable_is_async
+
+logger = logging.getLogger("llmfanout")
+
+T = TypeVar("T")
+
+
+class BackoffStrategy(enum.Enum):
+    """How the wait between attempts grows. Every delay is capped at ``max_delay``."""
+
+    FIXED = "fixed"
+    """Always ``initial_delay``."""
+    LINEAR = "linear"
+    """``initial_delay * n`` after the n-th failed attempt."""
+    EXPONENTIAL = "exponential"
+    """``initial_delay * backoff_multiplier ** (n - 1)``."""
+    JITTER = "jitter"
+    """Exponential, times a random factor in ``1 +/- jitter_range``."""
+    DECORRELATED = "decorrelated"
+    """``initial_delay`` first, then uniform between ``initial_delay`` and 3x the previous delay."""
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(
+            f"RetryConfig.{attribute.name} is {value!r}; it must be a whole number >= 1 "
+            "(1 means no retry)"
+        )
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(
+            f"RetryConfig.{attribute.name} is {value!r}; it must be a number >= 0 (seconds)"
+        )
+
+
+def _fraction(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"RetryConfig.{attribute.name} is {value!r}; it must lie in [0, 1]")
+
+
+def _exception_types(
+    value: Sequence[type[BaseException]] | type[BaseException] | None,
+) -> tuple[type[BaseException], ...] | None:
+    if value is None:
+        return None
+    types = (value,) if isinstance(value, type) else tuple(value)
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"RetryConfig.retry_on_exceptions holds {t!r}; give exception classes")
+    return types
+
+
+@attrs.frozen
+class RetryConfig:
+    """A retry policy. ``RetryConfig(max_attempts=1)`` means no retry.
+
+    - ``retry_on_exceptions``: when set, only exceptions of these types are retried.
+    - ``retry_on_result(value) -> bool``: return True to retry on a value (an empty
+      completion, say); when attempts run out the last value is returned as a success.
+    - ``on_retry(attempt, exc)`` runs before each wait; ``on_failure(exc)`` once the
+      attempts are used up. Either may be sync or async.
+
+    Whatever the policy, an exception with ``retryable = False`` is never retried, and
+    one with ``retry_after`` (seconds) makes the next wait at least that long, still
+    capped at ``max_delay``.
+    """
+
+    max_attempts: int = attrs.field(default=3, validator=_positive_int)
+    initial_delay: float = attrs.field(default=1.0, validator=_non_negative)
+    max_delay: float = attrs.field(default=60.0, validator=_non_negative)
+    backoff_strategy: BackoffStrategy = attrs.field(
+        default=BackoffStrategy.EXPONENTIAL,
+        validator=attrs.validators.instance_of(BackoffStrategy),
+    )
+    backoff_multiplier: float = attrs.field(default=2.0, validator=_non_negative)
+    jitter_range: float = attrs.field(default=0.1, validator=_fraction)
+    retry_on_exceptions: tuple[type[BaseException], ...] | None = attrs.field(
+        default=None, converter=_exception_types
+    )
+    retry_on_result: Callable[[Any], bool] | None = None
+    on_retry: Callable[[int, Exception], Any] | None = None
+    on_failure: Callable[[Exception], Any] | None = None
+
+
+def backoff_delay(
+    config: RetryConfig,
+    attempt: int,
+    previous: float | None = None,
+    *,
+    rng: random.Random | None = None,
+) -> float:
+    """The wait after failed attempt number ``attempt`` (1-based), before any ``retry_after``.
+
+    ``previous`` is the wait used last time (only DECORRELATED looks at it).
+    """
+    uniform = (rng or random).uniform
+    strategy = config.backoff_strategy
+    base = config.initial_delay
+    if strategy is BackoffStrategy.FIXED:
+        delay = base
+    elif strategy is BackoffStrategy.LINEAR:
+        delay = base * attempt
+    elif strategy is BackoffStrategy.EXPONENTIAL:
+        delay = base * config.backoff_multiplier ** (attempt - 1)
+    elif strategy is BackoffStrategy.JITTER:
+        spread = config.jitter_range
+        delay = base * config.backoff_multiplier ** (attempt - 1) * uniform(1 - spread, 1 + spread)
+    else:  # DECORRELATED
+        delay = base if previous is None else uniform(base, max(base, previous * 3))
+    return min(delay, config.max_delay)
+
+
+def is_retryable(config: RetryConfig, exc: Exception) -> bool:
+    """Whether ``exc`` may be retried under ``config`` (ignoring how many attempts are left)."""
+    if getattr(exc, "retryable", True) is False:
+        return False
+    types = config.retry_on_exceptions
+    return types is None or isinstance(exc, types)
+
+
+async def _hook(fn: Callable[..., Any] | None, *args: Any) -> None:
+    if fn is not None:
+        outcome = fn(*args)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+
+async def attempt(
+    config: RetryConfig, call: Callable[[], Awaitable[T]]
+) -> tuple[bool, T | Exception, int]:
+    """Run ``call`` under ``config``: ``(True, value, attempts)`` or ``(False, exc, attempts)``.
+
+    Only ``Exception`` is captured; cancellation propagates from an attempt and from a
+    wait alike.
+    """
+    previous: float | None = None
+    retry_on_result = config.retry_on_result
+    last = config.max_attempts
+    n = 1
+    while True:
+        try:
+            value = await call()
+        except Exception as exc:
+            if not is_retryable(config, exc):
+                return False, exc, n
+            if n >= last:
+                await _hook(config.on_failure, exc)
+                return False, exc, n
+            previous = backoff_delay(config, n, previous)
+            delay = previous
+            retry_after = getattr(exc, "retry_after", None)
+            if isinstance(retry_after, int | float) and retry_after > delay:
+                delay = min(float(retry_after), config.max_delay)
+            await _hook(config.on_retry, n, exc)
+            logger.debug("attempt %d/%d failed (%r); next in %.3fs", n, last, exc, delay)
+        else:
+            if retry_on_result is None or n >= last or not retry_on_result(value):
+                return True, value, n
+            previous = delay = backoff_delay(config, n, previous)
+            logger.debug("attempt %d/%d: result asked for a retry; next in %.3fs", n, last, delay)
+        await anyio.sleep(delay)
+        n += 1
+
+
+class RetryExecutor:
+    """Run any callable under a :class:`RetryConfig`, outside the parallel executor too.
+
+    Async callables are awaited; sync ones run in a worker thread.
+    """
+
+    def __init__(self, config: RetryConfig | None = None) -> None:
+        self.config = config if config is not None else RetryConfig()
+
+    def __repr__(self) -> str:
+        return f"RetryExecutor({self.config!r})"
+
+    async def execute(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)`` until it succeeds or the policy gives up.
+
+        Returns the value; raises the last exception once attempts are used up, or the
+        first non-retryable one at once. Cancellation stops an attempt or a wait promptly.
+        """
+        is_async = callable_is_async(fn)
+
+        async def once() -> Any:
+            return await call_maybe_async(fn, args, kwargs, is_async)
+
+        ok, value, _ = await attempt(self.config, once)
+        if ok:
+            return value
+        assert isinstance(value, Exception)
+        raise value
