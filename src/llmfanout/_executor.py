@@ -94,8 +94,11 @@ def _aborted(tag: str) -> TaskResult:
 
 
 def _unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """A lone ``Exception`` out of our task group reads better bare (a failing callback)."""
-    if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+    """A lone exception out of our task group reads better bare (``except KeyboardInterrupt``
+    should work); cancellation is left as the backend raised it."""
+    if len(group.exceptions) == 1 and not isinstance(
+        group.exceptions[0], anyio.get_cancelled_exc_class()
+    ):
         return group.exceptions[0]
     return group
 
