@@ -36,16 +36,7 @@ _NO_RETRY = RetryConfig(max_attempts=1)
 class _Run:
     """The state of one call: where items come from, where results go, how many failed."""
 
-    __slots__ = (
-        "aborted",
-        "emit",
-        "failures",
-        "inflight",
-        "items",
-        "max_errors",
-        "notify",
-        "scope",
-    )
+    __slots__ = ("aborted", "emit", "failures", "items", "max_errors", "notify", "scopes")
 
     def __init__(
         self,
@@ -60,9 +51,18 @@ class _Run:
         self.notify = _callback(on_result)
         self.failures = 0
         self.aborted = False
-        self.scope = anyio.CancelScope()
-        # Per worker: the tag it is running, or the result it has not yet handed on.
-        self.inflight: list[str | TaskResult | None] = []
+        # With max_errors: per worker, the scope of the task it runs (None between tasks).
+        self.scopes: list[anyio.CancelScope | None] = []
+
+    def count_failure(self) -> None:
+        """Count a failed task; at max_errors, cut off every task in flight."""
+        self.failures += 1
+        if self.max_errors is not None and self.failures >= self.max_errors and not self.aborted:
+            logger.info("max_errors=%d reached: stopping the run", self.max_errors)
+            self.aborted = True
+            for scope in self.scopes:
+                if scope is not None:
+                    scope.cancel()
 
 
 def _callback(fn: OnResult | None) -> Callable[[TaskResult], Awaitable[None]] | None:
@@ -87,9 +87,10 @@ def _check_max_errors(value: object) -> int | None:
     return value
 
 
-def _aborted(tag: str) -> TaskResult:
+def _aborted(tag: str, start: float | None = None) -> TaskResult:
+    ms = 0.0 if start is None else (perf_counter() - start) * 1000
     return TaskResult(
-        tag, False, None, TaskAborted(f"task {tag!r}: run stopped at max_errors"), 0.0, 0
+        tag, False, None, TaskAborted(f"task {tag!r}: the run stopped at max_errors"), ms, 0
     )
 
 
@@ -302,16 +303,13 @@ class ParallelLLMExecutor:
         if workers == 0:
             return
         logger.debug("run starting: %s tasks, %d workers", count or "streamed", workers)
-        run.inflight = [None] * workers
+        run.scopes = [None] * workers
         try:
-            with run.scope:
-                async with anyio.create_task_group() as tg:
-                    for index in range(workers):
-                        tg.start_soon(self._worker, run, index)
+            async with anyio.create_task_group() as tg:
+                for index in range(workers):
+                    tg.start_soon(self._worker, run, index)
         except BaseExceptionGroup as group:
             raise _unwrap_group(group) from None
-        if run.aborted:
-            await self._finish_aborted(run)
 
     async def _worker(self, run: _Run, index: int) -> None:
         await self._take_slot()
@@ -329,23 +327,34 @@ class ParallelLLMExecutor:
     async def _one(self, run: _Run, index: int, item: Item) -> None:
         """The per-task path: run it, hand the result on, maybe give the slot away."""
         tag, task = item
-        inflight = run.inflight
-        inflight[index] = tag
-        result = await self._run_task(tag, task)
-        inflight[index] = result
-        if not result.success and run.max_errors is not None:
-            run.failures += 1
-            if run.failures >= run.max_errors and not run.aborted:
-                logger.info("max_errors=%d reached: stopping the run", run.max_errors)
-                run.aborted = True
-                run.scope.cancel()
+        if run.max_errors is None:
+            result = await self._run_task(tag, task)
+        else:
+            result = await self._run_guarded(run, index, tag, task)
         await run.emit(result)
-        inflight[index] = None
         if run.notify is not None:
             await run.notify(result)
         if self._queued:  # another call is waiting for a slot: take turns
             self._limiter.release()
             await self._take_slot()
+
+    async def _run_guarded(
+        self, run: _Run, index: int, tag: str, task: Task | Invalid
+    ) -> TaskResult:
+        """A task under max_errors: cut off (TaskAborted) if the run stops meanwhile."""
+        if run.aborted:
+            return _aborted(tag)
+        start = perf_counter()
+        result: TaskResult | None = None
+        with anyio.CancelScope() as scope:
+            run.scopes[index] = scope
+            result = await self._run_task(tag, task)
+        run.scopes[index] = None
+        if result is None:  # our scope caught its own cancellation: the run was stopped
+            return _aborted(tag, start)
+        if not result.success:
+            run.count_failure()
+        return result
 
     async def _take_slot(self) -> None:
         try:
@@ -356,28 +365,6 @@ class ParallelLLMExecutor:
                 await self._limiter.acquire()
             finally:
                 self._queued -= 1
-
-    async def _finish_aborted(self, run: _Run) -> None:
-        """After max_errors: deliver what was done, and an aborted result for the rest."""
-        leftovers: list[TaskResult] = []
-        for slot in run.inflight:
-            if isinstance(slot, TaskResult):
-                leftovers.append(slot)
-            elif isinstance(slot, str):
-                leftovers.append(_aborted(slot))
-        for result in leftovers:
-            await run.emit(result)
-            if run.notify is not None:
-                await run.notify(result)
-        items = run.items
-        while True:
-            item = await items.next() if isinstance(items, AsyncItems) else next(items, None)
-            if item is None:
-                break
-            result = _aborted(item[0])
-            await run.emit(result)
-            if run.notify is not None:
-                await run.notify(result)
 
     async def _run_task(self, tag: str, task: Task | Invalid) -> TaskResult:
         """One task, all its attempts: never raises but for cancellation."""
