@@ -290,7 +290,7 @@ class ParallelLLMExecutor:
     ) -> dict[str, TaskResult]:
         max_errors = _check_max_errors(max_errors)
         items = check_mapping(tasks, method, llm_only=llm_only)
-        results: dict[str, Any] = dict.fromkeys(tasks)  # keeps the input's order
+        results: dict[str, Any] = dict.fromkeys(tag for tag, _ in items)  # the input's order
 
         async def store(result: TaskResult) -> None:
             results[result.tag] = result

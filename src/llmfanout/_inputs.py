@@ -8,6 +8,7 @@ goes on (raising would throw away the work already done).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from collections.abc import Collection as CollectionABC
 from typing import Any, TypeAlias
@@ -130,10 +131,12 @@ class AsyncItems:
             return self._tagger(task)
 
     async def aclose(self) -> None:
-        """Close the underlying async generator, if it is one."""
-        aclose = getattr(self._iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        """Close the underlying async generator, if it is one (its ``finally`` blocks run).
+
+        Other async iterators (a memory stream, say) belong to the caller: left open.
+        """
+        if inspect.isasyncgen(self._iterator):
+            await self._iterator.aclose()
 
 
 def prepare(tasks: object) -> tuple[Iterator[Item] | AsyncItems, int | None]:
