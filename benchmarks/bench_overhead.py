@@ -1,0 +1,421 @@
+"""Core overhead: what ``execute()`` adds per task, against a bare worker pool in the same run.
+
+N zero-latency tasks (default 100k, concurrency 100) go through ``execute`` and through
+hand-written baselines, on asyncio and on trio. Every contender calls the same provider
+(a fresh zero-latency ``EchoProvider`` per run, whose ``complete`` yields once), so the
+ratios compare scheduling and bookkeeping, not providers. A second pass uses a provider
+whose ``complete`` only yields once and returns a prebuilt response: pure scheduling.
+
+Contenders (ratios are against ``bare pool`` measured in the same process):
+
+- ``bare pool``: C workers pulling from one iterator, ``results[tag] = await complete(...)``.
+- ``+ TaskResult``, ``+ perf_counter pair``, ``+ emit coroutine``: the bare pool plus each
+  piece of the executor's per-task path in turn (cumulative), to price them one by one.
+- ``+ limiter per item``: the previous row plus an uncontended ``CapacityLimiter``
+  acquire/release around every item (what the executor does *not* do: a worker holds one
+  token for its whole life).
+- ``spawn per task``: one task per input behind a ``CapacityLimiter`` (the rejected
+  design), at N and N/10 to show its per-task cost growing with N.
+- ``asyncio.gather + Semaphore``: the usual hand-rolled asyncio answer (asyncio only).
+- ``execute``: ``ParallelLLMExecutor.execute`` with no retry, timeout or rate limit.
+
+Then the pieces are timed alone in a tight loop (nanoseconds per call, best of k).
+
+Run: ``python benchmarks/bench_overhead.py`` (a few minutes on 2 cores), ``--quick`` for
+a smoke run, ``--n``, ``--concurrency``, ``--repeats`` to change the sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import sys
+import timeit
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from time import perf_counter
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from llmfanout import (
+    EchoProvider,
+    LLMMessage,
+    LLMResponse,
+    LLMTask,
+    ParallelLLMExecutor,
+    TaskResult,
+)
+from llmfanout._inputs import check_mapping
+
+Tasks = dict[str, LLMTask]
+Results = dict[str, Any]
+Contender = Callable[[Any, Tasks, int], Awaitable[Results]]
+
+BACKENDS = ("asyncio", "trio")
+_RESPONSE = LLMResponse("pong", model="checkpoint")
+
+
+class CheckpointProvider:
+    """A provider that only yields once: what is left is pure scheduling overhead."""
+
+    async def complete(
+        self, messages: Sequence[LLMMessage], config_overrides: Mapping[str, Any] | None = None
+    ) -> LLMResponse:
+        await anyio.lowlevel.checkpoint()
+        return _RESPONSE
+
+
+# -- contenders --------------------------------------------------------------------------
+# Each takes (provider, {tag: LLMTask}, concurrency) and returns {tag: response or TaskResult}.
+
+
+async def _pool(concurrency: int, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(work)
+
+
+async def bare_pool(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    results: Results = {}
+    complete = provider.complete
+    source = iter(tasks.items())
+
+    async def worker() -> None:
+        for tag, task in source:
+            results[tag] = await complete(task.messages, config_overrides=None)
+
+    await _pool(concurrency, worker)
+    return results
+
+
+async def with_task_result(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    results: Results = {}
+    complete = provider.complete
+    source = iter(tasks.items())
+
+    async def worker() -> None:
+        for tag, task in source:
+            try:
+                response = await complete(task.messages, config_overrides=None)
+            except Exception as exc:
+                results[tag] = TaskResult(tag, False, None, exc, 0.0, 1)
+            else:
+                results[tag] = TaskResult(tag, True, response, None, 0.0, 1)
+
+    await _pool(concurrency, worker)
+    return results
+
+
+async def with_timing(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    results: Results = {}
+    complete = provider.complete
+    source = iter(tasks.items())
+
+    async def worker() -> None:
+        for tag, task in source:
+            start = perf_counter()
+            try:
+                response = await complete(task.messages, config_overrides=None)
+            except Exception as exc:
+                ms = (perf_counter() - start) * 1000
+                results[tag] = TaskResult(tag, False, None, exc, ms, 1)
+            else:
+                ms = (perf_counter() - start) * 1000
+                results[tag] = TaskResult(tag, True, response, None, ms, 1)
+
+    await _pool(concurrency, worker)
+    return results
+
+
+async def with_emit(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    results: Results = {}
+    complete = provider.complete
+    source = iter(tasks.items())
+
+    async def emit(result: TaskResult) -> None:
+        results[result.tag] = result
+
+    async def worker() -> None:
+        for tag, task in source:
+            start = perf_counter()
+            try:
+                response = await complete(task.messages, config_overrides=None)
+            except Exception as exc:
+                ms = (perf_counter() - start) * 1000
+                result = TaskResult(tag, False, None, exc, ms, 1)
+            else:
+                ms = (perf_counter() - start) * 1000
+                result = TaskResult(tag, True, response, None, ms, 1)
+            await emit(result)
+
+    await _pool(concurrency, worker)
+    return results
+
+
+async def with_limiter(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    results: Results = {}
+    complete = provider.complete
+    source = iter(tasks.items())
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def emit(result: TaskResult) -> None:
+        results[result.tag] = result
+
+    async def worker() -> None:
+        for tag, task in source:
+            async with limiter:  # never contended: one token per worker
+                start = perf_counter()
+                try:
+                    response = await complete(task.messages, config_overrides=None)
+                except Exception as exc:
+                    ms = (perf_counter() - start) * 1000
+                    result = TaskResult(tag, False, None, exc, ms, 1)
+                else:
+                    ms = (perf_counter() - start) * 1000
+                    result = TaskResult(tag, True, response, None, ms, 1)
+            await emit(result)
+
+    await _pool(concurrency, worker)
+    return results
+
+
+async def spawn_per_task(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    results: Results = {}
+    complete = provider.complete
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one(tag: str, task: LLMTask) -> None:
+        async with limiter:
+            results[tag] = await complete(task.messages, config_overrides=None)
+
+    async with anyio.create_task_group() as tg:
+        for tag, task in tasks.items():
+            tg.start_soon(one, tag, task)
+    return results
+
+
+async def gather_semaphore(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    results: Results = {}
+    complete = provider.complete
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(tag: str, task: LLMTask) -> None:
+        async with semaphore:
+            results[tag] = await complete(task.messages, config_overrides=None)
+
+    await asyncio.gather(*(one(tag, task) for tag, task in tasks.items()))
+    return results
+
+
+async def execute(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    executor = ParallelLLMExecutor(provider, max_concurrency=concurrency)
+    return await executor.execute(tasks)
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+def make_tasks(n: int) -> Tasks:
+    return {f"t{i}": LLMTask(messages=[LLMMessage("user", f"question {i}")]) for i in range(n)}
+
+
+def _check(name: str, results: Results, tasks: Tasks) -> None:
+    """A contender that skipped work must not look fast: every tag has its own answer."""
+    assert len(results) == len(tasks), f"{name}: {len(results)} results for {len(tasks)} tasks"
+    tag = next(reversed(tasks))
+    task = tasks[tag]
+    value = results[tag]
+    if isinstance(value, TaskResult):
+        assert value.success, f"{name}: task {tag!r} failed: {value.error!r}"
+        value = value.value
+    assert isinstance(value, LLMResponse), f"{name}: {tag!r} -> {value!r}"
+    assert value.content in ("pong", "Echo: " + task.messages[-1].content), value
+
+
+async def _time_once(contender: Contender, provider: Any, tasks: Tasks, c: int) -> float:
+    gc.collect()
+    start = perf_counter()
+    results = await contender(provider, tasks, c)
+    elapsed = perf_counter() - start
+    _check(contender.__name__, results, tasks)
+    return elapsed
+
+
+Row = tuple[str, Contender, Tasks]
+
+
+async def _measure(
+    rows: list[Row], provider: Callable[[], Any], concurrency: int, repeats: int
+) -> dict[str, float]:
+    """Best-of-``repeats`` microseconds per task for each row, repeats interleaved."""
+    best = {label: float("inf") for label, _, _ in rows}
+    for _ in range(repeats):
+        for label, contender, tasks in rows:
+            seconds = await _time_once(contender, provider(), tasks, concurrency)
+            best[label] = min(best[label], seconds / len(tasks) * 1e6)
+    return best
+
+
+def _rows(backend: str, big: Tasks, little: Tasks) -> list[Row]:
+    """The contenders; the first row at each size is the baseline for that size."""
+    n, small = f"{len(big):,}", f"{len(little):,}"
+    rows: list[Row] = [
+        (f"bare pool, N={n}", bare_pool, big),
+        ("+ TaskResult", with_task_result, big),
+        ("+ perf_counter pair", with_timing, big),
+        ("+ emit coroutine", with_emit, big),
+        ("+ limiter per item", with_limiter, big),
+        ("execute", execute, big),
+        ("spawn per task", spawn_per_task, big),
+    ]
+    if backend == "asyncio":
+        rows.append(("asyncio.gather + Semaphore", gather_semaphore, big))
+    rows += [
+        (f"bare pool, N={small}", bare_pool, little),
+        (f"execute, N={small}", execute, little),
+        (f"spawn per task, N={small}", spawn_per_task, little),
+    ]
+    if backend == "asyncio":
+        rows.append((f"asyncio.gather + Semaphore, N={small}", gather_semaphore, little))
+    return rows
+
+
+PROVIDERS: dict[str, Callable[[], Any]] = {
+    "EchoProvider": EchoProvider,
+    "checkpoint only": CheckpointProvider,
+}
+
+
+def bench_backend(backend: str, n: int, small: int, concurrency: int, repeats: int) -> None:
+    rows = _rows(backend, make_tasks(n), make_tasks(small))
+    tables = {
+        name: anyio.run(_measure, rows, factory, concurrency, repeats, backend=backend)
+        for name, factory in PROVIDERS.items()
+    }
+    baseline = {len(tasks): label for label, _, tasks in reversed(rows)}  # first row per size
+
+    print(f"\n### {backend}: µs per task (best of {repeats}), ratio to the bare pool\n")
+    print("| contender | " + " | ".join(f"{name} µs | ratio" for name in tables) + " |")
+    print("|---|" + "---:|---:|" * len(tables))
+    for label, _, tasks in rows:
+        cells = []
+        for table in tables.values():
+            ratio = table[label] / table[baseline[len(tasks)]]
+            cells.append(f"{table[label]:.2f} | {ratio:.2f}x")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+    for name, table in tables.items():
+        pool = table[baseline[n]]
+        verdict = f"{name}: execute is {table['execute'] / pool:.2f}x the bare pool (target <= 2x)"
+        if backend == "asyncio":
+            gather = table["asyncio.gather + Semaphore"]
+            verdict += f", {table['execute'] / gather:.2f}x gather + Semaphore (target < 1x)"
+        print(verdict)
+    if backend == "trio":
+        print("(asyncio.gather + Semaphore is asyncio-only: not run on trio.)")
+
+
+# -- the sync pieces, in isolation -------------------------------------------------------
+
+
+def bench_pieces(repeats: int) -> None:
+    """Nanoseconds per call of each piece, timed in a tight loop (no scheduling noise).
+
+    The async pieces run in a loop with one task, so a yield there is cheaper than in a
+    pool of C busy workers; the in-pool rows above give the cost that counts.
+    """
+    executor = ParallelLLMExecutor(EchoProvider(), max_concurrency=1)
+    mapping = make_tasks(10_000)
+    task = mapping["t0"]
+    pieces: dict[str, tuple[Callable[[], Any], int]] = {
+        "TaskResult(...) construction": (
+            lambda: TaskResult("t1", True, _RESPONSE, None, 1.0, 1),
+            200_000,
+        ),
+        "perf_counter() pair": (lambda: (perf_counter() - perf_counter()) * 1000, 200_000),
+        "executor._overrides(task)": (lambda: executor._overrides(task), 200_000),
+        "check_mapping, per item (10k mapping)": (
+            lambda: check_mapping(mapping, "execute", llm_only=True),
+            20,
+        ),
+    }
+    print(f"\n### pieces in isolation: ns per call (best of {max(repeats, 3)})\n")
+    print("| piece | ns |")
+    print("|---|---:|")
+    for label, (fn, number) in pieces.items():
+        seconds = min(timeit.repeat(fn, number=number, repeat=max(repeats, 3)))
+        per = seconds / number * 1e9
+        if "per item" in label:
+            per /= len(mapping)
+        print(f"| {label} | {per:.0f} |")
+
+    async def async_pieces() -> dict[str, float]:
+        async def emit(result: Any) -> None:
+            pass
+
+        limiter = anyio.CapacityLimiter(1)
+
+        async def nowait() -> None:  # the sync calls, in a coroutine like the others
+            limiter.acquire_nowait()
+            limiter.release()
+
+        async def acquire() -> None:
+            async with limiter:
+                pass
+
+        number = 100_000
+        out: dict[str, float] = {}
+        bodies: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
+            ("awaited no-op coroutine (emit)", lambda: emit(None)),
+            ("CapacityLimiter acquire_nowait + release, in a coroutine", nowait),
+            ("async with CapacityLimiter (uncontended, one task)", acquire),
+            ("anyio.lowlevel.checkpoint() (one task)", anyio.lowlevel.checkpoint),
+        )
+        for label, body in bodies:
+            best = float("inf")
+            for _ in range(max(repeats, 3)):
+                start = perf_counter()
+                for _ in range(number):
+                    await body()
+                best = min(best, perf_counter() - start)
+            out[label] = best / number * 1e9
+        return out
+
+    for backend in BACKENDS:
+        print(f"\n{backend}:\n")
+        print("| piece | ns |")
+        print("|---|---:|")
+        for label, ns in anyio.run(async_pieces, backend=backend).items():
+            print(f"| {label} | {ns:.0f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100_000, help="tasks per run (default 100k)")
+    parser.add_argument("--concurrency", type=int, default=100, help="C (default 100)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of k (default 3)")
+    parser.add_argument("--quick", action="store_true", help="small N, one repeat: a smoke run")
+    args = parser.parse_args(argv)
+    for name in ("n", "concurrency", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    n, repeats = (2_000, 1) if args.quick else (args.n, args.repeats)
+    small = max(n // 10, 1)
+    print(
+        f"bench_overhead: N={n:,} (and N/10={small:,}), C={args.concurrency}, "
+        f"best of {repeats}; Python {platform.python_version()} on {sys.platform}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    started = perf_counter()
+    for backend in BACKENDS:
+        bench_backend(backend, n, small, args.concurrency, repeats)
+    bench_pieces(repeats)
+    print(f"\n(total {perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
