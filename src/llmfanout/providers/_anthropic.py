@@ -1,0 +1,177 @@
+"""AnthropicProvider: the Messages API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from .._types import LLMMessage, LLMResponse
+from ..errors import BadRequestError, ProviderError
+from ._http import HTTPProvider, check_positive_int
+
+ANTHROPIC_VERSION = "2023-06-01"
+"""The ``anthropic-version`` header sent unless ``headers=`` gives another."""
+
+_CACHE_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+class AnthropicProvider(HTTPProvider):
+    """Calls ``POST {base_url}/v1/messages`` over one pooled ``httpx.AsyncClient``.
+
+    ``async with AnthropicProvider("claude-sonnet-4-5") as provider: ...`` or call
+    ``aclose()`` when done. The key comes from ``api_key``, else ``ANTHROPIC_API_KEY``;
+    without one the constructor raises ``ValueError`` naming the variable. It is sent as
+    ``x-api-key`` with ``anthropic-version: 2023-06-01`` (override either with ``headers``).
+
+    System messages are joined into the top-level ``system`` field; ``max_tokens`` (which
+    the API requires) defaults to 1024. Per call, ``config_overrides`` are merged over
+    ``default_params`` into the JSON body (a None value drops the key; ``stop`` is sent as
+    ``stop_sequences``). ``timeout``, ``max_connections`` and ``http_client`` work as for
+    :class:`~llmfanout.providers.OpenAIProvider`: size the pool to at least the executor's
+    ``max_concurrency``.
+
+    ``complete`` raises :class:`~llmfanout.errors.ProviderError` subclasses, retryable as
+    the official SDK decides (529 "overloaded" is a retryable ``ServerError``); it never
+    retries on its own. The key never appears in a repr, an error or a log line.
+    """
+
+    provider_name = "anthropic"
+    api_key_env = "ANTHROPIC_API_KEY"
+    endpoint = "/v1/messages"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str = "https://api.anthropic.com",
+        api_key: str | None = None,
+        max_tokens: int = 1024,
+        timeout: float | httpx.Timeout = 60.0,
+        default_params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self.max_tokens = check_positive_int(max_tokens, "max_tokens", type(self).__name__)
+        super().__init__(
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            default_params=default_params,
+            headers=headers,
+            http_client=http_client,
+            max_connections=max_connections,
+        )
+        params: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            **self.default_params,
+        }
+        if "stop" in params:
+            stop = params.pop("stop")
+            params["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        self._params = params
+
+    def _auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
+
+    async def complete(
+        self,
+        messages: Sequence[LLMMessage],
+        config_overrides: Mapping[str, Any] | None = None,
+    ) -> LLMResponse:
+        """Send one Messages API request; return its text as an ``LLMResponse``.
+
+        ``finish_reason`` is the ``stop_reason``; ``usage`` maps ``input_tokens`` (plus
+        cached input) to ``prompt_tokens`` and ``output_tokens`` to ``completion_tokens``,
+        keeping the original keys too. ``metadata`` holds the raw JSON body (``"raw"``) and
+        the ``"request_id"``. Raises a :class:`~llmfanout.errors.ProviderError` subclass on
+        failure; cancellation closes the request's connection and propagates.
+        """
+        payload = self._payload(messages, config_overrides)
+        body, response = await self._post(payload)
+        return self._response(body, response, payload["model"])
+
+    def _payload(
+        self, messages: Sequence[LLMMessage], overrides: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        params = self._params
+        if overrides:
+            params = {**params, **overrides}
+            if any(v is None for v in params.values()):
+                params = {k: v for k, v in params.items() if v is not None}
+            if "stop" in params:  # the OpenAI spelling, so one set of overrides fits both
+                stop = params.pop("stop")
+                params["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+            if params.get("stream"):
+                raise BadRequestError(
+                    "anthropic: complete() returns whole answers; remove stream=True from "
+                    "config_overrides",
+                    provider=self.provider_name,
+                )
+        system: list[str] = []
+        wire: list[dict[str, str]] = []
+        for m in messages:
+            if m.role == "system":
+                system.append(m.content)
+            elif m.role == "tool":
+                raise BadRequestError(
+                    "anthropic: the Messages API has no 'tool' role for plain text; send the "
+                    "tool's output as a 'user' message",
+                    provider=self.provider_name,
+                )
+            else:
+                wire.append({"role": m.role, "content": m.content})
+        payload = {**params, "messages": wire}
+        if system:
+            given = payload.get("system")
+            if isinstance(given, list):  # content blocks (prompt caching): add ours after
+                payload["system"] = [*given, *({"type": "text", "text": s} for s in system)]
+            else:
+                payload["system"] = "\n\n".join([given, *system] if given else system)
+        return payload
+
+    def _response(self, body: Any, response: httpx.Response, model: Any) -> LLMResponse:
+        blocks = body.get("content") if isinstance(body, dict) else None
+        if not isinstance(blocks, list):
+            error: ProviderError = self._format_error(response, "has no content list")
+            raise error
+        content = "".join(
+            block["text"]
+            for block in blocks
+            if isinstance(block, dict)
+            and block.get("type") == "text"
+            and isinstance(block.get("text"), str)
+        )
+        stop_reason = body.get("stop_reason")
+        reported_model = body.get("model")
+        request_id = response.headers.get("request-id") or response.headers.get("x-request-id")
+        metadata: dict[str, Any] = {"raw": body}
+        if request_id:
+            metadata["request_id"] = request_id
+        return LLMResponse(
+            content,
+            model=reported_model if isinstance(reported_model, str) else str(model),
+            finish_reason=stop_reason if isinstance(stop_reason, str) else None,
+            usage=_usage(body.get("usage")),
+            metadata=metadata,
+        )
+
+
+def _usage(usage: object) -> dict[str, int] | None:
+    """Anthropic's token counts under our keys (the originals kept beside them)."""
+    if not isinstance(usage, dict):
+        return None
+    counts = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+    input_tokens = counts.get("input_tokens")
+    output_tokens = counts.get("output_tokens")
+    if input_tokens is not None:
+        counts["prompt_tokens"] = input_tokens + sum(counts.get(k, 0) for k in _CACHE_KEYS)
+    if output_tokens is not None:
+        counts["completion_tokens"] = output_tokens
+    if input_tokens is not None and output_tokens is not None:
+        counts["total_tokens"] = counts["prompt_tokens"] + output_tokens
+    return counts or None

@@ -1,0 +1,145 @@
+"""OpenAIProvider: the Chat Completions API, and every server that speaks it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from .._types import LLMMessage, LLMResponse
+from ..errors import BadRequestError, ProviderError
+from ._http import HTTPProvider
+
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class OpenAIProvider(HTTPProvider):
+    """Calls ``POST {base_url}/chat/completions`` over one pooled ``httpx.AsyncClient``.
+
+    ``async with OpenAIProvider("gpt-4o-mini") as provider: ...`` or call ``aclose()``
+    when done. The key comes from ``api_key``, else ``OPENAI_API_KEY``; without one the
+    constructor raises ``ValueError`` naming the variable. ``base_url`` points it at any
+    OpenAI-compatible server (vLLM, Ollama, Groq...).
+
+    Per call, ``config_overrides`` (``model``, ``temperature``, ``max_tokens``, ``top_p``,
+    ``stop``, ``seed``, anything else) are merged over ``default_params`` into the JSON
+    body; a None value drops the key. ``timeout`` (seconds, or an ``httpx.Timeout``) bounds
+    reading, writing and waiting for a pooled connection; connecting gets at most 10 s.
+    ``max_connections`` sizes the pool: set it to at least the executor's
+    ``max_concurrency``. With your own ``http_client`` its pool is used and
+    ``max_connections`` is ignored; ``aclose()`` leaves it open.
+
+    ``complete`` raises :class:`~llmfanout.errors.ProviderError` subclasses, retryable as
+    the official SDK decides; it never retries on its own (give the executor a
+    ``RetryConfig``). The key never appears in a repr, an error or a log line.
+    """
+
+    provider_name = "openai"
+    api_key_env = "OPENAI_API_KEY"
+    endpoint = "/chat/completions"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str = "https://api.openai.com/v1",
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = 60.0,
+        default_params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        super().__init__(
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            default_params=default_params,
+            headers=headers,
+            http_client=http_client,
+            max_connections=max_connections,
+        )
+        self._params: dict[str, Any] = {"model": self.model, **self.default_params}
+
+    def _auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"}
+
+    async def complete(
+        self,
+        messages: Sequence[LLMMessage],
+        config_overrides: Mapping[str, Any] | None = None,
+    ) -> LLMResponse:
+        """Send one chat completion request; return its first choice as an ``LLMResponse``.
+
+        ``metadata`` holds the raw JSON body (``"raw"``) and the server's ``"request_id"``.
+        Raises a :class:`~llmfanout.errors.ProviderError` subclass on failure; cancellation
+        closes the request's connection and propagates.
+        """
+        payload = self._payload(messages, config_overrides)
+        body, response = await self._post(payload)
+        return self._response(body, response, payload["model"])
+
+    def _payload(
+        self, messages: Sequence[LLMMessage], overrides: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        params = self._params
+        if overrides:
+            params = {**params, **overrides}
+            if any(v is None for v in params.values()):
+                params = {k: v for k, v in params.items() if v is not None}
+            if params.get("stream"):
+                raise BadRequestError(
+                    "openai: complete() returns whole answers; remove stream=True from "
+                    "config_overrides",
+                    provider=self.provider_name,
+                )
+        wire = [
+            {"role": m.role, "content": m.content, "name": m.name}
+            if m.name
+            else {"role": m.role, "content": m.content}
+            for m in messages
+        ]
+        return {**params, "messages": wire}
+
+    def _response(self, body: Any, response: httpx.Response, model: Any) -> LLMResponse:
+        problem: str | None = None
+        try:
+            choice = body["choices"][0]
+            content = choice["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            problem = "has no choices[0].message.content"
+        else:
+            if content is None:  # a tool call or a refusal: the raw body holds it
+                content = ""
+            elif isinstance(content, list):  # content parts, from some compatible servers
+                content = "".join(
+                    part["text"]
+                    for part in content
+                    if isinstance(part, dict) and isinstance(part.get("text"), str)
+                )
+            elif not isinstance(content, str):
+                problem = "has a choices[0].message.content that is not text"
+        if problem is not None:
+            error: ProviderError = self._format_error(response, problem)
+            raise error
+        finish_reason = choice.get("finish_reason")
+        reported_model = body.get("model")
+        usage = body.get("usage")
+        counts = (
+            {k: v for k in _USAGE_KEYS if isinstance(v := usage.get(k), int)}
+            if isinstance(usage, dict)
+            else None
+        )
+        request_id = response.headers.get("x-request-id")
+        metadata: dict[str, Any] = {"raw": body}
+        if request_id:
+            metadata["request_id"] = request_id
+        return LLMResponse(
+            content,
+            model=reported_model if isinstance(reported_model, str) else str(model),
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            usage=counts or None,
+            metadata=metadata,
+        )
