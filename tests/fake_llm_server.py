@@ -1,0 +1,457 @@
+"""A fake LLM server on 127.0.0.1 speaking the OpenAI and Anthropic wire formats.
+
+A real HTTP/1.1 server (anyio sockets and h11), so the providers' whole stack runs:
+connection pool, keep-alive, timeouts, dropped connections. It runs in the caller's event
+loop, on asyncio and trio alike::
+
+    async with serve_fake_llm() as server:
+        server.add_faults(Fault.status(429, retry_after="0.2"))
+        async with OpenAIProvider("m", base_url=server.openai_base_url, api_key="k") as p:
+            ...
+        server.requests  # every request: time received, headers, JSON body
+
+``POST .../chat/completions`` answers as OpenAI, ``POST .../messages`` as Anthropic, with
+``"echo: <last message>"``. Each request takes the next queued :class:`Fault`, else asks
+``server.fault_for(request)``, else succeeds. From sync code (a CLI test running a
+subprocess) use :func:`fake_llm_server_in_thread`; from a shell, ``python
+tests/fake_llm_server.py [--port N]`` prints the base URL and serves until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import attrs
+import h11
+
+__all__ = [
+    "FakeLLMServer",
+    "Fault",
+    "RecordedRequest",
+    "fake_llm_server_in_thread",
+    "serve_fake_llm",
+]
+
+_STREAM_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+_OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    429: "requests",
+}
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+@attrs.frozen
+class Fault:
+    """What the server does with one request. Build one with the class methods."""
+
+    kind: str = "ok"
+    code: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+    message: str = ""
+    error_type: str | None = None
+    content: str | None = None
+    gate: anyio.Event | None = attrs.field(default=None, eq=False)
+    """When set, the server waits for this event before answering."""
+
+    @classmethod
+    def ok(cls, content: str | None = None, *, gate: anyio.Event | None = None) -> Fault:
+        """A normal answer (``content``, or the echo of the last message)."""
+        return cls("ok", content=content, gate=gate)
+
+    @classmethod
+    def status(
+        cls,
+        code: int,
+        *,
+        retry_after: str | None = None,
+        retry_after_ms: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message: str | None = None,
+        error_type: str | None = None,
+        gate: anyio.Event | None = None,
+    ) -> Fault:
+        """An error status with the provider's error body.
+
+        ``{api_key}`` in ``message`` is replaced by the key the request carried (to test
+        that clients redact a server that echoes it).
+        """
+        extra = dict(headers or {})
+        if retry_after is not None:
+            extra["retry-after"] = retry_after
+        if retry_after_ms is not None:
+            extra["retry-after-ms"] = retry_after_ms
+        return cls(
+            "status",
+            code=code,
+            headers=tuple(extra.items()),
+            message=message if message is not None else f"injected error {code}",
+            error_type=error_type,
+            gate=gate,
+        )
+
+    @classmethod
+    def drop(cls) -> Fault:
+        """Send the status line, headers and half the body, then close the connection."""
+        return cls("drop")
+
+    @classmethod
+    def disconnect(cls) -> Fault:
+        """Close the connection without answering."""
+        return cls("disconnect")
+
+    @classmethod
+    def hang(cls) -> Fault:
+        """Never answer; the connection closes when the client gives up."""
+        return cls("hang")
+
+    @classmethod
+    def malformed_json(cls) -> Fault:
+        """A 200 whose body is not JSON."""
+        return cls("malformed")
+
+    @classmethod
+    def missing_fields(cls) -> Fault:
+        """A 200 with well-formed JSON that lacks the answer (no choices / no content)."""
+        return cls("missing_fields")
+
+
+@attrs.frozen
+class RecordedRequest:
+    """One request as the server received it."""
+
+    index: int
+    time: float
+    """``anyio.current_time()`` when the whole request had arrived."""
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    """Header names in lower case."""
+    body: bytes
+    json: Any
+    """The parsed body, or None if it was not JSON."""
+    connection: int
+    """Which connection it came on (0, 1, ... in order of opening)."""
+
+    @property
+    def prompt(self) -> str:
+        """The content of the last message sent (how tests tell tasks apart)."""
+        try:
+            return str(self.json["messages"][-1]["content"])
+        except (KeyError, IndexError, TypeError):
+            return ""
+
+    @property
+    def api_key(self) -> str:
+        """The key the request carried (``x-api-key`` or ``Authorization: Bearer``)."""
+        bearer = self.headers.get("authorization", "")
+        return self.headers.get("x-api-key") or bearer.removeprefix("Bearer ")
+
+
+def _tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+class FakeLLMServer:
+    """The running server: its addresses, its fault plan, and what it has received."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.openai_base_url = self.base_url + "/v1"
+        self.anthropic_base_url = self.base_url
+        self.requests: list[RecordedRequest] = []
+        self.faults: deque[Fault] = deque()
+        self.fault_for: Callable[[RecordedRequest], Fault | None] | None = None
+        self.connections_opened = 0
+        self.open_connections = 0
+        self.peak_connections = 0
+        self._arrived = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"FakeLLMServer({self.base_url!r}, requests={len(self.requests)})"
+
+    def add_faults(self, *faults: Fault) -> None:
+        """Queue faults: the next requests, in arrival order, get one each."""
+        self.faults.extend(faults)
+
+    def requests_for(self, prompt: str) -> list[RecordedRequest]:
+        """The requests whose last message was ``prompt`` (the attempts of one task)."""
+        return [r for r in self.requests if r.prompt == prompt]
+
+    def gaps(self, prompt: str) -> list[float]:
+        """Seconds between consecutive attempts of one task, as the server saw them."""
+        times = [r.time for r in self.requests_for(prompt)]
+        return [b - a for a, b in itertools.pairwise(times)]
+
+    async def wait_for_requests(self, count: int) -> None:
+        """Return once at least ``count`` requests have arrived."""
+        while len(self.requests) < count:
+            await self._arrived.wait()
+
+    async def wait_for_no_connections(self) -> None:
+        """Return once every client connection has closed."""
+        while self.open_connections:
+            await self._arrived.wait()
+
+    def _notify(self) -> None:
+        self._arrived.set()
+        self._arrived = anyio.Event()
+
+    # -- connections -------------------------------------------------------------------
+
+    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+        connection = self.connections_opened
+        self.connections_opened += 1
+        self.open_connections += 1
+        self.peak_connections = max(self.peak_connections, self.open_connections)
+        conn = h11.Connection(h11.SERVER)
+        try:
+            async with stream:
+                while True:
+                    received = await _read_request(conn, stream)
+                    if received is None:
+                        return
+                    request = self._record(*received, connection)
+                    if not await self._respond(conn, stream, request, self._choose(request)):
+                        return
+                    if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                        return
+                    conn.start_next_cycle()
+        except (*_STREAM_GONE, h11.ProtocolError):
+            return  # the client went away mid-exchange
+        finally:
+            self.open_connections -= 1
+            self._notify()
+
+    def _record(self, request: h11.Request, body: bytes, connection: int) -> RecordedRequest:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        recorded = RecordedRequest(
+            index=len(self.requests),
+            time=anyio.current_time(),
+            method=request.method.decode(),
+            path=request.target.decode(),
+            headers={k.decode().lower(): v.decode() for k, v in request.headers},
+            body=body,
+            json=parsed,
+            connection=connection,
+        )
+        self.requests.append(recorded)
+        self._notify()
+        return recorded
+
+    def _choose(self, request: RecordedRequest) -> Fault:
+        if self.faults:
+            return self.faults.popleft()
+        if self.fault_for is not None:
+            return self.fault_for(request) or Fault.ok()
+        return Fault.ok()
+
+    async def _respond(
+        self,
+        conn: h11.Connection,
+        stream: anyio.abc.SocketStream,
+        request: RecordedRequest,
+        fault: Fault,
+    ) -> bool:
+        """Answer ``request`` as ``fault`` says; False when the connection must close."""
+        if fault.gate is not None:
+            await fault.gate.wait()
+        wire = _wire_format(request.path)
+        request_id_header = "request-id" if wire == "anthropic" else "x-request-id"
+        headers = [
+            ("content-type", "application/json"),
+            (request_id_header, f"req_{request.index}"),
+        ]
+        kind = fault.kind
+        if kind == "disconnect":
+            return False
+        if kind == "hang":
+            try:
+                while await stream.receive():
+                    pass
+            except _STREAM_GONE:
+                pass
+            return False
+        code = 200
+        if wire is None:
+            code, body = 404, _error_body(None, 404, "no such endpoint", None)
+        elif kind == "status":
+            code = fault.code
+            message = fault.message.replace("{api_key}", request.api_key)
+            body = _error_body(wire, code, message, fault.error_type)
+            headers.extend(fault.headers)
+        elif kind == "malformed":
+            body = b'{"choices": [{"message": '
+        elif kind == "missing_fields":
+            shell = {"id": f"x_{request.index}", "model": "fake"}
+            body = json.dumps(shell).encode()
+        elif request.json is None:
+            code, body = 400, _error_body(wire, 400, "the body is not JSON", None)
+        else:
+            body = _answer(wire, request, fault.content)
+        headers.append(("content-length", str(len(body))))
+        await stream.send(conn.send(h11.Response(status_code=code, headers=headers)))
+        if kind == "drop":
+            await stream.send(conn.send(h11.Data(data=body[: len(body) // 2])))
+            return False
+        await stream.send(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        return True
+
+
+async def _next_event(conn: h11.Connection, stream: anyio.abc.SocketStream) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            data = await stream.receive()
+        except _STREAM_GONE:
+            data = b""
+        conn.receive_data(data)
+
+
+async def _read_request(
+    conn: h11.Connection, stream: anyio.abc.SocketStream
+) -> tuple[h11.Request, bytes] | None:
+    event = await _next_event(conn, stream)
+    if not isinstance(event, h11.Request):
+        return None
+    chunks = []
+    while True:
+        part = await _next_event(conn, stream)
+        if isinstance(part, h11.Data):
+            chunks.append(bytes(part.data))
+        elif isinstance(part, h11.EndOfMessage):
+            return event, b"".join(chunks)
+        else:
+            return None
+
+
+def _wire_format(path: str) -> str | None:
+    path = path.split("?", 1)[0]
+    if path.endswith("/chat/completions"):
+        return "openai"
+    if path.endswith("/messages"):
+        return "anthropic"
+    return None
+
+
+def _error_body(wire: str | None, code: int, message: str, error_type: str | None) -> bytes:
+    if wire == "anthropic":
+        kind = error_type or _ANTHROPIC_ERROR_TYPES.get(code, "api_error")
+        return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+    kind = error_type or _OPENAI_ERROR_TYPES.get(code, "server_error")
+    error = {"message": message, "type": kind, "param": None, "code": None}
+    return json.dumps({"error": error}).encode()
+
+
+def _answer(wire: str, request: RecordedRequest, content: str | None) -> bytes:
+    text = content if content is not None else "echo: " + request.prompt
+    payload = request.json
+    model = payload.get("model", "fake-model") if isinstance(payload, dict) else "fake-model"
+    prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in payload.get("messages", []))
+    if wire == "anthropic":
+        answer: dict[str, Any] = {
+            "id": f"msg_{request.index}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": _tokens(text)},
+        }
+    else:
+        answer = {
+            "id": f"chatcmpl-{request.index}",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": _tokens(text),
+                "total_tokens": prompt_tokens + _tokens(text),
+            },
+        }
+    return json.dumps(answer).encode()
+
+
+@asynccontextmanager
+async def serve_fake_llm(port: int = 0) -> AsyncIterator[FakeLLMServer]:
+    """Serve on ``127.0.0.1:port`` (0: any free port) for the life of the block.
+
+    Leaving the block closes the listener and every connection still open.
+    """
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+    async with listener, anyio.create_task_group() as tg:
+        server = FakeLLMServer(listener.extra(anyio.abc.SocketAttribute.local_port))
+        tg.start_soon(listener.serve, server.handle, tg)
+        try:
+            yield server
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@contextmanager
+def fake_llm_server_in_thread(backend: str = "asyncio") -> Iterator[FakeLLMServer]:
+    """Run the server in a thread with its own event loop, for sync tests and subprocesses.
+
+    Set faults before the requests that should meet them; ``gate`` events do not work
+    across threads.
+    """
+    with (
+        anyio.from_thread.start_blocking_portal(backend) as portal,
+        portal.wrap_async_context_manager(serve_fake_llm()) as server,
+    ):
+        yield server
+
+
+async def _serve_forever(port: int) -> None:
+    async with serve_fake_llm(port) as server:
+        print(server.base_url, flush=True)
+        await anyio.sleep_forever()
+
+
+def main() -> None:
+    """``python tests/fake_llm_server.py [--port N] [--backend trio]``: serve until killed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    args = parser.parse_args()
+    with suppress(KeyboardInterrupt):
+        anyio.run(_serve_forever, args.port, backend=args.backend)
+
+
+if __name__ == "__main__":
+    main()
