@@ -1,15 +1,20 @@
 """Every ```python block in README.md and docs/*.md runs, on both backends.
 
-Blocks of one page run in order in one namespace, top-level ``await`` allowed. A block
-right after a line ``<!-- not-run: reason -->`` is skipped (it needs a real API key).
+Blocks of one page run in order in one namespace. A block with a top-level ``await`` runs
+in the test's event loop; any other block runs in a worker thread, so an example may start
+its own loop with ``anyio.run(main)`` as a reader's script would. A block right after a
+line ``<!-- not-run: reason -->`` is skipped (it needs a real API key).
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +40,7 @@ async def test_page_examples_run(
         compiled = compile(
             code, f"{page.name}[{number}]", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         )
-        outcome = eval(compiled, namespace)
-        if outcome is not None:
-            await outcome
+        if compiled.co_flags & inspect.CO_COROUTINE:
+            await eval(compiled, namespace)
+        else:
+            await anyio.to_thread.run_sync(eval, compiled, namespace)
