@@ -212,9 +212,14 @@ def test_drop_failed_keeps_successes_and_bad_line_rows(tmp_path: Path) -> None:
         line({"id": "c", "success": False, "line": 9}),  # a bad input line: rerunning is futile
     ]
     output.write_bytes(keep[0] + line({"id": "b", "success": False}) + keep[1])
-    found = drop_failed(output, recover(output))
+    found = recover(output)
+    assert found.rerunnable == {'"b"'}
+    found.forget_failed()
+    drop_failed(output)
     assert output.read_bytes() == b"".join(keep)
-    assert (found.keys, found.failed, found.rerunnable) == ({'"a"', '"c"'}, 1, 0)
+    assert (found.keys, found.rows, found.failed) == ({'"a"', '"c"'}, 2, 1)
+    again = recover(output)
+    assert (again.keys, again.rows, again.failed, again.rerunnable) == (found.keys, 2, 1, set())
 
 
 def test_writer_appends_whole_lines_and_syncs(tmp_path: Path) -> None:
@@ -261,3 +266,11 @@ def test_result_row_keeps_a_lone_surrogate_valid() -> None:
     raw = result_row(TaskResult('"a"', True, response, None, 1.0, 1), "m", str)
     raw.decode("utf-8")  # valid UTF-8
     assert json.loads(raw)["content"] == "x\ud800y"
+
+
+def test_read_rows_survives_an_input_changed_since_the_first_pass() -> None:
+    source = jsonl({"id": "a", "prompt": "x"}, b"edited meanwhile\n")
+    rows = list(read_rows(source, {}, None))  # the first pass found no bad line
+    assert isinstance(rows[0], LLMTask)
+    assert isinstance(rows[1], Bad) and rows[1].line == 2
+    assert rows[1].reason.endswith("(the input changed during the run)")

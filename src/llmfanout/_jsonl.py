@@ -246,7 +246,11 @@ def read_rows(
             if recorded is None or not recorded.has_bad(failed):
                 yield failed
             continue
-        key, messages, params = parse_row(raw)
+        try:
+            key, messages, params = parse_row(raw)
+        except BadRow as exc:  # the file was changed after the first pass checked it
+            yield Bad(number, None, f"{exc.reason} (the input changed during the run)")
+            continue
         if recorded is None or key not in recorded.keys:
             yield LLMTask(messages, params, tag=key)
 
@@ -268,11 +272,22 @@ class Recovered:
     failed: int = 0
     size: int = 0  # bytes of complete lines
     torn: int = 0  # bytes of a torn last line (0 when the file ends cleanly)
-    rerunnable: int = 0  # failed rows of valid input lines: --retry-failed drops them
+    rerunnable: set[str] = attrs.Factory(set)  # ids of failed rows that may run again
 
     def has_bad(self, bad: Bad) -> bool:
         """Whether the output already records this bad input line."""
         return bad.key in self.keys if bad.key is not None else bad.line in self.lines
+
+    def forget_failed(self) -> None:
+        """Count the rerunnable failed rows as not recorded (``--retry-failed``).
+
+        The file still holds them until :func:`drop_failed` rewrites it.
+        """
+        dropped = len(self.rerunnable)
+        self.keys -= self.rerunnable
+        self.rows -= dropped
+        self.failed -= dropped
+        self.rerunnable = set()
 
 
 def recover(path: str | os.PathLike[str]) -> Recovered:
@@ -304,13 +319,14 @@ def recover(path: str | os.PathLike[str]) -> Recovered:
                 found.keys.add(key_of(value))
             if not success:
                 found.failed += 1
-                found.rerunnable += _rerunnable(row)
+                if _rerunnable(row):
+                    found.rerunnable.add(key_of(value))
     return found
 
 
 def _rerunnable(row: dict[str, Any]) -> bool:
     # Rows for bad input lines carry "line"; sending them again cannot succeed.
-    return not row["success"] and "line" not in row
+    return not row["success"] and row["id"] is not None and "line" not in row
 
 
 def cut_torn_line(path: str | os.PathLike[str], recovered: Recovered) -> None:
@@ -321,13 +337,12 @@ def cut_torn_line(path: str | os.PathLike[str], recovered: Recovered) -> None:
             os.fsync(file.fileno())
 
 
-def drop_failed(path: str | os.PathLike[str], recovered: Recovered) -> Recovered:
-    """Rewrite the output without its failed rows (atomically), so they run again.
+def drop_failed(path: str | os.PathLike[str]) -> None:
+    """Rewrite the output without its failed rows (atomically), so they can run again.
 
-    Rows for bad input lines stay: rerunning them cannot succeed.
+    Rows for bad input lines stay: rerunning them cannot succeed. A torn last line is
+    dropped too.
     """
-    if not recovered.rerunnable:
-        return recovered
     path = os.fspath(path)
     temporary = path + ".llmfanout-tmp"
     with open(path, "rb") as source, open(temporary, "wb") as target:
@@ -340,7 +355,6 @@ def drop_failed(path: str | os.PathLike[str], recovered: Recovered) -> Recovered
         target.flush()
         os.fsync(target.fileno())
     os.replace(temporary, path)
-    return recover(path)
 
 
 class RowWriter:
