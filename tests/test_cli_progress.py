@@ -1,0 +1,116 @@
+"""The CLI's progress display: plain lines off a terminal, a rich bar on one."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import anyio
+import pytest
+from rich.console import Console
+
+from llmfanout import LLMResponse, TaskResult, _progress
+from llmfanout._cli import main
+from llmfanout._progress import (
+    Display,
+    PlainDisplay,
+    RichDisplay,
+    Tally,
+    make_display,
+    plain_line,
+)
+from llmfanout._summary import summarize
+
+pytestmark = pytest.mark.anyio
+
+
+def counted(display: Display, ok: int, failed: int) -> Display:
+    for _ in range(ok):
+        display.record(True, 10)
+    for _ in range(failed):
+        display.record(False, None)
+    return display
+
+
+def test_plain_line_has_every_count() -> None:
+    display = counted(Display(10), ok=3, failed=1)
+    display.started -= 2.0  # as if the run began two seconds ago
+    line = plain_line(display)
+    assert re.fullmatch(
+        r"llmfanout: 4/10 rows \(40%\), 3 ok, 1 failed, 2\.0 rows/s, 30 tokens, ETA 3s", line
+    ), line
+
+
+def test_plain_line_before_anything_is_done() -> None:
+    assert plain_line(Display(5)).endswith(
+        "0/5 rows (0%), 0 ok, 0 failed, 0.0 rows/s, 0 tokens, ETA -"
+    )
+
+
+async def test_plain_display_writes_a_line_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_progress, "PLAIN_EVERY", 0.01)
+    written = anyio.Event()
+
+    class Stream(io.StringIO):
+        def flush(self) -> None:
+            if self.getvalue().count("\n") >= 2:
+                written.set()
+
+    stream = Stream()
+    display = PlainDisplay(3, stream)
+    display.record(True, 5)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(display.run)
+        await written.wait()
+        tg.cancel_scope.cancel()
+    assert stream.getvalue().startswith("llmfanout: 1/3 rows (33%), 1 ok, 0 failed")
+
+
+def test_rich_display_shows_the_counts() -> None:
+    screen = io.StringIO()
+    display = RichDisplay(10, Console(file=screen, force_terminal=True, width=120))
+    display.start()
+    counted(display, ok=2_000, failed=1)
+    display.stop()
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.getvalue())
+    assert "2001/10" in text and "2000 ok 1 failed" in text and "20.0k tokens" in text
+
+
+def test_make_display_picks_by_terminal() -> None:
+    assert type(make_display(1, quiet=True, stream=io.StringIO())) is Display
+    assert type(make_display(1, quiet=False, stream=io.StringIO())) is PlainDisplay
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_cli_prints_plain_progress_off_a_terminal(
+    tmp_path: Path,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(_progress, "PLAIN_EVERY", 0.05)
+    source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "prompt": "p"}) + "\n" for i in range(40)))
+    args = ["run", str(source), "-o", str(output), "--echo-latency", "0.02", "--concurrency", "2"]
+    assert main([*args, "--backend", backend]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    progress = [line for line in lines if re.match(r"llmfanout: \d+/40 rows", line)]
+    assert progress, lines  # the run takes ~0.4 s: several lines at 0.05 s
+    assert all(" ok, 0 failed, " in line for line in progress)
+
+
+def test_the_tally_summarizes_like_the_results_it_keeps() -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    results = [
+        TaskResult("a", True, LLMResponse("long text", usage=usage), None, 12.5, 1),
+        TaskResult("b", True, LLMResponse("x", usage={"prompt_tokens": 2}), None, 3.0, 2),
+        TaskResult("c", True, LLMResponse("no usage"), None, 7.25, 1),
+        TaskResult("d", False, None, ValueError("boom"), 40.0, 3),
+    ]
+    tally = Tally()
+    for result in results:
+        tally.add(result)
+    assert len(tally) == 4
+    assert summarize(tally.results(), elapsed=2.0) == summarize(results, elapsed=2.0)
