@@ -17,7 +17,9 @@ Contenders (ratios are against ``bare pool`` measured in the same process):
 - ``spawn per task``: one task per input behind a ``CapacityLimiter`` (the rejected
   design), at N and N/10 to show its per-task cost growing with N.
 - ``asyncio.gather + Semaphore``: the usual hand-rolled asyncio answer (asyncio only).
-- ``execute``: ``ParallelLLMExecutor.execute`` with no retry, timeout or rate limit.
+- ``execute``: ``ParallelLLMExecutor.execute`` with no retry, timeout or rate limit;
+  then with ``max_errors`` set (never reached) and with a sync ``on_result``, the two
+  options that add work to every task.
 
 Then the pieces are timed alone in a tight loop (nanoseconds per call, best of k).
 
@@ -216,6 +218,21 @@ async def execute(provider: Any, tasks: Tasks, concurrency: int) -> Results:
     return await executor.execute(tasks)
 
 
+async def execute_max_errors(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    """``max_errors`` set (never reached): each task runs in its own cancel scope."""
+    executor = ParallelLLMExecutor(provider, max_concurrency=concurrency)
+    return await executor.execute(tasks, max_errors=len(tasks))
+
+
+async def execute_on_result(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    """A sync ``on_result`` callback: the executor wraps it in a coroutine per result."""
+    executor = ParallelLLMExecutor(provider, max_concurrency=concurrency)
+    seen: list[TaskResult] = []
+    results = await executor.execute(tasks, on_result=seen.append)
+    assert len(seen) == len(tasks)
+    return results
+
+
 # -- measuring ---------------------------------------------------------------------------
 
 
@@ -270,6 +287,8 @@ def _rows(backend: str, big: Tasks, little: Tasks) -> list[Row]:
         ("+ emit coroutine", with_emit, big),
         ("+ limiter per item", with_limiter, big),
         ("execute", execute, big),
+        ("execute(max_errors=N)", execute_max_errors, big),
+        ("execute(on_result=list.append)", execute_on_result, big),
         ("spawn per task", spawn_per_task, big),
     ]
     if backend == "asyncio":
@@ -367,12 +386,17 @@ def bench_pieces(repeats: int) -> None:
             async with limiter:
                 pass
 
+        async def scope() -> None:  # what max_errors puts around every task
+            with anyio.CancelScope():
+                pass
+
         number = 100_000
         out: dict[str, float] = {}
         bodies: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
             ("awaited no-op coroutine (emit)", lambda: emit(None)),
             ("CapacityLimiter acquire_nowait + release, in a coroutine", nowait),
             ("async with CapacityLimiter (uncontended, one task)", acquire),
+            ("with anyio.CancelScope(): pass", scope),
             ("anyio.lowlevel.checkpoint() (one task)", anyio.lowlevel.checkpoint),
         )
         for label, body in bodies:
