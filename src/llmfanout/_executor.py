@@ -12,14 +12,14 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from time import perf_counter
 from typing import Any
 
 import anyio
 import attrs
 
-from ._calls import call_maybe_async, callable_is_async
+from ._calls import call_maybe_async
 from ._inputs import AsyncItems, Invalid, Item, TaskSource, check_mapping, prepare
 from ._ratelimit import RateLimit, estimate_tokens, is_rate_limit_error
 from ._retry import RetryConfig, attempt
@@ -70,13 +70,21 @@ def _callback(fn: OnResult | None) -> Callable[[TaskResult], Awaitable[None]] | 
         return None
     if not callable(fn):
         raise TypeError(f"on_result must be callable, not {type(fn).__name__}")
-    if callable_is_async(fn):
-        return fn
+    raised = False
 
     async def call(result: TaskResult) -> None:
-        outcome = fn(result)
-        if inspect.isawaitable(outcome):
-            await outcome
+        # After one call raised, the run is ending: say nothing more, so workers that
+        # finish in the same instant do not add their own copies of the error.
+        nonlocal raised
+        if raised:
+            return
+        try:
+            outcome = fn(result)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            raised = True
+            raise
 
     return call
 
@@ -87,11 +95,12 @@ def _check_max_errors(value: object) -> int | None:
     return value
 
 
-def _aborted(tag: str, start: float | None = None) -> TaskResult:
+def _aborted(tag: str, max_errors: int | None, start: float | None = None) -> TaskResult:
+    """Not started (``start`` None) or cut off in flight: the run reached ``max_errors``."""
+    what = "never started" if start is None else "was cancelled in flight"
     ms = 0.0 if start is None else (perf_counter() - start) * 1000
-    return TaskResult(
-        tag, False, None, TaskAborted(f"task {tag!r}: the run stopped at max_errors"), ms, 0
-    )
+    error = TaskAborted(f"task {tag!r} {what}: the run stopped after {max_errors} failed tasks")
+    return TaskResult(tag, False, None, error, ms, 0)
 
 
 def _unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -266,11 +275,13 @@ class ParallelLLMExecutor:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(drive)
-                try:
-                    async with receive:
+                async with receive:
+                    try:
                         yield receive
-                finally:
-                    tg.cancel_scope.cancel()
+                    finally:
+                        # Cancel before closing: a worker blocked handing on a result must
+                        # see the cancellation, not a closed stream (BrokenResourceError).
+                        tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise _unwrap_group(group) from None
         finally:
@@ -343,7 +354,7 @@ class ParallelLLMExecutor:
     ) -> TaskResult:
         """A task under max_errors: cut off (TaskAborted) if the run stops meanwhile."""
         if run.aborted:
-            return _aborted(tag)
+            return _aborted(tag, run.max_errors)
         start = perf_counter()
         result: TaskResult | None = None
         with anyio.CancelScope() as scope:
@@ -351,7 +362,7 @@ class ParallelLLMExecutor:
             result = await self._run_task(tag, task)
         run.scopes[index] = None
         if result is None:  # our scope caught its own cancellation: the run was stopped
-            return _aborted(tag, start)
+            return _aborted(tag, run.max_errors, start)
         if not result.success:
             run.count_failure()
         return result
@@ -418,7 +429,7 @@ class ParallelLLMExecutor:
             if limit is not None:
                 await limit.acquire(tokens)
             try:
-                with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+                with _time_limit(timeout, "LLM") if timeout is not None else nullcontext():
                     response = await complete(messages, config_overrides=overrides)
             except Exception as exc:
                 if limit is not None:
@@ -438,7 +449,7 @@ class ParallelLLMExecutor:
         limiter = self._thread_limiter
 
         async def call() -> Any:
-            with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+            with _time_limit(timeout, "function") if timeout is not None else nullcontext():
                 return await call_maybe_async(
                     fn,
                     args,
@@ -449,6 +460,18 @@ class ParallelLLMExecutor:
                 )
 
         return call
+
+
+@contextmanager
+def _time_limit(seconds: float, kind: str) -> Iterator[None]:
+    """``anyio.fail_after``, with a message saying which limit ran out and how to raise it."""
+    with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise TimeoutError(
+            f"{kind} call timed out after {seconds:g}s (the timeout per attempt); if it needs "
+            "longer, raise the task's timeout= or the executor's default_timeout="
+        )
 
 
 def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:
