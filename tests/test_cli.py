@@ -37,8 +37,12 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+# Keys, and what would make rich take a pipe for a terminal (or the reverse).
+UNSET = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
 def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
     env.update(extra)
     return env
 
@@ -358,7 +362,7 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
         cwd=tmp_path,
         stderr=follower,
         stdout=subprocess.DEVNULL,
-        env=environment(COLUMNS="120"),
+        env=environment(COLUMNS="120", TERM="xterm"),
     )
     os.close(follower)
     screen = b""

@@ -26,6 +26,12 @@ from llmfanout._summary import summarize
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def _no_forced_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def counted(display: Display, ok: int, failed: int) -> Display:
     for _ in range(ok):
         display.record(True, 10)

@@ -186,3 +186,39 @@ def test_resume_retry_failed_sends_failed_rows_again(tmp_path: Path) -> None:
         assert len(server.requests) == sent + 1  # only the failed row went again
     assert done.returncode == 0, done.stderr
     assert all(row["success"] for row in assert_each_once(output, ids))
+
+
+def test_timeout_and_max_attempts(tmp_path: Path) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
+    ids = write_prompts(source, 3)
+    with fake_llm_server_in_thread() as server:
+        server.fault_for = lambda r: Fault.hang() if r.prompt == "say row-0" else None
+        done = llmfanout(
+            "run", source, "-o", output, "--provider", "openai", "--model", "m",
+            "--base-url", server.openai_base_url, "--timeout", "0.2", "--max-attempts", "2",
+            "--quiet", cwd=tmp_path, env=environment(OPENAI_API_KEY=KEY),
+        )  # fmt: skip
+        assert len(server.requests_for("say row-0")) == 2
+    assert done.returncode == 1
+    found = {row["id"]: row for row in assert_each_once(output, ids)}
+    hung = found["row-0"]
+    assert (hung["success"], hung["attempts"]) == (False, 2)
+    assert hung["error"]["type"] in ("TimeoutError", "APITimeoutError")
+    assert found["row-1"]["success"] and found["row-2"]["success"]
+
+
+def test_rpm_paces_the_requests(tmp_path: Path) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
+    ids = write_prompts(source, 30)
+    with fake_llm_server_in_thread() as server:
+        done = llmfanout(
+            "run", source, "-o", output, "--provider", "openai", "--model", "m",
+            "--base-url", server.openai_base_url, "--rpm", "1200", "--concurrency", "30",
+            "--quiet", cwd=tmp_path, env=environment(OPENAI_API_KEY=KEY),
+        )  # fmt: skip
+        times = sorted(r.time for r in server.requests)
+    assert done.returncode == 0, done.stderr
+    assert_each_once(output, ids)
+    # 20 a second with one second of burst: 20 at once, then one every 50 ms, so the
+    # last starts at least 0.5 s after the first (unpaced, all 30 start together).
+    assert times[-1] - times[0] >= 0.45
