@@ -104,3 +104,11 @@ def test_bad_construction_is_refused() -> None:
         EchoProvider().set_responses([42])  # type: ignore[list-item]
     with pytest.raises(TypeError):
         ErrorResponse("not an exception")  # type: ignore[arg-type]
+
+
+async def test_record_calls_false_counts_without_keeping_calls() -> None:
+    provider = EchoProvider(record_calls=False)
+    for _ in range(3):
+        await provider.complete(HELLO)
+    assert provider.call_count == 3
+    assert provider.calls == []

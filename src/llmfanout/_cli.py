@@ -327,7 +327,7 @@ def _secrets() -> list[str]:
 def _make_provider(args: argparse.Namespace, model: str) -> AsyncLLMProvider:
     """The provider ``--provider`` names; raises :class:`UsageError` if it cannot be made."""
     if args.provider == "echo":
-        return EchoProvider(latency=args.echo_latency, model=model)
+        return EchoProvider(latency=args.echo_latency, model=model, record_calls=False)
     variable = KEY_VARIABLES[args.provider]
     if not os.environ.get(variable, "").strip():
         raise UsageError(

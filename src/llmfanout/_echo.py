@@ -54,7 +54,8 @@ class EchoProvider:
     ``LLMResponse``, or raises); else the provider echoes. ``strict=True`` raises
     :class:`ResponseQueueExhausted` instead of echoing once the queue is empty.
     ``latency`` (seconds) is waited out on every call, for demos and benchmarks.
-    Every call is recorded in ``calls``.
+    Every call is recorded in ``calls``, unless ``record_calls=False`` (for long runs,
+    where the record would grow with every call; ``call_count`` still counts).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class EchoProvider:
         strict: bool = False,
         latency: float = 0.0,
         model: str = "echo",
+        record_calls: bool = True,
     ) -> None:
         if not isinstance(latency, int | float) or isinstance(latency, bool) or latency < 0:
             raise ValueError(f"EchoProvider: latency is {latency!r}; give seconds >= 0")
@@ -75,6 +77,8 @@ class EchoProvider:
         self._served = 0
         self._response_fn: ResponseFunction | None = None
         self._calls: list[EchoCall] = []
+        self._record_calls = record_calls
+        self._call_count = 0
         if responses is not None:
             self.set_responses(list(responses))
 
@@ -113,7 +117,7 @@ class EchoProvider:
     @property
     def call_count(self) -> int:
         """How many calls were received."""
-        return len(self._calls)
+        return self._call_count
 
     def _next_scripted(self) -> Scripted | None:
         if self._cycle is not None:
@@ -129,7 +133,9 @@ class EchoProvider:
     ) -> LLMResponse:
         """Answer one call (see the class docstring for the order of sources)."""
         messages = tuple(messages)
-        self._calls.append(EchoCall(messages, config_overrides))
+        self._call_count += 1
+        if self._record_calls:
+            self._calls.append(EchoCall(messages, config_overrides))
         scripted = self._next_scripted()
         if self.latency:
             await anyio.sleep(self.latency)
@@ -143,7 +149,7 @@ class EchoProvider:
                     scripted = await scripted
             elif self.strict:
                 raise ResponseQueueExhausted(
-                    f"EchoProvider(strict=True) got call #{len(self._calls)} with no scripted "
+                    f"EchoProvider(strict=True) got call #{self._call_count} with no scripted "
                     "response left; add one with add_response() or set_responses()"
                 )
             else:
