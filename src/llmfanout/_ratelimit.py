@@ -1,8 +1,12 @@
 """Request and token rate limits: token buckets with one second of burst, and a cooldown.
 
-Each caller books its admission time up front (virtual scheduling), so callers are
-admitted in arrival order with no lock and no polling: a caller computes when the
-buckets will allow it, debits them as of that moment, and sleeps until then.
+A bucket is debited only when a caller is admitted, never in advance: a caller that
+gives up while waiting (cancelled, its run stopped at ``max_errors``) leaves nothing
+booked behind it, so a shared limit never waits out time for callers that have left.
+While nobody waits, a caller the buckets allow is admitted at once, with no lock; once
+one has to wait, later callers queue behind it (FIFO) and the one at the head sleeps
+until the buckets allow it, then checks again, so a cooldown or a usage correction that
+arrives meanwhile is honoured.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class _Bucket:
-    """A token bucket whose state may lie in the future (booked but not yet admitted)."""
+    """A token bucket, refilled lazily: ``level`` as of time ``at``, never above capacity."""
 
     __slots__ = ("at", "capacity", "level", "rate")
 
@@ -36,8 +40,11 @@ class _Bucket:
         return base if level >= need else base + (need - level) / self.rate
 
     def take(self, when: float, cost: float) -> None:
-        self.level = min(self.capacity, self.level + self.rate * (when - self.at)) - cost
-        self.at = when
+        """Debit ``cost`` (a negative cost refunds) as of ``when``; the level may go negative."""
+        if when > self.at:
+            self.level = min(self.capacity, self.level + self.rate * (when - self.at))
+            self.at = when
+        self.level -= cost
 
 
 class RateLimit:
@@ -45,10 +52,15 @@ class RateLimit:
 
     Pass it as ``ParallelLLMExecutor(rate_limit=...)``; every executor (and every
     concurrent call) given the same object is limited together. Each bucket allows one
-    second of burst. Tokens are booked from an estimate before a call and corrected with
-    the response's ``usage`` afterwards. A rate-limit error (HTTP 429 with
-    ``retry_after``) pauses all new starts until then, so one 429 does not become fifty.
-    A ``RateLimit`` belongs to one event loop at a time.
+    second of burst (``requests_per_minute / 60`` requests, at least one). Tokens are
+    debited from an estimate when a call starts and corrected with the response's
+    ``usage`` when it ends. A rate-limit error (HTTP 429 with ``retry_after``) pauses all
+    new starts until then, so one 429 does not become fifty. Deterministic tasks are
+    never limited. Callers are admitted in arrival order.
+
+    ``clock`` is the time source in seconds (``anyio.current_time`` by default); waits
+    use ``anyio.sleep``, so a custom clock must keep pace with the event loop's. A
+    ``RateLimit`` belongs to one event loop at a time.
     """
 
     def __init__(
@@ -66,12 +78,17 @@ class RateLimit:
                 not isinstance(value, int | float) or isinstance(value, bool) or not value > 0
             ):
                 raise ValueError(f"RateLimit: {name} is {value!r}; give a number > 0, or None")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"RateLimit: clock is a {type(clock).__name__}; give a callable")
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
         self._requests = _Bucket(requests_per_minute / 60) if requests_per_minute else None
         self._tokens = _Bucket(tokens_per_minute / 60) if tokens_per_minute else None
         self._resume_at = -math.inf
+        self._last = -math.inf  # the latest start booked
         self._clock = clock or anyio.current_time
+        self._waiting = 0  # callers queued or sleeping in acquire()
+        self._queue: anyio.Lock | None = None  # exists only while someone waits
 
     def __repr__(self) -> str:
         return (
@@ -79,47 +96,76 @@ class RateLimit:
             f"tokens_per_minute={self.tokens_per_minute!r})"
         )
 
-    def book(self, now: float, tokens: int = 0) -> float:
-        """Reserve one request of ``tokens`` tokens; return the time it may start."""
-        when = max(now, self._resume_at)
-        requests, token_bucket = self._requests, self._tokens
-        if requests is not None:
-            when = max(when, requests.ready_at(when, 1))
-        if token_bucket is not None and tokens > 0:
-            when = max(when, token_bucket.ready_at(when, tokens))
-        if requests is not None:
-            requests.take(when, 1)
-        if token_bucket is not None and tokens > 0:
-            token_bucket.take(when, tokens)
+    def ready_at(self, now: float, tokens: int = 0) -> float:
+        """The earliest time, not before ``now``, at which a call of ``tokens`` may start.
+
+        Never before a call already booked: a call of few tokens does not overtake one of
+        many that waits for the token bucket.
+        """
+        when = max(now, self._resume_at, self._last)
+        if self._requests is not None:
+            when = self._requests.ready_at(when, 1)
+        if self._tokens is not None and tokens > 0:
+            # Buckets only fill with time, so the request bucket still allows ``when``.
+            when = self._tokens.ready_at(when, tokens)
         return when
 
-    def unbook(self, tokens: int = 0) -> None:
-        """Give back a booking that was never used (its caller was cancelled)."""
+    def book(self, now: float, tokens: int = 0) -> float:
+        """Admit one call of ``tokens`` tokens arriving at ``now``; return when it may start.
+
+        The pure core of :meth:`acquire`, with the clock made explicit: it debits the
+        buckets as of the returned time and never sleeps. Callers booked in order get
+        start times in order.
+        """
+        when = self._last = self.ready_at(now, tokens)
         if self._requests is not None:
-            self._requests.level += 1
-        if self._tokens is not None:
-            self._tokens.level += tokens
+            self._requests.take(when, 1)
+        if self._tokens is not None and tokens > 0:
+            self._tokens.take(when, tokens)
+        return when
 
     async def acquire(self, tokens: int = 0) -> None:
-        """Wait until one request of ``tokens`` tokens may start. Cancellation gives it back."""
-        now = self._clock()
-        when = self.book(now, tokens)
-        if when > now:
-            admitted = False
-            try:
-                await anyio.sleep(when - now)
-                admitted = True
-            finally:
-                if not admitted:  # cancelled while waiting: the slot goes to the next caller
-                    self.unbook(tokens)
+        """Wait until one call of ``tokens`` tokens may start, and count it as started.
+
+        Callers are admitted in arrival order. Cancellation while waiting takes nothing
+        from the buckets and lets the next caller on.
+        """
+        if not self._waiting:  # nobody queued: no lock unless we must wait
+            now = self._clock()
+            if self.ready_at(now, tokens) <= now:
+                self.book(now, tokens)
+                return
+        self._waiting += 1
+        try:
+            if self._queue is None:
+                self._queue = anyio.Lock()
+            async with self._queue:
+                while True:
+                    now = self._clock()
+                    when = self.ready_at(now, tokens)
+                    if when <= now:
+                        self.book(now, tokens)
+                        return
+                    await anyio.sleep(when - now)
+        finally:
+            self._waiting -= 1
+            if not self._waiting:  # made afresh by the next waiter, on whatever loop it runs
+                self._queue = None
 
     def settle(self, booked: int, used: int | None) -> None:
-        """Correct a booking of ``booked`` tokens once the call reports ``used`` tokens."""
-        if used is not None and self._tokens is not None:
-            self._tokens.level -= used - booked
+        """Correct a call's ``booked`` token estimate once it reports ``used`` tokens.
+
+        More than booked is debited now (later callers wait for it); less is refunded.
+        ``used=None`` (no usage reported) keeps the estimate.
+        """
+        if used is not None and self._tokens is not None and used != booked:
+            self._tokens.take(self._clock(), used - booked)
 
     def cooldown(self, seconds: float) -> None:
-        """Start nothing new for ``seconds`` (a server said so with Retry-After)."""
+        """Start nothing new for ``seconds`` (a server said so with Retry-After).
+
+        Callers already waiting wait until then too; a call already started is not touched.
+        """
         self._resume_at = max(self._resume_at, self._clock() + seconds)
 
 
