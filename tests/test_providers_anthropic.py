@@ -154,8 +154,9 @@ async def test_headers_can_override_the_api_version(mocked: Any) -> None:
         ([LLMMessage("tool", "42")], None),
         ([LLMMessage("user", "x")], {"stream": True}),
         ([LLMMessage("user", "x")], {"temperature": float("inf")}),
+        ([LLMMessage("user", "x")], {"stop": 3}),
     ],
-    ids=["tool-role", "stream", "inf"],
+    ids=["tool-role", "stream", "inf", "bad-stop"],
 )
 async def test_a_request_that_cannot_be_sent_is_refused_before_sending(
     mocked: Any, messages: list[LLMMessage], overrides: dict[str, Any] | None
@@ -241,11 +242,17 @@ def test_bad_max_tokens_fails_at_construction(max_tokens: Any) -> None:
         AnthropicProvider("c", api_key=KEY, max_tokens=max_tokens)
 
 
+def test_bad_stop_in_default_params_fails_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"default_params\['stop'\]"):
+        AnthropicProvider("c", api_key=KEY, default_params={"stop": 3})
+
+
 def test_repr_hides_the_key() -> None:
     provider = AnthropicProvider("claude-sonnet-4-5", api_key=KEY)
     assert repr(provider) == (
         "AnthropicProvider(model='claude-sonnet-4-5', base_url='https://api.anthropic.com')"
     )
+    assert KEY not in repr(vars(provider))  # even the private state hides it
 
 
 async def test_end_to_end_through_the_executor_on_a_real_server() -> None:

@@ -290,6 +290,7 @@ def test_repr_shows_model_and_url_but_not_the_key() -> None:
         "OpenAIProvider(model='gpt-4o-mini', base_url='https://api.openai.com/v1')"
     )
     assert provider.timeout == httpx.Timeout(5.0)
+    assert KEY not in repr(vars(provider))  # even the private state hides it
 
 
 def test_timeout_applies_to_all_phases_with_a_shorter_connect() -> None:

@@ -72,7 +72,12 @@ class AnthropicProvider(HTTPProvider):
         }
         if "stop" in params:
             stop = params.pop("stop")
-            params["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+            if not isinstance(stop, str | list | tuple):
+                raise TypeError(
+                    f"AnthropicProvider: default_params['stop'] is a {type(stop).__name__}; "
+                    "give a string or a list of strings"
+                )
+            params["stop_sequences"] = _stop_sequences(stop)
         self._params = params
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
@@ -104,8 +109,7 @@ class AnthropicProvider(HTTPProvider):
             if any(v is None for v in params.values()):
                 params = {k: v for k, v in params.items() if v is not None}
             if "stop" in params:  # the OpenAI spelling, so one set of overrides fits both
-                stop = params.pop("stop")
-                params["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+                params["stop_sequences"] = _stop_sequences(params.pop("stop"))
             if params.get("stream"):
                 raise BadRequestError(
                     "anthropic: complete() returns whole answers; remove stream=True from "
@@ -159,6 +163,18 @@ class AnthropicProvider(HTTPProvider):
             usage=_usage(body.get("usage")),
             metadata=metadata,
         )
+
+
+def _stop_sequences(stop: object) -> list[Any]:
+    """OpenAI's ``stop`` (a string or a list of them) as Anthropic's ``stop_sequences``."""
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list | tuple):
+        return list(stop)
+    raise BadRequestError(
+        f"anthropic: stop is a {type(stop).__name__}; give a string or a list of strings",
+        provider="anthropic",
+    )
 
 
 def _usage(usage: object) -> dict[str, int] | None:

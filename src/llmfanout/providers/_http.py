@@ -130,6 +130,26 @@ def status_error_class(status_code: int) -> type[APIStatusError]:
 
 # -- secrets ---------------------------------------------------------------------------
 
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
+
+
+class Secret(str):
+    """A string whose repr hides it, so a stray ``repr(vars(provider))`` shows no key."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+class SecretHeaders(dict[str, str]):
+    """Request headers whose repr hides the credential headers' values."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr({k: "***" if k.lower() in _CREDENTIAL_HEADERS else v for k, v in self.items()})
+
 
 def redact(text: str, secret: str) -> str:
     """``text`` with every occurrence of ``secret`` replaced by ``***``."""
@@ -412,16 +432,18 @@ class HTTPProvider:
                 f"{owner}: http_client must be an httpx.AsyncClient, "
                 f"not {type(http_client).__name__}"
             )
-        secret = resolve_api_key(api_key, self.api_key_env, owner)
+        secret = Secret(resolve_api_key(api_key, self.api_key_env, owner))
         self._secret = secret
         self._url = self.base_url + self.endpoint
-        self._headers = {
-            "content-type": "application/json",
-            "accept": "application/json",
-            "user-agent": USER_AGENT,
-            **self._auth_headers(secret),
-            **extra_headers,
-        }
+        self._headers = SecretHeaders(
+            {
+                "content-type": "application/json",
+                "accept": "application/json",
+                "user-agent": USER_AGENT,
+                **self._auth_headers(str(secret)),
+                **extra_headers,
+            }
+        )
         self._owns_client = http_client is None
         self._client = http_client or httpx.AsyncClient(
             timeout=self.timeout,
