@@ -14,7 +14,8 @@ loop, on asyncio and trio alike::
 ``"echo: <last message>"``. Each request takes the next queued :class:`Fault`, else asks
 ``server.fault_for(request)``, else succeeds. From sync code (a CLI test running a
 subprocess) use :func:`fake_llm_server_in_thread`; from a shell, ``python
-tests/fake_llm_server.py [--port N]`` prints the base URL and serves until killed.
+tests/fake_llm_server.py [--port N] [--latency S [--spread F]]`` prints the base URL and
+serves until killed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -126,6 +128,11 @@ class Fault:
         return cls("hang")
 
     @classmethod
+    def stall(cls) -> Fault:
+        """Send the headers and half the body, then nothing more until the client gives up."""
+        return cls("stall")
+
+    @classmethod
     def malformed_json(cls) -> Fault:
         """A 200 whose body is not JSON."""
         return cls("malformed")
@@ -183,6 +190,11 @@ class FakeLLMServer:
         self.requests: list[RecordedRequest] = []
         self.faults: deque[Fault] = deque()
         self.fault_for: Callable[[RecordedRequest], Fault | None] | None = None
+        self.latency = 0.0
+        """Seconds every normal answer waits before it is sent (a model thinking)."""
+        self.latency_spread = 0.0
+        """Each wait is ``latency`` times a random factor in ``1 +/- latency_spread``."""
+        self._random = random.Random(0)
         self.connections_opened = 0
         self.open_connections = 0
         self.peak_connections = 0
@@ -290,11 +302,7 @@ class FakeLLMServer:
         if kind == "disconnect":
             return False
         if kind == "hang":
-            try:
-                while await stream.receive():
-                    pass
-            except _STREAM_GONE:
-                pass
+            await _wait_for_close(stream)
             return False
         code = 200
         if wire is None:
@@ -312,14 +320,28 @@ class FakeLLMServer:
         elif request.json is None:
             code, body = 400, _error_body(wire, 400, "the body is not JSON", None)
         else:
+            if self.latency:
+                spread = self.latency_spread
+                await anyio.sleep(self.latency * self._random.uniform(1 - spread, 1 + spread))
             body = _answer(wire, request, fault.content)
         headers.append(("content-length", str(len(body))))
         await stream.send(conn.send(h11.Response(status_code=code, headers=headers)))
-        if kind == "drop":
+        if kind in ("drop", "stall"):
             await stream.send(conn.send(h11.Data(data=body[: len(body) // 2])))
+            if kind == "stall":
+                await _wait_for_close(stream)
             return False
         await stream.send(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
         return True
+
+
+async def _wait_for_close(stream: anyio.abc.SocketStream) -> None:
+    """Read and ignore until the client closes the connection."""
+    try:
+        while await stream.receive():
+            pass
+    except _STREAM_GONE:
+        pass
 
 
 async def _next_event(conn: h11.Connection, stream: anyio.abc.SocketStream) -> Any:
@@ -437,20 +459,23 @@ def fake_llm_server_in_thread(backend: str = "asyncio") -> Iterator[FakeLLMServe
         yield server
 
 
-async def _serve_forever(port: int) -> None:
+async def _serve_forever(port: int, latency: float, spread: float) -> None:
     async with serve_fake_llm(port) as server:
+        server.latency, server.latency_spread = latency, spread
         print(server.base_url, flush=True)
         await anyio.sleep_forever()
 
 
 def main() -> None:
-    """``python tests/fake_llm_server.py [--port N] [--backend trio]``: serve until killed."""
+    """``python tests/fake_llm_server.py [--port N] [--latency S]``: serve until killed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
+    parser.add_argument("--spread", type=float, default=0.0, help="latency * (1 +/- spread)")
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     args = parser.parse_args()
     with suppress(KeyboardInterrupt):
-        anyio.run(_serve_forever, args.port, backend=args.backend)
+        anyio.run(_serve_forever, args.port, args.latency, args.spread, backend=args.backend)
 
 
 if __name__ == "__main__":

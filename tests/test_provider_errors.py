@@ -84,6 +84,7 @@ RETRYABLE: list[tuple[str, Fault, type[ProviderError], float | None]] = [
     ("drop-mid-body", Fault.drop(), APIConnectionError, None),
     ("disconnect", Fault.disconnect(), APIConnectionError, None),
     ("hang", Fault.hang(), APITimeoutError, None),
+    ("stall-mid-body", Fault.stall(), APITimeoutError, None),
     (
         "400-should-retry",
         Fault.status(400, headers={"x-should-retry": "true"}),
@@ -131,7 +132,7 @@ async def test_retryable_fault_is_retried_once_then_succeeds(
 ) -> None:
     seen: list[Exception] = []
     retry = RetryConfig(max_attempts=3, initial_delay=0.0, on_retry=lambda n, exc: seen.append(exc))
-    timeout = 0.2 if fault.kind == "hang" else 10.0
+    timeout = 0.2 if fault.kind in ("hang", "stall") else 10.0
     async with make_provider(kind, server, timeout=timeout) as provider:
         server.add_faults(fault)
         with pytest.raises(error_class) as caught:
@@ -371,6 +372,7 @@ async def test_the_api_key_appears_nowhere(
         Fault.drop(),
         Fault.disconnect(),
         Fault.hang(),
+        Fault.stall(),
         Fault.malformed_json(),
         Fault.missing_fields(),
     ]
