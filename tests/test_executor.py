@@ -536,3 +536,64 @@ async def test_every_tag_gets_exactly_the_result_its_calls_produced(
     if len(plans) >= concurrency and all(hops for plan in plans for _, hops in plan):
         # When every call yields and there is enough work, the pool fills up.
         assert provider.peak == concurrency
+
+
+# -- an executor outlives its event loop ---------------------------------------------
+
+SHARED = ParallelLLMExecutor(EchoProvider(), max_concurrency=2)  # made outside any loop
+
+
+async def test_one_executor_serves_successive_event_loops() -> None:
+    # Each backend's run of this test uses the same module-level executor, in a new loop.
+    tasks = {"llm": ask("x"), "fn": DeterministicTask(lambda: 2)}
+    results = await SHARED.execute_mixed(tasks)
+    assert results["llm"].value.content == "Echo: x" and results["fn"].value == 2
+
+
+def test_one_executor_runs_under_asyncio_then_trio() -> None:
+    executor = ParallelLLMExecutor(EchoProvider(), max_concurrency=2)
+
+    async def run() -> list[bool]:
+        results = await executor.execute_mixed(
+            {"a": ask("a"), "f": DeterministicTask(len, ("ab",))}
+        )
+        return [r.success for r in results.values()]
+
+    assert anyio.run(run) == [True, True]
+    assert anyio.run(run, backend="trio") == [True, True]
+
+
+# -- user hooks that raise fail their own task only ----------------------------------
+
+
+def _boom(*args: object) -> bool:
+    raise LookupError("hook broke")
+
+
+@pytest.mark.parametrize(
+    ("retry", "bad", "good"),
+    [
+        # retry_on_result judges values: it breaks the task that succeeded
+        (RetryConfig(initial_delay=0, retry_on_result=_boom), ConnectionError, LookupError),
+        # on_retry and on_failure run for failures: they break the failing task
+        (RetryConfig(initial_delay=0, on_retry=_boom), LookupError, None),
+        (RetryConfig(max_attempts=1, on_failure=_boom), LookupError, None),
+    ],
+    ids=["retry_on_result", "on_retry", "on_failure"],
+)
+async def test_a_raising_retry_hook_fails_only_its_task(
+    retry: RetryConfig, bad: type[Exception], good: type[Exception] | None
+) -> None:
+    provider = EchoProvider()
+    provider.set_response_function(
+        lambda messages: _raise(ConnectionError("x")) if messages[0].content == "bad" else "ok"
+    )
+    results = await ParallelLLMExecutor(provider).execute(
+        {"bad": ask("bad", retry=retry), "good": ask("good", retry=retry), "plain": ask("p")}
+    )
+    assert results["plain"].success
+    assert type(results["bad"].error) is bad
+    if good is None:
+        assert results["good"].success
+    else:
+        assert type(results["good"].error) is good

@@ -226,3 +226,21 @@ async def test_cancellation_of_an_attempt_is_not_retried() -> None:
             await started.wait()
             tg.cancel_scope.cancel()
     assert calls == 1
+
+
+async def test_a_raising_hook_ends_the_attempts_with_its_error() -> None:
+    def broken_hook(attempt: int, exc: Exception) -> None:
+        raise LookupError("hook")
+
+    flaky = Flaky(5)
+    with pytest.raises(LookupError, match="hook"):
+        await RetryExecutor(RetryConfig(max_attempts=5, on_retry=broken_hook, **fast)).execute(
+            flaky
+        )
+    assert flaky.calls == 1
+
+
+def test_trivial_means_one_attempt_and_no_failure_hook() -> None:
+    assert RetryConfig(max_attempts=1).trivial
+    assert not RetryConfig(max_attempts=2).trivial
+    assert not RetryConfig(max_attempts=1, on_failure=print).trivial

@@ -17,6 +17,7 @@ from time import perf_counter
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from ._calls import call_maybe_async
@@ -33,10 +34,22 @@ OnResult = Callable[[TaskResult], Any]
 _NO_RETRY = RetryConfig(max_attempts=1)
 
 
+class _Slots:
+    """The cap's bookkeeping for one event loop: an executor may serve several in turn."""
+
+    __slots__ = ("limiter", "queued", "threads")
+
+    def __init__(self, total: int) -> None:
+        self.limiter = anyio.CapacityLimiter(total)
+        # Threads get their own limiter: a worker already holds a token of the first one.
+        self.threads = anyio.CapacityLimiter(total)
+        self.queued = 0  # workers waiting for a slot (another call holds them all)
+
+
 class _Run:
     """The state of one call: where items come from, where results go, how many failed."""
 
-    __slots__ = ("aborted", "emit", "failures", "items", "max_errors", "notify", "scopes")
+    __slots__ = ("aborted", "emit", "failures", "items", "max_errors", "notify", "scopes", "slots")
 
     def __init__(
         self,
@@ -53,6 +66,7 @@ class _Run:
         self.aborted = False
         # With max_errors: per worker, the scope of the task it runs (None between tasks).
         self.scopes: list[anyio.CancelScope | None] = []
+        self.slots: _Slots
 
     def count_failure(self) -> None:
         """Count a failed task; at max_errors, cut off every task in flight."""
@@ -165,10 +179,15 @@ class ParallelLLMExecutor:
         )
         self.default_timeout = default_timeout
         self.rate_limit = rate_limit
-        self._limiter = anyio.CapacityLimiter(max_concurrency)
-        # Threads get their own limiter: a worker already holds a token of the first one.
-        self._thread_limiter = anyio.CapacityLimiter(max_concurrency)
-        self._queued = 0  # workers waiting for a slot (another call holds them all)
+        # Limiters belong to one event loop; keep one set per loop this executor runs in.
+        self._slots_var: anyio.lowlevel.RunVar[_Slots] = anyio.lowlevel.RunVar("llmfanout.slots")
+
+    def _slots(self) -> _Slots:
+        slots = self._slots_var.get(None)
+        if slots is None:
+            slots = _Slots(self.max_concurrency)
+            self._slots_var.set(slots)
+        return slots
 
     def __repr__(self) -> str:
         return (
@@ -227,7 +246,7 @@ class ParallelLLMExecutor:
                 )
         results: list[TaskResult] = []
         previous: TaskResult | None = None
-        async with self._limiter:
+        async with self._slots().limiter:
             for index, task in enumerate(tasks):
                 if pass_result and previous is not None and previous.success:
                     reply = LLMMessage("assistant", _content(previous.value))
@@ -315,6 +334,7 @@ class ParallelLLMExecutor:
             return
         logger.debug("run starting: %s tasks, %d workers", count or "streamed", workers)
         run.scopes = [None] * workers
+        run.slots = self._slots()
         try:
             async with anyio.create_task_group() as tg:
                 for index in range(workers):
@@ -323,7 +343,7 @@ class ParallelLLMExecutor:
             raise _unwrap_group(group) from None
 
     async def _worker(self, run: _Run, index: int) -> None:
-        await self._take_slot()
+        await _take_slot(run.slots)
         try:
             items = run.items
             if isinstance(items, AsyncItems):
@@ -333,7 +353,7 @@ class ParallelLLMExecutor:
                 for item in items:
                     await self._one(run, index, item)
         finally:
-            self._limiter.release()
+            run.slots.limiter.release()
 
     async def _one(self, run: _Run, index: int, item: Item) -> None:
         """The per-task path: run it, hand the result on, maybe give the slot away."""
@@ -345,9 +365,9 @@ class ParallelLLMExecutor:
         await run.emit(result)
         if run.notify is not None:
             await run.notify(result)
-        if self._queued:  # another call is waiting for a slot: take turns
-            self._limiter.release()
-            await self._take_slot()
+        if run.slots.queued:  # another call is waiting for a slot: take turns
+            run.slots.limiter.release()
+            await _take_slot(run.slots)
 
     async def _run_guarded(
         self, run: _Run, index: int, tag: str, task: Task | Invalid
@@ -367,27 +387,13 @@ class ParallelLLMExecutor:
             run.count_failure()
         return result
 
-    async def _take_slot(self) -> None:
-        try:
-            self._limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            self._queued += 1
-            try:
-                await self._limiter.acquire()
-            finally:
-                self._queued -= 1
-
     async def _run_task(self, tag: str, task: Task | Invalid) -> TaskResult:
         """One task, all its attempts: never raises but for cancellation."""
         start = perf_counter()
         if type(task) is LLMTask:
             retry = task.retry or self.default_retry
             timeout = task.timeout or self.default_timeout
-            if (
-                (retry is None or retry.max_attempts == 1)
-                and timeout is None
-                and (self.rate_limit is None)
-            ):
+            if (retry is None or retry.trivial) and timeout is None and (self.rate_limit is None):
                 # The fast path: a single plain call, nothing to wrap it in.
                 try:
                     response = await self.provider.complete(
@@ -446,7 +452,7 @@ class ParallelLLMExecutor:
     def _function_call(self, task: DeterministicTask) -> Callable[[], Awaitable[Any]]:
         timeout = task.timeout or self.default_timeout
         fn, args, kwargs, is_async = task.fn, task.args, task.kwargs, task.is_async
-        limiter = self._thread_limiter
+        limiter = self._slots().threads
 
         async def call() -> Any:
             with _time_limit(timeout, "function") if timeout is not None else nullcontext():
@@ -472,6 +478,17 @@ def _time_limit(seconds: float, kind: str) -> Iterator[None]:
             f"{kind} call timed out after {seconds:g}s (the timeout per attempt); if it needs "
             "longer, raise the task's timeout= or the executor's default_timeout="
         )
+
+
+async def _take_slot(slots: _Slots) -> None:
+    try:
+        slots.limiter.acquire_nowait()
+    except anyio.WouldBlock:
+        slots.queued += 1
+        try:
+            await slots.limiter.acquire()
+        finally:
+            slots.queued -= 1
 
 
 def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:

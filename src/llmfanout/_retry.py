@@ -96,6 +96,12 @@ class RetryConfig:
     retry_on_result: Callable[[Any], bool] | None = None
     on_retry: Callable[[int, Exception], Any] | None = None
     on_failure: Callable[[Exception], Any] | None = None
+    trivial: bool = attrs.field(init=False, repr=False, eq=False)
+    """One attempt and no hook to call: the executor may skip the retry machinery."""
+
+    @trivial.default
+    def _trivial(self) -> bool:
+        return self.max_attempts == 1 and self.on_failure is None
 
 
 def backoff_delay(
@@ -147,35 +153,41 @@ async def attempt(
     """Run ``call`` under ``config``: ``(True, value, attempts)`` or ``(False, exc, attempts)``.
 
     Only ``Exception`` is captured; cancellation propagates from an attempt and from a
-    wait alike.
+    wait alike. An exception raised by a hook or by ``retry_on_result`` is user code
+    failing too: it ends the attempts and is returned like the call's own.
     """
-    previous: float | None = None
-    retry_on_result = config.retry_on_result
-    last = config.max_attempts
     n = 1
-    while True:
-        try:
-            value = await call()
-        except Exception as exc:
-            if not is_retryable(config, exc):
-                return False, exc, n
-            if n >= last:
-                await _hook(config.on_failure, exc)
-                return False, exc, n
-            previous = backoff_delay(config, n, previous)
-            delay = previous
-            retry_after = getattr(exc, "retry_after", None)
-            if isinstance(retry_after, int | float) and retry_after > delay:
-                delay = min(float(retry_after), config.max_delay)
-            await _hook(config.on_retry, n, exc)
-            logger.debug("attempt %d/%d failed (%r); next in %.3fs", n, last, exc, delay)
-        else:
-            if retry_on_result is None or n >= last or not retry_on_result(value):
-                return True, value, n
-            previous = delay = backoff_delay(config, n, previous)
-            logger.debug("attempt %d/%d: result asked for a retry; next in %.3fs", n, last, delay)
-        await anyio.sleep(delay)
-        n += 1
+    try:
+        previous: float | None = None
+        retry_on_result = config.retry_on_result
+        last = config.max_attempts
+        while True:
+            try:
+                value = await call()
+            except Exception as exc:
+                if not is_retryable(config, exc):
+                    return False, exc, n
+                if n >= last:
+                    await _hook(config.on_failure, exc)
+                    return False, exc, n
+                previous = backoff_delay(config, n, previous)
+                delay = previous
+                retry_after = getattr(exc, "retry_after", None)
+                if isinstance(retry_after, int | float) and retry_after > delay:
+                    delay = min(float(retry_after), config.max_delay)
+                await _hook(config.on_retry, n, exc)
+                logger.debug("attempt %d/%d failed (%r); next in %.3fs", n, last, exc, delay)
+            else:
+                if retry_on_result is None or n >= last or not retry_on_result(value):
+                    return True, value, n
+                previous = delay = backoff_delay(config, n, previous)
+                logger.debug(
+                    "attempt %d/%d: result asked for a retry; next in %.3fs", n, last, delay
+                )
+            await anyio.sleep(delay)
+            n += 1
+    except Exception as hook_error:  # a hook or retry_on_result raised
+        return False, hook_error, n
 
 
 class RetryExecutor:
