@@ -157,6 +157,14 @@ async def test_a_repeated_tag_fails_that_task_and_the_run_goes_on() -> None:
     assert provider.call_count == 4  # the repeats were never sent
 
 
+async def test_a_refused_repeat_leaves_its_position_free_for_a_later_tag() -> None:
+    tasks = [ask("a", tag="a"), ask("b", tag="a"), ask("c", tag="1"), ask("d"), ask("e")]
+    results = await collect(ParallelLLMExecutor(EchoProvider()), tasks)
+    outcome = sorted((r.tag, r.success) for r in results)
+    # Task #1 was refused under its own tag "a", so "1" was never used: task #2 may take it.
+    assert outcome == [("1", True), ("3", True), ("4", True), ("a", False), ("a", True)]
+
+
 async def test_a_bad_item_in_a_collection_is_refused_before_any_work() -> None:
     provider = EchoProvider()
     executor = ParallelLLMExecutor(provider)

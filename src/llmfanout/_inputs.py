@@ -62,14 +62,15 @@ class Tagger:
     """Gives each task from an iterable its tag: its own, else its position.
 
     A repeated tag makes that item :class:`Invalid`. Only explicitly given tags are
-    remembered, so a million position-tagged tasks cost no memory here.
+    remembered (and one bit per position, up to the last of them), so a million
+    position-tagged tasks cost no memory here.
     """
 
-    __slots__ = ("_explicit_positions", "_given", "_position")
+    __slots__ = ("_explicit", "_given", "_position")
 
     def __init__(self) -> None:
         self._given: set[str] = set()
-        self._explicit_positions: set[int] = set()
+        self._explicit = bytearray()  # bit p: task #p has a tag of its own
         self._position = 0
 
     def __call__(self, task: object) -> Item:
@@ -83,10 +84,15 @@ class Tagger:
             if tag in self._given:
                 return tag, Invalid(_duplicate(tag))
             return tag, task
+        # Marked even when the tag is refused below: position p's result carries this
+        # tag, so str(p) stays free for a later task to use.
+        byte = position >> 3
+        if byte >= len(self._explicit):
+            self._explicit.extend(bytes(byte + 1 - len(self._explicit)))
+        self._explicit[byte] |= 1 << (position & 7)
         if tag in self._given or self._is_earlier_position(tag, position):
             return tag, Invalid(_duplicate(tag))
         self._given.add(tag)
-        self._explicit_positions.add(position)
         return tag, task
 
     def _is_earlier_position(self, tag: str, position: int) -> bool:
@@ -94,7 +100,9 @@ class Tagger:
         if not (tag.isascii() and tag.isdigit()) or (len(tag) > 1 and tag[0] == "0"):
             return False
         earlier = int(tag)
-        return earlier < position and earlier not in self._explicit_positions
+        if earlier >= position:
+            return False
+        return not self._explicit[earlier >> 3] & (1 << (earlier & 7))
 
 
 def _duplicate(tag: str) -> ValueError:
