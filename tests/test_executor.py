@@ -309,7 +309,7 @@ async def test_bad_input_is_refused_before_any_work() -> None:
         await executor.execute({"ok": ask("x"), "fn": DeterministicTask(print)})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match=r"execute_mixed: task 'bad' is a str; give an LLMTask or"):
         await executor.execute_mixed({"ok": ask("x"), "bad": "hello"})  # type: ignore[dict-item]
-    with pytest.raises(TypeError, match=r"task key 3 is a int; tags must be str"):
+    with pytest.raises(TypeError, match=r"task key 3 is an int; tags must be str"):
         await executor.execute({3: ask("x")})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match=r"execute\(\) takes a mapping .* use stream\(\)"):
         await executor.execute([ask("x")])  # type: ignore[arg-type]

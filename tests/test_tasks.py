@@ -87,7 +87,7 @@ def test_task_field_errors(kwargs: dict[str, object], error: type[Exception], pa
 
 def test_deterministic_task_refuses_non_callable() -> None:
     with pytest.raises(
-        TypeError, match=r"DeterministicTask 'f': fn is a int, which is not callable"
+        TypeError, match=r"DeterministicTask 'f': fn is an int, which is not callable"
     ):
         DeterministicTask(fn=3, tag="f")  # type: ignore[arg-type]
 
@@ -176,3 +176,13 @@ def test_retry_config_validation_names_the_field() -> None:
     with pytest.raises(TypeError, match="retry_on_exceptions holds 'oops'"):
         RetryConfig(retry_on_exceptions=["oops"])  # type: ignore[list-item]
     assert RetryConfig(retry_on_exceptions=ValueError).retry_on_exceptions == (ValueError,)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [(3, "an int"), ({}, "a dict"), (object(), "an object"), (LLMTask([user("a")]), "an LLMTask")],
+)
+def test_messages_name_types_with_the_right_article(value: object, words: str) -> None:
+    from llmfanout._types import a_kind
+
+    assert a_kind(value) == words

@@ -25,7 +25,7 @@ from ._inputs import AsyncItems, Invalid, Item, TaskSource, check_mapping, prepa
 from ._ratelimit import RateLimit, estimate_tokens, is_rate_limit_error
 from ._retry import RetryConfig, attempt
 from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
-from ._types import AsyncLLMProvider, LLMMessage, LLMResponse
+from ._types import AsyncLLMProvider, LLMMessage, LLMResponse, a_kind
 from .errors import TaskAborted
 
 logger = logging.getLogger("llmfanout")
@@ -153,7 +153,7 @@ class ParallelLLMExecutor:
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise TypeError(
-                f"provider is a {type(provider).__name__} with no complete() method; give an "
+                f"provider is {a_kind(provider)} with no complete() method; give an "
                 "object with `async def complete(messages, config_overrides=None)`"
             )
         if (
@@ -163,7 +163,9 @@ class ParallelLLMExecutor:
         ):
             raise ValueError(f"max_concurrency is {max_concurrency!r}; give a whole number >= 1")
         if default_retry is not None and not isinstance(default_retry, RetryConfig):
-            raise TypeError(f"default_retry must be a RetryConfig, not {type(default_retry)}")
+            raise TypeError(
+                f"default_retry must be a RetryConfig, not {type(default_retry).__name__}"
+            )
         if default_config_overrides is not None and not isinstance(
             default_config_overrides, Mapping
         ):
@@ -242,7 +244,7 @@ class ParallelLLMExecutor:
             if not isinstance(task, LLMTask):
                 tag = getattr(task, "tag", "") or f"step_{index}"
                 raise TypeError(
-                    f"execute_sequential: task {tag!r} is a {type(task).__name__}; give an LLMTask"
+                    f"execute_sequential: task {tag!r} is {a_kind(task)}; give an LLMTask"
                 )
         results: list[TaskResult] = []
         previous: TaskResult | None = None

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 import attrs
 
 from ._tasks import DeterministicTask, LLMTask, Task
+from ._types import a_kind
 
 
 @attrs.frozen
@@ -37,7 +38,7 @@ def _kind_error(method: str, where: str, task: object, llm_only: bool) -> TypeEr
             "use execute_mixed() to run functions beside them"
         )
     wanted = "an LLMTask" if llm_only else "an LLMTask or a DeterministicTask"
-    return TypeError(f"{method}: task {where} is a {type(task).__name__}; give {wanted}")
+    return TypeError(f"{method}: task {where} is {a_kind(task)}; give {wanted}")
 
 
 def check_mapping(tasks: object, method: str, *, llm_only: bool) -> list[Item]:
@@ -50,9 +51,7 @@ def check_mapping(tasks: object, method: str, *, llm_only: bool) -> list[Item]:
     items = list(tasks.items())
     for tag, task in items:
         if not isinstance(tag, str):
-            raise TypeError(
-                f"{method}: task key {tag!r} is a {type(tag).__name__}; tags must be str"
-            )
+            raise TypeError(f"{method}: task key {tag!r} is {a_kind(tag)}; tags must be str")
         if not isinstance(task, LLMTask) and (llm_only or not isinstance(task, DeterministicTask)):
             raise _kind_error(method, repr(tag), task, llm_only)
     return items

@@ -9,7 +9,7 @@ import attrs
 
 from ._calls import callable_is_async
 from ._retry import RetryConfig
-from ._types import LLMMessage
+from ._types import LLMMessage, a_kind
 
 
 def _where(instance: Any) -> str:
@@ -24,7 +24,7 @@ def _check_messages(instance: Any, attribute: Any, value: tuple[Any, ...]) -> No
     for i, message in enumerate(value):
         if not isinstance(message, LLMMessage):
             raise TypeError(
-                f"{_where(instance)}: messages[{i}] is a {type(message).__name__}; "
+                f"{_where(instance)}: messages[{i}] is {a_kind(message)}; "
                 "give LLMMessage(role=..., content=...)"
             )
 
@@ -98,7 +98,7 @@ class LLMTask:
 def _check_fn(instance: Any, attribute: Any, value: Any) -> None:
     if not callable(value):
         raise TypeError(
-            f"{_where(instance)}: fn is a {type(value).__name__}, which is not callable; "
+            f"{_where(instance)}: fn is {a_kind(value)}, which is not callable; "
             "give a function, or an object with __call__"
         )
 

@@ -11,6 +11,16 @@ Role = Literal["system", "user", "assistant", "tool"]
 ROLES: frozenset[str] = frozenset({"system", "user", "assistant", "tool"})
 
 
+def a_kind(value: object) -> str:
+    """``value``'s type with its article, for messages: "an int", "a dict", "an LLMTask"."""
+    name = type(value).__name__
+    if name[:2].isupper():  # an acronym is read letter by letter: "an LLMTask", "a URL"
+        article = "an" if name[0] in "AEFHILMNORSX" else "a"
+    else:
+        article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"{article} {name}"
+
+
 def _check_role(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
     if value not in ROLES:
         raise ValueError(f"LLMMessage.role is {value!r}; use one of {', '.join(sorted(ROLES))}")
