@@ -143,6 +143,14 @@ async def test_extra_headers_and_base_url(mocked: Any) -> None:
     assert request.headers["openai-organization"] == "org-1"
 
 
+async def test_a_header_given_in_any_case_replaces_ours(mocked: Any) -> None:
+    provider, recorder = mocked(headers={"Authorization": "Bearer other", "User-Agent": "me"})
+    await provider.complete(MESSAGES)
+    request = recorder.requests[0]
+    assert request.headers.get_list("authorization") == ["Bearer other"]
+    assert request.headers.get_list("user-agent") == ["me"]
+
+
 async def test_executor_overrides_reach_the_request(mocked: Any) -> None:
     provider, recorder = mocked()
     executor = ParallelLLMExecutor(provider, default_config_overrides={"temperature": 0.1})

@@ -248,7 +248,7 @@ def check_headers(value: object, owner: str) -> dict[str, str]:
                 f"{owner}: header {name!r} holds a control or non-ASCII character, which HTTP "
                 "headers cannot carry"
             )
-    return dict(value)
+    return {name.lower(): header for name, header in value.items()}  # so one beats ours
 
 
 def check_model(value: object, owner: str) -> str:
