@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 
-from fake_llm_server import FakeLLMServer, serve_fake_llm
+from fake_llm_server import FakeLLMServer, fake_llm_server_in_thread, serve_fake_llm
 from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor
 from llmfanout.errors import BadRequestError, ProviderError, ResponseFormatError
 from llmfanout.providers import OpenAIProvider
@@ -320,6 +320,25 @@ async def test_async_with_closes_its_own_client_and_refuses_later_calls() -> Non
         await provider.aclose()  # idempotent
         with anyio.fail_after(5):
             await server.wait_for_no_connections()
+
+
+@pytest.mark.usefixtures("no_stray_threads")
+def test_one_provider_serves_successive_event_loops() -> None:
+    """Made outside any loop, used by several anyio.run() calls in turn, on both backends."""
+    with fake_llm_server_in_thread() as server:
+        provider = OpenAIProvider("m", base_url=server.openai_base_url, api_key=KEY)
+
+        async def run(prompt: str) -> str:
+            async with provider:  # closes this loop's pool only
+                answer = await provider.complete([LLMMessage("user", prompt)])
+            with pytest.raises(ProviderError, match="closed"):
+                await provider.complete([LLMMessage("user", "too late")])
+            return answer.content
+
+        backends = ["asyncio", "asyncio", "trio", "trio", "asyncio"]
+        answers = [anyio.run(run, str(i), backend=b) for i, b in enumerate(backends)]
+    assert answers == [f"echo: {i}" for i in range(5)]
+    assert server.connections_opened == 5  # a fresh pool in each loop
 
 
 async def test_a_client_passed_in_is_left_open() -> None:

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 import httpx
+from anyio.lowlevel import RunVar
 
 from ..errors import (
     APIConnectionError,
@@ -444,8 +445,13 @@ class HTTPProvider:
                 **extra_headers,
             }
         )
-        self._owns_client = http_client is None
-        self._client = http_client or httpx.AsyncClient(
+        self._given_client = http_client
+        # Our pools, one per event loop: connections belong to the loop that opened them, so
+        # a provider made at module level can serve successive anyio.run() calls.
+        self._pools: RunVar[httpx.AsyncClient | None] = RunVar("llmfanout.provider.pool")
+
+    def _new_pool(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             timeout=self.timeout,
             limits=httpx.Limits(
                 max_connections=self.max_connections,
@@ -455,6 +461,19 @@ class HTTPProvider:
             follow_redirects=False,
             verify=_ssl_context(),
         )
+
+    def _client(self) -> httpx.AsyncClient | None:
+        """The client for this event loop (our pool is made on first use); None once closed."""
+        client = self._given_client
+        if client is None:
+            try:
+                client = self._pools.get()
+            except LookupError:
+                client = self._new_pool()
+                self._pools.set(client)
+            if client is None:
+                return None
+        return None if client.is_closed else client
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         raise NotImplementedError
@@ -474,9 +493,16 @@ class HTTPProvider:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool (not an ``http_client`` you passed in). Idempotent."""
-        if self._owns_client:
-            await self._client.aclose()
+        """Close this event loop's connection pool; later calls in this loop raise. Idempotent.
+
+        An ``http_client`` you passed in is left open. A later event loop (another
+        ``anyio.run``) gets a fresh pool.
+        """
+        if self._given_client is None:
+            pool = self._pools.get(None)
+            self._pools.set(None)
+            if pool is not None:
+                await pool.aclose()
 
     def _encode(self, payload: Mapping[str, Any]) -> bytes:
         try:
@@ -498,8 +524,8 @@ class HTTPProvider:
         Errors are raised outside ``except`` blocks so they chain nothing (an httpx
         exception holds the request, headers and all).
         """
-        client = self._client
-        if client.is_closed:
+        client = self._client()
+        if client is None:
             raise ProviderError(
                 f"{type(self).__name__}: closed; create a new one, or use it inside "
                 "`async with` and finish the run before leaving the block",

@@ -18,7 +18,8 @@ class OpenAIProvider(HTTPProvider):
     """Calls ``POST {base_url}/chat/completions`` over one pooled ``httpx.AsyncClient``.
 
     ``async with OpenAIProvider("gpt-4o-mini") as provider: ...`` or call ``aclose()``
-    when done. The key comes from ``api_key``, else ``OPENAI_API_KEY``; without one the
+    when done; the pool is per event loop, so one provider may serve successive
+    ``anyio.run()`` calls. The key comes from ``api_key``, else ``OPENAI_API_KEY``; without one the
     constructor raises ``ValueError`` naming the variable. ``base_url`` points it at any
     OpenAI-compatible server (vLLM, Ollama, Groq...).
 
