@@ -21,9 +21,10 @@ class AnthropicProvider(HTTPProvider):
     """Calls ``POST {base_url}/v1/messages`` over one pooled ``httpx.AsyncClient``.
 
     ``async with AnthropicProvider("claude-sonnet-4-5") as provider: ...`` or call
-    ``aclose()`` when done (the pool is per event loop, as for OpenAIProvider). The key comes from ``api_key``, else ``ANTHROPIC_API_KEY``;
-    without one the constructor raises ``ValueError`` naming the variable. It is sent as
-    ``x-api-key`` with ``anthropic-version: 2023-06-01`` (override either with ``headers``).
+    ``aclose()`` when done (the pool is per event loop, as for OpenAIProvider). The key
+    comes from ``api_key``, else ``ANTHROPIC_API_KEY``; without one the constructor
+    raises ``ValueError`` naming the variable. It is sent as ``x-api-key`` with
+    ``anthropic-version: 2023-06-01`` (override either with ``headers``).
 
     System messages are joined into the top-level ``system`` field; ``max_tokens`` (which
     the API requires) defaults to 1024. Per call, ``config_overrides`` are merged over
