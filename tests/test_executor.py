@@ -597,3 +597,28 @@ async def test_a_raising_retry_hook_fails_only_its_task(
         assert results["good"].success
     else:
         assert type(results["good"].error) is good
+
+
+class TooManyRequests(Exception):
+    status_code = 429
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("slow down")
+        self.retry_after = retry_after
+
+
+async def test_a_429_cooldown_is_capped_by_the_retry_policys_max_delay() -> None:
+    from llmfanout import RateLimit
+
+    provider = EchoProvider()
+    provider.set_responses([ErrorResponse(TooManyRequests(3600)), "after"])
+    executor = ParallelLLMExecutor(
+        provider,
+        max_concurrency=1,
+        rate_limit=RateLimit(requests_per_minute=60_000),
+        default_retry=RetryConfig(max_attempts=2, initial_delay=0, max_delay=0.05),
+    )
+    with anyio.fail_after(5):  # an uncapped cooldown would pause this run for an hour
+        results = await executor.execute({"a": ask("a"), "b": ask("b")})
+    assert [r.value.content for r in results.values()] == ["after", "Echo: b"]
+    assert results["a"].attempts == 2

@@ -4,11 +4,14 @@ from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor
 from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
+from ._summary import RunSummary, summarize
 from ._tasks import DeterministicTask, LLMTask, TaskResult
 from ._types import AsyncLLMProvider, LLMMessage, LLMResponse
-from .errors import TaskAborted
+from .errors import ProviderError, TaskAborted
+from .providers import AnthropicProvider, OpenAIProvider
 
 __all__ = [
+    "AnthropicProvider",
     "AsyncLLMProvider",
     "BackoffStrategy",
     "DeterministicTask",
@@ -17,12 +20,16 @@ __all__ = [
     "LLMMessage",
     "LLMResponse",
     "LLMTask",
+    "OpenAIProvider",
     "ParallelLLMExecutor",
+    "ProviderError",
     "RateLimit",
     "RetryConfig",
     "RetryExecutor",
+    "RunSummary",
     "TaskAborted",
     "TaskResult",
+    "summarize",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -404,7 +404,8 @@ class ParallelLLMExecutor:
                 except Exception as exc:
                     return _failed(tag, exc, start, 1)
                 return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
-            ok, value, attempts = await attempt(retry or _NO_RETRY, self._llm_call(task, timeout))
+            policy = retry or _NO_RETRY
+            ok, value, attempts = await attempt(policy, self._llm_call(task, timeout, policy))
         elif type(task) is DeterministicTask:
             ok, value, attempts = await attempt(task.retry or _NO_RETRY, self._function_call(task))
         else:
@@ -425,7 +426,7 @@ class ParallelLLMExecutor:
         return {**default, **own}
 
     def _llm_call(
-        self, task: LLMTask, timeout: float | None
+        self, task: LLMTask, timeout: float | None, policy: RetryConfig
     ) -> Callable[[], Awaitable[LLMResponse]]:
         complete = self.provider.complete
         messages = task.messages
@@ -443,7 +444,8 @@ class ParallelLLMExecutor:
                 if limit is not None:
                     limit.settle(tokens, None)
                     if is_rate_limit_error(exc):
-                        limit.cooldown(exc.retry_after)  # type: ignore[attr-defined]
+                        # The server's word, within the patience the policy allows.
+                        limit.cooldown(min(exc.retry_after, policy.max_delay))  # type: ignore[attr-defined]
                 raise
             if limit is not None:
                 limit.settle(tokens, getattr(response, "total_tokens", None))
