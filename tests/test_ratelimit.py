@@ -85,6 +85,14 @@ async def acquire_into(
     admitted.add(name)
 
 
+async def spent_limit(clock: FakeClock) -> RateLimit:
+    """100 calls a second, its one-second burst already taken: the next caller waits."""
+    limit = RateLimit(requests_per_minute=6000, clock=clock)
+    for _ in range(100):
+        await limit.acquire()
+    return limit
+
+
 # -- the bucket maths, pure (book: explicit clock, no sleeping) --------------------------
 
 
@@ -267,11 +275,9 @@ async def test_acquire_admits_the_burst_at_once_then_paces_in_arrival_order() ->
 
 async def test_callers_that_give_up_waiting_leave_nothing_booked() -> None:
     clock = FakeClock()
-    limit = RateLimit(requests_per_minute=6000, clock=clock)
     admitted = Admitted()
     with anyio.fail_after(5):
-        for _ in range(100):
-            await limit.acquire()
+        limit = await spent_limit(clock)
         async with anyio.create_task_group() as tg:
             for i in range(200):  # two seconds of callers queue up...
                 await tg.start(acquire_into, limit, admitted, str(i))
@@ -284,11 +290,9 @@ async def test_callers_that_give_up_waiting_leave_nothing_booked() -> None:
 
 async def test_one_caller_leaving_the_queue_lets_the_next_one_on() -> None:
     clock = FakeClock()
-    limit = RateLimit(requests_per_minute=6000, clock=clock)
     admitted = Admitted()
     with anyio.fail_after(5):
-        for _ in range(100):
-            await limit.acquire()
+        limit = await spent_limit(clock)
         async with anyio.create_task_group() as tg:
             scopes = {}
             for name in "abc":
@@ -312,11 +316,9 @@ async def test_one_caller_leaving_the_queue_lets_the_next_one_on() -> None:
 
 async def test_a_cooldown_holds_callers_already_waiting() -> None:
     clock = FakeClock()
-    limit = RateLimit(requests_per_minute=6000, clock=clock)
     admitted = Admitted()
     with anyio.fail_after(5):
-        for _ in range(100):
-            await limit.acquire()
+        limit = await spent_limit(clock)
         async with anyio.create_task_group() as tg:
             for name in "abc":
                 await tg.start(acquire_into, limit, admitted, name)
