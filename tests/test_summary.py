@@ -16,10 +16,11 @@ from llmfanout import (
     LLMResponse,
     LLMTask,
     ParallelLLMExecutor,
+    RunSummary,
     TaskAborted,
     TaskResult,
+    summarize,
 )
-from llmfanout._summary import RunSummary, summarize
 
 pytestmark = pytest.mark.anyio
 
