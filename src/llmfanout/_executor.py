@@ -303,7 +303,7 @@ class ParallelLLMExecutor:
                         # Cancel before closing: a worker blocked handing on a result must
                         # see the cancellation, not a closed stream (BrokenResourceError).
                         tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
+        except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
             raise _unwrap_group(group) from None
         finally:
             if isinstance(items, AsyncItems):
@@ -341,7 +341,7 @@ class ParallelLLMExecutor:
             async with anyio.create_task_group() as tg:
                 for index in range(workers):
                     tg.start_soon(self._worker, run, index)
-        except BaseExceptionGroup as group:
+        except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
             raise _unwrap_group(group) from None
 
     async def _worker(self, run: _Run, index: int) -> None:
