@@ -26,12 +26,15 @@ class AnthropicProvider(HTTPProvider):
     raises ``ValueError`` naming the variable. It is sent as ``x-api-key`` with
     ``anthropic-version: 2023-06-01`` (override either with ``headers``).
 
-    System messages are joined into the top-level ``system`` field; ``max_tokens`` (which
-    the API requires) defaults to 1024. Per call, ``config_overrides`` are merged over
-    ``default_params`` into the JSON body (a None value drops the key; ``stop`` is sent as
-    ``stop_sequences``). ``timeout``, ``max_connections`` and ``http_client`` work as for
-    :class:`~llmfanout.providers.OpenAIProvider`: size the pool to at least the executor's
-    ``max_concurrency``.
+    ``finish_reason`` is the ``stop_reason``; ``usage`` maps ``input_tokens`` (plus cached
+    input) to ``prompt_tokens`` and ``output_tokens`` to ``completion_tokens``, keeping the
+    original keys too. System messages are joined into the top-level ``system`` field;
+    ``max_tokens`` (which the API requires) defaults to 1024. Per call,
+    ``config_overrides`` are merged over ``default_params`` into the JSON body (a None
+    value drops the key; ``stop`` is sent as ``stop_sequences``). ``timeout``,
+    ``max_connections`` and ``http_client`` work as for
+    :class:`~llmfanout.providers.OpenAIProvider`: size the pool to at least the
+    executor's ``max_concurrency``.
 
     ``complete`` raises :class:`~llmfanout.errors.ProviderError` subclasses, retryable as
     the official SDK decides (529 "overloaded" is a retryable ``ServerError``); it never
@@ -84,39 +87,13 @@ class AnthropicProvider(HTTPProvider):
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
 
-    async def complete(
-        self,
-        messages: Sequence[LLMMessage],
-        config_overrides: Mapping[str, Any] | None = None,
-    ) -> LLMResponse:
-        """Send one Messages API request; return its text as an ``LLMResponse``.
+    def _merge(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        params = super()._merge(overrides)
+        if "stop" in params:  # the OpenAI spelling, so one set of overrides fits both
+            params["stop_sequences"] = _stop_sequences(params.pop("stop"))
+        return params
 
-        ``finish_reason`` is the ``stop_reason``; ``usage`` maps ``input_tokens`` (plus
-        cached input) to ``prompt_tokens`` and ``output_tokens`` to ``completion_tokens``,
-        keeping the original keys too. ``metadata`` holds the raw JSON body (``"raw"``) and
-        the ``"request_id"``. Raises a :class:`~llmfanout.errors.ProviderError` subclass on
-        failure; cancellation closes the request's connection and propagates.
-        """
-        payload = self._payload(messages, config_overrides)
-        body, response = await self._post(payload)
-        return self._response(body, response, payload["model"])
-
-    def _payload(
-        self, messages: Sequence[LLMMessage], overrides: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
-        params = self._params
-        if overrides:
-            params = {**params, **overrides}
-            if any(v is None for v in params.values()):
-                params = {k: v for k, v in params.items() if v is not None}
-            if "stop" in params:  # the OpenAI spelling, so one set of overrides fits both
-                params["stop_sequences"] = _stop_sequences(params.pop("stop"))
-            if params.get("stream"):
-                raise BadRequestError(
-                    "anthropic: complete() returns whole answers; remove stream=True from "
-                    "config_overrides",
-                    provider=self.provider_name,
-                )
+    def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
         system: list[str] = []
         wire: list[dict[str, str]] = []
         for m in messages:

@@ -20,7 +20,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Self
 import httpx
 from anyio.lowlevel import RunVar
 
+from .._types import LLMMessage, LLMResponse
 from ..errors import (
     APIConnectionError,
     APIStatusError,
@@ -404,6 +405,7 @@ class HTTPProvider:
     provider_name: ClassVar[str] = "http"
     api_key_env: ClassVar[str] = ""
     endpoint: ClassVar[str] = ""
+    _params: dict[str, Any]  # the model and default_params, in the wire's spelling
 
     def __init__(
         self,
@@ -503,6 +505,44 @@ class HTTPProvider:
             self._pools.set(None)
             if pool is not None:
                 await pool.aclose()
+
+    async def complete(
+        self,
+        messages: Sequence[LLMMessage],
+        config_overrides: Mapping[str, Any] | None = None,
+    ) -> LLMResponse:
+        """Send one request; return the answer as an ``LLMResponse``.
+
+        ``config_overrides`` are merged over ``default_params`` (a ``None`` value removes a
+        key). ``metadata`` holds the raw JSON body (``"raw"``) and the server's
+        ``"request_id"``. Raises a :class:`~llmfanout.errors.ProviderError` subclass on
+        failure; cancellation closes the request's connection and propagates.
+        """
+        params = self._merge(config_overrides) if config_overrides else self._params
+        payload = self._payload(messages, params)
+        body, response = await self._post(payload)
+        return self._response(body, response, payload["model"])
+
+    def _merge(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """A call's parameters: a new dict, the overrides over the defaults."""
+        params = {**self._params, **overrides}
+        if any(v is None for v in params.values()):
+            params = {k: v for k, v in params.items() if v is not None}
+        if params.get("stream"):
+            raise BadRequestError(
+                f"{self.provider_name}: complete() returns whole answers; remove stream=True "
+                "from config_overrides",
+                provider=self.provider_name,
+            )
+        return params
+
+    def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
+        """The request body for ``messages`` with ``params``."""
+        raise NotImplementedError
+
+    def _response(self, body: Any, response: httpx.Response, model: Any) -> LLMResponse:
+        """The ``LLMResponse`` a successful body holds; ``ResponseFormatError`` if none."""
+        raise NotImplementedError
 
     def _encode(self, payload: Mapping[str, Any]) -> bytes:
         try:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from .._types import LLMMessage, LLMResponse
-from ..errors import BadRequestError, ProviderError
+from ..errors import ProviderError
 from ._http import HTTPProvider
 
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -67,35 +67,7 @@ class OpenAIProvider(HTTPProvider):
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
 
-    async def complete(
-        self,
-        messages: Sequence[LLMMessage],
-        config_overrides: Mapping[str, Any] | None = None,
-    ) -> LLMResponse:
-        """Send one chat completion request; return its first choice as an ``LLMResponse``.
-
-        ``metadata`` holds the raw JSON body (``"raw"``) and the server's ``"request_id"``.
-        Raises a :class:`~llmfanout.errors.ProviderError` subclass on failure; cancellation
-        closes the request's connection and propagates.
-        """
-        payload = self._payload(messages, config_overrides)
-        body, response = await self._post(payload)
-        return self._response(body, response, payload["model"])
-
-    def _payload(
-        self, messages: Sequence[LLMMessage], overrides: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
-        params = self._params
-        if overrides:
-            params = {**params, **overrides}
-            if any(v is None for v in params.values()):
-                params = {k: v for k, v in params.items() if v is not None}
-            if params.get("stream"):
-                raise BadRequestError(
-                    "openai: complete() returns whole answers; remove stream=True from "
-                    "config_overrides",
-                    provider=self.provider_name,
-                )
+    def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
         wire = [
             {"role": m.role, "content": m.content, "name": m.name}
             if m.name
