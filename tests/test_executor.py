@@ -13,22 +13,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import ask
 from llmfanout import (
     DeterministicTask,
     EchoProvider,
     LLMMessage,
     LLMResponse,
-    LLMTask,
     ParallelLLMExecutor,
     RetryConfig,
 )
 from llmfanout.testing import ErrorResponse, text_response
 
 pytestmark = pytest.mark.anyio
-
-
-def ask(text: str, **kwargs: Any) -> LLMTask:
-    return LLMTask([LLMMessage("user", text)], **kwargs)
 
 
 class GateProvider:

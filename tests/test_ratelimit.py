@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import ask
 from llmfanout import (
     DeterministicTask,
     EchoProvider,
@@ -28,10 +29,6 @@ from llmfanout.errors import RateLimitError, ServerError
 pytestmark = pytest.mark.anyio
 
 EPS = 1e-6
-
-
-def ask(text: str, **kwargs: Any) -> LLMTask:
-    return LLMTask([LLMMessage("user", text)], **kwargs)
 
 
 class FakeClock:

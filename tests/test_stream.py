@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
+from helpers import ask
 from llmfanout import (
     DeterministicTask,
     EchoProvider,
@@ -19,10 +20,6 @@ from llmfanout import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def ask(text: str, **kwargs: Any) -> LLMTask:
-    return LLMTask([LLMMessage("user", text)], **kwargs)
 
 
 class GatedProvider:
