@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from fake_llm_server import serve_fake_llm
+from helpers import MockedProviders
 from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor
 from llmfanout.errors import BadRequestError, ResponseFormatError
 from llmfanout.providers import AnthropicProvider
@@ -41,38 +41,22 @@ def message(text: str = "Bonjour", **extra: Any) -> dict[str, Any]:
     return body
 
 
-class Recorder:
-    """An httpx.MockTransport handler that records requests and answers from a queue."""
-
-    def __init__(self, *answers: httpx.Response) -> None:
-        self.requests: list[httpx.Request] = []
-        self.answers = list(answers)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.answers:
-            return self.answers.pop(0)
-        return httpx.Response(200, json=message(), headers={"request-id": "req_011"})
-
-    @property
-    def body(self) -> Any:
-        return json.loads(self.requests[-1].content)
+def answer() -> httpx.Response:
+    """The server's default reply: a well-formed success."""
+    return httpx.Response(200, json=message(), headers={"request-id": "req_011"})
 
 
 @pytest.fixture
-async def mocked() -> AsyncIterator[Callable[..., tuple[AnthropicProvider, Recorder]]]:
-    clients: list[httpx.AsyncClient] = []
-
-    def make(*answers: httpx.Response, **options: Any) -> tuple[AnthropicProvider, Recorder]:
-        recorder = Recorder(*answers)
-        client = httpx.AsyncClient(transport=httpx.MockTransport(recorder))
-        clients.append(client)
+async def mocked() -> AsyncIterator[MockedProviders[AnthropicProvider]]:
+    def make(**options: Any) -> AnthropicProvider:
         options.setdefault("api_key", KEY)
-        return AnthropicProvider("claude-sonnet-4-5", http_client=client, **options), recorder
+        return AnthropicProvider("claude-sonnet-4-5", **options)
 
-    yield make
-    for client in clients:
-        await client.aclose()
+    providers = MockedProviders(
+        make, lambda: httpx.Response(200, json=message(), headers={"request-id": "req_011"})
+    )
+    yield providers
+    await providers.aclose()
 
 
 async def test_request_url_headers_and_body(mocked: Any) -> None:

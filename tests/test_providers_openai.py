@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -11,6 +10,7 @@ import httpx
 import pytest
 
 from fake_llm_server import FakeLLMServer, fake_llm_server_in_thread, serve_fake_llm
+from helpers import MockedProviders, Recorder
 from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor
 from llmfanout.errors import BadRequestError, ProviderError, ResponseFormatError
 from llmfanout.providers import OpenAIProvider
@@ -39,38 +39,22 @@ def completion(content: Any = "Hello!", **extra: Any) -> dict[str, Any]:
     return body
 
 
-class Recorder:
-    """An httpx.MockTransport handler that records requests and answers from a queue."""
-
-    def __init__(self, *answers: httpx.Response) -> None:
-        self.requests: list[httpx.Request] = []
-        self.answers = list(answers)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.answers:
-            return self.answers.pop(0)
-        return httpx.Response(200, json=completion(), headers={"x-request-id": "req_abc"})
-
-    @property
-    def body(self) -> Any:
-        return json.loads(self.requests[-1].content)
+def answer() -> httpx.Response:
+    """The server's default reply: a well-formed success."""
+    return httpx.Response(200, json=completion(), headers={"x-request-id": "req_abc"})
 
 
 @pytest.fixture
-async def mocked() -> AsyncIterator[Callable[..., tuple[OpenAIProvider, Recorder]]]:
-    clients: list[httpx.AsyncClient] = []
-
-    def make(*answers: httpx.Response, **options: Any) -> tuple[OpenAIProvider, Recorder]:
-        recorder = Recorder(*answers)
-        client = httpx.AsyncClient(transport=httpx.MockTransport(recorder))
-        clients.append(client)
+async def mocked() -> AsyncIterator[MockedProviders[OpenAIProvider]]:
+    def make(**options: Any) -> OpenAIProvider:
         options.setdefault("api_key", KEY)
-        return OpenAIProvider("gpt-4o-mini", http_client=client, **options), recorder
+        return OpenAIProvider("gpt-4o-mini", **options)
 
-    yield make
-    for client in clients:
-        await client.aclose()
+    providers = MockedProviders(
+        make, lambda: httpx.Response(200, json=completion(), headers={"x-request-id": "req_abc"})
+    )
+    yield providers
+    await providers.aclose()
 
 
 # -- the request -----------------------------------------------------------------------
@@ -342,7 +326,7 @@ def test_one_provider_serves_successive_event_loops() -> None:
 
 
 async def test_a_client_passed_in_is_left_open() -> None:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(Recorder())) as client:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(Recorder(answer))) as client:
         async with OpenAIProvider("m", api_key=KEY, http_client=client) as provider:
             await provider.complete(MESSAGES)
         assert not client.is_closed
