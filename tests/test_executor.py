@@ -618,3 +618,23 @@ async def test_a_429_cooldown_is_capped_by_the_retry_policys_max_delay() -> None
         results = await executor.execute({"a": ask("a"), "b": ask("b")})
     assert [r.value.content for r in results.values()] == ["after", "Echo: b"]
     assert results["a"].attempts == 2
+
+
+async def test_per_loop_state_of_dropped_executors_and_providers_is_freed() -> None:
+    """Limiters and pools made per event loop must not outlive their owner in a long loop."""
+    import gc
+    import weakref
+
+    from llmfanout.providers import OpenAIProvider
+
+    refs: list[weakref.ref[object]] = []
+    for _ in range(20):
+        executor = ParallelLLMExecutor(EchoProvider())
+        await executor.execute_mixed({"a": ask("x"), "f": DeterministicTask(len, ("ab",))})
+        provider = OpenAIProvider("m", api_key="sk-test")
+        pool = provider._client()
+        await provider.aclose()
+        refs += [weakref.ref(executor._slots().limiter), weakref.ref(pool)]
+        del executor, provider, pool
+    gc.collect()
+    assert [r() for r in refs if r() is not None] == []

@@ -17,11 +17,11 @@ from time import perf_counter
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import attrs
 
 from ._calls import call_maybe_async
 from ._inputs import AsyncItems, Invalid, Item, TaskSource, check_mapping, prepare
+from ._perloop import PerLoop
 from ._ratelimit import RateLimit, estimate_tokens, is_rate_limit_error
 from ._retry import RetryConfig, attempt
 from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
@@ -182,13 +182,13 @@ class ParallelLLMExecutor:
         self.default_timeout = default_timeout
         self.rate_limit = rate_limit
         # Limiters belong to one event loop; keep one set per loop this executor runs in.
-        self._slots_var: anyio.lowlevel.RunVar[_Slots] = anyio.lowlevel.RunVar("llmfanout.slots")
+        self._slots_per_loop = PerLoop[_Slots]()
 
     def _slots(self) -> _Slots:
-        slots = self._slots_var.get(None)
+        slots = self._slots_per_loop.get(None)
         if slots is None:
             slots = _Slots(self.max_concurrency)
-            self._slots_var.set(slots)
+            self._slots_per_loop.set(slots)
         return slots
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ and any text that comes from outside (a server message, an httpx message) is red
 from __future__ import annotations
 
 import email.utils
+import enum
 import functools
 import json
 import logging
@@ -26,8 +27,8 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 import httpx
-from anyio.lowlevel import RunVar
 
+from .._perloop import PerLoop
 from .._types import LLMMessage, LLMResponse
 from ..errors import (
     APIConnectionError,
@@ -395,6 +396,10 @@ def transport_error(
 # -- the shared provider machinery -------------------------------------------------------
 
 
+class _Pool(enum.Enum):
+    NOT_MADE = enum.auto()  # this event loop has no pool yet
+
+
 class HTTPProvider:
     """Base of the HTTP providers: one pooled ``httpx.AsyncClient`` for every call.
 
@@ -450,7 +455,7 @@ class HTTPProvider:
         self._given_client = http_client
         # Our pools, one per event loop: connections belong to the loop that opened them, so
         # a provider made at module level can serve successive anyio.run() calls.
-        self._pools: RunVar[httpx.AsyncClient | None] = RunVar("llmfanout.provider.pool")
+        self._pools = PerLoop[httpx.AsyncClient | None]()  # None: closed in that loop
 
     def _new_pool(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -468,13 +473,13 @@ class HTTPProvider:
         """The client for this event loop (our pool is made on first use); None once closed."""
         client = self._given_client
         if client is None:
-            try:
-                client = self._pools.get()
-            except LookupError:
-                client = self._new_pool()
-                self._pools.set(client)
-            if client is None:
+            pool = self._pools.get(_Pool.NOT_MADE)
+            if pool is _Pool.NOT_MADE:
+                pool = self._new_pool()
+                self._pools.set(pool)
+            if pool is None:
                 return None
+            client = pool
         return None if client.is_closed else client
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
