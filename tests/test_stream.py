@@ -76,7 +76,7 @@ async def test_results_come_out_in_completion_order() -> None:
             seen = []
             for text in "cadb":  # finish them in an order unlike the input's
                 provider.gate(text).set()
-                seen.append(await results.receive())
+                seen.append(await anext(results))
     assert [r.tag for r in seen] == list("cadb")
     assert [r.value.content for r in seen] == [f"done: {t}" for t in "cadb"]
 
@@ -220,7 +220,7 @@ async def test_input_is_pulled_only_as_workers_free_up() -> None:
             await provider.wait_running(3)
             assert pulled == 3
             provider.gate("2").set()
-            first = await results.receive()
+            first = await anext(results)
             await provider.wait_running(3)  # the freed worker took exactly one more
             assert first.tag == "1" and pulled == 4
 
@@ -242,7 +242,7 @@ async def test_a_slow_consumer_holds_the_workers_back() -> None:
             # its result on: nothing more is read from the endless input.
             assert 4 < pulled <= 2 * 4
             before = pulled
-            await results.receive()
+            await anext(results)
             await anyio.wait_all_tasks_blocked()
             assert before < pulled <= before + 2
 
@@ -332,3 +332,20 @@ async def test_stream_shares_the_cap_with_other_calls_on_the_executor() -> None:
                 for name in ["e0", "e1", "s0", "s1", "s2"]:
                     provider.gate(name).set()
                 assert len([r async for r in results]) == 3
+
+
+async def test_ready_hands_out_finished_results_without_waiting() -> None:
+    provider = EchoProvider()
+    executor = ParallelLLMExecutor(provider, max_concurrency=3)
+    hang = anyio.Event()
+
+    async def wait_forever() -> None:
+        await hang.wait()
+
+    tasks = {"a": ask("a"), "b": ask("b"), "stuck": DeterministicTask(wait_forever)}
+    with anyio.fail_after(5):
+        async with executor.stream(tasks) as results:
+            await anyio.wait_all_tasks_blocked()  # a and b are done; "stuck" never will be
+            ready = results.ready()
+            assert sorted(r.tag for r in ready) == ["a", "b"]
+            assert results.ready() == []  # taken once only

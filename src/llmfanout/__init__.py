@@ -1,7 +1,7 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
 from ._echo import EchoProvider, ErrorResponse
-from ._executor import ParallelLLMExecutor
+from ._executor import ParallelLLMExecutor, ResultStream
 from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._summary import RunSummary, summarize
@@ -24,6 +24,7 @@ __all__ = [
     "ParallelLLMExecutor",
     "ProviderError",
     "RateLimit",
+    "ResultStream",
     "RetryConfig",
     "RetryExecutor",
     "RunSummary",

@@ -27,11 +27,10 @@ from typing import IO, Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import __version__
 from ._echo import EchoProvider
-from ._executor import ParallelLLMExecutor
+from ._executor import ParallelLLMExecutor, ResultStream
 from ._jsonl import (
     Bad,
     OutputCorrupt,
@@ -499,15 +498,9 @@ class _Run:
                     self.signal = signum
                     scope.cancel()
 
-    def drain(self, results: object) -> None:
+    def drain(self, results: ResultStream) -> None:
         """Write the results that finished but were not yet taken when the run was cancelled."""
-        if not isinstance(results, MemoryObjectReceiveStream):
-            return
-        while True:
-            try:
-                result = results.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return
+        for result in results.ready():
             self.write_result(result)
 
     def announce(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._calls import call_maybe_async
 from ._inputs import AsyncItems, Invalid, Item, TaskSource, check_mapping, prepare
@@ -125,6 +126,46 @@ def _unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
     ):
         return group.exceptions[0]
     return group
+
+
+class ResultStream:
+    """The results of a :meth:`ParallelLLMExecutor.stream` run, in completion order.
+
+    An async iterator. A result already finished is handed out without waiting; the loop
+    waits (and yields to the event loop) only when none is ready.
+    """
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, receive: MemoryObjectReceiveStream[TaskResult]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> ResultStream:
+        return self
+
+    async def __anext__(self) -> TaskResult:
+        try:
+            return self._receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def ready(self) -> list[TaskResult]:
+        """The results that have finished but were not taken yet, without waiting.
+
+        Useful when the run is being cancelled: whatever finished can still be saved.
+        """
+        taken: list[TaskResult] = []
+        while True:
+            try:
+                taken.append(self._receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return taken
 
 
 class ParallelLLMExecutor:
@@ -264,7 +305,7 @@ class ParallelLLMExecutor:
         *,
         max_errors: int | None = None,
         on_result: OnResult | None = None,
-    ) -> AsyncIterator[AsyncIterator[TaskResult]]:
+    ) -> AsyncIterator[ResultStream]:
         """Run tasks and hand out each :class:`TaskResult` as it completes.
 
         ``async with executor.stream(tasks) as results: async for r in results: ...``
@@ -287,7 +328,14 @@ class ParallelLLMExecutor:
         max_errors = _check_max_errors(max_errors)
         items, count = prepare(tasks)
         send, receive = anyio.create_memory_object_stream[TaskResult](self.max_concurrency)
-        run = _Run(items, send.send, max_errors, on_result)
+
+        async def emit(result: TaskResult) -> None:
+            try:
+                send.send_nowait(result)  # room in the buffer: no need to yield here
+            except anyio.WouldBlock:
+                await send.send(result)
+
+        run = _Run(items, emit, max_errors, on_result)
 
         async def drive() -> None:
             async with send:
@@ -298,7 +346,7 @@ class ParallelLLMExecutor:
                 tg.start_soon(drive)
                 async with receive:
                     try:
-                        yield receive
+                        yield ResultStream(receive)
                     finally:
                         # Cancel before closing: a worker blocked handing on a result must
                         # see the cancellation, not a closed stream (BrokenResourceError).
