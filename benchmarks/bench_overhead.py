@@ -37,13 +37,15 @@ import os
 import platform
 import sys
 import timeit
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 
+from _common import BACKENDS, CheckpointProvider
+from _common import RESPONSE as _RESPONSE
 from llmfanout import (
     EchoProvider,
     LLMMessage,
@@ -57,19 +59,6 @@ from llmfanout._inputs import check_mapping
 Tasks = dict[str, LLMTask]
 Results = dict[str, Any]
 Contender = Callable[[Any, Tasks, int], Awaitable[Results]]
-
-BACKENDS = ("asyncio", "trio")
-_RESPONSE = LLMResponse("pong", model="checkpoint")
-
-
-class CheckpointProvider:
-    """A provider that only yields once: what is left is pure scheduling overhead."""
-
-    async def complete(
-        self, messages: Sequence[LLMMessage], config_overrides: Mapping[str, Any] | None = None
-    ) -> LLMResponse:
-        await anyio.lowlevel.checkpoint()
-        return _RESPONSE
 
 
 # -- contenders --------------------------------------------------------------------------

@@ -43,6 +43,8 @@ import aiometer
 import anyio
 import anyio.lowlevel
 
+from _common import BACKENDS, CheckpointProvider
+from _common import RESPONSE as _RESPONSE
 from llmfanout import (
     LLMMessage,
     LLMResponse,
@@ -51,19 +53,6 @@ from llmfanout import (
     RateLimit,
     TaskResult,
 )
-
-BACKENDS = ("asyncio", "trio")
-_RESPONSE = LLMResponse("pong", model="bench")
-
-
-class CheckpointProvider:
-    """Yields once and returns a prebuilt response: what is left is scheduling cost."""
-
-    async def complete(
-        self, messages: Sequence[LLMMessage], config_overrides: Mapping[str, Any] | None = None
-    ) -> LLMResponse:
-        await anyio.lowlevel.checkpoint()
-        return _RESPONSE
 
 
 class LatencyProvider:

@@ -52,9 +52,7 @@ async def mocked() -> AsyncIterator[MockedProviders[AnthropicProvider]]:
         options.setdefault("api_key", KEY)
         return AnthropicProvider("claude-sonnet-4-5", **options)
 
-    providers = MockedProviders(
-        make, lambda: httpx.Response(200, json=message(), headers={"request-id": "req_011"})
-    )
+    providers = MockedProviders(make, answer)
     yield providers
     await providers.aclose()
 

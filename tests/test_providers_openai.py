@@ -50,9 +50,7 @@ async def mocked() -> AsyncIterator[MockedProviders[OpenAIProvider]]:
         options.setdefault("api_key", KEY)
         return OpenAIProvider("gpt-4o-mini", **options)
 
-    providers = MockedProviders(
-        make, lambda: httpx.Response(200, json=completion(), headers={"x-request-id": "req_abc"})
-    )
+    providers = MockedProviders(make, answer)
     yield providers
     await providers.aclose()
 
