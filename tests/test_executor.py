@@ -326,7 +326,7 @@ async def test_bad_input_is_refused_before_any_work() -> None:
         ({"default_retry": 3}, TypeError, "default_retry must be a RetryConfig"),
         ({"default_config_overrides": [("a", 1)]}, TypeError, "default_config_overrides"),
         ({"default_timeout": -1}, ValueError, "timeout is -1"),
-        ({"rate_limit": 60}, TypeError, "rate_limit must be a RateLimit"),
+        ({"rate_limit": 60}, TypeError, "rate_limit is int, which is not a limiter"),
     ],
 )
 def test_executor_options_are_checked(

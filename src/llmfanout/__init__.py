@@ -2,6 +2,7 @@
 
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
+from ._limiter import Limiter
 from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._summary import RunSummary, summarize
@@ -20,6 +21,7 @@ __all__ = [
     "LLMMessage",
     "LLMResponse",
     "LLMTask",
+    "Limiter",
     "OpenAIProvider",
     "ParallelLLMExecutor",
     "ProviderError",

@@ -22,8 +22,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._calls import call_maybe_async
 from ._inputs import AsyncItems, Invalid, Item, TaskSource, check_mapping, prepare
+from ._limiter import Limiter, check_limiter
 from ._perloop import PerLoop
-from ._ratelimit import RateLimit, estimate_tokens, is_rate_limit_error
+from ._ratelimit import estimate_tokens, is_rate_limit_error
 from ._retry import RetryConfig, attempt
 from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
 from ._types import AsyncLLMProvider, LLMMessage, LLMResponse, a_kind
@@ -179,7 +180,8 @@ class ParallelLLMExecutor:
     ``default_retry`` applies to LLM tasks without their own ``retry``;
     ``default_config_overrides`` are merged under each task's; ``default_timeout`` bounds
     every attempt (seconds) of tasks without their own ``timeout``; ``rate_limit`` (a
-    :class:`RateLimit`, shareable between executors) paces LLM calls.
+    :class:`RateLimit`, shareable between executors, or any :class:`Limiter`) paces LLM
+    calls.
     """
 
     def __init__(
@@ -190,7 +192,7 @@ class ParallelLLMExecutor:
         default_config_overrides: Mapping[str, Any] | None = None,
         *,
         default_timeout: float | None = None,
-        rate_limit: RateLimit | None = None,
+        rate_limit: Limiter | None = None,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise TypeError(
@@ -212,8 +214,7 @@ class ParallelLLMExecutor:
         ):
             raise TypeError("default_config_overrides must be a mapping or None")
         check_timeout("ParallelLLMExecutor", default_timeout)
-        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
-            raise TypeError(f"rate_limit must be a RateLimit, not {type(rate_limit).__name__}")
+        rate_limit = check_limiter(rate_limit, "ParallelLLMExecutor")
         self.provider = provider
         self.max_concurrency = max_concurrency
         self.default_retry = default_retry
