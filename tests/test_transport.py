@@ -452,3 +452,53 @@ async def test_base_url_from_the_environment_is_where_requests_go(
     async with OpenAIProvider("m", api_key=KEY) as provider:
         assert (await provider.complete(MESSAGES)).content == "echo: hi"
     assert len(server.requests) == 1
+
+
+# -- a request that never reached the server, and one that may have -------------------
+
+
+async def test_a_request_that_never_left_is_sent_again_on_a_new_connection(
+    server: FakeLLMServer,
+) -> None:
+    """The server reset an idle connection and the zero-time poll missed it (a race): the
+    write fails, so the server never saw the request, and a new connection serves it."""
+
+    class Reset(anyio.abc.ByteStream):
+        def __init__(self, inner: anyio.abc.ByteStream) -> None:
+            self.inner = inner
+
+        async def send(self, item: bytes) -> None:
+            raise anyio.BrokenResourceError  # what a write to a reset socket raises
+
+        async def receive(self, max_bytes: int = 65536) -> bytes:
+            raise AssertionError("nothing was sent, so nothing is read")
+
+        async def send_eof(self) -> None:
+            await self.inner.send_eof()
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    async with openai(server.openai_base_url) as provider:
+        executor = ParallelLLMExecutor(provider, default_retry=ONCE)
+        assert (await executor.execute(tasks("a", 1)))["a0"].success
+        pool = provider._transport()
+        assert isinstance(pool, Pool)
+        [idle] = pool._idle
+        idle.stream = Reset(idle.stream)
+        [result] = (await executor.execute(tasks("b", 1))).values()
+    assert result.success and result.attempts == 1
+    assert [r.prompt for r in server.requests] == ["a0", "b0"]
+    assert server.connections_opened == 2
+
+
+async def test_a_request_that_may_have_reached_the_server_is_not_resent(
+    server: FakeLLMServer,
+) -> None:
+    async with openai(server.openai_base_url) as provider:
+        await provider.complete(MESSAGES)  # the connection is now idle, and reused next
+        server.add_faults(Fault.disconnect())
+        with pytest.raises(APIConnectionError) as caught:
+            await provider.complete(MESSAGES)
+    assert caught.value.retryable  # the executor's RetryConfig decides, not the transport
+    assert len(server.requests) == 2  # it arrived once and was not sent again
