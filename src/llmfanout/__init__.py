@@ -2,6 +2,7 @@
 
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
+from ._job import JobError, JobSpec, RowStream, arun_rows, run_rows
 from ._limiter import Limiter
 from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
@@ -18,6 +19,8 @@ __all__ = [
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
+    "JobError",
+    "JobSpec",
     "LLMMessage",
     "LLMResponse",
     "LLMTask",
@@ -29,9 +32,12 @@ __all__ = [
     "ResultStream",
     "RetryConfig",
     "RetryExecutor",
+    "RowStream",
     "RunSummary",
     "TaskAborted",
     "TaskResult",
+    "arun_rows",
+    "run_rows",
     "summarize",
 ]
 
