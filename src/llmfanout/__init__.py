@@ -7,7 +7,15 @@ from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._summary import RunSummary, summarize
 from ._tasks import DeterministicTask, LLMTask, TaskResult
-from ._types import AsyncLLMProvider, LLMMessage, LLMResponse
+from ._types import (
+    AsyncLLMProvider,
+    ImagePart,
+    LLMMessage,
+    LLMResponse,
+    OtherPart,
+    TextPart,
+    ToolCall,
+)
 from .errors import ProviderError, TaskAborted
 from .providers import AnthropicProvider, OpenAIProvider
 
@@ -18,11 +26,13 @@ __all__ = [
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
+    "ImagePart",
     "LLMMessage",
     "LLMResponse",
     "LLMTask",
     "Limiter",
     "OpenAIProvider",
+    "OtherPart",
     "ParallelLLMExecutor",
     "ProviderError",
     "RateLimit",
@@ -32,6 +42,8 @@ __all__ = [
     "RunSummary",
     "TaskAborted",
     "TaskResult",
+    "TextPart",
+    "ToolCall",
     "summarize",
 ]
 
