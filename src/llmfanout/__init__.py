@@ -8,7 +8,15 @@ from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._summary import RunSummary, summarize
 from ._tasks import DeterministicTask, LLMTask, TaskResult
-from ._types import AsyncLLMProvider, LLMMessage, LLMResponse
+from ._types import (
+    AsyncLLMProvider,
+    ImagePart,
+    LLMMessage,
+    LLMResponse,
+    OtherPart,
+    TextPart,
+    ToolCall,
+)
 from .errors import ProviderError, TaskAborted
 from .providers import AnthropicProvider, OpenAIProvider
 
@@ -19,6 +27,7 @@ __all__ = [
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
+    "ImagePart",
     "JobError",
     "JobSpec",
     "LLMMessage",
@@ -26,6 +35,7 @@ __all__ = [
     "LLMTask",
     "Limiter",
     "OpenAIProvider",
+    "OtherPart",
     "ParallelLLMExecutor",
     "ProviderError",
     "RateLimit",
@@ -36,6 +46,8 @@ __all__ = [
     "RunSummary",
     "TaskAborted",
     "TaskResult",
+    "TextPart",
+    "ToolCall",
     "arun_rows",
     "run_rows",
     "summarize",
