@@ -165,7 +165,7 @@ def test_task_result_round_trips_its_fields(
 
 
 def test_retry_config_validation_names_the_field() -> None:
-    with pytest.raises(ValueError, match=r"max_attempts is 0; it must be a whole number >= 1"):
+    with pytest.raises(ValueError, match=r"max_attempts is 0; give a whole number >= 1"):
         RetryConfig(max_attempts=0)
     with pytest.raises(ValueError, match=r"initial_delay is -1; it must be a number >= 0"):
         RetryConfig(initial_delay=-1)
