@@ -469,7 +469,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             writer = RowWriter(target)
         except OSError as exc:
             raise UsageError(f"cannot write to {target!r} ({exc.strerror})") from None
-        stack.callback(writer.close)
+        if target != args.output:  # a shard this run added: none at all if it wrote nothing
+            stack.callback(_remove_if_empty, target)
+        stack.callback(writer.close)  # runs first
         screen = _Screen(args, argv, found, recovered, writer, job)
         rows = read_rows(source, found.bad, recovered)
         try:
@@ -477,6 +479,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         except KeyboardInterrupt:  # before the signal handler was in place, or a second ^C
             writer.close()
             return screen.interrupted(signal.SIGINT)
+
+
+def _remove_if_empty(path: str) -> None:
+    if os.path.exists(path) and os.path.getsize(path) == 0:
+        os.unlink(path)
 
 
 class _Screen:
