@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-import sniffio
 
 T = TypeVar("T")
 
@@ -35,13 +35,16 @@ def check_backend(backend: object, owner: str) -> str:
 def loop_running() -> bool:
     """Whether an event loop (asyncio or trio) runs on this thread now."""
     try:
-        sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
+        asyncio.get_running_loop()
+    except RuntimeError:
         pass
     else:
         return True
-    try:  # a loop can run here outside any task (a callback): sniffio does not see it
-        asyncio.get_running_loop()
+    trio = sys.modules.get("trio")  # not imported: then no trio loop can be running
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
     except RuntimeError:
         return False
     return True
