@@ -1,5 +1,6 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
+from ._cost import Price
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._limiter import Limiter
@@ -34,6 +35,7 @@ __all__ = [
     "OpenAIProvider",
     "OtherPart",
     "ParallelLLMExecutor",
+    "Price",
     "ProviderError",
     "RateLimit",
     "ResultStream",
