@@ -1,5 +1,6 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
+from ._cost import Price
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._job import JobError, JobSpec, RowStream, arun_rows, run_rows
@@ -37,6 +38,7 @@ __all__ = [
     "OpenAIProvider",
     "OtherPart",
     "ParallelLLMExecutor",
+    "Price",
     "ProviderError",
     "RateLimit",
     "ResultStream",
