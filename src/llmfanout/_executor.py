@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from time import perf_counter
 from typing import Any, NoReturn
 
@@ -51,9 +53,72 @@ class _Slots:
 
     def __init__(self, total: int) -> None:
         self.limiter = anyio.CapacityLimiter(total)
-        # Threads get their own limiter: a worker already holds a token of the first one.
-        self.threads = anyio.CapacityLimiter(total)
+        # Threads are bounded by the workers (each waits for its own), not by anyio's
+        # default of 40. A thread abandoned on timeout runs on to its end; on trio it
+        # would keep a token of a bounded limiter till then, and a later task would time
+        # out waiting for a slot it was never given. So this one never runs out.
+        self.threads = anyio.CapacityLimiter(math.inf)
         self.queued = 0  # workers waiting for a slot (another call holds them all)
+
+
+class _Lease:
+    """One slot of the cap, taken by a worker (or a sequential chain) for its life.
+
+    The current task's lease is in ``_LEASE``, so a call made from inside a task of the
+    same executor finds it: that task only waits for the call, so it lends its slot to
+    the call's own workers and takes it back after (see ``_lend``). Nested calls then
+    work at any depth and any ``max_concurrency``, and never exceed it.
+    """
+
+    __slots__ = ("held", "lent", "slots")
+
+    def __init__(self, slots: _Slots) -> None:
+        self.slots = slots
+        self.held = False
+        self.lent = 0  # calls in progress that this lease's task waits on
+
+
+_LEASE: ContextVar[_Lease | None] = ContextVar("llmfanout_lease", default=None)
+
+
+async def _take(lease: _Lease) -> None:
+    """Take a slot for ``lease``, queueing (so others take turns) if none is free."""
+    limiter = lease.slots.limiter
+    try:
+        limiter.acquire_on_behalf_of_nowait(lease)
+    except anyio.WouldBlock:
+        lease.slots.queued += 1
+        try:
+            await limiter.acquire_on_behalf_of(lease)
+        finally:
+            lease.slots.queued -= 1
+    lease.held = True
+
+
+def _give_back(lease: _Lease) -> None:
+    if lease.held:
+        lease.held = False
+        lease.slots.limiter.release_on_behalf_of(lease)
+
+
+@asynccontextmanager
+async def _lend(slots: _Slots) -> AsyncIterator[None]:
+    """Around a call: if the task making it holds a slot of ``slots``, lend it meanwhile."""
+    lease = _LEASE.get()
+    if lease is None or lease.slots is not slots:
+        yield
+        return
+    lease.lent += 1
+    if lease.lent == 1:
+        _give_back(lease)
+    try:
+        yield
+    finally:
+        lease.lent -= 1
+        if not lease.lent:
+            # Cancelled while waiting: ``held`` stays False; the worker takes a slot
+            # again before its next task.
+            await _take(lease)
 
 
 class _Run:
@@ -294,13 +359,21 @@ class ParallelLLMExecutor:
                 )
         results: list[TaskResult] = []
         previous: TaskResult | None = None
-        async with self._slots().limiter:
-            for index, task in enumerate(tasks):
-                if pass_result and previous is not None and previous.success:
-                    reply = LLMMessage("assistant", _content(previous.value))
-                    task = attrs.evolve(task, messages=(*task.messages, reply))
-                previous = await self._run_task(task.tag or f"step_{index}", task)
-                results.append(previous)
+        slots = self._slots()
+        async with _lend(slots):
+            lease = _Lease(slots)
+            token = _LEASE.set(lease)
+            try:
+                await _take(lease)
+                for index, task in enumerate(tasks):
+                    if pass_result and previous is not None and previous.success:
+                        reply = LLMMessage("assistant", _content(previous.value))
+                        task = attrs.evolve(task, messages=(*task.messages, reply))
+                    previous = await self._run_task(task.tag or f"step_{index}", task)
+                    results.append(previous)
+            finally:
+                _give_back(lease)
+                _LEASE.reset(token)
         return results
 
     @asynccontextmanager
@@ -393,26 +466,28 @@ class ParallelLLMExecutor:
         run.scopes = [None] * workers
         run.slots = self._slots()
         try:
-            async with anyio.create_task_group() as tg:
+            async with _lend(run.slots), anyio.create_task_group() as tg:
                 for index in range(workers):
                     tg.start_soon(self._worker, run, index)
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
             raise unwrap_group(group) from None
 
     async def _worker(self, run: _Run, index: int) -> None:
-        await _take_slot(run.slots)
+        lease = _Lease(run.slots)
+        _LEASE.set(lease)  # this task's own context: nested calls find it
         try:
+            await _take(lease)
             items = run.items
             if isinstance(items, AsyncItems):
                 while (item := await items.next()) is not None:
-                    await self._one(run, index, item)
+                    await self._one(run, index, item, lease)
             else:
                 for item in items:
-                    await self._one(run, index, item)
+                    await self._one(run, index, item, lease)
         finally:
-            run.slots.limiter.release()
+            _give_back(lease)
 
-    async def _one(self, run: _Run, index: int, item: Item) -> None:
+    async def _one(self, run: _Run, index: int, item: Item, lease: _Lease) -> None:
         """The per-task path: run it, hand the result on, maybe give the slot away."""
         tag, task = item
         if run.max_errors is None:
@@ -422,9 +497,9 @@ class ParallelLLMExecutor:
         await run.emit(result)
         if run.notify is not None:
             await run.notify(result)
-        if run.slots.queued:  # another call is waiting for a slot: take turns
-            run.slots.limiter.release()
-            await _take_slot(run.slots)
+        if run.slots.queued or not lease.held:  # another call waits for a slot: take turns
+            _give_back(lease)
+            await _take(lease)
 
     async def _run_guarded(
         self, run: _Run, index: int, tag: str, task: Task | Invalid
@@ -494,17 +569,6 @@ class ParallelLLMExecutor:
         if default is None:
             return own
         return {**default, **own}
-
-
-async def _take_slot(slots: _Slots) -> None:
-    try:
-        slots.limiter.acquire_nowait()
-    except anyio.WouldBlock:
-        slots.queued += 1
-        try:
-            await slots.limiter.acquire()
-        finally:
-            slots.queued -= 1
 
 
 def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:
