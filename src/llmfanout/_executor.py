@@ -184,12 +184,23 @@ def _check_max_errors(value: object) -> int | None:
     return whole_number(value, "max_errors", hint=", or None for no limit")
 
 
-def _aborted(tag: str, max_errors: int | None, start: float | None = None) -> TaskResult:
-    """Not started (``start`` None) or cut off in flight: the run reached ``max_errors``."""
-    what = "never started" if start is None else "was cancelled in flight"
+def _aborted(
+    tag: str, max_errors: int | None, start: float | None = None, late: TaskResult | None = None
+) -> TaskResult:
+    """Not started (``start`` None), cut off in flight, or failed too ``late`` (after the
+    run had stopped, in the same instant): the run reached ``max_errors``."""
+    if start is None:
+        what = "never started"
+    elif late is None:
+        what = "was cancelled in flight"
+    else:
+        what = "failed after the run had stopped (its error is the __cause__)"
     ms = 0.0 if start is None else (perf_counter() - start) * 1000
     error = TaskAborted(f"task {tag!r} {what}: the run stopped after {max_errors} failed tasks")
-    return TaskResult(tag, False, None, error, ms, 0)
+    if late is None:
+        return TaskResult(tag, False, None, error, ms, 0)
+    error.__cause__ = late.error
+    return TaskResult(tag, False, None, error, ms, late.attempts)
 
 
 class ResultStream:
@@ -516,6 +527,11 @@ class ParallelLLMExecutor:
         if result is None:  # our scope caught its own cancellation: the run was stopped
             return _aborted(tag, run.max_errors, start)
         if not result.success:
+            if run.aborted:
+                # Its call ended in the instant the run stopped, before the cancellation
+                # reached it (asyncio lets such a task run on; trio cancels it): counted
+                # as cut off, so exactly max_errors tasks fail on either backend.
+                return _aborted(tag, run.max_errors, start, result)
             run.count_failure()
         return result
 
