@@ -344,7 +344,7 @@ async def test_a_nested_call_with_one_slot_uses_the_slot_of_the_task_waiting_on_
         )
     assert results["outer"].value == 3 and results["beside"].success
     assert max(provider.at_start) == 1
-    assert executor._slots().limiter.borrowed_tokens == 0
+    assert executor._cap.free == executor.max_concurrency
 
 
 @given(
@@ -387,7 +387,7 @@ async def test_nested_calls_at_any_depth_finish_and_never_exceed_the_cap(
     leaves = fanout**depth + sum(fanout**k for k in range(depth))  # leaves and "beside" calls
     assert outer["top"].value == leaves == len(provider.at_start)
     assert max(provider.at_start) <= cap
-    assert executor._slots().limiter.borrowed_tokens == 0
+    assert executor._cap.free == executor.max_concurrency
 
 
 async def test_cancelling_from_outside_during_nested_calls_stops_everything() -> None:
@@ -406,7 +406,7 @@ async def test_cancelling_from_outside_during_nested_calls_stops_everything() ->
             await provider.cap_reached.wait()
             tg.cancel_scope.cancel()
     assert provider.in_flight == 0 and provider.peak == 2
-    assert executor._slots().limiter.borrowed_tokens == 0
+    assert executor._cap.free == executor.max_concurrency
     provider.gate.set()  # the executor is still whole: a new call runs
     with anyio.fail_after(5):
         again = await executor.execute_mixed({"a": DeterministicTask(fan_out)})
@@ -751,6 +751,83 @@ def test_one_executor_runs_under_asyncio_then_trio() -> None:
     assert anyio.run(run, backend="trio") == [True, True]
 
 
+class ThreadCountingProvider:
+    """Counts the calls in flight across every thread and event loop."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0
+        self.calls = 0
+
+    async def complete(self, messages: Any, config_overrides: Any = None) -> LLMResponse:
+        with self.lock:
+            self.in_flight += 1
+            self.calls += 1
+            self.peak = max(self.peak, self.in_flight)
+        try:
+            await anyio.sleep(0.005)
+            return LLMResponse("ok")
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_the_cap_holds_across_threads_each_running_its_own_event_loop() -> None:
+    # It used to be per event loop: max_concurrency=4 let 16 calls run from 4 threads.
+    provider = ThreadCountingProvider()
+    executor = ParallelLLMExecutor(provider, max_concurrency=4)
+    errors: list[Exception] = []
+
+    async def run(name: str) -> None:
+        with anyio.fail_after(20):
+            results = await executor.execute({f"{name}{i}": ask(name) for i in range(25)})
+        assert all(r.success for r in results.values())
+
+    def thread(name: str, backend: str) -> None:
+        try:
+            anyio.run(run, name, backend=backend)
+        except Exception as exc:  # reported by the test below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=thread, args=(f"t{i}", ("asyncio", "trio")[i % 2]))
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert provider.calls == 100 and provider.peak == 4
+    assert executor._cap.free == 4 and executor._cap.queued == 0
+
+
+async def test_a_loop_cancelled_while_waiting_for_another_loops_slot_leaves_none_taken() -> None:
+    provider = ThreadCountingProvider()
+    executor = ParallelLLMExecutor(provider, max_concurrency=1)
+    holding, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        holding.set()
+        await anyio.to_thread.run_sync(release.wait, 10)
+
+    other = threading.Thread(
+        target=anyio.run, args=(executor.execute_mixed, {"h": DeterministicTask(hold)})
+    )
+    other.start()
+    try:
+        assert await anyio.to_thread.run_sync(holding.wait, 10)
+        with anyio.move_on_after(0.05) as scope:  # waits for the other loop's slot
+            await executor.execute({"a": ask("a")})
+        assert scope.cancelled_caught and provider.calls == 0
+    finally:
+        release.set()
+        await anyio.to_thread.run_sync(other.join, 10)
+    assert executor._cap.free == 1 and executor._cap.queued == 0
+    assert (await executor.execute({"b": ask("b")}))["b"].success
+
+
 # -- user hooks that raise fail their own task only ----------------------------------
 
 
@@ -826,7 +903,7 @@ async def test_per_loop_state_of_dropped_executors_and_providers_is_freed() -> N
         provider = OpenAIProvider("m", api_key="sk-test")
         pool = provider._client()
         await provider.aclose()
-        refs += [weakref.ref(executor._slots().limiter), weakref.ref(pool)]
+        refs += [weakref.ref(executor._threads()), weakref.ref(pool)]
         del executor, provider, pool
     gc.collect()
     assert [r() for r in refs if r() is not None] == []

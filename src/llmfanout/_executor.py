@@ -1,10 +1,10 @@
 """The scheduler: a bounded pool of workers pulling tasks from the input.
 
 One worker task per concurrency slot, not one task per input: at 100k inputs that is the
-difference between flat and growing cost per task. Each worker holds one token of the
-executor's CapacityLimiter for its life, so concurrent calls on one executor share
-``max_concurrency``; a worker hands its token on after an item whenever another call's
-worker is queued for one, so no call starves.
+difference between flat and growing cost per task. Each worker holds one slot of the
+executor's cap (``_cap.py``) for its life, so concurrent calls on one executor share
+``max_concurrency``, in one event loop or several; a worker hands its slot on after an
+item whenever another worker is queued for one, so no call starves.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from time import perf_counter
 from typing import Any, NoReturn
 
 import anyio
+import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._attempt import NO_RETRY, fresh, run_function, run_llm
+from ._cap import LEASE, Cap, Lease, give_back, lend, take
 from ._checks import unwrap_group, whole_number
 from ._inputs import (
     AsyncItems,
@@ -46,85 +47,19 @@ logger = logging.getLogger("llmfanout")
 OnResult = Callable[[TaskResult], Any]
 
 
-class _Slots:
-    """The cap's bookkeeping for one event loop: an executor may serve several in turn."""
-
-    __slots__ = ("limiter", "queued", "threads")
-
-    def __init__(self, total: int) -> None:
-        self.limiter = anyio.CapacityLimiter(total)
-        # Threads are bounded by the workers (each waits for its own), not by anyio's
-        # default of 40. A thread abandoned on timeout runs on to its end; on trio it
-        # would keep a token of a bounded limiter till then, and a later task would time
-        # out waiting for a slot it was never given. So this one never runs out.
-        self.threads = anyio.CapacityLimiter(math.inf)
-        self.queued = 0  # workers waiting for a slot (another call holds them all)
-
-
-class _Lease:
-    """One slot of the cap, taken by a worker (or a sequential chain) for its life.
-
-    The current task's lease is in ``_LEASE``, so a call made from inside a task of the
-    same executor finds it: that task only waits for the call, so it lends its slot to
-    the call's own workers and takes it back after (see ``_lend``). Nested calls then
-    work at any depth and any ``max_concurrency``, and never exceed it.
-    """
-
-    __slots__ = ("held", "lent", "slots")
-
-    def __init__(self, slots: _Slots) -> None:
-        self.slots = slots
-        self.held = False
-        self.lent = 0  # calls in progress that this lease's task waits on
-
-
-_LEASE: ContextVar[_Lease | None] = ContextVar("llmfanout_lease", default=None)
-
-
-async def _take(lease: _Lease) -> None:
-    """Take a slot for ``lease``, queueing (so others take turns) if none is free."""
-    limiter = lease.slots.limiter
-    try:
-        limiter.acquire_on_behalf_of_nowait(lease)
-    except anyio.WouldBlock:
-        lease.slots.queued += 1
-        try:
-            await limiter.acquire_on_behalf_of(lease)
-        finally:
-            lease.slots.queued -= 1
-    lease.held = True
-
-
-def _give_back(lease: _Lease) -> None:
-    if lease.held:
-        lease.held = False
-        lease.slots.limiter.release_on_behalf_of(lease)
-
-
-@asynccontextmanager
-async def _lend(slots: _Slots) -> AsyncIterator[None]:
-    """Around a call: if the task making it holds a slot of ``slots``, lend it meanwhile."""
-    lease = _LEASE.get()
-    if lease is None or lease.slots is not slots:
-        yield
-        return
-    lease.lent += 1
-    if lease.lent == 1:
-        _give_back(lease)
-    try:
-        yield
-    finally:
-        lease.lent -= 1
-        if not lease.lent:
-            # Cancelled while waiting: ``held`` stays False; the worker takes a slot
-            # again before its next task.
-            await _take(lease)
-
-
 class _Run:
     """The state of one call: where items come from, where results go, how many failed."""
 
-    __slots__ = ("aborted", "emit", "failures", "items", "max_errors", "notify", "scopes", "slots")
+    __slots__ = (
+        "aborted",
+        "emit",
+        "failures",
+        "items",
+        "max_errors",
+        "notify",
+        "scopes",
+        "threads",
+    )
 
     def __init__(
         self,
@@ -141,7 +76,7 @@ class _Run:
         self.aborted = False
         # With max_errors: per worker, the scope of the task it runs (None between tasks).
         self.scopes: list[anyio.CancelScope | None] = []
-        self.slots: _Slots
+        self.threads: anyio.CapacityLimiter  # for sync functions, this loop's
 
     def count_failure(self) -> None:
         """Count a failed task; at max_errors, cut off every task in flight."""
@@ -303,15 +238,21 @@ class ParallelLLMExecutor:
         )
         self.default_timeout = default_timeout
         self.rate_limit = rate_limit
-        # Limiters belong to one event loop; keep one set per loop this executor runs in.
-        self._slots_per_loop = PerLoop[_Slots]()
+        # The cap holds across every event loop (thread) this executor serves.
+        self._cap = Cap(max_concurrency)
+        # anyio's limiters belong to one event loop: one per loop this executor runs in.
+        self._threads_per_loop = PerLoop[anyio.CapacityLimiter]()
 
-    def _slots(self) -> _Slots:
-        slots = self._slots_per_loop.get(None)
-        if slots is None:
-            slots = _Slots(self.max_concurrency)
-            self._slots_per_loop.set(slots)
-        return slots
+    def _threads(self) -> anyio.CapacityLimiter:
+        threads = self._threads_per_loop.get(None)
+        if threads is None:
+            # The workers bound the live threads (each waits for its own), not anyio's
+            # default of 40. A thread abandoned on timeout runs on to its end; on trio it
+            # keeps its limiter token till then, and with a bounded limiter a later task
+            # would time out waiting for a slot it was never given: this one never runs out.
+            threads = anyio.CapacityLimiter(math.inf)
+            self._threads_per_loop.set(threads)
+        return threads
 
     def __repr__(self) -> str:
         return (
@@ -370,12 +311,11 @@ class ParallelLLMExecutor:
                 )
         results: list[TaskResult] = []
         previous: TaskResult | None = None
-        slots = self._slots()
-        async with _lend(slots):
-            lease = _Lease(slots)
-            token = _LEASE.set(lease)
+        async with lend(self._cap):
+            lease = Lease(self._cap)
+            token = LEASE.set(lease)
             try:
-                await _take(lease)
+                await take(lease)
                 for index, task in enumerate(tasks):
                     if pass_result and previous is not None and previous.success:
                         reply = LLMMessage("assistant", _content(previous.value))
@@ -383,8 +323,8 @@ class ParallelLLMExecutor:
                     previous = await self._run_task(task.tag or f"step_{index}", task)
                     results.append(previous)
             finally:
-                _give_back(lease)
-                _LEASE.reset(token)
+                give_back(lease)
+                LEASE.reset(token)
         return results
 
     @asynccontextmanager
@@ -420,6 +360,10 @@ class ParallelLLMExecutor:
         send, receive = anyio.create_memory_object_stream[TaskResult](self.max_concurrency)
 
         async def emit(result: TaskResult) -> None:
+            if tg.cancel_scope.cancel_called:
+                # The consumer has left; this worker's call ended before the cancellation
+                # reached it. Stop here rather than read more input.
+                await anyio.lowlevel.checkpoint()
             try:
                 send.send_nowait(result)  # room in the buffer: no need to yield here
             except anyio.WouldBlock:
@@ -475,19 +419,19 @@ class ParallelLLMExecutor:
             return
         logger.debug("run starting: %s tasks, %d workers", count or "streamed", workers)
         run.scopes = [None] * workers
-        run.slots = self._slots()
+        run.threads = self._threads()
         try:
-            async with _lend(run.slots), anyio.create_task_group() as tg:
+            async with lend(self._cap), anyio.create_task_group() as tg:
                 for index in range(workers):
                     tg.start_soon(self._worker, run, index)
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
             raise unwrap_group(group) from None
 
     async def _worker(self, run: _Run, index: int) -> None:
-        lease = _Lease(run.slots)
-        _LEASE.set(lease)  # this task's own context: nested calls find it
+        lease = Lease(self._cap)
+        LEASE.set(lease)  # this task's own context: nested calls find it
         try:
-            await _take(lease)
+            await take(lease)
             items = run.items
             if isinstance(items, AsyncItems):
                 while (item := await items.next()) is not None:
@@ -496,9 +440,9 @@ class ParallelLLMExecutor:
                 for item in items:
                     await self._one(run, index, item, lease)
         finally:
-            _give_back(lease)
+            give_back(lease)
 
-    async def _one(self, run: _Run, index: int, item: Item, lease: _Lease) -> None:
+    async def _one(self, run: _Run, index: int, item: Item, lease: Lease) -> None:
         """The per-task path: run it, hand the result on, maybe give the slot away."""
         tag, task = item
         if run.max_errors is None:
@@ -508,9 +452,9 @@ class ParallelLLMExecutor:
         await run.emit(result)
         if run.notify is not None:
             await run.notify(result)
-        if run.slots.queued or not lease.held:  # another call waits for a slot: take turns
-            _give_back(lease)
-            await _take(lease)
+        if lease.cap.queued or not lease.held:  # another call waits for a slot: take turns
+            give_back(lease)
+            await take(lease)
 
     async def _run_guarded(
         self, run: _Run, index: int, tag: str, task: Task | Invalid
@@ -567,7 +511,7 @@ class ParallelLLMExecutor:
                 )
         elif type(task) is DeterministicTask:
             timeout = task.timeout or self.default_timeout
-            outcome = await run_function(task, timeout, self._slots().threads)
+            outcome = await run_function(task, timeout, self._threads())
         else:
             assert isinstance(task, Invalid)
             return _failed(tag, task.error, start, 0)
