@@ -800,7 +800,7 @@ def test_the_cap_holds_across_threads_each_running_its_own_event_loop() -> None:
         t.join(30)
     assert not errors, errors
     assert provider.calls == 100 and provider.peak == 4
-    assert executor._cap.free == 4 and executor._cap.queued == 0
+    assert executor._cap.free == 4 and not executor._cap.waiters
 
 
 async def test_a_loop_cancelled_while_waiting_for_another_loops_slot_leaves_none_taken() -> None:
@@ -824,7 +824,7 @@ async def test_a_loop_cancelled_while_waiting_for_another_loops_slot_leaves_none
     finally:
         release.set()
         await anyio.to_thread.run_sync(other.join, 10)
-    assert executor._cap.free == 1 and executor._cap.queued == 0
+    assert executor._cap.free == 1 and not executor._cap.waiters
     assert (await executor.execute({"b": ask("b")}))["b"].success
 
 

@@ -38,23 +38,19 @@ class _Waiter:
 class Cap:
     """``total`` slots, shared by every event loop; thread-safe; first come, first served."""
 
-    __slots__ = ("_lock", "_waiters", "free", "total")
+    __slots__ = ("_lock", "free", "total", "waiters")
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.free = total
         self._lock = threading.Lock()
-        self._waiters: deque[_Waiter] = deque()
-
-    @property
-    def queued(self) -> int:
-        """How many wait for a slot (read without the lock: a hint, not a count to trust)."""
-        return len(self._waiters)
+        # In line for a slot. Read without the lock (a hint: "someone waits") on the hot path.
+        self.waiters: deque[_Waiter] = deque()
 
     def take_nowait(self) -> bool:
         """Take a free slot if there is one and nobody waits ahead."""
         with self._lock:
-            if self.free and not self._waiters:
+            if self.free and not self.waiters:
                 self.free -= 1
                 return True
             return False
@@ -65,10 +61,10 @@ class Cap:
             return
         waiter = _Waiter()
         with self._lock:
-            if self.free and not self._waiters:
+            if self.free and not self.waiters:
                 self.free -= 1
                 return
-            self._waiters.append(waiter)
+            self.waiters.append(waiter)
         taken = False
         try:
             await waiter.event.wait()
@@ -78,7 +74,7 @@ class Cap:
                 with self._lock:
                     granted = waiter.granted
                     if not granted:
-                        self._waiters.remove(waiter)
+                        self.waiters.remove(waiter)
                 if granted:
                     self.give()
 
@@ -86,10 +82,10 @@ class Cap:
         """Free a slot: straight to the first waiter in line, whatever its event loop."""
         while True:
             with self._lock:
-                if not self._waiters:
+                if not self.waiters:
                     self.free += 1
                     return
-                waiter = self._waiters.popleft()
+                waiter = self.waiters.popleft()
                 waiter.granted = True
             if waiter.thread == threading.get_ident():  # our own loop: no hop needed
                 waiter.event.set()

@@ -452,7 +452,7 @@ class ParallelLLMExecutor:
         await run.emit(result)
         if run.notify is not None:
             await run.notify(result)
-        if lease.cap.queued or not lease.held:  # another call waits for a slot: take turns
+        if lease.cap.waiters or not lease.held:  # another call waits for a slot: take turns
             give_back(lease)
             await take(lease)
 
