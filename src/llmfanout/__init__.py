@@ -1,5 +1,6 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
+from ._cost import Price
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._job import JobError, JobSpec, RowStream, arun_rows, run_rows
@@ -8,7 +9,15 @@ from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._summary import RunSummary, summarize
 from ._tasks import DeterministicTask, LLMTask, TaskResult
-from ._types import AsyncLLMProvider, LLMMessage, LLMResponse
+from ._types import (
+    AsyncLLMProvider,
+    ImagePart,
+    LLMMessage,
+    LLMResponse,
+    OtherPart,
+    TextPart,
+    ToolCall,
+)
 from .errors import ProviderError, TaskAborted
 from .providers import AnthropicProvider, OpenAIProvider
 
@@ -19,6 +28,7 @@ __all__ = [
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
+    "ImagePart",
     "JobError",
     "JobSpec",
     "LLMMessage",
@@ -26,7 +36,9 @@ __all__ = [
     "LLMTask",
     "Limiter",
     "OpenAIProvider",
+    "OtherPart",
     "ParallelLLMExecutor",
+    "Price",
     "ProviderError",
     "RateLimit",
     "ResultStream",
@@ -36,6 +48,8 @@ __all__ = [
     "RunSummary",
     "TaskAborted",
     "TaskResult",
+    "TextPart",
+    "ToolCall",
     "arun_rows",
     "run_rows",
     "summarize",

@@ -9,12 +9,13 @@ worker is queued for one, so no call starves.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from time import perf_counter
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import attrs
@@ -22,11 +23,20 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._attempt import NO_RETRY, fresh, run_function, run_llm
 from ._checks import unwrap_group, whole_number
-from ._inputs import AsyncItems, Invalid, Item, TaskSource, check_mapping, prepare
+from ._inputs import (
+    AsyncItems,
+    InputFailure,
+    Invalid,
+    Item,
+    TaskSource,
+    check_mapping,
+    prepare,
+)
 from ._limiter import Limiter, check_limiter
 from ._outcome import Failed, Ok
 from ._perloop import PerLoop
 from ._retry import RetryConfig
+from ._sync import run_sync
 from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
 from ._types import AsyncLLMProvider, LLMMessage, a_kind
 from .errors import TaskAborted
@@ -123,13 +133,18 @@ class ResultStream:
     """The results of a :meth:`ParallelLLMExecutor.stream` run, in completion order.
 
     An async iterator. A result already finished is handed out without waiting; the loop
-    waits (and yields to the event loop) only when none is ready.
+    waits (and yields to the event loop) only when none is ready. If the input raised
+    while it was read, the iteration raises that exception after the last result of the
+    tasks taken before it.
     """
 
-    __slots__ = ("_receive",)
+    __slots__ = ("_failure", "_receive")
 
-    def __init__(self, receive: MemoryObjectReceiveStream[TaskResult]) -> None:
+    def __init__(
+        self, receive: MemoryObjectReceiveStream[TaskResult], failure: InputFailure
+    ) -> None:
         self._receive = receive
+        self._failure = failure
 
     def __aiter__(self) -> ResultStream:
         return self
@@ -140,11 +155,17 @@ class ResultStream:
         except anyio.WouldBlock:
             pass
         except anyio.EndOfStream:
-            raise StopAsyncIteration from None
+            self._end()
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
-            raise StopAsyncIteration from None
+            self._end()
+
+    def _end(self) -> NoReturn:
+        error, self._failure.error = self._failure.error, None
+        if error is not None:
+            raise error
+        raise StopAsyncIteration
 
     def ready(self) -> list[TaskResult]:
         """The results that have finished but were not taken yet, without waiting.
@@ -312,7 +333,8 @@ class ParallelLLMExecutor:
         in flight promptly and leaves nothing running.
         """
         max_errors = _check_max_errors(max_errors)
-        items, count = prepare(tasks)
+        failure = InputFailure()
+        items, count = prepare(tasks, failure)
         send, receive = anyio.create_memory_object_stream[TaskResult](self.max_concurrency)
 
         async def emit(result: TaskResult) -> None:
@@ -328,21 +350,75 @@ class ParallelLLMExecutor:
                 await self._drive(run, count)
 
         try:
-            async with anyio.create_task_group() as tg:
+            # The receiving end closes only after every worker has ended: a worker whose
+            # call finished in the instant the consumer left (asyncio does not cancel a
+            # task whose wake-up is already due) hands its result to an open stream,
+            # never to a closed one (BrokenResourceError).
+            async with receive, anyio.create_task_group() as tg:
                 tg.start_soon(drive)
-                async with receive:
-                    try:
-                        yield ResultStream(receive)
-                    finally:
-                        # Cancel before closing: a worker blocked handing on a result must
-                        # see the cancellation, not a closed stream (BrokenResourceError).
-                        tg.cancel_scope.cancel()
+                try:
+                    yield ResultStream(receive, failure)
+                finally:
+                    tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
             raise unwrap_group(group) from None
         finally:
             if isinstance(items, AsyncItems):
                 with anyio.CancelScope(shield=True):
                     await items.aclose()
+
+    # -- synchronous entry points (the machinery is in _sync.py) -------------------------
+
+    def execute_sync(
+        self,
+        tasks: Mapping[str, LLMTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+        backend: str = "asyncio",
+    ) -> dict[str, TaskResult]:
+        """:meth:`execute` from synchronous code: a script, or a notebook cell.
+
+        Runs a fresh event loop of ``backend`` ("asyncio" or "trio"): on this thread, or,
+        where a loop already runs here (Jupyter), on a new thread while this one waits.
+        Our HTTP providers' connections for that loop are closed before it ends. Ctrl-C
+        cancels the run and raises ``KeyboardInterrupt`` once nothing is left running.
+        """
+        return run_sync(
+            functools.partial(self.execute, tasks, max_errors=max_errors, on_result=on_result),
+            backend=backend,
+            owner="execute_sync",
+            close=self.provider,
+        )
+
+    def execute_mixed_sync(
+        self,
+        tasks: Mapping[str, LLMTask | DeterministicTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+        backend: str = "asyncio",
+    ) -> dict[str, TaskResult]:
+        """:meth:`execute_mixed` from synchronous code (see :meth:`execute_sync`)."""
+        return run_sync(
+            functools.partial(
+                self.execute_mixed, tasks, max_errors=max_errors, on_result=on_result
+            ),
+            backend=backend,
+            owner="execute_mixed_sync",
+            close=self.provider,
+        )
+
+    def execute_sequential_sync(
+        self, tasks: Sequence[LLMTask], pass_result: bool = False, *, backend: str = "asyncio"
+    ) -> list[TaskResult]:
+        """:meth:`execute_sequential` from synchronous code (see :meth:`execute_sync`)."""
+        return run_sync(
+            functools.partial(self.execute_sequential, tasks, pass_result),
+            backend=backend,
+            owner="execute_sequential_sync",
+            close=self.provider,
+        )
 
     # -- the engine ----------------------------------------------------------------------
 
