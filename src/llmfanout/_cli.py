@@ -28,7 +28,7 @@ from typing import IO, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from . import __version__
+from . import __version__, _batch_cli
 from ._echo import EchoProvider
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._jsonl import (
@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the echo provider wait this long per call, for demos (default 0)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress and no summary; errors only")
+    _batch_cli.add_parser(commands)
     return parser
 
 
@@ -205,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     args = parser.parse_args(argv)
+    if args.command == "batch":
+        return _batch_cli.main(args)
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,494 @@
+"""``llmfanout batch submit|wait|status|cancel``: provider batch jobs from the command line.
+
+``submit`` checks every input row first (a bad one: exit 2, line numbers, nothing sent),
+then hands the rows to :func:`~llmfanout._batch.submit_batch`, which records the job in
+``OUTPUT.batch.json``. ``wait`` polls, and appends one row per input id to OUTPUT as
+each provider batch ends: the rows of ``llmfanout run`` plus ``batch_id``. Killed at any
+moment, the same command carries on: no batch is created twice, no row written twice,
+a torn last line is cut.
+
+Exit status: 0 done (every row succeeded, for wait), 1 some rows failed or the provider
+refused, 2 bad usage or bad input, 3 another process holds the job, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from functools import partial
+from typing import IO, Any
+
+import anyio
+
+from ._batch import BatchJob, BatchProgress, Polling, submit_batch
+from ._batch_api import APIS
+from ._batch_state import Busy, StateError, locked, state_path
+
+# The row parser and writer of `llmfanout run`, imported here and nowhere else in batch code.
+from ._jsonl import (
+    BadRow,
+    OutputCorrupt,
+    RowWriter,
+    cut_torn_line,
+    parse_row,
+    recover,
+    result_row,
+    scan,
+)
+from ._progress import make_display
+from ._tasks import LLMTask, TaskResult
+from .errors import ProviderError
+from .providers._http import HTTPProvider
+
+KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+MAX_BAD_SHOWN = 50
+PER_ROW = "per-row"  # the provider's model when every row names its own
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """Bad options or bad input: exit status 2, nothing sent."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="the event loop (default asyncio; trio needs: pip install 'llmfanout[trio]')",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress; errors only")
+
+
+def _polling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--poll-interval",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="first wait between polls (default 5); it grows by half each poll",
+    )
+    parser.add_argument(
+        "--max-poll-interval",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait between polls (default 60); a server's Retry-After may ask more",
+    )
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``batch`` and its subcommands to the ``llmfanout`` subcommands."""
+    batch = commands.add_parser(
+        "batch",
+        help="send rows through the provider's batch API: half the price, within 24 hours",
+        description=(
+            "Provider batch jobs (OpenAI Batch API, Anthropic Message Batches): half the "
+            "price of real-time calls, results within 24 hours. The job is recorded in "
+            "OUTPUT.batch.json; after a crash, run the same command again."
+        ),
+    )
+    actions = batch.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
+    submit = actions.add_parser(
+        "submit",
+        help="check the rows, upload them, create the batches",
+        description=(
+            "Check every row of INPUT (the formats of llmfanout run), split them into as "
+            "few provider batches as its limits allow, and create them. Exit 0 once "
+            "submitted; with --wait, go on as `llmfanout batch wait` does."
+        ),
+        epilog="The API key comes from OPENAI_API_KEY or ANTHROPIC_API_KEY, never a flag.",
+    )
+    submit.add_argument("input", metavar="INPUT", help="the input JSONL file")
+    submit.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="the output file")
+    submit.add_argument("--provider", choices=tuple(APIS), required=True)
+    submit.add_argument("--model", help="the model; a row's own (params.model) wins")
+    submit.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
+    submit.add_argument("--wait", action="store_true", help="then wait and write the results")
+    submit.add_argument(
+        "--max-requests",
+        type=_positive_int,
+        metavar="N",
+        help="requests per batch (default: the provider's limit, 50000 or 100000)",
+    )
+    submit.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        metavar="N",
+        help="bytes per batch (default: the provider's limit, 200 MB or 256 MB)",
+    )
+    _polling(submit)
+    _common(submit)
+    for name, text in (
+        ("wait", "poll until every batch ends, appending one row per input id to OUTPUT"),
+        ("status", "show the job's batches and counts"),
+        ("cancel", "cancel the job's unfinished batches (then `wait` writes what was done)"),
+    ):
+        action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        action.add_argument("output", metavar="OUTPUT", help="the output file given to submit")
+        if name == "wait":
+            _polling(action)
+        _common(action)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``llmfanout batch ...``; the exit status."""
+    try:
+        if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+            raise UsageError("--backend trio needs trio: pip install 'llmfanout[trio]'")
+        command = args.batch_command
+        with locked(state_path(args.output)):
+            if command == "submit":
+                return _submit(args)
+            return _with_job(args)
+    except (UsageError, StateError) as exc:
+        print(f"llmfanout: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Busy as exc:
+        print(f"llmfanout: error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except ProviderError as exc:
+        print(f"llmfanout: error: {exc}", file=sys.stderr)
+        print(
+            f"llmfanout: the job is safe in {state_path(args.output)}; once the cause is "
+            "fixed, run the same command again",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(
+            f"llmfanout: interrupted; the job is safe in {state_path(args.output)}. Run the "
+            "same command again to carry on",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGINT
+
+
+def _provider(name: str, model: str, base_url: str | None) -> HTTPProvider:
+    variable = KEY_VARIABLES[name]
+    if not os.environ.get(variable, "").strip():
+        raise UsageError(
+            f"--provider {name} needs an API key in the {variable} environment variable "
+            f"(keys are never taken from a flag); set it, e.g. export {variable}=..."
+        )
+    from .providers import AnthropicProvider, OpenAIProvider
+
+    cls = OpenAIProvider if name == "openai" else AnthropicProvider
+    options: dict[str, Any] = {"base_url": base_url} if base_url else {}
+    try:
+        return cls(model, **options)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _polling_of(args: argparse.Namespace) -> Polling:
+    interval = getattr(args, "poll_interval", 5.0)
+    cap = getattr(args, "max_poll_interval", 60.0)
+    return Polling(interval=interval, max_interval=max(interval, cap))
+
+
+# -- submit ------------------------------------------------------------------------------
+
+
+def _check_rows(args: argparse.Namespace, source: IO[bytes], provider: HTTPProvider) -> int:
+    """Validate every row as the batch API will get it; raise ``UsageError`` listing bad lines."""
+    found = scan(source)
+    bad = {number: item.reason for number, item in found.bad.items()}
+    api = APIS[args.provider](provider)
+    missing_model = None
+    for number, raw in _numbered(source):
+        if number in bad:
+            continue
+        _, messages, params = parse_row(raw)
+        if not args.model and not (params or {}).get("model") and missing_model is None:
+            missing_model = number
+        try:
+            api.body(messages, params)
+        except ProviderError as exc:
+            bad[number] = str(exc)
+    name = args.input
+    if bad:
+        for shown, number in enumerate(sorted(bad)):
+            if shown == MAX_BAD_SHOWN:
+                print(f"... and {len(bad) - shown} more bad lines", file=sys.stderr)
+                break
+            print(f"{name}:{number}: {bad[number]}", file=sys.stderr)
+        raise UsageError(f"{len(bad)} bad input line(s); nothing was sent. Fix them and run again")
+    if missing_model is not None:
+        raise UsageError(
+            f"--model is not given and input line {missing_model} names no model; pass "
+            "--model, or give every row a model in its params (or batch body)"
+        )
+    return found.rows
+
+
+def _numbered(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    source.seek(0)
+    for number, raw in enumerate(source, 1):
+        if raw.strip():
+            yield number, raw
+
+
+def _tasks(source: IO[bytes]) -> Iterator[LLMTask]:
+    for _, raw in _numbered(source):
+        try:
+            key, messages, params = parse_row(raw)
+        except BadRow as exc:  # checked a moment ago: the file changed since
+            raise UsageError(f"the input changed while it was read ({exc.reason})") from None
+        yield LLMTask(messages, params, tag=key)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.input):
+        raise UsageError(f"input file {args.input!r} does not exist (or is not a file)")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise UsageError(f"the folder of the output file, {folder!r}, does not exist")
+    path = state_path(args.output)
+    resuming = os.path.exists(path)
+    if not resuming and os.path.exists(args.output) and os.path.getsize(args.output) > 0:
+        raise UsageError(
+            f"{args.output} exists and is not empty, and no batch job is recorded for it; "
+            "choose another output file"
+        )
+    model = args.model or PER_ROW
+    provider = _provider(args.provider, model, args.base_url)
+    with ExitStack() as stack:
+        source = stack.enter_context(open(args.input, "rb"))
+        rows = _check_rows(args, source, provider)
+        if not rows:
+            raise UsageError(f"{args.input} holds no rows")
+        if not args.quiet:
+            what = "carrying on with" if resuming else "submitting"
+            print(
+                f"llmfanout: {what} {rows} rows as {args.provider} batches (model {model}); "
+                f"the job is recorded in {path}",
+                file=sys.stderr,
+                flush=True,
+            )
+        job = anyio.run(
+            partial(_do_submit, args, provider, source, path, os.path.abspath(args.input)),
+            backend=args.backend,
+        )
+    if not args.quiet:
+        ids = ", ".join(str(part.batch_id) for part in job.parts)
+        print(
+            f"llmfanout: submitted {rows} rows in {len(job.parts)} batch(es): {ids}. Results "
+            f"within 24 hours; collect them with: llmfanout batch wait {args.output}",
+            file=sys.stderr,
+        )
+    if args.wait:
+        return _wait(args, job, provider)
+    return EXIT_OK
+
+
+async def _do_submit(
+    args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes], path: str, name: str
+) -> BatchJob:
+    async with provider:
+        return await submit_batch(
+            provider,
+            _tasks(source),
+            state=path,
+            max_requests=args.max_requests,
+            max_bytes=args.max_bytes,
+            polling=_polling_of(args),
+            input_name=name,
+        )
+
+
+# -- wait, status, cancel ----------------------------------------------------------------
+
+
+def _with_job(args: argparse.Namespace) -> int:
+    job = BatchJob.load(state_path(args.output), polling=_polling_of(args))
+    provider = _provider(job.provider, job.model, job.base_url)
+    if args.batch_command == "wait":
+        return _wait(args, job, provider)
+    if args.batch_command == "cancel":
+        progress = anyio.run(partial(_cancel, job, provider), backend=args.backend)
+        print(
+            f"llmfanout: cancel asked for {job.provider} job {job.run_id}; requests already "
+            f"done keep their results ({progress.done}/{progress.rows} so far). Collect "
+            f"everything with: llmfanout batch wait {args.output}",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    progress = anyio.run(partial(_refresh, job, provider), backend=args.backend)
+    print(_status_text(args.output, job, progress))
+    return EXIT_OK
+
+
+async def _cancel(job: BatchJob, provider: HTTPProvider) -> BatchProgress:
+    async with provider:
+        return await job.cancel(provider)
+
+
+async def _refresh(job: BatchJob, provider: HTTPProvider) -> BatchProgress:
+    async with provider:
+        return await job.refresh(provider)
+
+
+def _status_text(output: str, job: BatchJob, progress: BatchProgress) -> str:
+    lines = [
+        f"{job.provider} batch job {job.run_id} for {output}"
+        + (" (cancelled)" if job.cancelled else ""),
+        f"  {progress.done}/{progress.rows} requests done: {progress.succeeded} succeeded, "
+        f"{progress.failed} failed; {progress.parts_ended}/{progress.parts} batches ended",
+    ]
+    for part in job.parts:
+        state = "rows written" if part.collected else (part.status or "not created")
+        lines.append(
+            f"  {part.batch_id or '-':<36} {state:<13} {part.done:>7}/{part.rows:<7} "
+            f"{part.succeeded} ok, {part.failed} failed"
+        )
+    if not job.submitted and not job.cancelled:
+        lines.append("  the submit did not finish: run the same submit command again")
+    elif not all(part.collected for part in job.parts):
+        lines.append(f"  collect the results with: llmfanout batch wait {output}")
+    return "\n".join(lines)
+
+
+def _wait(args: argparse.Namespace, job: BatchJob, provider: HTTPProvider) -> int:
+    output = args.output
+    if os.path.exists(output):
+        try:
+            recovered = recover(output)
+        except OutputCorrupt as exc:
+            raise UsageError(str(exc)) from None
+        cut_torn_line(output, recovered)
+        keys = recovered.keys
+    else:
+        keys = set()
+    with ExitStack() as stack:
+        writer = RowWriter(output)
+        stack.callback(writer.close)
+        waiter = _Waiter(args, job, provider, writer, keys)
+        return anyio.run(waiter.run, backend=args.backend)
+
+
+class _Waiter:
+    """Polls the job and writes each ended part's rows, skipping ids OUTPUT already holds."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        job: BatchJob,
+        provider: HTTPProvider,
+        writer: RowWriter,
+        keys: set[str],
+    ) -> None:
+        self.args = args
+        self.job = job
+        self.provider = provider
+        self.writer = writer
+        self.keys = keys
+        self.secret = str(provider._secret)
+        self.written = 0
+        self.failed = 0
+
+    def on_progress(self, progress: BatchProgress) -> None:
+        display = self.display
+        display.done, display.ok = progress.done, progress.succeeded
+        display.failed = progress.failed
+
+    def row(self, result: TaskResult, batch_id: str | None) -> bytes:
+        line = result_row(result, self.job.model, self.scrub)
+        # result_row ends every row with "}\n": batch_id goes in as its last field.
+        return line[:-2] + b', "batch_id": ' + _json_text(batch_id) + b"}\n"
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self.secret, "[redacted]") if self.secret else text
+
+    async def run(self) -> int:
+        job, provider = self.job, self.provider
+        progress = job.progress()
+        self.display = make_display(progress.rows, quiet=self.args.quiet, stream=sys.stderr)
+        self.on_progress(progress)
+        async with provider, anyio.create_task_group() as tg:
+            self.display.start()
+            tg.start_soon(self.display.run)
+            try:
+                async for part in job.ended(provider, on_progress=self.on_progress):
+                    if part.collected:
+                        continue
+                    async for result in job.part_results(provider, part.index):
+                        self.write(result, part.batch_id)
+                    self.writer.sync()  # durable before the part is marked collected
+                    job.mark_collected(part.index)
+            finally:
+                self.display.stop()
+                tg.cancel_scope.cancel()
+        self.writer.close()
+        return self.report()
+
+    def write(self, result: TaskResult, batch_id: str | None) -> None:
+        if result.tag in self.keys:
+            return
+        self.writer.write(self.row(result, batch_id))
+        self.keys.add(result.tag)
+        self.written += 1
+        self.failed += not result.success
+
+    def report(self) -> int:
+        output = self.args.output
+        failed = self._failed_in_output()
+        if not self.args.quiet:
+            print(
+                f"llmfanout: wrote {self.written} rows to {output} "
+                f"({len(self.keys)} in all, {failed} failed)",
+                file=sys.stderr,
+            )
+            if failed:
+                print(
+                    f'llmfanout: {failed} rows in {output} failed (see their "error"); to send '
+                    f"them again in real time: {self.rerun()}",
+                    file=sys.stderr,
+                )
+        return EXIT_FAILED if failed else EXIT_OK
+
+    def rerun(self) -> str:
+        """The command that sends the failed rows again in real time."""
+        job = self.job
+        command = ["llmfanout", "run", job.input or "INPUT", "-o", self.args.output]
+        command += ["--provider", job.provider, "--base-url", job.base_url]
+        if job.model != PER_ROW:
+            command += ["--model", job.model]
+        return shlex.join([*command, "--resume", "--retry-failed"])
+
+    def _failed_in_output(self) -> int:
+        try:
+            return recover(self.args.output).failed
+        except (OSError, OutputCorrupt):
+            return self.failed
+
+
+def _json_text(value: str | None) -> bytes:
+    return json.dumps(value).encode()
