@@ -20,7 +20,8 @@ error file; Anthropic: an ``errored`` result); every other one ``"echo: <prompt>
 ``faults`` maps an operation (``upload``, ``create``, ``get``, ``list``, ``results``,
 ``cancel``) to a queue of :class:`Fault` for its next requests; ``hold`` names operations
 whose effect happens but whose answer never comes (the client must be killed or give up);
-``stall_results_after`` sends that many result lines, then nothing more.
+``stall_results_after`` sends that many result lines, then nothing more; ``lean_list``
+lists batches without counts or metadata; ``results_base`` moves Anthropic's results_url.
 """
 
 from __future__ import annotations
@@ -116,6 +117,10 @@ class FakeBatchServer:
         self.hold: set[str] = set()
         self.advance_on_poll = False
         self.stall_results_after: int | None = None
+        self.lean_list = False
+        """List batches without request counts and metadata, as some compatible servers do."""
+        self.results_base: str | None = None
+        """Where Anthropic ``results_url`` points (default: this server)."""
         self.polls = 0
         self._counter = 0
 
@@ -265,7 +270,8 @@ class FakeBatchServer:
             "request_counts": counts,
             "created_at": datetime.fromtimestamp(batch.created_at, UTC).isoformat(),
             "ended_at": None,
-            "results_url": f"{self.base_url}/v1/messages/batches/{batch.id}/results"
+            "results_url": f"{self.results_base or self.base_url}/v1/messages/batches/"
+            f"{batch.id}/results"
             if ended
             else None,
         }
@@ -304,6 +310,11 @@ class FakeBatchServer:
                     self.advance(batch.id)
                 return "get", 200, json.dumps(self._json(batch)).encode()
         return "other", *_missing()
+
+    def _lean(self, item: dict[str, Any]) -> dict[str, Any]:
+        if self.lean_list:
+            item = {k: v for k, v in item.items() if k not in ("request_counts", "metadata")}
+        return item
 
     def _upload(self, request: RecordedRequest) -> tuple[int, bytes]:
         match = re.search(r"boundary=([^;]+)", request.headers.get("content-type", ""))
@@ -361,7 +372,7 @@ class FakeBatchServer:
         return json.dumps(
             {
                 "object": "list",
-                "data": [self._json(b) for b in page],
+                "data": [self._lean(self._json(b)) for b in page],
                 "has_more": len(newest_first) > limit,
                 "first_id": page[0].id if page else None,
                 "last_id": page[-1].id if page else None,

@@ -203,6 +203,68 @@ async def test_a_submit_stopped_while_creating_carries_on_without_a_duplicate(
     assert len(results) == 3
 
 
+async def stopped_while_creating(
+    provider: HTTPProvider, state: Path, server: FakeBatchServer, count: int, fault: Fault
+) -> None:
+    """A submit that stops with its one part saved as ``creating``, as a crash leaves it."""
+    server.add_fault("create", fault)
+    one_try = Polling(interval=0.001, retry_wait=0.001, max_failures=1)
+    with pytest.raises(ProviderError):
+        await submit_batch(provider, tasks(count), state=state, polling=one_try)
+    assert json.loads(state.read_text())["parts"][0]["phase"] == "creating"
+
+
+async def test_a_lean_list_still_reconciles(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    # No metadata and no counts in the list: OpenAI matches the uploaded file's id,
+    # Anthropic asks for each candidate's counts.
+    server.lean_list = True
+    state = tmp_path / "s.json"
+    async with make(wire, server) as provider:
+        await stopped_while_creating(provider, state, server, 3, Fault.drop())
+        job = await submit_batch(provider, tasks(3), state=state, polling=FAST)
+    assert batches(server, wire) == [job.parts[0].batch_id]
+
+
+async def test_anthropic_never_takes_another_jobs_batch_of_the_same_size(
+    server: FakeBatchServer, tmp_path: Path
+) -> None:
+    async with make("anthropic", server) as provider:
+        # Another job's batch of 3, ended (its results carry that job's custom ids)...
+        other = await submit_batch(provider, tasks(3), state=tmp_path / "a.json", polling=FAST)
+        server.finish()
+        # ...and one of 3, still running, made long before ours.
+        old = await submit_batch(provider, tasks(3), state=tmp_path / "b.json", polling=FAST)
+        server.batches[old.parts[0].batch_id].created_at -= 3600
+        # Ours never reached the server: nothing may be taken for it.
+        state = tmp_path / "c.json"
+        await stopped_while_creating(provider, state, server, 3, Fault.status(500))
+        assert len(server.batches) == 2
+        ours = await submit_batch(provider, tasks(3), state=state, polling=FAST)
+        assert len(server.batches) == 3
+        assert ours.parts[0].batch_id not in (other.parts[0].batch_id, old.parts[0].batch_id)
+        # And when ours did reach it, that is the one taken, beside the ended one.
+        state = tmp_path / "d.json"
+        await stopped_while_creating(provider, state, server, 3, Fault.drop())
+        created = list(server.batches)[-1]
+        found = await submit_batch(provider, tasks(3), state=state, polling=FAST)
+    assert found.parts[0].batch_id == created
+    assert len(server.batches) == 4
+
+
+async def test_results_url_on_another_host_is_read_from_the_documented_path(
+    server: FakeBatchServer, tmp_path: Path
+) -> None:
+    server.results_base = "http://elsewhere.invalid:1"
+    async with make("anthropic", server) as provider:
+        job = await submit_batch(provider, tasks(2), state=tmp_path / "s.json", polling=FAST)
+        server.finish()
+        results = await collect(job, provider)
+    assert all(r.success for r in results.values())
+    assert not any("elsewhere" in r.path for r in server.requests)
+
+
 async def test_a_second_submit_of_a_finished_job_creates_nothing(
     server: FakeBatchServer, wire: str, tmp_path: Path
 ) -> None:
@@ -356,6 +418,27 @@ def test_the_split_keeps_order_and_limits(
     # fit (give or take the digits of its custom id, which grow with its position).
     for a, b in itertools.pairwise(parts):
         assert a.rows == max_requests or a.size + b.size + 8 > max_bytes - 64
+
+
+@given(
+    interval=st.floats(0.001, 100),
+    cap=st.floats(0.001, 1000),
+    growth=st.floats(1, 4),
+)
+def test_poll_waits_grow_to_the_cap(interval: float, cap: float, growth: float) -> None:
+    delays = list(itertools.islice(Polling(interval, cap, growth).delays(), 60))
+    assert delays[0] == min(interval, cap)
+    assert all(0 < d <= cap for d in delays)
+    assert delays == sorted(delays)
+    if interval * growth**58 >= cap:
+        assert delays[-2:] == [cap, cap]  # reached, and held there
+
+
+def test_polling_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="interval"):
+        Polling(interval=0)
+    with pytest.raises(ValueError, match="growth"):
+        Polling(growth=0.5)
 
 
 def test_a_request_larger_than_a_batch_is_refused(tmp_path: Path) -> None:

@@ -28,7 +28,8 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import aclosing
 from functools import partial
 from typing import Any, TypeVar
 
@@ -58,6 +59,10 @@ BODY_OVERHEAD = 64
 CLOCK_SKEW = 600.0
 """Seconds of disagreement allowed between our clock and the provider's when reconciling."""
 
+MAX_SCAN = 1000
+"""The newest batches looked through when reconciling: ours is among them unless the
+account created a thousand more between our create call and the crash."""
+
 
 @attrs.frozen
 class Polling:
@@ -83,6 +88,13 @@ class Polling:
             raise ValueError(f"Polling: growth is {self.growth!r}; give a factor >= 1")
         if self.max_failures < 1:
             raise ValueError(f"Polling: max_failures is {self.max_failures!r}; give >= 1")
+
+    def delays(self) -> Iterator[float]:
+        """The waits between polls: ``interval``, growing by ``growth``, capped."""
+        delay = min(self.interval, self.max_interval)
+        while True:
+            yield delay
+            delay = min(delay * self.growth, self.max_interval)
 
 
 @attrs.frozen
@@ -281,7 +293,7 @@ class BatchJob:
                 yield _view(part)
             else:
                 pending.append(part)
-        interval = self.polling.interval
+        delays = self.polling.delays()
         while pending:
             still: list[Part] = []
             for part in pending:
@@ -296,8 +308,7 @@ class BatchJob:
             if on_progress is not None:
                 on_progress(self.progress())
             if pending:
-                await anyio.sleep(interval)
-                interval = min(interval * self.polling.growth, self.polling.max_interval)
+                await anyio.sleep(next(delays))
 
     async def wait(
         self,
@@ -580,36 +591,66 @@ class _Submitter:
 
     async def reconcile(self, part: Part) -> RemoteBatch | None:
         """The batch a ``creating`` part may already have, from the provider's list."""
-        since = (part.intent_at or self.state.created_at) - CLOCK_SKEW
         claimed = {p.batch_id for p in self.state.parts if p.batch_id is not None}
+        metadata = self.metadata(part)
+        found: list[RemoteBatch | None] = [None]
         candidates: list[RemoteBatch] = []
 
         async def scan() -> None:
             candidates.clear()
-            async for remote in self.api.recent(since):
-                if remote.id not in claimed:
-                    candidates.append(remote)
+            seen = 0
+            async with aclosing(self.api.recent()) as batches:
+                async for remote in batches:
+                    seen += 1
+                    if remote.id in claimed:
+                        continue
+                    # OpenAI: the metadata we attached, or the file we uploaded.
+                    tagged = all(remote.metadata.get(k) == v for k, v in metadata.items())
+                    if tagged or (part.file_id and remote.input_file_id == part.file_id):
+                        found[0] = remote
+                        return
+                    if remote.total in (0, part.rows):
+                        candidates.append(remote)
+                    if seen >= MAX_SCAN:
+                        return
 
         await self.job._call(scan)
-        metadata = self.metadata(part)
-        for remote in candidates:  # OpenAI: our metadata, or the file we uploaded
-            tagged = all(remote.metadata.get(k) == v for k, v in metadata.items())
-            if tagged or (part.file_id is not None and remote.input_file_id == part.file_id):
-                return remote
-        if self.api.name != "anthropic":
-            return None
-        # Anthropic keeps no metadata: a batch of our size, created when ours would be.
-        sized = [r for r in candidates if r.total == part.rows]
-        if not sized:
-            return None
+        if found[0] is not None or self.api.name != "anthropic":
+            return found[0]
+        return await self._by_shape(part, candidates)
+
+    async def _by_shape(self, part: Part, candidates: list[RemoteBatch]) -> RemoteBatch | None:
+        """Anthropic keeps no metadata: a batch of our size, created when ours would be.
+
+        One that has ended is probed: its results' custom ids carry the run id, so a
+        batch of another job is told apart for sure.
+        """
+        prefix = f"{self.state.run_id}-{part.index}-"
         intent = part.intent_at or self.state.created_at
-        chosen = min(sized, key=lambda r: abs(r.created_at - intent))
-        if len(sized) > 1:
+        likely: list[RemoteBatch] = []
+        for remote in candidates:
+            if remote.total == 0:  # the list left the counts out: ask for them
+                remote = await self.job._call(partial(self.api.get, remote.id))
+            if remote.total != part.rows:
+                continue
+            if remote.ended:
+                first = await self.job._call(partial(self.api.first_custom_id, remote))
+                if first is not None and first.startswith(prefix):
+                    return remote
+                continue  # another job's, or nothing to tell by: not ours to take
+            # created_at 0: a server that does not say; otherwise within the clock's slack
+            if not remote.created_at or remote.created_at >= intent - CLOCK_SKEW:
+                likely.append(remote)
+        if not likely:
+            return None
+        # Ours was created after the intent was saved: prefer those, the nearest first.
+        chosen = min(likely, key=lambda r: (r.created_at < intent, abs(r.created_at - intent)))
+        if len(likely) > 1:
             logger.warning(
-                "part %d: %d batches of %d requests were created around the same time; "
-                "taking %s (its results are checked against this job's custom ids)",
+                "part %d: %d unfinished batches of %d requests were created around the same "
+                "time; taking %s (its results are checked against this job's custom ids)",
                 part.index,
-                len(sized),
+                len(likely),
                 part.rows,
                 chosen.id,
             )

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -136,16 +137,44 @@ class BatchAPI:
         """The batch as it is now."""
         raise NotImplementedError
 
-    async def recent(self, since: float) -> AsyncIterator[RemoteBatch]:
-        """Batches created at or after ``since`` (seconds since the epoch), newest first."""
+    list_path: ClassVar[str]
+    cursor: ClassVar[str]  # the query parameter that pages on from an id
+
+    async def recent(self) -> AsyncGenerator[RemoteBatch, None]:
+        """Every batch the key can see, newest first, page by page as the caller reads."""
+        after: str | None = None
+        while True:
+            query = "?limit=100" + (f"&{self.cursor}={after}" if after else "")
+            page = await self.http.call("GET", self.list_path + query)
+            data = page.get("data") if isinstance(page, dict) else None
+            if not isinstance(data, list):
+                raise _shape(self.name, "a list of batches", page)
+            for item in data:
+                yield self._batch(item)
+            last = page.get("last_id") or (data[-1].get("id") if data else None)
+            if not data or not page.get("has_more") or not isinstance(last, str):
+                return
+            after = last
+
+    async def first_custom_id(self, batch: RemoteBatch) -> str | None:
+        """The custom id of an ended batch's first result (None if it has none).
+
+        Reads the results to their end: httpx's streams, left half read, are not closed
+        on every backend (trio warns of their generators).
+        """
+        first = None
+        async for outcome in self.outcomes(batch):
+            first = first or outcome.custom_id
+        return first
+
+    def _batch(self, answer: Any) -> RemoteBatch:
         raise NotImplementedError
-        yield  # pragma: no cover
 
     async def cancel(self, batch_id: str) -> RemoteBatch:
         """Ask the provider to stop the batch; requests already done keep their results."""
         raise NotImplementedError
 
-    async def outcomes(self, batch: RemoteBatch) -> AsyncIterator[Outcome]:
+    async def outcomes(self, batch: RemoteBatch) -> AsyncGenerator[Outcome, None]:
         """The results of an ended batch, in the provider's order."""
         raise NotImplementedError
         yield  # pragma: no cover
@@ -167,6 +196,8 @@ class OpenAIBatchAPI(BatchAPI):
     max_bytes = 200 * 1024 * 1024
     custom_id_rule = "a unique string"
     endpoint = "/v1/chat/completions"
+    list_path = "/batches"
+    cursor = "after"
 
     def line(self, custom_id: str, body: Mapping[str, Any]) -> bytes:
         request = {"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": body}
@@ -217,32 +248,16 @@ class OpenAIBatchAPI(BatchAPI):
     async def get(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self.http.call("GET", f"/batches/{batch_id}"))
 
-    async def recent(self, since: float) -> AsyncIterator[RemoteBatch]:
-        after: str | None = None
-        while True:
-            query = "?limit=100" + (f"&after={after}" if after else "")
-            page = await self.http.call("GET", "/batches" + query)
-            data = page.get("data") if isinstance(page, dict) else None
-            if not isinstance(data, list):
-                raise self._shape("the list of batches", page)
-            for item in data:
-                batch = self._batch(item)
-                if batch.created_at < since:
-                    return
-                yield batch
-            if not data or not page.get("has_more"):
-                return
-            after = page.get("last_id") or data[-1].get("id")
-
     async def cancel(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self.http.call("POST", f"/batches/{batch_id}/cancel"))
 
-    async def outcomes(self, batch: RemoteBatch) -> AsyncIterator[Outcome]:
+    async def outcomes(self, batch: RemoteBatch) -> AsyncGenerator[Outcome, None]:
         for file_id in batch.results:
-            async for raw in self.http.lines(f"/files/{file_id}/content"):
-                outcome = self._outcome(raw, batch)
-                if outcome is not None:
-                    yield outcome
+            async with aclosing(self.http.lines(f"/files/{file_id}/content")) as lines:
+                async for raw in lines:
+                    outcome = self._outcome(raw, batch)
+                    if outcome is not None:
+                        yield outcome
 
     def _outcome(self, raw: bytes, batch: RemoteBatch) -> Outcome | None:
         try:
@@ -333,7 +348,8 @@ class AnthropicBatchAPI(BatchAPI):
     max_requests = 100_000
     max_bytes = 256 * 1024 * 1024
     custom_id_rule = "1 to 64 of a-z A-Z 0-9 _ -"
-    path = "/v1/messages/batches"
+    path = list_path = "/v1/messages/batches"
+    cursor = "after_id"
 
     def line(self, custom_id: str, body: Mapping[str, Any]) -> bytes:
         return _encode({"custom_id": custom_id, "params": body})
@@ -366,52 +382,40 @@ class AnthropicBatchAPI(BatchAPI):
     async def get(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self.http.call("GET", f"{self.path}/{batch_id}"))
 
-    async def recent(self, since: float) -> AsyncIterator[RemoteBatch]:
-        after: str | None = None
-        while True:
-            query = "?limit=100" + (f"&after_id={after}" if after else "")
-            page = await self.http.call("GET", self.path + query)
-            data = page.get("data") if isinstance(page, dict) else None
-            if not isinstance(data, list):
-                raise _shape(self.name, "the list of batches", page)
-            for item in data:
-                batch = self._batch(item)
-                if batch.created_at < since:
-                    return
-                yield batch
-            if not data or not page.get("has_more"):
-                return
-            after = page.get("last_id") or data[-1].get("id")
-
     async def cancel(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self.http.call("POST", f"{self.path}/{batch_id}/cancel"))
 
-    async def outcomes(self, batch: RemoteBatch) -> AsyncIterator[Outcome]:
+    async def outcomes(self, batch: RemoteBatch) -> AsyncGenerator[Outcome, None]:
         where = f"anthropic batch {batch.id}"
         for url in batch.results:
-            async for raw in self.http.lines(url):
-                try:
-                    line = json.loads(raw)
-                    custom_id, result = line["custom_id"], line["result"]
-                    kind = result["type"]
-                except (ValueError, TypeError, KeyError):
-                    continue
-                if not isinstance(custom_id, str):
-                    continue
-                if kind == "succeeded":
-                    message = result.get("message")
-                    try:
-                        if not isinstance(message, dict):
-                            raise _shape(where, "a message", line)
-                        answer = self._answer(message, None)
-                    except ProviderError as exc:
-                        yield Outcome(custom_id, None, exc, True)
-                        continue
-                    yield Outcome(custom_id, answer, None, True)
-                elif kind == "errored":
-                    yield Outcome(custom_id, None, _errored(where, result.get("error")), True)
-                else:
-                    yield Outcome(custom_id, None, _request_error(where, kind, None), False)
+            # The key goes only to base_url's host: elsewhere, read the documented path.
+            path = url if self.http.same_origin(url) else f"{self.path}/{batch.id}/results"
+            async with aclosing(self.http.lines(path)) as lines:
+                async for raw in lines:
+                    outcome = self._outcome(raw, where)
+                    if outcome is not None:
+                        yield outcome
+
+    def _outcome(self, raw: bytes, where: str) -> Outcome | None:
+        try:
+            line = json.loads(raw)
+            custom_id, result = line["custom_id"], line["result"]
+            kind = result["type"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not isinstance(custom_id, str):
+            return None
+        if kind == "errored":
+            return Outcome(custom_id, None, _errored(where, result.get("error")), True)
+        if kind != "succeeded":
+            return Outcome(custom_id, None, _request_error(where, kind, None), False)
+        message = result.get("message")
+        if not isinstance(message, dict):
+            return Outcome(custom_id, None, _shape(where, "a message", line), True)
+        try:
+            return Outcome(custom_id, self._answer(message, None), None, True)
+        except ProviderError as exc:
+            return Outcome(custom_id, None, exc, True)
 
     def _batch(self, answer: Any) -> RemoteBatch:
         if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):

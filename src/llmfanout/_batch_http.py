@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -33,6 +33,17 @@ class BatchHTTP:
         self.base_url = provider.base_url
         self._origin = httpx.URL(provider.base_url)
 
+    def same_origin(self, url: str) -> bool:
+        """Whether ``url`` is relative, or on base_url's scheme, host and port."""
+        if not url.startswith(("http://", "https://")):
+            return True
+        parsed, origin = httpx.URL(url), self._origin
+        return (parsed.scheme, parsed.host, parsed.port) == (
+            origin.scheme,
+            origin.host,
+            origin.port,
+        )
+
     def url(self, path: str) -> str:
         """``path`` under the base URL; an absolute URL only if it is on the same origin.
 
@@ -41,12 +52,10 @@ class BatchHTTP:
         """
         if not path.startswith(("http://", "https://")):
             return self.base_url + path
-        url = httpx.URL(path)
-        origin = self._origin
-        if (url.scheme, url.host, url.port) != (origin.scheme, origin.host, origin.port):
+        if not self.same_origin(path):
             raise BadRequestError(
-                f"{self.name}: the server gave a URL on another host ({url.host}); the API "
-                "key is only sent to base_url's host, so it was not fetched",
+                f"{self.name}: the server gave a URL on another host ({httpx.URL(path).host}); "
+                "the API key is only sent to base_url's host, so it was not fetched",
                 provider=self.name,
             )
         return path
@@ -109,7 +118,7 @@ class BatchHTTP:
         logger.debug("%s", error)
         raise error
 
-    async def lines(self, path: str) -> AsyncIterator[bytes]:
+    async def lines(self, path: str) -> AsyncGenerator[bytes, None]:
         """The non-blank lines of a JSONL download, as they arrive (nothing held whole)."""
         url = self.url(path)
         provider = self.provider
