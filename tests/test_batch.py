@@ -430,7 +430,7 @@ def test_poll_waits_grow_to_the_cap(interval: float, cap: float, growth: float) 
     assert delays[0] == min(interval, cap)
     assert all(0 < d <= cap for d in delays)
     assert delays == sorted(delays)
-    if interval * growth**58 >= cap:
+    if interval * growth**57 >= cap:  # one step of slack for rounding
         assert delays[-2:] == [cap, cap]  # reached, and held there
 
 
