@@ -31,7 +31,7 @@ from llmfanout._batch_api import (
     OpenAIBatchAPI,
 )
 from llmfanout._batch_http import BatchHTTP
-from llmfanout._batch_state import StateError
+from llmfanout._batch_state import BatchStateError
 from llmfanout.errors import BadRequestError, ProviderError
 from llmfanout.providers._http import HTTPProvider
 
@@ -283,7 +283,7 @@ async def test_other_tasks_on_an_existing_state_are_refused(
     state = tmp_path / "s.json"
     async with make(wire, server) as provider:
         await submit_batch(provider, tasks(3), state=state, polling=FAST)
-        with pytest.raises(StateError, match="differ"):
+        with pytest.raises(BatchStateError, match="differ"):
             await submit_batch(provider, tasks(4), state=state, polling=FAST)
 
 
@@ -333,7 +333,7 @@ async def test_a_provider_for_another_server_is_refused(
     async with make(wire, server) as provider:
         await submit_batch(provider, tasks(1), state=state, polling=FAST)
     other = OpenAIProvider("m", base_url="http://127.0.0.1:9/v1", api_key=KEY)
-    with pytest.raises(StateError, match="submitted to"):
+    with pytest.raises(BatchStateError, match="submitted to"):
         await BatchJob.load(state).refresh(other)
 
 

@@ -8,6 +8,7 @@ reaped in a ``finally``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -23,6 +24,8 @@ import pytest
 
 from fake_batch_server import FakeBatchServer, fake_batch_server_in_thread
 from fake_llm_server import fake_llm_server_in_thread
+from llmfanout._batch import BatchProgress
+from llmfanout._batch_cli import _Display
 
 DEADLINE = 60.0  # seconds: generous, since every wait ends early on success
 KEY = "sk-cli-batch-secret-0123456789"
@@ -160,6 +163,7 @@ def test_500_rows_submit_and_wait(
     assert all(row["success"] and row["batch_id"] for row in found)
     assert batch_count(server, wire) == 3
     assert "wrote 500 rows" in done.stderr
+    assert "500/500 requests done (100%), 500 ok, 0 failed; 3/3 batches ended" in done.stderr
     state = (tmp_path / "out.jsonl.batch.json").read_text()
     assert KEY not in state and KEY not in done.stderr
 
@@ -337,3 +341,45 @@ def test_a_second_process_on_the_same_job_is_refused(
         assert second.returncode == 3
         assert "another llmfanout process" in second.stderr
         process.kill()
+
+
+# -- the wait's progress display (in this process) -----------------------------------------
+
+
+def progress(done: int, ended: int = 0) -> BatchProgress:
+    return BatchProgress(rows=10, done=done, succeeded=done, failed=0, parts=2, parts_ended=ended)
+
+
+def test_plain_progress_is_a_line_now_and_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    stream = io.StringIO()
+    display = _Display(quiet=False, stream=stream)
+    display.update(progress(0))
+    display.update(progress(4))  # within PLAIN_EVERY of the first line: not shown yet
+    display.update(progress(6, ended=1))
+    display.stop()  # the last counts, once
+    assert stream.getvalue().splitlines() == [
+        "llmfanout: 0/10 requests done (0%), 0 ok, 0 failed; 0/2 batches ended",
+        "llmfanout: 6/10 requests done (60%), 6 ok, 0 failed; 1/2 batches ended",
+    ]
+
+
+def test_quiet_progress_writes_nothing() -> None:
+    stream = io.StringIO()
+    display = _Display(quiet=True, stream=stream)
+    display.update(progress(3))
+    display.stop()
+    assert stream.getvalue() == ""
+
+
+def test_a_terminal_gets_a_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
+    stream = io.StringIO()
+    display = _Display(quiet=False, stream=stream)
+    assert display.bar is not None
+    display.update(progress(5, ended=1))
+    display.stop()
+    assert "5/10" in stream.getvalue()
+    assert "1/2 batches ended" in stream.getvalue()

@@ -1,5 +1,6 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
+from ._batch import BatchJob, submit_batch
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._limiter import Limiter
@@ -15,6 +16,7 @@ __all__ = [
     "AnthropicProvider",
     "AsyncLLMProvider",
     "BackoffStrategy",
+    "BatchJob",
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
@@ -32,6 +34,7 @@ __all__ = [
     "RunSummary",
     "TaskAborted",
     "TaskResult",
+    "submit_batch",
     "summarize",
 ]
 

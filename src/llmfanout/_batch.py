@@ -44,7 +44,7 @@ from ._batch_api import (
     BatchRequestExpired,
     RemoteBatch,
 )
-from ._batch_state import Part, State, StateError, load, save
+from ._batch_state import BatchStateError, Part, State, load, save
 from ._tasks import LLMTask, TaskResult
 from .errors import ProviderError
 from .providers._http import HTTPProvider
@@ -150,7 +150,7 @@ def _api(provider: object, state: State | None = None) -> BatchAPI:
             f"batches need an OpenAIProvider or an AnthropicProvider, not {type(provider).__name__}"
         )
     if state is not None and (state.provider, state.base_url) != (name, provider.base_url):
-        raise StateError(
+        raise BatchStateError(
             f"this batch job was submitted to {state.provider} at {state.base_url}; give a "
             f"provider for that (got {name} at {provider.base_url})"
         )
@@ -172,7 +172,7 @@ class BatchJob:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, polling: Polling | None = None) -> BatchJob:
-        """The job recorded in the state file at ``path``; raises ``StateError`` if none."""
+        """The job recorded in the state file at ``path``; raises ``BatchStateError`` if none."""
         return cls(load(path), os.fspath(path), polling)
 
     def __repr__(self) -> str:
@@ -274,7 +274,7 @@ class BatchJob:
     ) -> AsyncIterator[BatchPart]:
         """Each part once it has ended, polling the rest (interval growing to a cap).
 
-        Parts that ended before are yielded first. Raises ``StateError`` if a part was
+        Parts that ended before are yielded first. Raises ``BatchStateError`` if a part was
         never created and the job was not cancelled (run the submit again), and the last
         ``ProviderError`` if polling keeps failing.
         """
@@ -282,7 +282,7 @@ class BatchJob:
         state = self._state
         missing = [p.index for p in state.parts if p.batch_id is None]
         if missing and not state.cancelled:
-            raise StateError(
+            raise BatchStateError(
                 f"{self.path}: parts {missing} were never created; the submit did not finish. "
                 "Run the same submit again to finish it"
             )
@@ -337,7 +337,7 @@ class BatchJob:
         remote = await self._call(_getter(api, part))
         self._update(part, remote)
         if not remote.ended:
-            raise StateError(
+            raise BatchStateError(
                 f"batch {part.batch_id} has not ended (it is {remote.status}); wait for it first"
             )
         prefix = f"{self.run_id}-{part.index}-"
@@ -664,7 +664,9 @@ def _open(
     api = _api(provider, existing)
     if existing is not None:  # carry on with the limits the parts were planned with
         if existing.cancelled:
-            raise StateError(f"{path}: this batch job was cancelled; start a new one elsewhere")
+            raise BatchStateError(
+                f"{path}: this batch job was cancelled; start a new one elsewhere"
+            )
         max_requests, max_bytes = existing.max_requests, existing.max_bytes
     requests = max_requests or api.max_requests
     size = max_bytes or api.max_bytes
@@ -694,7 +696,7 @@ async def submit_batch(
 
     When ``state`` already records this job (a submit that was interrupted), give the
     same tasks again: the submit carries on where it stopped, never creating a batch
-    twice; ``StateError`` if the tasks differ from the first time. Cancellation leaves
+    twice; ``BatchStateError`` if the tasks differ from the first time. Cancellation leaves
     the state file consistent: run the same call again to finish.
     """
     path = os.fspath(state)
@@ -720,7 +722,7 @@ async def submit_batch(
             record = existing
             old = [(p.rows, p.digest) for p in existing.parts]
             if old != [(p.rows, p.digest) for p in parts]:
-                raise StateError(
+                raise BatchStateError(
                     f"{path}: the tasks differ from those first submitted with this state "
                     "file; give the same input, or choose another output file for new input"
                 )

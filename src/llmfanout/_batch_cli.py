@@ -20,16 +20,19 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from functools import partial
 from typing import IO, Any
 
 import anyio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ._batch import BatchJob, BatchProgress, Polling, submit_batch
 from ._batch_api import APIS
-from ._batch_state import Busy, StateError, locked, state_path
+from ._batch_state import BatchStateError, Busy, locked, state_path
 
 # The row parser and writer of `llmfanout run`, imported here and nowhere else in batch code.
 from ._jsonl import (
@@ -42,7 +45,6 @@ from ._jsonl import (
     result_row,
     scan,
 )
-from ._progress import make_display
 from ._tasks import LLMTask, TaskResult
 from .errors import ProviderError
 from .providers._http import HTTPProvider
@@ -168,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
             if command == "submit":
                 return _submit(args)
             return _with_job(args)
-    except (UsageError, StateError) as exc:
+    except (UsageError, BatchStateError) as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Busy as exc:
@@ -394,6 +396,74 @@ def _wait(args: argparse.Namespace, job: BatchJob, provider: HTTPProvider) -> in
         return anyio.run(waiter.run, backend=args.backend)
 
 
+PLAIN_EVERY = 30.0  # seconds at least between plain progress lines (batches take hours)
+
+
+class _Display:
+    """Progress from the provider's counts: a rich bar on a terminal, else a line now and then.
+
+    A plain line is written when the counts changed and ``PLAIN_EVERY`` seconds have passed,
+    and once at the end; nothing at all with ``--quiet``.
+    """
+
+    def __init__(self, quiet: bool, stream: IO[str]) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        console = Console(file=stream)
+        self.bar: Progress | None = None
+        if not quiet and console.is_terminal:
+            self.bar = Progress(
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/]"),
+                TextColumn("{task.fields[parts]} batches ended"),
+                TimeElapsedColumn(),
+                console=console,
+                auto_refresh=False,  # no drawing thread: we redraw after each poll
+            )
+            self.task = self.bar.add_task("batch", total=None, ok=0, failed=0, parts="0/0")
+            self.bar.start()
+        self.last: BatchProgress | None = None
+        self.shown: BatchProgress | None = None  # the counts of the last plain line
+        self.shown_at = -PLAIN_EVERY
+
+    def update(self, progress: BatchProgress) -> None:
+        """Show new counts (a plain line only now and then)."""
+        self.last = progress
+        if self.bar is not None:
+            self.bar.update(
+                self.task,
+                total=progress.rows,
+                completed=progress.done,
+                ok=progress.succeeded,
+                failed=progress.failed,
+                parts=f"{progress.parts_ended}/{progress.parts}",
+            )
+            self.bar.refresh()
+        elif progress != self.shown and time.monotonic() - self.shown_at >= PLAIN_EVERY:
+            self.line(progress)
+
+    def line(self, progress: BatchProgress) -> None:
+        """Write one plain progress line."""
+        if self.quiet:
+            return
+        self.shown, self.shown_at = progress, time.monotonic()
+        share = 100 * progress.done / progress.rows if progress.rows else 100.0
+        self.stream.write(
+            f"llmfanout: {progress.done}/{progress.rows} requests done ({share:.0f}%), "
+            f"{progress.succeeded} ok, {progress.failed} failed; {progress.parts_ended}/"
+            f"{progress.parts} batches ended\n"
+        )
+        self.stream.flush()
+
+    def stop(self) -> None:
+        """Leave the last counts on screen."""
+        if self.bar is not None:
+            self.bar.stop()
+        elif self.last is not None and self.last != self.shown:
+            self.line(self.last)
+
+
 class _Waiter:
     """Polls the job and writes each ended part's rows, skipping ids OUTPUT already holds."""
 
@@ -415,9 +485,7 @@ class _Waiter:
         self.failed = 0
 
     def on_progress(self, progress: BatchProgress) -> None:
-        display = self.display
-        display.done, display.ok = progress.done, progress.succeeded
-        display.failed = progress.failed
+        self.display.update(progress)
 
     def row(self, result: TaskResult, batch_id: str | None) -> bytes:
         line = result_row(result, self.job.model, self.scrub)
@@ -429,12 +497,8 @@ class _Waiter:
 
     async def run(self) -> int:
         job, provider = self.job, self.provider
-        progress = job.progress()
-        self.display = make_display(progress.rows, quiet=self.args.quiet, stream=sys.stderr)
-        self.on_progress(progress)
-        async with provider, anyio.create_task_group() as tg:
-            self.display.start()
-            tg.start_soon(self.display.run)
+        self.display = _Display(self.args.quiet, sys.stderr)
+        async with provider:
             try:
                 async for part in job.ended(provider, on_progress=self.on_progress):
                     if part.collected:
@@ -443,9 +507,9 @@ class _Waiter:
                         self.write(result, part.batch_id)
                     self.writer.sync()  # durable before the part is marked collected
                     job.mark_collected(part.index)
+                    self.on_progress(job.progress())
             finally:
                 self.display.stop()
-                tg.cancel_scope.cancel()
         self.writer.close()
         return self.report()
 

@@ -28,7 +28,7 @@ VERSION = 1
 PHASES = ("planned", "creating", "submitted", "collected")
 
 
-class StateError(ValueError):
+class BatchStateError(ValueError):
     """A state file that cannot be used: missing, unreadable, or from another job."""
 
 
@@ -78,10 +78,10 @@ class State:
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> State:
-        """The state from JSON data; ``StateError`` naming ``where`` when it does not fit."""
+        """The state from JSON data; ``BatchStateError`` naming ``where`` when it does not fit."""
         try:
             if data.get("version") != VERSION:
-                raise StateError(
+                raise BatchStateError(
                     f"{where}: state version {data.get('version')!r} is not {VERSION}; "
                     "it was written by another llmfanout release"
                 )
@@ -89,13 +89,15 @@ class State:
             parts = [Part(**part) for part in data["parts"]]
             state = cls(**fields, parts=parts)
         except (AttributeError, KeyError, TypeError) as exc:
-            raise StateError(
+            raise BatchStateError(
                 f"{where}: not an llmfanout batch state file ({exc}); restore it from a copy, "
                 "or move it away to start a new job (batches already created are not reused)"
             ) from None
         for part in state.parts:
             if part.phase not in PHASES:
-                raise StateError(f"{where}: part {part.index} has an unknown phase {part.phase!r}")
+                raise BatchStateError(
+                    f"{where}: part {part.index} has an unknown phase {part.phase!r}"
+                )
         return state
 
 
@@ -105,17 +107,17 @@ def state_path(output: str | os.PathLike[str]) -> str:
 
 
 def load(path: str | os.PathLike[str]) -> State:
-    """Read a state file; ``StateError`` when it is missing or not one."""
+    """Read a state file; ``BatchStateError`` when it is missing or not one."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as file:
             data = json.load(file)
     except FileNotFoundError:
-        raise StateError(
+        raise BatchStateError(
             f"{path} does not exist; submit the batch first (llmfanout batch submit)"
         ) from None
     except ValueError as exc:
-        raise StateError(f"{path}: not JSON ({exc}); restore it from a copy") from None
+        raise BatchStateError(f"{path}: not JSON ({exc}); restore it from a copy") from None
     return State.from_json(data, path)
 
 
