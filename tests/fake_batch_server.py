@@ -202,7 +202,7 @@ class FakeBatchServer:
                 error=None,
             )
         else:
-            answer = json.loads(_answer("openai", _synthetic(position, body), None))
+            answer = json.loads(_answer("openai", _synthetic(position, body), Fault.ok()))
             line.update(
                 response={"status_code": 200, "request_id": f"req_{position}", "body": answer},
                 error=None,
@@ -220,7 +220,7 @@ class FakeBatchServer:
                 error = json.loads(_error_body("anthropic", 400, "the prompt asked to fail", None))
                 result = {"type": "errored", "error": error}
             else:
-                message = json.loads(_answer("anthropic", _synthetic(position, body), None))
+                message = json.loads(_answer("anthropic", _synthetic(position, body), Fault.ok()))
                 result = {"type": "succeeded", "message": message}
             out.append(json.dumps({"custom_id": custom_id, "result": result}).encode() + b"\n")
         return b"".join(out)

@@ -339,7 +339,15 @@ def test_a_second_process_on_the_same_job_is_refused(
         wait_until(lambda: server.polls >= 1, process)
         second = llmfanout(*wait, cwd=tmp_path, wire="openai")
         assert second.returncode == 3
-        assert "another llmfanout process" in second.stderr
+        assert "another process" in second.stderr
+        assert "(llmfanout batch wait)" in second.stderr
+        # The lock is the one `llmfanout run` takes: it cannot write there either.
+        run = llmfanout(
+            "run", "in.jsonl", "-o", "out.jsonl", "--provider", "openai", "--model", "m",
+            "--base-url", server.openai_base_url, "--resume", cwd=tmp_path, wire="openai",
+        )  # fmt: skip
+        assert run.returncode == 2
+        assert "(llmfanout batch wait)" in run.stderr
         process.kill()
 
 

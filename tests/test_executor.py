@@ -113,6 +113,61 @@ async def test_overrides_merge_task_over_executor_default() -> None:
     assert bare.calls[0].config_overrides is None
 
 
+class MeddlingProvider:
+    """Records the overrides each call was given, then changes them in place."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.fail_first = fail_first
+
+    async def complete(
+        self, messages: Sequence[LLMMessage], config_overrides: Any = None
+    ) -> LLMResponse:
+        self.seen.append(dict(config_overrides))
+        config_overrides.pop("temperature", None)
+        config_overrides["model"] = "meddled"
+        await anyio.lowlevel.checkpoint()
+        if len(self.seen) <= self.fail_first:
+            raise ConnectionError("again")
+        return LLMResponse("ok")
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["plain", "with-timeout"])
+async def test_no_provider_can_change_what_another_call_sees(timeout: float | None) -> None:
+    provider = MeddlingProvider(fail_first=1)
+    defaults = {"temperature": 0, "model": "a"}
+    own = {"temperature": 1}
+    executor = ParallelLLMExecutor(
+        provider,
+        max_concurrency=1,
+        default_config_overrides=defaults,
+        default_retry=RetryConfig(max_attempts=2, initial_delay=0),
+        default_timeout=timeout,
+    )
+    tasks = {
+        "retried": ask("r"),  # attempt 2 must see what attempt 1 saw
+        "default": ask("d"),
+        "own": ask("o", config_overrides=own, retry=RetryConfig(max_attempts=1)),
+        "own-only": ask("x", config_overrides=own),
+    }
+    results = await executor.execute(tasks)
+    assert all(r.success for r in results.values())
+    assert provider.seen == [
+        {"temperature": 0, "model": "a"},
+        {"temperature": 0, "model": "a"},
+        {"temperature": 0, "model": "a"},
+        {"temperature": 1, "model": "a"},
+        {"temperature": 1, "model": "a"},
+    ]
+    assert executor.default_config_overrides == {"temperature": 0, "model": "a"}
+    assert own == {"temperature": 1} and defaults == {"temperature": 0, "model": "a"}
+    bare = MeddlingProvider()
+    await ParallelLLMExecutor(bare, max_concurrency=1).execute(
+        {"1": ask("1", config_overrides=own), "2": ask("2", config_overrides=own)}
+    )
+    assert bare.seen == [{"temperature": 1}, {"temperature": 1}] and own == {"temperature": 1}
+
+
 async def test_task_retry_overrides_default_retry() -> None:
     provider = EchoProvider()
     provider.set_response_function(lambda messages: _raise(ConnectionError("flaky")))
@@ -632,7 +687,7 @@ async def test_per_loop_state_of_dropped_executors_and_providers_is_freed() -> N
         executor = ParallelLLMExecutor(EchoProvider())
         await executor.execute_mixed({"a": ask("x"), "f": DeterministicTask(len, ("ab",))})
         provider = OpenAIProvider("m", api_key="sk-test")
-        pool = provider._client()
+        pool = provider._transport()
         await provider.aclose()
         refs += [weakref.ref(executor._slots().limiter), weakref.ref(pool)]
         del executor, provider, pool

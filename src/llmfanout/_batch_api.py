@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime
 from typing import Any, ClassVar
 
 import anyio
 import attrs
-import httpx
 
 from ._batch_http import BatchHTTP
 from ._types import LLMMessage, LLMResponse
@@ -38,9 +37,9 @@ from .errors import (
     RateLimitError,
     ServerError,
 )
-from .providers._http import HTTPProvider, status_error
-
-CHUNK = 1024 * 1024  # bytes read from a request file per step of an upload
+from .providers._errors import status_error
+from .providers._http import HTTPProvider
+from .providers._transport import Response
 
 
 class BatchRequestError(ProviderError):
@@ -181,7 +180,7 @@ class BatchAPI:
 
     def _answer(self, body: Any, request_id: str | None) -> LLMResponse:
         headers = {"x-request-id": request_id, "request-id": request_id} if request_id else {}
-        response = httpx.Response(200, headers=headers)
+        response = Response(200, "OK", headers, b"")
         return self.provider._response(body, response, body.get("model", self.provider.model))
 
 
@@ -212,22 +211,13 @@ class OpenAIBatchAPI(BatchAPI):
             "Content-Type: application/jsonl\r\n\r\n"
         ).encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
-
-        async def content() -> AsyncIterator[bytes]:
-            yield head
-            async with await anyio.open_file(path, "rb") as file:
-                while chunk := await file.read(CHUNK):
-                    yield chunk
-            yield tail
-
+        # The provider's request primitive takes a whole body: at most one file (200 MB).
+        data = await anyio.Path(path).read_bytes()
         answer = await self.http.call(
             "POST",
             "/files",
-            content=content(),
-            headers={
-                "content-type": f"multipart/form-data; boundary={boundary}",
-                "content-length": str(len(head) + size + len(tail)),
-            },
+            content=head + data + tail,
+            content_type=f"multipart/form-data; boundary={boundary}",
         )
         file_id = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(file_id, str) or not file_id:
@@ -279,12 +269,14 @@ class OpenAIBatchAPI(BatchAPI):
                     return Outcome(custom_id, self._answer(body, request_id), None, True)
                 except ProviderError as exc:
                     return Outcome(custom_id, None, exc, True)
-            fake = httpx.Response(
+            answer = Response(
                 status,
-                json=body,
-                headers={"x-request-id": request_id} if isinstance(request_id, str) else {},
+                "",
+                {"x-request-id": request_id} if isinstance(request_id, str) else {},
+                json.dumps(body).encode(),
             )
-            problem = status_error(where, fake, self.provider._secret, self.provider.api_key_env)
+            provider = self.provider
+            problem = status_error(where, answer, provider._redactor, provider.api_key_env)
             return Outcome(custom_id, None, problem, True)
         code = error.get("code") if isinstance(error, dict) else None
         message = error.get("message") if isinstance(error, dict) else None
@@ -358,24 +350,11 @@ class AnthropicBatchAPI(BatchAPI):
         self, path: str, size: int, file_id: str | None, metadata: Mapping[str, str]
     ) -> RemoteBatch:
         # The file holds one request a line; the body is {"requests": [line, line, ...]}.
-        # JSON lines hold no raw newline, so each newline becomes a comma (but the last).
-        head, tail = b'{"requests":[', b"]}"
-
-        async def content() -> AsyncIterator[bytes]:
-            yield head
-            held = b""
-            async with await anyio.open_file(path, "rb") as file:
-                while chunk := await file.read(CHUNK):
-                    data = held + chunk.replace(b"\n", b",")
-                    held, data = data[-1:], data[:-1]
-                    yield data
-            yield tail
-
+        # JSON lines hold no raw newline, so the newlines become commas (but the last).
+        data = await anyio.Path(path).read_bytes()
+        body = b'{"requests":[' + data.rstrip(b"\n").replace(b"\n", b",") + b"]}"
         answer = await self.http.call(
-            "POST",
-            self.path,
-            content=content(),
-            headers={"content-length": str(len(head) + size - 1 + len(tail))},
+            "POST", self.path, content=body, content_type="application/json"
         )
         return self._batch(answer)
 

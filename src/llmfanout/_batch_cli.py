@@ -32,19 +32,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ._batch import BatchJob, BatchProgress, Polling, submit_batch
 from ._batch_api import APIS
-from ._batch_state import BatchStateError, Busy, locked, state_path
+from ._batch_state import BatchStateError, state_path
 
-# The row parser and writer of `llmfanout run`, imported here and nowhere else in batch code.
-from ._jsonl import (
-    BadRow,
-    OutputCorrupt,
-    RowWriter,
-    cut_torn_line,
-    parse_row,
-    recover,
-    result_row,
-    scan,
-)
+# The row parser, writer and lock of `llmfanout run`: imported here and nowhere else in
+# the batch code.
+from ._input_rows import BadRow, parse_row, scan
+from ._lock import Busy, hold
+from ._output_rows import OutputCorrupt, RowWriter, cut_torn_line, encode, recover, result_row
 from ._tasks import LLMTask, TaskResult
 from .errors import ProviderError
 from .providers._http import HTTPProvider
@@ -166,7 +160,8 @@ def main(args: argparse.Namespace) -> int:
         if args.backend == "trio" and importlib.util.find_spec("trio") is None:
             raise UsageError("--backend trio needs trio: pip install 'llmfanout[trio]'")
         command = args.batch_command
-        with locked(state_path(args.output)):
+        # One lock for the output, shared with `llmfanout run`: one writer at a time.
+        with hold(args.output, f"llmfanout batch {command}"):
             if command == "submit":
                 return _submit(args)
             return _with_job(args)
@@ -174,7 +169,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Busy as exc:
-        print(f"llmfanout: error: {exc}", file=sys.stderr)
+        print(
+            f"llmfanout: error: {args.output} is being worked on by another process: "
+            f"{exc.holder}. Wait for it to finish (or stop it), then run this again",
+            file=sys.stderr,
+        )
         return EXIT_BUSY
     except ProviderError as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
@@ -228,7 +227,7 @@ def _check_rows(args: argparse.Namespace, source: IO[bytes], provider: HTTPProvi
     for number, raw in _numbered(source):
         if number in bad:
             continue
-        _, messages, params = parse_row(raw)
+        _, _, messages, params = parse_row(raw)
         if not args.model and not (params or {}).get("model") and missing_model is None:
             missing_model = number
         try:
@@ -261,7 +260,7 @@ def _numbered(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 def _tasks(source: IO[bytes]) -> Iterator[LLMTask]:
     for _, raw in _numbered(source):
         try:
-            key, messages, params = parse_row(raw)
+            key, _, messages, params = parse_row(raw)
         except BadRow as exc:  # checked a moment ago: the file changed since
             raise UsageError(f"the input changed while it was read ({exc.reason})") from None
         yield LLMTask(messages, params, tag=key)
@@ -480,7 +479,7 @@ class _Waiter:
         self.provider = provider
         self.writer = writer
         self.keys = keys
-        self.secret = str(provider._secret)
+        self.redactor = provider._redactor
         self.written = 0
         self.failed = 0
 
@@ -488,12 +487,12 @@ class _Waiter:
         self.display.update(progress)
 
     def row(self, result: TaskResult, batch_id: str | None) -> bytes:
-        line = result_row(result, self.job.model, self.scrub)
-        # result_row ends every row with "}\n": batch_id goes in as its last field.
-        return line[:-2] + b', "batch_id": ' + _json_text(batch_id) + b"}\n"
+        row = result_row(result, json.loads(result.tag), self.job.model, self.scrub)
+        row["batch_id"] = batch_id
+        return encode((row,))
 
     def scrub(self, text: str) -> str:
-        return text.replace(self.secret, "[redacted]") if self.secret else text
+        return self.redactor.text(text)
 
     async def run(self) -> int:
         job, provider = self.job, self.provider
@@ -552,7 +551,3 @@ class _Waiter:
             return recover(self.args.output).failed
         except (OSError, OutputCorrupt):
             return self.failed
-
-
-def _json_text(value: str | None) -> bytes:
-    return json.dumps(value).encode()

@@ -1,27 +1,23 @@
-"""The batch client's one door to HTTP: a JSON call, an upload, a line-by-line download.
+"""The batch client's one door to HTTP: a JSON call, and a JSONL download line by line.
 
-Built on an HTTP provider's pieces (its pooled client, base URL, auth headers, error
-mapping and redaction), so the batch APIs share the providers' connection layer and
-their secret handling. When the providers grow a generic request primitive, only this
-module changes.
+Both go through the provider's own primitives (:meth:`HTTPProvider.request` and
+:meth:`HTTPProvider.stream`): its connection pool, auth headers, error mapping, size cap
+and key redaction. Nothing here touches a socket or a header holding the key.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
 
-from .errors import BadRequestError, ProviderError
-from .providers._http import HTTPProvider, redact, status_error, transport_error
+from .errors import BadRequestError
+from .providers._http import HTTPProvider
+from .providers._transport import Origin
 
-logger = logging.getLogger("llmfanout")
-
-MAX_JSON_BYTES = 64 * 1024 * 1024
-"""The most a JSON answer (a batch, a page of batches) may hold: far above any real one."""
+MAX_DOWNLOAD_BYTES = 1 << 40
+"""A results file is read line by line, never held whole: no cap short of absurd."""
 
 
 class BatchHTTP:
@@ -30,50 +26,29 @@ class BatchHTTP:
     def __init__(self, provider: HTTPProvider) -> None:
         self.provider = provider
         self.name = provider.provider_name
-        self.base_url = provider.base_url
-        self._origin = httpx.URL(provider.base_url)
 
     def same_origin(self, url: str) -> bool:
-        """Whether ``url`` is relative, or on base_url's scheme, host and port."""
+        """Whether ``url`` is a path, or on base_url's scheme, host and port."""
         if not url.startswith(("http://", "https://")):
             return True
-        parsed, origin = httpx.URL(url), self._origin
-        return (parsed.scheme, parsed.host, parsed.port) == (
-            origin.scheme,
-            origin.host,
-            origin.port,
-        )
+        try:
+            return Origin.of(httpx.URL(url)) == self.provider._origin
+        except httpx.InvalidURL:
+            return False
 
     def url(self, path: str) -> str:
-        """``path`` under the base URL; an absolute URL only if it is on the same origin.
+        """``path`` as the provider will take it; an absolute URL only on the same origin.
 
         The key goes with every request, so a URL from a server's answer (Anthropic's
         ``results_url``) pointing at another host is refused rather than followed.
         """
-        if not path.startswith(("http://", "https://")):
-            return self.base_url + path
         if not self.same_origin(path):
             raise BadRequestError(
-                f"{self.name}: the server gave a URL on another host ({httpx.URL(path).host}); "
-                "the API key is only sent to base_url's host, so it was not fetched",
+                f"{self.name}: the server gave a URL on another host ({path[:100]}); the API "
+                "key is only sent to base_url's host, so it was not fetched",
                 provider=self.name,
             )
         return path
-
-    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
-        headers = dict(self.provider._headers)
-        if extra:
-            headers.update(extra)
-        return headers
-
-    def _client(self) -> httpx.AsyncClient:
-        client = self.provider._client()
-        if client is None:
-            raise ProviderError(
-                f"{type(self.provider).__name__}: closed; use a provider that is still open",
-                provider=self.name,
-            )
-        return client
 
     async def call(
         self,
@@ -81,73 +56,28 @@ class BatchHTTP:
         path: str,
         *,
         json_body: Any = None,
-        content: bytes | AsyncIterator[bytes] | None = None,
-        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
     ) -> Any:
-        """Send one request; the parsed JSON of a 2xx answer, else a ``ProviderError``.
-
-        Errors are raised outside ``except`` blocks so they chain no httpx exception
-        (which would hold the request, headers and all).
-        """
-        url = self.url(path)
-        if json_body is not None:
-            content = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode()
+        """Send one request; the parsed JSON of a 2xx answer, else a ``ProviderError``."""
         provider = self.provider
-        error: ProviderError
-        try:
-            response = await self._client().request(
-                method,
-                url,
-                content=content,
-                headers=self._headers(headers),
-                timeout=provider.timeout,
-            )
-        except httpx.RequestError as exc:
-            error = transport_error(self.name, exc, url, provider.timeout, provider._secret)
-        else:
-            if 200 <= response.status_code < 300:
-                if len(response.content) > MAX_JSON_BYTES:
-                    error = self._format_error(response, url, "is larger than any batch answer")
-                else:
-                    try:
-                        return json.loads(response.content)
-                    except ValueError:
-                        error = self._format_error(response, url, "is not JSON")
-            else:
-                error = status_error(self.name, response, provider._secret, provider.api_key_env)
-        logger.debug("%s", error)
-        raise error
+        response = await provider.request(
+            method, self.url(path), json=json_body, content=content, content_type=content_type
+        )
+        return provider._json(response)
 
     async def lines(self, path: str) -> AsyncGenerator[bytes, None]:
         """The non-blank lines of a JSONL download, as they arrive (nothing held whole)."""
-        url = self.url(path)
         provider = self.provider
-        headers = self._headers({"accept": "application/x-jsonl, application/json, */*"})
-        error: ProviderError | None = None
-        try:
-            async with self._client().stream(
-                "GET", url, headers=headers, timeout=provider.timeout
-            ) as response:
-                if not 200 <= response.status_code < 300:
-                    await response.aread()
-                    error = status_error(
-                        self.name, response, provider._secret, provider.api_key_env
-                    )
-                else:
-                    async for line in response.aiter_lines():
-                        if line.strip():
-                            yield line.encode()
-        except httpx.RequestError as exc:
-            error = transport_error(self.name, exc, url, provider.timeout, provider._secret)
-        if error is not None:
-            logger.debug("%s", error)
-            raise error
-
-    def _format_error(self, response: httpx.Response, url: str, problem: str) -> ProviderError:
-        text = redact(response.content[:200].decode("utf-8", "replace"), self.provider._secret)
-        return ProviderError(
-            f"{self.name}: HTTP {response.status_code} from {url}, but the body {problem}: "
-            f"{' '.join(text.split()) or '(empty)'}; check that base_url points at the API",
-            status_code=response.status_code,
-            provider=self.name,
-        )
+        redact = provider._redactor.data if provider._redact_answers else None
+        async with provider.stream(
+            "GET", self.url(path), max_response_bytes=MAX_DOWNLOAD_BYTES
+        ) as body:
+            held = b""
+            async for chunk in body:
+                *whole, held = (held + chunk).split(b"\n")
+                for line in whole:
+                    if line.strip():
+                        yield redact(line) if redact else line
+            if held.strip():
+                yield redact(held) if redact else held

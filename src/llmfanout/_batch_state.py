@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -151,32 +150,5 @@ def _sync_folder(folder: str) -> None:
         os.fsync(fd)
     except OSError:
         pass
-    finally:
-        os.close(fd)
-
-
-class Busy(RuntimeError):
-    """Another process works on the same batch job."""
-
-
-@contextlib.contextmanager
-def locked(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold an exclusive lock on ``path + '.lock'`` (released by the OS if we die)."""
-    lock_path = os.fspath(path) + ".lock"
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here; one process at a time is on you
-        yield
-        return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise Busy(
-                f"another llmfanout process is working on {os.fspath(path)}; wait for it to "
-                "finish (or stop it) and run this again"
-            ) from None
-        yield
     finally:
         os.close(fd)
