@@ -25,6 +25,7 @@ from fake_llm_server import Fault
 from llmfanout import AnthropicProvider, LLMMessage, LLMTask, OpenAIProvider
 from llmfanout._batch import BatchJob, Polling, _planned, submit_batch
 from llmfanout._batch_api import (
+    AnthropicBatchAPI,
     BatchAPI,
     BatchRequestCancelled,
     BatchRequestExpired,
@@ -32,7 +33,7 @@ from llmfanout._batch_api import (
 )
 from llmfanout._batch_http import BatchHTTP
 from llmfanout._batch_state import BatchStateError
-from llmfanout.errors import BadRequestError, ProviderError
+from llmfanout.errors import BadRequestError, ProviderError, RateLimitError, ServerError
 from llmfanout.providers._http import HTTPProvider
 
 pytestmark = pytest.mark.anyio
@@ -463,3 +464,52 @@ def test_openai_lines_are_batch_api_requests() -> None:
             "messages": [{"role": "user", "content": "hi"}],
         },
     }
+
+
+# -- reading result lines ----------------------------------------------------------------
+
+
+def openai_outcome(line: dict[str, Any]) -> Any:
+    api = OpenAIBatchAPI(OpenAIProvider("gpt-test", api_key=KEY))
+    remote = api._batch({"id": "batch_1", "status": "completed"})
+    return api._outcome(json.dumps(line).encode(), remote)
+
+
+def test_openai_result_lines_become_outcomes() -> None:
+    answer = {"model": "gpt-x", "choices": [{"message": {"content": "hi"}}]}
+    ok = openai_outcome({"custom_id": "a", "response": {"status_code": 200, "body": answer}})
+    assert ok.response.content == "hi" and ok.error is None and ok.answered
+    lenient = openai_outcome({"custom_id": "b", "response": {"body": answer}})
+    assert lenient.response.content == "hi"
+    limited = openai_outcome(
+        {
+            "custom_id": "c",
+            "response": {
+                "status_code": 429,
+                "request_id": "req_9",
+                "body": {"error": {"message": f"slow down, {KEY}", "type": "requests"}},
+            },
+        }
+    )
+    assert isinstance(limited.error, RateLimitError)
+    assert KEY not in str(limited.error) and "req_9" in str(limited.error)
+    expired = openai_outcome(
+        {"custom_id": "d", "response": None, "error": {"code": "batch_expired", "message": "x"}}
+    )
+    assert isinstance(expired.error, BatchRequestExpired) and not expired.answered
+    assert openai_outcome({"no": "custom id"}) is None
+
+
+def test_anthropic_result_lines_become_outcomes() -> None:
+    api = AnthropicBatchAPI(AnthropicProvider("claude-test", api_key=KEY))
+
+    def outcome(result: dict[str, Any]) -> Any:
+        return api._outcome(json.dumps({"custom_id": "a", "result": result}).encode(), "where")
+
+    message = {"model": "c", "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn"}
+    assert outcome({"type": "succeeded", "message": message}).response.content == "hi"
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    assert isinstance(outcome({"type": "errored", "error": error}).error, ServerError)
+    assert isinstance(outcome({"type": "canceled"}).error, BatchRequestCancelled)
+    assert isinstance(outcome({"type": "expired"}).error, BatchRequestExpired)
+    assert isinstance(outcome({"type": "succeeded", "message": "?"}).error, ProviderError)

@@ -83,13 +83,15 @@ def submit_args(server: FakeBatchServer, wire: str, *extra: str) -> list[str]:
     ]
 
 
-def llmfanout(*args: str, cwd: Path, wire: str) -> subprocess.CompletedProcess[str]:
+def llmfanout(
+    *args: str, cwd: Path, wire: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llmfanout", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=environment(wire),
+        env=environment(wire) if env is None else env,
         timeout=DEADLINE,
         check=False,
     )
@@ -321,6 +323,28 @@ def test_status_and_cancel(server: FakeBatchServer, wire: str, tmp_path: Path) -
     found = {row["id"]: row for row in check_once(tmp_path / "out.jsonl", ids)}
     assert sum(row["success"] for row in found.values()) == 2
     assert found["row-7"]["error"]["type"] == "BatchRequestCancelled"
+
+
+def test_a_named_key_variable_is_recorded_not_the_key(
+    server: FakeBatchServer, tmp_path: Path
+) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 3)
+    bare = {k: v for k, v in os.environ.items() if k not in VARIABLES.values()}
+    env = {**bare, "TEAM_KEY": KEY}
+    args = submit_args(server, "openai", "--api-key-env", "TEAM_KEY")
+    assert llmfanout(*args, cwd=tmp_path, wire="openai", env=env).returncode == 0
+    state = json.loads((tmp_path / "out.jsonl.batch.json").read_text())
+    assert state["api_key_env"] == "TEAM_KEY"
+    assert KEY not in json.dumps(state)
+    assert {r.api_key for r in server.requests[-2:]} == {KEY}
+    # Without the key, status shows what was last seen; with it, wait carries on.
+    status = llmfanout("batch", "status", "out.jsonl", cwd=tmp_path, wire="openai", env=bare)
+    assert status.returncode == 0, status.stderr
+    assert "as last seen" in status.stdout
+    server.finish()
+    waited = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire="openai", env=env)
+    assert waited.returncode == 0, waited.stderr
+    check_once(tmp_path / "out.jsonl", ids)
 
 
 def test_wait_without_a_job_is_a_usage_error(tmp_path: Path) -> None:

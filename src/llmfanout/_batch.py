@@ -194,6 +194,11 @@ class BatchJob:
         return self._state.base_url
 
     @property
+    def api_key_env(self) -> str | None:
+        """The environment variable the submit read the key from, if it named one."""
+        return self._state.api_key_env
+
+    @property
     def input(self) -> str | None:
         """The input file, when the submit recorded one."""
         return self._state.input
@@ -685,6 +690,7 @@ async def submit_batch(
     max_bytes: int | None = None,
     polling: Polling | None = None,
     input_name: str | None = None,
+    api_key_env: str | None = None,
 ) -> BatchJob:
     """Submit ``tasks`` as provider batches; the :class:`BatchJob` that tracks them.
 
@@ -697,7 +703,9 @@ async def submit_batch(
     When ``state`` already records this job (a submit that was interrupted), give the
     same tasks again: the submit carries on where it stopped, never creating a batch
     twice; ``BatchStateError`` if the tasks differ from the first time. Cancellation leaves
-    the state file consistent: run the same call again to finish.
+    the state file consistent: run the same call again to finish. ``input_name`` and
+    ``api_key_env`` (the name of the variable the key came from, never the key) are
+    recorded for later commands.
     """
     path = os.fspath(state)
     existing, api, requests, size = _open(provider, path, max_requests, max_bytes)
@@ -716,6 +724,7 @@ async def submit_batch(
                 max_bytes=size,
                 parts=parts,
                 input=input_name,
+                api_key_env=api_key_env,
             )
             save(record, path)  # recorded before anything is created
         else:

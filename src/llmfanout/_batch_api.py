@@ -260,11 +260,13 @@ class OpenAIBatchAPI(BatchAPI):
         response = line.get("response")
         error = line.get("error")
         where = f"openai batch {batch.id}"
-        if isinstance(response, dict) and isinstance(response.get("status_code"), int):
-            status = response["status_code"]
-            body = response.get("body")
+        if isinstance(response, dict) and isinstance(response.get("body"), dict):
+            body = response["body"]
+            status = response.get("status_code")
+            if not isinstance(status, int):  # a compatible server that leaves it out
+                status = 500 if "error" in body else 200
             request_id = response.get("request_id")
-            if 200 <= status < 300 and isinstance(body, dict):
+            if 200 <= status < 300:
                 try:
                     return Outcome(custom_id, self._answer(body, request_id), None, True)
                 except ProviderError as exc:

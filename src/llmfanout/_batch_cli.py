@@ -37,13 +37,13 @@ from ._batch_state import BatchStateError, state_path
 # The row parser, writer and lock of `llmfanout run`: imported here and nowhere else in
 # the batch code.
 from ._input_rows import BadRow, parse_row, scan
+from ._job import KEY_VARIABLES
 from ._lock import Busy, hold
 from ._output_rows import OutputCorrupt, RowWriter, cut_torn_line, encode, recover, result_row
 from ._tasks import LLMTask, TaskResult
 from .errors import ProviderError
 from .providers._http import HTTPProvider
 
-KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 MAX_BAD_SHOWN = 50
 PER_ROW = "per-row"  # the provider's model when every row names its own
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
@@ -51,26 +51,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
 class UsageError(Exception):
     """Bad options or bad input: exit status 2, nothing sent."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
-    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -83,17 +63,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress; errors only")
 
 
-def _polling(parser: argparse.ArgumentParser) -> None:
+def _polling(parser: argparse.ArgumentParser, seconds: Any) -> None:
     parser.add_argument(
         "--poll-interval",
-        type=_seconds,
+        type=seconds,
         default=5.0,
         metavar="SECONDS",
         help="first wait between polls (default 5); it grows by half each poll",
     )
     parser.add_argument(
         "--max-poll-interval",
-        type=_seconds,
+        type=seconds,
         default=60.0,
         metavar="SECONDS",
         help="longest wait between polls (default 60); a server's Retry-After may ask more",
@@ -102,6 +82,9 @@ def _polling(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(commands: Any) -> None:
     """Add ``batch`` and its subcommands to the ``llmfanout`` subcommands."""
+    # The argument types of `llmfanout run` (imported here: _cli imports this module).
+    from ._cli import _positive_float, _positive_int
+
     batch = commands.add_parser(
         "batch",
         help="send rows through the provider's batch API: half the price, within 24 hours",
@@ -124,7 +107,15 @@ def add_parser(commands: Any) -> None:
     )
     submit.add_argument("input", metavar="INPUT", help="the input JSONL file")
     submit.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="the output file")
-    submit.add_argument("--provider", choices=tuple(APIS), required=True)
+    submit.add_argument(
+        "--provider", choices=tuple(APIS), required=True, help="whose batch API to use"
+    )
+    submit.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="the environment variable holding the key (default OPENAI_API_KEY or "
+        "ANTHROPIC_API_KEY); its name is recorded for wait, status and cancel",
+    )
     submit.add_argument("--model", help="the model; a row's own (params.model) wins")
     submit.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
     submit.add_argument("--wait", action="store_true", help="then wait and write the results")
@@ -140,7 +131,7 @@ def add_parser(commands: Any) -> None:
         metavar="N",
         help="bytes per batch (default: the provider's limit, 200 MB or 256 MB)",
     )
-    _polling(submit)
+    _polling(submit, _positive_float)
     _common(submit)
     for name, text in (
         ("wait", "poll until every batch ends, appending one row per input id to OUTPUT"),
@@ -150,7 +141,7 @@ def add_parser(commands: Any) -> None:
         action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         action.add_argument("output", metavar="OUTPUT", help="the output file given to submit")
         if name == "wait":
-            _polling(action)
+            _polling(action, _positive_float)
         _common(action)
 
 
@@ -192,19 +183,21 @@ def main(args: argparse.Namespace) -> int:
         return 128 + signal.SIGINT
 
 
-def _provider(name: str, model: str, base_url: str | None) -> HTTPProvider:
-    variable = KEY_VARIABLES[name]
-    if not os.environ.get(variable, "").strip():
+def _provider(name: str, model: str, base_url: str | None, key_env: str | None) -> HTTPProvider:
+    variable = key_env or KEY_VARIABLES[name]
+    key = os.environ.get(variable, "").strip()
+    if not key:
         raise UsageError(
             f"--provider {name} needs an API key in the {variable} environment variable "
-            f"(keys are never taken from a flag); set it, e.g. export {variable}=..."
+            f"(keys are never taken from a flag); set it, e.g. export {variable}=... "
+            "(a local server that needs no key accepts any value)"
         )
     from .providers import AnthropicProvider, OpenAIProvider
 
     cls = OpenAIProvider if name == "openai" else AnthropicProvider
     options: dict[str, Any] = {"base_url": base_url} if base_url else {}
     try:
-        return cls(model, **options)
+        return cls(model, api_key=key, **options)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -280,7 +273,7 @@ def _submit(args: argparse.Namespace) -> int:
             "choose another output file"
         )
     model = args.model or PER_ROW
-    provider = _provider(args.provider, model, args.base_url)
+    provider = _provider(args.provider, model, args.base_url, args.api_key_env)
     with ExitStack() as stack:
         source = stack.enter_context(open(args.input, "rb"))
         rows = _check_rows(args, source, provider)
@@ -322,6 +315,7 @@ async def _do_submit(
             max_bytes=args.max_bytes,
             polling=_polling_of(args),
             input_name=name,
+            api_key_env=args.api_key_env,
         )
 
 
@@ -330,7 +324,15 @@ async def _do_submit(
 
 def _with_job(args: argparse.Namespace) -> int:
     job = BatchJob.load(state_path(args.output), polling=_polling_of(args))
-    provider = _provider(job.provider, job.model, job.base_url)
+    try:
+        provider = _provider(job.provider, job.model, job.base_url, job.api_key_env)
+    except UsageError:
+        if args.batch_command != "status":
+            raise
+        # No key here: what was last seen is still worth showing.
+        print(_status_text(args.output, job, job.progress()))
+        print("  (as last seen: set the API key to ask the provider for fresh counts)")
+        return EXIT_OK
     if args.batch_command == "wait":
         return _wait(args, job, provider)
     if args.batch_command == "cancel":
@@ -542,6 +544,8 @@ class _Waiter:
         job = self.job
         command = ["llmfanout", "run", job.input or "INPUT", "-o", self.args.output]
         command += ["--provider", job.provider, "--base-url", job.base_url]
+        if job.api_key_env:
+            command += ["--api-key-env", job.api_key_env]
         if job.model != PER_ROW:
             command += ["--model", job.model]
         return shlex.join([*command, "--resume", "--retry-failed"])
