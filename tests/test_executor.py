@@ -916,7 +916,7 @@ async def test_per_loop_state_of_dropped_executors_and_providers_is_freed() -> N
         executor = ParallelLLMExecutor(EchoProvider())
         await executor.execute_mixed({"a": ask("x"), "f": DeterministicTask(len, ("ab",))})
         provider = OpenAIProvider("m", api_key="sk-test")
-        pool = provider._client()
+        pool = provider._transport()
         await provider.aclose()
         refs += [weakref.ref(executor._threads()), weakref.ref(pool)]
         del executor, provider, pool

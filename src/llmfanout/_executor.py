@@ -9,6 +9,7 @@ item whenever another worker is queued for one, so no call starves.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -38,6 +39,7 @@ from ._limiter import Limiter, check_limiter
 from ._outcome import Failed, Ok
 from ._perloop import PerLoop
 from ._retry import RetryConfig
+from ._sync import run_sync
 from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
 from ._types import AsyncLLMProvider, LLMMessage, a_kind
 from .errors import TaskAborted
@@ -392,6 +394,59 @@ class ParallelLLMExecutor:
             if isinstance(items, AsyncItems):
                 with anyio.CancelScope(shield=True):
                     await items.aclose()
+
+    # -- synchronous entry points (the machinery is in _sync.py) -------------------------
+
+    def execute_sync(
+        self,
+        tasks: Mapping[str, LLMTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+        backend: str = "asyncio",
+    ) -> dict[str, TaskResult]:
+        """:meth:`execute` from synchronous code: a script, or a notebook cell.
+
+        Runs a fresh event loop of ``backend`` ("asyncio" or "trio"): on this thread, or,
+        where a loop already runs here (Jupyter), on a new thread while this one waits.
+        Our HTTP providers' connections for that loop are closed before it ends. Ctrl-C
+        cancels the run and raises ``KeyboardInterrupt`` once nothing is left running.
+        """
+        return run_sync(
+            functools.partial(self.execute, tasks, max_errors=max_errors, on_result=on_result),
+            backend=backend,
+            owner="execute_sync",
+            close=self.provider,
+        )
+
+    def execute_mixed_sync(
+        self,
+        tasks: Mapping[str, LLMTask | DeterministicTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+        backend: str = "asyncio",
+    ) -> dict[str, TaskResult]:
+        """:meth:`execute_mixed` from synchronous code (see :meth:`execute_sync`)."""
+        return run_sync(
+            functools.partial(
+                self.execute_mixed, tasks, max_errors=max_errors, on_result=on_result
+            ),
+            backend=backend,
+            owner="execute_mixed_sync",
+            close=self.provider,
+        )
+
+    def execute_sequential_sync(
+        self, tasks: Sequence[LLMTask], pass_result: bool = False, *, backend: str = "asyncio"
+    ) -> list[TaskResult]:
+        """:meth:`execute_sequential` from synchronous code (see :meth:`execute_sync`)."""
+        return run_sync(
+            functools.partial(self.execute_sequential, tasks, pass_result),
+            backend=backend,
+            owner="execute_sequential_sync",
+            close=self.provider,
+        )
 
     # -- the engine ----------------------------------------------------------------------
 
