@@ -19,10 +19,9 @@ from typing import IO, Any, NamedTuple, Protocol
 
 import attrs
 
-from ._types import ROLES, LLMMessage
+from ._messages import LLMMessage, to_message
 
 BATCH_URL = "/v1/chat/completions"
-_ROLES = ", ".join(sorted(ROLES))
 
 
 class BadRow(ValueError):
@@ -98,41 +97,13 @@ def _plain(value: object) -> str:
     return value if isinstance(value, str) and len(value) <= 60 else _shown(value)
 
 
-def _content(value: object, where: str, key: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # OpenAI content parts: only text can be sent
-        texts = []
-        for part in value:
-            if not (isinstance(part, dict) and part.get("type") == "text"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise BadRow(
-                    f"{where}.content has a {kind!r} part; only text parts are supported", key
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise BadRow(f'{where}.content has a text part with no "text" string', key)
-            texts.append(text)
-        return "".join(texts)
-    raise BadRow(f"{where}.content must be a string, not {type(value).__name__}", key)
-
-
 def _messages(value: object, key: str, field: str = "messages") -> tuple[LLMMessage, ...]:
     if not isinstance(value, list) or not value:
         raise BadRow(f'"{field}" must be a non-empty list of {{"role", "content"}} objects', key)
-    messages = []
-    for i, item in enumerate(value):
-        where = f"{field}[{i}]"
-        if not isinstance(item, Mapping):
-            raise BadRow(f'{where} is not an object; give {{"role": ..., "content": ...}}', key)
-        role = item.get("role")
-        if role not in ROLES:
-            raise BadRow(f"{where}.role is {_shown(role)}; use one of {_ROLES}", key)
-        name = item.get("name")
-        if name is not None and not isinstance(name, str):
-            raise BadRow(f"{where}.name must be a string", key)
-        messages.append(LLMMessage(role, _content(item.get("content"), where, key), name))
-    return tuple(messages)
+    try:
+        return tuple(to_message(item, f"{field}[{i}]") for i, item in enumerate(value))
+    except (TypeError, ValueError) as exc:  # the library's own reading of a message
+        raise BadRow(str(exc), key) from None
 
 
 def _params(value: object, key: str, field: str) -> dict[str, Any] | None:
