@@ -109,7 +109,7 @@ def _messages(value: object, key: str, field: str = "messages") -> tuple[LLMMess
 def _params(value: object, key: str, field: str) -> dict[str, Any] | None:
     if value is None:
         return None
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise BadRow(f'"{field}" must be an object of call parameters', key)
     model = value.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
@@ -117,9 +117,12 @@ def _params(value: object, key: str, field: str) -> dict[str, Any] | None:
     return dict(value) or None
 
 
-def row_parts(row: object) -> ParsedRow:
-    """Check one input row (a mapping); raises :class:`BadRow` saying why it cannot run."""
-    if not isinstance(row, Mapping):
+def row_parts(row: object, *, check_only: bool = False) -> ParsedRow:
+    """Check one input row (a mapping); raises :class:`BadRow` saying why it cannot run.
+
+    ``check_only``: a prompt row's message is not made (the first pass only checks).
+    """
+    if type(row) is not dict and not isinstance(row, Mapping):
         raise BadRow(f"a JSON {_json_kind(row)}, not an object")
     if "custom_id" in row:
         return _batch_parts(row)
@@ -137,7 +140,7 @@ def row_parts(row: object) -> ParsedRow:
         raise BadRow('no "prompt" or "messages"; give one of them', key)
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRow('"prompt" must be a non-empty string', key)
-    return ParsedRow(key, value, (LLMMessage("user", prompt),), params)
+    return ParsedRow(key, value, () if check_only else (LLMMessage("user", prompt),), params)
 
 
 def _json_kind(value: object) -> str:
@@ -173,13 +176,13 @@ def load_json(raw: bytes | str) -> Any:
         raise ValueError("nested too deeply (thousands of brackets)") from None
 
 
-def parse_row(raw: bytes) -> ParsedRow:
+def parse_row(raw: bytes, *, check_only: bool = False) -> ParsedRow:
     """One input line, parsed and checked; raises :class:`BadRow` saying why it cannot run."""
     try:
         row = load_json(raw)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and nesting alike
         raise BadRow(f"not valid JSON ({exc})") from None
-    return row_parts(row)
+    return row_parts(row, check_only=check_only)
 
 
 def _lines(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -219,7 +222,7 @@ def scan(file: IO[bytes], recorded: Recorded | None = None) -> Scan:
     duplicates: dict[str, list[int]] = {}
     for number, raw in _lines(file):
         try:
-            key, _, _, params = parse_row(raw)
+            key, _, _, params = parse_row(raw, check_only=True)
         except BadRow as exc:
             if exc.key is not None:
                 if exc.key in seen:
@@ -256,7 +259,7 @@ def _first_lines(file: IO[bytes], keys: Iterable[str]) -> dict[str, int]:
     wanted, found = set(keys), {}
     for number, raw in _lines(file):
         try:
-            key = parse_row(raw).key
+            key = parse_row(raw, check_only=True).key
         except BadRow as exc:
             if exc.key is None:
                 continue
