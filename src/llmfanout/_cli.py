@@ -32,7 +32,7 @@ from typing import IO, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from . import __version__
+from . import __version__, _batch_cli
 from ._input_rows import Scan, read_rows, scan
 from ._job import KEY_VARIABLES, Job, JobError, JobSpec, RowStream
 from ._lock import Busy, hold
@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument(
         "-o", "--output", metavar="FILE", help="the file to write (default: standard output)"
     )
+    _batch_cli.add_parser(commands)
     return parser
 
 
@@ -267,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     args = parser.parse_args(argv)
+    if args.command == "batch":
+        return _batch_cli.main(args)
     if args.command not in ("run", "merge", "example"):
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
