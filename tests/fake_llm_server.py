@@ -5,7 +5,7 @@ connection pool, keep-alive, timeouts, dropped connections. It runs in the calle
 loop, on asyncio and trio alike::
 
     async with serve_fake_llm() as server:
-        server.add_faults(Fault.status(429, retry_after="0.2"))
+        server.add_faults(Fault.status(429, retry_after_ms="200"))
         async with OpenAIProvider("m", base_url=server.openai_base_url, api_key="k") as p:
             ...
         server.requests  # every request: time received, headers, JSON body
@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import random
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -34,6 +35,7 @@ import anyio.abc
 import anyio.from_thread
 import attrs
 import h11
+from anyio.streams.tls import TLSListener
 
 __all__ = [
     "FakeLLMServer",
@@ -75,11 +77,31 @@ class Fault:
     content: str | None = None
     gate: anyio.Event | None = attrs.field(default=None, eq=False)
     """When set, the server waits for this event before answering."""
+    tool_calls: tuple[tuple[str, str], ...] = ()
+    """``(name, arguments JSON)`` of the tool calls a normal answer makes."""
+    cached_tokens: int = 0
+    """Prompt tokens a normal answer reports as read from the provider's cache."""
 
     @classmethod
-    def ok(cls, content: str | None = None, *, gate: anyio.Event | None = None) -> Fault:
+    def ok(
+        cls,
+        content: str | None = None,
+        *,
+        gate: anyio.Event | None = None,
+        cached_tokens: int = 0,
+    ) -> Fault:
         """A normal answer (``content``, or the echo of the last message)."""
-        return cls("ok", content=content, gate=gate)
+        return cls("ok", content=content, gate=gate, cached_tokens=cached_tokens)
+
+    @classmethod
+    def tool_calls_answer(cls, *calls: tuple[str, Mapping[str, Any]], content: str = "") -> Fault:
+        """An answer that calls tools: ``("get_weather", {"city": "Paris"})`` each.
+
+        OpenAI's shape (``message.tool_calls``, ``finish_reason: tool_calls``) or
+        Anthropic's (``tool_use`` blocks, ``stop_reason: tool_use``), by the endpoint.
+        """
+        wire = tuple((name, json.dumps(arguments)) for name, arguments in calls)
+        return cls("ok", content=content, tool_calls=wire)
 
     @classmethod
     def status(
@@ -184,9 +206,7 @@ class FakeLLMServer:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.openai_base_url = self.base_url + "/v1"
-        self.anthropic_base_url = self.base_url
+        self.set_base_url(f"http://127.0.0.1:{port}")
         self.requests: list[RecordedRequest] = []
         self.faults: deque[Fault] = deque()
         self.fault_for: Callable[[RecordedRequest], Fault | None] | None = None
@@ -199,6 +219,19 @@ class FakeLLMServer:
         self.open_connections = 0
         self.peak_connections = 0
         self._arrived = anyio.Event()
+        self._idle: set[anyio.abc.ByteStream] = set()
+
+    def set_base_url(self, base_url: str) -> None:
+        """Where clients reach the server (and the OpenAI and Anthropic URLs under it)."""
+        self.base_url = base_url
+        self.openai_base_url = base_url + "/v1"
+        self.anthropic_base_url = base_url
+
+    async def close_idle_connections(self) -> None:
+        """Close every connection waiting for its next request, as a server whose
+        keep-alive timeout ran out does."""
+        for stream in list(self._idle):
+            await anyio.aclose_forcefully(stream)
 
     def __repr__(self) -> str:
         return f"FakeLLMServer({self.base_url!r}, requests={len(self.requests)})"
@@ -232,7 +265,7 @@ class FakeLLMServer:
 
     # -- connections -------------------------------------------------------------------
 
-    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+    async def handle(self, stream: anyio.abc.ByteStream) -> None:
         connection = self.connections_opened
         self.connections_opened += 1
         self.open_connections += 1
@@ -241,7 +274,11 @@ class FakeLLMServer:
         try:
             async with stream:
                 while True:
-                    received = await _read_request(conn, stream)
+                    self._idle.add(stream)
+                    try:
+                        received = await _read_request(conn, stream)
+                    finally:
+                        self._idle.discard(stream)
                     if received is None:
                         return
                     request = self._record(*received, connection)
@@ -250,7 +287,7 @@ class FakeLLMServer:
                     if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                         return
                     conn.start_next_cycle()
-        except (*_STREAM_GONE, h11.ProtocolError):
+        except (*_STREAM_GONE, h11.ProtocolError, ssl.SSLError, OSError):
             return  # the client went away mid-exchange
         finally:
             self.open_connections -= 1
@@ -285,7 +322,7 @@ class FakeLLMServer:
     async def _respond(
         self,
         conn: h11.Connection,
-        stream: anyio.abc.SocketStream,
+        stream: anyio.abc.ByteStream,
         request: RecordedRequest,
         fault: Fault,
     ) -> bool:
@@ -319,11 +356,13 @@ class FakeLLMServer:
             body = json.dumps(shell).encode()
         elif request.json is None:
             code, body = 400, _error_body(wire, 400, "the body is not JSON", None)
+        elif (problem := _tool_flow_problem(wire, request.json)) is not None:
+            code, body = 400, _error_body(wire, 400, problem, None)
         else:
             if self.latency:
                 spread = self.latency_spread
                 await anyio.sleep(self.latency * self._random.uniform(1 - spread, 1 + spread))
-            body = _answer(wire, request, fault.content)
+            body = _answer(wire, request, fault)
         headers.append(("content-length", str(len(body))))
         await stream.send(conn.send(h11.Response(status_code=code, headers=headers)))
         if kind in ("drop", "stall"):
@@ -335,7 +374,7 @@ class FakeLLMServer:
         return True
 
 
-async def _wait_for_close(stream: anyio.abc.SocketStream) -> None:
+async def _wait_for_close(stream: anyio.abc.ByteStream) -> None:
     """Read and ignore until the client closes the connection."""
     try:
         while await stream.receive():
@@ -344,7 +383,7 @@ async def _wait_for_close(stream: anyio.abc.SocketStream) -> None:
         pass
 
 
-async def _next_event(conn: h11.Connection, stream: anyio.abc.SocketStream) -> Any:
+async def _next_event(conn: h11.Connection, stream: anyio.abc.ByteStream) -> Any:
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
@@ -357,7 +396,7 @@ async def _next_event(conn: h11.Connection, stream: anyio.abc.SocketStream) -> A
 
 
 async def _read_request(
-    conn: h11.Connection, stream: anyio.abc.SocketStream
+    conn: h11.Connection, stream: anyio.abc.ByteStream
 ) -> tuple[h11.Request, bytes] | None:
     event = await _next_event(conn, stream)
     if not isinstance(event, h11.Request):
@@ -391,23 +430,86 @@ def _error_body(wire: str | None, code: int, message: str, error_type: str | Non
     return json.dumps({"error": error}).encode()
 
 
-def _answer(wire: str, request: RecordedRequest, content: str | None) -> bytes:
-    text = content if content is not None else "echo: " + request.prompt
+def _tool_flow_problem(wire: str, payload: Any) -> str | None:
+    """Why the API would refuse this conversation's tool calls and results, or None.
+
+    As the real APIs do: every tool result answers a tool call made earlier (Anthropic:
+    in the assistant turn just before it), and Anthropic's tool_use input is an object.
+    """
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    if not isinstance(messages, list):
+        return None
+    called: set[str] = set()
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages.{index}: not an object"
+        role, content = message.get("role"), message.get("content")
+        if wire == "openai":
+            for call in message.get("tool_calls") or []:
+                called.add(call["id"])
+                if not isinstance(call["function"]["arguments"], str):
+                    return f"messages.{index}.tool_calls: arguments must be a string"
+            if role == "tool" and message.get("tool_call_id") not in called:
+                return (
+                    f"messages.{index}: messages with role 'tool' must be a response to a "
+                    "preceding message with 'tool_calls'"
+                )
+            continue
+        blocks = content if isinstance(content, list) else []
+        if role == "assistant":
+            called = set()
+            for block in blocks:
+                if block.get("type") == "tool_use":
+                    if not isinstance(block.get("input"), dict):
+                        return f"messages.{index}: tool_use.input: Input should be an object"
+                    called.add(block["id"])
+        elif role == "user":
+            for block in blocks:
+                if block.get("type") == "tool_result" and block.get("tool_use_id") not in called:
+                    return (
+                        f"messages.{index}: unexpected tool_use_id found in tool_result "
+                        "blocks; each tool_result must have a tool_use block before it"
+                    )
+            called = set()
+    return None
+
+
+def _answer(wire: str, request: RecordedRequest, fault: Fault) -> bytes:
+    text = fault.content if fault.content is not None else "echo: " + request.prompt
     payload = request.json
     model = payload.get("model", "fake-model") if isinstance(payload, dict) else "fake-model"
     prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in payload.get("messages", []))
+    cached = min(fault.cached_tokens, prompt_tokens)
+    calls = [
+        (f"call_{request.index}_{i}", name, arguments)
+        for i, (name, arguments) in enumerate(fault.tool_calls)
+    ]
     if wire == "anthropic":
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not calls else []
+        blocks += [
+            {"type": "tool_use", "id": "tool" + call_id, "name": name, "input": json.loads(args)}
+            for call_id, name, args in calls
+        ]
+        usage = {"input_tokens": prompt_tokens - cached, "output_tokens": _tokens(text)}
+        if cached:
+            usage["cache_read_input_tokens"] = cached
         answer: dict[str, Any] = {
             "id": f"msg_{request.index}",
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
+            "content": blocks,
+            "stop_reason": "tool_use" if calls else "end_turn",
             "stop_sequence": None,
-            "usage": {"input_tokens": prompt_tokens, "output_tokens": _tokens(text)},
+            "usage": usage,
         }
     else:
+        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            message["tool_calls"] = [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+                for call_id, name, args in calls
+            ]
         answer = {
             "id": f"chatcmpl-{request.index}",
             "object": "chat.completion",
@@ -416,8 +518,8 @@ def _answer(wire: str, request: RecordedRequest, content: str | None) -> bytes:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
+                    "message": message,
+                    "finish_reason": "tool_calls" if calls else "stop",
                 }
             ],
             "usage": {
@@ -426,18 +528,28 @@ def _answer(wire: str, request: RecordedRequest, content: str | None) -> bytes:
                 "total_tokens": prompt_tokens + _tokens(text),
             },
         }
+        if cached:
+            answer["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
     return json.dumps(answer).encode()
 
 
 @asynccontextmanager
-async def serve_fake_llm(port: int = 0) -> AsyncIterator[FakeLLMServer]:
+async def serve_fake_llm(
+    port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[FakeLLMServer]:
     """Serve on ``127.0.0.1:port`` (0: any free port) for the life of the block.
 
-    Leaving the block closes the listener and every connection still open.
+    With ``ssl_context`` it speaks HTTPS (its URLs say ``https://localhost``). Leaving the
+    block closes the listener and every connection still open.
     """
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+    listener: anyio.abc.Listener[Any] = tcp
+    if ssl_context is not None:
+        listener = TLSListener(tcp, ssl_context, standard_compatible=False)
     async with listener, anyio.create_task_group() as tg:
-        server = FakeLLMServer(listener.extra(anyio.abc.SocketAttribute.local_port))
+        server = FakeLLMServer(tcp.extra(anyio.abc.SocketAttribute.local_port))
+        if ssl_context is not None:
+            server.set_base_url(f"https://localhost:{server.port}")
         tg.start_soon(listener.serve, server.handle, tg)
         try:
             yield server

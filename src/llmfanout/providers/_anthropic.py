@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
-import httpx
-
-from .._types import LLMMessage, LLMResponse
+from .._types import LLMMessage, LLMResponse, to_messages
 from ..errors import BadRequestError, ProviderError
-from ._http import HTTPProvider, check_positive_int
+from ._anthropic_format import (
+    messages_to_wire,
+    text_and_tool_calls,
+    tool_choice_to_wire,
+    tools_to_wire,
+    usage_from,
+)
+from ._config import HTTPOptions, check_positive_int
+from ._http import HTTPProvider
+from ._transport import Response
 
 ANTHROPIC_VERSION = "2023-06-01"
 """The ``anthropic-version`` header sent unless ``headers=`` gives another."""
 
-_CACHE_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens")
-
 
 class AnthropicProvider(HTTPProvider):
-    """Calls ``POST {base_url}/v1/messages`` over one pooled ``httpx.AsyncClient``.
+    """Calls ``POST {base_url}/v1/messages`` over a pool of kept-alive connections.
 
     ``async with AnthropicProvider("claude-sonnet-4-5") as provider: ...`` or call
     ``aclose()`` when done (the pool is per event loop, as for OpenAIProvider). The key
@@ -29,46 +34,37 @@ class AnthropicProvider(HTTPProvider):
     ``finish_reason`` is the ``stop_reason``; ``usage`` maps ``input_tokens`` (plus cached
     input) to ``prompt_tokens`` and ``output_tokens`` to ``completion_tokens``, keeping the
     original keys too. System messages are joined into the top-level ``system`` field;
+    content parts, tool calls and tool answers are mapped to Anthropic's blocks (see
+    ``docs/messages-and-tools.md``), and a part it cannot express is refused with a
+    ``BadRequestError`` before anything is sent; ``tools`` and ``tool_choice`` in OpenAI's
+    format are rewritten in Anthropic's (its own format passes unchanged);
     ``max_tokens`` (which the API requires) defaults to 1024. Per call,
     ``config_overrides`` are merged over ``default_params`` into the JSON body (a None
-    value drops the key; ``stop`` is sent as ``stop_sequences``). ``timeout``,
-    ``max_connections`` and ``http_client`` work as for
-    :class:`~llmfanout.providers.OpenAIProvider`: size the pool to at least the
-    executor's ``max_concurrency``.
+    value drops the key; ``stop`` is sent as ``stop_sequences``).
 
     ``complete`` raises :class:`~llmfanout.errors.ProviderError` subclasses, retryable as
     the official SDK decides (529 "overloaded" is a retryable ``ServerError``); it never
     retries on its own. The key never appears in a repr, an error or a log line.
+
+    ``base_url`` defaults to ``ANTHROPIC_BASE_URL``, else ``https://api.anthropic.com``.
+    The other options (``timeout``, ``total_timeout``, ``max_connections``,
+    ``max_response_bytes``, ``verify``, ``headers``, ``default_params``, ``http_client``)
+    are those of :class:`~llmfanout.providers.OpenAIProvider`.
     """
 
     provider_name = "anthropic"
     api_key_env = "ANTHROPIC_API_KEY"
+    base_url_env = "ANTHROPIC_BASE_URL"
+    default_base_url = "https://api.anthropic.com"
     endpoint = "/v1/messages"
 
     def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str = "https://api.anthropic.com",
-        api_key: str | None = None,
-        max_tokens: int = 1024,
-        timeout: float | httpx.Timeout = 60.0,
-        default_params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        max_connections: int = 100,
+        self, model: str, *, max_tokens: int = 1024, **options: Unpack[HTTPOptions]
     ) -> None:
         self.max_tokens = check_positive_int(max_tokens, "max_tokens", type(self).__name__)
-        super().__init__(
-            model,
-            base_url=base_url,
-            api_key=api_key,
-            timeout=timeout,
-            default_params=default_params,
-            headers=headers,
-            http_client=http_client,
-            max_connections=max_connections,
-        )
+        super().__init__(model, **options)
+
+    def _initial_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_tokens,
@@ -82,7 +78,7 @@ class AnthropicProvider(HTTPProvider):
                     "give a string or a list of strings"
                 )
             params["stop_sequences"] = _stop_sequences(stop)
-        self._params = params
+        return params
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
@@ -94,20 +90,12 @@ class AnthropicProvider(HTTPProvider):
         return params
 
     def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
-        system: list[str] = []
-        wire: list[dict[str, str]] = []
-        for m in messages:
-            if m.role == "system":
-                system.append(m.content)
-            elif m.role == "tool":
-                raise BadRequestError(
-                    "anthropic: the Messages API has no 'tool' role for plain text; send the "
-                    "tool's output as a 'user' message",
-                    provider=self.provider_name,
-                )
-            else:
-                wire.append({"role": m.role, "content": m.content})
+        system, wire = messages_to_wire(to_messages(messages, "AnthropicProvider"))
         payload = {**params, "messages": wire}
+        if "tools" in payload:  # OpenAI's spelling, so one set of overrides fits both
+            payload["tools"] = tools_to_wire(payload["tools"])
+        if "tool_choice" in payload:
+            payload["tool_choice"] = tool_choice_to_wire(payload["tool_choice"])
         if system:
             given = payload.get("system")
             if isinstance(given, list):  # content blocks (prompt caching): add ours after
@@ -116,21 +104,15 @@ class AnthropicProvider(HTTPProvider):
                 payload["system"] = "\n\n".join([given, *system] if given else system)
         return payload
 
-    def _response(self, body: Any, response: httpx.Response, model: Any) -> LLMResponse:
+    def _response(self, body: Any, response: Response, model: Any) -> LLMResponse:
         blocks = body.get("content") if isinstance(body, dict) else None
         if not isinstance(blocks, list):
             error: ProviderError = self._format_error(response, "has no content list")
             raise error
-        content = "".join(
-            block["text"]
-            for block in blocks
-            if isinstance(block, dict)
-            and block.get("type") == "text"
-            and isinstance(block.get("text"), str)
-        )
+        content, tool_calls = text_and_tool_calls(blocks)
         stop_reason = body.get("stop_reason")
         reported_model = body.get("model")
-        request_id = response.headers.get("request-id") or response.headers.get("x-request-id")
+        request_id = self._request_id(response)
         metadata: dict[str, Any] = {"raw": body}
         if request_id:
             metadata["request_id"] = request_id
@@ -138,8 +120,9 @@ class AnthropicProvider(HTTPProvider):
             content,
             model=reported_model if isinstance(reported_model, str) else str(model),
             finish_reason=stop_reason if isinstance(stop_reason, str) else None,
-            usage=_usage(body.get("usage")),
+            usage=usage_from(body.get("usage")),
             metadata=metadata,
+            tool_calls=tool_calls,
         )
 
 
@@ -153,19 +136,3 @@ def _stop_sequences(stop: object) -> list[Any]:
         f"anthropic: stop is a {type(stop).__name__}; give a string or a list of strings",
         provider="anthropic",
     )
-
-
-def _usage(usage: object) -> dict[str, int] | None:
-    """Anthropic's token counts under our keys (the originals kept beside them)."""
-    if not isinstance(usage, dict):
-        return None
-    counts = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
-    input_tokens = counts.get("input_tokens")
-    output_tokens = counts.get("output_tokens")
-    if input_tokens is not None:
-        counts["prompt_tokens"] = input_tokens + sum(counts.get(k, 0) for k in _CACHE_KEYS)
-    if output_tokens is not None:
-        counts["completion_tokens"] = output_tokens
-    if input_tokens is not None and output_tokens is not None:
-        counts["total_tokens"] = counts["prompt_tokens"] + output_tokens
-    return counts or None
