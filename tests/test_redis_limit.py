@@ -22,8 +22,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import ask
-from llmfanout import EchoProvider, Limiter, ParallelLLMExecutor, RateLimit
+from llmfanout import (
+    EchoProvider,
+    JobError,
+    JobSpec,
+    Limiter,
+    ParallelLLMExecutor,
+    RateLimit,
+    run_rows,
+)
 from llmfanout import _redislimit as redislimit
+from llmfanout._cli import main as cli_main
 from llmfanout._redislimit import _SCRIPT
 from llmfanout.limits import RedisRateLimit, SharedLimitError
 from redis_server import RedisServer, free_port, require_binary, running_redis
@@ -338,3 +347,36 @@ def test_four_processes_on_two_backends_share_one_budget_fairly(server: RedisSer
     shares = [round(got / equal, 2) for got in result["per_process"]]
     assert all(0.4 <= share <= 1.6 for share in shares), shares
     assert sorted(result["backends"]) == ["asyncio", "asyncio", "trio", "trio"]
+
+
+# -- in a job and on the command line --------------------------------------------------
+
+
+def test_a_job_spec_with_a_shared_limit_runs_through_redis(url: str, client: redis.Redis) -> None:
+    spec = JobSpec(shared_limit=url, rpm=6000, tpm=10**6, concurrency=4)
+    rows = [{"id": f"r{i}", "prompt": f"say {i}"} for i in range(20)]
+    out = list(run_rows(rows, spec))
+    assert sorted(row["id"] for row in out) == sorted(row["id"] for row in rows)
+    assert all(row["success"] for row in out)
+    budget = client.hgetall("llmfanout:limit:{default}")
+    assert float(budget[b"rpm"]) == 6000  # the job's limits reached the shared budget
+    client.delete("llmfanout:limit:{default}")
+
+
+def test_a_bad_shared_limit_url_stops_the_job_before_it_starts() -> None:
+    spec = JobSpec(shared_limit="http://:hunter2@cache:6379", rpm=600)
+    with pytest.raises(JobError, match="shared_limit: RedisRateLimit: url is") as caught:
+        list(run_rows([{"id": 1, "prompt": "hi"}], spec))
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_cli_shares_its_rpm_through_shared_limit(
+    url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "prompt": f"p{i}"}) + "\n" for i in range(8)))
+    argv = ["run", str(source), "-o", str(output), "--provider", "echo", "--quiet"]
+    assert cli_main([*argv, "--rpm", "3000", "--shared-limit", url]) == 0
+    assert len(output.read_text().splitlines()) == 8
+    assert float(client.hget("llmfanout:limit:{default}", "rpm") or 0) == 3000
+    client.delete("llmfanout:limit:{default}")

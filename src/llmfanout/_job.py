@@ -220,17 +220,14 @@ def _limiter_for(spec: JobSpec) -> Limiter:
     """
     if spec.shared_limit is None:
         return RateLimit(spec.rpm, spec.tpm)
+    from .limits import RedisRateLimit
+
     try:
-        from . import limits  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        raise JobError(
-            "shared_limit needs llmfanout.limits, which this version of llmfanout does not "
-            "have; remove shared_limit (each worker then keeps its own rpm/tpm)"
-        ) from None
-    limiter: Limiter = limits.RedisRateLimit(
-        spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm
-    )
-    return limiter
+        return RedisRateLimit(
+            spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm
+        )
+    except (ValueError, ImportError) as exc:  # a bad URL, or no redis client installed
+        raise JobError(f"shared_limit: {exc}") from None
 
 
 class Job:
