@@ -49,11 +49,11 @@ def worker(url: str, key: str, rpm: float, backend: str, callers: int) -> None:
     """One process: report ready, read the window (server time), admit until it ends."""
     limit = RedisRateLimit(url, requests_per_minute=rpm, key=key)
     client = redis.Redis.from_url(url)
-    print("ready", flush=True)
-    start, end = map(float, sys.stdin.readline().split())
     admitted: list[float] = []
+    window: list[float] = []
 
     async def caller() -> None:
+        end = window[1]
         while True:
             await limit.acquire()
             now = await anyio.to_thread.run_sync(server_time, client)
@@ -62,12 +62,18 @@ def worker(url: str, key: str, rpm: float, backend: str, callers: int) -> None:
             admitted.append(now)
 
     async def main() -> None:
-        await anyio.sleep(max(0.0, start - server_time(client)))
+        # Warm up before the window (connect, load the script, start the worker thread),
+        # so that no process starts late and misses its part of the burst.
+        await limit.acquire()
+        print("ready", flush=True)
+        window.extend(map(float, (await anyio.to_thread.run_sync(sys.stdin.readline)).split()))
+        await anyio.sleep(max(0.0, window[0] - server_time(client)))
         async with anyio.create_task_group() as tg:
             for _ in range(callers):
                 tg.start_soon(caller)
 
     anyio.run(main, backend=backend)
+    start = window[0]
     print(json.dumps({"backend": backend, "admitted": len([t for t in admitted if t >= start])}))
 
 
@@ -89,7 +95,9 @@ def accuracy(url: str, rpm: float, seconds: float, callers: int) -> dict[str, An
             line = proc.stdout.readline().strip()
             if line != "ready":
                 raise RuntimeError(f"a worker did not start: {line!r}")
-        start = server_time(redis.Redis.from_url(url)) + 0.5
+        # Late enough for the warm-up admissions to have refilled: a full bucket at start.
+        rate = rpm / 60
+        start = server_time(redis.Redis.from_url(url)) + max(0.5, len(procs) / rate + 0.2)
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write(f"{start} {start + seconds}\n")

@@ -340,12 +340,11 @@ def test_four_processes_on_two_backends_share_one_budget_fairly(server: RedisSer
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     allowed = result["allowed"]  # 20 of burst + 20 a second x 4 s = 100
-    assert result["admitted"] <= allowed + 1
-    assert result["admitted"] >= 0.85 * allowed
-    # A short window is a fifth burst, which goes to whoever asks first: loose bounds.
+    assert result["admitted"] <= allowed + 1, result
+    assert result["admitted"] >= 0.85 * allowed, result
     equal = result["admitted"] / 4
     shares = [round(got / equal, 2) for got in result["per_process"]]
-    assert all(0.4 <= share <= 1.6 for share in shares), shares
+    assert all(0.6 <= share <= 1.4 for share in shares), shares
     assert sorted(result["backends"]) == ["asyncio", "asyncio", "trio", "trio"]
 
 
