@@ -212,17 +212,6 @@ def _provider_for(spec: JobSpec, model: str, key: str | None) -> AsyncLLMProvide
         raise JobError(str(exc)) from None
 
 
-def _limits_module() -> Any:
-    try:
-        from . import limits  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        raise JobError(
-            "shared_limit needs llmfanout.limits, which this version of llmfanout does not "
-            "have; remove shared_limit (each worker then keeps its own rpm/tpm)"
-        ) from None
-    return limits
-
-
 def _limiter_for(spec: JobSpec) -> Limiter | None:
     """The job's pacing: its own :class:`RateLimit`, or a budget shared through ``shared_limit``.
 
@@ -233,11 +222,14 @@ def _limiter_for(spec: JobSpec) -> Limiter | None:
         if spec.provider == "echo" and spec.rpm is None and spec.tpm is None:
             return None  # nothing to pace, and no server to answer 429
         return RateLimit(spec.rpm, spec.tpm)
-    limits = _limits_module()
-    limiter: Limiter = limits.RedisRateLimit(
-        spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm
-    )
-    return limiter
+    from .limits import RedisRateLimit
+
+    try:
+        return RedisRateLimit(
+            spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm
+        )
+    except (ValueError, ImportError) as exc:  # a bad URL, or no redis client installed
+        raise JobError(f"shared_limit: {exc}") from None
 
 
 class Job:
