@@ -121,6 +121,8 @@ class FakeBatchServer:
         """List batches without request counts and metadata, as some compatible servers do."""
         self.results_base: str | None = None
         """Where Anthropic ``results_url`` points (default: this server)."""
+        self.fail_validation: str | None = None
+        """When set, the next OpenAI batch fails validation (at its first step) with it."""
         self.polls = 0
         self._counter = 0
 
@@ -147,6 +149,9 @@ class FakeBatchServer:
                 if batch.cancelling:
                     self._end(batch, "cancelled", batch.done)
                     break
+                if batch.problem is not None:
+                    self._end(batch, "failed", 0)
+                    break
                 batch.step += 1
                 if batch.step >= ENDED:
                     self._end(batch, "completed", len(batch.requests))
@@ -166,7 +171,7 @@ class FakeBatchServer:
 
     def _end(self, batch: FakeBatch, how: str, processed: int) -> None:
         batch.end, batch.processed = how, processed
-        if batch.wire == "anthropic":
+        if batch.wire == "anthropic" or how == "failed":  # a failed batch has no files
             return
         ok, errors = [], []
         for position, (custom_id, body) in enumerate(batch.requests):
@@ -357,7 +362,9 @@ class FakeBatchServer:
             created_at=time.time(),
             metadata=dict(body.get("metadata") or {}),
             input_file_id=body.get("input_file_id"),
+            problem=self.fail_validation if wire == "openai" else None,
         )
+        self.fail_validation = None
         self.batches[batch.id] = batch
         return 200, json.dumps(self._json(batch)).encode()
 

@@ -232,11 +232,16 @@ def test_kill_after_the_create_was_sent_then_submit_again(
         wait_until(lambda: batch_count(server, wire) == 1, process)
         process.kill()
     server.hold.clear()
+    assert (tmp_path / "out.jsonl.batch.json.parts").is_dir()  # left by the kill
+    early = llmfanout("batch", "wait", "out.jsonl", cwd=tmp_path, wire=wire)
+    assert early.returncode == 2
+    assert "submit did not finish" in early.stderr
     server.advance_on_poll = True
     again = llmfanout(*args, "--wait", cwd=tmp_path, wire=wire)
     assert again.returncode == 0, again.stderr
     assert batch_count(server, wire) == 3  # the first one reconciled, not made twice
     check_once(tmp_path / "out.jsonl", ids)
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl", "out.jsonl", "out.jsonl.batch.json"]
 
 
 def test_kill_while_waiting_then_wait_again(

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 import secrets
-import tempfile
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import aclosing
@@ -662,6 +662,11 @@ class _Submitter:
         return chosen
 
 
+def _fresh_folder(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.mkdir(path)
+
+
 def _open(
     provider: HTTPProvider, path: str, max_requests: int | None, max_bytes: int | None
 ) -> tuple[State | None, BatchAPI, int, int]:
@@ -710,8 +715,11 @@ async def submit_batch(
     path = os.fspath(state)
     existing, api, requests, size = _open(provider, path, max_requests, max_bytes)
     run_id = existing.run_id if existing is not None else secrets.token_hex(4)
-    folder = os.path.dirname(path) or "."
-    with tempfile.TemporaryDirectory(prefix=".llmfanout-batch-", dir=folder) as spool:
+    # The request files go beside the state, in a folder of a fixed name: one a killed
+    # submit left behind is cleared by the next, not left to pile up.
+    spool = path + ".parts"
+    await anyio.to_thread.run_sync(_fresh_folder, spool)
+    try:
         parts = await anyio.to_thread.run_sync(_planned, api, tasks, run_id, spool, requests, size)
         if existing is None:
             record = State(
@@ -739,4 +747,6 @@ async def submit_batch(
         submitter = _Submitter(job, api, spool)
         for part in record.parts:
             await submitter.submit(part)
+    finally:  # at once, cancelled or not: a blocking moment beats a folder left behind
+        shutil.rmtree(spool, ignore_errors=True)
     return job
