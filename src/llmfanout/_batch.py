@@ -6,11 +6,13 @@ step in the state file before taking it, so a process killed at any moment can r
 same call again and carry on:
 
 - a part is saved ``creating`` (with the time) just before its create call. Found so
-  after a crash, it is reconciled with the provider's list of recent batches: on OpenAI
-  by the metadata we attach (run id and part number) or the uploaded file's id; on
-  Anthropic, which takes no metadata, by the request count among the batches created
-  since that time, not claimed by another part (and the custom ids, which carry the run
-  id, are checked when results are read). Only a part found nowhere is created again.
+  after a crash, or after a create call that failed in a way that may have taken effect,
+  it is reconciled with the provider's list of recent batches: on OpenAI by the metadata
+  we attach (run id and part number) or the uploaded file's id; on Anthropic, which takes
+  no metadata, by the request count among the batches created since that time and not
+  claimed by another part, an ended candidate being probed for our custom ids (which
+  carry the run id; they are checked again when results are read). Only a part found
+  nowhere is created again.
 - a created part is saved with its batch id at once.
 
 :class:`BatchJob` is the handle: saved in the state file, restored with
@@ -31,7 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import aclosing
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import attrs
@@ -50,8 +52,6 @@ from .errors import ProviderError
 from .providers._http import HTTPProvider
 
 logger = logging.getLogger("llmfanout")
-
-T = TypeVar("T")
 
 BODY_OVERHEAD = 64
 """Bytes of a batch's size limit kept for what wraps the request lines."""
