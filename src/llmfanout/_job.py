@@ -444,7 +444,7 @@ def run_rows(rows: Iterable[Mapping[str, Any]], spec: JobSpec) -> Iterator[dict[
         )
     read_key(spec)  # fail here, not at the first next()
     if spec.shared_limit is not None:
-        _limits_module()
+        _limiter_for(spec)  # a bad URL or a missing redis client fails here, not mid-run
     return _run_rows(rows, spec)
 
 
