@@ -1,13 +1,24 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
+from ._batch import BatchJob, submit_batch
+from ._cost import Price
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
+from ._job import JobError, JobSpec, RowStream, arun_rows, run_rows
 from ._limiter import Limiter
 from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._summary import RunSummary, summarize
 from ._tasks import DeterministicTask, LLMTask, TaskResult
-from ._types import AsyncLLMProvider, LLMMessage, LLMResponse
+from ._types import (
+    AsyncLLMProvider,
+    ImagePart,
+    LLMMessage,
+    LLMResponse,
+    OtherPart,
+    TextPart,
+    ToolCall,
+)
 from .errors import ProviderError, TaskAborted
 from .providers import AnthropicProvider, OpenAIProvider
 
@@ -15,23 +26,35 @@ __all__ = [
     "AnthropicProvider",
     "AsyncLLMProvider",
     "BackoffStrategy",
+    "BatchJob",
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
+    "ImagePart",
+    "JobError",
+    "JobSpec",
     "LLMMessage",
     "LLMResponse",
     "LLMTask",
     "Limiter",
     "OpenAIProvider",
+    "OtherPart",
     "ParallelLLMExecutor",
+    "Price",
     "ProviderError",
     "RateLimit",
     "ResultStream",
     "RetryConfig",
     "RetryExecutor",
+    "RowStream",
     "RunSummary",
     "TaskAborted",
     "TaskResult",
+    "TextPart",
+    "ToolCall",
+    "arun_rows",
+    "run_rows",
+    "submit_batch",
     "summarize",
 ]
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._types import LLMMessage, LLMResponse
+from .._types import LLMMessage, LLMResponse, to_messages
 from ..errors import ProviderError
 from ._http import HTTPProvider
+from ._openai_format import messages_to_wire, tool_calls_from, usage_from
 from ._transport import Response
-
-_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 class OpenAIProvider(HTTPProvider):
@@ -67,13 +66,7 @@ class OpenAIProvider(HTTPProvider):
         return {"authorization": f"Bearer {api_key}"}
 
     def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
-        wire = [
-            {"role": m.role, "content": m.content, "name": m.name}
-            if m.name
-            else {"role": m.role, "content": m.content}
-            for m in messages
-        ]
-        return {**params, "messages": wire}
+        return {**params, "messages": messages_to_wire(to_messages(messages, "OpenAIProvider"))}
 
     def _response(self, body: Any, response: Response, model: Any) -> LLMResponse:
         problem: str | None = None
@@ -83,7 +76,7 @@ class OpenAIProvider(HTTPProvider):
         except (KeyError, IndexError, TypeError):
             problem = "has no choices[0].message.content"
         else:
-            if content is None:  # a tool call or a refusal: the raw body holds it
+            if content is None:  # tool calls only, or a refusal (the raw body holds it)
                 content = ""
             elif isinstance(content, list):  # content parts, from some compatible servers
                 content = "".join(
@@ -98,12 +91,7 @@ class OpenAIProvider(HTTPProvider):
             raise error
         finish_reason = choice.get("finish_reason")
         reported_model = body.get("model")
-        usage = body.get("usage")
-        counts = (
-            {k: v for k in _USAGE_KEYS if isinstance(v := usage.get(k), int)}
-            if isinstance(usage, dict)
-            else None
-        )
+        counts = usage_from(body.get("usage"))
         request_id = self._request_id(response)
         metadata: dict[str, Any] = {"raw": body}
         if request_id:
@@ -112,6 +100,7 @@ class OpenAIProvider(HTTPProvider):
             content,
             model=reported_model if isinstance(reported_model, str) else str(model),
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-            usage=counts or None,
+            usage=counts,
             metadata=metadata,
+            tool_calls=tool_calls_from(choice["message"].get("tool_calls")),
         )
