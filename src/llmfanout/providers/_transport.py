@@ -85,6 +85,15 @@ class Timeouts:
             total=seconds(total),
         )
 
+    def of(self, phase: Phase) -> float:
+        """The limit for ``phase``."""
+        return {
+            Phase.POOL: self.pool,
+            Phase.CONNECT: self.connect,
+            Phase.WRITE: self.write,
+            Phase.READ: self.read,
+        }.get(phase, self.total)
+
     def as_httpx(self) -> httpx.Timeout:
         """The same per-phase limits as an ``httpx.Timeout``."""
 
@@ -488,14 +497,7 @@ class _Attempt:
     def timeout(self) -> Timeout:
         if anyio.current_time() >= self.end:
             return Timeout(Phase.TOTAL, self.timeouts.total)
-        phase = self.phase
-        seconds = {
-            Phase.POOL: self.timeouts.pool,
-            Phase.CONNECT: self.timeouts.connect,
-            Phase.WRITE: self.timeouts.write,
-            Phase.READ: self.timeouts.read,
-        }.get(phase, self.timeouts.total)
-        return Timeout(phase, seconds)
+        return Timeout(self.phase, self.timeouts.of(self.phase))
 
 
 # -- the pool ----------------------------------------------------------------------------
@@ -1022,12 +1024,7 @@ class HTTPXTransport:
 
 def _with_seconds(failure: TransportError, timeouts: Timeouts) -> TransportError:
     if isinstance(failure, Timeout) and math.isnan(failure.seconds):
-        seconds = {
-            Phase.CONNECT: timeouts.connect,
-            Phase.WRITE: timeouts.write,
-            Phase.POOL: timeouts.pool,
-        }.get(failure.phase, timeouts.read)
-        return Timeout(failure.phase, seconds)
+        return Timeout(failure.phase, timeouts.of(failure.phase))
     return failure
 
 
