@@ -6,13 +6,14 @@ request at 500 in flight, against aiohttp's 0.36 ms; see docs/benchmarks.md). He
 is a free list: reusing a connection pops one, releasing pushes it back, both O(1).
 Responses are parsed by httptools (llhttp, the C parser uvicorn uses): 1.5 us per
 response against h11's 46 us on this machine, and h11 still cost 0.31 ms per request
-end to end where httptools cost 0.15 ms (/work/shared/notes/http-client-measurements.md).
+end to end where httptools cost 0.15 ms (docs/benchmarks.md, "Why this transport").
 
 What a request gets, in order: a connection (an idle one, checked with a zero-time poll
 for a server that closed it while idle, else a new one up to ``max_connections``, else
 a wait for one to be released), the request written, the response read. One cancel
 scope spans it all; its deadline moves per phase (pool, connect, write, each read) and
-never passes the attempt's total deadline. A request that failed to be written on a
+never passes the attempt's total deadline (on an idle connection a small request starts
+with the read deadline set: one timer per request). A request that failed to be written on a
 reused connection never reached the server and is sent again on a new one; once it has
 been written, a failure is reported (the server may have acted on it).
 
@@ -581,11 +582,13 @@ class Pool:
 
     async def _acquire(self, attempt: _Attempt) -> tuple[_Connection, bool]:
         """A connection for one request, and whether it is new (never used before)."""
-        connection = self._idle_connection(anyio.current_time())
-        if self._stale:
+        if self._stale:  # before taking a connection: a cancel here must not lose one
             await self._close_stale()
+        connection = self._idle_connection(anyio.current_time())
         if connection is not None:
             return connection, False
+        if self._stale:
+            await self._close_stale()
         if self._closed:
             raise Refused("the provider is closed")
         if self._open >= self._max:
@@ -712,8 +715,6 @@ class Pool:
         self, attempt: _Attempt, data: bytes, max_bytes: int, connection: _Connection | None
     ) -> tuple[_Connection, _Exchange, httptools.HttpResponseParser]:
         """Send ``data`` and read up to the end of the response headers."""
-        if self._stale:
-            await self._close_stale()
         new = False
         while True:
             if connection is None:
@@ -796,6 +797,8 @@ class Pool:
             await self.release(connection)
         else:
             await self._discard(connection)
+        if self._stale:  # idle connections found dead on the way
+            await self._close_stale()
 
     async def send(
         self,
