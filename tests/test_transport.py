@@ -555,3 +555,27 @@ def test_the_size_cap_holds_for_any_body(body: bytes, limit: int) -> None:
         assert isinstance(exchange.error, TooLarge) and sum(map(len, exchange.chunks)) == 0
     else:
         assert exchange.error is None and exchange.body() == body
+
+
+@pytest.mark.parametrize("cancel_after", [1, 7, 20])  # 8 hung calls fill the pool by 22
+async def test_cancellation_at_any_point_leaks_no_connection_slot(
+    server: FakeLLMServer, cancel_after: int
+) -> None:
+    """Every slot comes back: after cancelling calls midway, the pool's count of open
+    connections is exactly its idle ones, and a full-size round still gets through."""
+    server.fault_for = lambda request: Fault.hang() if request.index % 3 == 0 else None
+    async with openai(server.openai_base_url, max_connections=8) as provider:
+        pool = provider._transport()
+        assert isinstance(pool, Pool)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                for _ in range(40):
+                    tg.start_soon(provider.complete, MESSAGES)
+                await server.wait_for_requests(cancel_after)
+                scope.cancel()
+        assert pool.open_connections == len(pool._idle) <= 8
+        await server.close_idle_connections()  # and some die while idle, too
+        server.fault_for = None
+        executor = ParallelLLMExecutor(provider, max_concurrency=8, default_retry=ONCE)
+        results = await executor.execute(tasks("after", 16))
+    assert all(r.success for r in results.values())
