@@ -24,7 +24,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._attempt import NO_RETRY, fresh, run_function, run_llm
-from ._cap import LEASE, Cap, Lease, give_back, lend, take
+from ._cap import Cap, Lease, give_back, holding, lend, release_context, take
 from ._checks import unwrap_group, whole_number
 from ._inputs import (
     AsyncItems,
@@ -315,7 +315,7 @@ class ParallelLLMExecutor:
         previous: TaskResult | None = None
         async with lend(self._cap):
             lease = Lease(self._cap)
-            token = LEASE.set(lease)
+            token = holding(lease)
             try:
                 await take(lease)
                 for index, task in enumerate(tasks):
@@ -326,7 +326,7 @@ class ParallelLLMExecutor:
                     results.append(previous)
             finally:
                 give_back(lease)
-                LEASE.reset(token)
+                release_context(token)
         return results
 
     @asynccontextmanager
@@ -484,7 +484,7 @@ class ParallelLLMExecutor:
 
     async def _worker(self, run: _Run, index: int) -> None:
         lease = Lease(self._cap)
-        LEASE.set(lease)  # this task's own context: nested calls find it
+        holding(lease)  # this task's own context: nested calls find it
         try:
             await take(lease)
             items = run.items
