@@ -501,7 +501,7 @@ class ParallelLLMExecutor:
         """The per-task path: run it, hand the result on, maybe give the slot away."""
         tag, task = item
         if run.max_errors is None:
-            result = await self._run_task(tag, task)
+            result = await self._run_task(tag, task, run.threads)
         else:
             result = await self._run_guarded(run, index, tag, task)
         await run.emit(result)
@@ -521,7 +521,7 @@ class ParallelLLMExecutor:
         result: TaskResult | None = None
         with anyio.CancelScope() as scope:
             run.scopes[index] = scope
-            result = await self._run_task(tag, task)
+            result = await self._run_task(tag, task, run.threads)
         run.scopes[index] = None
         if result is None:  # our scope caught its own cancellation: the run was stopped
             return _aborted(tag, run.max_errors, start)
@@ -534,8 +534,13 @@ class ParallelLLMExecutor:
             run.count_failure()
         return result
 
-    async def _run_task(self, tag: str, task: Task | Invalid) -> TaskResult:
-        """One task, all its attempts: never raises but for cancellation."""
+    async def _run_task(
+        self, tag: str, task: Task | Invalid, threads: anyio.CapacityLimiter | None = None
+    ) -> TaskResult:
+        """One task, all its attempts: never raises but for cancellation.
+
+        ``threads``: this loop's thread limiter, if the caller has it at hand.
+        """
         start = perf_counter()
         if type(task) is LLMTask:
             retry = task.retry or self.default_retry
@@ -566,7 +571,7 @@ class ParallelLLMExecutor:
                 )
         elif type(task) is DeterministicTask:
             timeout = task.timeout or self.default_timeout
-            outcome = await run_function(task, timeout, self._threads())
+            outcome = await run_function(task, timeout, threads or self._threads())
         else:
             assert isinstance(task, Invalid)
             return _failed(tag, task.error, start, 0)
