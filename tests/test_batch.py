@@ -28,6 +28,7 @@ from llmfanout._batch_api import (
     AnthropicBatchAPI,
     BatchAPI,
     BatchRequestCancelled,
+    BatchRequestError,
     BatchRequestExpired,
     OpenAIBatchAPI,
 )
@@ -130,6 +131,21 @@ async def test_an_expired_batch_keeps_what_was_done(
     assert error.retryable
     assert "--retry-failed" in str(error)
     assert results["t3"].attempts == 0
+
+
+async def test_an_openai_batch_that_fails_validation_fails_every_row(
+    server: FakeBatchServer, tmp_path: Path
+) -> None:
+    server.fail_validation = "the model gpt-test does not support batches"
+    async with make("openai", server) as provider:
+        job = await submit_batch(provider, tasks(3), state=tmp_path / "s.json", polling=FAST)
+        server.advance()
+        results = await collect(job, provider)
+    assert job.parts[0].status == "failed"
+    for result in results.values():
+        assert not result.success
+        assert isinstance(result.error, BatchRequestError)
+        assert "does not support batches" in str(result.error)
 
 
 async def test_cancel_leaves_done_requests_and_fails_the_rest(

@@ -138,10 +138,10 @@ def rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in data.splitlines()]
 
 
-def check_once(path: Path, ids: list[str]) -> list[dict[str, Any]]:
+def check_once(path: Path, ids: list[Any]) -> list[dict[str, Any]]:
     found = rows(path)
     counts = Counter(row["id"] for row in found)
-    assert sorted(counts) == sorted(ids)
+    assert sorted(counts, key=repr) == sorted(ids, key=repr)
     assert set(counts.values()) == {1}, [k for k, n in counts.items() if n > 1]
     return found
 
@@ -232,11 +232,16 @@ def test_kill_after_the_create_was_sent_then_submit_again(
         wait_until(lambda: batch_count(server, wire) == 1, process)
         process.kill()
     server.hold.clear()
+    assert (tmp_path / "out.jsonl.batch.json.parts").is_dir()  # left by the kill
+    early = llmfanout("batch", "wait", "out.jsonl", cwd=tmp_path, wire=wire)
+    assert early.returncode == 2
+    assert "submit did not finish" in early.stderr
     server.advance_on_poll = True
     again = llmfanout(*args, "--wait", cwd=tmp_path, wire=wire)
     assert again.returncode == 0, again.stderr
     assert batch_count(server, wire) == 3  # the first one reconciled, not made twice
     check_once(tmp_path / "out.jsonl", ids)
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl", "out.jsonl", "out.jsonl.batch.json"]
 
 
 def test_kill_while_waiting_then_wait_again(
@@ -415,3 +420,41 @@ def test_a_terminal_gets_a_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     display.stop()
     assert "5/10" in stream.getvalue()
     assert "1/2 batches ended" in stream.getvalue()
+
+
+def test_the_three_input_formats_reach_the_batch_as_run_sends_them(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    rows_in = [
+        {"id": "p", "prompt": "plain"},
+        {
+            "id": 7,
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "with params"},
+            ],
+            "params": {"temperature": 0.5, "max_tokens": 9},
+        },
+        {
+            "custom_id": "b-1",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "row-model", "messages": [{"role": "user", "content": "batch"}]},
+        },
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_in))
+    server.advance_on_poll = True
+    done = llmfanout(*submit_args(server, wire, "--wait"), cwd=tmp_path, wire=wire)
+    assert done.returncode == 0, done.stderr
+    (batch,) = server.batches.values()
+    bodies = [body for _, body in batch.requests]
+    assert [b["model"] for b in bodies] == ["m-test", "m-test", "row-model"]
+    assert bodies[1]["temperature"] == 0.5 and bodies[1]["max_tokens"] == 9
+    if wire == "anthropic":
+        assert bodies[1]["system"] == "be brief"
+        assert bodies[0]["max_tokens"] == 1024  # the provider's default, which the API needs
+    else:
+        assert bodies[1]["messages"][0] == {"role": "system", "content": "be brief"}
+    found = {row["id"]: row for row in check_once(tmp_path / "out.jsonl", ["p", 7, "b-1"])}
+    assert found[7]["content"] == "echo: with params"
+    assert found["b-1"]["model"] == "row-model"

@@ -6,11 +6,13 @@ step in the state file before taking it, so a process killed at any moment can r
 same call again and carry on:
 
 - a part is saved ``creating`` (with the time) just before its create call. Found so
-  after a crash, it is reconciled with the provider's list of recent batches: on OpenAI
-  by the metadata we attach (run id and part number) or the uploaded file's id; on
-  Anthropic, which takes no metadata, by the request count among the batches created
-  since that time, not claimed by another part (and the custom ids, which carry the run
-  id, are checked when results are read). Only a part found nowhere is created again.
+  after a crash, or after a create call that failed in a way that may have taken effect,
+  it is reconciled with the provider's list of recent batches: on OpenAI by the metadata
+  we attach (run id and part number) or the uploaded file's id; on Anthropic, which takes
+  no metadata, by the request count among the batches created since that time and not
+  claimed by another part, an ended candidate being probed for our custom ids (which
+  carry the run id; they are checked again when results are read). Only a part found
+  nowhere is created again.
 - a created part is saved with its batch id at once.
 
 :class:`BatchJob` is the handle: saved in the state file, restored with
@@ -26,12 +28,12 @@ import hashlib
 import logging
 import os
 import secrets
-import tempfile
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import aclosing
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import attrs
@@ -50,8 +52,6 @@ from .errors import ProviderError
 from .providers._http import HTTPProvider
 
 logger = logging.getLogger("llmfanout")
-
-T = TypeVar("T")
 
 BODY_OVERHEAD = 64
 """Bytes of a batch's size limit kept for what wraps the request lines."""
@@ -662,6 +662,11 @@ class _Submitter:
         return chosen
 
 
+def _fresh_folder(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.mkdir(path)
+
+
 def _open(
     provider: HTTPProvider, path: str, max_requests: int | None, max_bytes: int | None
 ) -> tuple[State | None, BatchAPI, int, int]:
@@ -710,8 +715,11 @@ async def submit_batch(
     path = os.fspath(state)
     existing, api, requests, size = _open(provider, path, max_requests, max_bytes)
     run_id = existing.run_id if existing is not None else secrets.token_hex(4)
-    folder = os.path.dirname(path) or "."
-    with tempfile.TemporaryDirectory(prefix=".llmfanout-batch-", dir=folder) as spool:
+    # The request files go beside the state, in a folder of a fixed name: one a killed
+    # submit left behind is cleared by the next, not left to pile up.
+    spool = path + ".parts"
+    await anyio.to_thread.run_sync(_fresh_folder, spool)
+    try:
         parts = await anyio.to_thread.run_sync(_planned, api, tasks, run_id, spool, requests, size)
         if existing is None:
             record = State(
@@ -739,4 +747,6 @@ async def submit_batch(
         submitter = _Submitter(job, api, spool)
         for part in record.parts:
             await submitter.submit(part)
+    finally:  # at once, cancelled or not: a blocking moment beats a folder left behind
+        shutil.rmtree(spool, ignore_errors=True)
     return job
