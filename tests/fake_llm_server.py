@@ -228,8 +228,10 @@ class FakeLLMServer:
         self.anthropic_base_url = base_url
 
     async def close_idle_connections(self) -> None:
-        """Close every connection waiting for its next request, as a server whose
-        keep-alive timeout ran out does."""
+        """Once every open connection waits for its next request, close them all, as a
+        server whose keep-alive timeout ran out does."""
+        while len(self._idle) < self.open_connections:
+            await self._arrived.wait()
         for stream in list(self._idle):
             await anyio.aclose_forcefully(stream)
 
@@ -275,6 +277,7 @@ class FakeLLMServer:
             async with stream:
                 while True:
                     self._idle.add(stream)
+                    self._notify()
                     try:
                         received = await _read_request(conn, stream)
                     finally:

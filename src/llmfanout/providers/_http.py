@@ -43,9 +43,9 @@ from ._config import (
     make_timeout,
 )
 from ._errors import format_error, request_id, status_error, transport_error
+from ._httpx import HTTPXTransport
 from ._secrets import Redactor, Secret, SecretHeaders, resolve_api_key
 from ._transport import (
-    HTTPXTransport,
     Origin,
     Pool,
     Response,
