@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_float,
         metavar="SECONDS",
-        help="time limit for each whole attempt, connecting included (default: none of its "
-        "own; HTTP gives up after 10 s connecting or 60 s without a byte)",
+        help="time limit for each whole attempt, connecting included (default for HTTP: "
+        "600 s a whole attempt, 10 s to connect, 60 s for each read)",
     )
     run.add_argument(
         "--resume",
