@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,25 @@ def test_a_bad_shared_limit_names_the_flag(tmp_path: Path, args: list[str], mess
     pytest.importorskip("redis")
     done = llmfanout("run", PROMPTS, "-o", tmp_path / "o.jsonl", *args, cwd=tmp_path)
     assert_usage_error(done, message)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_as_input_is_read_once_and_kept(tmp_path: Path) -> None:
+    """``llmfanout run <(make-rows) -o out.jsonl``: a pipe cannot be read twice, so it is
+    copied before the two passes."""
+    pipe, output = tmp_path / "rows.pipe", tmp_path / "o.jsonl"
+    os.mkfifo(pipe)
+    text = PROMPTS.read_bytes()
+
+    def feed() -> None:
+        with pipe.open("wb") as writer:
+            writer.write(text)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        done = llmfanout("run", pipe, "-o", output, "--quiet", cwd=tmp_path)
+    finally:
+        feeder.join(timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert len(rows(output)) == len(text.splitlines())

@@ -430,15 +430,20 @@ def _spec(args: argparse.Namespace) -> JobSpec:
 
 
 def _open_input(args: argparse.Namespace, stack: ExitStack) -> IO[bytes]:
-    if args.input != "-":
+    if args.input == "-":
+        source: IO[bytes] = sys.stdin.buffer
+    else:
         try:
-            return stack.enter_context(open(args.input, "rb"))
+            source = stack.enter_context(open(args.input, "rb"))  # noqa: SIM115
         except OSError as exc:
             message = f"cannot read the input file {args.input!r} ({exc.strerror})"
             raise UsageError(message) from None
-    # Standard input cannot be read twice (validate, then run): keep a copy on disk.
+        if os.path.isfile(args.input):
+            return source
+    # A pipe (standard input, <(command)) cannot be read twice (validate, then run): keep
+    # a copy on disk.
     spool = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115  (the stack closes it)
-    shutil.copyfileobj(sys.stdin.buffer, spool)
+    shutil.copyfileobj(source, spool)
     return spool
 
 
