@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from functools import partial
@@ -188,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_float,
         metavar="SECONDS",
-        help="time limit for each whole attempt, connecting included (default: none of its "
-        "own; HTTP gives up after 10 s connecting or 60 s without a byte)",
+        help="time limit for each whole attempt, connecting included (default for HTTP: "
+        "600 s a whole attempt, 10 s to connect, 60 s for each read)",
     )
     run.add_argument(
         "--resume",
@@ -351,15 +352,51 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.shared_limit is not None:
         if args.rpm is None and args.tpm is None:
             raise UsageError("--shared-limit needs --rpm or --tpm: the budget to share")
-        if importlib.util.find_spec("llmfanout.limits") is None:
-            raise UsageError(
-                "--shared-limit is not supported by this version of llmfanout; leave it out "
-                "(each run then keeps its own --rpm/--tpm)"
-            )
+        _check_shared_limit(args.shared_limit)
     _check_input(args.input)
     _check_output(args.output, directory_ok=args.resume)
     if args.input != "-" and _same_file(args.input, args.output):
         raise UsageError(f"the output {args.output!r} is the input file; choose another output")
+
+
+def _check_shared_limit(url: str) -> None:
+    """Reach the Redis of ``--shared-limit`` before anything is sent.
+
+    Without it every row would fail in turn (a worker that has never heard from Redis
+    does not know its share of the budget), and a failed row counts as done on --resume.
+    """
+    if importlib.util.find_spec("redis") is None:
+        raise UsageError(
+            "--shared-limit needs the Redis client; install it with: pip install 'llmfanout[redis]'"
+        )
+    import redis
+
+    where = _without_password(url)
+    try:
+        client: Any = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    except ValueError as exc:
+        raise UsageError(
+            f"--shared-limit {where!r} is not a Redis URL ({exc}); give e.g. "
+            "redis://localhost:6379/0"
+        ) from None
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise UsageError(
+            f"--shared-limit: cannot reach Redis at {where} ({type(exc).__name__}); start it "
+            "there or fix the URL. Nothing was sent"
+        ) from None
+    finally:
+        client.close()
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _check_key(args: argparse.Namespace) -> None:
@@ -393,15 +430,20 @@ def _spec(args: argparse.Namespace) -> JobSpec:
 
 
 def _open_input(args: argparse.Namespace, stack: ExitStack) -> IO[bytes]:
-    if args.input != "-":
+    if args.input == "-":
+        source: IO[bytes] = sys.stdin.buffer
+    else:
         try:
-            return stack.enter_context(open(args.input, "rb"))
+            source = stack.enter_context(open(args.input, "rb"))  # noqa: SIM115
         except OSError as exc:
             message = f"cannot read the input file {args.input!r} ({exc.strerror})"
             raise UsageError(message) from None
-    # Standard input cannot be read twice (validate, then run): keep a copy on disk.
+        if os.path.isfile(args.input):
+            return source
+    # A pipe (standard input, <(command)) cannot be read twice (validate, then run): keep
+    # a copy on disk.
     spool = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115  (the stack closes it)
-    shutil.copyfileobj(sys.stdin.buffer, spool)
+    shutil.copyfileobj(source, spool)
     return spool
 
 
@@ -482,8 +524,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         _check_key(args)
         try:
             job = Job(spec, model=model)
-        except JobError as exc:
-            raise UsageError(str(exc)) from None
+        except JobError as exc:  # speak flags: --shared-limit, not shared_limit
+            raise UsageError(str(exc).replace("shared_limit:", "--shared-limit:")) from None
         target = args.output
         if os.path.isdir(target):
             target = _shard_name(target)  # shards are only ever added to

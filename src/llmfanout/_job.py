@@ -257,6 +257,7 @@ class Job:
         self._bad: deque[Bad] = deque()  # bad rows met, not yet handed out
         self._position = 0  # rows taken from the input
         self._tagged = 0  # tasks handed to the executor
+        self._started = False
 
     def _executor(self) -> ParallelLLMExecutor:
         spec = self.spec
@@ -342,8 +343,12 @@ class Job:
     ) -> AsyncIterator[RowStream]:
         """Send the rows; hand out output rows as they complete (see :class:`RowStream`).
 
-        Leaving the block early cancels the calls in flight, leaving nothing running.
+        Leaving the block early cancels the calls in flight, leaving nothing running. A job
+        runs once (its bookkeeping follows the executor's count of tasks): make another.
         """
+        if self._started:
+            raise RuntimeError("this Job has run already; make a new Job for another run")
+        self._started = True
         tasks: Iterable[LLMTask] | AsyncIterable[LLMTask]
         tasks = self.atasks(rows) if isinstance(rows, AsyncIterable) else self.tasks(rows)
         executor = self._executor()
