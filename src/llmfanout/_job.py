@@ -236,10 +236,18 @@ class Job:
     """One run of a :class:`JobSpec`: rows to tasks, results to output rows, a running summary.
 
     ``model`` is the model the provider is made with when the spec names none (the CLI
-    passes the first row's). Raises :class:`JobError` when the job cannot start.
+    passes the first row's). ``provider``, when given, is used instead of making one: a
+    long-lived worker (a Ray actor) runs many jobs over one provider and its connection
+    pool. Raises :class:`JobError` when the job cannot start.
     """
 
-    def __init__(self, spec: JobSpec, *, model: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        *,
+        model: str | None = None,
+        provider: AsyncLLMProvider | None = None,
+    ) -> None:
         if not isinstance(spec, JobSpec):
             raise TypeError(f"give a JobSpec, not {type(spec).__name__}")
         self.spec = spec
@@ -248,7 +256,9 @@ class Job:
         self.model = spec.model or model or ("echo" if spec.provider == "echo" else "")
         # Without a model for the provider, every row must bring its own.
         self._needs_model = not self.model
-        self.provider = _provider_for(spec, self.model or _PER_ROW, key)
+        if provider is None:
+            provider = _provider_for(spec, self.model or _PER_ROW, key)
+        self.provider = provider
         self._limiter = _limiter_for(spec)
         self.summary = SummaryAccumulator()
         self.bad_rows = 0  # output rows for bad input rows (not in the summary: no task ran)
@@ -259,7 +269,8 @@ class Job:
         self._tagged = 0  # tasks handed to the executor
         self._started = False
 
-    def _executor(self) -> ParallelLLMExecutor:
+    def executor(self) -> ParallelLLMExecutor:
+        """A new executor for this job's spec: its cap, retries, timeout and limiter."""
         spec = self.spec
         retry = None
         if spec.max_attempts > 1:
@@ -339,21 +350,29 @@ class Job:
 
     @asynccontextmanager
     async def run(
-        self, rows: Iterable[ParsedRow | Bad] | AsyncIterable[ParsedRow | Bad]
+        self,
+        rows: Iterable[ParsedRow | Bad] | AsyncIterable[ParsedRow | Bad],
+        *,
+        executor: ParallelLLMExecutor | None = None,
     ) -> AsyncIterator[RowStream]:
         """Send the rows; hand out output rows as they complete (see :class:`RowStream`).
 
-        Leaving the block early cancels the calls in flight, leaving nothing running. A job
-        runs once (its bookkeeping follows the executor's count of tasks): make another.
+        ``executor``, when given (one from :meth:`executor`, kept by a long-lived worker),
+        runs the calls, sharing its cap and its limiter with every other run on it; the
+        provider is then left open for the worker to keep. Leaving the block early cancels
+        the calls in flight, leaving nothing running. A job runs once (its bookkeeping
+        follows the executor's count of tasks): make another for the next run.
         """
         if self._started:
             raise RuntimeError("this Job has run already; make a new Job for another run")
         self._started = True
         tasks: Iterable[LLMTask] | AsyncIterable[LLMTask]
         tasks = self.atasks(rows) if isinstance(rows, AsyncIterable) else self.tasks(rows)
-        executor = self._executor()
+        own = executor is None
+        if executor is None:
+            executor = self.executor()
         async with AsyncExitStack() as stack:
-            if hasattr(self.provider, "__aenter__"):
+            if own and hasattr(self.provider, "__aenter__"):
                 await stack.enter_async_context(self.provider)  # type: ignore[arg-type]
             async with executor.stream(tasks) as results:
                 yield RowStream(self, results)
