@@ -12,6 +12,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +281,23 @@ async def test_results_url_on_another_host_is_read_from_the_documented_path(
         results = await collect(job, provider)
     assert all(r.success for r in results.values())
     assert not any("elsewhere" in r.path for r in server.requests)
+
+
+async def test_a_submit_cancelled_from_outside_carries_on_without_a_duplicate(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "s.json"
+    server.hold.add("create")  # created, but the answer never comes
+    async with make(wire, server) as provider:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(submit_batch, provider, tasks(3), state=state, polling=FAST))
+            await server.created.wait()
+            tg.cancel_scope.cancel()
+        assert json.loads(state.read_text())["parts"][0]["phase"] == "creating"
+        assert not (tmp_path / "s.json.parts").exists()
+        server.hold.clear()
+        job = await submit_batch(provider, tasks(3), state=state, polling=FAST)
+    assert batches(server, wire) == [job.parts[0].batch_id]
 
 
 async def test_a_second_submit_of_a_finished_job_creates_nothing(
