@@ -165,6 +165,7 @@ def test_500_rows_submit_and_wait(
     assert all(row["success"] and row["batch_id"] for row in found)
     assert batch_count(server, wire) == 3
     assert "wrote 500 rows" in done.stderr
+    assert "batch 3 (100 rows) is " in done.stderr
     assert "500/500 requests done (100%), 500 ok, 0 failed; 3/3 batches ended" in done.stderr
     state = (tmp_path / "out.jsonl.batch.json").read_text()
     assert KEY not in state and KEY not in done.stderr
@@ -189,6 +190,21 @@ def test_bad_input_exits_2_with_line_numbers_and_sends_nothing(
     assert "nothing was sent" in done.stderr
     assert len(server.requests) == before
     assert not (tmp_path / "out.jsonl.batch.json").exists()
+
+
+def test_a_dry_run_shows_the_split_and_sends_nothing(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    write_input(tmp_path / "in.jsonl", 25)
+    before = len(server.requests)
+    bare = {k: v for k, v in os.environ.items() if k not in VARIABLES.values()}  # no key
+    args = submit_args(server, wire, "--dry-run", "--max-requests", "10")
+    done = llmfanout(*args, cwd=tmp_path, wire=wire, env=bare)
+    assert done.returncode == 0, done.stderr
+    assert "25 rows would go to" in done.stdout and "in 3 batch(es)" in done.stdout
+    assert "batch 3: 5 rows" in done.stdout
+    assert len(server.requests) == before
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
 
 
 def test_a_missing_key_is_a_usage_error(server: FakeBatchServer, tmp_path: Path) -> None:

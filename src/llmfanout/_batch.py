@@ -696,6 +696,7 @@ async def submit_batch(
     polling: Polling | None = None,
     input_name: str | None = None,
     api_key_env: str | None = None,
+    on_part: Callable[[BatchPart], None] | None = None,
 ) -> BatchJob:
     """Submit ``tasks`` as provider batches; the :class:`BatchJob` that tracks them.
 
@@ -710,7 +711,8 @@ async def submit_batch(
     twice; ``BatchStateError`` if the tasks differ from the first time. Cancellation leaves
     the state file consistent: run the same call again to finish. ``input_name`` and
     ``api_key_env`` (the name of the variable the key came from, never the key) are
-    recorded for later commands.
+    recorded for later commands. ``on_part`` is called with each part once it exists at
+    the provider (those created by an earlier, interrupted call included).
     """
     path = os.fspath(state)
     existing, api, requests, size = _open(provider, path, max_requests, max_bytes)
@@ -747,6 +749,8 @@ async def submit_batch(
         submitter = _Submitter(job, api, spool)
         for part in record.parts:
             await submitter.submit(part)
+            if on_part is not None:
+                on_part(_view(part))
     finally:  # at once, cancelled or not: a blocking moment beats a folder left behind
         shutil.rmtree(spool, ignore_errors=True)
     return job
