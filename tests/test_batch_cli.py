@@ -374,11 +374,12 @@ def test_wait_without_a_job_is_a_usage_error(tmp_path: Path) -> None:
     assert "submit the batch first" in done.stderr
 
 
-def test_a_second_process_on_the_same_job_is_refused(
+def test_beside_a_running_wait_status_and_cancel_work_and_writers_are_refused(
     server: FakeBatchServer, tmp_path: Path
 ) -> None:
-    write_input(tmp_path / "in.jsonl", 3)
+    ids = write_input(tmp_path / "in.jsonl", 4)
     assert llmfanout(*submit_args(server, "openai"), cwd=tmp_path, wire="openai").returncode == 0
+    server.advance()  # half done
     wait = ("batch", "wait", "out.jsonl", *FAST)
     with started(*wait, cwd=tmp_path, wire="openai") as process:
         wait_until(lambda: server.polls >= 1, process)
@@ -393,7 +394,18 @@ def test_a_second_process_on_the_same_job_is_refused(
         )  # fmt: skip
         assert run.returncode == 2
         assert "(llmfanout batch wait)" in run.stderr
-        process.kill()
+        # Reading and cancelling do not need the lock.
+        status = llmfanout("batch", "status", "out.jsonl", cwd=tmp_path, wire="openai")
+        assert status.returncode == 0 and "2/4 requests done" in status.stdout
+        cancel = llmfanout("batch", "cancel", "out.jsonl", cwd=tmp_path, wire="openai")
+        assert cancel.returncode == 0, cancel.stderr
+        assert "(llmfanout batch wait)) collects" in cancel.stderr
+        (batch,) = server.batches.values()
+        assert batch.cancelling
+        server.advance()  # the provider finishes cancelling; the wait collects and ends
+        assert process.wait(timeout=DEADLINE) == 1
+    found = {row["id"]: row for row in check_once(tmp_path / "out.jsonl", ids)}
+    assert [found[key]["success"] for key in ids] == [True, True, False, False]
 
 
 # -- the wait's progress display (in this process) -----------------------------------------

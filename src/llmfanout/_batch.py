@@ -395,19 +395,22 @@ class BatchJob:
         part.ended = True
         self._save()
 
-    async def cancel(self, provider: HTTPProvider) -> BatchProgress:
+    async def cancel(self, provider: HTTPProvider, *, record: bool = True) -> BatchProgress:
         """Cancel every unfinished part; parts not yet created never will be.
 
         Requests already processed keep their results; the rest come back as failed
-        (cancelled) results once each part has ended.
+        (cancelled) results once each part has ended. With ``record=False`` the state
+        file is left alone (another process owns it): only the provider is told.
         """
         api = _api(provider, self._state)
         self._state.cancelled = True
-        self._save()
+        if record:
+            self._save()
         for part in self._state.parts:
             if part.batch_id is not None and not part.ended:
                 self._update(part, await self._call(_getter(api, part, cancel=True)))
-        self._save()
+        if record:
+            self._save()
         return self.progress()
 
 

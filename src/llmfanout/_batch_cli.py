@@ -157,11 +157,19 @@ def main(args: argparse.Namespace) -> int:
         if args.backend == "trio" and importlib.util.find_spec("trio") is None:
             raise UsageError("--backend trio needs trio: pip install 'llmfanout[trio]'")
         command = args.batch_command
-        # One lock for the output, shared with `llmfanout run`: one writer at a time.
-        with hold(args.output, f"llmfanout batch {command}"):
-            if command == "submit":
-                return _submit(args)
+        if command == "status":  # reads only: fine beside a running wait
             return _with_job(args)
+        try:
+            # One lock for the output, shared with `llmfanout run`: one writer at a time.
+            with hold(args.output, f"llmfanout batch {command}"):
+                if command == "submit":
+                    return _submit(args)
+                return _with_job(args)
+        except Busy as exc:
+            if command != "cancel":
+                raise
+            # A wait (or submit) owns the job: tell the provider, leave the state to it.
+            return _with_job(args, holder=exc.holder)
     except (UsageError, BatchStateError) as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -172,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BUSY
-    except ProviderError as exc:
+    except (ProviderError, OSError) as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
         print(
             f"llmfanout: the job is safe in {state_path(args.output)}; once the cause is "
@@ -363,7 +371,7 @@ def _created(part: BatchPart) -> None:
 # -- wait, status, cancel ----------------------------------------------------------------
 
 
-def _with_job(args: argparse.Namespace) -> int:
+def _with_job(args: argparse.Namespace, holder: str | None = None) -> int:
     job = BatchJob.load(state_path(args.output), polling=_polling_of(args))
     try:
         provider = _provider(job.provider, job.model, job.base_url, job.api_key_env)
@@ -377,22 +385,33 @@ def _with_job(args: argparse.Namespace) -> int:
     if args.batch_command == "wait":
         return _wait(args, job, provider)
     if args.batch_command == "cancel":
-        progress = anyio.run(partial(_cancel, job, provider), backend=args.backend)
+        record = holder is None
+        progress = anyio.run(partial(_cancel, job, provider, record), backend=args.backend)
+        then = (
+            f"the process holding the job ({holder}) collects what was done"
+            if holder is not None
+            else f"collect everything with: llmfanout batch wait {args.output}"
+        )
         print(
             f"llmfanout: cancel asked for {job.provider} job {job.run_id}; requests already "
-            f"done keep their results ({progress.done}/{progress.rows} so far). Collect "
-            f"everything with: llmfanout batch wait {args.output}",
+            f"done keep their results ({progress.done}/{progress.rows} so far); {then}",
             file=sys.stderr,
         )
+        if holder is not None and not job.submitted:
+            print(
+                "llmfanout: the submit is still creating batches; stop it, then cancel again "
+                "to stop the rest",
+                file=sys.stderr,
+            )
         return EXIT_OK
     progress = anyio.run(partial(_refresh, job, provider), backend=args.backend)
     print(_status_text(args.output, job, progress))
     return EXIT_OK
 
 
-async def _cancel(job: BatchJob, provider: HTTPProvider) -> BatchProgress:
+async def _cancel(job: BatchJob, provider: HTTPProvider, record: bool) -> BatchProgress:
     async with provider:
-        return await job.cancel(provider)
+        return await job.cancel(provider, record=record)
 
 
 async def _refresh(job: BatchJob, provider: HTTPProvider) -> BatchProgress:
