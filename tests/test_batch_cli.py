@@ -186,6 +186,7 @@ def test_bad_input_exits_2_with_line_numbers_and_sends_nothing(
     assert done.returncode == 2, done.stderr
     for number in (2, 3, 4, 5):
         assert f"in.jsonl:{number}:" in done.stderr
+    assert 'in.jsonl:5: "stream" is true' in done.stderr
     assert "in.jsonl:1:" not in done.stderr
     assert "nothing was sent" in done.stderr
     assert len(server.requests) == before

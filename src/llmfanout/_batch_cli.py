@@ -239,6 +239,9 @@ def _check_rows(args: argparse.Namespace, source: IO[bytes], provider: HTTPProvi
         _, _, messages, params = parse_row(raw)
         if not args.model and not (params or {}).get("model") and missing_model is None:
             missing_model = number
+        if (params or {}).get("stream"):
+            bad[number] = '"stream" is true; a batch returns whole answers: remove it'
+            continue
         try:
             api.body(messages, params)
         except ProviderError as exc:
