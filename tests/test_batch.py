@@ -176,6 +176,19 @@ async def test_server_errors_while_polling_are_waited_out(
     assert not server.faults["get"] and not server.faults["results"]
 
 
+async def test_a_retry_after_is_honoured_while_polling(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    async with make(wire, server) as provider:
+        job = await submit_batch(provider, tasks(2), state=tmp_path / "s.json", polling=FAST)
+        server.finish()
+        server.add_fault("get", Fault.status(429, retry_after_ms="300"))
+        await job.wait(provider)
+    gets = [r for r in server.requests if r.method == "GET" and "/batches/" in r.path]
+    # On the server's clock: the poll after the 429 came no sooner than it asked.
+    assert gets[1].time - gets[0].time >= 0.3
+
+
 async def test_a_failure_that_is_not_retryable_stops_the_wait(
     server: FakeBatchServer, wire: str, tmp_path: Path
 ) -> None:
