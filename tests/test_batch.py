@@ -32,6 +32,7 @@ from llmfanout._batch_api import (
     BatchRequestError,
     BatchRequestExpired,
     OpenAIBatchAPI,
+    _seconds,
 )
 from llmfanout._batch_http import BatchHTTP
 from llmfanout._batch_state import BatchStateError
@@ -560,3 +561,19 @@ def test_anthropic_result_lines_become_outcomes() -> None:
     assert isinstance(outcome({"type": "canceled"}).error, BatchRequestCancelled)
     assert isinstance(outcome({"type": "expired"}).error, BatchRequestExpired)
     assert isinstance(outcome({"type": "succeeded", "message": "?"}).error, ProviderError)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (1711471533, 1711471533.0),
+        ("1711471533", 1711471533.0),
+        ("2024-09-24T18:37:24Z", 1727203044.0),
+        ("2024-09-24T18:37:24.100435+00:00", 1727203044.100435),
+        ("2024-09-24T18:37:24.100435123Z", 1727203044.100435),
+        (None, 0.0),  # unknown: reconciliation then leans on the other signs
+        ("yesterday", 0.0),
+    ],
+)
+def test_timestamps_in_either_spelling(value: object, seconds: float) -> None:
+    assert _seconds(value) == pytest.approx(seconds)

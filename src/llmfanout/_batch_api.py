@@ -440,6 +440,10 @@ def _seconds(value: Any) -> float:
         return float(value)
     if isinstance(value, str):
         try:
+            return float(value)  # seconds, sent as a string by some compatible servers
+        except ValueError:
+            pass
+        try:
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
         except ValueError:
             pass
