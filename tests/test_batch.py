@@ -577,3 +577,20 @@ def test_anthropic_result_lines_become_outcomes() -> None:
 )
 def test_timestamps_in_either_spelling(value: object, seconds: float) -> None:
     assert _seconds(value) == pytest.approx(seconds)
+
+
+def test_part_files_are_the_request_bodies_as_sent(tmp_path: Path) -> None:
+    given = tasks(5)
+    anthropic = AnthropicBatchAPI(AnthropicProvider("claude-test", api_key=KEY))
+    parts = _planned(anthropic, given, "run1", str(tmp_path), 3, 10_000)
+    body = json.loads((tmp_path / "llmfanout-run1-part1.jsonl").read_bytes())
+    assert [r["custom_id"] for r in body["requests"]] == ["run1-1-0", "run1-1-1"]
+    assert body["requests"][0]["params"]["messages"] == [{"role": "user", "content": "q3"}]
+    assert [p.rows for p in parts] == [3, 2]
+    openai = OpenAIBatchAPI(OpenAIProvider("gpt-test", api_key=KEY))
+    _planned(openai, given, "run2", str(tmp_path), 10, 10_000)
+    form = (tmp_path / "llmfanout-run2-part0.jsonl").read_bytes()
+    head, tail = openai.framing("llmfanout-run2-part0.jsonl")
+    assert form.startswith(head) and form.endswith(tail)
+    lines = form[len(head) : -len(tail)].splitlines()
+    assert [json.loads(line)["custom_id"] for line in lines] == [f"run2-0-{i}" for i in range(5)]

@@ -486,9 +486,11 @@ def _planned(
     parts: list[Part] = []
     seen: set[str] = set()
     file = None
+    tail = b""
     digest = hashlib.sha256()
     part: Part | None = None
     limit = max_bytes - BODY_OVERHEAD
+    separator = api.separator
     try:
         for number, task in enumerate(tasks):
             if not isinstance(task, LLMTask):
@@ -505,29 +507,40 @@ def _planned(
                 raise ValueError(f"task {tag!r}: {exc}") from None
             # The custom id is ours, "<run>-<part>-<i>": it fits both APIs' rules whatever
             # the tag, and tells this job's results from any other's.
+            # A part's size counts its lines and what separates them (the limit's
+            # measure); the digest covers the lines alone.
             line = b""
             if part is not None and part.rows < max_requests:
                 line = api.line(f"{run_id}-{part.index}-{part.rows}", body)
-            if part is None or not line or part.size + len(line) > limit:
+            if part is None or not line or part.size + len(separator) + len(line) > limit:
                 if part is not None and file is not None:
+                    file.write(tail)
                     file.close()
                     part.digest = digest.hexdigest()
                 part = Part(index=len(parts), tags=[], size=0, digest="")
                 parts.append(part)
                 digest = hashlib.sha256()
-                file = open(_part_file(folder, run_id, part.index), "wb")  # noqa: SIM115
+                path = _part_file(folder, run_id, part.index)
+                head, tail = api.framing(os.path.basename(path))
+                file = open(path, "wb")  # noqa: SIM115  (closed below, or in finally)
+                file.write(head)
                 line = api.line(f"{run_id}-{part.index}-0", body)
                 if len(line) > limit:
                     raise ValueError(
                         f"task {tag!r}: its request is {len(line)} bytes, more than the "
                         f"{limit} bytes a batch may hold"
                     )
+            elif separator:
+                assert file is not None
+                file.write(separator)
+                part.size += len(separator)
             assert file is not None
             file.write(line)
             digest.update(line)
             part.tags.append(tag)
             part.size += len(line)
-        if part is not None:
+        if part is not None and file is not None:
+            file.write(tail)
             part.digest = digest.hexdigest()
     finally:
         if file is not None:
