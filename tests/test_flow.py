@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -23,10 +23,18 @@ from llmfanout import (
     TaskAborted,
     TaskResult,
 )
+from llmfanout.testing import set_testing
 
 pytestmark = pytest.mark.anyio
 
-NO_WAIT = RetryConfig(max_attempts=3, initial_delay=0)
+# A production-like policy (1 s, then 2 s of backoff): testing mode makes the waits instant.
+NO_WAIT = RetryConfig(max_attempts=3)
+
+
+@pytest.fixture(autouse=True)
+def instant_retries() -> Iterator[None]:
+    with set_testing(True):
+        yield
 
 
 class Boom(Exception):
@@ -137,7 +145,7 @@ async def test_a_timed_out_attempt_is_retried() -> None:
 
 async def test_when_every_attempt_times_out_the_result_records_it() -> None:
     retried: list[Exception] = []
-    retry = RetryConfig(max_attempts=3, initial_delay=0, on_retry=lambda n, e: retried.append(e))
+    retry = RetryConfig(max_attempts=3, on_retry=lambda n, e: retried.append(e))
     provider = PlanProvider()
     executor = ParallelLLMExecutor(provider, default_retry=retry)
     with anyio.fail_after(5):
@@ -264,6 +272,41 @@ async def test_an_async_source_is_read_to_its_end_after_max_errors() -> None:
     assert isinstance(results["0"].error, Boom)
     assert all(isinstance(r.error, TaskAborted) for tag, r in results.items() if tag != "0")
     assert provider.running == 0
+
+
+async def test_calls_failing_in_the_same_instant_count_once_on_either_backend() -> None:
+    # asyncio used to record 10 failures here and trio 3: the calls that woke up together
+    # ran on past the stop on asyncio.
+    class SleepThenFail:
+        async def complete(self, messages: Any, config_overrides: Any = None) -> LLMResponse:
+            await anyio.sleep(0.01)
+            raise Boom(messages[0].content)
+
+    executor = ParallelLLMExecutor(SleepThenFail(), max_concurrency=10)
+    tasks = {str(i): LLMTask([LLMMessage("user", str(i))]) for i in range(100)}
+    with anyio.fail_after(5):
+        results = await executor.execute(tasks, max_errors=3)
+    failed = [r for r in results.values() if isinstance(r.error, Boom)]
+    aborted = [r for r in results.values() if isinstance(r.error, TaskAborted)]
+    assert len(failed) == 3 and len(aborted) == 97
+    late = [r for r in aborted if r.error.__cause__ is not None]
+    assert all(isinstance(r.error.__cause__, Boom) and r.attempts == 1 for r in late)
+    assert all("failed after the run had stopped" in str(r.error) for r in late)
+
+
+@pytest.mark.parametrize("how", ["execute", "stream"])
+async def test_cancelling_a_run_with_max_errors_from_outside_propagates(how: str) -> None:
+    # Each task runs in a cancel scope of its own under max_errors: a cancellation from
+    # outside must not be mistaken for the run's own stop.
+    provider = PlanProvider()
+    executor = ParallelLLMExecutor(provider, max_concurrency=3)
+    tasks = {f"t{i}": ask("hang", f"t{i}") for i in range(10)}
+    got: dict[str, TaskResult] = {}
+    with anyio.fail_after(5):
+        with anyio.move_on_after(0.05) as scope:
+            got = await run_all(executor, how, tasks, max_errors=2)
+    assert scope.cancelled_caught and got == {}
+    assert provider.running == 0 and len(provider.log) == 3
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "3"])
@@ -439,8 +482,8 @@ async def test_every_input_gets_exactly_one_result_and_the_cap_holds(
     event(f"aborted: {bool(aborted)}")
     if max_errors is None or len(failures) < max_errors:
         assert aborted == 0
-    else:  # once max_errors tasks had failed, nothing new started
-        assert len(failures) < max_errors + concurrency
+    else:  # exactly max_errors tasks failed; after that nothing new started
+        assert len(failures) == max_errors
         nth_failure_reported = [
             i for i, (kind, tag) in enumerate(events) if kind == "result" and tag in failures
         ][max_errors - 1]

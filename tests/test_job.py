@@ -114,7 +114,7 @@ def test_bad_rows_become_failed_rows_naming_the_problem() -> None:
     assert out[2]["id"] == "no-prompt"
     assert 'no "prompt" or "messages"' in out[2]["error"]["message"]
     assert out[3]["id"] is None and "not an object" in out[3]["error"]["message"]
-    assert 'body.messages[0].role is "robot"' in out[4]["error"]["message"]
+    assert "body.messages[0].role is 'robot'" in out[4]["error"]["message"]
     assert '"id" is true' in out[5]["error"]["message"]
     assert {row["error"]["type"] for row in out.values()} == {"InvalidInput"}
     assert all(row["attempts"] == 0 for row in out.values())

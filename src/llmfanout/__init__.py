@@ -1,5 +1,6 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
+from ._batch import BatchJob, submit_batch
 from ._cost import Price
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
@@ -25,6 +26,7 @@ __all__ = [
     "AnthropicProvider",
     "AsyncLLMProvider",
     "BackoffStrategy",
+    "BatchJob",
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
@@ -52,6 +54,7 @@ __all__ = [
     "ToolCall",
     "arun_rows",
     "run_rows",
+    "submit_batch",
     "summarize",
 ]
 

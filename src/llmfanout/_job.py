@@ -212,25 +212,24 @@ def _provider_for(spec: JobSpec, model: str, key: str | None) -> AsyncLLMProvide
         raise JobError(str(exc)) from None
 
 
-def _limiter_for(spec: JobSpec) -> Limiter:
+def _limiter_for(spec: JobSpec) -> Limiter | None:
     """The job's pacing: its own :class:`RateLimit`, or a budget shared through ``shared_limit``.
 
     Even with no limits set, a limiter makes a 429's Retry-After pause every new call, not
     only the retry of the call that got it.
     """
     if spec.shared_limit is None:
+        if spec.provider == "echo" and spec.rpm is None and spec.tpm is None:
+            return None  # nothing to pace, and no server to answer 429
         return RateLimit(spec.rpm, spec.tpm)
+    from .limits import RedisRateLimit
+
     try:
-        from . import limits  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        raise JobError(
-            "shared_limit needs llmfanout.limits, which this version of llmfanout does not "
-            "have; remove shared_limit (each worker then keeps its own rpm/tpm)"
-        ) from None
-    limiter: Limiter = limits.RedisRateLimit(
-        spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm
-    )
-    return limiter
+        return RedisRateLimit(
+            spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm
+        )
+    except (ValueError, ImportError) as exc:  # a bad URL, or no redis client installed
+        raise JobError(f"shared_limit: {exc}") from None
 
 
 class Job:
@@ -250,6 +249,7 @@ class Job:
         # Without a model for the provider, every row must bring its own.
         self._needs_model = not self.model
         self.provider = _provider_for(spec, self.model or _PER_ROW, key)
+        self._limiter = _limiter_for(spec)
         self.summary = SummaryAccumulator()
         self.bad_rows = 0  # output rows for bad input rows (not in the summary: no task ran)
         self._ids: dict[str, object] = {}  # in flight: the executor's tag -> the row's id
@@ -271,7 +271,7 @@ class Job:
             default_retry=retry,
             default_config_overrides=spec.params,
             default_timeout=spec.timeout,
-            rate_limit=_limiter_for(spec),
+            rate_limit=self._limiter,
         )
 
     # -- per row: keep this short ----------------------------------------------------------
@@ -443,6 +443,8 @@ def run_rows(rows: Iterable[Mapping[str, Any]], spec: JobSpec) -> Iterator[dict[
             + ("; use arun_rows for an async iterable" if isinstance(rows, AsyncIterable) else "")
         )
     read_key(spec)  # fail here, not at the first next()
+    if spec.shared_limit is not None:
+        _limiter_for(spec)  # a bad URL or a missing redis client fails here, not mid-run
     return _run_rows(rows, spec)
 
 
