@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -33,9 +33,10 @@ from typing import IO, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from . import __version__, _batch_cli
+from . import __version__, _batch_cli, _log
+from ._cost import load_prices
 from ._input_rows import Scan, read_rows, scan
-from ._job import KEY_VARIABLES, Job, JobError, JobSpec, RowStream
+from ._job import KEY_VARIABLES, Job, JobError, JobSpec, RowStream, scrubber
 from ._lock import Busy, hold
 from ._output_rows import (
     OutputCorrupt,
@@ -54,6 +55,10 @@ EXAMPLE = "llmfanout run prompts.jsonl -o results.jsonl --resume"
 EXAMPLES = {"prompts": "prompts.jsonl", "batch": "openai_batch.jsonl"}  # in llmfanout/examples
 MAX_BAD_SHOWN = 50
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+VERBOSE_HELP = (
+    "log to standard error: -v notable events, -vv also every failed attempt and retry "
+    f"(or set {_log.ENV}=info|debug); API keys are never printed"
+)
 
 
 class UsageError(Exception):
@@ -107,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Try: {EXAMPLE_FILE} && {EXAMPLE}",
     )
     parser.add_argument("--version", action="version", version=f"llmfanout {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser(
         "run",
@@ -221,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the echo provider wait this long per call, for demos (default 0)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress and no summary; errors only")
+    run.add_argument(
+        "--prices",
+        metavar="FILE",
+        help='a JSON price table, {"model": {"input": 2.5, "cached_input": 1.25, "output": 10}} '
+        "in USD per million tokens, to print the run's cost in its summary",
+    )
+    # SUPPRESS: given after "run" it counts on its own; not given, the one before stays.
+    run.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP
+    )
     merge_command = commands.add_parser(
         "merge",
         help="compact a directory of shard files into one output, each id once",
@@ -269,6 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     args = parser.parse_args(argv)
+    try:
+        _log.configure(args.verbose, scrubs=_key_scrubs(args))
+    except ValueError as exc:
+        print(f"llmfanout: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "batch":
         return _batch_cli.main(args)
     if args.command not in ("run", "merge", "example"):
@@ -286,6 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # while checking the input
         print("llmfanout: interrupted before anything was sent", file=sys.stderr)
         return 128 + signal.SIGINT
+
+
+def _key_scrubs(args: argparse.Namespace) -> list[Callable[[str], str]]:
+    """Blank out every API key the environment holds, whichever the run uses."""
+    names = {*KEY_VARIABLES.values(), getattr(args, "api_key_env", None) or ""}
+    return [scrubber(os.environ.get(name, "").strip()) for name in sorted(names) if name]
 
 
 # -- paths ------------------------------------------------------------------------------
@@ -353,6 +380,12 @@ def _check_options(args: argparse.Namespace) -> None:
         if args.rpm is None and args.tpm is None:
             raise UsageError("--shared-limit needs --rpm or --tpm: the budget to share")
         _check_shared_limit(args.shared_limit)
+    args.price_table = None
+    if args.prices is not None:
+        try:
+            args.price_table = load_prices(args.prices)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"--prices: {exc}") from None
     _check_input(args.input)
     _check_output(args.output, directory_ok=args.resume)
     if args.input != "-" and _same_file(args.input, args.output):
@@ -426,6 +459,7 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         shared_limit=args.shared_limit,
         backend=args.backend,
         echo_latency=args.echo_latency,
+        prices=args.price_table,
     )
 
 
@@ -660,18 +694,34 @@ class _Screen:
         bad = len(found.bad) - found.bad_recorded
         invalid = f", {bad} bad lines recorded as failed" if bad else ""
         print(
-            f"llmfanout: {found.to_run} rows to send to {self.args.provider} "
+            f"llmfanout: {found.to_run} rows to send to {self.args.provider}{self.where()} "
             f"(model {self.job.model or 'per row'}), {self.args.concurrency} at a time, "
             f"into {self.args.output}{already}{invalid}",
             file=sys.stderr,
             flush=True,
         )
 
+    def where(self) -> str:
+        """`` at URL (from where)``: the base URL the provider uses, and who chose it."""
+        url = getattr(self.job.provider, "base_url", None)
+        if not isinstance(url, str):
+            return ""
+        variable = getattr(self.job.provider, "base_url_env", "")
+        if self.args.base_url:
+            source = "--base-url"
+        elif variable and os.environ.get(variable, "").strip():
+            source = variable
+        else:
+            source = "the default"
+        return f" at {url} (from {source})"
+
     def report(self, elapsed: float) -> None:
         """The summary, on standard error."""
         if self.args.quiet:
             return
         print(str(self.job.summary.summary(elapsed=elapsed)), file=sys.stderr)
+        if self.args.provider != "echo":
+            print(f"llmfanout: sent to {self.args.provider}{self.where()}", file=sys.stderr)
         output, written = self.args.output, self.writer.rows
         line = f"llmfanout: wrote {written} rows to {output}"
         if self.recovered is not None and self.recovered.rows:

@@ -30,6 +30,7 @@ import anyio
 import anyio.from_thread
 import attrs
 
+from ._cost import Price, check_prices
 from ._echo import EchoProvider
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
@@ -102,6 +103,10 @@ def _params(value: object) -> dict[str, Any] | None:
     return dict(value) or None
 
 
+def _prices(value: object) -> dict[str, Price] | None:
+    return None if value is None else check_prices(value, "JobSpec.prices")
+
+
 @attrs.frozen(kw_only=True)
 class JobSpec:
     """What a batch job does: one field per ``llmfanout run`` flag. Frozen and picklable.
@@ -120,6 +125,8 @@ class JobSpec:
       (``redis://host:port/db``) of a budget shared by every worker, with ``rpm``/``tpm``.
     - ``backend``: the event loop :func:`run_rows` starts (``"asyncio"`` or ``"trio"``).
     - ``echo_latency``: seconds the echo provider waits per call (demos, benchmarks).
+    - ``prices``: a price table (model -> :class:`~llmfanout.Price` or its mapping), for
+      the summary's ``cost_usd``.
 
     Raises ``ValueError`` naming the field for a value that cannot work.
     """
@@ -137,6 +144,7 @@ class JobSpec:
     shared_limit: str | None = attrs.field(default=None, validator=_text("shared_limit"))
     backend: str = attrs.field(default="asyncio", validator=_one_of("backend", BACKENDS))
     echo_latency: float = attrs.field(default=0.0, validator=_seconds("echo_latency", zero=True))
+    prices: dict[str, Price] | None = attrs.field(default=None, converter=_prices)
 
     def __attrs_post_init__(self) -> None:
         if self.echo_latency and self.provider != "echo":
@@ -260,7 +268,7 @@ class Job:
             provider = _provider_for(spec, self.model or _PER_ROW, key)
         self.provider = provider
         self._limiter = _limiter_for(spec)
-        self.summary = SummaryAccumulator()
+        self.summary = SummaryAccumulator(prices=spec.prices)
         self.bad_rows = 0  # output rows for bad input rows (not in the summary: no task ran)
         self._ids: dict[str, object] = {}  # in flight: the executor's tag -> the row's id
         self._models: dict[str, str] = {}  # in flight: tag -> model, for rows naming one
