@@ -1,8 +1,10 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
+from ._advertised import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._limiter import Limiter
+from ._pacing import HeaderPacer
 from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._summary import RunSummary, summarize
@@ -18,6 +20,7 @@ __all__ = [
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
+    "HeaderPacer",
     "LLMMessage",
     "LLMResponse",
     "LLMTask",
@@ -26,12 +29,15 @@ __all__ = [
     "ParallelLLMExecutor",
     "ProviderError",
     "RateLimit",
+    "RateLimitBudget",
+    "RateLimitInfo",
     "ResultStream",
     "RetryConfig",
     "RetryExecutor",
     "RunSummary",
     "TaskAborted",
     "TaskResult",
+    "parse_rate_limit_headers",
     "summarize",
 ]
 
