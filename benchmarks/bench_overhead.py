@@ -20,7 +20,8 @@ Contenders (ratios are against ``bare pool`` measured in the same process):
 - ``asyncio.gather + Semaphore``: the usual hand-rolled asyncio answer (asyncio only).
 - ``execute``: ``ParallelLLMExecutor.execute`` with no retry, timeout or rate limit;
   then with ``max_errors`` set (never reached) and with a sync ``on_result``, the two
-  options that add work to every task.
+  options that add work to every task; then with a 3-attempt retry policy (the CLI's
+  default) whose first attempt succeeds, without and with a timeout per attempt.
 
 Then the pieces are timed alone in a tight loop (nanoseconds per call, best of k).
 
@@ -52,6 +53,7 @@ from llmfanout import (
     LLMResponse,
     LLMTask,
     ParallelLLMExecutor,
+    RetryConfig,
     TaskResult,
 )
 from llmfanout._inputs import check_mapping
@@ -214,6 +216,25 @@ async def execute_max_errors(provider: Any, tasks: Tasks, concurrency: int) -> R
     return await executor.execute(tasks, max_errors=len(tasks))
 
 
+async def execute_retry(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    """A 3-attempt policy (the CLI's default) whose first attempt succeeds."""
+    executor = ParallelLLMExecutor(
+        provider, max_concurrency=concurrency, default_retry=RetryConfig(max_attempts=3)
+    )
+    return await executor.execute(tasks)
+
+
+async def execute_retry_timeout(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    """The same with a timeout per attempt (``--timeout``): one cancel scope per attempt."""
+    executor = ParallelLLMExecutor(
+        provider,
+        max_concurrency=concurrency,
+        default_retry=RetryConfig(max_attempts=3),
+        default_timeout=60,
+    )
+    return await executor.execute(tasks)
+
+
 async def execute_on_result(provider: Any, tasks: Tasks, concurrency: int) -> Results:
     """A sync ``on_result`` callback: the executor wraps it in a coroutine per result."""
     executor = ParallelLLMExecutor(provider, max_concurrency=concurrency)
@@ -285,6 +306,8 @@ def _rows(backend: str, big: Tasks, little: Tasks) -> list[Row]:
         ("execute", execute, big),
         ("execute(max_errors=N)", execute_max_errors, big),
         ("execute(on_result=list.append)", execute_on_result, big),
+        ("execute, 3-attempt retry", execute_retry, big),
+        ("execute, 3-attempt retry + timeout", execute_retry_timeout, big),
         ("spawn per task", spawn_per_task, big),
     ]
     if backend == "asyncio":
@@ -305,8 +328,12 @@ PROVIDERS: dict[str, Callable[[], Any]] = {
 }
 
 
-def bench_backend(backend: str, n: int, small: int, concurrency: int, repeats: int) -> None:
+def bench_backend(
+    backend: str, n: int, small: int, concurrency: int, repeats: int, only: list[str]
+) -> None:
     rows = _rows(backend, make_tasks(n), make_tasks(small))
+    if only:  # keep the baselines, and the rows asked for
+        rows = [r for r in rows if r[0].startswith("bare pool") or any(o in r[0] for o in only)]
     tables = {
         name: anyio.run(_measure, rows, factory, concurrency, repeats, backend=backend)
         for name, factory in PROVIDERS.items()
@@ -325,8 +352,13 @@ def bench_backend(backend: str, n: int, small: int, concurrency: int, repeats: i
     print()
     for name, table in tables.items():
         pool = table[baseline[n]]
+        if "execute" not in table:
+            continue
         verdict = f"{name}: execute is {table['execute'] / pool:.2f}x the bare pool (target <= 2x)"
-        if backend == "asyncio":
+        if "execute, 3-attempt retry" in table:
+            retry = table["execute, 3-attempt retry"]
+            verdict += f"; a 3-attempt policy is {retry / table['execute']:.2f}x execute"
+        if backend == "asyncio" and "asyncio.gather + Semaphore" in table:
             gather = table["asyncio.gather + Semaphore"]
             verdict += f", {table['execute'] / gather:.2f}x gather + Semaphore (target < 1x)"
         print(verdict)
@@ -420,6 +452,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=100, help="C (default 100)")
     parser.add_argument("--repeats", type=int, default=3, help="best of k (default 3)")
     parser.add_argument("--quick", action="store_true", help="small N, one repeat: a smoke run")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only rows whose label has this text"
+    )
+    parser.add_argument("--no-pieces", action="store_true", help="skip the pieces in isolation")
     args = parser.parse_args(argv)
     for name in ("n", "concurrency", "repeats"):
         if getattr(args, name) < 1:
@@ -433,8 +469,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = perf_counter()
     for backend in BACKENDS:
-        bench_backend(backend, n, small, args.concurrency, repeats)
-    bench_pieces(repeats)
+        bench_backend(backend, n, small, args.concurrency, repeats, args.only)
+    if not args.no_pieces:
+        bench_pieces(repeats)
     print(f"\n(total {perf_counter() - started:.0f} s)")
 
 

@@ -85,11 +85,31 @@ class Fault:
     content: str | None = None
     gate: anyio.Event | None = attrs.field(default=None, eq=False)
     """When set, the server waits for this event before answering."""
+    tool_calls: tuple[tuple[str, str], ...] = ()
+    """``(name, arguments JSON)`` of the tool calls a normal answer makes."""
+    cached_tokens: int = 0
+    """Prompt tokens a normal answer reports as read from the provider's cache."""
 
     @classmethod
-    def ok(cls, content: str | None = None, *, gate: anyio.Event | None = None) -> Fault:
+    def ok(
+        cls,
+        content: str | None = None,
+        *,
+        gate: anyio.Event | None = None,
+        cached_tokens: int = 0,
+    ) -> Fault:
         """A normal answer (``content``, or the echo of the last message)."""
-        return cls("ok", content=content, gate=gate)
+        return cls("ok", content=content, gate=gate, cached_tokens=cached_tokens)
+
+    @classmethod
+    def tool_calls_answer(cls, *calls: tuple[str, Mapping[str, Any]], content: str = "") -> Fault:
+        """An answer that calls tools: ``("get_weather", {"city": "Paris"})`` each.
+
+        OpenAI's shape (``message.tool_calls``, ``finish_reason: tool_calls``) or
+        Anthropic's (``tool_use`` blocks, ``stop_reason: tool_use``), by the endpoint.
+        """
+        wire = tuple((name, json.dumps(arguments)) for name, arguments in calls)
+        return cls("ok", content=content, tool_calls=wire)
 
     @classmethod
     def status(
@@ -461,12 +481,14 @@ class FakeLLMServer:
             body = json.dumps(shell).encode()
         elif request.json is None:
             code, body = 400, _error_body(wire, 400, "the body is not JSON", None)
+        elif (problem := _tool_flow_problem(wire, request.json)) is not None:
+            code, body = 400, _error_body(wire, 400, problem, None)
         else:
             headers.extend(fault.headers)
             if self.latency:
                 spread = self.latency_spread
                 await anyio.sleep(self.latency * self._random.uniform(1 - spread, 1 + spread))
-            body = _answer(wire, request, fault.content)
+            body = _answer(wire, request, fault)
         headers.append(("content-length", str(len(body))))
         await stream.send(conn.send(h11.Response(status_code=code, headers=headers)))
         if kind in ("drop", "stall"):
@@ -534,23 +556,86 @@ def _error_body(wire: str | None, code: int, message: str, error_type: str | Non
     return json.dumps({"error": error}).encode()
 
 
-def _answer(wire: str, request: RecordedRequest, content: str | None) -> bytes:
-    text = content if content is not None else "echo: " + request.prompt
+def _tool_flow_problem(wire: str, payload: Any) -> str | None:
+    """Why the API would refuse this conversation's tool calls and results, or None.
+
+    As the real APIs do: every tool result answers a tool call made earlier (Anthropic:
+    in the assistant turn just before it), and Anthropic's tool_use input is an object.
+    """
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    if not isinstance(messages, list):
+        return None
+    called: set[str] = set()
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages.{index}: not an object"
+        role, content = message.get("role"), message.get("content")
+        if wire == "openai":
+            for call in message.get("tool_calls") or []:
+                called.add(call["id"])
+                if not isinstance(call["function"]["arguments"], str):
+                    return f"messages.{index}.tool_calls: arguments must be a string"
+            if role == "tool" and message.get("tool_call_id") not in called:
+                return (
+                    f"messages.{index}: messages with role 'tool' must be a response to a "
+                    "preceding message with 'tool_calls'"
+                )
+            continue
+        blocks = content if isinstance(content, list) else []
+        if role == "assistant":
+            called = set()
+            for block in blocks:
+                if block.get("type") == "tool_use":
+                    if not isinstance(block.get("input"), dict):
+                        return f"messages.{index}: tool_use.input: Input should be an object"
+                    called.add(block["id"])
+        elif role == "user":
+            for block in blocks:
+                if block.get("type") == "tool_result" and block.get("tool_use_id") not in called:
+                    return (
+                        f"messages.{index}: unexpected tool_use_id found in tool_result "
+                        "blocks; each tool_result must have a tool_use block before it"
+                    )
+            called = set()
+    return None
+
+
+def _answer(wire: str, request: RecordedRequest, fault: Fault) -> bytes:
+    text = fault.content if fault.content is not None else "echo: " + request.prompt
     payload = request.json
     model = payload.get("model", "fake-model") if isinstance(payload, dict) else "fake-model"
     prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in payload.get("messages", []))
+    cached = min(fault.cached_tokens, prompt_tokens)
+    calls = [
+        (f"call_{request.index}_{i}", name, arguments)
+        for i, (name, arguments) in enumerate(fault.tool_calls)
+    ]
     if wire == "anthropic":
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not calls else []
+        blocks += [
+            {"type": "tool_use", "id": "tool" + call_id, "name": name, "input": json.loads(args)}
+            for call_id, name, args in calls
+        ]
+        usage = {"input_tokens": prompt_tokens - cached, "output_tokens": _tokens(text)}
+        if cached:
+            usage["cache_read_input_tokens"] = cached
         answer: dict[str, Any] = {
             "id": f"msg_{request.index}",
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
+            "content": blocks,
+            "stop_reason": "tool_use" if calls else "end_turn",
             "stop_sequence": None,
-            "usage": {"input_tokens": prompt_tokens, "output_tokens": _tokens(text)},
+            "usage": usage,
         }
     else:
+        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            message["tool_calls"] = [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+                for call_id, name, args in calls
+            ]
         answer = {
             "id": f"chatcmpl-{request.index}",
             "object": "chat.completion",
@@ -559,8 +644,8 @@ def _answer(wire: str, request: RecordedRequest, content: str | None) -> bytes:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
+                    "message": message,
+                    "finish_reason": "tool_calls" if calls else "stop",
                 }
             ],
             "usage": {
@@ -569,6 +654,8 @@ def _answer(wire: str, request: RecordedRequest, content: str | None) -> bytes:
                 "total_tokens": prompt_tokens + _tokens(text),
             },
         }
+        if cached:
+            answer["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
     return json.dumps(answer).encode()
 
 

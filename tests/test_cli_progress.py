@@ -11,17 +11,15 @@ import anyio
 import pytest
 from rich.console import Console
 
-from llmfanout import LLMResponse, TaskResult, _progress
+from llmfanout import _progress
 from llmfanout._cli import main
 from llmfanout._progress import (
     Display,
     PlainDisplay,
     RichDisplay,
-    Tally,
     make_display,
     plain_line,
 )
-from llmfanout._summary import summarize
 
 pytestmark = pytest.mark.anyio
 
@@ -105,18 +103,3 @@ def test_the_cli_prints_plain_progress_off_a_terminal(
     progress = [line for line in lines if re.match(r"llmfanout: \d+/40 rows", line)]
     assert progress, lines  # the run takes ~0.4 s: several lines at 0.05 s
     assert all(" ok, 0 failed, " in line for line in progress)
-
-
-def test_the_tally_summarizes_like_the_results_it_keeps() -> None:
-    usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
-    results = [
-        TaskResult("a", True, LLMResponse("long text", usage=usage), None, 12.5, 1),
-        TaskResult("b", True, LLMResponse("x", usage={"prompt_tokens": 2}), None, 3.0, 2),
-        TaskResult("c", True, LLMResponse("no usage"), None, 7.25, 1),
-        TaskResult("d", False, None, ValueError("boom"), 40.0, 3),
-    ]
-    tally = Tally()
-    for result in results:
-        tally.add(result)
-    assert len(tally) == 4
-    assert summarize(tally.results(), elapsed=2.0) == summarize(results, elapsed=2.0)

@@ -6,11 +6,15 @@ import random
 import threading
 
 import anyio
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llmfanout._outcome import Failed, Ok
+from llmfanout._retry import retrying
 from llmfanout.retry import BackoffStrategy, RetryConfig, RetryExecutor, backoff_delay
+from llmfanout.testing import is_testing, set_testing
 
 pytestmark = pytest.mark.anyio
 
@@ -244,3 +248,88 @@ def test_trivial_means_one_attempt_and_no_failure_hook() -> None:
     assert RetryConfig(max_attempts=1).trivial
     assert not RetryConfig(max_attempts=2).trivial
     assert not RetryConfig(max_attempts=1, on_failure=print).trivial
+
+
+# -- the outcome value --------------------------------------------------------------------
+
+
+async def test_the_loop_returns_ok_with_the_value_and_the_attempts_it_took() -> None:
+    flaky = Flaky(2)
+    outcome = await retrying(RetryConfig(max_attempts=3, **fast), flaky)
+    assert outcome == Ok("ok", 3)
+
+
+async def test_the_loop_returns_failed_with_the_last_error_and_the_attempts() -> None:
+    errors = [ConnectionError("first"), ConnectionError("second")]
+    raising = iter(errors)
+
+    async def call() -> str:
+        raise next(raising)
+
+    outcome = await retrying(RetryConfig(max_attempts=2, **fast), call)
+    assert outcome == Failed(errors[1], 2)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        outcome.attempts = 9  # type: ignore[misc]
+
+
+async def test_a_first_error_made_inline_counts_as_attempt_one() -> None:
+    flaky = Flaky(0)
+    outcome = await retrying(
+        RetryConfig(max_attempts=3, **fast), flaky, first_error=ConnectionError("inline")
+    )
+    assert outcome == Ok("ok", 2) and flaky.calls == 1
+
+
+async def test_a_non_retryable_first_error_is_not_retried() -> None:
+    error = ValueError("no")
+    config = RetryConfig(max_attempts=3, retry_on_exceptions=[ConnectionError], **fast)
+    flaky = Flaky(0)
+    assert await retrying(config, flaky, first_error=error) == Failed(error, 1)
+    assert flaky.calls == 0
+
+
+# -- testing mode: waits take no time -------------------------------------------------------
+
+
+async def test_testing_mode_makes_an_hour_of_backoff_and_retry_after_instant() -> None:
+    flaky = Flaky(2, SlowDown(3600))
+    config = RetryConfig(max_attempts=3, initial_delay=3600, max_delay=7200)
+    assert not is_testing()
+    with set_testing(True), anyio.fail_after(5):  # without the switch: two hours
+        assert is_testing()
+        assert await RetryExecutor(config).execute(flaky) == "ok"
+    assert not is_testing() and flaky.calls == 3
+
+
+async def test_testing_mode_still_lets_cancellation_stop_the_retries() -> None:
+    calls = 0
+
+    async def fail() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("down")
+
+    config = RetryConfig(max_attempts=1_000_000, initial_delay=3600)
+    with set_testing(True), anyio.move_on_after(0.05) as scope:  # waits still yield
+        await RetryExecutor(config).execute(fail)
+    assert scope.cancelled_caught and 1 <= calls < 1_000_000
+
+
+def test_set_testing_without_a_block_stays_set_until_undone() -> None:
+    set_testing(True)
+    try:
+        assert is_testing()
+    finally:
+        set_testing(False)
+    assert not is_testing()
+    with pytest.raises(TypeError, match="True or False"):
+        set_testing("yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategy", [BackoffStrategy.EXPONENTIAL, BackoffStrategy.JITTER])
+@pytest.mark.parametrize("initial", [0.0, 1.0])
+def test_a_delay_thousands_of_attempts_in_is_capped_not_an_overflow(
+    strategy: BackoffStrategy, initial: float
+) -> None:
+    config = RetryConfig(initial_delay=initial, max_delay=30, backoff_strategy=strategy)
+    assert backoff_delay(config, 5000) == (30 if initial else 0)

@@ -21,6 +21,7 @@ from llmfanout import (
     TaskResult,
     summarize,
 )
+from llmfanout._summary import SummaryAccumulator
 
 pytestmark = pytest.mark.anyio
 
@@ -141,3 +142,37 @@ async def test_summarizing_a_real_run() -> None:
     assert (summary.ok, summary.failed, summary.aborted) == (1, 1, 3)
     assert summary.total_tokens == summary.prompt_tokens + summary.completion_tokens > 0
     assert summary.throughput == pytest.approx(10.0)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ok", "failed", "aborted"]),
+            st.floats(0, 1e6, allow_nan=False),
+            st.integers(0, 5),
+            st.none()
+            | st.dictionaries(
+                st.sampled_from(["prompt_tokens", "total_tokens"]), st.integers(0, 1000)
+            ),
+        ),
+        max_size=40,
+    ),
+    st.none() | st.floats(0, 1e4, allow_nan=False),
+)
+def test_the_accumulator_summarizes_like_summarize(
+    rows: list[tuple[str, float, int, dict[str, int] | None]], elapsed: float | None
+) -> None:
+    """Adding results one at a time, as a long job does, sums up as summarize() does."""
+    results = []
+    for i, (kind, ms, attempts, usage) in enumerate(rows):
+        if kind == "ok":
+            results.append(ok(str(i), ms, usage, attempts))
+        elif kind == "failed":
+            results.append(TaskResult(str(i), False, None, ValueError("x"), ms, attempts))
+        else:
+            results.append(TaskResult(str(i), False, None, TaskAborted("cut"), ms, attempts))
+    accumulator = SummaryAccumulator()
+    for result in results:
+        accumulator.add(result)
+    assert accumulator.summary(elapsed=elapsed) == summarize(results, elapsed=elapsed)
+    assert accumulator.total == len(rows)

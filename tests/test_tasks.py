@@ -34,7 +34,9 @@ def test_message_refuses_unknown_role_naming_the_choices() -> None:
 
 
 def test_message_refuses_non_string_content() -> None:
-    with pytest.raises(TypeError, match=r"LLMMessage.content must be a str, not int"):
+    with pytest.raises(
+        TypeError, match=r"LLMMessage.content must be a str or a list of content parts, not int"
+    ):
         LLMMessage("user", 3)  # type: ignore[arg-type]
 
 
@@ -60,12 +62,12 @@ def test_empty_messages_names_tag_and_fix() -> None:
 
 
 def test_non_message_item_names_its_index() -> None:
-    with pytest.raises(TypeError, match=r"LLMTask 'x': messages\[1\] is a dict"):
-        LLMTask([user("a"), {"role": "user", "content": "b"}], tag="x")  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"LLMTask 'x': messages\[1\] is an int"):
+        LLMTask([user("a"), 3], tag="x")  # type: ignore[list-item]
 
 
 def test_messages_must_be_a_sequence_not_a_string() -> None:
-    with pytest.raises(TypeError, match="sequence of LLMMessage, not str"):
+    with pytest.raises(TypeError, match="sequence of LLMMessage or mappings, not str"):
         LLMTask("hello")  # type: ignore[arg-type]
 
 
@@ -165,7 +167,7 @@ def test_task_result_round_trips_its_fields(
 
 
 def test_retry_config_validation_names_the_field() -> None:
-    with pytest.raises(ValueError, match=r"max_attempts is 0; it must be a whole number >= 1"):
+    with pytest.raises(ValueError, match=r"max_attempts is 0; give a whole number >= 1"):
         RetryConfig(max_attempts=0)
     with pytest.raises(ValueError, match=r"initial_delay is -1; it must be a number >= 0"):
         RetryConfig(initial_delay=-1)

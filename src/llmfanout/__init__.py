@@ -3,13 +3,22 @@
 from ._advertised import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
+from ._job import JobError, JobSpec, RowStream, arun_rows, run_rows
 from ._limiter import Limiter
 from ._pacing import HeaderPacer
 from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._summary import RunSummary, summarize
 from ._tasks import DeterministicTask, LLMTask, TaskResult
-from ._types import AsyncLLMProvider, LLMMessage, LLMResponse
+from ._types import (
+    AsyncLLMProvider,
+    ImagePart,
+    LLMMessage,
+    LLMResponse,
+    OtherPart,
+    TextPart,
+    ToolCall,
+)
 from .errors import ProviderError, TaskAborted
 from .providers import AnthropicProvider, OpenAIProvider
 
@@ -21,11 +30,15 @@ __all__ = [
     "EchoProvider",
     "ErrorResponse",
     "HeaderPacer",
+    "ImagePart",
+    "JobError",
+    "JobSpec",
     "LLMMessage",
     "LLMResponse",
     "LLMTask",
     "Limiter",
     "OpenAIProvider",
+    "OtherPart",
     "ParallelLLMExecutor",
     "ProviderError",
     "RateLimit",
@@ -34,10 +47,15 @@ __all__ = [
     "ResultStream",
     "RetryConfig",
     "RetryExecutor",
+    "RowStream",
     "RunSummary",
     "TaskAborted",
     "TaskResult",
+    "TextPart",
+    "ToolCall",
+    "arun_rows",
     "parse_rate_limit_headers",
+    "run_rows",
     "summarize",
 ]
 

@@ -1,9 +1,10 @@
-"""The ``llmfanout`` command: ``llmfanout run INPUT.jsonl -o OUTPUT.jsonl``.
+"""The ``llmfanout`` command: argument parsing and display over the batch job (``_job``).
 
-A run is: check the options, read what the output already holds (``--resume``),
-validate the whole input (nothing is sent if a line is bad), then stream the rows
-through a :class:`ParallelLLMExecutor`, writing each result as it completes. Ctrl-C
-(or SIGTERM) cancels the calls in flight; every row finished before it is on disk.
+``llmfanout run INPUT -o OUTPUT``: check the options and paths, hold the output (one run
+at a time), read what it already holds (``--resume``), validate the whole input (nothing
+is sent if a line is bad), then run the :class:`~llmfanout._job.Job` and append its rows
+as they complete. Ctrl-C (or SIGTERM) cancels the calls in flight; every row finished
+before it is on disk. ``llmfanout merge DIR -o OUT`` compacts a directory of shards.
 
 Exit status: 0 every row succeeded, 1 some failed, 2 bad usage or bad input,
 130 interrupted (143 for SIGTERM).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shlex
 import shutil
@@ -21,39 +23,31 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AsyncExitStack, ExitStack
+from contextlib import ExitStack
 from functools import partial
+from pathlib import Path
 from typing import IO, Any
 
 import anyio
 from anyio.abc import TaskStatus
 
 from . import __version__
-from ._echo import EchoProvider
-from ._executor import ParallelLLMExecutor, ResultStream
-from ._jsonl import (
-    Bad,
+from ._input_rows import Scan, read_rows, scan
+from ._job import KEY_VARIABLES, Job, JobError, JobSpec, RowStream
+from ._lock import Busy, hold
+from ._output_rows import (
     OutputCorrupt,
     Recovered,
     RowWriter,
-    Scan,
-    bad_row,
     cut_torn_line,
     drop_failed,
-    read_rows,
+    encode,
+    merge,
     recover,
-    result_row,
-    scan,
 )
-from ._progress import Display, Tally, make_display
-from ._ratelimit import RateLimit
-from ._retry import BackoffStrategy, RetryConfig
-from ._summary import summarize
-from ._tasks import LLMTask, TaskResult
-from ._types import AsyncLLMProvider
+from ._progress import Display, make_display
 
 EXAMPLE = "llmfanout run examples/prompts.jsonl -o results.jsonl"
-KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 MAX_BAD_SHOWN = 50
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -89,6 +83,18 @@ def _seconds_or_zero(text: str) -> float:
     return 0.0 if text.strip() in ("0", "0.0") else _positive_float(text)
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a JSON object; give e.g. '{{\"temperature\": 0}}'"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for ``llmfanout``."""
     parser = argparse.ArgumentParser(
@@ -118,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         metavar="OUTPUT",
-        help="the output JSONL file (appended to)",
+        help=(
+            "the output JSONL file (appended to); with --resume, also a directory of shard "
+            "files (*.jsonl), to which this run adds a shard"
+        ),
     )
     run.add_argument(
         "--provider",
@@ -135,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
     run.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="the environment variable holding the key (default OPENAI_API_KEY or "
+        "ANTHROPIC_API_KEY)",
+    )
+    run.add_argument(
+        "--params",
+        type=_json_object,
+        metavar="JSON",
+        help="""default request parameters under each row's own, e.g. '{"temperature": 0}'""",
+    )
+    run.add_argument(
         "--concurrency",
         type=_positive_int,
         default=16,
@@ -143,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--rpm", type=_positive_float, metavar="N", help="requests per minute cap")
     run.add_argument("--tpm", type=_positive_float, metavar="N", help="tokens per minute cap")
+    run.add_argument(
+        "--shared-limit",
+        metavar="URL",
+        help="share the --rpm/--tpm budget with every run using this Redis URL "
+        "(redis://host:port/db)",
+    )
     run.add_argument(
         "--max-attempts",
         type=_positive_int,
@@ -189,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the echo provider wait this long per call, for demos (default 0)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress and no summary; errors only")
+    merge_command = commands.add_parser(
+        "merge",
+        help="compact a directory of shard files into one output, each id once",
+        description=(
+            "Read every shard (*.jsonl) in DIR and write OUT with each id exactly once: a "
+            "success wins over a failure, otherwise the first row found. Torn last lines "
+            "are skipped."
+        ),
+    )
+    merge_command.add_argument("directory", metavar="DIR", help="the directory of shards")
+    merge_command.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="the merged JSONL file to write"
+    )
+    merge_command.add_argument("--quiet", action="store_true", help="print errors only")
     return parser
 
 
@@ -205,10 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     args = parser.parse_args(argv)
-    if args.command != "run":
+    if args.command not in ("run", "merge"):
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
     try:
+        if args.command == "merge":
+            return _merge(args)
         return _run(args, argv)
     except UsageError as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
@@ -216,6 +259,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # while checking the input
         print("llmfanout: interrupted before anything was sent", file=sys.stderr)
         return 128 + signal.SIGINT
+
+
+# -- paths ------------------------------------------------------------------------------
+
+
+def _check_input(path: str) -> None:
+    if path == "-":
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"input {path!r} is a directory; give the input JSONL file")
+    if not os.path.exists(path):
+        raise UsageError(f"input file {path!r} does not exist")
+    if not os.path.isfile(path) and not Path(path).is_fifo():
+        raise UsageError(f"input {path!r} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"input file {path!r} cannot be read (permission denied)")
+
+
+def _check_output(path: str, *, directory_ok: bool) -> None:
+    """Raise a :class:`UsageError` naming the fix for an output that cannot be written."""
+    if os.path.isdir(path):
+        if not directory_ok:
+            example = os.path.join(path, "results.jsonl")
+            raise UsageError(
+                f"output {path!r} is a directory; name a file in it (-o {example}), or pass "
+                "--resume to continue a directory of shard files"
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write in the output directory {path!r} (permission denied)")
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(folder):
+        raise UsageError(
+            f"the folder of the output file, {folder!r}, does not exist; create it "
+            f"(mkdir -p {shlex.quote(folder)}) or choose another output"
+        )
+    if not os.path.isdir(folder):
+        raise UsageError(f"the output's parent {folder!r} is not a directory")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write to the output file {path!r} (permission denied)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write in the output's folder {folder!r} (permission denied)")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 # -- a run ------------------------------------------------------------------------------
@@ -230,16 +322,57 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError("--echo-latency applies to --provider echo only")
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed goes with --resume")
-    if args.input != "-" and not os.path.isfile(args.input):
-        raise UsageError(f"input file {args.input!r} does not exist (or is not a file)")
-    folder = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(folder):
-        raise UsageError(f"the folder of the output file, {folder!r}, does not exist")
+    if args.shared_limit is not None:
+        if args.rpm is None and args.tpm is None:
+            raise UsageError("--shared-limit needs --rpm or --tpm: the budget to share")
+        if importlib.util.find_spec("llmfanout.limits") is None:
+            raise UsageError(
+                "--shared-limit is not supported by this version of llmfanout; leave it out "
+                "(each run then keeps its own --rpm/--tpm)"
+            )
+    _check_input(args.input)
+    _check_output(args.output, directory_ok=args.resume)
+    if args.input != "-" and _same_file(args.input, args.output):
+        raise UsageError(f"the output {args.output!r} is the input file; choose another output")
+
+
+def _check_key(args: argparse.Namespace) -> None:
+    if args.provider == "echo":
+        return
+    variable = args.api_key_env or KEY_VARIABLES[args.provider]
+    if not os.environ.get(variable, "").strip():
+        raise UsageError(
+            f"--provider {args.provider} needs an API key in the {variable} environment "
+            f"variable (keys are never taken from a flag); set it, e.g. export {variable}=... "
+            "(a local server that needs no key accepts any value)"
+        )
+
+
+def _spec(args: argparse.Namespace) -> JobSpec:
+    return JobSpec(
+        provider=args.provider,
+        model=args.model or None,
+        base_url=args.base_url or None,
+        api_key_env=args.api_key_env or None,
+        params=args.params,
+        concurrency=args.concurrency,
+        max_attempts=args.max_attempts,
+        timeout=args.timeout,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        shared_limit=args.shared_limit,
+        backend=args.backend,
+        echo_latency=args.echo_latency,
+    )
 
 
 def _open_input(args: argparse.Namespace, stack: ExitStack) -> IO[bytes]:
     if args.input != "-":
-        return stack.enter_context(open(args.input, "rb"))
+        try:
+            return stack.enter_context(open(args.input, "rb"))
+        except OSError as exc:
+            message = f"cannot read the input file {args.input!r} ({exc.strerror})"
+            raise UsageError(message) from None
     # Standard input cannot be read twice (validate, then run): keep a copy on disk.
     spool = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115  (the stack closes it)
     shutil.copyfileobj(sys.stdin.buffer, spool)
@@ -261,8 +394,10 @@ def _recover(args: argparse.Namespace) -> Recovered | None:
         recovered = recover(args.output)
     except OutputCorrupt as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the output {args.output!r} ({exc.strerror})") from None
     if args.retry_failed:
-        recovered.forget_failed()  # the file is rewritten once the input has passed
+        recovered.forget_failed()  # a file is rewritten once the input has passed
     return recovered
 
 
@@ -294,62 +429,58 @@ def _model(args: argparse.Namespace, found: Scan) -> str:
     return found.first_model or ""
 
 
+def _shard_name(directory: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return os.path.join(directory, f"run-{stamp}-{os.getpid()}.jsonl")
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     _check_options(args)
+    spec = _spec(args)
     with ExitStack() as stack:
+        try:
+            stack.enter_context(hold(args.output, shlex.join(["llmfanout", *argv])))
+        except Busy as exc:
+            raise UsageError(
+                f"{args.output} is being written by another run: {exc.holder}. Wait for it "
+                "to finish (or stop it), then run again with --resume"
+            ) from None
+        except OSError as exc:
+            raise UsageError(f"cannot lock the output {args.output!r} ({exc.strerror})") from None
         source = _open_input(args, stack)
         recovered = _recover(args)
         found = scan(source, recovered)
         if found.bad and not args.skip_invalid:
             _report_bad(args, found)
         model = _model(args, found)
-        provider = _make_provider(args, model)
-        if recovered is not None:  # from here on the output changes
-            cut_torn_line(args.output, recovered)
-            if args.retry_failed:
-                drop_failed(args.output)
-        writer = RowWriter(args.output)
-        stack.callback(writer.close)
-        run = _Run(args, argv, found, recovered, writer, model, provider)
+        _check_key(args)
         try:
-            return anyio.run(partial(run.execute, source), backend=args.backend)
+            job = Job(spec, model=model)
+        except JobError as exc:
+            raise UsageError(str(exc)) from None
+        target = args.output
+        if os.path.isdir(target):
+            target = _shard_name(target)  # shards are only ever added to
+        elif recovered is not None:  # from here on the output changes
+            cut_torn_line(target, recovered)
+            if args.retry_failed:
+                drop_failed(target)
+        try:
+            writer = RowWriter(target)
+        except OSError as exc:
+            raise UsageError(f"cannot write to {target!r} ({exc.strerror})") from None
+        stack.callback(writer.close)
+        screen = _Screen(args, argv, found, recovered, writer, job)
+        rows = read_rows(source, found.bad, recovered)
+        try:
+            return anyio.run(partial(screen.execute, rows), backend=args.backend)
         except KeyboardInterrupt:  # before the signal handler was in place, or a second ^C
             writer.close()
-            return run.interrupted(signal.SIGINT)
+            return screen.interrupted(signal.SIGINT)
 
 
-def _secrets() -> list[str]:
-    values = (os.environ.get(name, "") for name in KEY_VARIABLES.values())
-    return [value for value in values if len(value) >= 8]
-
-
-def _make_provider(args: argparse.Namespace, model: str) -> AsyncLLMProvider:
-    """The provider ``--provider`` names; raises :class:`UsageError` if it cannot be made."""
-    if args.provider == "echo":
-        return EchoProvider(latency=args.echo_latency, model=model, record_calls=False)
-    variable = KEY_VARIABLES[args.provider]
-    if not os.environ.get(variable, "").strip():
-        raise UsageError(
-            f"--provider {args.provider} needs an API key in the {variable} environment "
-            f"variable (keys are never taken from a flag); set it, e.g. export {variable}=... "
-            "(a local server that needs no key accepts any value)"
-        )
-    from .providers import AnthropicProvider, OpenAIProvider
-
-    options: dict[str, Any] = {"max_connections": args.concurrency}
-    if args.base_url:
-        options["base_url"] = args.base_url
-    if args.timeout:
-        options["timeout"] = args.timeout
-    cls = OpenAIProvider if args.provider == "openai" else AnthropicProvider
-    try:
-        return cls(model, **options)
-    except (ValueError, TypeError) as exc:  # a bad --base-url or --model, or an unusable key
-        raise UsageError(str(exc)) from None
-
-
-class _Run:
-    """One run's moving parts: the writer, the display, and the tallies for the summary."""
+class _Screen:
+    """What a run shows and where it writes: the writer, the display, signals, messages."""
 
     def __init__(
         self,
@@ -358,127 +489,73 @@ class _Run:
         found: Scan,
         recovered: Recovered | None,
         writer: RowWriter,
-        model: str,
-        provider: AsyncLLMProvider,
+        job: Job,
     ) -> None:
         self.args = args
         self.argv = argv
         self.found = found
         self.recovered = recovered
         self.writer = writer
-        self.model = model
-        self.provider = provider
+        self.job = job
         self.display: Display = make_display(found.to_write, quiet=args.quiet, stream=sys.stderr)
-        self.models: dict[str, str] = {}  # tag -> model, for rows in flight that name one
-        self.tally = Tally()  # the summary's data, compact
-        self.bad_written = 0
         self.signal: int | None = None
         self.write_error: OSError | None = None
         self.scope: anyio.CancelScope | None = None  # cancelled by a signal or a write error
-        self.secrets = _secrets()
 
-    def scrub(self, text: str) -> str:
-        """``text`` with any API key from the environment blanked out."""
-        for secret in self.secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
-
-    # -- per row: keep this short ----------------------------------------------------------
-
-    def tasks(self, rows: Iterator[LLMTask | Bad]) -> Iterator[LLMTask]:
-        """The executor's input: valid rows as tasks; bad lines are written on the way."""
-        models = self.models
-        for row in rows:
-            if type(row) is Bad:
-                self.write_bad(row)
-                continue
-            assert isinstance(row, LLMTask)
-            overrides = row.config_overrides
-            if overrides and "model" in overrides:
-                models[row.tag] = str(overrides["model"])
-            yield row
-
-    def write(self, line: bytes) -> bool:
-        """Append a row to the output; on failure (a full disk) stop the run, return False."""
-        if self.write_error is not None:
-            return False
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows to the output in one write; on failure (a full disk) stop the run."""
+        if self.write_error is not None or not rows:
+            return
         try:
-            self.writer.write(line)
+            self.writer.write(encode(rows), len(rows))
         except OSError as exc:
             self.write_error = exc
             if self.scope is not None:
                 self.scope.cancel()
-            return False
-        return True
-
-    def write_result(self, result: TaskResult) -> None:
-        """Write one result row and count it."""
-        model = self.models.pop(result.tag, self.model)
-        if not self.write(result_row(result, model, self.scrub)):
             return
-        value = result.value
-        self.display.record(result.success, getattr(value, "total_tokens", None))
-        self.tally.add(result)
+        record = self.display.record
+        for row in rows:
+            usage = row["usage"]
+            record(row["success"], usage.get("total_tokens") if usage else None)
 
-    def write_bad(self, bad: Bad) -> None:
-        """Write the failed row for a bad input line (``--skip-invalid``)."""
-        if not self.write(bad_row(bad)):
-            return
-        self.display.record(False, None)
-        self.bad_written += 1  # counted as failed rows, but not as tasks in the summary
-
-    # -- the whole run ---------------------------------------------------------------------
-
-    async def execute(self, source: IO[bytes]) -> int:
+    async def execute(self, rows: Iterator[Any]) -> int:
         """Send the rows, write the results; the exit status."""
-        args, found, provider = self.args, self.found, self.provider
-        executor = ParallelLLMExecutor(
-            provider,
-            max_concurrency=args.concurrency,
-            default_retry=RetryConfig(
-                max_attempts=args.max_attempts, backoff_strategy=BackoffStrategy.JITTER
-            ),
-            default_timeout=args.timeout,
-            # Even with no limits set, a RateLimit makes a 429's Retry-After pause every
-            # new call, not only the retry of the call that got it.
-            rate_limit=RateLimit(args.rpm, args.tpm),
-        )
-        rows = read_rows(source, found.bad, self.recovered)
         started = time.monotonic()
-        async with AsyncExitStack() as stack:
-            if hasattr(provider, "__aenter__"):
-                await stack.enter_async_context(provider)  # type: ignore[arg-type]
-            async with anyio.create_task_group() as tg:
-                self.scope = scope = anyio.CancelScope()
-                await tg.start(self.watch_signals, scope)
-                self.announce()
-                self.display.start()
-                tg.start_soon(self.display.run)
-                try:
-                    with scope:
-                        async with executor.stream(self.tasks(rows)) as results:
-                            try:
-                                async for result in results:
-                                    self.write_result(result)
-                            finally:
-                                if scope.cancel_called:
-                                    self.drain(results)
-                finally:
-                    self.display.stop()
-                    tg.cancel_scope.cancel()
+        async with anyio.create_task_group() as tg:
+            self.scope = scope = anyio.CancelScope()
+            await tg.start(self.watch_signals, scope)
+            self.announce()
+            self.display.start()
+            tg.start_soon(self.display.run)
+            try:
+                with scope:
+                    async with self.job.run(rows) as stream:
+                        await self.pump(stream, scope)
+            finally:
+                self.display.stop()
+                tg.cancel_scope.cancel()
         self.writer.close()
         self.report(time.monotonic() - started)
         if self.write_error is not None:
             print(
-                f"llmfanout: error: cannot write to {args.output} ({self.write_error}); the "
-                f"{self.writer.rows} rows before it are safe there. Fix the cause, then run "
-                "the same command with --resume",
+                f"llmfanout: error: cannot write to {self.args.output} ({self.write_error}); "
+                f"the {self.writer.rows} rows before it are safe there. Fix the cause, then "
+                "run the same command with --resume",
                 file=sys.stderr,
             )
             return EXIT_FAILED
         if self.signal is not None:
             return self.interrupted(self.signal)
         return EXIT_FAILED if self.failed_in_output() else EXIT_OK
+
+    async def pump(self, stream: RowStream, scope: anyio.CancelScope) -> None:
+        """Write rows as they complete, every row ready at that moment in one write."""
+        try:
+            while batch := await stream.batch():
+                self.write(batch)
+        finally:
+            if scope.cancel_called:  # save what finished before the cancellation
+                self.write(stream.ready())
 
     def failed_in_output(self) -> int:
         """Failed rows in the output: this run's and, on resume, those it already held."""
@@ -498,11 +575,6 @@ class _Run:
                     self.signal = signum
                     scope.cancel()
 
-    def drain(self, results: ResultStream) -> None:
-        """Write the results that finished but were not yet taken when the run was cancelled."""
-        for result in results.ready():
-            self.write_result(result)
-
     def announce(self) -> None:
         """Say what is about to happen (on standard error)."""
         if self.args.quiet:
@@ -514,7 +586,7 @@ class _Run:
         invalid = f", {bad} bad lines recorded as failed" if bad else ""
         print(
             f"llmfanout: {found.to_run} rows to send to {self.args.provider} "
-            f"(model {self.model or 'per row'}), {self.args.concurrency} at a time, "
+            f"(model {self.job.model or 'per row'}), {self.args.concurrency} at a time, "
             f"into {self.args.output}{already}{invalid}",
             file=sys.stderr,
             flush=True,
@@ -524,13 +596,13 @@ class _Run:
         """The summary, on standard error."""
         if self.args.quiet:
             return
-        print(str(summarize(self.tally.results(), elapsed=elapsed)), file=sys.stderr)
+        print(str(self.job.summary.summary(elapsed=elapsed)), file=sys.stderr)
         output, written = self.args.output, self.writer.rows
         line = f"llmfanout: wrote {written} rows to {output}"
         if self.recovered is not None and self.recovered.rows:
             line += f", which now holds {written + self.recovered.rows}"
-        if self.bad_written:
-            line += f"; {self.bad_written} of them for bad input lines"
+        if self.job.bad_rows:
+            line += f"; {self.job.bad_rows} of them for bad input lines"
         print(line, file=sys.stderr)
         failed = self.failed_in_output()
         if failed and self.signal is None:
@@ -553,3 +625,30 @@ class _Run:
             file=sys.stderr,
         )
         return 128 + signum
+
+
+# -- merge ------------------------------------------------------------------------------
+
+
+def _merge(args: argparse.Namespace) -> int:
+    directory, output = args.directory, args.output
+    if not os.path.isdir(directory):
+        what = "does not exist" if not os.path.exists(directory) else "is not a directory"
+        raise UsageError(f"{directory!r} {what}; give the directory holding the shard files")
+    _check_output(output, directory_ok=False)
+    if os.path.exists(output) and os.path.getsize(output) > 0:
+        raise UsageError(f"{output} exists and is not empty; choose another output file")
+    try:
+        merged = merge(directory, output)
+    except OutputCorrupt as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot merge into {output!r} ({exc})") from None
+    if not args.quiet:
+        failed = f", {merged.failed} of them failed" if merged.failed else ""
+        print(
+            f"llmfanout: merged {merged.read} rows from {directory} into {merged.written} "
+            f"rows in {output} (one per id{failed})",
+            file=sys.stderr,
+        )
+    return EXIT_OK

@@ -12,7 +12,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._types import LLMMessage, LLMResponse
+from ._types import LLMMessage, LLMResponse, to_messages
 
 
 @attrs.frozen
@@ -132,7 +132,7 @@ class EchoProvider:
         config_overrides: Mapping[str, Any] | None = None,
     ) -> LLMResponse:
         """Answer one call (see the class docstring for the order of sources)."""
-        messages = tuple(messages)
+        messages = to_messages(messages, "EchoProvider")
         self._call_count += 1
         if self._record_calls:
             self._calls.append(EchoCall(messages, config_overrides))
@@ -159,7 +159,7 @@ class EchoProvider:
         if isinstance(scripted, LLMResponse):
             return scripted
         content = str(scripted)
-        prompt = sum(_tokens(m.content) for m in messages)
+        prompt = sum(_tokens(m.text) for m in messages)
         completion = _tokens(content)
         return LLMResponse(
             content,
@@ -184,5 +184,5 @@ def _check_scripted(item: object) -> None:
 def _last_user_text(messages: Sequence[LLMMessage]) -> str:
     for message in reversed(messages):
         if message.role == "user":
-            return message.content
-    return messages[-1].content if messages else ""
+            return message.text
+    return messages[-1].text if messages else ""

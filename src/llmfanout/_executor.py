@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from contextlib import asynccontextmanager
 from time import perf_counter
 from typing import Any
 
@@ -20,20 +20,20 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._calls import call_maybe_async
+from ._attempt import NO_RETRY, fresh, run_function, run_llm
+from ._checks import unwrap_group, whole_number
 from ._inputs import AsyncItems, Invalid, Item, TaskSource, check_mapping, prepare
 from ._limiter import Limiter, check_limiter
+from ._outcome import Failed, Ok
 from ._perloop import PerLoop
-from ._ratelimit import estimate_tokens, is_rate_limit_error
-from ._retry import RetryConfig, attempt
+from ._retry import RetryConfig
 from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
-from ._types import AsyncLLMProvider, LLMMessage, LLMResponse, a_kind
+from ._types import AsyncLLMProvider, LLMMessage, a_kind
 from .errors import TaskAborted
 
 logger = logging.getLogger("llmfanout")
 
 OnResult = Callable[[TaskResult], Any]
-_NO_RETRY = RetryConfig(max_attempts=1)
 
 
 class _Slots:
@@ -106,9 +106,9 @@ def _callback(fn: OnResult | None) -> Callable[[TaskResult], Awaitable[None]] | 
 
 
 def _check_max_errors(value: object) -> int | None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"max_errors is {value!r}; give a whole number >= 1, or None for no limit")
-    return value
+    if value is None:
+        return None
+    return whole_number(value, "max_errors", hint=", or None for no limit")
 
 
 def _aborted(tag: str, max_errors: int | None, start: float | None = None) -> TaskResult:
@@ -117,16 +117,6 @@ def _aborted(tag: str, max_errors: int | None, start: float | None = None) -> Ta
     ms = 0.0 if start is None else (perf_counter() - start) * 1000
     error = TaskAborted(f"task {tag!r} {what}: the run stopped after {max_errors} failed tasks")
     return TaskResult(tag, False, None, error, ms, 0)
-
-
-def _unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """A lone exception out of our task group reads better bare (``except KeyboardInterrupt``
-    should work); cancellation is left as the backend raised it."""
-    if len(group.exceptions) == 1 and not isinstance(
-        group.exceptions[0], anyio.get_cancelled_exc_class()
-    ):
-        return group.exceptions[0]
-    return group
 
 
 class ResultStream:
@@ -199,12 +189,7 @@ class ParallelLLMExecutor:
                 f"provider is {a_kind(provider)} with no complete() method; give an "
                 "object with `async def complete(messages, config_overrides=None)`"
             )
-        if (
-            not isinstance(max_concurrency, int)
-            or isinstance(max_concurrency, bool)
-            or (max_concurrency < 1)
-        ):
-            raise ValueError(f"max_concurrency is {max_concurrency!r}; give a whole number >= 1")
+        whole_number(max_concurrency, "max_concurrency")
         if default_retry is not None and not isinstance(default_retry, RetryConfig):
             raise TypeError(
                 f"default_retry must be a RetryConfig, not {type(default_retry).__name__}"
@@ -353,7 +338,7 @@ class ParallelLLMExecutor:
                         # see the cancellation, not a closed stream (BrokenResourceError).
                         tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
-            raise _unwrap_group(group) from None
+            raise unwrap_group(group) from None
         finally:
             if isinstance(items, AsyncItems):
                 with anyio.CancelScope(shield=True):
@@ -391,7 +376,7 @@ class ParallelLLMExecutor:
                 for index in range(workers):
                     tg.start_soon(self._worker, run, index)
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
-            raise _unwrap_group(group) from None
+            raise unwrap_group(group) from None
 
     async def _worker(self, run: _Run, index: int) -> None:
         await _take_slot(run.slots)
@@ -444,26 +429,41 @@ class ParallelLLMExecutor:
         if type(task) is LLMTask:
             retry = task.retry or self.default_retry
             timeout = task.timeout or self.default_timeout
-            if (retry is None or retry.trivial) and timeout is None and (self.rate_limit is None):
-                # The fast path: a single plain call, nothing to wrap it in.
+            overrides = self._overrides(task)
+            if (
+                timeout is None
+                and self.rate_limit is None
+                and (retry is None or retry.retry_on_result is None)
+            ):
+                # The fast path: the first attempt is a plain call, nothing to wrap it in;
+                # the retry machinery is set up only if it fails.
                 try:
                     response = await self.provider.complete(
-                        task.messages, config_overrides=self._overrides(task)
+                        task.messages, config_overrides=fresh(overrides)
                     )
                 except Exception as exc:
-                    return _failed(tag, exc, start, 1)
-                return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
-            policy = retry or _NO_RETRY
-            ok, value, attempts = await attempt(policy, self._llm_call(task, timeout, policy))
+                    if retry is None or retry.trivial:
+                        return _failed(tag, exc, start, 1)
+                    outcome = await run_llm(
+                        self.provider, task, overrides, retry, None, None, first_error=exc
+                    )
+                else:
+                    return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
+            else:
+                outcome = await run_llm(
+                    self.provider, task, overrides, retry or NO_RETRY, timeout, self.rate_limit
+                )
         elif type(task) is DeterministicTask:
-            ok, value, attempts = await attempt(task.retry or _NO_RETRY, self._function_call(task))
+            timeout = task.timeout or self.default_timeout
+            outcome = await run_function(task, timeout, self._slots().threads)
         else:
             assert isinstance(task, Invalid)
             return _failed(tag, task.error, start, 0)
-        if ok:
-            return TaskResult(tag, True, value, None, (perf_counter() - start) * 1000, attempts)
-        assert isinstance(value, Exception)
-        return _failed(tag, value, start, attempts)
+        if type(outcome) is Ok:
+            ms = (perf_counter() - start) * 1000
+            return TaskResult(tag, True, outcome.value, None, ms, outcome.attempts)
+        assert isinstance(outcome, Failed)
+        return _failed(tag, outcome.error, start, outcome.attempts)
 
     def _overrides(self, task: LLMTask) -> Mapping[str, Any] | None:
         own = task.config_overrides
@@ -473,64 +473,6 @@ class ParallelLLMExecutor:
         if default is None:
             return own
         return {**default, **own}
-
-    def _llm_call(
-        self, task: LLMTask, timeout: float | None, policy: RetryConfig
-    ) -> Callable[[], Awaitable[LLMResponse]]:
-        complete = self.provider.complete
-        messages = task.messages
-        overrides = self._overrides(task)
-        limit = self.rate_limit
-        tokens = 0 if limit is None else estimate_tokens(task, overrides)
-
-        async def call() -> LLMResponse:
-            if limit is not None:
-                await limit.acquire(tokens)
-            try:
-                with _time_limit(timeout, "LLM") if timeout is not None else nullcontext():
-                    response = await complete(messages, config_overrides=overrides)
-            except Exception as exc:
-                if limit is not None:
-                    limit.settle(tokens, None)
-                    if is_rate_limit_error(exc):
-                        # The server's word, within the patience the policy allows.
-                        limit.cooldown(min(exc.retry_after, policy.max_delay))  # type: ignore[attr-defined]
-                raise
-            if limit is not None:
-                limit.settle(tokens, getattr(response, "total_tokens", None))
-            return response
-
-        return call
-
-    def _function_call(self, task: DeterministicTask) -> Callable[[], Awaitable[Any]]:
-        timeout = task.timeout or self.default_timeout
-        fn, args, kwargs, is_async = task.fn, task.args, task.kwargs, task.is_async
-        limiter = self._slots().threads
-
-        async def call() -> Any:
-            with _time_limit(timeout, "function") if timeout is not None else nullcontext():
-                return await call_maybe_async(
-                    fn,
-                    args,
-                    kwargs,
-                    is_async,
-                    limiter=limiter,
-                    abandon_on_cancel=timeout is not None,
-                )
-
-        return call
-
-
-@contextmanager
-def _time_limit(seconds: float, kind: str) -> Iterator[None]:
-    """``anyio.fail_after``, with a message saying which limit ran out and how to raise it."""
-    with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
-        yield
-    if scope.cancelled_caught:
-        raise TimeoutError(
-            f"{kind} call timed out after {seconds:g}s (the timeout per attempt); if it needs "
-            "longer, raise the task's timeout= or the executor's default_timeout="
-        )
 
 
 async def _take_slot(slots: _Slots) -> None:

@@ -1,16 +1,12 @@
 """Run progress on standard error: a rich bar on a terminal, a plain line now and then elsewhere.
 
 Counting a row is a few integer additions; drawing happens in a separate task on a
-timer, so the display costs the same at ten rows a second or ten thousand. The
-:class:`Tally` keeps what the end-of-run summary needs in flat arrays, so a run of
-millions of rows does not hold millions of results.
+timer, so the display costs the same at ten rows a second or ten thousand.
 """
 
 from __future__ import annotations
 
 import time
-from array import array
-from collections.abc import Iterator
 from typing import TextIO
 
 import anyio
@@ -22,9 +18,6 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-
-from ._tasks import TaskResult
-from ._types import LLMResponse
 
 PLAIN_EVERY = 5.0  # seconds between plain progress lines
 RICH_EVERY = 0.1  # seconds between redraws of the bar
@@ -172,46 +165,3 @@ def make_display(total: int, *, quiet: bool, stream: TextIO) -> Display:
     if console.is_terminal:
         return RichDisplay(total, console)
     return PlainDisplay(total, stream)
-
-
-_FAILED = RuntimeError("failed")  # stands in for each failure's error: the summary only counts
-_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
-
-
-class Tally:
-    """Per result, what :func:`~llmfanout._summary.summarize` reads: about 40 bytes a row.
-
-    :meth:`results` hands the results back one at a time, rebuilt with only those fields.
-    """
-
-    def __init__(self) -> None:
-        self._ok = bytearray()
-        self._ms = array("d")
-        self._attempts = array("I")
-        self._tokens = array("q")  # prompt, completion, total per row; -1: not reported
-
-    def __len__(self) -> int:
-        return len(self._ok)
-
-    def add(self, result: TaskResult) -> None:
-        """Keep what the summary needs of ``result``."""
-        self._ok.append(result.success)
-        self._ms.append(result.duration_ms)
-        self._attempts.append(result.attempts)
-        usage = getattr(result.value, "usage", None) if result.success else None
-        tokens = self._tokens
-        for key in _USAGE_KEYS:
-            value = usage.get(key) if usage else None
-            tokens.append(value if isinstance(value, int) and value >= 0 else -1)
-
-    def results(self) -> Iterator[TaskResult]:
-        """Light results, as summarize needs them: no text, no tags, one shared error."""
-        tokens = self._tokens
-        for i, ok in enumerate(self._ok):
-            value = None
-            if ok:
-                counts = tokens[3 * i : 3 * i + 3]
-                usage = {k: n for k, n in zip(_USAGE_KEYS, counts, strict=True) if n >= 0}
-                value = LLMResponse("", usage=usage or None)
-            error = None if ok else _FAILED
-            yield TaskResult("", bool(ok), value, error, self._ms[i], self._attempts[i])

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._checks import positive
+
 if TYPE_CHECKING:
     from ._tasks import LLMTask
 
@@ -74,10 +76,8 @@ class RateLimit:
             ("requests_per_minute", requests_per_minute),
             ("tokens_per_minute", tokens_per_minute),
         ):
-            if value is not None and (
-                not isinstance(value, int | float) or isinstance(value, bool) or not value > 0
-            ):
-                raise ValueError(f"RateLimit: {name} is {value!r}; give a number > 0, or None")
+            if value is not None:
+                positive(value, f"RateLimit: {name}", unit="a number", hint=", or None")
         if clock is not None and not callable(clock):
             raise TypeError(f"RateLimit: clock is a {type(clock).__name__}; give a callable")
         self.requests_per_minute = requests_per_minute

@@ -5,18 +5,19 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import attrs
 
 from ._calls import call_maybe_async, callable_is_async
+from ._checks import whole_number
+from ._outcome import Failed, Ok, Outcome
 
 logger = logging.getLogger("llmfanout")
-
-T = TypeVar("T")
 
 
 class BackoffStrategy(enum.Enum):
@@ -35,11 +36,7 @@ class BackoffStrategy(enum.Enum):
 
 
 def _positive_int(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(
-            f"RetryConfig.{attribute.name} is {value!r}; it must be a whole number >= 1 "
-            "(1 means no retry)"
-        )
+    whole_number(value, f"RetryConfig.{attribute.name}", hint=" (1 means no retry)")
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
@@ -123,13 +120,26 @@ def backoff_delay(
     elif strategy is BackoffStrategy.LINEAR:
         delay = base * attempt
     elif strategy is BackoffStrategy.EXPONENTIAL:
-        delay = base * config.backoff_multiplier ** (attempt - 1)
+        delay = _times(base, _power(config.backoff_multiplier, attempt - 1))
     elif strategy is BackoffStrategy.JITTER:
         spread = config.jitter_range
-        delay = base * config.backoff_multiplier ** (attempt - 1) * uniform(1 - spread, 1 + spread)
+        growth = _power(config.backoff_multiplier, attempt - 1) * uniform(1 - spread, 1 + spread)
+        delay = _times(base, growth)
     else:  # DECORRELATED
         delay = base if previous is None else uniform(base, max(base, previous * 3))
     return min(delay, config.max_delay)
+
+
+def _power(multiplier: float, exponent: int) -> float:
+    # Past about a thousand attempts the power overflows a float: the cap applies anyway.
+    try:
+        return multiplier**exponent
+    except OverflowError:
+        return math.inf
+
+
+def _times(base: float, growth: float) -> float:
+    return base * growth if base else 0.0  # 0 * inf would be NaN
 
 
 def is_retryable(config: RetryConfig, exc: Exception) -> bool:
@@ -147,47 +157,74 @@ async def _hook(fn: Callable[..., Any] | None, *args: Any) -> None:
             await outcome
 
 
-async def attempt(
-    config: RetryConfig, call: Callable[[], Awaitable[T]]
-) -> tuple[bool, T | Exception, int]:
-    """Run ``call`` under ``config``: ``(True, value, attempts)`` or ``(False, exc, attempts)``.
+class _Testing:
+    """The retry testing switch (see :func:`llmfanout.testing.set_testing`)."""
 
-    Only ``Exception`` is captured; cancellation propagates from an attempt and from a
-    wait alike. An exception raised by a hook or by ``retry_on_result`` is user code
-    failing too: it ends the attempts and is returned like the call's own.
+    __slots__ = ("instant",)
+
+    def __init__(self) -> None:
+        self.instant = False
+
+
+TESTING = _Testing()
+
+
+async def _wait(delay: float) -> None:
+    # In testing mode a wait still yields (a checkpoint), so cancellation lands as usual.
+    await anyio.sleep(0 if TESTING.instant else delay)
+
+
+async def retrying(
+    config: RetryConfig,
+    call: Callable[[], Awaitable[Any]],
+    *,
+    first_error: Exception | None = None,
+) -> Outcome:
+    """Run ``call`` under ``config``: :class:`Ok` with the value or :class:`Failed`.
+
+    ``first_error``: attempt 1 already ran (the caller made it inline, the cheap way) and
+    raised this; the loop takes over from there. Only ``Exception`` is captured;
+    cancellation propagates from an attempt and from a wait alike. An exception raised
+    by a hook or by ``retry_on_result`` is user code failing too: it ends the attempts
+    and is returned like the call's own.
     """
     n = 1
+    error = first_error
     try:
         previous: float | None = None
         retry_on_result = config.retry_on_result
         last = config.max_attempts
         while True:
-            try:
-                value = await call()
-            except Exception as exc:
-                if not is_retryable(config, exc):
-                    return False, exc, n
+            if error is None:
+                try:
+                    value = await call()
+                except Exception as exc:
+                    error = exc
+                else:
+                    if retry_on_result is None or n >= last or not retry_on_result(value):
+                        return Ok(value, n)
+                    previous = delay = backoff_delay(config, n, previous)
+                    logger.debug(
+                        "attempt %d/%d: result asked for a retry; next in %.3fs", n, last, delay
+                    )
+            if error is not None:
+                if not is_retryable(config, error):
+                    return Failed(error, n)
                 if n >= last:
-                    await _hook(config.on_failure, exc)
-                    return False, exc, n
+                    await _hook(config.on_failure, error)
+                    return Failed(error, n)
                 previous = backoff_delay(config, n, previous)
                 delay = previous
-                retry_after = getattr(exc, "retry_after", None)
+                retry_after = getattr(error, "retry_after", None)
                 if isinstance(retry_after, int | float) and retry_after > delay:
                     delay = min(float(retry_after), config.max_delay)
-                await _hook(config.on_retry, n, exc)
-                logger.debug("attempt %d/%d failed (%r); next in %.3fs", n, last, exc, delay)
-            else:
-                if retry_on_result is None or n >= last or not retry_on_result(value):
-                    return True, value, n
-                previous = delay = backoff_delay(config, n, previous)
-                logger.debug(
-                    "attempt %d/%d: result asked for a retry; next in %.3fs", n, last, delay
-                )
-            await anyio.sleep(delay)
+                await _hook(config.on_retry, n, error)
+                logger.debug("attempt %d/%d failed (%r); next in %.3fs", n, last, error, delay)
+                error = None
+            await _wait(delay)
             n += 1
     except Exception as hook_error:  # a hook or retry_on_result raised
-        return False, hook_error, n
+        return Failed(hook_error, n)
 
 
 class RetryExecutor:
@@ -213,8 +250,7 @@ class RetryExecutor:
         async def once() -> Any:
             return await call_maybe_async(fn, args, kwargs, is_async)
 
-        ok, value, _ = await attempt(self.config, once)
-        if ok:
-            return value
-        assert isinstance(value, Exception)
-        raise value
+        outcome = await retrying(self.config, once)
+        if isinstance(outcome, Failed):
+            raise outcome.error
+        return outcome.value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -64,6 +65,75 @@ class RunSummary:
         return "\n".join(lines)
 
 
+class SummaryAccumulator:
+    """A :class:`RunSummary` built one result at a time: for runs too long to keep.
+
+    Keeps only counts and each counted task's duration (8 bytes a result, for the
+    percentiles). :func:`summarize` is this over an iterable; a long-running job adds each
+    result as it completes and asks for :meth:`summary` whenever it likes.
+    """
+
+    __slots__ = (
+        "aborted",
+        "attempts",
+        "completion_tokens",
+        "durations",
+        "ok",
+        "prompt_tokens",
+        "total",
+        "total_tokens",
+    )
+
+    def __init__(self) -> None:
+        self.total = self.ok = self.aborted = self.attempts = 0
+        self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
+        self.durations = array("d")
+
+    def add(self, result: TaskResult) -> None:
+        """Count one result."""
+        self.total += 1
+        self.attempts += result.attempts
+        if result.success:
+            self.ok += 1
+            value = result.value
+            if isinstance(value, LLMResponse) and value.usage:
+                self.prompt_tokens += value.usage.get("prompt_tokens") or 0
+                self.completion_tokens += value.usage.get("completion_tokens") or 0
+                self.total_tokens += value.total_tokens or 0
+        elif isinstance(result.error, TaskAborted):
+            self.aborted += 1
+            return
+        self.durations.append(result.duration_ms)
+
+    def summary(self, *, elapsed: float | None = None) -> RunSummary:
+        """The summary of every result added so far; see :func:`summarize` for ``elapsed``."""
+        _check_elapsed(elapsed)
+        durations = sorted(self.durations)
+        total = self.total
+        return RunSummary(
+            total=total,
+            ok=self.ok,
+            failed=total - self.ok - self.aborted,
+            aborted=self.aborted,
+            attempts=self.attempts,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.total_tokens,
+            p50_ms=_percentile(durations, 0.50),
+            p95_ms=_percentile(durations, 0.95),
+            max_ms=durations[-1] if durations else None,
+            elapsed_s=None if elapsed is None else float(elapsed),
+            throughput=total / elapsed if elapsed else None,
+        )
+
+
+def _check_elapsed(elapsed: object) -> None:
+    if elapsed is not None and (
+        not isinstance(elapsed, int | float) or isinstance(elapsed, bool) or not elapsed >= 0
+    ):
+        raise ValueError(f"summarize: elapsed is {elapsed!r}; give the run's seconds (>= 0)")
+
+
 def summarize(
     results: Iterable[TaskResult] | Mapping[str, TaskResult], *, elapsed: float | None = None
 ) -> RunSummary:
@@ -73,48 +143,17 @@ def summarize(
     ``results`` once (a generator will do). Raises ``TypeError`` for an item that is not
     a ``TaskResult`` and ``ValueError`` for a negative ``elapsed``.
     """
-    if elapsed is not None and (
-        not isinstance(elapsed, int | float) or isinstance(elapsed, bool) or not elapsed >= 0
-    ):
-        raise ValueError(f"summarize: elapsed is {elapsed!r}; give the run's seconds (>= 0)")
+    _check_elapsed(elapsed)
     items = results.values() if isinstance(results, Mapping) else results
-    total = ok = aborted = attempts = prompt = completion = tokens = 0
-    durations: list[float] = []
+    accumulator = SummaryAccumulator()
     for result in items:
         if not isinstance(result, TaskResult):
             raise TypeError(
-                f"summarize: item #{total} is a {type(result).__name__}; give TaskResults "
-                "(or the dict execute() returns)"
+                f"summarize: item #{accumulator.total} is a {type(result).__name__}; give "
+                "TaskResults (or the dict execute() returns)"
             )
-        total += 1
-        attempts += result.attempts
-        if result.success:
-            ok += 1
-            value = result.value
-            if isinstance(value, LLMResponse) and value.usage:
-                prompt += value.usage.get("prompt_tokens") or 0
-                completion += value.usage.get("completion_tokens") or 0
-                tokens += value.total_tokens or 0
-        elif isinstance(result.error, TaskAborted):
-            aborted += 1
-            continue
-        durations.append(result.duration_ms)
-    durations.sort()
-    return RunSummary(
-        total=total,
-        ok=ok,
-        failed=total - ok - aborted,
-        aborted=aborted,
-        attempts=attempts,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=tokens,
-        p50_ms=_percentile(durations, 0.50),
-        p95_ms=_percentile(durations, 0.95),
-        max_ms=durations[-1] if durations else None,
-        elapsed_s=None if elapsed is None else float(elapsed),
-        throughput=total / elapsed if elapsed else None,
-    )
+        accumulator.add(result)
+    return accumulator.summary(elapsed=elapsed)
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:

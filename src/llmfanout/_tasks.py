@@ -9,7 +9,7 @@ import attrs
 
 from ._calls import callable_is_async
 from ._retry import RetryConfig
-from ._types import LLMMessage, a_kind
+from ._types import LLMMessage, a_kind, to_message
 
 
 def _where(instance: Any) -> str:
@@ -18,21 +18,38 @@ def _where(instance: Any) -> str:
     return f"{name} {tag!r}" if isinstance(tag, str) and tag else name
 
 
+@attrs.frozen
+class _Refused:
+    """A message the converter could not read: the validator reports it with the tag."""
+
+    error: Exception
+
+
 def _check_messages(instance: Any, attribute: Any, value: tuple[Any, ...]) -> None:
     if not value:
         raise ValueError(f"{_where(instance)}: messages is empty; give at least one LLMMessage")
-    for i, message in enumerate(value):
-        if not isinstance(message, LLMMessage):
-            raise TypeError(
-                f"{_where(instance)}: messages[{i}] is {a_kind(message)}; "
-                "give LLMMessage(role=..., content=...)"
-            )
+    for message in value:
+        if type(message) is _Refused:
+            raise type(message.error)(f"{_where(instance)}: {message.error}")
+
+
+def _read_message(index: int, message: object) -> LLMMessage | _Refused:
+    try:
+        return to_message(message, f"messages[{index}]")
+    except (TypeError, ValueError) as exc:
+        return _Refused(exc)
 
 
 def _to_tuple(value: object) -> tuple[LLMMessage, ...]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise TypeError(f"messages must be a sequence of LLMMessage, not {type(value).__name__}")
-    return tuple(value)
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"messages must be a sequence of LLMMessage or mappings, not {type(value).__name__}"
+        )
+    if all(type(m) is LLMMessage for m in value):
+        return tuple(value)
+    # A message that cannot be read is kept as _Refused so that the validator, which runs
+    # once the tag is set, can name the task in the error.
+    return tuple(_read_message(i, m) for i, m in enumerate(value))  # type: ignore[misc]
 
 
 def _check_tag(instance: Any, attribute: Any, value: object) -> None:
@@ -77,6 +94,9 @@ def _check_tokens(instance: Any, attribute: Any, value: object) -> None:
 @attrs.frozen
 class LLMTask:
     """One LLM call: the messages to send and how to send them.
+
+    ``messages`` are :class:`LLMMessage` values or mappings with the same keys
+    (``{"role": "user", "content": "..."}``), read into LLMMessages here.
 
     ``config_overrides`` are merged over the executor's defaults for this call; ``retry``
     replaces the executor's default policy; ``timeout`` bounds each attempt (seconds);

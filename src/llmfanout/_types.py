@@ -2,51 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-Role = Literal["system", "user", "assistant", "tool"]
-ROLES: frozenset[str] = frozenset({"system", "user", "assistant", "tool"})
+from ._messages import (
+    ROLES,
+    ContentPart,
+    ImagePart,
+    LLMMessage,
+    OtherPart,
+    Role,
+    TextPart,
+    ToolCall,
+    a_kind,
+    to_message,
+    to_messages,
+)
+
+__all__ = [
+    "ROLES",
+    "AsyncLLMProvider",
+    "ContentPart",
+    "ImagePart",
+    "LLMMessage",
+    "LLMResponse",
+    "OtherPart",
+    "Role",
+    "TextPart",
+    "ToolCall",
+    "a_kind",
+    "to_message",
+    "to_messages",
+]
 
 
-def a_kind(value: object) -> str:
-    """``value``'s type with its article, for messages: "an int", "a dict", "an LLMTask"."""
-    name = type(value).__name__
-    if name[:2].isupper():  # an acronym is read letter by letter: "an LLMTask", "a URL"
-        article = "an" if name[0] in "AEFHILMNORSX" else "a"
-    else:
-        article = "an" if name[:1].lower() in "aeiou" else "a"
-    return f"{article} {name}"
-
-
-def _check_role(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
-    if value not in ROLES:
-        raise ValueError(f"LLMMessage.role is {value!r}; use one of {', '.join(sorted(ROLES))}")
-
-
-def _check_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str):
-        raise TypeError(
-            f"{type(instance).__name__}.{attribute.name} must be a str, not {type(value).__name__}"
-        )
-
-
-@attrs.frozen
-class LLMMessage:
-    """One chat message: a ``role`` (system, user, assistant or tool) and its text.
-
-    Raises ``ValueError`` for an unknown role and ``TypeError`` for non-string content.
-    """
-
-    role: Role = attrs.field(validator=_check_role)
-    content: str = attrs.field(validator=_check_str)
-    name: str | None = None
-
-
-def _freeze_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    return None if value is None else dict(value)
+def _to_tuple(value: Iterable[ToolCall]) -> tuple[ToolCall, ...]:
+    return tuple(value)
 
 
 @attrs.frozen
@@ -54,8 +47,11 @@ class LLMResponse:
     """What a provider returns for one call.
 
     ``usage`` holds ``prompt_tokens``, ``completion_tokens`` and ``total_tokens`` where
-    the provider reports them; ``metadata`` holds anything provider-specific (the raw
-    body, a request id).
+    the provider reports them, and ``cached_prompt_tokens`` (prompt tokens read from the
+    provider's cache, counted in ``prompt_tokens`` too) and ``cache_write_tokens``
+    (Anthropic's cache writes, likewise) where it reports those. ``tool_calls`` holds the
+    tool calls the model made (``content`` may then be empty). ``metadata`` holds anything
+    provider-specific (the raw body, a request id, ``time_to_first_token_s`` when streamed).
     """
 
     content: str
@@ -63,6 +59,11 @@ class LLMResponse:
     finish_reason: str | None = None
     usage: Mapping[str, int] | None = None
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    tool_calls: tuple[ToolCall, ...] = attrs.field(default=(), converter=_to_tuple, kw_only=True)
+
+    def message(self) -> LLMMessage:
+        """This answer as the ``assistant`` message to send back, tool calls and all."""
+        return LLMMessage("assistant", self.content, tool_calls=self.tool_calls)
 
     @property
     def total_tokens(self) -> int | None:

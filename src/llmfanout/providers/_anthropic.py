@@ -7,14 +7,19 @@ from typing import Any
 
 import httpx
 
-from .._types import LLMMessage, LLMResponse
+from .._types import LLMMessage, LLMResponse, to_messages
 from ..errors import BadRequestError, ProviderError
+from ._anthropic_format import (
+    messages_to_wire,
+    text_and_tool_calls,
+    tool_choice_to_wire,
+    tools_to_wire,
+    usage_from,
+)
 from ._http import HTTPProvider, check_positive_int
 
 ANTHROPIC_VERSION = "2023-06-01"
 """The ``anthropic-version`` header sent unless ``headers=`` gives another."""
-
-_CACHE_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 class AnthropicProvider(HTTPProvider):
@@ -29,6 +34,10 @@ class AnthropicProvider(HTTPProvider):
     ``finish_reason`` is the ``stop_reason``; ``usage`` maps ``input_tokens`` (plus cached
     input) to ``prompt_tokens`` and ``output_tokens`` to ``completion_tokens``, keeping the
     original keys too. System messages are joined into the top-level ``system`` field;
+    content parts, tool calls and tool answers are mapped to Anthropic's blocks (see
+    ``docs/messages-and-tools.md``), and a part it cannot express is refused with a
+    ``BadRequestError`` before anything is sent; ``tools`` and ``tool_choice`` in OpenAI's
+    format are rewritten in Anthropic's (its own format passes unchanged);
     ``max_tokens`` (which the API requires) defaults to 1024. Per call,
     ``config_overrides`` are merged over ``default_params`` into the JSON body (a None
     value drops the key; ``stop`` is sent as ``stop_sequences``). ``timeout``,
@@ -94,20 +103,12 @@ class AnthropicProvider(HTTPProvider):
         return params
 
     def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
-        system: list[str] = []
-        wire: list[dict[str, str]] = []
-        for m in messages:
-            if m.role == "system":
-                system.append(m.content)
-            elif m.role == "tool":
-                raise BadRequestError(
-                    "anthropic: the Messages API has no 'tool' role for plain text; send the "
-                    "tool's output as a 'user' message",
-                    provider=self.provider_name,
-                )
-            else:
-                wire.append({"role": m.role, "content": m.content})
+        system, wire = messages_to_wire(to_messages(messages, "AnthropicProvider"))
         payload = {**params, "messages": wire}
+        if "tools" in payload:  # OpenAI's spelling, so one set of overrides fits both
+            payload["tools"] = tools_to_wire(payload["tools"])
+        if "tool_choice" in payload:
+            payload["tool_choice"] = tool_choice_to_wire(payload["tool_choice"])
         if system:
             given = payload.get("system")
             if isinstance(given, list):  # content blocks (prompt caching): add ours after
@@ -121,13 +122,7 @@ class AnthropicProvider(HTTPProvider):
         if not isinstance(blocks, list):
             error: ProviderError = self._format_error(response, "has no content list")
             raise error
-        content = "".join(
-            block["text"]
-            for block in blocks
-            if isinstance(block, dict)
-            and block.get("type") == "text"
-            and isinstance(block.get("text"), str)
-        )
+        content, tool_calls = text_and_tool_calls(blocks)
         stop_reason = body.get("stop_reason")
         reported_model = body.get("model")
         request_id = response.headers.get("request-id") or response.headers.get("x-request-id")
@@ -138,8 +133,9 @@ class AnthropicProvider(HTTPProvider):
             content,
             model=reported_model if isinstance(reported_model, str) else str(model),
             finish_reason=stop_reason if isinstance(stop_reason, str) else None,
-            usage=_usage(body.get("usage")),
+            usage=usage_from(body.get("usage")),
             metadata=metadata,
+            tool_calls=tool_calls,
         )
 
 
@@ -153,19 +149,3 @@ def _stop_sequences(stop: object) -> list[Any]:
         f"anthropic: stop is a {type(stop).__name__}; give a string or a list of strings",
         provider="anthropic",
     )
-
-
-def _usage(usage: object) -> dict[str, int] | None:
-    """Anthropic's token counts under our keys (the originals kept beside them)."""
-    if not isinstance(usage, dict):
-        return None
-    counts = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
-    input_tokens = counts.get("input_tokens")
-    output_tokens = counts.get("output_tokens")
-    if input_tokens is not None:
-        counts["prompt_tokens"] = input_tokens + sum(counts.get(k, 0) for k in _CACHE_KEYS)
-    if output_tokens is not None:
-        counts["completion_tokens"] = output_tokens
-    if input_tokens is not None and output_tokens is not None:
-        counts["total_tokens"] = counts["prompt_tokens"] + output_tokens
-    return counts or None

@@ -7,11 +7,10 @@ from typing import Any
 
 import httpx
 
-from .._types import LLMMessage, LLMResponse
+from .._types import LLMMessage, LLMResponse, to_messages
 from ..errors import ProviderError
 from ._http import HTTPProvider
-
-_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+from ._openai_format import messages_to_wire, tool_calls_from, usage_from
 
 
 class OpenAIProvider(HTTPProvider):
@@ -68,13 +67,7 @@ class OpenAIProvider(HTTPProvider):
         return {"authorization": f"Bearer {api_key}"}
 
     def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
-        wire = [
-            {"role": m.role, "content": m.content, "name": m.name}
-            if m.name
-            else {"role": m.role, "content": m.content}
-            for m in messages
-        ]
-        return {**params, "messages": wire}
+        return {**params, "messages": messages_to_wire(to_messages(messages, "OpenAIProvider"))}
 
     def _response(self, body: Any, response: httpx.Response, model: Any) -> LLMResponse:
         problem: str | None = None
@@ -84,7 +77,7 @@ class OpenAIProvider(HTTPProvider):
         except (KeyError, IndexError, TypeError):
             problem = "has no choices[0].message.content"
         else:
-            if content is None:  # a tool call or a refusal: the raw body holds it
+            if content is None:  # tool calls only, or a refusal (the raw body holds it)
                 content = ""
             elif isinstance(content, list):  # content parts, from some compatible servers
                 content = "".join(
@@ -99,12 +92,7 @@ class OpenAIProvider(HTTPProvider):
             raise error
         finish_reason = choice.get("finish_reason")
         reported_model = body.get("model")
-        usage = body.get("usage")
-        counts = (
-            {k: v for k in _USAGE_KEYS if isinstance(v := usage.get(k), int)}
-            if isinstance(usage, dict)
-            else None
-        )
+        counts = usage_from(body.get("usage"))
         request_id = response.headers.get("x-request-id")
         metadata: dict[str, Any] = {"raw": body}
         if request_id:
@@ -113,6 +101,7 @@ class OpenAIProvider(HTTPProvider):
             content,
             model=reported_model if isinstance(reported_model, str) else str(model),
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-            usage=counts or None,
+            usage=counts,
             metadata=metadata,
+            tool_calls=tool_calls_from(choice["message"].get("tool_calls")),
         )

@@ -1,30 +1,16 @@
-"""The CLI's JSONL layer: parsing rows, the two input passes, resume recovery, the writer."""
+"""Input rows: parsing and checking rows, the two passes over a file, rows as mappings."""
 
 from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmfanout import LLMMessage, LLMTask, TaskResult
-from llmfanout._jsonl import (
-    Bad,
-    BadRow,
-    Recovered,
-    RowWriter,
-    bad_row,
-    cut_torn_line,
-    drop_failed,
-    parse_row,
-    read_rows,
-    recover,
-    result_row,
-    scan,
-)
-from llmfanout._types import LLMResponse
+from llmfanout import LLMMessage
+from llmfanout._input_rows import Bad, BadRow, ParsedRow, parse_row, read_rows, scan
+from llmfanout._output_rows import Recovered
 
 
 def line(row: Any) -> bytes:
@@ -39,8 +25,8 @@ def jsonl(*rows: Any) -> io.BytesIO:
 
 
 def test_prompt_row() -> None:
-    key, messages, params = parse_row(line({"id": "q1", "prompt": "hi"}))
-    assert (key, messages, params) == ('"q1"', (LLMMessage("user", "hi"),), None)
+    parsed = parse_row(line({"id": "q1", "prompt": "hi"}))
+    assert parsed == ParsedRow('"q1"', "q1", (LLMMessage("user", "hi"),), None)
 
 
 def test_messages_row_with_params() -> None:
@@ -52,8 +38,8 @@ def test_messages_row_with_params() -> None:
         ],
         "params": {"temperature": 0, "model": "m"},
     }
-    key, messages, params = parse_row(line(row))
-    assert key == "7"
+    key, row_id, messages, params = parse_row(line(row))
+    assert (key, row_id) == ("7", 7)
     assert messages == (LLMMessage("system", "be brief"), LLMMessage("user", "hi", "ann"))
     assert params == {"temperature": 0, "model": "m"}
 
@@ -75,8 +61,8 @@ def test_openai_batch_row() -> None:
             "stream": False,
         },
     }
-    key, messages, params = parse_row(line(row))
-    assert key == '"request-1"'
+    key, row_id, messages, params = parse_row(line(row))
+    assert (key, row_id) == ('"request-1"', "request-1")
     assert messages == (LLMMessage("user", "ab"),)
     assert params == {"model": "gpt-4o-mini", "max_tokens": 5}
 
@@ -92,7 +78,7 @@ def test_int_and_string_ids_are_distinct_keys() -> None:
     ("raw", "reason", "key"),
     [
         (b"not json\n", "not valid JSON", None),
-        (line([1, 2]), "a JSON list, not an object", None),
+        (line([1, 2]), "a JSON array, not an object", None),
         (line({"prompt": "x"}), 'no "id"', None),
         (line({"id": True, "prompt": "x"}), '"id" is true; give a string or an integer', None),
         (line({"id": "", "prompt": "x"}), '"id" is empty', None),
@@ -171,8 +157,8 @@ def test_read_rows_is_lazy() -> None:
     source = CountingFile(b"".join(line({"id": i, "prompt": f"p{i}"}) for i in range(1000)))
     rows = read_rows(source, {}, None)
     first = next(rows)
-    assert isinstance(first, LLMTask)
-    assert first.tag == "0"
+    assert isinstance(first, ParsedRow)
+    assert first.id == 0
     assert CountingFile.lines_read == 1
 
 
@@ -181,96 +167,12 @@ def test_read_rows_skips_recorded_ids_and_lines() -> None:
     bad = {2: Bad(2, None, "r2"), 4: Bad(4, None, "r4")}
     recorded = Recovered(keys={'"a"'}, lines={2})
     rows = list(read_rows(source, bad, recorded))
-    assert [getattr(r, "tag", r) for r in rows] == ['"b"', Bad(4, None, "r4")]
-
-
-# -- recovery and the writer ------------------------------------------------------------
-
-
-def test_recover_cuts_a_torn_last_line(tmp_path: Path) -> None:
-    output = tmp_path / "out.jsonl"
-    whole = line({"id": "a", "success": True}) + line({"id": None, "success": False, "line": 3})
-    output.write_bytes(whole + b'{"id": "b", "succ')
-    found = recover(output)
-    assert (found.keys, found.lines, found.rows, found.failed) == ({'"a"'}, {3}, 2, 1)
-    assert (found.size, found.torn) == (len(whole), len(b'{"id": "b", "succ'))
-    cut_torn_line(output, found)
-    assert output.read_bytes() == whole
-
-
-def test_recover_refuses_a_corrupt_complete_line(tmp_path: Path) -> None:
-    output = tmp_path / "out.jsonl"
-    output.write_bytes(line({"id": "a", "success": True}) + b"garbage\n")
-    with pytest.raises(ValueError, match=r"out.jsonl:2: not a row written by llmfanout"):
-        recover(output)
-
-
-def test_drop_failed_keeps_successes_and_bad_line_rows(tmp_path: Path) -> None:
-    output = tmp_path / "out.jsonl"
-    keep = [
-        line({"id": "a", "success": True}),
-        line({"id": "c", "success": False, "line": 9}),  # a bad input line: rerunning is futile
-    ]
-    output.write_bytes(keep[0] + line({"id": "b", "success": False}) + keep[1])
-    found = recover(output)
-    assert found.rerunnable == {'"b"'}
-    found.forget_failed()
-    drop_failed(output)
-    assert output.read_bytes() == b"".join(keep)
-    assert (found.keys, found.rows, found.failed) == ({'"a"', '"c"'}, 2, 1)
-    again = recover(output)
-    assert (again.keys, again.rows, again.failed, again.rerunnable) == (found.keys, 2, 1, set())
-
-
-def test_writer_appends_whole_lines_and_syncs(tmp_path: Path) -> None:
-    output = tmp_path / "out.jsonl"
-    output.write_bytes(b"earlier\n")
-    writer = RowWriter(output, sync_rows=2, sync_seconds=3600)
-    writer.write(b"one\n")
-    assert writer._unsynced == 1
-    writer.write(b"two\n")
-    assert writer._unsynced == 0  # synced after sync_rows rows
-    writer.close()
-    writer.close()
-    assert output.read_bytes() == b"earlier\none\ntwo\n"
-    assert writer.rows == 2
-
-
-def test_result_rows() -> None:
-    response = LLMResponse("hé", model="m-1", finish_reason="stop", usage={"total_tokens": 3})
-    ok = json.loads(result_row(TaskResult('"a"', True, response, None, 1.23456, 1), "m", str))
-    assert ok == {
-        "id": "a",
-        "success": True,
-        "content": "hé",
-        "error": None,
-        "usage": {"total_tokens": 3},
-        "attempts": 1,
-        "duration_ms": 1.235,
-        "model": "m-1",
-        "finish_reason": "stop",
-    }
-    error = RuntimeError("key sk-secret leaked")
-    raw = result_row(
-        TaskResult("7", False, None, error, 2.0, 3), "m", lambda s: s.replace("sk-secret", "***")
-    )
-    failed = json.loads(raw)
-    assert failed["id"] == 7
-    assert failed["error"] == {"type": "RuntimeError", "message": "key *** leaked"}
-    assert (failed["model"], failed["attempts"], failed["content"]) == ("m", 3, None)
-    assert json.loads(bad_row(Bad(4, None, "why")))["line"] == 4
-
-
-def test_result_row_keeps_a_lone_surrogate_valid() -> None:
-    response = LLMResponse("x\ud800y")
-    raw = result_row(TaskResult('"a"', True, response, None, 1.0, 1), "m", str)
-    raw.decode("utf-8")  # valid UTF-8
-    assert json.loads(raw)["content"] == "x\ud800y"
+    assert [r.key if isinstance(r, ParsedRow) else r for r in rows] == ['"b"', Bad(4, None, "r4")]
 
 
 def test_read_rows_survives_an_input_changed_since_the_first_pass() -> None:
     source = jsonl({"id": "a", "prompt": "x"}, b"edited meanwhile\n")
     rows = list(read_rows(source, {}, None))  # the first pass found no bad line
-    assert isinstance(rows[0], LLMTask)
+    assert isinstance(rows[0], ParsedRow)
     assert isinstance(rows[1], Bad) and rows[1].line == 2
     assert rows[1].reason.endswith("(the input changed during the run)")

@@ -1,0 +1,215 @@
+"""Our messages in Anthropic's Messages API JSON, and tool calls and usage back out of it.
+
+What differs from OpenAI's shape: system messages go to the top-level ``system`` field;
+an image is a block with a ``url`` or ``base64`` source; an assistant's tool calls are
+``tool_use`` blocks; tool answers are ``tool_result`` blocks at the start of the next
+``user`` message (consecutive tool messages share one). A part the API cannot express
+is refused with a :class:`~llmfanout.errors.BadRequestError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall
+from ..errors import BadRequestError
+
+IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+CACHE_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _refuse(where: str, problem: str) -> BadRequestError:
+    return BadRequestError(f"anthropic: {where} {problem}", provider="anthropic")
+
+
+def part_to_block(part: TextPart | ImagePart | OtherPart, where: str) -> dict[str, Any]:
+    """One content part as an Anthropic content block."""
+    if type(part) is TextPart:
+        return {"type": "text", "text": part.text}
+    if type(part) is ImagePart:
+        if part.detail not in (None, "auto"):
+            raise _refuse(
+                where,
+                f"is an image with detail={part.detail!r}, which the Messages API cannot "
+                "express; remove detail for AnthropicProvider",
+            )
+        data = part.data()
+        if data is None:
+            return {"type": "image", "source": {"type": "url", "url": part.url}}
+        media_type, encoded = data
+        if media_type not in IMAGE_MEDIA_TYPES:
+            raise _refuse(
+                where,
+                f"is a {media_type!r} data URL; the Messages API takes "
+                f"{', '.join(sorted(IMAGE_MEDIA_TYPES))} images",
+            )
+        source = {"type": "base64", "media_type": media_type, "data": encoded}
+        return {"type": "image", "source": source}
+    assert type(part) is OtherPart
+    raise _refuse(
+        where,
+        f"is an {part.type!r} part, which the Messages API cannot express; send it with "
+        "OpenAIProvider, or use text and image_url parts",
+    )
+
+
+def _blocks(message: LLMMessage, where: str) -> list[dict[str, Any]]:
+    content = message.content
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return [part_to_block(p, f"{where}.content[{i}]") for i, p in enumerate(content)]
+
+
+def _tool_use(call: ToolCall, where: str) -> dict[str, Any]:
+    try:
+        arguments = call.parsed_arguments()
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise _refuse(
+            where,
+            f"has arguments {call.arguments[:60]!r}, not a JSON object, which the Messages "
+            "API requires for tool_use input",
+        )
+    return {"type": "tool_use", "id": call.id, "name": call.name, "input": arguments}
+
+
+def _system_text(message: LLMMessage, where: str) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    for i, part in enumerate(content):
+        if type(part) is not TextPart:
+            raise _refuse(
+                f"{where}.content[{i}]",
+                "is not text; the Messages API's system prompt takes text only",
+            )
+    return message.text
+
+
+def messages_to_wire(messages: Sequence[LLMMessage]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The system texts, and the ``messages`` array, for ``messages``."""
+    system: list[str] = []
+    wire: list[dict[str, Any]] = []
+    tool_turn: list[dict[str, Any]] | None = None  # the blocks of a user turn of tool results
+    for index, m in enumerate(messages):
+        where = f"messages[{index}]"
+        role = m.role
+        if role == "system":
+            system.append(_system_text(m, where))
+            continue
+        if role == "tool":
+            if not m.tool_call_id:
+                raise _refuse(
+                    where,
+                    "is a 'tool' message with no tool_call_id; give the id of the tool "
+                    "call it answers (the Messages API sends it as a tool_result)",
+                )
+            content = m.content
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id,
+                "content": content if isinstance(content, str) else _blocks(m, where),
+            }
+            if tool_turn is None:
+                tool_turn = []
+                wire.append({"role": "user", "content": tool_turn})
+            tool_turn.append(result)
+            continue
+        if role == "user" and tool_turn is not None:
+            tool_turn.extend(_blocks(m, where))  # text after the tool results, same turn
+            tool_turn = None
+            continue
+        tool_turn = None
+        if m.tool_calls:
+            calls = [_tool_use(c, f"{where}.tool_calls[{i}]") for i, c in enumerate(m.tool_calls)]
+            wire.append({"role": role, "content": [*_blocks(m, where), *calls]})
+        elif type(m.content) is str:
+            wire.append({"role": role, "content": m.content})
+        else:
+            wire.append({"role": role, "content": _blocks(m, where)})
+    return system, wire
+
+
+def tools_to_wire(tools: object) -> object:
+    """``tools`` with OpenAI-format function tools rewritten in Anthropic's shape.
+
+    ``{"type": "function", "function": {"name", "description", "parameters"}}`` becomes
+    ``{"name", "description", "input_schema"}``, so one tool list serves both providers;
+    Anthropic's own tool definitions pass unchanged.
+    """
+    if not isinstance(tools, list):
+        return tools
+    wire = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and tool.get("type") == "function":
+            converted = {"name": function.get("name")}
+            if "description" in function:
+                converted["description"] = function["description"]
+            converted["input_schema"] = function.get(
+                "parameters", {"type": "object", "properties": {}}
+            )
+            wire.append(converted)
+        else:
+            wire.append(tool)
+    return wire
+
+
+_CHOICES = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}
+
+
+def tool_choice_to_wire(choice: object) -> object:
+    """OpenAI's ``tool_choice`` (``"auto"``, ``"required"``, ``"none"``, a named function)
+    in Anthropic's shape; Anthropic's own spelling passes unchanged."""
+    if isinstance(choice, str) and choice in _CHOICES:
+        return dict(_CHOICES[choice])
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        function = choice.get("function")
+        if isinstance(function, dict) and "name" in function:
+            return {"type": "tool", "name": function["name"]}
+    return choice
+
+
+def text_and_tool_calls(blocks: list[Any]) -> tuple[str, tuple[ToolCall, ...]]:
+    """The text blocks joined, and the ``tool_use`` blocks as tool calls."""
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            call_id, name = block.get("id"), block.get("name")
+            if isinstance(call_id, str) and isinstance(name, str):
+                arguments = json.dumps(block.get("input", {}), ensure_ascii=False)
+                calls.append(ToolCall(call_id, name, arguments))
+    return "".join(texts), tuple(calls)
+
+
+def usage_from(usage: object) -> dict[str, int] | None:
+    """Anthropic's token counts under our keys (the originals kept beside them).
+
+    ``prompt_tokens`` counts cached input too, as OpenAI's does; the cached part is in
+    ``cached_prompt_tokens`` (cache reads) and ``cache_write_tokens`` (cache writes).
+    """
+    if not isinstance(usage, dict):
+        return None
+    counts = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+    input_tokens = counts.get("input_tokens")
+    output_tokens = counts.get("output_tokens")
+    if input_tokens is not None:
+        counts["prompt_tokens"] = input_tokens + sum(counts.get(k, 0) for k in CACHE_KEYS)
+    if output_tokens is not None:
+        counts["completion_tokens"] = output_tokens
+    if input_tokens is not None and output_tokens is not None:
+        counts["total_tokens"] = counts["prompt_tokens"] + output_tokens
+    if "cache_read_input_tokens" in counts:
+        counts["cached_prompt_tokens"] = counts["cache_read_input_tokens"]
+    if "cache_creation_input_tokens" in counts:
+        counts["cache_write_tokens"] = counts["cache_creation_input_tokens"]
+    return counts or None

@@ -1,0 +1,88 @@
+"""Our messages in OpenAI's Chat Completions JSON, and tool calls and usage back out of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def part_to_wire(part: TextPart | ImagePart | OtherPart) -> dict[str, Any]:
+    """One content part as OpenAI's JSON."""
+    if type(part) is TextPart:
+        return {"type": "text", "text": part.text}
+    if type(part) is ImagePart:
+        image: dict[str, Any] = {"url": part.url}
+        if part.detail is not None:
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+    assert type(part) is OtherPart
+    return dict(part.data)
+
+
+def tool_call_to_wire(call: ToolCall) -> dict[str, Any]:
+    """One tool call as it appears in an assistant message."""
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def message_to_wire(message: LLMMessage) -> dict[str, Any]:
+    """One message as OpenAI's JSON."""
+    content = message.content
+    wire: dict[str, Any] = {
+        "role": message.role,
+        "content": content if isinstance(content, str) else [part_to_wire(p) for p in content],
+    }
+    if message.name:
+        wire["name"] = message.name
+    if message.tool_calls:
+        wire["tool_calls"] = [tool_call_to_wire(c) for c in message.tool_calls]
+        if not content:  # what OpenAI itself sends for an answer that is only tool calls
+            wire["content"] = None
+    if message.tool_call_id is not None:
+        wire["tool_call_id"] = message.tool_call_id
+    return wire
+
+
+def messages_to_wire(messages: Sequence[LLMMessage]) -> list[dict[str, Any]]:
+    """The ``messages`` array; plain text messages take a short path (the common case)."""
+    return [
+        {"role": m.role, "content": m.content}
+        if type(m.content) is str and not (m.name or m.tool_calls or m.tool_call_id is not None)
+        else message_to_wire(m)
+        for m in messages
+    ]
+
+
+def tool_calls_from(raw: object) -> tuple[ToolCall, ...]:
+    """The function calls in an answer's ``tool_calls`` list (other kinds stay in ``raw``)."""
+    if not isinstance(raw, list):
+        return ()
+    calls = []
+    for item in raw:
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict):
+            continue
+        call_id, name, arguments = item.get("id"), function.get("name"), function.get("arguments")
+        if isinstance(call_id, str) and isinstance(name, str):
+            calls.append(ToolCall(call_id, name, arguments if isinstance(arguments, str) else ""))
+    return tuple(calls)
+
+
+def usage_from(usage: object) -> dict[str, int] | None:
+    """Token counts under our keys, with ``cached_prompt_tokens`` where OpenAI reports them."""
+    if not isinstance(usage, dict):
+        return None
+    counts = {k: v for k in USAGE_KEYS if isinstance(v := usage.get(k), int)}
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        cached = details.get("cached_tokens")
+        if isinstance(cached, int) and not isinstance(cached, bool):
+            counts["cached_prompt_tokens"] = cached
+    return counts or None

@@ -1,0 +1,110 @@
+"""Output rows: building, encoding and writing them; recovering a file or shards; merging."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmfanout import TaskResult
+from llmfanout._input_rows import Bad
+from llmfanout._output_rows import (
+    RowWriter,
+    bad_row,
+    cut_torn_line,
+    drop_failed,
+    encode,
+    recover,
+    result_row,
+)
+from llmfanout._types import LLMResponse
+
+
+def line(row: Any) -> bytes:
+    return (json.dumps(row) + "\n").encode()
+
+
+# -- recovery and the writer ------------------------------------------------------------
+
+
+def test_recover_cuts_a_torn_last_line(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    whole = line({"id": "a", "success": True}) + line({"id": None, "success": False, "line": 3})
+    output.write_bytes(whole + b'{"id": "b", "succ')
+    found = recover(output)
+    assert (found.keys, found.lines, found.rows, found.failed) == ({'"a"'}, {3}, 2, 1)
+    assert (found.size, found.torn) == (len(whole), len(b'{"id": "b", "succ'))
+    cut_torn_line(output, found)
+    assert output.read_bytes() == whole
+
+
+def test_recover_refuses_a_corrupt_complete_line(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    output.write_bytes(line({"id": "a", "success": True}) + b"garbage\n")
+    with pytest.raises(ValueError, match=r"out.jsonl:2: not a row written by llmfanout"):
+        recover(output)
+
+
+def test_drop_failed_keeps_successes_and_bad_line_rows(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    keep = [
+        line({"id": "a", "success": True}),
+        line({"id": "c", "success": False, "line": 9}),  # a bad input line: rerunning is futile
+    ]
+    output.write_bytes(keep[0] + line({"id": "b", "success": False}) + keep[1])
+    found = recover(output)
+    assert found.rerunnable == {'"b"'}
+    found.forget_failed()
+    drop_failed(output)
+    assert output.read_bytes() == b"".join(keep)
+    assert (found.keys, found.rows, found.failed) == ({'"a"', '"c"'}, 2, 1)
+    again = recover(output)
+    assert (again.keys, again.rows, again.failed, again.rerunnable) == (found.keys, 2, 1, set())
+
+
+def test_writer_appends_whole_lines_and_syncs(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    output.write_bytes(b"earlier\n")
+    writer = RowWriter(output, sync_rows=2, sync_seconds=3600)
+    writer.write(b"one\n")
+    assert writer._unsynced == 1
+    writer.write(b"two\n")
+    assert writer._unsynced == 0  # synced after sync_rows rows
+    writer.close()
+    writer.close()
+    assert output.read_bytes() == b"earlier\none\ntwo\n"
+    assert writer.rows == 2
+
+
+def test_result_rows() -> None:
+    response = LLMResponse("hé", model="m-1", finish_reason="stop", usage={"total_tokens": 3})
+    ok = result_row(TaskResult("0", True, response, None, 1.23456, 1), "a", "m", str)
+    assert ok == {
+        "id": "a",
+        "success": True,
+        "content": "hé",
+        "error": None,
+        "usage": {"total_tokens": 3},
+        "attempts": 1,
+        "duration_ms": 1.235,
+        "model": "m-1",
+        "finish_reason": "stop",
+    }
+    error = RuntimeError("key sk-secret leaked")
+    failed = result_row(
+        TaskResult("1", False, None, error, 2.0, 3), 7, "m", lambda s: s.replace("sk-secret", "***")
+    )
+    assert failed["id"] == 7
+    assert failed["error"] == {"type": "RuntimeError", "message": "key *** leaked"}
+    assert (failed["model"], failed["attempts"], failed["content"]) == ("m", 3, None)
+    assert bad_row(Bad(4, None, "why"))["line"] == 4
+    assert bad_row(Bad(5, '"k"', "why"))["id"] == "k"
+
+
+def test_result_row_keeps_a_lone_surrogate_valid() -> None:
+    response = LLMResponse("x\ud800y")
+    raw = encode([result_row(TaskResult("0", True, response, None, 1.0, 1), "a", "m", str)])
+    raw.decode("utf-8")  # valid UTF-8
+    assert json.loads(raw)["content"] == "x\ud800y"
