@@ -20,8 +20,9 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._attempt import NO_RETRY, fresh, run_function, run_llm
+from ._attempt import NO_RETRY, cooldown_cap, fresh, run_function, run_llm, shared_cooldown
 from ._checks import unwrap_group, whole_number
+from ._governor import Governor
 from ._inputs import AsyncItems, Invalid, Item, TaskSource, check_mapping, prepare
 from ._limiter import Limiter, check_limiter
 from ._outcome import Failed, Ok
@@ -51,7 +52,19 @@ class _Slots:
 class _Run:
     """The state of one call: where items come from, where results go, how many failed."""
 
-    __slots__ = ("aborted", "emit", "failures", "items", "max_errors", "notify", "scopes", "slots")
+    __slots__ = (
+        "aborted",
+        "emit",
+        "failures",
+        "guarded",
+        "items",
+        "max_errors",
+        "notify",
+        "reason",
+        "scopes",
+        "slots",
+        "stop_on_auth",
+    )
 
     def __init__(
         self,
@@ -59,26 +72,48 @@ class _Run:
         emit: Callable[[TaskResult], Awaitable[None]],
         max_errors: int | None,
         on_result: OnResult | None,
+        stop_on_auth: bool = False,
     ) -> None:
         self.items = items
         self.emit = emit
         self.max_errors = max_errors
+        self.guarded = max_errors is not None
+        self.stop_on_auth = stop_on_auth
         self.notify = _callback(on_result)
         self.failures = 0
         self.aborted = False
+        self.reason = ""  # why the run stopped early, for the results it cuts off
         # With max_errors: per worker, the scope of the task it runs (None between tasks).
         self.scopes: list[anyio.CancelScope | None] = []
         self.slots: _Slots
 
-    def count_failure(self) -> None:
-        """Count a failed task; at max_errors, cut off every task in flight."""
+    def count_failure(self, result: TaskResult) -> None:
+        """Count a failed task; at max_errors, or at an auth error, stop the run."""
         self.failures += 1
-        if self.max_errors is not None and self.failures >= self.max_errors and not self.aborted:
+        if self.aborted:
+            return
+        if self.stop_on_auth and _refused_key(result.error):
+            status = getattr(result.error, "status_code", None)
+            self.stop(
+                f"the run stopped at task {result.tag!r}: the server refused the credentials "
+                f"(HTTP {status}); check the API key and what it may access, then run again"
+            )
+        elif self.max_errors is not None and self.failures >= self.max_errors:
             logger.info("max_errors=%d reached: stopping the run", self.max_errors)
-            self.aborted = True
-            for scope in self.scopes:
-                if scope is not None:
-                    scope.cancel()
+            self.stop(f"the run stopped after {self.max_errors} failed tasks")
+
+    def stop(self, reason: str) -> None:
+        """Start nothing new; cut off the tasks in flight (those under max_errors)."""
+        self.aborted = True
+        self.reason = reason
+        for scope in self.scopes:
+            if scope is not None:
+                scope.cancel()
+
+
+def _refused_key(error: Exception | None) -> bool:
+    """401 or 403: every other call with the same key will be refused too."""
+    return getattr(error, "status_code", None) in (401, 403)
 
 
 def _callback(fn: OnResult | None) -> Callable[[TaskResult], Awaitable[None]] | None:
@@ -111,11 +146,11 @@ def _check_max_errors(value: object) -> int | None:
     return whole_number(value, "max_errors", hint=", or None for no limit")
 
 
-def _aborted(tag: str, max_errors: int | None, start: float | None = None) -> TaskResult:
-    """Not started (``start`` None) or cut off in flight: the run reached ``max_errors``."""
+def _aborted(tag: str, reason: str, start: float | None = None) -> TaskResult:
+    """Not started (``start`` None) or cut off in flight: the run stopped early."""
     what = "never started" if start is None else "was cancelled in flight"
     ms = 0.0 if start is None else (perf_counter() - start) * 1000
-    error = TaskAborted(f"task {tag!r} {what}: the run stopped after {max_errors} failed tasks")
+    error = TaskAborted(f"task {tag!r} {what}: {reason}")
     return TaskResult(tag, False, None, error, ms, 0)
 
 
@@ -172,6 +207,14 @@ class ParallelLLMExecutor:
     every attempt (seconds) of tasks without their own ``timeout``; ``rate_limit`` (a
     :class:`RateLimit`, shareable between executors, or any :class:`Limiter`) paces LLM
     calls.
+
+    By default the executor also paces itself by the rate limits its provider's answers
+    advertise (``pacing``; the stricter of those and ``rate_limit`` applies), keeps fewer
+    calls in flight while the server answers overload with no limits advertised
+    (``adaptive``; see :attr:`concurrency`), and stops a run at the first answer refusing
+    the credentials, HTTP 401 or 403 (``stop_on_auth_error``: the tasks not yet started
+    get :class:`~llmfanout.errors.TaskAborted`). Neither pacing nor adaptation costs
+    anything until the server reports limits or overload.
     """
 
     def __init__(
@@ -183,6 +226,9 @@ class ParallelLLMExecutor:
         *,
         default_timeout: float | None = None,
         rate_limit: Limiter | None = None,
+        pacing: bool = True,
+        adaptive: bool = True,
+        stop_on_auth_error: bool = True,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise TypeError(
@@ -208,6 +254,19 @@ class ParallelLLMExecutor:
         )
         self.default_timeout = default_timeout
         self.rate_limit = rate_limit
+        for name, flag in (
+            ("pacing", pacing),
+            ("adaptive", adaptive),
+            ("stop_on_auth_error", stop_on_auth_error),
+        ):
+            if not isinstance(flag, bool):
+                raise TypeError(f"ParallelLLMExecutor: {name} is {flag!r}; give True or False")
+        self.stop_on_auth_error = stop_on_auth_error
+        self._governor = (
+            Governor(provider, max_concurrency, pacing=pacing, adaptive=adaptive)
+            if pacing or adaptive
+            else None
+        )
         # Limiters belong to one event loop; keep one set per loop this executor runs in.
         self._slots_per_loop = PerLoop[_Slots]()
 
@@ -217,6 +276,13 @@ class ParallelLLMExecutor:
             slots = _Slots(self.max_concurrency)
             self._slots_per_loop.set(slots)
         return slots
+
+    @property
+    def concurrency(self) -> int:
+        """How many calls the executor keeps in flight now: ``max_concurrency``, or fewer
+        while the server answers overload (see ``adaptive``)."""
+        governor = self._governor
+        return self.max_concurrency if governor is None else governor.current
 
     def __repr__(self) -> str:
         return (
@@ -321,7 +387,7 @@ class ParallelLLMExecutor:
             except anyio.WouldBlock:
                 await send.send(result)
 
-        run = _Run(items, emit, max_errors, on_result)
+        run = _Run(items, emit, max_errors, on_result, self.stop_on_auth_error)
 
         async def drive() -> None:
             async with send:
@@ -361,7 +427,8 @@ class ParallelLLMExecutor:
         async def store(result: TaskResult) -> None:
             results[result.tag] = result
 
-        await self._drive(_Run(iter(items), store, max_errors, on_result), len(items))
+        run = _Run(iter(items), store, max_errors, on_result, self.stop_on_auth_error)
+        await self._drive(run, len(items))
         return results
 
     async def _drive(self, run: _Run, count: int | None) -> None:
@@ -394,10 +461,14 @@ class ParallelLLMExecutor:
     async def _one(self, run: _Run, index: int, item: Item) -> None:
         """The per-task path: run it, hand the result on, maybe give the slot away."""
         tag, task = item
-        if run.max_errors is None:
-            result = await self._run_task(tag, task)
-        else:
+        if run.guarded:
             result = await self._run_guarded(run, index, tag, task)
+        elif run.aborted:
+            result = _aborted(tag, run.reason)
+        else:
+            result = await self._run_task(tag, task)
+            if not result.success and run.stop_on_auth:
+                run.count_failure(result)
         await run.emit(result)
         if run.notify is not None:
             await run.notify(result)
@@ -410,7 +481,7 @@ class ParallelLLMExecutor:
     ) -> TaskResult:
         """A task under max_errors: cut off (TaskAborted) if the run stops meanwhile."""
         if run.aborted:
-            return _aborted(tag, run.max_errors)
+            return _aborted(tag, run.reason)
         start = perf_counter()
         result: TaskResult | None = None
         with anyio.CancelScope() as scope:
@@ -418,9 +489,9 @@ class ParallelLLMExecutor:
             result = await self._run_task(tag, task)
         run.scopes[index] = None
         if result is None:  # our scope caught its own cancellation: the run was stopped
-            return _aborted(tag, run.max_errors, start)
+            return _aborted(tag, run.reason, start)
         if not result.success:
-            run.count_failure()
+            run.count_failure(result)
         return result
 
     async def _run_task(self, tag: str, task: Task | Invalid) -> TaskResult:
@@ -430,10 +501,12 @@ class ParallelLLMExecutor:
             retry = task.retry or self.default_retry
             timeout = task.timeout or self.default_timeout
             overrides = self._overrides(task)
+            governor = self._governor
             if (
                 timeout is None
                 and self.rate_limit is None
                 and (retry is None or retry.retry_on_result is None)
+                and (governor is None or governor.idle())
             ):
                 # The fast path: the first attempt is a plain call, nothing to wrap it in;
                 # the retry machinery is set up only if it fails.
@@ -442,16 +515,34 @@ class ParallelLLMExecutor:
                         task.messages, config_overrides=fresh(overrides)
                     )
                 except Exception as exc:
+                    if governor is not None:
+                        cooldown = shared_cooldown(exc, cooldown_cap(retry))
+                        governor.learn(overrides, exc, cooldown=cooldown)
                     if retry is None or retry.trivial:
                         return _failed(tag, exc, start, 1)
                     outcome = await run_llm(
-                        self.provider, task, overrides, retry, None, None, first_error=exc
+                        self.provider,
+                        task,
+                        overrides,
+                        retry,
+                        None,
+                        None,
+                        first_error=exc,
+                        governor=governor,
                     )
                 else:
+                    if governor is not None and getattr(response, "rate_limits", None):
+                        governor.learn(overrides, response)
                     return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
             else:
                 outcome = await run_llm(
-                    self.provider, task, overrides, retry or NO_RETRY, timeout, self.rate_limit
+                    self.provider,
+                    task,
+                    overrides,
+                    retry or NO_RETRY,
+                    timeout,
+                    self.rate_limit,
+                    governor=governor,
                 )
         elif type(task) is DeterministicTask:
             timeout = task.timeout or self.default_timeout

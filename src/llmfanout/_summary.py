@@ -27,6 +27,9 @@ class RunSummary:
       that were not aborted (None if there are none).
     - ``elapsed_s``, ``throughput`` (results per second): None unless ``elapsed`` was given
       (``throughput`` also when it is 0).
+    - ``concurrency``: calls the executor kept in flight at the end
+      (``executor.concurrency``: fewer than ``max_concurrency`` while the server answered
+      overload), when given.
     """
 
     total: int
@@ -42,6 +45,7 @@ class RunSummary:
     max_ms: float | None
     elapsed_s: float | None = None
     throughput: float | None = None
+    concurrency: int | None = None
 
     def __str__(self) -> str:
         lines = [
@@ -62,6 +66,8 @@ class RunSummary:
         if self.elapsed_s is not None:
             rate = "" if self.throughput is None else f", {self.throughput:,.1f} tasks/s"
             lines.append(f"wall time: {self.elapsed_s:,.2f} s{rate}")
+        if self.concurrency is not None:
+            lines.append(f"calls in flight at the end: {self.concurrency}")
         return "\n".join(lines)
 
 
@@ -105,8 +111,10 @@ class SummaryAccumulator:
             return
         self.durations.append(result.duration_ms)
 
-    def summary(self, *, elapsed: float | None = None) -> RunSummary:
-        """The summary of every result added so far; see :func:`summarize` for ``elapsed``."""
+    def summary(
+        self, *, elapsed: float | None = None, concurrency: int | None = None
+    ) -> RunSummary:
+        """The summary of every result added so far; see :func:`summarize` for the options."""
         _check_elapsed(elapsed)
         durations = sorted(self.durations)
         total = self.total
@@ -124,6 +132,7 @@ class SummaryAccumulator:
             max_ms=durations[-1] if durations else None,
             elapsed_s=None if elapsed is None else float(elapsed),
             throughput=total / elapsed if elapsed else None,
+            concurrency=concurrency,
         )
 
 
@@ -135,11 +144,15 @@ def _check_elapsed(elapsed: object) -> None:
 
 
 def summarize(
-    results: Iterable[TaskResult] | Mapping[str, TaskResult], *, elapsed: float | None = None
+    results: Iterable[TaskResult] | Mapping[str, TaskResult],
+    *,
+    elapsed: float | None = None,
+    concurrency: int | None = None,
 ) -> RunSummary:
     """Sum up a run's results: what ``execute`` returned, or what ``stream`` handed out.
 
-    ``elapsed`` is the run's wall time in seconds; give it to get ``throughput``. Reads
+    ``elapsed`` is the run's wall time in seconds; give it to get ``throughput``;
+    ``concurrency`` (``executor.concurrency`` after the run) is reported as given. Reads
     ``results`` once (a generator will do). Raises ``TypeError`` for an item that is not
     a ``TaskResult`` and ``ValueError`` for a negative ``elapsed``.
     """
@@ -153,7 +166,7 @@ def summarize(
                 "TaskResults (or the dict execute() returns)"
             )
         accumulator.add(result)
-    return accumulator.summary(elapsed=elapsed)
+    return accumulator.summary(elapsed=elapsed, concurrency=concurrency)
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:

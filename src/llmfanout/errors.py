@@ -20,7 +20,10 @@ header overrides the status. The executor's ``RetryConfig`` reads ``retryable`` 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._advertised import RateLimitInfo
 
 __all__ = [
     "APIConnectionError",
@@ -55,6 +58,8 @@ class ProviderError(Exception):
     - ``request_id``: the server's request id, to quote to the provider's support.
     - ``provider``: ``"openai"``, ``"anthropic"``...
     - ``body``: the start of the response body, for debugging.
+    - ``rate_limits``: the :class:`~llmfanout.RateLimitInfo` the response's headers
+      advertised (a 429's remaining budget and reset, say).
 
     No attribute and no message ever holds the API key: messages from the server are
     redacted, and request headers are never kept.
@@ -74,6 +79,7 @@ class ProviderError(Exception):
         request_id: str | None = None,
         provider: str | None = None,
         body: str | None = None,
+        rate_limits: RateLimitInfo | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -85,6 +91,7 @@ class ProviderError(Exception):
         self.request_id = request_id
         self.provider = provider
         self.body = body
+        self.rate_limits = rate_limits
 
     def __str__(self) -> str:
         return self.message

@@ -26,8 +26,10 @@ from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+import attrs
 import httpx
 
+from .._advertised import parse_rate_limit_headers
 from .._perloop import PerLoop
 from .._types import LLMMessage, LLMResponse
 from ..errors import (
@@ -350,6 +352,7 @@ def status_error(
         request_id=request_id,
         provider=provider,
         body=text[:_BODY_KEEP] or None,
+        rate_limits=parse_rate_limit_headers(headers),
     )
 
 
@@ -526,7 +529,9 @@ class HTTPProvider:
         params = self._merge(config_overrides) if config_overrides else self._params
         payload = self._payload(messages, params)
         body, response = await self._post(payload)
-        return self._response(body, response, payload["model"])
+        answer = self._response(body, response, payload["model"])
+        limits = parse_rate_limit_headers(response.headers)
+        return answer if limits is None else attrs.evolve(answer, rate_limits=limits)
 
     def _merge(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """A call's parameters: a new dict, the overrides over the defaults."""
