@@ -7,19 +7,15 @@ each success adds ``1 / current`` to it, so a whole round of successes adds one 
 (additive increase), up to ``max_concurrency``. One burst of overload answers cuts once:
 an answer to a call started before the last cut says nothing about the new figure.
 
-The pure core (:class:`AIMD`) only counts; :class:`AdaptiveConcurrency` adds the async
-gate, an ``anyio.CapacityLimiter`` whose size follows the figure.
+:class:`AIMD` only counts; the executor's :class:`~llmfanout._governor.Governor` gates
+calls with an ``anyio.CapacityLimiter`` whose size follows the figure.
 """
 
 from __future__ import annotations
 
 import math
 
-import anyio
-
-from ._perloop import PerLoop
-
-__all__ = ["AIMD", "AdaptiveConcurrency"]
+__all__ = ["AIMD"]
 
 
 class AIMD:
@@ -65,49 +61,3 @@ class AIMD:
         self._window = max(float(self.minimum), self.current * self.decrease)
         self.cuts += 1
         return True
-
-
-class AdaptiveConcurrency:
-    """The async gate: at most :attr:`current` calls inside at once.
-
-    ``epoch = await gate.enter(token)`` before a call (``token`` any object unique to the
-    call), ``gate.leave(token, epoch, overloaded=...)`` after it, whatever happened
-    (``overloaded`` None when the outcome says nothing about load, an error of another
-    kind say). Waiting callers go in arrival order. A cut does not stop calls already in
-    flight; new ones wait until the count is below the figure.
-    """
-
-    def __init__(self, maximum: int, *, minimum: int = 1) -> None:
-        self.aimd = AIMD(maximum, minimum=minimum)
-        self._gates = PerLoop[anyio.CapacityLimiter]()
-
-    def __repr__(self) -> str:
-        return f"AdaptiveConcurrency(current={self.current}, maximum={self.aimd.maximum})"
-
-    @property
-    def current(self) -> int:
-        """How many calls may be in flight now."""
-        return self.aimd.current
-
-    def _gate(self) -> anyio.CapacityLimiter:
-        gate = self._gates.get(None)
-        if gate is None:
-            gate = anyio.CapacityLimiter(self.aimd.current)
-            self._gates.set(gate)
-        return gate
-
-    async def enter(self, token: object) -> int:
-        """Wait for room; return the epoch to hand to :meth:`leave`."""
-        await self._gate().acquire_on_behalf_of(token)
-        return self.aimd.cuts
-
-    def leave(self, token: object, epoch: int, *, overloaded: bool | None) -> None:
-        """The call ``token`` ended; ``overloaded`` True for 429/503/529, False for success."""
-        gate = self._gate()
-        gate.release_on_behalf_of(token)
-        if overloaded:
-            self.aimd.overload(epoch)
-        elif overloaded is False:
-            self.aimd.success()
-        if gate.total_tokens != self.aimd.current:
-            gate.total_tokens = self.aimd.current

@@ -510,12 +510,15 @@ class ParallelLLMExecutor:
             ):
                 # The fast path: the first attempt is a plain call, nothing to wrap it in;
                 # the retry machinery is set up only if it fails.
+                if governor is not None:
+                    governor.unpaced += 1  # for the first answer that reports limits
                 try:
                     response = await self.provider.complete(
                         task.messages, config_overrides=fresh(overrides)
                     )
                 except Exception as exc:
                     if governor is not None:
+                        governor.unpaced -= 1
                         cooldown = shared_cooldown(exc, cooldown_cap(retry))
                         governor.learn(overrides, exc, cooldown=cooldown)
                     if retry is None or retry.trivial:
@@ -530,9 +533,15 @@ class ParallelLLMExecutor:
                         first_error=exc,
                         governor=governor,
                     )
+                except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
+                    if governor is not None:
+                        governor.unpaced -= 1
+                    raise
                 else:
-                    if governor is not None and getattr(response, "rate_limits", None):
-                        governor.learn(overrides, response)
+                    if governor is not None:
+                        governor.unpaced -= 1
+                        if getattr(response, "rate_limits", None) is not None:
+                            governor.learn(overrides, response)
                     return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
             else:
                 outcome = await run_llm(

@@ -76,7 +76,16 @@ class Pass:
 class Governor:
     """An executor's pacing (``pacing=True``) and adaptive concurrency (``adaptive=True``)."""
 
-    __slots__ = ("_engaged", "_gates", "_pacers", "_reported", "adaptive", "aimd", "pacing")
+    __slots__ = (
+        "_engaged",
+        "_gates",
+        "_pacers",
+        "_reported",
+        "adaptive",
+        "aimd",
+        "pacing",
+        "unpaced",
+    )
 
     def __init__(
         self, provider: object, max_concurrency: int, *, pacing: bool, adaptive: bool
@@ -88,6 +97,8 @@ class Governor:
         self._gates = PerLoop[anyio.CapacityLimiter]()
         self._engaged = False  # AIMD gates calls after the first overload answer only
         self._reported = False  # some answer carried limits (or asked for a cooldown)
+        self.unpaced = 0
+        """Calls the scheduler has in flight on its own (before any limits were known)."""
 
     @property
     def current(self) -> int:
@@ -132,7 +143,7 @@ class Governor:
             pacer = self._pacer_for(overrides.get("model") if overrides else None)
             if pacer is not None:
                 if info is not None:
-                    pacer.observe(info, 0)
+                    pacer.observe(info, 0, uncounted=self.unpaced)
                 if cooldown is not None:
                     pacer.cooldown(cooldown)
         if isinstance(outcome, Exception) and self._overloaded(outcome):
@@ -172,11 +183,11 @@ class Governor:
         info = getattr(outcome, "rate_limits", None)
         pacer = pass_.pacer
         if pacer is not None:
-            pacer.observe(info, pass_.ticket)
+            pacer.observe(info, pass_.ticket, uncounted=self.unpaced)
         elif info is not None or cooldown is not None:
             pacer = self._pacer_for(pass_.model)
             if pacer is not None and info is not None:
-                pacer.observe(info, 0)
+                pacer.observe(info, 0, uncounted=self.unpaced)
         if pacer is not None and cooldown is not None:
             pacer.cooldown(cooldown)
         if isinstance(outcome, Exception):

@@ -13,7 +13,8 @@ admits a call only when:
   what remains is spread over the minute, not burst and then stalled on, as providers
   enforce per-minute limits over shorter spans.
 
-A report answering an older request than the basis is stale and ignored. Nothing is known
+A report answering an older request than the basis may only lower it (that request may
+have reached the server after the basis's one, uncounted there). Nothing is known
 before the first report: calls start freely (bounded by the concurrency cap) until one
 arrives. After a cooldown (a 429 that said when to come back) the first call goes alone
 as a probe, and the others wait for its answer, then start in arrival order at the pace
@@ -86,8 +87,17 @@ class _Kind:
                 self.bucket.rate, self.bucket.capacity = rate, max(rate, 1.0)
                 self.bucket.level = min(self.bucket.level, self.bucket.capacity)
         remaining = budget.remaining
-        if remaining is None or ticket < self.ticket:
+        if remaining is None:
             return
+        available = remaining - since
+        if ticket < self.ticket:
+            # An older call's answer. Usually stale; but when that call reached the server
+            # after the basis's one (answers and arrivals overtake each other), it is the
+            # only report counting it: it may lower the basis, never raise it.
+            elapsed = max(0.0, now - self.observed_at)
+            if available >= self.available - self.spent + self.refill * elapsed:
+                return
+            ticket = self.ticket
         sustained = self.limit / _WINDOW if self.limit else 0.0
         reset = budget.reset
         missing = (self.limit - remaining) if self.limit else 0
@@ -99,7 +109,7 @@ class _Kind:
         else:
             refill = sustained
         self.ticket = ticket
-        self.available = remaining - since
+        self.available = available
         self.refill = refill
         self.observed_at = now
         self.spent = 0.0
@@ -191,12 +201,21 @@ class HeaderPacer:
             self._probe_until = when + _PROBE_WAIT
         return when, ticket
 
-    def observe(self, info: RateLimitInfo | None, ticket: int, now: float | None = None) -> None:
+    def observe(
+        self,
+        info: RateLimitInfo | None,
+        ticket: int,
+        now: float | None = None,
+        *,
+        uncounted: int = 0,
+    ) -> None:
         """A call admitted as ``ticket`` ended; ``info`` is what its answer advertised.
 
         Call it for every admitted call, whatever its outcome (``info`` None when the
         answer carried no limits, or none arrived): a probe's answer is what lets the
-        calls waiting behind it go.
+        calls waiting behind it go. ``ticket`` 0 is a call this pacer did not admit;
+        ``uncounted``: calls in flight that it did not admit either (the report may not
+        count them).
         """
         now = self._clock() if now is None else now
         self._open.pop(ticket, None)
@@ -212,7 +231,7 @@ class HeaderPacer:
                 older += 1
                 older_tokens += tokens
             if info.requests is not None:
-                since = self.starts - ticket + older
+                since = self.starts - ticket + older + uncounted
                 self._requests.observe(now, info.requests, ticket, since)
             budget = info.token_budget
             if budget is not None:
