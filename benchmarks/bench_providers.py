@@ -1,246 +1,414 @@
-"""Provider throughput on loopback: OpenAIProvider and AnthropicProvider against raw httpx.
+"""HTTP at the concurrency users run: requests/s and client CPU per request, C = 16..1000.
 
-The fake LLM server (``tests/fake_llm_server.py``) runs in a separate process, so the
-client side (this process) is what is measured. Every contender sends the same N requests
-at the same concurrency C, through one ``httpx.AsyncClient`` with the same pool limits
-(``max_connections = max_keepalive_connections = C``):
+An OpenAI-compatible loopback server answers every POST after ``--latency`` seconds (50 ms
+by default), in its own process pinned to core 0 (``taskset``, where it exists). Each
+contender runs in a fresh process pinned to core 1, with C workers calling for a fixed
+time (after a warm-up that opens the connections), each parsing the JSON answer:
 
-- ``raw httpx``: C workers doing ``await client.post(url, json=body, headers=...)``,
-  ``raise_for_status()``, ``response.json()`` and picking out the answer text: the least a
-  hand-written client does.
-- ``provider.complete``: C workers calling ``await provider.complete(messages)``: request
-  building, error mapping, response parsing into an ``LLMResponse``.
-- ``executor.execute``: ``ParallelLLMExecutor(provider, max_concurrency=C)`` over N tasks,
-  retry policy on: the whole library path (OpenAI only).
+- ``raw socket``: an asyncio Protocol per connection, hand-parsed: the floor.
+- ``aiohttp``: one ``ClientSession`` (its C parser), the yardstick.
+- ``httpx``: one ``AsyncClient`` with its default pool sized to C.
+- ``llmfanout complete``: ``OpenAIProvider.complete`` on asyncio and on trio.
+- ``llmfanout stream``: ``ParallelLLMExecutor.stream`` over an endless input, the whole
+  library path (retry policy on), on asyncio and on trio.
 
-Two scenarios:
+Printed per C: requests/s, share of the ideal (C / latency), client CPU per request,
+the ratio to aiohttp in the same run, and for llmfanout the time to cancel the run with
+C calls in flight (every socket closed). The machine may be shared: the load average is
+printed with each table, and the ratios (same run, same server) are what to compare.
 
-- ``zero``: the server answers at once (default C=10): the client is CPU-bound, so
-  requests/s is the inverse of the client's cost per request.
-- ``latency``: every answer takes ``--latency`` seconds, +/-50% at random (default 0.1 s,
-  C=50), as a model would: throughput is bounded by C / latency, and the question is
-  whether the client keeps up and what CPU it spends per request.
-
-Contenders run interleaved, ``--repeats`` times each; the table shows the median
-requests/s, its ratio to ``raw httpx`` of the same wire format (the target is >= 0.90),
-and the client's CPU time per request.
-
-Run: ``python benchmarks/bench_providers.py`` (a few minutes on 2 cores), ``--quick``
-for a smoke run; ``--scenario``, ``--n``, ``--concurrency``, ``--latency``,
-``--repeats``, ``--backend`` change it.
+Run: ``python benchmarks/bench_providers.py`` (about 3 minutes); ``--quick`` for a smoke
+run; ``--concurrency 16 500``, ``--seconds``, ``--latency``, ``--contenders`` change it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import platform
-import statistics
+import shutil
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from time import perf_counter, process_time
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import anyio
-import httpx
+BODY = json.dumps(
+    {
+        "model": "bench",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "How are you today?"},
+        ],
+    }
+).encode()
+ANSWER = json.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "bench",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "echo: How are you today?"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
+    }
+).encode()
+KEY = "sk-bench-0123456789"
+CONTENDERS = [
+    "raw socket",
+    "aiohttp",
+    "httpx",
+    "llmfanout complete asyncio",
+    "llmfanout complete trio",
+    "llmfanout stream asyncio",
+    "llmfanout stream trio",
+]
 
-from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor, RetryConfig
-from llmfanout.providers import AnthropicProvider, OpenAIProvider
 
-SERVER = Path(__file__).resolve().parent.parent / "tests" / "fake_llm_server.py"
-KEY = "sk-bench"
-MESSAGES = [LLMMessage("system", "Be brief."), LLMMessage("user", "How are you today?")]
-
-Run = Callable[[int, int], Awaitable[None]]
+# -- the server: a raw asyncio Protocol, so it is never the bottleneck -------------------
 
 
-@contextmanager
-def server_process(latency: float) -> Iterator[str]:
-    """Start the fake server in its own process; yield its base URL."""
-    command = [sys.executable, str(SERVER), "--latency", str(latency), "--spread", "0.5"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+class _ServerProtocol(asyncio.Protocol):
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.buffer = b""
+        self.response = (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-request-id: req_1\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER)
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            length = _content_length(buffer[:end])
+            if len(buffer) < end + 4 + length:
+                break
+            buffer = buffer[end + 4 + length :]
+            self.loop.call_later(self.latency, self._answer)
+        self.buffer = buffer
+
+    def _answer(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(self.response)
+
+
+async def _serve(latency: float) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: _ServerProtocol(latency), "127.0.0.1", 0, backlog=4096
+    )
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+
+
+# -- the contenders ----------------------------------------------------------------------
+
+
+class _Meter:
+    """Counts completions; marks the window [warm-up end, warm-up end + seconds)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.stop = False
+
+
+def _answer_text(body: bytes) -> str:
+    text = json.loads(body)["choices"][0]["message"]["content"]
+    assert text
+    return str(text)
+
+
+async def _raw_socket(url: str, concurrency: int, meter: _Meter) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s"
+        % (host.encode(), KEY.encode(), len(BODY), BODY)
+    )
+
+    class Client(asyncio.Protocol):
+        buffer = b""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            transport.write(request)
+
+        def data_received(self, data: bytes) -> None:
+            buffer = self.buffer + data
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            length = _content_length(buffer[:end])
+            if len(buffer) < end + 4 + length:
+                self.buffer = buffer
+                return
+            _answer_text(buffer[end + 4 : end + 4 + length])
+            self.buffer = buffer[end + 4 + length :]
+            meter.done += 1
+            if not meter.stop:
+                self.transport.write(request)
+
+    loop = asyncio.get_running_loop()
+    transports = []
+    for _ in range(concurrency):
+        transport, _ = await loop.create_connection(Client, host, int(port))
+        transports.append(transport)
     try:
-        assert process.stdout is not None
-        yield process.stdout.readline().strip()
+        await asyncio.Event().wait()
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
+        for transport in transports:
+            transport.close()
 
 
-def limits(concurrency: int) -> httpx.Limits:
-    return httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-
-async def workers(n: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> None:
-    """C workers sharing N calls of ``one``."""
-    left = n
+async def _workers(concurrency: int, meter: _Meter, one: Callable[[], Awaitable[None]]) -> None:
+    import anyio
 
     async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
+        while not meter.stop:
             await one()
+            meter.done += 1
 
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
             tg.start_soon(worker)
 
 
-def raw_openai(base_url: str) -> Run:
-    url = base_url + "/v1/chat/completions"
-    headers = {"authorization": f"Bearer {KEY}"}
-    body = {
-        "model": "bench",
-        "messages": [{"role": m.role, "content": m.content} for m in MESSAGES],
-    }
+async def _aiohttp(url: str, concurrency: int, meter: _Meter) -> None:
+    import aiohttp
 
-    async def run(n: int, concurrency: int) -> None:
-        async with httpx.AsyncClient(limits=limits(concurrency)) as client:
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
 
-            async def one() -> None:
-                response = await client.post(url, json=body, headers=headers)
-                response.raise_for_status()
-                text = response.json()["choices"][0]["message"]["content"]
-                assert text
+        async def one() -> None:
+            async with session.post(url + "/v1/chat/completions", data=BODY, headers=headers) as r:
+                r.raise_for_status()
+                _answer_text(await r.read())
 
-            await workers(n, concurrency, one)
-
-    return run
+        await _workers(concurrency, meter, one)
 
 
-def raw_anthropic(base_url: str) -> Run:
-    url = base_url + "/v1/messages"
-    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
-    body = {
-        "model": "bench",
-        "max_tokens": 1024,
-        "system": MESSAGES[0].content,
-        "messages": [{"role": m.role, "content": m.content} for m in MESSAGES[1:]],
-    }
+async def _httpx(url: str, concurrency: int, meter: _Meter) -> None:
+    import httpx
 
-    async def run(n: int, concurrency: int) -> None:
-        async with httpx.AsyncClient(limits=limits(concurrency)) as client:
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=600) as client:
 
-            async def one() -> None:
-                response = await client.post(url, json=body, headers=headers)
-                response.raise_for_status()
-                text = "".join(b["text"] for b in response.json()["content"])
-                assert text
-
-            await workers(n, concurrency, one)
-
-    return run
-
-
-def provider_complete(make: Callable[[int], OpenAIProvider | AnthropicProvider]) -> Run:
-    async def run(n: int, concurrency: int) -> None:
-        async with make(concurrency) as provider:
-
-            async def one() -> None:
-                response = await provider.complete(MESSAGES)
-                assert response.content
-
-            await workers(n, concurrency, one)
-
-    return run
-
-
-def executor_execute(make: Callable[[int], OpenAIProvider]) -> Run:
-    retry = RetryConfig(max_attempts=3, initial_delay=0.01)
-
-    async def run(n: int, concurrency: int) -> None:
-        tasks = {str(i): LLMTask(MESSAGES) for i in range(n)}
-        async with make(concurrency) as provider:
-            executor = ParallelLLMExecutor(
-                provider, max_concurrency=concurrency, default_retry=retry
+        async def one() -> None:
+            response = await client.post(
+                url + "/v1/chat/completions", content=BODY, headers=headers
             )
-            results = await executor.execute(tasks)
-        assert all(r.success for r in results.values())
+            response.raise_for_status()
+            _answer_text(response.content)
 
-    return run
+        await _workers(concurrency, meter, one)
 
 
-def contenders(base_url: str) -> list[tuple[str, str, Run]]:
-    def openai(concurrency: int) -> OpenAIProvider:
-        return OpenAIProvider(
-            "bench", base_url=base_url + "/v1", api_key=KEY, max_connections=concurrency
+def _provider(url: str, concurrency: int) -> Any:
+    from llmfanout.providers import OpenAIProvider
+
+    return OpenAIProvider(
+        "bench", base_url=url + "/v1", api_key=KEY, max_connections=concurrency, timeout=600
+    )
+
+
+async def _complete(url: str, concurrency: int, meter: _Meter) -> None:
+    from llmfanout import LLMMessage
+
+    messages = [LLMMessage("system", "Be brief."), LLMMessage("user", "How are you today?")]
+    async with _provider(url, concurrency) as provider:
+
+        async def one() -> None:
+            assert (await provider.complete(messages)).content
+
+        await _workers(concurrency, meter, one)
+
+
+async def _stream(url: str, concurrency: int, meter: _Meter) -> None:
+    from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor, RetryConfig
+
+    task = LLMTask([LLMMessage("system", "Be brief."), LLMMessage("user", "How are you today?")])
+
+    def endless() -> Any:
+        while not meter.stop:
+            yield task
+
+    async with _provider(url, concurrency) as provider:
+        executor = ParallelLLMExecutor(
+            provider, max_concurrency=concurrency, default_retry=RetryConfig(max_attempts=3)
         )
+        async with executor.stream(endless()) as results:
+            async for result in results:
+                assert result.success, result.error
+                meter.done += 1
 
-    def anthropic(concurrency: int) -> AnthropicProvider:
-        return AnthropicProvider(
-            "bench", base_url=base_url, api_key=KEY, max_connections=concurrency
-        )
 
-    return [
-        ("openai", "raw httpx", raw_openai(base_url)),
-        ("openai", "provider.complete", provider_complete(openai)),
-        ("openai", "executor.execute", executor_execute(openai)),
-        ("anthropic", "raw httpx", raw_anthropic(base_url)),
-        ("anthropic", "provider.complete", provider_complete(anthropic)),
+_RUNS: dict[str, tuple[Callable[[str, int, _Meter], Awaitable[None]], str]] = {
+    "raw socket": (_raw_socket, "asyncio"),
+    "aiohttp": (_aiohttp, "asyncio"),
+    "httpx": (_httpx, "asyncio"),
+    "llmfanout complete asyncio": (_complete, "asyncio"),
+    "llmfanout complete trio": (_complete, "trio"),
+    "llmfanout stream asyncio": (_stream, "asyncio"),
+    "llmfanout stream trio": (_stream, "trio"),
+}
+
+
+def _client(name: str, url: str, concurrency: int, warmup: float, seconds: float) -> None:
+    """Run one contender; print its figures as one JSON line."""
+    import anyio
+
+    run, backend = _RUNS[name]
+    meter = _Meter()
+    figures: dict[str, float] = {}
+
+    def cpu() -> float:
+        times = os.times()
+        return times.user + times.system
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, url, concurrency, meter)
+                await anyio.sleep(warmup)
+                done, used, start = meter.done, cpu(), time.perf_counter()
+                await anyio.sleep(seconds)
+                elapsed = time.perf_counter() - start
+                count = meter.done - done
+                figures["rate"] = count / elapsed
+                figures["cpu_ms"] = (cpu() - used) / max(count, 1) * 1000
+                cancel = time.perf_counter()
+                scope.cancel()
+        figures["cancel_ms"] = (time.perf_counter() - cancel) * 1000
+
+    anyio.run(main, backend=backend)
+    print(json.dumps(figures), flush=True)
+
+
+# -- the driver --------------------------------------------------------------------------
+
+
+def _pinned(core: int, command: list[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *command] if shutil.which("taskset") else command
+
+
+def _measure(
+    name: str, url: str, concurrency: int, warmup: float, seconds: float
+) -> dict[str, float]:
+    command = [
+        sys.executable,
+        __file__,
+        "--client",
+        name,
+        "--url",
+        url,
+        "--concurrency",
+        str(concurrency),
+        "--warmup",
+        str(warmup),
+        "--seconds",
+        str(seconds),
     ]
-
-
-async def measure(run: Run, n: int, concurrency: int) -> tuple[float, float]:
-    """Requests per second, and client CPU microseconds per request."""
-    start, cpu = perf_counter(), process_time()
-    await run(n, concurrency)
-    return n / (perf_counter() - start), (process_time() - cpu) / n * 1e6
-
-
-def bench(
-    backend: str, base_url: str, n: int, concurrency: int, repeats: int, latency: float
-) -> None:
-    rows = contenders(base_url)
-    rates: dict[tuple[str, str], list[float]] = {(w, name): [] for w, name, _ in rows}
-    costs: dict[tuple[str, str], list[float]] = {(w, name): [] for w, name, _ in rows}
-    for _, _, run in rows:  # warm up: imports, caches, the server's first connections
-        anyio.run(measure, run, min(n, 300), concurrency, backend=backend)
-    for repeat in range(repeats):
-        order = rows if repeat % 2 == 0 else rows[::-1]
-        for wire, name, run in order:
-            rate, cost = anyio.run(measure, run, n, concurrency, backend=backend)
-            rates[(wire, name)].append(rate)
-            costs[(wire, name)].append(cost)
-    ideal = f", at most {concurrency / latency:.0f} req/s" if latency else ""
-    print(f"  {backend}: N={n}, concurrency={concurrency}, median of {repeats}{ideal}")
-    print(f"    {'wire':<10} {'contender':<18} {'req/s':>7} {'vs raw':>7} {'CPU us/req':>11}")
-    for wire, name, _ in rows:
-        rate = statistics.median(rates[(wire, name)])
-        raw = statistics.median(rates[(wire, "raw httpx")])
-        cost = statistics.median(costs[(wire, name)])
-        print(f"    {wire:<10} {name:<18} {rate:>7.0f} {rate / raw:>7.2f} {cost:>11.0f}")
+    done = subprocess.run(
+        _pinned(1, command), capture_output=True, text=True, timeout=seconds * 10 + 120
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} at C={concurrency} failed:\n{done.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--scenario", choices=["zero", "latency", "both"], default="both")
-    parser.add_argument("--n", type=int, help="requests per run (default 3000, 1000)")
-    parser.add_argument("--concurrency", type=int, help="default 10 (zero), 50 (latency)")
-    parser.add_argument("--latency", type=float, default=0.1, help="seconds, latency scenario")
-    parser.add_argument("--repeats", type=int, help="runs per contender (default 5, 3)")
-    parser.add_argument("--backend", choices=["asyncio", "trio", "both"], default="both")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: N=300, 1 repeat")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 100, 500, 1000])
+    parser.add_argument("--latency", type=float, default=0.05, help="server seconds per answer")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured window")
+    parser.add_argument("--warmup", type=float, default=1.5, help="seconds before measuring")
+    parser.add_argument("--contenders", nargs="+", default=CONTENDERS, choices=CONTENDERS)
+    parser.add_argument("--quick", action="store_true", help="C=16 and 500, 1 s windows")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    backends = ["asyncio", "trio"] if args.backend == "both" else [args.backend]
-    scenarios = ["zero", "latency"] if args.scenario == "both" else [args.scenario]
+    if args.serve:
+        asyncio.run(_serve(args.latency))
+        return
+    if args.client:
+        _client(args.client, args.url, args.concurrency[0], args.warmup, args.seconds)
+        return
+    if args.quick:
+        args.concurrency, args.seconds, args.warmup = [16, 500], 1.0, 1.0
+
+    import aiohttp
+    import httpx
+
     print(
-        f"python {platform.python_version()}, httpx {httpx.__version__}, "
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+        f"python {platform.python_version()}, httpx {httpx.__version__}, aiohttp "
+        f"{aiohttp.__version__}, {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, taskset {'yes' if shutil.which('taskset') else 'no'}"
     )
-    for scenario in scenarios:
-        zero = scenario == "zero"
-        latency = 0.0 if zero else args.latency
-        concurrency = args.concurrency or (10 if zero else 50)
-        n = 300 if args.quick else args.n or (3000 if zero else 1000)
-        repeats = 1 if args.quick else args.repeats or (5 if zero else 3)
-        print(f"\nscenario {scenario}: server latency {latency:g} s")
-        with server_process(latency) as base_url:
-            for backend in backends:
-                bench(backend, base_url, n, concurrency, repeats, latency)
+    server = subprocess.Popen(
+        _pinned(0, [sys.executable, __file__, "--serve", "--latency", str(args.latency)]),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = f"http://127.0.0.1:{server.stdout.readline().strip()}"
+        for concurrency in args.concurrency:
+            ideal = concurrency / args.latency
+            load = os.getloadavg()
+            print(
+                f"\nC={concurrency}: ideal {ideal:.0f} req/s ({args.latency * 1000:g} ms "
+                f"answers), load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+            )
+            print(
+                f"  {'contender':<28} {'req/s':>7} {'of ideal':>8} {'CPU ms/req':>10} "
+                f"{'x aiohttp':>9} {'cancel ms':>9}"
+            )
+            figures = {
+                name: _measure(name, url, concurrency, args.warmup, args.seconds)
+                for name in args.contenders
+            }
+            yardstick = figures.get("aiohttp", {}).get("rate")
+            for name, row in figures.items():
+                ratio = f"{row['rate'] / yardstick:9.2f}" if yardstick else f"{'-':>9}"
+                cancel = f"{row['cancel_ms']:9.0f}" if name.startswith("llmfanout") else ""
+                print(
+                    f"  {name:<28} {row['rate']:7.0f} {row['rate'] / ideal:8.2f} "
+                    f"{row['cpu_ms']:10.3f} {ratio} {cancel}"
+                )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()
 
 
 if __name__ == "__main__":

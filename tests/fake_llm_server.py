@@ -5,7 +5,7 @@ connection pool, keep-alive, timeouts, dropped connections. It runs in the calle
 loop, on asyncio and trio alike::
 
     async with serve_fake_llm() as server:
-        server.add_faults(Fault.status(429, retry_after="0.2"))
+        server.add_faults(Fault.status(429, retry_after_ms="200"))
         async with OpenAIProvider("m", base_url=server.openai_base_url, api_key="k") as p:
             ...
         server.requests  # every request: time received, headers, JSON body
@@ -32,6 +32,7 @@ import itertools
 import json
 import math
 import random
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -43,6 +44,7 @@ import anyio.abc
 import anyio.from_thread
 import attrs
 import h11
+from anyio.streams.tls import TLSListener
 
 __all__ = [
     "FakeLLMServer",
@@ -273,9 +275,7 @@ class FakeLLMServer:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.openai_base_url = self.base_url + "/v1"
-        self.anthropic_base_url = self.base_url
+        self.set_base_url(f"http://127.0.0.1:{port}")
         self.requests: list[RecordedRequest] = []
         self.faults: deque[Fault] = deque()
         self.fault_for: Callable[[RecordedRequest], Fault | None] | None = None
@@ -297,6 +297,19 @@ class FakeLLMServer:
         self.open_connections = 0
         self.peak_connections = 0
         self._arrived = anyio.Event()
+        self._idle: set[anyio.abc.ByteStream] = set()
+
+    def set_base_url(self, base_url: str) -> None:
+        """Where clients reach the server (and the OpenAI and Anthropic URLs under it)."""
+        self.base_url = base_url
+        self.openai_base_url = base_url + "/v1"
+        self.anthropic_base_url = base_url
+
+    async def close_idle_connections(self) -> None:
+        """Close every connection waiting for its next request, as a server whose
+        keep-alive timeout ran out does."""
+        for stream in list(self._idle):
+            await anyio.aclose_forcefully(stream)
 
     def __repr__(self) -> str:
         return f"FakeLLMServer({self.base_url!r}, requests={len(self.requests)})"
@@ -330,7 +343,7 @@ class FakeLLMServer:
 
     # -- connections -------------------------------------------------------------------
 
-    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+    async def handle(self, stream: anyio.abc.ByteStream) -> None:
         connection = self.connections_opened
         self.connections_opened += 1
         self.open_connections += 1
@@ -339,7 +352,11 @@ class FakeLLMServer:
         try:
             async with stream:
                 while True:
-                    received = await _read_request(conn, stream)
+                    self._idle.add(stream)
+                    try:
+                        received = await _read_request(conn, stream)
+                    finally:
+                        self._idle.discard(stream)
                     if received is None:
                         return
                     request = self._record(*received, connection)
@@ -355,7 +372,7 @@ class FakeLLMServer:
                     if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                         return
                     conn.start_next_cycle()
-        except (*_STREAM_GONE, h11.ProtocolError):
+        except (*_STREAM_GONE, h11.ProtocolError, ssl.SSLError, OSError):
             return  # the client went away mid-exchange
         finally:
             self.open_connections -= 1
@@ -447,7 +464,7 @@ class FakeLLMServer:
     async def _respond(
         self,
         conn: h11.Connection,
-        stream: anyio.abc.SocketStream,
+        stream: anyio.abc.ByteStream,
         request: RecordedRequest,
         fault: Fault,
     ) -> bool:
@@ -500,7 +517,7 @@ class FakeLLMServer:
         return True
 
 
-async def _wait_for_close(stream: anyio.abc.SocketStream) -> None:
+async def _wait_for_close(stream: anyio.abc.ByteStream) -> None:
     """Read and ignore until the client closes the connection."""
     try:
         while await stream.receive():
@@ -509,7 +526,7 @@ async def _wait_for_close(stream: anyio.abc.SocketStream) -> None:
         pass
 
 
-async def _next_event(conn: h11.Connection, stream: anyio.abc.SocketStream) -> Any:
+async def _next_event(conn: h11.Connection, stream: anyio.abc.ByteStream) -> Any:
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
@@ -522,7 +539,7 @@ async def _next_event(conn: h11.Connection, stream: anyio.abc.SocketStream) -> A
 
 
 async def _read_request(
-    conn: h11.Connection, stream: anyio.abc.SocketStream
+    conn: h11.Connection, stream: anyio.abc.ByteStream
 ) -> tuple[h11.Request, bytes] | None:
     event = await _next_event(conn, stream)
     if not isinstance(event, h11.Request):
@@ -660,14 +677,22 @@ def _answer(wire: str, request: RecordedRequest, fault: Fault) -> bytes:
 
 
 @asynccontextmanager
-async def serve_fake_llm(port: int = 0) -> AsyncIterator[FakeLLMServer]:
+async def serve_fake_llm(
+    port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[FakeLLMServer]:
     """Serve on ``127.0.0.1:port`` (0: any free port) for the life of the block.
 
-    Leaving the block closes the listener and every connection still open.
+    With ``ssl_context`` it speaks HTTPS (its URLs say ``https://localhost``). Leaving the
+    block closes the listener and every connection still open.
     """
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+    listener: anyio.abc.Listener[Any] = tcp
+    if ssl_context is not None:
+        listener = TLSListener(tcp, ssl_context, standard_compatible=False)
     async with listener, anyio.create_task_group() as tg:
-        server = FakeLLMServer(listener.extra(anyio.abc.SocketAttribute.local_port))
+        server = FakeLLMServer(tcp.extra(anyio.abc.SocketAttribute.local_port))
+        if ssl_context is not None:
+            server.set_base_url(f"https://localhost:{server.port}")
         tg.start_soon(listener.serve, server.handle, tg)
         try:
             yield server

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from llmfanout._cli import EXAMPLE
+from llmfanout._cli import EXAMPLE, EXAMPLE_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+EXAMPLES = ROOT / "src" / "llmfanout" / "examples"  # shipped in the package
 PROMPTS = EXAMPLES / "prompts.jsonl"
 EXAMPLE_IDS = [json.loads(raw)["id"] for raw in PROMPTS.read_text().splitlines()]
 DEADLINE = 30.0  # seconds: generous, since a wait only ever ends early on success
@@ -132,17 +131,21 @@ def commands(block: str) -> list[str]:
 
 
 def test_the_docs_worked_example(tmp_path: Path) -> None:
-    """docs/cli.md's first command, run as written in a copy of the repository's examples."""
+    """docs/cli.md's first commands, run as written in an empty folder, twice."""
     page = (ROOT / "docs" / "cli.md").read_text()
     block = first_block(page, "console")
-    assert commands(block) == [EXAMPLE]
-    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    assert commands(block) == [EXAMPLE_FILE, EXAMPLE]
+    made = llmfanout(*shlex.split(EXAMPLE_FILE)[1:], cwd=tmp_path)
+    assert (made.returncode, made.stderr) == (0, "")
+    assert (tmp_path / "prompts.jsonl").read_bytes() == PROMPTS.read_bytes()
     argv = shlex.split(EXAMPLE)
     assert argv[0] == "llmfanout"
     done = llmfanout(*argv[1:], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     # What the page shows on stderr, but for the timings.
-    shown_lines = [line for line in block.splitlines()[1:] if " ms" not in line]
+    shown_lines = [
+        line for line in block.splitlines()[1:] if " ms" not in line and not line.startswith("$")
+    ]
     got_lines = [line for line in done.stderr.splitlines() if " ms" not in line]
     timings = re.compile(r"wall time: [\d.]+ s, [\d,.]+ tasks/s")
     assert [timings.sub("", line) for line in got_lines] == [
@@ -151,6 +154,12 @@ def test_the_docs_worked_example(tmp_path: Path) -> None:
     shown = json.loads(first_block(page, "json"))  # the page shows one row of the output
     produced = {row["id"]: row for row in assert_each_once(tmp_path / "results.jsonl", EXAMPLE_IDS)}
     assert {**produced[shown["id"]], "duration_ms": 0} == {**shown, "duration_ms": 0}
+    # Both commands again: nothing to do, nothing fails, nothing is written twice.
+    assert llmfanout(*shlex.split(EXAMPLE_FILE)[1:], cwd=tmp_path).returncode == 0
+    again = llmfanout(*argv[1:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "0 rows to send" in again.stderr
+    assert_each_once(tmp_path / "results.jsonl", EXAMPLE_IDS)
 
 
 def test_the_readme_starts_with_the_example() -> None:
@@ -158,7 +167,16 @@ def test_the_readme_starts_with_the_example() -> None:
     block = first_block((ROOT / "README.md").read_text(), "console")
     lines = commands(block) or [line for line in block.splitlines() if line.strip()]
     steps = [step.strip() for step in lines[0].split("&&")]
-    assert [step for step in steps if step.startswith("llmfanout")] == [EXAMPLE]
+    assert [step for step in steps if step.startswith("llmfanout")] == [EXAMPLE_FILE, EXAMPLE]
+
+
+def test_example_refuses_to_overwrite_another_file(tmp_path: Path) -> None:
+    (tmp_path / "prompts.jsonl").write_text("mine\n")
+    done = llmfanout(*shlex.split(EXAMPLE_FILE)[1:], cwd=tmp_path)
+    assert done.returncode == 2 and "holds something else" in done.stderr
+    assert (tmp_path / "prompts.jsonl").read_text() == "mine\n"
+    batch = llmfanout("example", "batch", cwd=tmp_path)
+    assert batch.stdout == (EXAMPLES / "openai_batch.jsonl").read_text()
 
 
 # -- the basics ---------------------------------------------------------------------------
@@ -168,7 +186,7 @@ def test_no_arguments_prints_usage_and_a_first_command(tmp_path: Path) -> None:
     done = llmfanout(cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.startswith("usage: llmfanout")
-    assert EXAMPLE in done.stderr
+    assert EXAMPLE in done.stderr and EXAMPLE_FILE in done.stderr
 
 
 def test_run_the_example(tmp_path: Path, backend: str) -> None:

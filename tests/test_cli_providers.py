@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from fake_llm_server import Fault, RecordedRequest, fake_llm_server_in_thread
+from llmfanout._cli import main
+from llmfanout.testing import set_testing
 from test_cli import (
     BAD_INPUT,
     DEADLINE,
@@ -188,21 +190,31 @@ def test_resume_retry_failed_sends_failed_rows_again(tmp_path: Path) -> None:
     assert all(row["success"] for row in assert_each_once(output, ids))
 
 
-def test_timeout_and_max_attempts(tmp_path: Path) -> None:
+def test_timeout_and_max_attempts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each attempt of a hung row reaches the server and times out; then the row fails.
+
+    In process, with retry waits made instant. The time limit is generous: each attempt
+    must reach the server before it runs out, which a busy machine still manages, and
+    nothing but the request (no import, no client setup) may be charged to it.
+    """
     source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
     ids = write_prompts(source, 3)
-    with fake_llm_server_in_thread() as server:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with fake_llm_server_in_thread() as server, set_testing(True):
         server.fault_for = lambda r: Fault.hang() if r.prompt == "say row-0" else None
-        done = llmfanout(
-            "run", source, "-o", output, "--provider", "openai", "--model", "m",
-            "--base-url", server.openai_base_url, "--timeout", "0.2", "--max-attempts", "2",
-            "--quiet", cwd=tmp_path, env=environment(OPENAI_API_KEY=KEY),
-        )  # fmt: skip
-        assert len(server.requests_for("say row-0")) == 2
-    assert done.returncode == 1
+        status = main([
+            "run", str(source), "-o", str(output), "--provider", "openai", "--model", "m",
+            "--base-url", server.openai_base_url, "--timeout", "1.5", "--max-attempts", "2",
+            "--quiet",
+        ])  # fmt: skip
+        hung_requests = len(server.requests_for("say row-0"))
+    assert status == 1, capsys.readouterr().err
     found = {row["id"]: row for row in assert_each_once(output, ids)}
     hung = found["row-0"]
     assert (hung["success"], hung["attempts"]) == (False, 2)
+    assert hung_requests == 2  # every attempt was a request: nothing else used its time
     assert hung["error"]["type"] in ("TimeoutError", "APITimeoutError")
     assert found["row-1"]["success"] and found["row-2"]["success"]
 

@@ -113,6 +113,61 @@ async def test_overrides_merge_task_over_executor_default() -> None:
     assert bare.calls[0].config_overrides is None
 
 
+class MeddlingProvider:
+    """Records the overrides each call was given, then changes them in place."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.fail_first = fail_first
+
+    async def complete(
+        self, messages: Sequence[LLMMessage], config_overrides: Any = None
+    ) -> LLMResponse:
+        self.seen.append(dict(config_overrides))
+        config_overrides.pop("temperature", None)
+        config_overrides["model"] = "meddled"
+        await anyio.lowlevel.checkpoint()
+        if len(self.seen) <= self.fail_first:
+            raise ConnectionError("again")
+        return LLMResponse("ok")
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["plain", "with-timeout"])
+async def test_no_provider_can_change_what_another_call_sees(timeout: float | None) -> None:
+    provider = MeddlingProvider(fail_first=1)
+    defaults = {"temperature": 0, "model": "a"}
+    own = {"temperature": 1}
+    executor = ParallelLLMExecutor(
+        provider,
+        max_concurrency=1,
+        default_config_overrides=defaults,
+        default_retry=RetryConfig(max_attempts=2, initial_delay=0),
+        default_timeout=timeout,
+    )
+    tasks = {
+        "retried": ask("r"),  # attempt 2 must see what attempt 1 saw
+        "default": ask("d"),
+        "own": ask("o", config_overrides=own, retry=RetryConfig(max_attempts=1)),
+        "own-only": ask("x", config_overrides=own),
+    }
+    results = await executor.execute(tasks)
+    assert all(r.success for r in results.values())
+    assert provider.seen == [
+        {"temperature": 0, "model": "a"},
+        {"temperature": 0, "model": "a"},
+        {"temperature": 0, "model": "a"},
+        {"temperature": 1, "model": "a"},
+        {"temperature": 1, "model": "a"},
+    ]
+    assert executor.default_config_overrides == {"temperature": 0, "model": "a"}
+    assert own == {"temperature": 1} and defaults == {"temperature": 0, "model": "a"}
+    bare = MeddlingProvider()
+    await ParallelLLMExecutor(bare, max_concurrency=1).execute(
+        {"1": ask("1", config_overrides=own), "2": ask("2", config_overrides=own)}
+    )
+    assert bare.seen == [{"temperature": 1}, {"temperature": 1}] and own == {"temperature": 1}
+
+
 async def test_task_retry_overrides_default_retry() -> None:
     provider = EchoProvider()
     provider.set_response_function(lambda messages: _raise(ConnectionError("flaky")))
@@ -186,6 +241,34 @@ async def test_thread_cap_follows_max_concurrency_not_anyios_default() -> None:
     assert all(r.success for r in results.values()), [r.error for r in results.values()]
 
 
+async def test_threads_abandoned_on_timeout_do_not_starve_later_functions(
+    no_stray_threads: None,
+) -> None:
+    # On trio a timed-out thread kept its slot till it ended, so the third task timed
+    # out waiting for a slot without ever running.
+    release = threading.Event()
+    ended = threading.Semaphore(0)
+
+    def hang() -> None:
+        release.wait(10)
+        ended.release()
+
+    stuck = DeterministicTask(hang, timeout=0.05)
+    tasks = {"stuck1": stuck, "stuck2": stuck, "fast": DeterministicTask(lambda: "fast", timeout=5)}
+    try:
+        with anyio.fail_after(5):
+            results = await ParallelLLMExecutor(EchoProvider(), max_concurrency=2).execute_mixed(
+                tasks
+            )
+    finally:
+        release.set()
+    assert isinstance(results["stuck1"].error, TimeoutError)
+    assert isinstance(results["stuck2"].error, TimeoutError)
+    assert results["fast"].value == "fast"
+    for _ in range(2):  # the abandoned threads end once released
+        assert await anyio.to_thread.run_sync(ended.acquire, True, 5)
+
+
 # -- execute_sequential --------------------------------------------------------------
 
 
@@ -219,6 +302,115 @@ async def test_sequential_runs_one_at_a_time() -> None:
         [ask(str(i)) for i in range(6)]
     )
     assert provider.peak == 1 and provider.finished == 6
+
+
+# -- nested calls: a task that calls its own executor ----------------------------------
+
+
+async def test_a_task_can_run_a_sequential_chain_on_its_own_executor() -> None:
+    executor = ParallelLLMExecutor(EchoProvider(), max_concurrency=2)
+
+    async def chain() -> list[str]:
+        steps = await executor.execute_sequential([ask("a"), ask("b")])
+        return [r.value.content for r in steps]
+
+    with anyio.fail_after(5):
+        results = await executor.execute_mixed({"c": DeterministicTask(chain), "d": ask("d")})
+    assert results["c"].value == ["Echo: a", "Echo: b"]
+    assert results["d"].success
+
+
+@pytest.mark.parametrize("method", ["execute", "execute_sequential", "stream"])
+async def test_a_nested_call_with_one_slot_uses_the_slot_of_the_task_waiting_on_it(
+    method: str,
+) -> None:
+    provider = CountingProvider()
+    executor = ParallelLLMExecutor(provider, max_concurrency=1)
+
+    async def fan_out() -> int:
+        tasks = [ask(str(i)) for i in range(3)]
+        if method == "execute":
+            done = list((await executor.execute(dict(zip("xyz", tasks, strict=True)))).values())
+        elif method == "execute_sequential":
+            done = await executor.execute_sequential(tasks)
+        else:
+            async with executor.stream(tasks) as results:
+                done = [r async for r in results]
+        return sum(r.success for r in done)
+
+    with anyio.fail_after(5):  # it used to hang (or raise RuntimeError) here
+        results = await executor.execute_mixed(
+            {"outer": DeterministicTask(fan_out), "beside": ask("b")}
+        )
+    assert results["outer"].value == 3 and results["beside"].success
+    assert max(provider.at_start) == 1
+    assert executor._cap.free == executor.max_concurrency
+
+
+@given(
+    cap=st.integers(1, 4),
+    depth=st.integers(1, 3),
+    fanout=st.integers(1, 3),
+    concurrent=st.booleans(),
+)
+async def test_nested_calls_at_any_depth_finish_and_never_exceed_the_cap(
+    cap: int, depth: int, fanout: int, concurrent: bool
+) -> None:
+    provider = CountingProvider()
+    executor = ParallelLLMExecutor(provider, max_concurrency=cap)
+
+    async def level(n: int) -> int:
+        """A task that fans out to ``fanout`` tasks of the next level; leaves ask the LLM."""
+        tasks: dict[str, Any] = {
+            f"{n}.{i}": DeterministicTask(level, (n - 1,)) if n > 1 else ask("leaf")
+            for i in range(fanout)
+        }
+        tasks["llm"] = ask("beside")
+        if not concurrent:
+            results = await executor.execute_mixed(tasks)
+            return sum(r.value if isinstance(r.value, int) else 1 for r in results.values())
+        # Two nested calls at once from one task (its child tasks share its slot).
+        counts: list[int] = []
+
+        async def one(part: dict[str, Any]) -> None:
+            results = await executor.execute_mixed(part)
+            counts.append(sum(r.value if isinstance(r.value, int) else 1 for r in results.values()))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, dict(list(tasks.items())[:1]))
+            tg.start_soon(one, dict(list(tasks.items())[1:]))
+        return sum(counts)
+
+    with anyio.fail_after(10):
+        outer = await executor.execute_mixed({"top": DeterministicTask(level, (depth,))})
+    assert outer["top"].success, outer["top"].error
+    leaves = fanout**depth + sum(fanout**k for k in range(depth))  # leaves and "beside" calls
+    assert outer["top"].value == leaves == len(provider.at_start)
+    assert max(provider.at_start) <= cap
+    assert executor._cap.free == executor.max_concurrency
+
+
+async def test_cancelling_from_outside_during_nested_calls_stops_everything() -> None:
+    provider = GateProvider(cap_watch=2)
+    executor = ParallelLLMExecutor(provider, max_concurrency=2)
+
+    async def fan_out() -> None:
+        await executor.execute({str(i): ask(str(i)) for i in range(5)})
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                executor.execute_mixed,
+                {"a": DeterministicTask(fan_out), "b": DeterministicTask(fan_out)},
+            )
+            await provider.cap_reached.wait()
+            tg.cancel_scope.cancel()
+    assert provider.in_flight == 0 and provider.peak == 2
+    assert executor._cap.free == executor.max_concurrency
+    provider.gate.set()  # the executor is still whole: a new call runs
+    with anyio.fail_after(5):
+        again = await executor.execute_mixed({"a": DeterministicTask(fan_out)})
+    assert again["a"].success
 
 
 # -- the cap ---------------------------------------------------------------------------
@@ -559,6 +751,83 @@ def test_one_executor_runs_under_asyncio_then_trio() -> None:
     assert anyio.run(run, backend="trio") == [True, True]
 
 
+class ThreadCountingProvider:
+    """Counts the calls in flight across every thread and event loop."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0
+        self.calls = 0
+
+    async def complete(self, messages: Any, config_overrides: Any = None) -> LLMResponse:
+        with self.lock:
+            self.in_flight += 1
+            self.calls += 1
+            self.peak = max(self.peak, self.in_flight)
+        try:
+            await anyio.sleep(0.005)
+            return LLMResponse("ok")
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_the_cap_holds_across_threads_each_running_its_own_event_loop() -> None:
+    # It used to be per event loop: max_concurrency=4 let 16 calls run from 4 threads.
+    provider = ThreadCountingProvider()
+    executor = ParallelLLMExecutor(provider, max_concurrency=4)
+    errors: list[Exception] = []
+
+    async def run(name: str) -> None:
+        with anyio.fail_after(20):
+            results = await executor.execute({f"{name}{i}": ask(name) for i in range(25)})
+        assert all(r.success for r in results.values())
+
+    def thread(name: str, backend: str) -> None:
+        try:
+            anyio.run(run, name, backend=backend)
+        except Exception as exc:  # reported by the test below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=thread, args=(f"t{i}", ("asyncio", "trio")[i % 2]))
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert provider.calls == 100 and provider.peak == 4
+    assert executor._cap.free == 4 and not executor._cap.waiters
+
+
+async def test_a_loop_cancelled_while_waiting_for_another_loops_slot_leaves_none_taken() -> None:
+    provider = ThreadCountingProvider()
+    executor = ParallelLLMExecutor(provider, max_concurrency=1)
+    holding, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        holding.set()
+        await anyio.to_thread.run_sync(release.wait, 10)
+
+    other = threading.Thread(
+        target=anyio.run, args=(executor.execute_mixed, {"h": DeterministicTask(hold)})
+    )
+    other.start()
+    try:
+        assert await anyio.to_thread.run_sync(holding.wait, 10)
+        with anyio.move_on_after(0.05) as scope:  # waits for the other loop's slot
+            await executor.execute({"a": ask("a")})
+        assert scope.cancelled_caught and provider.calls == 0
+    finally:
+        release.set()
+        await anyio.to_thread.run_sync(other.join, 10)
+    assert executor._cap.free == 1 and not executor._cap.waiters
+    assert (await executor.execute({"b": ask("b")}))["b"].success
+
+
 # -- user hooks that raise fail their own task only ----------------------------------
 
 
@@ -633,9 +902,9 @@ async def test_per_loop_state_of_dropped_executors_and_providers_is_freed() -> N
         executor = ParallelLLMExecutor(EchoProvider())
         await executor.execute_mixed({"a": ask("x"), "f": DeterministicTask(len, ("ab",))})
         provider = OpenAIProvider("m", api_key="sk-test")
-        pool = provider._client()
+        pool = provider._transport()
         await provider.aclose()
-        refs += [weakref.ref(executor._slots().limiter), weakref.ref(pool)]
+        refs += [weakref.ref(executor._threads()), weakref.ref(pool)]
         del executor, provider, pool
     gc.collect()
     assert [r() for r in refs if r() is not None] == []

@@ -266,6 +266,41 @@ async def test_an_async_source_is_read_to_its_end_after_max_errors() -> None:
     assert provider.running == 0
 
 
+async def test_calls_failing_in_the_same_instant_count_once_on_either_backend() -> None:
+    # asyncio used to record 10 failures here and trio 3: the calls that woke up together
+    # ran on past the stop on asyncio.
+    class SleepThenFail:
+        async def complete(self, messages: Any, config_overrides: Any = None) -> LLMResponse:
+            await anyio.sleep(0.01)
+            raise Boom(messages[0].content)
+
+    executor = ParallelLLMExecutor(SleepThenFail(), max_concurrency=10)
+    tasks = {str(i): LLMTask([LLMMessage("user", str(i))]) for i in range(100)}
+    with anyio.fail_after(5):
+        results = await executor.execute(tasks, max_errors=3)
+    failed = [r for r in results.values() if isinstance(r.error, Boom)]
+    aborted = [r for r in results.values() if isinstance(r.error, TaskAborted)]
+    assert len(failed) == 3 and len(aborted) == 97
+    late = [r for r in aborted if r.error.__cause__ is not None]
+    assert all(isinstance(r.error.__cause__, Boom) and r.attempts == 1 for r in late)
+    assert all("failed after the run had stopped" in str(r.error) for r in late)
+
+
+@pytest.mark.parametrize("how", ["execute", "stream"])
+async def test_cancelling_a_run_with_max_errors_from_outside_propagates(how: str) -> None:
+    # Each task runs in a cancel scope of its own under max_errors: a cancellation from
+    # outside must not be mistaken for the run's own stop.
+    provider = PlanProvider()
+    executor = ParallelLLMExecutor(provider, max_concurrency=3)
+    tasks = {f"t{i}": ask("hang", f"t{i}") for i in range(10)}
+    got: dict[str, TaskResult] = {}
+    with anyio.fail_after(5):
+        with anyio.move_on_after(0.05) as scope:
+            got = await run_all(executor, how, tasks, max_errors=2)
+    assert scope.cancelled_caught and got == {}
+    assert provider.running == 0 and len(provider.log) == 3
+
+
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "3"])
 async def test_max_errors_must_be_a_whole_number_from_one(value: Any) -> None:
     executor = ParallelLLMExecutor(PlanProvider())
@@ -439,8 +474,8 @@ async def test_every_input_gets_exactly_one_result_and_the_cap_holds(
     event(f"aborted: {bool(aborted)}")
     if max_errors is None or len(failures) < max_errors:
         assert aborted == 0
-    else:  # once max_errors tasks had failed, nothing new started
-        assert len(failures) < max_errors + concurrency
+    else:  # exactly max_errors tasks failed; after that nothing new started
+        assert len(failures) == max_errors
         nth_failure_reported = [
             i for i, (kind, tag) in enumerate(events) if kind == "result" and tag in failures
         ][max_errors - 1]

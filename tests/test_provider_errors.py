@@ -35,13 +35,14 @@ from llmfanout.errors import (
     ServerError,
 )
 from llmfanout.providers import AnthropicProvider, OpenAIProvider
-from llmfanout.providers._http import (
+from llmfanout.providers._errors import (
     parse_retry_after,
-    redact,
     should_retry,
     status_error,
     status_error_class,
 )
+from llmfanout.providers._secrets import Redactor, redact
+from llmfanout.providers._transport import Response
 
 pytestmark = pytest.mark.anyio
 
@@ -74,7 +75,7 @@ NO_WAIT = RetryConfig(max_attempts=3, initial_delay=0.0, max_delay=5.0)
 
 RETRYABLE: list[tuple[str, Fault, type[ProviderError], float | None]] = [
     ("429", Fault.status(429), RateLimitError, None),
-    ("429-retry-after", Fault.status(429, retry_after="0.05"), RateLimitError, 0.05),
+    ("429-retry-after", Fault.status(429, retry_after="0"), RateLimitError, 0.0),
     ("429-retry-after-ms", Fault.status(429, retry_after_ms="40"), RateLimitError, 0.04),
     ("408", Fault.status(408), APIStatusError, None),
     ("409", Fault.status(409), APIStatusError, None),
@@ -220,7 +221,7 @@ async def test_connection_refused_is_a_retryable_connection_error(kind: str) -> 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("headers", "wait"),
-    [({"retry_after": "0.15"}, 0.15), ({"retry_after_ms": "120", "retry_after": "9"}, 0.12)],
+    [({"retry_after": "1"}, 1.0), ({"retry_after_ms": "120", "retry_after": "9"}, 0.12)],
     ids=["retry-after", "retry-after-ms"],
 )
 async def test_retry_after_is_waited_for(
@@ -255,7 +256,7 @@ async def test_rate_limit_error_pauses_other_tasks_starts(server: FakeLLMServer)
     retry = RetryConfig(max_attempts=2, initial_delay=0.0, on_retry=lambda n, exc: cooled.set())
     # The first request is refused; the second is held until the client has seen the 429,
     # so its worker's next start comes after the cooldown was set.
-    server.add_faults(Fault.status(429, retry_after="0.2"), Fault.ok(gate=cooled))
+    server.add_faults(Fault.status(429, retry_after_ms="200"), Fault.ok(gate=cooled))
     limit = RateLimit(requests_per_minute=60_000)
     async with make_provider("openai", server) as provider:
         executor = ParallelLLMExecutor(
@@ -425,8 +426,7 @@ async def test_the_api_key_appears_nowhere(
 def test_retry_after_ms_wins_over_retry_after() -> None:
     assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     assert parse_retry_after({"retry-after-ms": "junk", "retry-after": "9"}) == 9.0
-    assert parse_retry_after({"retry-after": "0.25"}) == 0.25
-    assert parse_retry_after({"retry-after": "-3"}) == 0.0
+    assert parse_retry_after({"retry-after-ms": "250.5"}) == 0.2505
     assert parse_retry_after({"retry-after": "nan"}) is None
     assert parse_retry_after({"retry-after-ms": "inf"}) is None
     assert parse_retry_after({}) is None
@@ -454,12 +454,25 @@ def test_retry_after_is_none_or_finite_and_non_negative(
     assert value is None or (0.0 <= value < float("inf"))
 
 
-@given(st.floats(min_value=0, max_value=1e9, allow_nan=False), header_text)
-def test_retry_after_ms_is_read_as_milliseconds(ms: float, other: str | None) -> None:
-    headers = {"retry-after-ms": repr(ms)}
+@given(st.from_regex(r"[0-9]{1,10}(\.[0-9]{1,4})?", fullmatch=True), header_text)
+def test_retry_after_ms_is_read_as_milliseconds(ms: str, other: str | None) -> None:
+    headers = {"retry-after-ms": ms}
     if other is not None:
         headers["retry-after"] = other
-    assert parse_retry_after(headers) == pytest.approx(ms / 1000)
+    assert parse_retry_after(headers) == pytest.approx(float(ms) / 1000)
+
+
+@pytest.mark.parametrize(
+    "value", ["1_0", "+5", "-3", "1e3", "0x10", "0.25", ".5", "5.", "١٠", "inf", "nan", "1 0"]
+)
+def test_retry_after_accepts_only_its_grammar(value: str) -> None:
+    """Issue 9 item 12: float() reads '1_0' as 10; the header's grammar has no such thing."""
+    assert parse_retry_after({"retry-after": value}) is None
+    if value not in ("0.25",):
+        assert parse_retry_after({"retry-after-ms": value}) is None
+    assert parse_retry_after({"retry-after-ms": value, "retry-after": "3"}) == (
+        0.00025 if value == "0.25" else 3.0
+    )
 
 
 @given(st.integers(min_value=0, max_value=10**9))
@@ -499,8 +512,8 @@ def test_status_mapping_matches_the_official_sdks(
         headers["x-should-retry"] = flag
     if retry_after is not None:
         headers["retry-after"] = retry_after
-    response = httpx.Response(status, headers=headers, content=b"{}")
-    error = status_error("openai", response, KEY, "OPENAI_API_KEY")
+    response = Response(status, "", headers, b"{}")
+    error = status_error("openai", response, Redactor(KEY), "OPENAI_API_KEY")
     assert type(error) is expected_class(status) is status_error_class(status)
     if flag == "true":
         retryable = True
@@ -523,15 +536,15 @@ def test_redact_leaves_no_copy_of_the_secret(text: str, secret: str) -> None:
 
 def test_an_html_error_page_becomes_the_message() -> None:
     page = b"<html><body><h1>502 Bad Gateway</h1>\n<p>nginx</p></body></html>"
-    response = httpx.Response(502, content=page, headers={"content-type": "text/html"})
-    error = status_error("openai", response, KEY, "OPENAI_API_KEY")
+    response = Response(502, "Bad Gateway", {"content-type": "text/html"}, page)
+    error = status_error("openai", response, Redactor(KEY), "OPENAI_API_KEY")
     assert isinstance(error, ServerError) and error.retryable
     assert "502 Bad Gateway" in str(error) and "\n" not in str(error)
 
 
 def test_a_redirect_is_not_followed_and_says_where_to() -> None:
-    response = httpx.Response(308, headers={"location": "https://new.example/v1/chat"})
-    error = status_error("openai", response, KEY, "OPENAI_API_KEY")
+    response = Response(308, "Permanent Redirect", {"location": "https://new.example/v1/chat"}, b"")
+    error = status_error("openai", response, Redactor(KEY), "OPENAI_API_KEY")
     assert type(error) is APIStatusError and not error.retryable
     assert "https://new.example/v1/chat" in str(error)
     assert "set base_url to the final address" in str(error)

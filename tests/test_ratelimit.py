@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -465,3 +467,68 @@ def test_only_a_429_with_retry_after_starts_a_cooldown() -> None:
     assert not is_rate_limit_error(RateLimitError("x", status_code=429))
     assert not is_rate_limit_error(ServerError("x", status_code=503, retry_after=2))
     assert not is_rate_limit_error(ValueError("x"))
+
+
+# -- event loops: one at a time, several in turn -------------------------------------------
+
+
+def test_a_limit_serves_successive_event_loops_and_keeps_its_budget() -> None:
+    # Each loop has its own clock (trio's starts at a random offset): the second trio
+    # run used to wait hours, or forget the budget, depending on the two offsets.
+    limit = RateLimit(requests_per_minute=6)  # a burst of one, then one per 10 s
+
+    async def spend() -> None:
+        await limit.acquire()
+        limit.settle(0, None)
+
+    async def wait_left() -> float:
+        with anyio.move_on_after(0.01):  # it must wait: the budget is spent
+            await limit.acquire()
+        now = anyio.current_time()
+        return limit.ready_at(now) - now
+
+    anyio.run(spend, backend="trio")
+    for backend in ("trio", "asyncio", "trio"):
+        assert 9 < anyio.run(wait_left, backend=backend) <= 10
+
+
+@pytest.mark.parametrize(
+    "backends", [("asyncio", "asyncio"), ("trio", "trio"), ("asyncio", "trio")], ids=str
+)
+def test_a_second_event_loop_gets_a_clear_error_at_its_first_call(
+    backends: tuple[str, str],
+) -> None:
+    limit = RateLimit(requests_per_minute=6000)
+    started, release = threading.Event(), threading.Event()
+
+    class Held:
+        async def complete(self, messages: Any, config_overrides: Any = None) -> LLMResponse:
+            started.set()
+            await anyio.to_thread.run_sync(release.wait, 10)
+            return LLMResponse("held")
+
+    retry = RetryConfig(max_attempts=3, initial_delay=0)
+    held: dict[str, Any] = {}
+
+    async def first_loop() -> None:
+        executor = ParallelLLMExecutor(Held(), rate_limit=limit)
+        held.update(await executor.execute({"a": LLMTask([LLMMessage("user", "a")])}))
+
+    async def second_loop() -> Any:
+        executor = ParallelLLMExecutor(EchoProvider(), rate_limit=limit, default_retry=retry)
+        with anyio.fail_after(5):  # it used to hang here on asyncio
+            return await executor.execute({"b": LLMTask([LLMMessage("user", "b")])})
+
+    thread = threading.Thread(target=anyio.run, args=(first_loop,), kwargs={"backend": backends[0]})
+    thread.start()
+    try:
+        assert started.wait(10)
+        results = anyio.run(second_loop, backend=backends[1])
+    finally:
+        release.set()
+        thread.join(10)
+    error = results["b"].error
+    assert isinstance(error, RuntimeError) and results["b"].attempts == 1  # not retried
+    assert "in use by another event loop" in str(error)
+    assert "Give each event loop its own RateLimit" in str(error)
+    assert held["a"].value.content == "held"  # the first loop's call was not disturbed

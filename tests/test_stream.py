@@ -201,6 +201,35 @@ async def test_an_error_raised_by_the_input_propagates() -> None:
             await collect(executor, source)
 
 
+async def test_every_task_taken_before_the_input_broke_gets_its_result_first() -> None:
+    # trio used to lose the results of tasks in flight when a worker's read raised.
+    def gen() -> Iterator[LLMTask]:
+        for i in range(5):
+            yield ask(str(i))
+        raise LookupError("the source broke")
+
+    async def agen() -> AsyncIterator[LLMTask]:
+        for i in range(5):
+            yield ask(str(i))
+        await anyio.lowlevel.checkpoint()
+        raise LookupError("the source broke")
+
+    async def consume(provider: GatedProvider, source: Any, received: list[str]) -> None:
+        async with ParallelLLMExecutor(provider, max_concurrency=10).stream(source) as results:
+            await provider.wait_running(5)  # every task taken is in flight
+            for i in range(5):
+                provider.gate(str(i)).set()
+            async for result in results:
+                received.append(result.tag)
+
+    for source in (gen(), agen()):
+        provider = GatedProvider()
+        received: list[str] = []
+        with anyio.fail_after(5), pytest.raises(LookupError, match="the source broke"):
+            await consume(provider, source, received)
+        assert sorted(received) == ["0", "1", "2", "3", "4"]
+
+
 # -- input is read lazily; memory stays proportional to max_concurrency ------------------
 
 
@@ -274,6 +303,38 @@ async def test_break_after_the_first_result_cancels_the_rest_promptly() -> None:
     assert provider.running == 0
     assert provider.cancelled == 5 and provider.started == 6
     assert closed  # the async generator was closed, its finally ran
+
+
+async def test_leaving_as_calls_finish_is_clean() -> None:
+    # The calls in flight finish in the very instant the consumer leaves: their wake-ups
+    # are due before the cancellation lands (asyncio then does not cancel them), so they
+    # hand on results after the consumer has gone. That used to raise
+    # BrokenResourceError in an ExceptionGroup.
+    provider = GatedProvider()
+    provider.gate("first").set()
+    tasks = {"first": ask("first"), **{f"s{i}": ask("slow") for i in range(20)}}
+    executor = ParallelLLMExecutor(provider, max_concurrency=5)
+    for _ in range(3):
+        provider.gates.pop("slow", None)
+        with anyio.fail_after(5):
+            async with executor.stream(tasks) as results:
+                first = await anext(results)
+                await provider.wait_running(5)
+                provider.gate("slow").set()  # five results due, none handed on yet
+        assert first.tag == "first" and provider.running == 0
+
+
+async def test_leaving_early_is_clean_under_load() -> None:
+    # The reproduction, smaller: break (or time out) mid-stream with many in flight.
+    executor = ParallelLLMExecutor(EchoProvider(latency=0.001), max_concurrency=50)
+    for run in range(20):
+        with anyio.fail_after(10), anyio.move_on_after(0.02 if run % 2 else 10):
+            async with executor.stream(ask(str(i)) for i in range(100_000)) as results:
+                count = 0
+                async for _ in results:
+                    count += 1
+                    if count == 100:
+                        break
 
 
 async def test_an_exception_in_the_block_cancels_the_work_and_propagates_bare() -> None:

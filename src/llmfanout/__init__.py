@@ -1,6 +1,8 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
 from ._advertised import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
+from ._batch import BatchJob, submit_batch
+from ._cost import Price
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._job import JobError, JobSpec, RowStream, arun_rows, run_rows
@@ -26,6 +28,7 @@ __all__ = [
     "AnthropicProvider",
     "AsyncLLMProvider",
     "BackoffStrategy",
+    "BatchJob",
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
@@ -40,6 +43,7 @@ __all__ = [
     "OpenAIProvider",
     "OtherPart",
     "ParallelLLMExecutor",
+    "Price",
     "ProviderError",
     "RateLimit",
     "RateLimitBudget",
@@ -56,6 +60,7 @@ __all__ = [
     "arun_rows",
     "parse_rate_limit_headers",
     "run_rows",
+    "submit_batch",
     "summarize",
 ]
 

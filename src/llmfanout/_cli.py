@@ -13,6 +13,7 @@ Exit status: 0 every row succeeded, 1 some failed, 2 bad usage or bad input,
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import importlib.util
 import json
 import os
@@ -31,7 +32,7 @@ from typing import IO, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from . import __version__
+from . import __version__, _batch_cli
 from ._input_rows import Scan, read_rows, scan
 from ._job import KEY_VARIABLES, Job, JobError, JobSpec, RowStream
 from ._lock import Busy, hold
@@ -47,7 +48,9 @@ from ._output_rows import (
 )
 from ._progress import Display, make_display
 
-EXAMPLE = "llmfanout run examples/prompts.jsonl -o results.jsonl"
+EXAMPLE_FILE = "llmfanout example -o prompts.jsonl"
+EXAMPLE = "llmfanout run prompts.jsonl -o results.jsonl --resume"
+EXAMPLES = {"prompts": "prompts.jsonl", "batch": "openai_batch.jsonl"}  # in llmfanout/examples
 MAX_BAD_SHOWN = 50
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -100,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmfanout",
         description="Run many LLM calls concurrently from a JSONL file.",
-        epilog=f"Try: {EXAMPLE}",
+        epilog=f"Try: {EXAMPLE_FILE} && {EXAMPLE}",
     )
     parser.add_argument("--version", action="version", version=f"llmfanout {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "API keys come from the environment (OPENAI_API_KEY, ANTHROPIC_API_KEY), never "
-            f"from a flag. Example: {EXAMPLE}"
+            f"from a flag. Example: {EXAMPLE_FILE} && {EXAMPLE}"
         ),
     )
     run.add_argument("input", metavar="INPUT", help="the input JSONL file; - for standard input")
@@ -208,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_float,
         metavar="SECONDS",
-        help="time limit for each attempt (default: the provider's, 60 s for HTTP)",
+        help="time limit for each whole attempt, connecting included (default: none of its "
+        "own; HTTP gives up after 10 s connecting or 60 s without a byte)",
     )
     run.add_argument(
         "--resume",
@@ -253,6 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", required=True, metavar="OUT", help="the merged JSONL file to write"
     )
     merge_command.add_argument("--quiet", action="store_true", help="print errors only")
+    example = commands.add_parser(
+        "example",
+        help="write an example input file to try llmfanout run on",
+        description="Write one of the example input files shipped with llmfanout.",
+    )
+    example.add_argument(
+        "name",
+        nargs="?",
+        choices=sorted(EXAMPLES),
+        default="prompts",
+        help="prompts (default): a dozen {id, prompt} and {id, messages} rows; batch: OpenAI "
+        "Batch API requests",
+    )
+    example.add_argument(
+        "-o", "--output", metavar="FILE", help="the file to write (default: standard output)"
+    )
+    _batch_cli.add_parser(commands)
     return parser
 
 
@@ -264,17 +285,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(
             f"\nSend every prompt of a JSONL file to an LLM, many at once. Try:\n\n"
-            f"    {EXAMPLE}\n\nand see `llmfanout run --help` for the options.",
+            f"    {EXAMPLE_FILE}\n    {EXAMPLE}\n\nand see `llmfanout run --help` for the "
+            "options.",
             file=sys.stderr,
         )
         return EXIT_USAGE
     args = parser.parse_args(argv)
-    if args.command not in ("run", "merge"):
+    if args.command == "batch":
+        return _batch_cli.main(args)
+    if args.command not in ("run", "merge", "example"):
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
     try:
         if args.command == "merge":
             return _merge(args)
+        if args.command == "example":
+            return _example(args)
         return _run(args, argv)
     except UsageError as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
@@ -495,7 +521,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             writer = RowWriter(target)
         except OSError as exc:
             raise UsageError(f"cannot write to {target!r} ({exc.strerror})") from None
-        stack.callback(writer.close)
+        if target != args.output:  # a shard this run added: none at all if it wrote nothing
+            stack.callback(_remove_if_empty, target)
+        stack.callback(writer.close)  # runs first
         screen = _Screen(args, argv, found, recovered, writer, job)
         rows = read_rows(source, found.bad, recovered)
         try:
@@ -503,6 +531,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         except KeyboardInterrupt:  # before the signal handler was in place, or a second ^C
             writer.close()
             return screen.interrupted(signal.SIGINT)
+
+
+def _remove_if_empty(path: str) -> None:
+    if os.path.exists(path) and os.path.getsize(path) == 0:
+        os.unlink(path)
 
 
 class _Screen:
@@ -732,4 +765,25 @@ def _merge(args: argparse.Namespace) -> int:
             f"rows in {output} (one per id{failed})",
             file=sys.stderr,
         )
+    return EXIT_OK
+
+
+# -- example ----------------------------------------------------------------------------
+
+
+def _example(args: argparse.Namespace) -> int:
+    text = (importlib.resources.files("llmfanout") / "examples" / EXAMPLES[args.name]).read_bytes()
+    if args.output is None:
+        sys.stdout.buffer.write(text)
+        sys.stdout.flush()
+        return EXIT_OK
+    output = args.output
+    _check_output(output, directory_ok=False)
+    if os.path.exists(output):
+        with open(output, "rb") as file:
+            if file.read() == text:  # already there: running the same command twice is fine
+                return EXIT_OK
+        raise UsageError(f"{output} exists and holds something else; choose another file name")
+    with open(output, "wb") as file:
+        file.write(text)
     return EXIT_OK

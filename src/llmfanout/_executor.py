@@ -1,33 +1,46 @@
 """The scheduler: a bounded pool of workers pulling tasks from the input.
 
 One worker task per concurrency slot, not one task per input: at 100k inputs that is the
-difference between flat and growing cost per task. Each worker holds one token of the
-executor's CapacityLimiter for its life, so concurrent calls on one executor share
-``max_concurrency``; a worker hands its token on after an item whenever another call's
-worker is queued for one, so no call starves.
+difference between flat and growing cost per task. Each worker holds one slot of the
+executor's cap (``_cap.py``) for its life, so concurrent calls on one executor share
+``max_concurrency``, in one event loop or several; a worker hands its slot on after an
+item whenever another worker is queued for one, so no call starves.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from time import perf_counter
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
+import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._attempt import NO_RETRY, cooldown_cap, fresh, run_function, run_llm, shared_cooldown
+from ._cap import LEASE, Cap, Lease, give_back, lend, take
 from ._checks import unwrap_group, whole_number
 from ._governor import Governor
-from ._inputs import AsyncItems, Invalid, Item, TaskSource, check_mapping, prepare
+from ._inputs import (
+    AsyncItems,
+    InputFailure,
+    Invalid,
+    Item,
+    TaskSource,
+    check_mapping,
+    prepare,
+)
 from ._limiter import Limiter, check_limiter
 from ._outcome import Failed, Ok
 from ._perloop import PerLoop
 from ._retry import RetryConfig
+from ._sync import run_sync
 from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
 from ._types import AsyncLLMProvider, LLMMessage, a_kind
 from .errors import TaskAborted
@@ -35,18 +48,6 @@ from .errors import TaskAborted
 logger = logging.getLogger("llmfanout")
 
 OnResult = Callable[[TaskResult], Any]
-
-
-class _Slots:
-    """The cap's bookkeeping for one event loop: an executor may serve several in turn."""
-
-    __slots__ = ("limiter", "queued", "threads")
-
-    def __init__(self, total: int) -> None:
-        self.limiter = anyio.CapacityLimiter(total)
-        # Threads get their own limiter: a worker already holds a token of the first one.
-        self.threads = anyio.CapacityLimiter(total)
-        self.queued = 0  # workers waiting for a slot (another call holds them all)
 
 
 class _Run:
@@ -62,8 +63,8 @@ class _Run:
         "notify",
         "reason",
         "scopes",
-        "slots",
         "stop_on_auth",
+        "threads",
     )
 
     def __init__(
@@ -85,7 +86,7 @@ class _Run:
         self.reason = ""  # why the run stopped early, for the results it cuts off
         # With max_errors: per worker, the scope of the task it runs (None between tasks).
         self.scopes: list[anyio.CancelScope | None] = []
-        self.slots: _Slots
+        self.threads: anyio.CapacityLimiter  # for sync functions, this loop's
 
     def count_failure(self, result: TaskResult) -> None:
         """Count a failed task; at max_errors, or at an auth error, stop the run."""
@@ -146,25 +147,41 @@ def _check_max_errors(value: object) -> int | None:
     return whole_number(value, "max_errors", hint=", or None for no limit")
 
 
-def _aborted(tag: str, reason: str, start: float | None = None) -> TaskResult:
-    """Not started (``start`` None) or cut off in flight: the run stopped early."""
-    what = "never started" if start is None else "was cancelled in flight"
+def _aborted(
+    tag: str, reason: str, start: float | None = None, late: TaskResult | None = None
+) -> TaskResult:
+    """Not started (``start`` None), cut off in flight, or failed too ``late`` (after the
+    run had stopped, in the same instant): the run stopped early, for ``reason``."""
+    if start is None:
+        what = "never started"
+    elif late is None:
+        what = "was cancelled in flight"
+    else:
+        what = "failed after the run had stopped (its error is the __cause__)"
     ms = 0.0 if start is None else (perf_counter() - start) * 1000
     error = TaskAborted(f"task {tag!r} {what}: {reason}")
-    return TaskResult(tag, False, None, error, ms, 0)
+    if late is None:
+        return TaskResult(tag, False, None, error, ms, 0)
+    error.__cause__ = late.error
+    return TaskResult(tag, False, None, error, ms, late.attempts)
 
 
 class ResultStream:
     """The results of a :meth:`ParallelLLMExecutor.stream` run, in completion order.
 
     An async iterator. A result already finished is handed out without waiting; the loop
-    waits (and yields to the event loop) only when none is ready.
+    waits (and yields to the event loop) only when none is ready. If the input raised
+    while it was read, the iteration raises that exception after the last result of the
+    tasks taken before it.
     """
 
-    __slots__ = ("_receive",)
+    __slots__ = ("_failure", "_receive")
 
-    def __init__(self, receive: MemoryObjectReceiveStream[TaskResult]) -> None:
+    def __init__(
+        self, receive: MemoryObjectReceiveStream[TaskResult], failure: InputFailure
+    ) -> None:
         self._receive = receive
+        self._failure = failure
 
     def __aiter__(self) -> ResultStream:
         return self
@@ -175,11 +192,17 @@ class ResultStream:
         except anyio.WouldBlock:
             pass
         except anyio.EndOfStream:
-            raise StopAsyncIteration from None
+            self._end()
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
-            raise StopAsyncIteration from None
+            self._end()
+
+    def _end(self) -> NoReturn:
+        error, self._failure.error = self._failure.error, None
+        if error is not None:
+            raise error
+        raise StopAsyncIteration
 
     def ready(self) -> list[TaskResult]:
         """The results that have finished but were not taken yet, without waiting.
@@ -267,15 +290,21 @@ class ParallelLLMExecutor:
             if pacing or adaptive
             else None
         )
-        # Limiters belong to one event loop; keep one set per loop this executor runs in.
-        self._slots_per_loop = PerLoop[_Slots]()
+        # The cap holds across every event loop (thread) this executor serves.
+        self._cap = Cap(max_concurrency)
+        # anyio's limiters belong to one event loop: one per loop this executor runs in.
+        self._threads_per_loop = PerLoop[anyio.CapacityLimiter]()
 
-    def _slots(self) -> _Slots:
-        slots = self._slots_per_loop.get(None)
-        if slots is None:
-            slots = _Slots(self.max_concurrency)
-            self._slots_per_loop.set(slots)
-        return slots
+    def _threads(self) -> anyio.CapacityLimiter:
+        threads = self._threads_per_loop.get(None)
+        if threads is None:
+            # The workers bound the live threads (each waits for its own), not anyio's
+            # default of 40. A thread abandoned on timeout runs on to its end; on trio it
+            # keeps its limiter token till then, and with a bounded limiter a later task
+            # would time out waiting for a slot it was never given: this one never runs out.
+            threads = anyio.CapacityLimiter(math.inf)
+            self._threads_per_loop.set(threads)
+        return threads
 
     @property
     def concurrency(self) -> int:
@@ -341,13 +370,20 @@ class ParallelLLMExecutor:
                 )
         results: list[TaskResult] = []
         previous: TaskResult | None = None
-        async with self._slots().limiter:
-            for index, task in enumerate(tasks):
-                if pass_result and previous is not None and previous.success:
-                    reply = LLMMessage("assistant", _content(previous.value))
-                    task = attrs.evolve(task, messages=(*task.messages, reply))
-                previous = await self._run_task(task.tag or f"step_{index}", task)
-                results.append(previous)
+        async with lend(self._cap):
+            lease = Lease(self._cap)
+            token = LEASE.set(lease)
+            try:
+                await take(lease)
+                for index, task in enumerate(tasks):
+                    if pass_result and previous is not None and previous.success:
+                        reply = LLMMessage("assistant", _content(previous.value))
+                        task = attrs.evolve(task, messages=(*task.messages, reply))
+                    previous = await self._run_task(task.tag or f"step_{index}", task)
+                    results.append(previous)
+            finally:
+                give_back(lease)
+                LEASE.reset(token)
         return results
 
     @asynccontextmanager
@@ -378,10 +414,15 @@ class ParallelLLMExecutor:
         in flight promptly and leaves nothing running.
         """
         max_errors = _check_max_errors(max_errors)
-        items, count = prepare(tasks)
+        failure = InputFailure()
+        items, count = prepare(tasks, failure)
         send, receive = anyio.create_memory_object_stream[TaskResult](self.max_concurrency)
 
         async def emit(result: TaskResult) -> None:
+            if tg.cancel_scope.cancel_called:
+                # The consumer has left; this worker's call ended before the cancellation
+                # reached it. Stop here rather than read more input.
+                await anyio.lowlevel.checkpoint()
             try:
                 send.send_nowait(result)  # room in the buffer: no need to yield here
             except anyio.WouldBlock:
@@ -394,21 +435,75 @@ class ParallelLLMExecutor:
                 await self._drive(run, count)
 
         try:
-            async with anyio.create_task_group() as tg:
+            # The receiving end closes only after every worker has ended: a worker whose
+            # call finished in the instant the consumer left (asyncio does not cancel a
+            # task whose wake-up is already due) hands its result to an open stream,
+            # never to a closed one (BrokenResourceError).
+            async with receive, anyio.create_task_group() as tg:
                 tg.start_soon(drive)
-                async with receive:
-                    try:
-                        yield ResultStream(receive)
-                    finally:
-                        # Cancel before closing: a worker blocked handing on a result must
-                        # see the cancellation, not a closed stream (BrokenResourceError).
-                        tg.cancel_scope.cancel()
+                try:
+                    yield ResultStream(receive, failure)
+                finally:
+                    tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
             raise unwrap_group(group) from None
         finally:
             if isinstance(items, AsyncItems):
                 with anyio.CancelScope(shield=True):
                     await items.aclose()
+
+    # -- synchronous entry points (the machinery is in _sync.py) -------------------------
+
+    def execute_sync(
+        self,
+        tasks: Mapping[str, LLMTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+        backend: str = "asyncio",
+    ) -> dict[str, TaskResult]:
+        """:meth:`execute` from synchronous code: a script, or a notebook cell.
+
+        Runs a fresh event loop of ``backend`` ("asyncio" or "trio"): on this thread, or,
+        where a loop already runs here (Jupyter), on a new thread while this one waits.
+        Our HTTP providers' connections for that loop are closed before it ends. Ctrl-C
+        cancels the run and raises ``KeyboardInterrupt`` once nothing is left running.
+        """
+        return run_sync(
+            functools.partial(self.execute, tasks, max_errors=max_errors, on_result=on_result),
+            backend=backend,
+            owner="execute_sync",
+            close=self.provider,
+        )
+
+    def execute_mixed_sync(
+        self,
+        tasks: Mapping[str, LLMTask | DeterministicTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+        backend: str = "asyncio",
+    ) -> dict[str, TaskResult]:
+        """:meth:`execute_mixed` from synchronous code (see :meth:`execute_sync`)."""
+        return run_sync(
+            functools.partial(
+                self.execute_mixed, tasks, max_errors=max_errors, on_result=on_result
+            ),
+            backend=backend,
+            owner="execute_mixed_sync",
+            close=self.provider,
+        )
+
+    def execute_sequential_sync(
+        self, tasks: Sequence[LLMTask], pass_result: bool = False, *, backend: str = "asyncio"
+    ) -> list[TaskResult]:
+        """:meth:`execute_sequential` from synchronous code (see :meth:`execute_sync`)."""
+        return run_sync(
+            functools.partial(self.execute_sequential, tasks, pass_result),
+            backend=backend,
+            owner="execute_sequential_sync",
+            close=self.provider,
+        )
 
     # -- the engine ----------------------------------------------------------------------
 
@@ -437,28 +532,30 @@ class ParallelLLMExecutor:
             return
         logger.debug("run starting: %s tasks, %d workers", count or "streamed", workers)
         run.scopes = [None] * workers
-        run.slots = self._slots()
+        run.threads = self._threads()
         try:
-            async with anyio.create_task_group() as tg:
+            async with lend(self._cap), anyio.create_task_group() as tg:
                 for index in range(workers):
                     tg.start_soon(self._worker, run, index)
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
             raise unwrap_group(group) from None
 
     async def _worker(self, run: _Run, index: int) -> None:
-        await _take_slot(run.slots)
+        lease = Lease(self._cap)
+        LEASE.set(lease)  # this task's own context: nested calls find it
         try:
+            await take(lease)
             items = run.items
             if isinstance(items, AsyncItems):
                 while (item := await items.next()) is not None:
-                    await self._one(run, index, item)
+                    await self._one(run, index, item, lease)
             else:
                 for item in items:
-                    await self._one(run, index, item)
+                    await self._one(run, index, item, lease)
         finally:
-            run.slots.limiter.release()
+            give_back(lease)
 
-    async def _one(self, run: _Run, index: int, item: Item) -> None:
+    async def _one(self, run: _Run, index: int, item: Item, lease: Lease) -> None:
         """The per-task path: run it, hand the result on, maybe give the slot away."""
         tag, task = item
         if run.guarded:
@@ -472,9 +569,9 @@ class ParallelLLMExecutor:
         await run.emit(result)
         if run.notify is not None:
             await run.notify(result)
-        if run.slots.queued:  # another call is waiting for a slot: take turns
-            run.slots.limiter.release()
-            await _take_slot(run.slots)
+        if lease.cap.waiters or not lease.held:  # another call waits for a slot: take turns
+            give_back(lease)
+            await take(lease)
 
     async def _run_guarded(
         self, run: _Run, index: int, tag: str, task: Task | Invalid
@@ -491,6 +588,11 @@ class ParallelLLMExecutor:
         if result is None:  # our scope caught its own cancellation: the run was stopped
             return _aborted(tag, run.reason, start)
         if not result.success:
+            if run.aborted:
+                # Its call ended in the instant the run stopped, before the cancellation
+                # reached it (asyncio lets such a task run on; trio cancels it): counted
+                # as cut off, so exactly max_errors tasks fail on either backend.
+                return _aborted(tag, run.reason, start, result)
             run.count_failure(result)
         return result
 
@@ -555,7 +657,7 @@ class ParallelLLMExecutor:
                 )
         elif type(task) is DeterministicTask:
             timeout = task.timeout or self.default_timeout
-            outcome = await run_function(task, timeout, self._slots().threads)
+            outcome = await run_function(task, timeout, self._threads())
         else:
             assert isinstance(task, Invalid)
             return _failed(tag, task.error, start, 0)
@@ -573,17 +675,6 @@ class ParallelLLMExecutor:
         if default is None:
             return own
         return {**default, **own}
-
-
-async def _take_slot(slots: _Slots) -> None:
-    try:
-        slots.limiter.acquire_nowait()
-    except anyio.WouldBlock:
-        slots.queued += 1
-        try:
-            await slots.limiter.acquire()
-        finally:
-            slots.queued -= 1
 
 
 def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:

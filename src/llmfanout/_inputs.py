@@ -108,25 +108,42 @@ def _duplicate(tag: str) -> ValueError:
     return ValueError(f"task {tag!r}: this tag was already used by an earlier task in the run")
 
 
-def iter_items(tasks: Iterable[Any]) -> Iterator[Item]:
+class InputFailure:
+    """Holds the exception the input raised while it was read, if it did.
+
+    Reading stops there, but the tasks already taken still run and hand out their
+    results; the error is raised after the last of them (see ``ResultStream``).
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+
+def iter_items(tasks: Iterable[Any], failure: InputFailure) -> Iterator[Item]:
     tagger = Tagger()
-    for task in tasks:
-        yield tagger(task)
+    try:
+        for task in tasks:
+            yield tagger(task)
+    except Exception as exc:  # the user's iterator broke: end the input here
+        failure.error = exc
 
 
 class AsyncItems:
     """Reads ``(tag, task)`` items from an async iterable, one reader at a time."""
 
-    def __init__(self, tasks: AsyncIterable[Any]) -> None:
+    def __init__(self, tasks: AsyncIterable[Any], failure: InputFailure) -> None:
         import anyio  # local: only async sources pay for the lock
 
         self._iterator: AsyncIterator[Any] = aiter(tasks)
         self._tagger = Tagger()
         self._lock = anyio.Lock()
         self._done = False
+        self._failure = failure
 
     async def next(self) -> Item | None:
-        """The next item, or None at the end."""
+        """The next item, or None at the end (or once the iterable raised)."""
         async with self._lock:
             if self._done:
                 return None
@@ -134,6 +151,10 @@ class AsyncItems:
                 task = await anext(self._iterator)
             except StopAsyncIteration:
                 self._done = True
+                return None
+            except Exception as exc:  # the user's iterable broke: end the input here
+                self._done = True
+                self._failure.error = exc
                 return None
             return self._tagger(task)
 
@@ -146,13 +167,16 @@ class AsyncItems:
             await self._iterator.aclose()
 
 
-def prepare(tasks: object) -> tuple[Iterator[Item] | AsyncItems, int | None]:
-    """Items to run and, when known, how many: for ``stream()``'s any-shaped input."""
+def prepare(tasks: object, failure: InputFailure) -> tuple[Iterator[Item] | AsyncItems, int | None]:
+    """Items to run and, when known, how many: for ``stream()``'s any-shaped input.
+
+    An exception the input raises while it is read lands in ``failure``.
+    """
     if isinstance(tasks, Mapping):
         items = check_mapping(tasks, "stream", llm_only=False)
         return iter(items), len(items)
     if isinstance(tasks, AsyncIterable):
-        return AsyncItems(tasks), None
+        return AsyncItems(tasks, failure), None
     if isinstance(tasks, str | bytes) or not isinstance(tasks, Iterable):
         raise TypeError(
             "stream() takes a mapping of tag to task, an iterable of tasks or an async "
@@ -163,5 +187,5 @@ def prepare(tasks: object) -> tuple[Iterator[Item] | AsyncItems, int | None]:
             if not isinstance(task, LLMTask | DeterministicTask):
                 where = repr(task.tag) if isinstance(getattr(task, "tag", None), str) else ""
                 raise _kind_error("stream", where or f"#{position}", task, False)
-        return iter_items(tasks), len(tasks)
-    return iter_items(tasks), None
+        return iter_items(tasks, failure), len(tasks)
+    return iter_items(tasks, failure), None

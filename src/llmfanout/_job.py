@@ -207,6 +207,11 @@ def _same(text: str) -> str:
 def _provider_for(spec: JobSpec, model: str, key: str | None) -> AsyncLLMProvider:
     if spec.provider == "echo":
         return EchoProvider(latency=spec.echo_latency, model=model, record_calls=False)
+    # httpx imports httpcore (and trio with it: 0.3 s, seconds on a busy machine) when its
+    # first client is made, which is inside the first call's time limit: a first attempt
+    # could time out before its request left. Pay for the import here, before any clock.
+    import httpcore  # noqa: F401
+
     from .providers import AnthropicProvider, OpenAIProvider
 
     options: dict[str, Any] = {"max_connections": spec.concurrency, "api_key": key}

@@ -12,10 +12,13 @@ arrives meanwhile is honoured.
 from __future__ import annotations
 
 import math
+import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.lowlevel import current_token
 
 from ._checks import positive
 
@@ -61,8 +64,12 @@ class RateLimit:
     never limited. Callers are admitted in arrival order.
 
     ``clock`` is the time source in seconds (``anyio.current_time`` by default); waits
-    use ``anyio.sleep``, so a custom clock must keep pace with the event loop's. A
-    ``RateLimit`` belongs to one event loop at a time.
+    use ``anyio.sleep``, so a custom clock must keep pace with the event loop's.
+
+    A ``RateLimit`` belongs to one event loop at a time. It may serve several in turn (a
+    module-level limit used by successive ``anyio.run`` calls keeps its budget across
+    them), but a call from a second loop while the first still has calls in flight or
+    waiting raises ``RuntimeError`` (not retried) saying so: give each loop its own.
     """
 
     def __init__(
@@ -89,6 +96,9 @@ class RateLimit:
         self._clock = clock or anyio.current_time
         self._waiting = 0  # callers queued or sleeping in acquire()
         self._queue: anyio.Lock | None = None  # exists only while someone waits
+        self._in_flight = 0  # admitted, not settled yet
+        self._loop: weakref.ref[object] | None = None  # the event loop it belongs to
+        self._offset = 0.0  # that loop's clock minus time.monotonic() (default clock only)
 
     def __repr__(self) -> str:
         return (
@@ -128,8 +138,16 @@ class RateLimit:
         """Wait until one call of ``tokens`` tokens may start, and count it as started.
 
         Callers are admitted in arrival order. Cancellation while waiting takes nothing
-        from the buckets and lets the next caller on.
+        from the buckets and lets the next caller on. Raises ``RuntimeError`` if another
+        event loop is using this limit at the same time.
         """
+        native = current_token().native_token
+        if self._loop is None or self._loop() is not native:
+            self._move_to(native)
+        await self._admit(tokens)
+        self._in_flight += 1
+
+    async def _admit(self, tokens: int) -> None:
         if not self._waiting:  # nobody queued: no lock unless we must wait
             now = self._clock()
             if self.ready_at(now, tokens) <= now:
@@ -158,6 +176,8 @@ class RateLimit:
         More than booked is debited now (later callers wait for it); less is refunded.
         ``used=None`` (no usage reported) keeps the estimate.
         """
+        if self._in_flight:
+            self._in_flight -= 1
         if used is not None and self._tokens is not None and used != booked:
             self._tokens.take(self._clock(), used - booked)
 
@@ -167,6 +187,36 @@ class RateLimit:
         Callers already waiting wait until then too; a call already started is not touched.
         """
         self._resume_at = max(self._resume_at, self._clock() + seconds)
+
+    def _move_to(self, native: object) -> None:
+        """Belong to the running event loop from now on, if the one before is done with us."""
+        before = None if self._loop is None else self._loop()
+        if before is not None and (self._in_flight or self._waiting):
+            error = RuntimeError(
+                f"{self!r} is in use by another event loop (another thread running its own "
+                "anyio.run or asyncio.run); a RateLimit belongs to one event loop at a "
+                "time. Give each event loop its own RateLimit (splitting the budget), or "
+                "run every executor that shares it in one event loop"
+            )
+            error.retryable = False  # type: ignore[attr-defined]
+            raise error
+        if self._clock is anyio.current_time:
+            # Each loop has its own clock (trio's starts at a random offset): carry the
+            # booked times over, so the budget holds across loops and nothing waits for
+            # a time that the new clock reaches only hours later.
+            offset = anyio.current_time() - time.monotonic()
+            if self._loop is not None:
+                self._shift(offset - self._offset)
+            self._offset = offset
+        self._loop = weakref.ref(native)
+        self._in_flight = 0  # whatever the old loop left unsettled ended with it
+
+    def _shift(self, delta: float) -> None:
+        self._resume_at += delta
+        self._last += delta
+        for bucket in (self._requests, self._tokens):
+            if bucket is not None:
+                bucket.at += delta
 
 
 def estimate_tokens(task: LLMTask, overrides: Mapping[str, Any] | None) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from ._cost import CostTally, Price, check_prices
 from ._tasks import TaskResult
 from ._types import LLMResponse
 from .errors import TaskAborted
@@ -27,6 +28,10 @@ class RunSummary:
       that were not aborted (None if there are none).
     - ``elapsed_s``, ``throughput`` (results per second): None unless ``elapsed`` was given
       (``throughput`` also when it is 0).
+    - ``cached_prompt_tokens``: the part of ``prompt_tokens`` read from the provider's cache.
+    - ``cost_usd``: with ``prices``, the cost of the successful responses in USD (None
+      without); ``unpriced`` maps each model that had no price (or responses without
+      usage) to how many responses were left out of ``cost_usd``.
     - ``concurrency``: calls the executor kept in flight at the end
       (``executor.concurrency``: fewer than ``max_concurrency`` while the server answered
       overload), when given.
@@ -45,6 +50,9 @@ class RunSummary:
     max_ms: float | None
     elapsed_s: float | None = None
     throughput: float | None = None
+    cached_prompt_tokens: int = 0
+    cost_usd: float | None = None
+    unpriced: Mapping[str, int] = attrs.field(factory=dict)
     concurrency: int | None = None
 
     def __str__(self) -> str:
@@ -58,6 +66,10 @@ class RunSummary:
                 f"tokens: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion"
                 f" = {self.total_tokens:,} total"
             )
+        if self.cached_prompt_tokens:
+            lines.append(f"cached prompt tokens: {self.cached_prompt_tokens:,}")
+        if self.cost_usd is not None:
+            lines.append(f"cost: {format_usd(self.cost_usd)}" + _unpriced_note(self.unpriced))
         if self.p50_ms is not None:
             lines.append(
                 f"time per task: p50 {self.p50_ms:,.1f} ms, p95 {self.p95_ms:,.1f} ms, "
@@ -82,7 +94,9 @@ class SummaryAccumulator:
     __slots__ = (
         "aborted",
         "attempts",
+        "cached",
         "completion_tokens",
+        "cost",
         "durations",
         "ok",
         "prompt_tokens",
@@ -90,10 +104,12 @@ class SummaryAccumulator:
         "total_tokens",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, prices: Mapping[str, Price | Mapping[str, float]] | None = None) -> None:
+        """``prices``: as :func:`summarize` takes them, for ``cost_usd``."""
         self.total = self.ok = self.aborted = self.attempts = 0
-        self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.total_tokens = self.cached = 0
         self.durations = array("d")
+        self.cost = None if prices is None else CostTally(check_prices(prices, "summarize"))
 
     def add(self, result: TaskResult) -> None:
         """Count one result."""
@@ -102,10 +118,15 @@ class SummaryAccumulator:
         if result.success:
             self.ok += 1
             value = result.value
-            if isinstance(value, LLMResponse) and value.usage:
-                self.prompt_tokens += value.usage.get("prompt_tokens") or 0
-                self.completion_tokens += value.usage.get("completion_tokens") or 0
-                self.total_tokens += value.total_tokens or 0
+            if isinstance(value, LLMResponse):
+                usage = value.usage
+                if usage:
+                    self.prompt_tokens += usage.get("prompt_tokens") or 0
+                    self.completion_tokens += usage.get("completion_tokens") or 0
+                    self.total_tokens += value.total_tokens or 0
+                    self.cached += usage.get("cached_prompt_tokens") or 0
+                if self.cost is not None:
+                    self.cost.add(value.model, usage)
         elif isinstance(result.error, TaskAborted):
             self.aborted += 1
             return
@@ -132,6 +153,9 @@ class SummaryAccumulator:
             max_ms=durations[-1] if durations else None,
             elapsed_s=None if elapsed is None else float(elapsed),
             throughput=total / elapsed if elapsed else None,
+            cached_prompt_tokens=self.cached,
+            cost_usd=None if self.cost is None else self.cost.total,
+            unpriced={} if self.cost is None else dict(sorted(self.cost.unpriced.items())),
             concurrency=concurrency,
         )
 
@@ -147,18 +171,22 @@ def summarize(
     results: Iterable[TaskResult] | Mapping[str, TaskResult],
     *,
     elapsed: float | None = None,
+    prices: Mapping[str, Price | Mapping[str, float]] | None = None,
     concurrency: int | None = None,
 ) -> RunSummary:
     """Sum up a run's results: what ``execute`` returned, or what ``stream`` handed out.
 
-    ``elapsed`` is the run's wall time in seconds; give it to get ``throughput``;
-    ``concurrency`` (``executor.concurrency`` after the run) is reported as given. Reads
-    ``results`` once (a generator will do). Raises ``TypeError`` for an item that is not
-    a ``TaskResult`` and ``ValueError`` for a negative ``elapsed``.
+    ``elapsed`` is the run's wall time in seconds; give it to get ``throughput``.
+    ``prices`` (model name -> :class:`Price`, or ``{"input", "output", "cached_input",
+    "cache_write"}`` in USD per million tokens) gives ``cost_usd``; a response's model is
+    looked up as reported, then without a date suffix. ``concurrency``
+    (``executor.concurrency`` after the run) is reported as given. Reads ``results`` once
+    (a generator will do). Raises ``TypeError`` for an item that is not a ``TaskResult``,
+    and ``ValueError`` for a negative ``elapsed`` or a price table entry it cannot read.
     """
     _check_elapsed(elapsed)
     items = results.values() if isinstance(results, Mapping) else results
-    accumulator = SummaryAccumulator()
+    accumulator = SummaryAccumulator(prices)
     for result in items:
         if not isinstance(result, TaskResult):
             raise TypeError(
@@ -167,6 +195,20 @@ def summarize(
             )
         accumulator.add(result)
     return accumulator.summary(elapsed=elapsed, concurrency=concurrency)
+
+
+def format_usd(amount: float) -> str:
+    """``$12.34``, or more digits for small amounts (``$0.000123``)."""
+    if amount == 0 or amount >= 1:
+        return f"${amount:,.2f}"
+    return f"${amount:.2g}" if amount < 1e-6 else f"${amount:.6f}".rstrip("0")
+
+
+def _unpriced_note(unpriced: Mapping[str, int]) -> str:
+    if not unpriced:
+        return ""
+    shown = ", ".join(f"{model or '(no model)'} x{n}" for model, n in unpriced.items())
+    return f" (not counted, no price or no usage: {shown})"
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:

@@ -4,8 +4,8 @@ Exception
  +-- TaskAborted                   a task stopped (or never started): the run hit max_errors
  +-- ProviderError                 a provider call failed; ``retryable`` says if retrying may help
       +-- APIConnectionError       refused, reset, or dropped mid-response              retried
-      |    +-- APITimeoutError     connect, read, write or pool timeout                 retried
-      +-- ResponseFormatError      a 2xx whose body is not what the API documents       never
+      |    +-- APITimeoutError     connect, read, write, pool or total timeout          retried
+      +-- ResponseFormatError      a 2xx body not as documented, or past max_response_bytes never
       +-- APIStatusError           another error status: 408, 409 retried, 3xx never
            +-- BadRequestError     400, 404, 413, 422, or a request we refuse to send   never
            +-- AuthenticationError 401, 403                                             never
@@ -20,6 +20,7 @@ header overrides the status. The executor's ``RetryConfig`` reads ``retryable`` 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class ProviderError(Exception):
     - ``request_id``: the server's request id, to quote to the provider's support.
     - ``provider``: ``"openai"``, ``"anthropic"``...
     - ``body``: the start of the response body, for debugging.
+    - ``headers``: the response's headers (names in lower case), to read rate-limit
+      headers and the like.
     - ``rate_limits``: the :class:`~llmfanout.RateLimitInfo` the response's headers
       advertised (a 429's remaining budget and reset, say).
 
@@ -79,6 +82,7 @@ class ProviderError(Exception):
         request_id: str | None = None,
         provider: str | None = None,
         body: str | None = None,
+        headers: Mapping[str, str] | None = None,
         rate_limits: RateLimitInfo | None = None,
     ) -> None:
         super().__init__(message)
@@ -91,6 +95,7 @@ class ProviderError(Exception):
         self.request_id = request_id
         self.provider = provider
         self.body = body
+        self.headers = dict(headers) if headers is not None else None
         self.rate_limits = rate_limits
 
     def __str__(self) -> str:
@@ -111,7 +116,7 @@ class APIConnectionError(ProviderError):
 
 
 class APITimeoutError(APIConnectionError):
-    """A connect, read, write or pool timeout expired; retryable.
+    """A connect, read, write, pool or total timeout expired; retryable.
 
     A read timeout means the server sent nothing for that long: a hung server, or an
     answer slower than the provider's ``timeout`` allows (raise it for long generations).
@@ -121,7 +126,8 @@ class APITimeoutError(APIConnectionError):
 
 
 class ResponseFormatError(ProviderError):
-    """A successful (2xx) response whose body is not the documented JSON; not retried.
+    """A successful (2xx) response whose body is not the documented JSON, or any response
+    larger than the provider's ``max_response_bytes``; not retried.
 
     Usually ``base_url`` points at something that is not the API (a proxy's HTML page,
     the wrong path), or a compatible server that leaves out a field.

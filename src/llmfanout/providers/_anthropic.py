@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import httpx
+from typing import Any, Unpack
 
 from .._types import LLMMessage, LLMResponse, to_messages
 from ..errors import BadRequestError, ProviderError
@@ -16,14 +14,16 @@ from ._anthropic_format import (
     tools_to_wire,
     usage_from,
 )
-from ._http import HTTPProvider, check_positive_int
+from ._config import HTTPOptions, check_positive_int
+from ._http import HTTPProvider
+from ._transport import Response
 
 ANTHROPIC_VERSION = "2023-06-01"
 """The ``anthropic-version`` header sent unless ``headers=`` gives another."""
 
 
 class AnthropicProvider(HTTPProvider):
-    """Calls ``POST {base_url}/v1/messages`` over one pooled ``httpx.AsyncClient``.
+    """Calls ``POST {base_url}/v1/messages`` over a pool of kept-alive connections.
 
     ``async with AnthropicProvider("claude-sonnet-4-5") as provider: ...`` or call
     ``aclose()`` when done (the pool is per event loop, as for OpenAIProvider). The key
@@ -40,44 +40,31 @@ class AnthropicProvider(HTTPProvider):
     format are rewritten in Anthropic's (its own format passes unchanged);
     ``max_tokens`` (which the API requires) defaults to 1024. Per call,
     ``config_overrides`` are merged over ``default_params`` into the JSON body (a None
-    value drops the key; ``stop`` is sent as ``stop_sequences``). ``timeout``,
-    ``max_connections`` and ``http_client`` work as for
-    :class:`~llmfanout.providers.OpenAIProvider`: size the pool to at least the
-    executor's ``max_concurrency``.
+    value drops the key; ``stop`` is sent as ``stop_sequences``).
 
     ``complete`` raises :class:`~llmfanout.errors.ProviderError` subclasses, retryable as
     the official SDK decides (529 "overloaded" is a retryable ``ServerError``); it never
     retries on its own. The key never appears in a repr, an error or a log line.
+
+    ``base_url`` defaults to ``ANTHROPIC_BASE_URL``, else ``https://api.anthropic.com``.
+    The other options (``timeout``, ``total_timeout``, ``max_connections``,
+    ``max_response_bytes``, ``verify``, ``headers``, ``default_params``, ``http_client``)
+    are those of :class:`~llmfanout.providers.OpenAIProvider`.
     """
 
     provider_name = "anthropic"
     api_key_env = "ANTHROPIC_API_KEY"
+    base_url_env = "ANTHROPIC_BASE_URL"
+    default_base_url = "https://api.anthropic.com"
     endpoint = "/v1/messages"
 
     def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str = "https://api.anthropic.com",
-        api_key: str | None = None,
-        max_tokens: int = 1024,
-        timeout: float | httpx.Timeout = 60.0,
-        default_params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        max_connections: int = 100,
+        self, model: str, *, max_tokens: int = 1024, **options: Unpack[HTTPOptions]
     ) -> None:
         self.max_tokens = check_positive_int(max_tokens, "max_tokens", type(self).__name__)
-        super().__init__(
-            model,
-            base_url=base_url,
-            api_key=api_key,
-            timeout=timeout,
-            default_params=default_params,
-            headers=headers,
-            http_client=http_client,
-            max_connections=max_connections,
-        )
+        super().__init__(model, **options)
+
+    def _initial_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_tokens,
@@ -91,7 +78,7 @@ class AnthropicProvider(HTTPProvider):
                     "give a string or a list of strings"
                 )
             params["stop_sequences"] = _stop_sequences(stop)
-        self._params = params
+        return params
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
@@ -117,7 +104,7 @@ class AnthropicProvider(HTTPProvider):
                 payload["system"] = "\n\n".join([given, *system] if given else system)
         return payload
 
-    def _response(self, body: Any, response: httpx.Response, model: Any) -> LLMResponse:
+    def _response(self, body: Any, response: Response, model: Any) -> LLMResponse:
         blocks = body.get("content") if isinstance(body, dict) else None
         if not isinstance(blocks, list):
             error: ProviderError = self._format_error(response, "has no content list")
@@ -125,7 +112,7 @@ class AnthropicProvider(HTTPProvider):
         content, tool_calls = text_and_tool_calls(blocks)
         stop_reason = body.get("stop_reason")
         reported_model = body.get("model")
-        request_id = response.headers.get("request-id") or response.headers.get("x-request-id")
+        request_id = self._request_id(response)
         metadata: dict[str, Any] = {"raw": body}
         if request_id:
             metadata["request_id"] = request_id

@@ -2,33 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-import httpx
 
 from .._types import LLMMessage, LLMResponse, to_messages
 from ..errors import ProviderError
 from ._http import HTTPProvider
 from ._openai_format import messages_to_wire, tool_calls_from, usage_from
+from ._transport import Response
 
 
 class OpenAIProvider(HTTPProvider):
-    """Calls ``POST {base_url}/chat/completions`` over one pooled ``httpx.AsyncClient``.
+    """Calls ``POST {base_url}/chat/completions`` over a pool of kept-alive connections.
 
     ``async with OpenAIProvider("gpt-4o-mini") as provider: ...`` or call ``aclose()``
     when done; the pool is per event loop, so one provider may serve successive
-    ``anyio.run()`` calls. The key comes from ``api_key``, else ``OPENAI_API_KEY``; without one the
-    constructor raises ``ValueError`` naming the variable. ``base_url`` points it at any
+    ``anyio.run()`` calls. The key comes from ``api_key``, else ``OPENAI_API_KEY``;
+    without one the constructor raises ``ValueError`` naming the variable. ``base_url``
+    (else ``OPENAI_BASE_URL``, else ``https://api.openai.com/v1``) points it at any
     OpenAI-compatible server (vLLM, Ollama, Groq...).
 
     Per call, ``config_overrides`` (``model``, ``temperature``, ``max_tokens``, ``top_p``,
     ``stop``, ``seed``, anything else) are merged over ``default_params`` into the JSON
-    body; a None value drops the key. ``timeout`` (seconds, or an ``httpx.Timeout``) bounds
-    reading, writing and waiting for a pooled connection; connecting gets at most 10 s.
-    ``max_connections`` sizes the pool: set it to at least the executor's
-    ``max_concurrency``. With your own ``http_client`` its pool is used and
-    ``max_connections`` is ignored; ``aclose()`` leaves it open.
+    body; a None value drops the key.
+
+    Options (shared with :class:`~llmfanout.providers.AnthropicProvider`):
+
+    - ``timeout`` (seconds, default 60, or an ``httpx.Timeout``) bounds each read (the
+      longest the server may stay silent), each write and the wait for a pooled
+      connection; connecting gets at most 10 s.
+    - ``total_timeout`` (seconds, default 600; None for none) bounds each attempt as a
+      whole, from asking for a connection to the last byte of the answer: a server that
+      drips a byte at a time cannot hold a call forever.
+    - ``max_connections`` (default 100) caps open connections per event loop: set it to
+      at least the executor's ``max_concurrency``. Idle connections are kept alive for
+      5 s; one the server closed while idle is never reused.
+    - ``max_response_bytes`` (default 32 MiB) caps a response body, after decompression;
+      a larger one raises a ``ResponseFormatError`` (not retried).
+    - ``verify``: TLS certificate checks (on by default, with ``SSL_CERT_FILE`` and
+      ``SSL_CERT_DIR`` honoured); a CA bundle path or an ``ssl.SSLContext`` for a private
+      CA; False turns them off.
+    - ``headers`` add to or replace the default headers; ``default_params`` go into
+      every body.
+    - ``http_client``: an ``httpx.AsyncClient`` of your own, used instead of the pool
+      (its limits apply, ``max_connections`` does not; ``aclose()`` leaves it open).
+      Proxies from the environment (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) are
+      honoured: where one applies, requests go through httpx, which speaks to proxies.
+
+    Redirects are never followed (the key would go along).
 
     ``complete`` raises :class:`~llmfanout.errors.ProviderError` subclasses, retryable as
     the official SDK decides; it never retries on its own (give the executor a
@@ -37,31 +58,9 @@ class OpenAIProvider(HTTPProvider):
 
     provider_name = "openai"
     api_key_env = "OPENAI_API_KEY"
+    base_url_env = "OPENAI_BASE_URL"
+    default_base_url = "https://api.openai.com/v1"
     endpoint = "/chat/completions"
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str = "https://api.openai.com/v1",
-        api_key: str | None = None,
-        timeout: float | httpx.Timeout = 60.0,
-        default_params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        max_connections: int = 100,
-    ) -> None:
-        super().__init__(
-            model,
-            base_url=base_url,
-            api_key=api_key,
-            timeout=timeout,
-            default_params=default_params,
-            headers=headers,
-            http_client=http_client,
-            max_connections=max_connections,
-        )
-        self._params: dict[str, Any] = {"model": self.model, **self.default_params}
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -69,7 +68,7 @@ class OpenAIProvider(HTTPProvider):
     def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
         return {**params, "messages": messages_to_wire(to_messages(messages, "OpenAIProvider"))}
 
-    def _response(self, body: Any, response: httpx.Response, model: Any) -> LLMResponse:
+    def _response(self, body: Any, response: Response, model: Any) -> LLMResponse:
         problem: str | None = None
         try:
             choice = body["choices"][0]
@@ -93,7 +92,7 @@ class OpenAIProvider(HTTPProvider):
         finish_reason = choice.get("finish_reason")
         reported_model = body.get("model")
         counts = usage_from(body.get("usage"))
-        request_id = response.headers.get("x-request-id")
+        request_id = self._request_id(response)
         metadata: dict[str, Any] = {"raw": body}
         if request_id:
             metadata["request_id"] = request_id

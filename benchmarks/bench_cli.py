@@ -1,0 +1,102 @@
+"""`llmfanout run` against the floor: a bare anyio pool reading and writing the same JSONL.
+
+    python benchmarks/bench_cli.py [--rows 100000] [--concurrency 500] [--latency 0.02]
+
+Each contender runs in a fresh process on the same input file: the CLI (echo provider,
+default flags otherwise: 3 attempts, a rate limiter for 429s, the validating first
+pass, crash-safe writes) and the floor (workers pulling lines, ``json.loads``, the same
+sleep, ``json.dumps``, a buffered file). Prints wall time, CPU time per row and the
+ratio to the floor, on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import BACKENDS
+
+FLOOR = r"""
+import json, sys, anyio
+
+source, output, backend = sys.argv[1], sys.argv[2], sys.argv[3]
+concurrency, latency = int(sys.argv[4]), float(sys.argv[5])
+
+async def main():
+    with open(source, "rb") as lines, open(output, "w") as out:
+        async def worker():
+            for raw in lines:
+                row = json.loads(raw)
+                await anyio.sleep(latency)
+                text = "Echo: " + row["prompt"]
+                out.write(json.dumps({"id": row["id"], "success": True, "content": text}) + "\n")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(worker)
+
+anyio.run(main, backend=backend)
+"""
+
+
+def measure(command: list[str], output: Path) -> tuple[float, float]:
+    """Wall seconds and child CPU seconds of one fresh process."""
+    output.unlink(missing_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per contender (best kept)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        source, output = Path(folder) / "in.jsonl", Path(folder) / "out.jsonl"
+        with source.open("w") as file:
+            for i in range(args.rows):
+                file.write(json.dumps({"id": f"row-{i}", "prompt": f"Summarise item {i}"}) + "\n")
+        print(
+            f"{args.rows} rows, {args.concurrency} in flight, {args.latency * 1000:g} ms per "
+            f"call; best of {args.repeat}; "
+            f"ideal {args.rows * args.latency / args.concurrency:.2f} s"
+        )
+        print(f"{'backend':8} {'contender':10} {'wall s':>8} {'CPU us/row':>11} {'x floor':>8}")
+        for backend in BACKENDS:
+            floor = [
+                sys.executable, "-c", FLOOR, str(source), str(output), backend,
+                str(args.concurrency), str(args.latency),
+            ]  # fmt: skip
+            cli = [
+                sys.executable, "-m", "llmfanout", "run", str(source), "-o", str(output),
+                "--concurrency", str(args.concurrency), "--echo-latency", str(args.latency),
+                "--backend", backend, "--quiet",
+            ]  # fmt: skip
+            results = {}
+            for name, command in (("floor", floor), ("llmfanout", cli)):
+                runs = [measure(command, output) for _ in range(args.repeat)]
+                results[name] = min(runs)
+                rows = sum(1 for _ in output.open("rb"))
+                assert rows == args.rows, f"{name} wrote {rows} rows of {args.rows}"
+            for name, (wall, cpu) in results.items():
+                ratio = wall / results["floor"][0]
+                print(
+                    f"{backend:8} {name:10} {wall:8.2f} {cpu / args.rows * 1e6:11.1f} {ratio:7.2f}x"
+                )
+
+
+if __name__ == "__main__":
+    main()

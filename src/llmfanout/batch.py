@@ -1,0 +1,23 @@
+"""Provider batch jobs: the OpenAI Batch API and Anthropic Message Batches, at half price.
+
+:func:`submit_batch` checks every task, splits them into as few provider batches as the
+limits allow and creates them, recording each step in a state file first; a
+:class:`BatchJob` (restored with :meth:`BatchJob.load`) waits, reads one result per task,
+and cancels. See docs/batch.md.
+"""
+
+from ._batch import BatchJob, BatchPart, BatchProgress, Polling, submit_batch
+from ._batch_api import BatchRequestCancelled, BatchRequestError, BatchRequestExpired
+from ._batch_state import BatchStateError
+
+__all__ = [
+    "BatchJob",
+    "BatchPart",
+    "BatchProgress",
+    "BatchRequestCancelled",
+    "BatchRequestError",
+    "BatchRequestExpired",
+    "BatchStateError",
+    "Polling",
+    "submit_batch",
+]

@@ -1,0 +1,113 @@
+"""The API key: where it comes from, and how it is kept out of every text we show.
+
+A server may echo the key back in any encoding: raw, JSON-escaped (``sk-abc\\/def``,
+``\\u0073k-...``), percent-encoded, or a mixture, in its body, a header or its reason
+phrase. :class:`Redactor` matches all of them with one compiled pattern in which every
+character of the key may appear in any of those spellings, so one pass finds the key
+however a server wrote it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
+MASK = "***"
+
+
+class Secret(str):
+    """A string whose repr hides it, so a stray ``repr(vars(provider))`` shows no key."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+class SecretBytes(bytes):
+    """Bytes (a request head holding the key) whose repr hides them."""
+
+    def __repr__(self) -> str:
+        return "b'***'"
+
+
+class SecretHeaders(dict[str, str]):
+    """Request headers whose repr hides the credential headers' values."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr({k: MASK if k.lower() in _CREDENTIAL_HEADERS else v for k, v in self.items()})
+
+
+def _spellings(char: str) -> str:
+    """A regex alternation for every way a JSON body, a URL or both may write ``char``."""
+    code = ord(char)
+    forms = [re.escape(char), rf"\\+u{code:04x}"]  # \u0073, and \\u0073 in nested JSON
+    if code < 0x80:
+        forms.append(rf"%(?:25)*{code:02x}")  # %2F, and %252F when encoded twice
+    if char == "/":
+        forms.append(r"\\+/")  # JSON may escape a solidus
+    elif char in '"\\':
+        forms.append(r"\\+" + re.escape(char))
+    elif char == " ":
+        forms.append(r"\+")
+    return "(?:" + "|".join(forms) + ")"
+
+
+class Redactor:
+    """Replaces the key, in any spelling a server might echo it in, with ``***``."""
+
+    __slots__ = ("_bytes", "_text")
+
+    def __init__(self, secret: str) -> None:
+        pattern = "".join(_spellings(c) for c in secret) if secret else "(?!)"
+        self._text = re.compile(pattern, re.IGNORECASE)
+        self._bytes = re.compile(pattern.encode("utf-8"), re.IGNORECASE)
+
+    def __repr__(self) -> str:
+        return "Redactor(***)"
+
+    def text(self, text: str) -> str:
+        """``text`` with every spelling of the key replaced by ``***``."""
+        return self._text.sub(MASK, text)
+
+    def optional(self, text: str | None) -> str | None:
+        """As :meth:`text`, passing None through."""
+        return None if text is None else self._text.sub(MASK, text)
+
+    def data(self, data: bytes) -> bytes:
+        """``data`` with every spelling of the key replaced by ``***`` (no copy when absent)."""
+        return self._bytes.sub(MASK.encode(), data) if self._bytes.search(data) else data
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with every spelling of ``secret`` replaced by ``***``."""
+    return Redactor(secret).text(text) if secret else text
+
+
+def resolve_api_key(api_key: str | None, env_var: str, owner: str) -> str:
+    """The key given, else the one in ``env_var``; raise if there is none or it is unusable.
+
+    Raises ``ValueError`` naming the environment variable when no key is found, and when
+    the key holds a character an HTTP header cannot carry (the key itself is never shown).
+    """
+    if api_key is None:
+        api_key = os.environ.get(env_var, "").strip()
+        where = f"the {env_var} environment variable"
+    elif not isinstance(api_key, str):
+        raise TypeError(f"{owner}: api_key must be a str, not {type(api_key).__name__}")
+    else:
+        where = "api_key"
+    if not api_key:
+        raise ValueError(
+            f"{owner}: no API key; set the {env_var} environment variable or pass api_key=... "
+            "(a local server that needs no key accepts any string, e.g. api_key='none')"
+        )
+    if not (api_key.isascii() and api_key.isprintable()) or any(c.isspace() for c in api_key):
+        raise ValueError(
+            f"{owner}: the API key from {where} holds a space, a control or a non-ASCII "
+            "character, which an HTTP header cannot carry; check that it was copied whole"
+        )
+    return api_key
