@@ -175,6 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rpm", type=_positive_float, metavar="N", help="requests per minute cap")
     run.add_argument("--tpm", type=_positive_float, metavar="N", help="tokens per minute cap")
     run.add_argument(
+        "--no-pacing",
+        dest="pacing",
+        action="store_false",
+        help="do not pace by the rate limits the server advertises, nor send fewer calls "
+        "while it is overloaded (--rpm/--tpm still apply)",
+    )
+    run.add_argument(
+        "--patience",
+        type=_seconds_or_zero,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a row keeps waiting out rate-limit and overload answers (429, 529, "
+        "503 with Retry-After) before it fails; they do not count as attempts "
+        "(default 600; 0 = they count like any error)",
+    )
+    run.add_argument(
+        "--max-errors",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N failed rows: nothing new is sent, and rows not sent are left for "
+        "--resume (default: never; a refused API key always stops the run)",
+    )
+    run.add_argument(
         "--shared-limit",
         metavar="URL",
         help="share the --rpm/--tpm budget with every run using this Redis URL "
@@ -460,6 +483,9 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         backend=args.backend,
         echo_latency=args.echo_latency,
         prices=args.price_table,
+        patience=args.patience,
+        pacing=args.pacing,
+        max_errors=args.max_errors,
     )
 
 
@@ -610,11 +636,20 @@ class _Screen:
         self.signal: int | None = None
         self.write_error: OSError | None = None
         self.scope: anyio.CancelScope | None = None  # cancelled by a signal or a write error
+        self.unsent = 0  # rows held back: never sent (the run stopped), or refused the key
+        self.refused: str | None = None  # the first answer refusing the key, if any
+        self.display.concurrency = lambda: (job.concurrency, job.spec.concurrency)
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        """Append rows to the output in one write; on failure (a full disk) stop the run."""
+        """Append rows to the output in one write; on failure (a full disk) stop the run.
+
+        Rows the run never sent (it stopped early) and rows refused for the key are left
+        out, so that ``--resume`` sends exactly those.
+        """
         if self.write_error is not None or not rows:
             return
+        if any(row["error"] is not None and row["error"]["type"] in _HELD for row in rows):
+            rows = self.hold_back(rows)
         try:
             self.writer.write(encode(rows), len(rows))
         except OSError as exc:
@@ -626,6 +661,19 @@ class _Screen:
         for row in rows:
             usage = row["usage"]
             record(row["success"], usage.get("total_tokens") if usage else None)
+
+    def hold_back(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows to write; count the others, and remember why the run stopped."""
+        kept = []
+        for row in rows:
+            error = row["error"]
+            if error is None or error["type"] not in _HELD:
+                kept.append(row)
+                continue
+            self.unsent += 1
+            if error["type"] == "AuthenticationError" and self.refused is None:
+                self.refused = error["message"]
+        return kept
 
     async def execute(self, rows: Iterator[Any]) -> int:
         """Send the rows, write the results; the exit status."""
@@ -655,7 +703,32 @@ class _Screen:
             return EXIT_FAILED
         if self.signal is not None:
             return self.interrupted(self.signal)
+        if self.unsent:
+            return self.stopped()
         return EXIT_FAILED if self.failed_in_output() else EXIT_OK
+
+    def stopped(self) -> int:
+        """Say why the run stopped early and how to finish it; the exit status."""
+        command = ["llmfanout", *self.argv]
+        if "--resume" not in command:
+            command.append("--resume")
+        if self.refused is not None:
+            reason = self.refused
+            fix = (
+                f"the server refused the API key: check {self.job.spec.key_variable} (and "
+                "what the key may access), then run"
+            )
+        else:
+            limit = self.args.max_errors
+            reason = f'{limit} rows failed (--max-errors {limit}); see their "error"'
+            fix = "fix the cause, then run (add --retry-failed to send the failed rows again)"
+        print(
+            f"llmfanout: stopped early: {reason}\nllmfanout: {self.unsent} rows were not "
+            f"written to {self.args.output} and will be sent by --resume; {fix}:\n"
+            f"    {shlex.join(command)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
     async def pump(self, stream: RowStream, scope: anyio.CancelScope) -> None:
         """Write rows as they complete, every row ready at that moment in one write."""
@@ -719,7 +792,11 @@ class _Screen:
         """The summary, on standard error."""
         if self.args.quiet:
             return
-        print(str(self.job.summary.summary(elapsed=elapsed)), file=sys.stderr)
+        # How many calls were in flight at the end, when the server made the run cut it.
+        adapted = self.job.concurrency
+        adapted_or_none = adapted if adapted < self.job.spec.concurrency else None
+        summary = self.job.summary.summary(elapsed=elapsed, concurrency=adapted_or_none)
+        print(str(summary), file=sys.stderr)
         if self.args.provider != "echo":
             print(f"llmfanout: sent to {self.args.provider}{self.where()}", file=sys.stderr)
         output, written = self.args.output, self.writer.rows
@@ -750,6 +827,10 @@ class _Screen:
             file=sys.stderr,
         )
         return 128 + signum
+
+
+_HELD = frozenset({"TaskAborted", "AuthenticationError"})
+"""Error types of rows not written: never sent (the run stopped), or refused for the key."""
 
 
 # -- merge ------------------------------------------------------------------------------
