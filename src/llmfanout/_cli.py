@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from functools import partial
@@ -174,6 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rpm", type=_positive_float, metavar="N", help="requests per minute cap")
     run.add_argument("--tpm", type=_positive_float, metavar="N", help="tokens per minute cap")
     run.add_argument(
+        "--no-pacing",
+        dest="pacing",
+        action="store_false",
+        help="do not pace by the rate limits the server advertises, nor send fewer calls "
+        "while it is overloaded (--rpm/--tpm still apply)",
+    )
+    run.add_argument(
+        "--patience",
+        type=_seconds_or_zero,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a row keeps waiting out rate-limit and overload answers (429, 529, "
+        "503 with Retry-After) before it fails; they do not count as attempts "
+        "(default 600; 0 = they count like any error)",
+    )
+    run.add_argument(
+        "--max-errors",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N failed rows: nothing new is sent, and rows not sent are left for "
+        "--resume (default: never; a refused API key always stops the run)",
+    )
+    run.add_argument(
         "--shared-limit",
         metavar="URL",
         help="share the --rpm/--tpm budget with every run using this Redis URL "
@@ -194,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_float,
         metavar="SECONDS",
-        help="time limit for each whole attempt, connecting included (default: none of its "
-        "own; HTTP gives up after 10 s connecting or 60 s without a byte)",
+        help="time limit for each whole attempt, connecting included (default for HTTP: "
+        "600 s a whole attempt, 10 s to connect, 60 s for each read)",
     )
     run.add_argument(
         "--resume",
@@ -378,11 +402,7 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.shared_limit is not None:
         if args.rpm is None and args.tpm is None:
             raise UsageError("--shared-limit needs --rpm or --tpm: the budget to share")
-        if importlib.util.find_spec("llmfanout.limits") is None:
-            raise UsageError(
-                "--shared-limit is not supported by this version of llmfanout; leave it out "
-                "(each run then keeps its own --rpm/--tpm)"
-            )
+        _check_shared_limit(args.shared_limit)
     args.price_table = None
     if args.prices is not None:
         try:
@@ -393,6 +413,46 @@ def _check_options(args: argparse.Namespace) -> None:
     _check_output(args.output, directory_ok=args.resume)
     if args.input != "-" and _same_file(args.input, args.output):
         raise UsageError(f"the output {args.output!r} is the input file; choose another output")
+
+
+def _check_shared_limit(url: str) -> None:
+    """Reach the Redis of ``--shared-limit`` before anything is sent.
+
+    Without it every row would fail in turn (a worker that has never heard from Redis
+    does not know its share of the budget), and a failed row counts as done on --resume.
+    """
+    if importlib.util.find_spec("redis") is None:
+        raise UsageError(
+            "--shared-limit needs the Redis client; install it with: pip install 'llmfanout[redis]'"
+        )
+    import redis
+
+    where = _without_password(url)
+    try:
+        client: Any = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    except ValueError as exc:
+        raise UsageError(
+            f"--shared-limit {where!r} is not a Redis URL ({exc}); give e.g. "
+            "redis://localhost:6379/0"
+        ) from None
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise UsageError(
+            f"--shared-limit: cannot reach Redis at {where} ({type(exc).__name__}); start it "
+            "there or fix the URL. Nothing was sent"
+        ) from None
+    finally:
+        client.close()
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _check_key(args: argparse.Namespace) -> None:
@@ -423,19 +483,27 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         backend=args.backend,
         echo_latency=args.echo_latency,
         prices=args.price_table,
+        patience=args.patience,
+        pacing=args.pacing,
+        max_errors=args.max_errors,
     )
 
 
 def _open_input(args: argparse.Namespace, stack: ExitStack) -> IO[bytes]:
-    if args.input != "-":
+    if args.input == "-":
+        source: IO[bytes] = sys.stdin.buffer
+    else:
         try:
-            return stack.enter_context(open(args.input, "rb"))
+            source = stack.enter_context(open(args.input, "rb"))  # noqa: SIM115
         except OSError as exc:
             message = f"cannot read the input file {args.input!r} ({exc.strerror})"
             raise UsageError(message) from None
-    # Standard input cannot be read twice (validate, then run): keep a copy on disk.
+        if os.path.isfile(args.input):
+            return source
+    # A pipe (standard input, <(command)) cannot be read twice (validate, then run): keep
+    # a copy on disk.
     spool = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115  (the stack closes it)
-    shutil.copyfileobj(sys.stdin.buffer, spool)
+    shutil.copyfileobj(source, spool)
     return spool
 
 
@@ -516,8 +584,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         _check_key(args)
         try:
             job = Job(spec, model=model)
-        except JobError as exc:
-            raise UsageError(str(exc)) from None
+        except JobError as exc:  # speak flags: --shared-limit, not shared_limit
+            raise UsageError(str(exc).replace("shared_limit:", "--shared-limit:")) from None
         target = args.output
         if os.path.isdir(target):
             target = _shard_name(target)  # shards are only ever added to
@@ -568,11 +636,20 @@ class _Screen:
         self.signal: int | None = None
         self.write_error: OSError | None = None
         self.scope: anyio.CancelScope | None = None  # cancelled by a signal or a write error
+        self.unsent = 0  # rows held back: never sent (the run stopped), or refused the key
+        self.refused: str | None = None  # the first answer refusing the key, if any
+        self.display.concurrency = lambda: (job.concurrency, job.spec.concurrency)
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        """Append rows to the output in one write; on failure (a full disk) stop the run."""
+        """Append rows to the output in one write; on failure (a full disk) stop the run.
+
+        Rows the run never sent (it stopped early) and rows refused for the key are left
+        out, so that ``--resume`` sends exactly those.
+        """
         if self.write_error is not None or not rows:
             return
+        if any(row["error"] is not None and row["error"]["type"] in _HELD for row in rows):
+            rows = self.hold_back(rows)
         try:
             self.writer.write(encode(rows), len(rows))
         except OSError as exc:
@@ -584,6 +661,19 @@ class _Screen:
         for row in rows:
             usage = row["usage"]
             record(row["success"], usage.get("total_tokens") if usage else None)
+
+    def hold_back(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows to write; count the others, and remember why the run stopped."""
+        kept = []
+        for row in rows:
+            error = row["error"]
+            if error is None or error["type"] not in _HELD:
+                kept.append(row)
+                continue
+            self.unsent += 1
+            if error["type"] == "AuthenticationError" and self.refused is None:
+                self.refused = error["message"]
+        return kept
 
     async def execute(self, rows: Iterator[Any]) -> int:
         """Send the rows, write the results; the exit status."""
@@ -613,7 +703,32 @@ class _Screen:
             return EXIT_FAILED
         if self.signal is not None:
             return self.interrupted(self.signal)
+        if self.unsent:
+            return self.stopped()
         return EXIT_FAILED if self.failed_in_output() else EXIT_OK
+
+    def stopped(self) -> int:
+        """Say why the run stopped early and how to finish it; the exit status."""
+        command = ["llmfanout", *self.argv]
+        if "--resume" not in command:
+            command.append("--resume")
+        if self.refused is not None:
+            reason = self.refused
+            fix = (
+                f"the server refused the API key: check {self.job.spec.key_variable} (and "
+                "what the key may access), then run"
+            )
+        else:
+            limit = self.args.max_errors
+            reason = f'{limit} rows failed (--max-errors {limit}); see their "error"'
+            fix = "fix the cause, then run (add --retry-failed to send the failed rows again)"
+        print(
+            f"llmfanout: stopped early: {reason}\nllmfanout: {self.unsent} rows were not "
+            f"written to {self.args.output} and will be sent by --resume; {fix}:\n"
+            f"    {shlex.join(command)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
     async def pump(self, stream: RowStream, scope: anyio.CancelScope) -> None:
         """Write rows as they complete, every row ready at that moment in one write."""
@@ -677,7 +792,11 @@ class _Screen:
         """The summary, on standard error."""
         if self.args.quiet:
             return
-        print(str(self.job.summary.summary(elapsed=elapsed)), file=sys.stderr)
+        # How many calls were in flight at the end, when the server made the run cut it.
+        adapted = self.job.concurrency
+        adapted_or_none = adapted if adapted < self.job.spec.concurrency else None
+        summary = self.job.summary.summary(elapsed=elapsed, concurrency=adapted_or_none)
+        print(str(summary), file=sys.stderr)
         if self.args.provider != "echo":
             print(f"llmfanout: sent to {self.args.provider}{self.where()}", file=sys.stderr)
         output, written = self.args.output, self.writer.rows
@@ -708,6 +827,10 @@ class _Screen:
             file=sys.stderr,
         )
         return 128 + signum
+
+
+_HELD = frozenset({"TaskAborted", "AuthenticationError"})
+"""Error types of rows not written: never sent (the run stopped), or refused for the key."""
 
 
 # -- merge ------------------------------------------------------------------------------

@@ -24,8 +24,10 @@ from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+import attrs
 import httpx
 
+from .._advertised import parse_rate_limit_headers
 from .._perloop import PerLoop
 from .._types import LLMMessage, LLMResponse
 from ..errors import BadRequestError, ProviderError, ResponseFormatError
@@ -43,10 +45,10 @@ from ._config import (
     make_timeout,
 )
 from ._errors import format_error, request_id, status_error, transport_error
+from ._httpx import HTTPXTransport
 from ._secrets import Redactor, Secret, SecretHeaders, resolve_api_key
 from ._streaming import ON_TEXT, Accumulator, complete_streamed
 from ._transport import (
-    HTTPXTransport,
     Origin,
     Pool,
     Response,
@@ -266,7 +268,9 @@ class HTTPProvider:
             return await complete_streamed(self, messages, dict(params), self._accumulator())
         payload = self._payload(messages, params)
         response = await self._send("POST", self._target, self._encode(payload), None)
-        return self._response(self._json(response), response, payload["model"])
+        answer = self._response(self._json(response), response, payload["model"])
+        limits = parse_rate_limit_headers(response.headers)
+        return answer if limits is None else attrs.evolve(answer, rate_limits=limits)
 
     async def request(
         self,
