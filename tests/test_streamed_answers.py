@@ -233,3 +233,14 @@ async def test_a_server_that_does_not_stream_is_read_whole(
     assert answer.content == "whole"
     assert answer.metadata["streamed"] is False
     assert answer.metadata["time_to_first_token_s"] is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_connection_lost_after_the_terminal_event_keeps_the_answer(
+    server: FakeLLMServer, kind: str
+) -> None:
+    total = await count_events(kind, server)
+    server.add_faults(Fault.stream_drop(total))  # every event, then no clean end of body
+    async with make(kind, server) as provider:
+        answer = await provider.complete(QUESTION, STREAM)
+    assert answer.content == "echo: tell me a short story"

@@ -155,6 +155,11 @@ async def complete_streamed(
             error = _event_error(provider, head, exc.data)
         except StreamFormatError as exc:
             error = provider._format_error(head, str(exc))
+        except ProviderError:
+            # The body broke after the terminal event: the answer is whole, only the
+            # connection's end was not clean (it is closed, not reused).
+            if not accumulator.done:
+                raise
     if error is None and not accumulator.done:
         error = APIConnectionError(
             f"{provider.provider_name}: the answer stream from {provider._url} ended before "
