@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from fake_llm_server import FakeLLMServer, Fault, _stream_events, serve_fake_llm
@@ -200,3 +202,45 @@ async def test_a_failing_callback_fails_the_call(server: FakeLLMServer, kind: st
             await provider.complete(QUESTION, {"on_text": boom})
         with pytest.raises(TypeError, match="on_text must be callable"):
             await provider.complete(QUESTION, {"on_text": "print"})
+
+
+WHOLE = {
+    "openai": {
+        "model": "m",
+        "choices": [
+            {"message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}
+        ],
+    },
+    "anthropic": {
+        "model": "m",
+        "content": [{"type": "text", "text": "whole"}],
+        "stop_reason": "end_turn",
+    },
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_server_that_does_not_stream_is_read_whole(
+    server: FakeLLMServer, kind: str
+) -> None:
+    def not_streaming(request: httpx.Request) -> httpx.Response:
+        assert json.loads(request.content)["stream"] is True
+        return httpx.Response(200, json=WHOLE[kind])
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(not_streaming))
+    async with client, make(kind, server, http_client=client) as provider:
+        answer = await provider.complete(QUESTION, STREAM)
+    assert answer.content == "whole"
+    assert answer.metadata["streamed"] is False
+    assert answer.metadata["time_to_first_token_s"] is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_connection_lost_after_the_terminal_event_keeps_the_answer(
+    server: FakeLLMServer, kind: str
+) -> None:
+    total = await count_events(kind, server)
+    server.add_faults(Fault.stream_drop(total))  # every event, then no clean end of body
+    async with make(kind, server) as provider:
+        answer = await provider.complete(QUESTION, STREAM)
+    assert answer.content == "echo: tell me a short story"

@@ -114,6 +114,12 @@ class BatchAPI:
         """The request body the real-time API would get; raises ``BadRequestError``."""
         provider = self.provider
         params = provider._merge(overrides) if overrides else provider._params
+        if params.get("stream") or "on_text" in params:  # real-time calls stream; batches not
+            raise BadRequestError(
+                f"{provider.provider_name}: a batch cannot stream its answers; remove "
+                "stream=True (and on_text) from config_overrides and default_params",
+                provider=provider.provider_name,
+            )
         return provider._payload(messages, params)
 
     def line(self, custom_id: str, body: Mapping[str, Any]) -> bytes:

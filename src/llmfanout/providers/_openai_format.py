@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,17 +64,24 @@ def messages_to_wire(messages: Sequence[LLMMessage]) -> list[dict[str, Any]]:
 
 
 def tool_calls_from(raw: object) -> tuple[ToolCall, ...]:
-    """The function calls in an answer's ``tool_calls`` list (other kinds stay in ``raw``)."""
+    """The function calls in an answer's ``tool_calls`` list (other kinds stay in ``raw``).
+
+    A call without an id (some compatible servers leave it out) gets ``call_<index>``, so
+    that its answer can still refer to it.
+    """
     if not isinstance(raw, list):
         return ()
     calls = []
-    for item in raw:
+    for index, item in enumerate(raw):
         function = item.get("function") if isinstance(item, dict) else None
-        if not isinstance(function, dict):
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             continue
-        call_id, name, arguments = item.get("id"), function.get("name"), function.get("arguments")
-        if isinstance(call_id, str) and isinstance(name, str):
-            calls.append(ToolCall(call_id, name, arguments if isinstance(arguments, str) else ""))
+        call_id = item.get("id") or f"call_{index}"
+        arguments = function.get("arguments")
+        if isinstance(arguments, dict):  # some compatible servers send the object itself
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        text = arguments if isinstance(arguments, str) else ""
+        calls.append(ToolCall(str(call_id), function["name"], text))
     return tuple(calls)
 
 

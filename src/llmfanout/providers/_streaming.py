@@ -7,7 +7,9 @@ time) into the body the API would have sent without streaming, so the provider's
 arrived (OpenAI's ``data: [DONE]``, Anthropic's ``message_stop``): a body that ends
 before it, or breaks, raises a retryable :class:`~llmfanout.errors.APIConnectionError`,
 never a short answer taken as whole. An error event mid-stream raises the error its
-type names (``overloaded_error`` is a retryable ``ServerError``, as a 529 would be).
+type names (``overloaded_error`` is a retryable ``ServerError``, as a 529 would be). A
+server that ignores ``stream`` and answers with JSON is read as a whole answer
+(``metadata["streamed"]`` is then False).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import attrs
 
 from .._types import LLMResponse
 from ..errors import APIConnectionError, ProviderError
@@ -122,6 +125,16 @@ async def complete_streamed(
     error: ProviderError | None = None
     async with provider.stream("POST", provider.endpoint, json=payload) as response:
         head = Response(response.status, response.reason, response.headers, b"")
+        if response.headers.get("content-type", "").startswith("application/json"):
+            # A server that does not stream answers whole: take it as it is.
+            whole = Response(
+                response.status, response.reason, response.headers, await response.read()
+            )
+            answer = provider._response(provider._json(whole), whole, payload.get("model"))
+            return attrs.evolve(
+                answer,
+                metadata={**answer.metadata, "streamed": False, "time_to_first_token_s": None},
+            )
         try:
             async for chunk in response:
                 for event in decoder.feed(chunk):
@@ -142,6 +155,11 @@ async def complete_streamed(
             error = _event_error(provider, head, exc.data)
         except StreamFormatError as exc:
             error = provider._format_error(head, str(exc))
+        except ProviderError:
+            # The body broke after the terminal event: the answer is whole, only the
+            # connection's end was not clean (it is closed, not reused).
+            if not accumulator.done:
+                raise
     if error is None and not accumulator.done:
         error = APIConnectionError(
             f"{provider.provider_name}: the answer stream from {provider._url} ended before "
@@ -154,17 +172,8 @@ async def complete_streamed(
         logger.debug("%s", error)
         raise error
     answer = provider._response(accumulator.body(), head, payload.get("model"))
-    metadata = dict(answer.metadata)
-    metadata["streamed"] = True
-    metadata["time_to_first_token_s"] = first
-    return LLMResponse(
-        answer.content,
-        model=answer.model,
-        finish_reason=answer.finish_reason,
-        usage=answer.usage,
-        metadata=metadata,
-        tool_calls=answer.tool_calls,
-    )
+    metadata = {**answer.metadata, "streamed": True, "time_to_first_token_s": first}
+    return attrs.evolve(answer, metadata=metadata)
 
 
 def _event_error(provider: HTTPProvider, head: Response, data: dict[str, Any]) -> ProviderError:
