@@ -12,6 +12,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from llmfanout._batch_api import (
     AnthropicBatchAPI,
     BatchAPI,
     BatchRequestCancelled,
+    BatchRequestError,
     BatchRequestExpired,
     OpenAIBatchAPI,
+    _seconds,
 )
 from llmfanout._batch_http import BatchHTTP
 from llmfanout._batch_state import BatchStateError
@@ -132,6 +135,21 @@ async def test_an_expired_batch_keeps_what_was_done(
     assert results["t3"].attempts == 0
 
 
+async def test_an_openai_batch_that_fails_validation_fails_every_row(
+    server: FakeBatchServer, tmp_path: Path
+) -> None:
+    server.fail_validation = "the model gpt-test does not support batches"
+    async with make("openai", server) as provider:
+        job = await submit_batch(provider, tasks(3), state=tmp_path / "s.json", polling=FAST)
+        server.advance()
+        results = await collect(job, provider)
+    assert job.parts[0].status == "failed"
+    for result in results.values():
+        assert not result.success
+        assert isinstance(result.error, BatchRequestError)
+        assert "does not support batches" in str(result.error)
+
+
 async def test_cancel_leaves_done_requests_and_fails_the_rest(
     server: FakeBatchServer, wire: str, tmp_path: Path
 ) -> None:
@@ -157,6 +175,19 @@ async def test_server_errors_while_polling_are_waited_out(
         results = await collect(job, provider)
     assert all(r.success for r in results.values())
     assert not server.faults["get"] and not server.faults["results"]
+
+
+async def test_a_retry_after_is_honoured_while_polling(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    async with make(wire, server) as provider:
+        job = await submit_batch(provider, tasks(2), state=tmp_path / "s.json", polling=FAST)
+        server.finish()
+        server.add_fault("get", Fault.status(429, retry_after_ms="300"))
+        await job.wait(provider)
+    gets = [r for r in server.requests if r.method == "GET" and "/batches/" in r.path]
+    # On the server's clock: the poll after the 429 came no sooner than it asked.
+    assert gets[1].time - gets[0].time >= 0.3
 
 
 async def test_a_failure_that_is_not_retryable_stops_the_wait(
@@ -264,6 +295,23 @@ async def test_results_url_on_another_host_is_read_from_the_documented_path(
         results = await collect(job, provider)
     assert all(r.success for r in results.values())
     assert not any("elsewhere" in r.path for r in server.requests)
+
+
+async def test_a_submit_cancelled_from_outside_carries_on_without_a_duplicate(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "s.json"
+    server.hold.add("create")  # created, but the answer never comes
+    async with make(wire, server) as provider:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(submit_batch, provider, tasks(3), state=state, polling=FAST))
+            await server.created.wait()
+            tg.cancel_scope.cancel()
+        assert json.loads(state.read_text())["parts"][0]["phase"] == "creating"
+        assert not (tmp_path / "s.json.parts").exists()
+        server.hold.clear()
+        job = await submit_batch(provider, tasks(3), state=state, polling=FAST)
+    assert batches(server, wire) == [job.parts[0].batch_id]
 
 
 async def test_a_second_submit_of_a_finished_job_creates_nothing(
@@ -513,3 +561,36 @@ def test_anthropic_result_lines_become_outcomes() -> None:
     assert isinstance(outcome({"type": "canceled"}).error, BatchRequestCancelled)
     assert isinstance(outcome({"type": "expired"}).error, BatchRequestExpired)
     assert isinstance(outcome({"type": "succeeded", "message": "?"}).error, ProviderError)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (1711471533, 1711471533.0),
+        ("1711471533", 1711471533.0),
+        ("2024-09-24T18:37:24Z", 1727203044.0),
+        ("2024-09-24T18:37:24.100435+00:00", 1727203044.100435),
+        ("2024-09-24T18:37:24.100435123Z", 1727203044.100435),
+        (None, 0.0),  # unknown: reconciliation then leans on the other signs
+        ("yesterday", 0.0),
+    ],
+)
+def test_timestamps_in_either_spelling(value: object, seconds: float) -> None:
+    assert _seconds(value) == pytest.approx(seconds)
+
+
+def test_part_files_are_the_request_bodies_as_sent(tmp_path: Path) -> None:
+    given = tasks(5)
+    anthropic = AnthropicBatchAPI(AnthropicProvider("claude-test", api_key=KEY))
+    parts = _planned(anthropic, given, "run1", str(tmp_path), 3, 10_000)
+    body = json.loads((tmp_path / "llmfanout-run1-part1.jsonl").read_bytes())
+    assert [r["custom_id"] for r in body["requests"]] == ["run1-1-0", "run1-1-1"]
+    assert body["requests"][0]["params"]["messages"] == [{"role": "user", "content": "q3"}]
+    assert [p.rows for p in parts] == [3, 2]
+    openai = OpenAIBatchAPI(OpenAIProvider("gpt-test", api_key=KEY))
+    _planned(openai, given, "run2", str(tmp_path), 10, 10_000)
+    form = (tmp_path / "llmfanout-run2-part0.jsonl").read_bytes()
+    head, tail = openai.framing("llmfanout-run2-part0.jsonl")
+    assert form.startswith(head) and form.endswith(tail)
+    lines = form[len(head) : -len(tail)].splitlines()
+    assert [json.loads(line)["custom_id"] for line in lines] == [f"run2-0-{i}" for i in range(5)]

@@ -20,6 +20,7 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -30,7 +31,7 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ._batch import BatchJob, BatchProgress, Polling, submit_batch
+from ._batch import BatchJob, BatchPart, BatchProgress, Polling, _planned, submit_batch
 from ._batch_api import APIS
 from ._batch_state import BatchStateError, state_path
 
@@ -120,6 +121,11 @@ def add_parser(commands: Any) -> None:
     submit.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
     submit.add_argument("--wait", action="store_true", help="then wait and write the results")
     submit.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every row and show the batches it would make; send nothing (no key needed)",
+    )
+    submit.add_argument(
         "--max-requests",
         type=_positive_int,
         metavar="N",
@@ -151,11 +157,19 @@ def main(args: argparse.Namespace) -> int:
         if args.backend == "trio" and importlib.util.find_spec("trio") is None:
             raise UsageError("--backend trio needs trio: pip install 'llmfanout[trio]'")
         command = args.batch_command
-        # One lock for the output, shared with `llmfanout run`: one writer at a time.
-        with hold(args.output, f"llmfanout batch {command}"):
-            if command == "submit":
-                return _submit(args)
+        if command == "status":  # reads only: fine beside a running wait
             return _with_job(args)
+        try:
+            # One lock for the output, shared with `llmfanout run`: one writer at a time.
+            with hold(args.output, f"llmfanout batch {command}"):
+                if command == "submit":
+                    return _submit(args)
+                return _with_job(args)
+        except Busy as exc:
+            if command != "cancel":
+                raise
+            # A wait (or submit) owns the job: tell the provider, leave the state to it.
+            return _with_job(args, holder=exc.holder)
     except (UsageError, BatchStateError) as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -166,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BUSY
-    except ProviderError as exc:
+    except (ProviderError, OSError) as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
         print(
             f"llmfanout: the job is safe in {state_path(args.output)}; once the cause is "
@@ -183,9 +197,11 @@ def main(args: argparse.Namespace) -> int:
         return 128 + signal.SIGINT
 
 
-def _provider(name: str, model: str, base_url: str | None, key_env: str | None) -> HTTPProvider:
+def _provider(
+    name: str, model: str, base_url: str | None, key_env: str | None, *, required: bool = True
+) -> HTTPProvider:
     variable = key_env or KEY_VARIABLES[name]
-    key = os.environ.get(variable, "").strip()
+    key = os.environ.get(variable, "").strip() or ("" if required else "dry-run")
     if not key:
         raise UsageError(
             f"--provider {name} needs an API key in the {variable} environment variable "
@@ -223,6 +239,9 @@ def _check_rows(args: argparse.Namespace, source: IO[bytes], provider: HTTPProvi
         _, _, messages, params = parse_row(raw)
         if not args.model and not (params or {}).get("model") and missing_model is None:
             missing_model = number
+        if (params or {}).get("stream"):
+            bad[number] = '"stream" is true; a batch returns whole answers: remove it'
+            continue
         try:
             api.body(messages, params)
         except ProviderError as exc:
@@ -273,12 +292,16 @@ def _submit(args: argparse.Namespace) -> int:
             "choose another output file"
         )
     model = args.model or PER_ROW
-    provider = _provider(args.provider, model, args.base_url, args.api_key_env)
+    provider = _provider(
+        args.provider, model, args.base_url, args.api_key_env, required=not args.dry_run
+    )
     with ExitStack() as stack:
         source = stack.enter_context(open(args.input, "rb"))
         rows = _check_rows(args, source, provider)
         if not rows:
             raise UsageError(f"{args.input} holds no rows")
+        if args.dry_run:
+            return _dry_run(args, provider, source, rows)
         if not args.quiet:
             what = "carrying on with" if resuming else "submitting"
             print(
@@ -303,6 +326,26 @@ def _submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dry_run(args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes], rows: int) -> int:
+    """Plan the batches as submit would, and say what they would be; nothing is sent."""
+    api = APIS[args.provider](provider)
+    requests = args.max_requests or api.max_requests
+    size = args.max_bytes or api.max_bytes
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            parts = _planned(api, _tasks(source), "dry00run", folder, requests, size)
+        except ValueError as exc:  # a row larger than a whole batch
+            raise UsageError(str(exc)) from None
+    print(
+        f"llmfanout: dry run: {rows} rows would go to {args.provider} in {len(parts)} "
+        f"batch(es) of at most {requests} requests and {size} bytes:"
+    )
+    for part in parts:
+        print(f"  batch {part.index + 1}: {part.rows} rows, {part.size / 1e6:.1f} MB")
+    print("nothing was sent; run again without --dry-run to submit")
+    return EXIT_OK
+
+
 async def _do_submit(
     args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes], path: str, name: str
 ) -> BatchJob:
@@ -316,13 +359,22 @@ async def _do_submit(
             polling=_polling_of(args),
             input_name=name,
             api_key_env=args.api_key_env,
+            on_part=None if args.quiet else _created,
         )
+
+
+def _created(part: BatchPart) -> None:
+    print(
+        f"llmfanout: batch {part.index + 1} ({part.rows} rows) is {part.batch_id}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # -- wait, status, cancel ----------------------------------------------------------------
 
 
-def _with_job(args: argparse.Namespace) -> int:
+def _with_job(args: argparse.Namespace, holder: str | None = None) -> int:
     job = BatchJob.load(state_path(args.output), polling=_polling_of(args))
     try:
         provider = _provider(job.provider, job.model, job.base_url, job.api_key_env)
@@ -336,22 +388,33 @@ def _with_job(args: argparse.Namespace) -> int:
     if args.batch_command == "wait":
         return _wait(args, job, provider)
     if args.batch_command == "cancel":
-        progress = anyio.run(partial(_cancel, job, provider), backend=args.backend)
+        record = holder is None
+        progress = anyio.run(partial(_cancel, job, provider, record), backend=args.backend)
+        then = (
+            f"the process holding the job ({holder}) collects what was done"
+            if holder is not None
+            else f"collect everything with: llmfanout batch wait {args.output}"
+        )
         print(
             f"llmfanout: cancel asked for {job.provider} job {job.run_id}; requests already "
-            f"done keep their results ({progress.done}/{progress.rows} so far). Collect "
-            f"everything with: llmfanout batch wait {args.output}",
+            f"done keep their results ({progress.done}/{progress.rows} so far); {then}",
             file=sys.stderr,
         )
+        if holder is not None and not job.submitted:
+            print(
+                "llmfanout: the submit is still creating batches; stop it, then cancel again "
+                "to stop the rest",
+                file=sys.stderr,
+            )
         return EXIT_OK
     progress = anyio.run(partial(_refresh, job, provider), backend=args.backend)
     print(_status_text(args.output, job, progress))
     return EXIT_OK
 
 
-async def _cancel(job: BatchJob, provider: HTTPProvider) -> BatchProgress:
+async def _cancel(job: BatchJob, provider: HTTPProvider, record: bool) -> BatchProgress:
     async with provider:
-        return await job.cancel(provider)
+        return await job.cancel(provider, record=record)
 
 
 async def _refresh(job: BatchJob, provider: HTTPProvider) -> BatchProgress:

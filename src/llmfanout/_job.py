@@ -30,6 +30,7 @@ import anyio
 import anyio.from_thread
 import attrs
 
+from ._cost import Price, check_prices
 from ._echo import EchoProvider
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
@@ -51,10 +52,13 @@ class JobError(ValueError):
     """A job that cannot start: a missing key, an unusable option. Nothing was sent."""
 
 
-def _whole(name: str) -> Callable[[Any, Any, object], None]:
+def _whole(name: str, *, none: bool = False) -> Callable[[Any, Any, object], None]:
     def check(instance: Any, attribute: Any, value: object) -> None:
+        if value is None and none:
+            return
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"JobSpec: {name} is {value!r}; give a whole number >= 1")
+            wanted = "a whole number >= 1" + (", or None" if none else "")
+            raise ValueError(f"JobSpec: {name} is {value!r}; give {wanted}")
 
     return check
 
@@ -102,6 +106,10 @@ def _params(value: object) -> dict[str, Any] | None:
     return dict(value) or None
 
 
+def _prices(value: object) -> dict[str, Price] | None:
+    return None if value is None else check_prices(value, "JobSpec.prices")
+
+
 @attrs.frozen(kw_only=True)
 class JobSpec:
     """What a batch job does: one field per ``llmfanout run`` flag. Frozen and picklable.
@@ -118,8 +126,18 @@ class JobSpec:
       ``timeout``: seconds per attempt (None: the provider's default).
     - ``rpm``, ``tpm``: requests and tokens per minute; ``shared_limit``: a URL
       (``redis://host:port/db``) of a budget shared by every worker, with ``rpm``/``tpm``.
+    - ``patience``: seconds a row keeps waiting out rate-limit and overload answers (429,
+      529, 503 with Retry-After) before it fails, apart from ``max_attempts``; 0: no
+      patience (such an answer is an attempt like any other).
+    - ``pacing``: pace by the rate limits the server advertises in its headers, and keep
+      fewer calls in flight while it answers overload (False: only ``rpm``/``tpm``).
+    - ``max_errors``: stop after this many failed rows (None: never); rows not sent then
+      come out as failed with ``TaskAborted``. An answer refusing the key (401, 403) always
+      stops the run.
     - ``backend``: the event loop :func:`run_rows` starts (``"asyncio"`` or ``"trio"``).
     - ``echo_latency``: seconds the echo provider waits per call (demos, benchmarks).
+    - ``prices``: a price table (model -> :class:`~llmfanout.Price` or its mapping), for
+      the summary's ``cost_usd``.
 
     Raises ``ValueError`` naming the field for a value that cannot work.
     """
@@ -135,8 +153,12 @@ class JobSpec:
     rpm: float | None = attrs.field(default=None, validator=_seconds("rpm"))
     tpm: float | None = attrs.field(default=None, validator=_seconds("tpm"))
     shared_limit: str | None = attrs.field(default=None, validator=_text("shared_limit"))
+    patience: float = attrs.field(default=600.0, validator=_seconds("patience", zero=True))
+    pacing: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    max_errors: int | None = attrs.field(default=None, validator=_whole("max_errors", none=True))
     backend: str = attrs.field(default="asyncio", validator=_one_of("backend", BACKENDS))
     echo_latency: float = attrs.field(default=0.0, validator=_seconds("echo_latency", zero=True))
+    prices: dict[str, Price] | None = attrs.field(default=None, converter=_prices)
 
     def __attrs_post_init__(self) -> None:
         if self.echo_latency and self.provider != "echo":
@@ -212,13 +234,15 @@ def _provider_for(spec: JobSpec, model: str, key: str | None) -> AsyncLLMProvide
         raise JobError(str(exc)) from None
 
 
-def _limiter_for(spec: JobSpec) -> Limiter:
+def _limiter_for(spec: JobSpec) -> Limiter | None:
     """The job's pacing: its own :class:`RateLimit`, or a budget shared through ``shared_limit``.
 
     Even with no limits set, a limiter makes a 429's Retry-After pause every new call, not
     only the retry of the call that got it.
     """
     if spec.shared_limit is None:
+        if spec.provider == "echo" and spec.rpm is None and spec.tpm is None:
+            return None  # nothing to pace, and no server to answer 429
         return RateLimit(spec.rpm, spec.tpm)
     from .limits import RedisRateLimit
 
@@ -257,21 +281,26 @@ class Job:
         if provider is None:
             provider = _provider_for(spec, self.model or _PER_ROW, key)
         self.provider = provider
-        self.summary = SummaryAccumulator()
+        self._limiter = _limiter_for(spec)
+        self.summary = SummaryAccumulator(prices=spec.prices)
         self.bad_rows = 0  # output rows for bad input rows (not in the summary: no task ran)
         self._ids: dict[str, object] = {}  # in flight: the executor's tag -> the row's id
         self._models: dict[str, str] = {}  # in flight: tag -> model, for rows naming one
         self._bad: deque[Bad] = deque()  # bad rows met, not yet handed out
         self._position = 0  # rows taken from the input
         self._tagged = 0  # tasks handed to the executor
+        self._started = False
+        self._running: ParallelLLMExecutor | None = None
 
     def executor(self) -> ParallelLLMExecutor:
         """A new executor for this job's spec: its cap, retries, timeout and limiter."""
         spec = self.spec
         retry = None
-        if spec.max_attempts > 1:
+        if spec.max_attempts > 1 or spec.patience:
             retry = RetryConfig(
-                max_attempts=spec.max_attempts, backoff_strategy=BackoffStrategy.JITTER
+                max_attempts=spec.max_attempts,
+                backoff_strategy=BackoffStrategy.JITTER,
+                patience=spec.patience,
             )
         return ParallelLLMExecutor(
             self.provider,
@@ -279,8 +308,17 @@ class Job:
             default_retry=retry,
             default_config_overrides=spec.params,
             default_timeout=spec.timeout,
-            rate_limit=_limiter_for(spec),
+            rate_limit=self._limiter,
+            pacing=spec.pacing,
+            adaptive=spec.pacing,
         )
+
+    @property
+    def concurrency(self) -> int:
+        """Calls kept in flight now: ``spec.concurrency``, or fewer while the server is
+        overloaded."""
+        executor = self._running
+        return self.spec.concurrency if executor is None else executor.concurrency
 
     # -- per row: keep this short ----------------------------------------------------------
 
@@ -356,17 +394,22 @@ class Job:
         ``executor``, when given (one from :meth:`executor`, kept by a long-lived worker),
         runs the calls, sharing its cap and its limiter with every other run on it; the
         provider is then left open for the worker to keep. Leaving the block early cancels
-        the calls in flight, leaving nothing running.
+        the calls in flight, leaving nothing running. A job runs once (its bookkeeping
+        follows the executor's count of tasks): make another for the next run.
         """
+        if self._started:
+            raise RuntimeError("this Job has run already; make a new Job for another run")
+        self._started = True
         tasks: Iterable[LLMTask] | AsyncIterable[LLMTask]
         tasks = self.atasks(rows) if isinstance(rows, AsyncIterable) else self.tasks(rows)
         own = executor is None
         if executor is None:
             executor = self.executor()
+        self._running = executor
         async with AsyncExitStack() as stack:
             if own and hasattr(self.provider, "__aenter__"):
                 await stack.enter_async_context(self.provider)  # type: ignore[arg-type]
-            async with executor.stream(tasks) as results:
+            async with executor.stream(tasks, max_errors=self.spec.max_errors) as results:
                 yield RowStream(self, results)
 
 
@@ -459,6 +502,8 @@ def run_rows(rows: Iterable[Mapping[str, Any]], spec: JobSpec) -> Iterator[dict[
             + ("; use arun_rows for an async iterable" if isinstance(rows, AsyncIterable) else "")
         )
     read_key(spec)  # fail here, not at the first next()
+    if spec.shared_limit is not None:
+        _limiter_for(spec)  # a bad URL or a missing redis client fails here, not mid-run
     return _run_rows(rows, spec)
 
 

@@ -116,17 +116,20 @@ def _on_a_thread(main: Callable[[], Awaitable[T]], backend: str, owner: str) -> 
 
     thread = threading.Thread(target=target, name=f"llmfanout-{owner}", daemon=True)
     try:
-        thread.start()
         # An Event, not join(): an interrupted join() marks a live thread as ended
-        # (CPython 3.11), after which a second join() would not wait.
+        # (CPython 3.11), after which a second join() would not wait. start() is inside
+        # the try: an interrupt can land while it waits for the new thread to begin.
         try:
+            thread.start()
             finished.wait()
         except BaseException:  # an interrupt: stop the work, then re-raise (noqa: cancellation-ok)
             stop.send(b"x")
-            finished.wait()
+            if thread.ident is not None or thread.is_alive():
+                finished.wait()
             raise
         finally:
-            thread.join()
+            if thread.ident is not None:
+                thread.join()
     finally:
         wake.close()
         stop.close()
