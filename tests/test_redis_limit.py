@@ -387,8 +387,11 @@ def test_four_processes_on_two_backends_share_one_budget_fairly(server: RedisSer
 # -- in a job and on the command line --------------------------------------------------
 
 
-def test_a_job_spec_with_a_shared_limit_runs_through_redis(url: str, client: redis.Redis) -> None:
-    spec = JobSpec(shared_limit=url, rpm=6000, tpm=10**6, concurrency=4)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_job_spec_with_a_shared_limit_runs_through_redis(
+    url: str, client: redis.Redis, backend: str
+) -> None:
+    spec = JobSpec(shared_limit=url, rpm=6000, tpm=10**6, concurrency=4, backend=backend)
     rows = [{"id": f"r{i}", "prompt": f"say {i}"} for i in range(20)]
     out = list(run_rows(rows, spec))
     assert sorted(row["id"] for row in out) == sorted(row["id"] for row in rows)
