@@ -427,9 +427,13 @@ def _check_shared_limit(url: str) -> None:
         )
     import redis
 
+    from ._redislimit import split_key
+
     where = _without_password(url)
     try:
-        client: Any = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client: Any = redis.Redis.from_url(
+            split_key(url)[0], socket_connect_timeout=2, socket_timeout=2
+        )
     except ValueError as exc:
         raise UsageError(
             f"--shared-limit {where!r} is not a Redis URL ({exc}); give e.g. "

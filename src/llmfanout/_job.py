@@ -244,11 +244,14 @@ def _limiter_for(spec: JobSpec) -> Limiter | None:
         if spec.provider == "echo" and spec.rpm is None and spec.tpm is None:
             return None  # nothing to pace, and no server to answer 429
         return RateLimit(spec.rpm, spec.tpm)
-    from .limits import RedisRateLimit
+    from ._redislimit import RedisRateLimit, split_key
 
+    # The provider's limits are per model: without ?key= in the URL, jobs on one model
+    # share a budget and jobs on another do not.
+    key = None if split_key(spec.shared_limit)[1] else f"{spec.provider}:{spec.model or 'any'}"
     try:
         return RedisRateLimit(
-            spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm
+            spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm, key=key
         )
     except (ValueError, ImportError) as exc:  # a bad URL, or no redis client installed
         raise JobError(f"shared_limit: {exc}") from None
