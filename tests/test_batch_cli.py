@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -165,6 +166,7 @@ def test_500_rows_submit_and_wait(
     assert all(row["success"] and row["batch_id"] for row in found)
     assert batch_count(server, wire) == 3
     assert "wrote 500 rows" in done.stderr
+    assert re.search(r"tokens in these rows: [\d,]+ prompt, [\d,]+ completion", done.stderr)
     assert "batch 3 (100 rows) is " in done.stderr
     assert "500/500 requests done (100%), 500 ok, 0 failed; 3/3 batches ended" in done.stderr
     state = (tmp_path / "out.jsonl.batch.json").read_text()

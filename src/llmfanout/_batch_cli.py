@@ -547,6 +547,7 @@ class _Waiter:
         self.redactor = provider._redactor
         self.written = 0
         self.failed = 0
+        self.tokens = [0, 0]  # prompt and completion tokens of the rows written
 
     def on_progress(self, progress: BatchProgress) -> None:
         self.display.update(progress)
@@ -584,14 +585,20 @@ class _Waiter:
         self.keys.add(result.tag)
         self.written += 1
         self.failed += not result.success
+        usage = getattr(result.value, "usage", None)
+        if usage:
+            self.tokens[0] += usage.get("prompt_tokens") or 0
+            self.tokens[1] += usage.get("completion_tokens") or 0
 
     def report(self) -> int:
         output = self.args.output
         failed = self._failed_in_output()
         if not self.args.quiet:
+            prompt, completion = self.tokens
             print(
                 f"llmfanout: wrote {self.written} rows to {output} "
-                f"({len(self.keys)} in all, {failed} failed)",
+                f"({len(self.keys)} in all, {failed} failed); tokens in these rows: "
+                f"{prompt:,} prompt, {completion:,} completion, at the batch price",
                 file=sys.stderr,
             )
             if failed:
