@@ -302,6 +302,25 @@ def test_kill_while_writing_rows_then_wait_again(
     check_once(output, ids)
 
 
+def test_wait_again_restores_rows_the_output_lost(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 6)
+    server.advance_on_poll = True
+    assert llmfanout(*submit_args(server, wire, "--wait"), cwd=tmp_path, wire=wire).returncode == 0
+    output = tmp_path / "out.jsonl"
+    kept = output.read_bytes().splitlines(keepends=True)[2:]  # two rows lost
+    output.write_bytes(b"".join(kept))
+    again = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire=wire)
+    assert again.returncode == 0, again.stderr
+    assert "wrote 2 rows" in again.stderr
+    check_once(output, ids)
+    # With nothing lost, a wait writes nothing.
+    idle = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire=wire)
+    assert "wrote 0 rows" in idle.stderr
+    check_once(output, ids)
+
+
 def test_expired_rows_fail_and_run_sends_them_again(
     server: FakeBatchServer, wire: str, tmp_path: Path
 ) -> None:

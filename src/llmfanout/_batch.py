@@ -30,7 +30,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import aclosing
 from functools import partial
 from typing import Any
@@ -222,6 +222,10 @@ class BatchJob:
     def submitted(self) -> bool:
         """Every part has a batch on the provider's side."""
         return all(part.batch_id is not None for part in self._state.parts)
+
+    def tags(self, index: int) -> Sequence[str]:
+        """The tags of part ``index``'s tasks, in the order they were sent."""
+        return tuple(self._state.parts[index].tags)
 
     def progress(self) -> BatchProgress:
         """The counts as last seen (no network)."""

@@ -566,7 +566,8 @@ class _Waiter:
         async with provider:
             try:
                 async for part in job.ended(provider, on_progress=self.on_progress):
-                    if part.collected:
+                    # A collected part is read again only if OUTPUT lost some of its rows.
+                    if part.collected and all(tag in self.keys for tag in job.tags(part.index)):
                         continue
                     async for result in job.part_results(provider, part.index):
                         self.write(result, part.batch_id)
