@@ -35,7 +35,7 @@ from llmfanout._batch_api import (
     _seconds,
 )
 from llmfanout._batch_http import BatchHTTP
-from llmfanout._batch_state import BatchStateError
+from llmfanout._batch_state import BatchStateError, Part, State, load, save
 from llmfanout.errors import BadRequestError, ProviderError, RateLimitError, ServerError
 from llmfanout.providers._http import HTTPProvider
 
@@ -586,3 +586,62 @@ def test_part_files_are_the_request_bodies_as_sent(tmp_path: Path) -> None:
     assert form.startswith(head) and form.endswith(tail)
     lines = form[len(head) : -len(tail)].splitlines()
     assert [json.loads(line)["custom_id"] for line in lines] == [f"run2-0-{i}" for i in range(5)]
+
+
+# -- the state file ----------------------------------------------------------------------
+
+
+def a_state() -> State:
+    part = Part(index=0, tags=['"a"', "7"], size=10, digest="d", phase="creating")
+    return State(
+        run_id="r1",
+        provider="openai",
+        base_url="http://x/v1",
+        model="m",
+        created_at=1.5,
+        max_requests=10,
+        max_bytes=2048,
+        parts=[part],
+    )
+
+
+def test_the_state_round_trips_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "o.batch.json"
+    save(a_state(), path)
+    assert load(path) == a_state()
+    assert os.listdir(tmp_path) == ["o.batch.json"]
+
+
+def test_a_failed_save_keeps_the_old_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "o.batch.json"
+    save(a_state(), path)
+    changed = a_state()
+    changed.parts[0].phase = "submitted"
+
+    def full_disk(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save(changed, path)
+    assert load(path).parts[0].phase == "creating"
+    assert os.listdir(tmp_path) == ["o.batch.json"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "submit the batch first"),
+        ("{not json", "not JSON"),
+        ('{"version": 99}', "version 99"),
+        ('{"version": 1, "parts": []}', "not an llmfanout batch state file"),
+    ],
+)
+def test_an_unusable_state_file_says_what_to_do(
+    tmp_path: Path, text: str | None, message: str
+) -> None:
+    path = tmp_path / "o.batch.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(BatchStateError, match=message):
+        load(path)
