@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fake_llm_server import fake_llm_server_in_thread
 from llmfanout import JobError, JobSpec, arun_rows, run_rows
-from llmfanout._job import _limiter_for, scrubber
+from llmfanout._job import Job, _limiter_for, scrubber
 
 pytestmark = pytest.mark.anyio
 
@@ -273,3 +273,13 @@ def test_every_input_row_gets_exactly_one_output_row(ids: list[int | str | None]
     assert len(out) == len(rows)
     good = Counter(v for v in ids if isinstance(v, int))
     assert Counter(row["id"] for row in out if row["success"]) == good
+
+
+async def test_a_job_runs_once() -> None:
+    """Its bookkeeping follows one executor run's count of tasks: a second run is refused."""
+    job = Job(JobSpec())
+    async with job.run([]) as out:
+        assert [row async for row in out] == []
+    with pytest.raises(RuntimeError, match="make a new Job"):
+        async with job.run([]):
+            pass

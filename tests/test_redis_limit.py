@@ -186,6 +186,30 @@ def test_a_refund_never_lifts_a_bucket_above_one_second_of_burst(client: redis.R
     assert call(1, 0)[:2] == [0, 100_000]  # empty again: 1 token in 0.1 s
 
 
+def test_workers_take_turns_and_a_silent_one_loses_its_turn(client: redis.Redis) -> None:
+    script = client.register_script(_SCRIPT)
+    base = f"llmfanout:limit:{{turns-{uuid.uuid4().hex}}}"
+    keys = (base, f"{base}:workers", f"{base}:queue")
+
+    def ask(worker: str, at: float) -> tuple[int, int]:
+        args = ("60.0", "0.0", 0, 0, 0, "0", worker, "30", "3", repr(at))
+        admitted, wait_us, _ = script(keys=keys, args=args)
+        return admitted, wait_us
+
+    assert ask("a", 100.0) == (1, 0)  # the burst: one request
+    assert ask("a", 100.2) == (0, 800_000)  # a waits its turn, first in line
+    assert ask("b", 100.5) == (0, 1_500_000)  # b after a: the next request and one more
+    assert ask("b", 101.05) == (0, 1_000_000)  # a bucket with one request is a's
+    assert ask("a", 101.1) == (1, 0)
+    assert ask("a", 101.2) == (0, 1_900_000)  # a again, now behind b
+    assert ask("b", 102.1) == (1, 0)
+    # A worker that stops asking gives up its turn after 3 s (it may have died).
+    assert ask("a", 102.2) == (0, 900_000)
+    assert ask("b", 103.2) == (0, 1_000_000)  # behind a, which last asked 1 s ago
+    assert ask("b", 106.0) == (1, 0)  # a has been silent for 3.8 s: b goes
+    client.delete(*keys)
+
+
 # -- acquire ---------------------------------------------------------------------------
 
 
