@@ -509,6 +509,11 @@ def _planned(
                 body = api.body(task.messages, task.config_overrides)
             except ProviderError as exc:
                 raise ValueError(f"task {tag!r}: {exc}") from None
+            if body.get("stream"):
+                raise ValueError(
+                    f"task {tag!r}: stream=True in its parameters; a batch returns whole "
+                    "answers, so remove it"
+                )
             # The custom id is ours, "<run>-<part>-<i>": it fits both APIs' rules whatever
             # the tag, and tells this job's results from any other's.
             # A part's size counts its lines and what separates them (the limit's
