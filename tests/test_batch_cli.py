@@ -302,6 +302,23 @@ def test_kill_while_writing_rows_then_wait_again(
     check_once(output, ids)
 
 
+def test_prices_give_the_cost_at_the_batch_price(server: FakeBatchServer, tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 4)
+    (tmp_path / "prices.json").write_text('{"m-test": {"input": 1000000, "output": 0}}')
+    server.advance_on_poll = True
+    args = submit_args(server, "openai", "--wait", "--prices", "prices.json")
+    done = llmfanout(*args, cwd=tmp_path, wire="openai")
+    assert done.returncode == 0, done.stderr
+    prompt = sum(row["usage"]["prompt_tokens"] for row in rows(tmp_path / "out.jsonl"))
+    # $1 a prompt token at list price; half that in a batch.
+    assert f"at the batch price: ${prompt / 2:,.2f}" in done.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = llmfanout(
+        "batch", "wait", "out.jsonl", "--prices", "bad.json", cwd=tmp_path, wire="openai"
+    )
+    assert bad.returncode == 2 and "--prices" in bad.stderr
+
+
 def test_wait_again_restores_rows_the_output_lost(
     server: FakeBatchServer, wire: str, tmp_path: Path
 ) -> None:
