@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -165,6 +166,7 @@ def test_500_rows_submit_and_wait(
     assert all(row["success"] and row["batch_id"] for row in found)
     assert batch_count(server, wire) == 3
     assert "wrote 500 rows" in done.stderr
+    assert re.search(r"tokens in these rows: [\d,]+ prompt, [\d,]+ completion", done.stderr)
     assert "batch 3 (100 rows) is " in done.stderr
     assert "500/500 requests done (100%), 500 ok, 0 failed; 3/3 batches ended" in done.stderr
     state = (tmp_path / "out.jsonl.batch.json").read_text()
@@ -297,6 +299,42 @@ def test_kill_while_writing_rows_then_wait_again(
     server.stall_results_after = None
     again = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire=wire)
     assert again.returncode == 0, again.stderr
+    check_once(output, ids)
+
+
+def test_prices_give_the_cost_at_the_batch_price(server: FakeBatchServer, tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 4)
+    (tmp_path / "prices.json").write_text('{"m-test": {"input": 1000000, "output": 0}}')
+    server.advance_on_poll = True
+    args = submit_args(server, "openai", "--wait", "--prices", "prices.json")
+    done = llmfanout(*args, cwd=tmp_path, wire="openai")
+    assert done.returncode == 0, done.stderr
+    prompt = sum(row["usage"]["prompt_tokens"] for row in rows(tmp_path / "out.jsonl"))
+    # $1 a prompt token at list price; half that in a batch.
+    assert f"at the batch price: ${prompt / 2:,.2f}" in done.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = llmfanout(
+        "batch", "wait", "out.jsonl", "--prices", "bad.json", cwd=tmp_path, wire="openai"
+    )
+    assert bad.returncode == 2 and "--prices" in bad.stderr
+
+
+def test_wait_again_restores_rows_the_output_lost(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 6)
+    server.advance_on_poll = True
+    assert llmfanout(*submit_args(server, wire, "--wait"), cwd=tmp_path, wire=wire).returncode == 0
+    output = tmp_path / "out.jsonl"
+    kept = output.read_bytes().splitlines(keepends=True)[2:]  # two rows lost
+    output.write_bytes(b"".join(kept))
+    again = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire=wire)
+    assert again.returncode == 0, again.stderr
+    assert "wrote 2 rows" in again.stderr
+    check_once(output, ids)
+    # With nothing lost, a wait writes nothing.
+    idle = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire=wire)
+    assert "wrote 0 rows" in idle.stderr
     check_once(output, ids)
 
 

@@ -30,7 +30,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import aclosing
 from functools import partial
 from typing import Any
@@ -222,6 +222,10 @@ class BatchJob:
     def submitted(self) -> bool:
         """Every part has a batch on the provider's side."""
         return all(part.batch_id is not None for part in self._state.parts)
+
+    def tags(self, index: int) -> Sequence[str]:
+        """The tags of part ``index``'s tasks, in the order they were sent."""
+        return tuple(self._state.parts[index].tags)
 
     def progress(self) -> BatchProgress:
         """The counts as last seen (no network)."""
@@ -505,6 +509,11 @@ def _planned(
                 body = api.body(task.messages, task.config_overrides)
             except ProviderError as exc:
                 raise ValueError(f"task {tag!r}: {exc}") from None
+            if body.get("stream"):
+                raise ValueError(
+                    f"task {tag!r}: stream=True in its parameters; a batch returns whole "
+                    "answers, so remove it"
+                )
             # The custom id is ours, "<run>-<part>-<i>": it fits both APIs' rules whatever
             # the tag, and tells this job's results from any other's.
             # A part's size counts its lines and what separates them (the limit's

@@ -174,13 +174,13 @@ class BatchAPI:
     async def first_custom_id(self, batch: RemoteBatch) -> str | None:
         """The custom id of an ended batch's first result (None if it has none).
 
-        Reads the results to their end: httpx's streams, left half read, are not closed
-        on every backend (trio warns of their generators).
+        Only the start of the results is read: the download stops there, its connection
+        closed rather than drained.
         """
-        first = None
-        async for outcome in self.outcomes(batch):
-            first = first or outcome.custom_id
-        return first
+        async with aclosing(self.outcomes(batch)) as outcomes:
+            async for outcome in outcomes:
+                return outcome.custom_id
+        return None
 
     def _batch(self, answer: Any) -> RemoteBatch:
         raise NotImplementedError

@@ -37,10 +37,12 @@ from ._batch_state import BatchStateError, state_path
 
 # The row parser, writer and lock of `llmfanout run`: imported here and nowhere else in
 # the batch code.
+from ._cost import CostTally, Price, load_prices
 from ._input_rows import BadRow, parse_row, scan
 from ._job import KEY_VARIABLES
 from ._lock import Busy, hold
 from ._output_rows import OutputCorrupt, RowWriter, cut_torn_line, encode, recover, result_row
+from ._summary import format_usd
 from ._tasks import LLMTask, TaskResult
 from .errors import ProviderError
 from .providers._http import HTTPProvider
@@ -62,6 +64,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="the event loop (default asyncio; trio needs: pip install 'llmfanout[trio]')",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress; errors only")
+
+
+BATCH_DISCOUNT = 0.5  # both providers bill batch requests at half the list price
+
+
+def _prices(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prices",
+        metavar="FILE",
+        help="a JSON price table as `llmfanout run --prices` takes (list prices, USD per "
+        "million tokens), to print the cost of the rows written at the batch price (half)",
+    )
 
 
 def _polling(parser: argparse.ArgumentParser, seconds: Any) -> None:
@@ -138,6 +152,7 @@ def add_parser(commands: Any) -> None:
         help="bytes per batch (default: the provider's limit, 200 MB or 256 MB)",
     )
     _polling(submit, _positive_float)
+    _prices(submit)
     _common(submit)
     for name, text in (
         ("wait", "poll until every batch ends, appending one row per input id to OUTPUT"),
@@ -148,6 +163,7 @@ def add_parser(commands: Any) -> None:
         action.add_argument("output", metavar="OUTPUT", help="the output file given to submit")
         if name == "wait":
             _polling(action, _positive_float)
+            _prices(action)
         _common(action)
 
 
@@ -157,6 +173,7 @@ def main(args: argparse.Namespace) -> int:
         if args.backend == "trio" and importlib.util.find_spec("trio") is None:
             raise UsageError("--backend trio needs trio: pip install 'llmfanout[trio]'")
         command = args.batch_command
+        args.price_table = _price_table(args)  # a bad table stops us before any work
         if command == "status":  # reads only: fine beside a running wait
             return _with_job(args)
         try:
@@ -528,6 +545,16 @@ class _Display:
             self.line(self.last)
 
 
+def _price_table(args: argparse.Namespace) -> dict[str, Price] | None:
+    path = getattr(args, "prices", None)
+    if path is None:
+        return None
+    try:
+        return load_prices(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--prices: {exc}") from None
+
+
 class _Waiter:
     """Polls the job and writes each ended part's rows, skipping ids OUTPUT already holds."""
 
@@ -547,6 +574,9 @@ class _Waiter:
         self.redactor = provider._redactor
         self.written = 0
         self.failed = 0
+        self.tokens = [0, 0]  # prompt and completion tokens of the rows written
+        table = getattr(args, "price_table", None)
+        self.cost = None if table is None else CostTally(table)
 
     def on_progress(self, progress: BatchProgress) -> None:
         self.display.update(progress)
@@ -565,7 +595,8 @@ class _Waiter:
         async with provider:
             try:
                 async for part in job.ended(provider, on_progress=self.on_progress):
-                    if part.collected:
+                    # A collected part is read again only if OUTPUT lost some of its rows.
+                    if part.collected and all(tag in self.keys for tag in job.tags(part.index)):
                         continue
                     async for result in job.part_results(provider, part.index):
                         self.write(result, part.batch_id)
@@ -584,16 +615,34 @@ class _Waiter:
         self.keys.add(result.tag)
         self.written += 1
         self.failed += not result.success
+        usage = getattr(result.value, "usage", None)
+        if usage:
+            self.tokens[0] += usage.get("prompt_tokens") or 0
+            self.tokens[1] += usage.get("completion_tokens") or 0
+        if self.cost is not None and result.success:
+            self.cost.add(result.value.model, usage)
 
     def report(self) -> int:
         output = self.args.output
         failed = self._failed_in_output()
         if not self.args.quiet:
+            prompt, completion = self.tokens
             print(
                 f"llmfanout: wrote {self.written} rows to {output} "
-                f"({len(self.keys)} in all, {failed} failed)",
+                f"({len(self.keys)} in all, {failed} failed); tokens in these rows: "
+                f"{prompt:,} prompt, {completion:,} completion, at the batch price",
                 file=sys.stderr,
             )
+            if self.cost is not None:
+                unpriced = ", ".join(
+                    f"{m or '(no model)'} x{n}" for m, n in self.cost.unpriced.items()
+                )
+                print(
+                    f"llmfanout: cost of these rows at the batch price: "
+                    f"{format_usd(self.cost.total * BATCH_DISCOUNT)}"
+                    + (f" (not counted, no price or no usage: {unpriced})" if unpriced else ""),
+                    file=sys.stderr,
+                )
             if failed:
                 print(
                     f'llmfanout: {failed} rows in {output} failed (see their "error"); to send '
