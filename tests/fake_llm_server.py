@@ -484,7 +484,7 @@ class FakeLLMServer:
             return Fault("ok", headers=tuple(headers.items()))
         self.limited.append(request)
         if limit.retry_after:
-            headers["retry-after"] = f"{wait:.3f}"
+            headers["retry-after"] = str(math.ceil(wait))  # whole seconds, as RFC 9110 has it
             headers["retry-after-ms"] = str(math.ceil(wait * 1000))
         return Fault.status(429, headers=headers, message="rate limit reached for requests")
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from fake_llm_server import FakeLLMServer, Fault, ServerLimit, serve_fake_llm
+from fake_llm_server import FakeLLMServer, Fault, RecordedRequest, ServerLimit, serve_fake_llm
 from helpers import ask
 from llmfanout import (
     OpenAIProvider,
@@ -46,6 +46,29 @@ async def test_answers_and_errors_carry_the_advertised_limits(server: FakeLLMSer
     limits = refused.value.rate_limits
     assert limits is not None and limits.requests is not None
     assert limits.requests.remaining == 0 and limits.requests.reset is not None
+
+
+async def test_budgets_are_kept_per_provider_and_model() -> None:
+    from llmfanout import LLMResponse, RateLimitBudget
+    from llmfanout._governor import Governor
+
+    class Provider:
+        async def complete(self, messages: object, config_overrides: object = None) -> None:
+            raise NotImplementedError
+
+    provider, other = Provider(), Provider()
+    info = RateLimitInfo(requests=RateLimitBudget(60, 0, 60.0))
+    governor = Governor(provider, 4, pacing=True, adaptive=True)
+    assert governor.idle()
+    governor.learn({"model": "a"}, LLMResponse("x", rate_limits=info))
+    assert not governor.idle()
+    assert governor.pacer({"model": "a"}) is not None
+    assert governor.pacer({"model": "b"}) is None  # another model: its own budget
+    assert governor.pacer(None) is None
+    # Another executor on the same provider (the same key) shares the budget...
+    assert Governor(provider, 4, pacing=True, adaptive=True).pacer({"model": "a"}) is not None
+    # ...one on another provider does not.
+    assert Governor(other, 4, pacing=True, adaptive=True).pacer({"model": "a"}) is None
 
 
 async def test_no_limit_headers_no_rate_limits(server: FakeLLMServer) -> None:
@@ -160,19 +183,25 @@ async def test_after_a_cooldown_one_call_goes_first_then_the_rest(
     """Eight calls refused together with Retry-After: after the pause one goes alone and,
     once it is answered, the others follow (in the order they came back to the limiter)."""
     server.latency = 0.05
-    server.add_faults(*[Fault.status(429, retry_after="0.2")] * 8)
+
+    def first_refused(request: RecordedRequest) -> Fault | None:
+        if len(server.requests_for(request.prompt)) == 1:
+            return Fault.status(429, retry_after_ms="200")
+        return None
+
+    server.fault_for = first_refused
     async with OpenAIProvider("m", base_url=server.openai_base_url, api_key="k") as provider:
         executor = ParallelLLMExecutor(
             provider, max_concurrency=8, default_retry=RetryConfig(max_attempts=1)
         )
         results = await executor.execute(tasks(8))
     assert all(r.success for r in results.values())
-    refused, retried = server.requests[:8], server.requests[8:]
-    assert len(retried) == 8
-    last_refusal = max(r.time for r in refused)
-    assert retried[0].time >= last_refusal + 0.2 * 0.95  # the pause, for every call
+    for name in results:
+        refused, retried = server.requests_for(name)
+        assert retried.time - refused.time >= 0.2 * 0.95  # Retry-After honoured
+    retries = sorted(server.requests_for(name)[1].time for name in results)
     # The probe is answered (after the server's latency) before the next one starts.
-    assert retried[1].time - retried[0].time >= 0.05 * 0.95
+    assert retries[1] - retries[0] >= 0.05 * 0.95
 
 
 async def test_a_run_waiting_out_a_cooldown_is_cancelled_promptly(

@@ -63,7 +63,7 @@ def _pacers_for(provider: object) -> _Pacers:
 class Pass:
     """One admitted attempt: what :meth:`Governor.release` needs to account for it."""
 
-    __slots__ = ("epoch", "gated", "model", "pacer", "ticket")
+    __slots__ = ("epoch", "gated", "model", "pacer", "ticket", "tokens")
 
     def __init__(self, model: Any, pacer: HeaderPacer | None, ticket: int, epoch: int) -> None:
         self.model = model
@@ -71,6 +71,7 @@ class Pass:
         self.ticket = ticket
         self.epoch = epoch
         self.gated = False
+        self.tokens = 0  # counted in Governor.unpaced_tokens while in flight
 
 
 class Governor:
@@ -85,6 +86,7 @@ class Governor:
         "aimd",
         "pacing",
         "unpaced",
+        "unpaced_tokens",
     )
 
     def __init__(
@@ -98,7 +100,8 @@ class Governor:
         self._engaged = False  # AIMD gates calls after the first overload answer only
         self._reported = False  # some answer carried limits (or asked for a cooldown)
         self.unpaced = 0
-        """Calls the scheduler has in flight on its own (before any limits were known)."""
+        """Calls in flight that no pacer admitted (sent before any limits were known)."""
+        self.unpaced_tokens = 0  # their estimated tokens, where known
 
     @property
     def current(self) -> int:
@@ -143,7 +146,9 @@ class Governor:
             pacer = self._pacer_for(overrides.get("model") if overrides else None)
             if pacer is not None:
                 if info is not None:
-                    pacer.observe(info, 0, uncounted=self.unpaced)
+                    pacer.observe(
+                        info, 0, uncounted=self.unpaced, uncounted_tokens=self.unpaced_tokens
+                    )
                 if cooldown is not None:
                     pacer.cooldown(cooldown)
         if isinstance(outcome, Exception) and self._overloaded(outcome):
@@ -168,6 +173,10 @@ class Governor:
             if pacer is not None:
                 pass_.pacer = pacer
                 pass_.ticket = await pacer.admit(tokens)
+            else:  # no pacer yet: in flight where no budget counts it
+                self.unpaced += 1
+                self.unpaced_tokens += tokens
+                pass_.tokens = tokens
         except BaseException:  # cancelled while waiting for the pacer: give the room back
             if pass_.gated:
                 self._gate().release_on_behalf_of(pass_)
@@ -182,12 +191,17 @@ class Governor:
         """
         info = getattr(outcome, "rate_limits", None)
         pacer = pass_.pacer
+        if pacer is None:
+            self.unpaced -= 1
+            self.unpaced_tokens -= pass_.tokens
         if pacer is not None:
-            pacer.observe(info, pass_.ticket, uncounted=self.unpaced)
+            pacer.observe(
+                info, pass_.ticket, uncounted=self.unpaced, uncounted_tokens=self.unpaced_tokens
+            )
         elif info is not None or cooldown is not None:
             pacer = self._pacer_for(pass_.model)
             if pacer is not None and info is not None:
-                pacer.observe(info, 0, uncounted=self.unpaced)
+                pacer.observe(info, 0, uncounted=self.unpaced, uncounted_tokens=self.unpaced_tokens)
         if pacer is not None and cooldown is not None:
             pacer.cooldown(cooldown)
         if isinstance(outcome, Exception):

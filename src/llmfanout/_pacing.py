@@ -36,10 +36,12 @@ import anyio
 from ._advertised import RateLimitBudget, RateLimitInfo
 from ._ratelimit import _Bucket
 
-__all__ = ["HeaderPacer", "Pacing"]
+__all__ = ["HeaderPacer"]
 
 _WINDOW = 60.0
 """Seconds the advertised ``limit`` is per: both APIs document per-minute limits."""
+_MARGIN = 0.1
+"""Seconds' worth of the sustained rate the pacer leaves unspent (see ``_Kind.margin``)."""
 _PROBE_WAIT = 30.0
 """The longest the calls behind a probe wait for its answer before going anyway."""
 
@@ -47,7 +49,16 @@ _PROBE_WAIT = 30.0
 class _Kind:
     """One advertised budget (requests or tokens) of one key, tracked between reports."""
 
-    __slots__ = ("available", "bucket", "limit", "observed_at", "refill", "spent", "ticket")
+    __slots__ = (
+        "available",
+        "bucket",
+        "limit",
+        "margin",
+        "observed_at",
+        "refill",
+        "spent",
+        "ticket",
+    )
 
     def __init__(self) -> None:
         self.bucket: _Bucket | None = None  # the sustained rate: limit per minute
@@ -57,12 +68,15 @@ class _Kind:
         self.refill = 0.0  # per second, as the report's reset implies
         self.observed_at = math.inf  # no basis yet
         self.spent = 0.0  # admitted since the basis arrived
+        # Kept in hand: a tenth of a second's worth, for requests that reach the server
+        # in another order than they were admitted in (and so escape the accounting).
+        self.margin = 0.0
 
     def ready_at(self, now: float, cost: float) -> float:
         when = now
         if self.limit is not None:
             cost = min(cost, self.limit)  # more than the whole budget waits for all of it
-        deficit = self.spent + cost - self.available
+        deficit = self.spent + cost + self.margin - self.available
         if deficit > 0 and now >= self.observed_at:
             when = max(when, self.observed_at + deficit / self.refill if self.refill else math.inf)
         if self.bucket is not None:
@@ -80,6 +94,7 @@ class _Kind:
         if limit is not None and limit > 0 and limit != self.limit:
             self.limit = limit
             rate = limit / _WINDOW
+            self.margin = rate * _MARGIN
             if self.bucket is None:
                 self.bucket = _Bucket(rate)
             else:  # a changed limit: keep the level, within the new burst
@@ -208,6 +223,7 @@ class HeaderPacer:
         now: float | None = None,
         *,
         uncounted: int = 0,
+        uncounted_tokens: float = 0.0,
     ) -> None:
         """A call admitted as ``ticket`` ended; ``info`` is what its answer advertised.
 
@@ -215,7 +231,7 @@ class HeaderPacer:
         answer carried no limits, or none arrived): a probe's answer is what lets the
         calls waiting behind it go. ``ticket`` 0 is a call this pacer did not admit;
         ``uncounted``: calls in flight that it did not admit either (the report may not
-        count them).
+        count them), of ``uncounted_tokens`` tokens.
         """
         now = self._clock() if now is None else now
         self._open.pop(ticket, None)
@@ -235,7 +251,7 @@ class HeaderPacer:
                 self._requests.observe(now, info.requests, ticket, since)
             budget = info.token_budget
             if budget is not None:
-                since_tokens = self._tokens_after(ticket) + older_tokens
+                since_tokens = self._tokens_after(ticket) + older_tokens + uncounted_tokens
                 self._tokens.observe(now, budget, ticket, since_tokens)
             self._forget(min(self._requests.ticket, self._tokens.ticket))
         self._wake()
@@ -304,25 +320,3 @@ class HeaderPacer:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
-
-
-class Pacing:
-    """One :class:`HeaderPacer` per model, for one provider (one API key).
-
-    OpenAI and Anthropic keep budgets per model (or model class), so calls to different
-    models do not share one; calls that name no model share the provider's default.
-    """
-
-    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
-        self._clock = clock
-        self._pacers: dict[str | None, HeaderPacer] = {}
-
-    def __repr__(self) -> str:
-        return f"Pacing(models={sorted(map(str, self._pacers))})"
-
-    def for_model(self, model: str | None) -> HeaderPacer:
-        """The pacer for calls to ``model`` (made on first use)."""
-        pacer = self._pacers.get(model)
-        if pacer is None:
-            pacer = self._pacers[model] = HeaderPacer(clock=self._clock)
-        return pacer

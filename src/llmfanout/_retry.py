@@ -83,7 +83,7 @@ class RetryConfig:
     us to wait, not the call failing. They are retried until ``patience`` has passed since
     the first of them, without spending ``max_attempts`` (which keep counting other
     failures; ``TaskResult.attempts`` counts every call made). Their ``retry_after`` is
-    honoured in full; without it the waits grow from ``initial_delay`` (at least 1 s)
+    honoured in full; without it the waits grow from ``initial_delay`` (at least 10 ms)
     up to ``max_delay``, with full jitter.
     """
 
@@ -233,7 +233,7 @@ async def retrying(
                 and is_retryable(config, error)
             ):
                 if patience is None:
-                    floor = max(config.initial_delay, 1.0)
+                    floor = max(config.initial_delay, 0.01)  # never spin
                     cap = max(config.max_delay, floor)
                     patience = Patience(config.patience, initial=floor, cap=cap)
                 nominal = patience.next_wait(error, anyio.current_time() + waited)
