@@ -349,7 +349,8 @@ def test_resume_cuts_a_torn_last_line(tmp_path: Path, backend: str) -> None:
 def test_sigint_mid_run_then_resume(tmp_path: Path, backend: str) -> None:
     source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
     ids = write_prompts(source, 120)
-    slow = ["--echo-latency", "0.02", "--concurrency", "4", "--backend", backend]
+    # Three seconds in all: the SIGINT lands mid-run even if this process stalls a while.
+    slow = ["--echo-latency", "0.1", "--concurrency", "4", "--backend", backend]
     args = ["run", source, "-o", output, *slow]
     with started(*args, cwd=tmp_path) as process:
         wait_for_rows(output, 10, process)
