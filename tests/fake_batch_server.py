@@ -127,6 +127,8 @@ class FakeBatchServer:
         self.fail_validation: str | None = None
         """When set, the next OpenAI batch fails validation (at its first step) with it."""
         self.polls = 0
+        self.created = anyio.Event()
+        """Set when a batch is created (replace it to wait for the next one)."""
         self._counter = 0
 
     def __repr__(self) -> str:
@@ -369,6 +371,7 @@ class FakeBatchServer:
         )
         self.fail_validation = None
         self.batches[batch.id] = batch
+        self.created.set()
         return 200, json.dumps(self._json(batch)).encode()
 
     def _list(self, wire: str, query: dict[str, list[str]]) -> bytes:

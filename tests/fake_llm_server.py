@@ -12,7 +12,14 @@ loop, on asyncio and trio alike::
 
 ``POST .../chat/completions`` answers as OpenAI, ``POST .../messages`` as Anthropic, with
 ``"echo: <last message>"``. Each request takes the next queued :class:`Fault`, else asks
-``server.fault_for(request)``, else succeeds. From sync code (a CLI test running a
+``server.fault_for(request)``, else succeeds.
+
+``server.limit = ServerLimit(requests_per_minute=600)`` makes it enforce a per-key rate
+limit as OpenAI and Anthropic do (token buckets refilled evenly, whole in a minute): each
+answer carries the limit headers in the wire's format, and a request over the limit gets
+a real 429 with the real wait. ``server.overload_after = 20`` instead answers 429, with
+no headers and no ``Retry-After``, to any request that finds 20 already in flight (a
+vLLM-like server). From sync code (a CLI test running a
 subprocess) use :func:`fake_llm_server_in_thread`; from a shell, ``python
 tests/fake_llm_server.py [--port N] [--latency S [--spread F]]`` prints the base URL and
 serves until killed.
@@ -23,11 +30,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import random
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -41,6 +50,7 @@ __all__ = [
     "FakeLLMServer",
     "Fault",
     "RecordedRequest",
+    "ServerLimit",
     "fake_llm_server_in_thread",
     "serve_fake_llm",
 ]
@@ -81,6 +91,8 @@ class Fault:
     """``(name, arguments JSON)`` of the tool calls a normal answer makes."""
     cached_tokens: int = 0
     """Prompt tokens a normal answer reports as read from the provider's cache."""
+    events: int = 0
+    """For the stream faults: how many events are sent before the fault."""
 
     @classmethod
     def ok(
@@ -135,6 +147,28 @@ class Fault:
         )
 
     @classmethod
+    def stream_cut(cls, events: int, content: str | None = None) -> Fault:
+        """A streamed answer whose body ends cleanly after ``events`` events, before the
+        terminal one (OpenAI's ``[DONE]``, Anthropic's ``message_stop``)."""
+        return cls("stream_cut", content=content, events=events)
+
+    @classmethod
+    def stream_drop(cls, events: int, content: str | None = None) -> Fault:
+        """A streamed answer whose connection closes after ``events`` events, mid-body."""
+        return cls("stream_drop", content=content, events=events)
+
+    @classmethod
+    def stream_error(cls, events: int, error_type: str = "overloaded_error") -> Fault:
+        """A streamed answer that sends an error event after ``events`` events."""
+        return cls("stream_error", events=events, error_type=error_type)
+
+    @classmethod
+    def stream_stall(cls, events: int) -> Fault:
+        """A streamed answer that sends ``events`` events, then nothing until the client
+        gives up."""
+        return cls("stream_stall", events=events)
+
+    @classmethod
     def drop(cls) -> Fault:
         """Send the status line, headers and half the body, then close the connection."""
         return cls("drop")
@@ -163,6 +197,36 @@ class Fault:
     def missing_fields(cls) -> Fault:
         """A 200 with well-formed JSON that lacks the answer (no choices / no content)."""
         return cls("missing_fields")
+
+
+@attrs.frozen
+class ServerLimit:
+    """A per-key rate limit the server enforces, with token buckets refilled evenly.
+
+    Each bucket holds ``burst`` seconds of its rate (60: a whole minute, as the APIs
+    document; 1: a limit "enforced over shorter spans") and starts ``initial`` full. A
+    request costs one request and, for tokens, its prompt's tokens plus ``max_tokens``
+    (as OpenAI counts at admission; the answer's length without it). ``headers``:
+    ``"auto"`` sends the wire's own format (OpenAI or Anthropic), ``"openai"`` or
+    ``"anthropic"`` forces one, None sends none. A refused request gets 429 with
+    ``retry-after`` (and ``retry-after-ms``) saying when the bucket allows it, unless
+    ``retry_after`` is False.
+    """
+
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    burst: float = 60.0
+    initial: float = 1.0
+    headers: str | None = "auto"
+    retry_after: bool = True
+
+
+class _ServerBucket:
+    __slots__ = ("at", "level")
+
+    def __init__(self, level: float, at: float) -> None:
+        self.level = level
+        self.at = at
 
 
 @attrs.frozen
@@ -201,6 +265,35 @@ def _tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
+def _cost_in_tokens(request: RecordedRequest) -> int:
+    """What a request counts against a tokens-per-minute limit when it arrives."""
+    payload = request.json if isinstance(request.json, dict) else {}
+    messages = payload.get("messages") or []
+    prompt = sum(_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
+    limit = payload.get("max_tokens", payload.get("max_completion_tokens"))
+    if isinstance(limit, int):
+        return prompt + limit
+    return prompt + _tokens("echo: " + request.prompt)
+
+
+def go_duration(seconds: float) -> str:
+    """``seconds`` as OpenAI writes a reset: ``8ms``, ``1.5s``, ``6m0s``, ``1h2m3.5s``."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{int(hours)}h{int(minutes)}m{text}"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+def rfc3339_after(seconds: float) -> str:
+    """The wall-clock time ``seconds`` from now, as Anthropic writes a reset (RFC 3339)."""
+    when = datetime.now(UTC) + timedelta(seconds=seconds)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class FakeLLMServer:
     """The running server: its addresses, its fault plan, and what it has received."""
 
@@ -215,6 +308,15 @@ class FakeLLMServer:
         self.latency_spread = 0.0
         """Each wait is ``latency`` times a random factor in ``1 +/- latency_spread``."""
         self._random = random.Random(0)
+        self.limit: ServerLimit | None = None
+        """A per-key rate limit to enforce (see :class:`ServerLimit`); change it any time."""
+        self.overload_after: int | None = None
+        """Answer 429 (no headers, no Retry-After) to a request finding this many in flight."""
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.limited: list[RecordedRequest] = []
+        """Requests the limit or ``overload_after`` refused with a 429."""
+        self._buckets: dict[tuple[str, str], _ServerBucket] = {}
         self.connections_opened = 0
         self.open_connections = 0
         self.peak_connections = 0
@@ -228,8 +330,10 @@ class FakeLLMServer:
         self.anthropic_base_url = base_url
 
     async def close_idle_connections(self) -> None:
-        """Close every connection waiting for its next request, as a server whose
-        keep-alive timeout ran out does."""
+        """Once every open connection waits for its next request, close them all, as a
+        server whose keep-alive timeout ran out does."""
+        while len(self._idle) < self.open_connections:
+            await self._arrived.wait()
         for stream in list(self._idle):
             await anyio.aclose_forcefully(stream)
 
@@ -275,6 +379,7 @@ class FakeLLMServer:
             async with stream:
                 while True:
                     self._idle.add(stream)
+                    self._notify()
                     try:
                         received = await _read_request(conn, stream)
                     finally:
@@ -282,7 +387,14 @@ class FakeLLMServer:
                     if received is None:
                         return
                     request = self._record(*received, connection)
-                    if not await self._respond(conn, stream, request, self._choose(request)):
+                    self.in_flight += 1
+                    self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                    try:
+                        fault = self._choose(request)
+                        keep = await self._respond(conn, stream, request, fault)
+                    finally:
+                        self.in_flight -= 1
+                    if not keep:
                         return
                     if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                         return
@@ -316,8 +428,65 @@ class FakeLLMServer:
         if self.faults:
             return self.faults.popleft()
         if self.fault_for is not None:
-            return self.fault_for(request) or Fault.ok()
+            fault = self.fault_for(request)
+            if fault is not None:
+                return fault
+        if self.overload_after is not None and self.in_flight > self.overload_after:
+            self.limited.append(request)
+            return Fault.status(429, message="server overloaded, try again later")
+        if self.limit is not None:
+            return self._limited(request, self.limit)
         return Fault.ok()
+
+    # -- the per-key rate limit ----------------------------------------------------------
+
+    def _limited(self, request: RecordedRequest, limit: ServerLimit) -> Fault:
+        """Admit ``request`` against its key's buckets: an answer, or a 429 with the wait."""
+        now = anyio.current_time()
+        wire = _wire_format(request.path) or "openai"
+        costs = [("requests", limit.requests_per_minute, 1.0)]
+        if limit.tokens_per_minute is not None:
+            costs.append(("tokens", limit.tokens_per_minute, float(_cost_in_tokens(request))))
+        wait = 0.0
+        states = []
+        for kind, per_minute, cost in costs:
+            if per_minute is None:
+                continue
+            rate, capacity = per_minute / 60, per_minute / 60 * limit.burst
+            bucket = self._buckets.get((request.api_key, kind))
+            if bucket is None:
+                bucket = _ServerBucket(capacity * limit.initial, now)
+                self._buckets[request.api_key, kind] = bucket
+            bucket.level = min(capacity, bucket.level + rate * (now - bucket.at))
+            bucket.at = now
+            need = min(cost, capacity)
+            if bucket.level < need:
+                wait = max(wait, (need - bucket.level) / rate)
+            states.append((kind, per_minute, rate, capacity, cost, bucket))
+        if wait <= 0:
+            for _, _, _, _, cost, bucket in states:
+                bucket.level -= cost
+        headers: dict[str, str] = {}
+        style = wire if limit.headers == "auto" else limit.headers
+        for kind, per_minute, rate, capacity, _, bucket in states:
+            remaining = max(0, math.floor(bucket.level))
+            reset = max(0.0, (capacity - bucket.level) / rate)
+            if style == "openai":
+                headers[f"x-ratelimit-limit-{kind}"] = str(round(per_minute))
+                headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+                headers[f"x-ratelimit-reset-{kind}"] = go_duration(reset)
+            elif style == "anthropic":
+                prefix = f"anthropic-ratelimit-{kind}-"
+                headers[prefix + "limit"] = str(round(per_minute))
+                headers[prefix + "remaining"] = str(remaining)
+                headers[prefix + "reset"] = rfc3339_after(reset)
+        if wait <= 0:
+            return Fault("ok", headers=tuple(headers.items()))
+        self.limited.append(request)
+        if limit.retry_after:
+            headers["retry-after"] = str(math.ceil(wait))  # whole seconds, as RFC 9110 has it
+            headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+        return Fault.status(429, headers=headers, message="rate limit reached for requests")
 
     async def _respond(
         self,
@@ -358,7 +527,10 @@ class FakeLLMServer:
             code, body = 400, _error_body(wire, 400, "the body is not JSON", None)
         elif (problem := _tool_flow_problem(wire, request.json)) is not None:
             code, body = 400, _error_body(wire, 400, problem, None)
+        elif request.json.get("stream") is True:
+            return await self._stream(conn, stream, wire, request, fault, headers)
         else:
+            headers.extend(fault.headers)
             if self.latency:
                 spread = self.latency_spread
                 await anyio.sleep(self.latency * self._random.uniform(1 - spread, 1 + spread))
@@ -371,6 +543,40 @@ class FakeLLMServer:
                 await _wait_for_close(stream)
             return False
         await stream.send(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        return True
+
+    async def _stream(
+        self,
+        conn: h11.Connection,
+        stream: anyio.abc.ByteStream,
+        wire: str,
+        request: RecordedRequest,
+        fault: Fault,
+        headers: list[tuple[str, str]],
+    ) -> bool:
+        """Answer as server-sent events (chunked), each event sent in two writes so a
+        client meets events split across reads. False when the connection must close."""
+        headers[0] = ("content-type", "text/event-stream; charset=utf-8")
+        await stream.send(conn.send(h11.Response(status_code=200, headers=headers)))
+        events = _stream_events(wire, request, fault)
+        kind = fault.kind
+        if kind != "ok":
+            events = events[: fault.events]
+        for event in events:
+            if self.latency:
+                await anyio.sleep(self.latency / max(len(events), 1))
+            half = len(event) // 2
+            await stream.send(conn.send(h11.Data(data=event[:half])))
+            await stream.send(conn.send(h11.Data(data=event[half:])))
+        if kind == "stream_error":
+            error = json.loads(_error_body(wire, 529, "Overloaded", fault.error_type))
+            await stream.send(conn.send(h11.Data(data=_sse(error, "error", wire))))
+        if kind == "stream_drop":
+            return False
+        if kind == "stream_stall":
+            await _wait_for_close(stream)
+            return False
+        await stream.send(conn.send(h11.EndOfMessage()))
         return True
 
 
@@ -531,6 +737,91 @@ def _answer(wire: str, request: RecordedRequest, fault: Fault) -> bytes:
         if cached:
             answer["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
     return json.dumps(answer).encode()
+
+
+def _sse(data: Any, event: str, wire: str) -> bytes:
+    """One server-sent event: Anthropic names each event, OpenAI sends data only."""
+    text = data if isinstance(data, str) else json.dumps(data)
+    head = f"event: {event}\n" if wire == "anthropic" else ""
+    return f"{head}data: {text}\n\n".encode()
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut into word-sized deltas (spaces kept), as a model streams it."""
+    words = text.split(" ")
+    return [w + " " for w in words[:-1]] + [words[-1]] if text else []
+
+
+def _stream_events(wire: str, request: RecordedRequest, fault: Fault) -> list[bytes]:
+    """The events of a streamed answer, the terminal one last, from the whole answer."""
+    whole = json.loads(_answer(wire, request, fault))
+    if wire == "anthropic":
+        start = {k: v for k, v in whole.items() if k not in ("content", "usage")}
+        start |= {"content": [], "stop_reason": None}
+        start["usage"] = {**whole["usage"], "output_tokens": 1}
+        events = [_sse({"type": "message_start", "message": start}, "message_start", wire)]
+        events.append(_sse({"type": "ping"}, "ping", wire))
+        for index, block in enumerate(whole["content"]):
+            if block["type"] == "text":
+                opened = {"type": "text", "text": ""}
+                deltas = [{"type": "text_delta", "text": t} for t in _pieces(block["text"])]
+            else:
+                opened = {**block, "input": {}}
+                arguments = json.dumps(block["input"])
+                half = len(arguments) // 2
+                deltas = [
+                    {"type": "input_json_delta", "partial_json": part}
+                    for part in (arguments[:half], arguments[half:])
+                ]
+            events.append(
+                _sse(
+                    {"type": "content_block_start", "index": index, "content_block": opened},
+                    "content_block_start",
+                    wire,
+                )
+            )
+            events += [
+                _sse(
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                    "content_block_delta",
+                    wire,
+                )
+                for delta in deltas
+            ]
+            events.append(
+                _sse({"type": "content_block_stop", "index": index}, "content_block_stop", wire)
+            )
+        stop = {"stop_reason": whole["stop_reason"], "stop_sequence": None}
+        usage = {"output_tokens": whole["usage"]["output_tokens"]}
+        events.append(
+            _sse({"type": "message_delta", "delta": stop, "usage": usage}, "message_delta", wire)
+        )
+        events.append(_sse({"type": "message_stop"}, "message_stop", wire))
+        return events
+    head = {k: whole[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    message = whole["choices"][0]["message"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return _sse({**head, "choices": [choice]}, "message", wire)
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": t}) for t in _pieces(message["content"] or "")]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call["function"]
+        opened = {"index": index, "id": call["id"], "type": "function"}
+        events.append(chunk({"tool_calls": [opened | {"function": {"name": function["name"]}}]}))
+        half = len(function["arguments"]) // 2
+        for part in (function["arguments"][:half], function["arguments"][half:]):
+            events.append(
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+            )
+    events.append(chunk({}, whole["choices"][0]["finish_reason"]))
+    options = request.json.get("stream_options") or {}
+    if options.get("include_usage"):
+        events.append(_sse({**head, "choices": [], "usage": whole["usage"]}, "message", wire))
+    events.append(_sse("[DONE]", "message", wire))
+    return events
 
 
 @asynccontextmanager

@@ -403,6 +403,23 @@ async def test_nested_calls_at_any_depth_finish_and_never_exceed_the_cap(
     assert executor._cap.free == executor.max_concurrency
 
 
+async def test_a_call_back_into_an_executor_through_another_one_finds_its_slot() -> None:
+    # a's task calls b, whose task calls a again: a's slot is still a's to lend.
+    a = ParallelLLMExecutor(EchoProvider(), max_concurrency=1)
+    b = ParallelLLMExecutor(EchoProvider(), max_concurrency=1)
+
+    async def back_into_a() -> str:
+        return (await a.execute({"x": ask("x")}))["x"].value.content
+
+    async def into_b() -> Any:
+        return (await b.execute_mixed({"y": DeterministicTask(back_into_a)}))["y"].value
+
+    with anyio.fail_after(5):
+        results = await a.execute_mixed({"z": DeterministicTask(into_b)})
+    assert results["z"].value == "Echo: x"
+    assert a._cap.free == 1 and b._cap.free == 1
+
+
 async def test_cancelling_from_outside_during_nested_calls_stops_everything() -> None:
     provider = GateProvider(cap_watch=2)
     executor = ParallelLLMExecutor(provider, max_concurrency=2)
@@ -896,7 +913,8 @@ async def test_a_429_cooldown_is_capped_by_the_retry_policys_max_delay() -> None
         provider,
         max_concurrency=1,
         rate_limit=RateLimit(requests_per_minute=60_000),
-        default_retry=RetryConfig(max_attempts=2, initial_delay=0, max_delay=0.05),
+        # Without patience, a 429 is an attempt like any other and its wait is capped.
+        default_retry=RetryConfig(max_attempts=2, initial_delay=0, max_delay=0.05, patience=0),
     )
     with anyio.fail_after(5):  # an uncapped cooldown would pause this run for an hour
         results = await executor.execute({"a": ask("a"), "b": ask("b")})

@@ -239,7 +239,8 @@ async def test_retry_after_is_waited_for(
 
 async def test_retry_after_is_capped_by_max_delay(server: FakeLLMServer) -> None:
     server.add_faults(Fault.status(503, retry_after="30"))
-    retry = RetryConfig(max_attempts=2, initial_delay=0.0, max_delay=0.05)
+    # Without patience an overload answer is an attempt like any other, its wait capped.
+    retry = RetryConfig(max_attempts=2, initial_delay=0.0, max_delay=0.05, patience=0)
     async with make_provider("openai", server) as provider:
         result = (
             await ParallelLLMExecutor(provider, default_retry=retry).execute({"t": task("c")})
@@ -379,7 +380,7 @@ async def test_the_api_key_appears_nowhere(
     ]
     tasks = {f"f{i}": task(f"f{i}") for i in range(len(faults))}
     tasks["ok"] = task("fine")
-    tasks["stream"] = LLMTask([LLMMessage("user", "s")], config_overrides={"stream": True})
+    tasks["not-json"] = LLMTask([LLMMessage("user", "s")], config_overrides={"tools": object()})
     tasks["nan"] = LLMTask(
         [LLMMessage("user", "n")], config_overrides={"temperature": float("nan")}
     )
@@ -387,7 +388,8 @@ async def test_the_api_key_appears_nowhere(
     errors: list[BaseException] = []
     async with make_provider(kind, server, timeout=0.2) as provider:
         assert KEY not in repr(provider) and KEY not in str(provider)
-        executor = ParallelLLMExecutor(provider, max_concurrency=1)
+        # Every fault in turn, the 401 too: do not stop the run at it.
+        executor = ParallelLLMExecutor(provider, max_concurrency=1, stop_on_auth_error=False)
         results = await executor.execute(tasks)
         server.add_faults(Fault.status(401, message=echoing))
         try:

@@ -108,6 +108,18 @@ def test_repr_and_pickle_keep_the_settings_not_the_password_or_the_worker() -> N
     assert isinstance(copy, Limiter)
 
 
+@pytest.mark.anyio
+async def test_the_url_may_name_the_budget(url: str, client: redis.Redis) -> None:
+    limit = RedisRateLimit(f"{url}?key=team-b", requests_per_minute=60)
+    assert limit.key == "team-b"
+    await limit.acquire()  # redis-py never saw the key parameter
+    assert client.hget("llmfanout:limit:{team-b}", "rpm") is not None
+    assert pickle.loads(pickle.dumps(limit)).key == "team-b"
+    with pytest.raises(ValueError, match="key is 'x' but the URL names 'team-b'; give one"):
+        RedisRateLimit(f"{url}?key=team-b", requests_per_minute=60, key="x")
+    client.delete("llmfanout:limit:{team-b}")
+
+
 # -- the script's maths, with the time given, against RateLimit's ----------------------
 
 ops = st.lists(
@@ -184,6 +196,30 @@ def test_a_refund_never_lifts_a_bucket_above_one_second_of_burst(client: redis.R
     assert float(client.hget(base, "tl") or 0) == 10
     assert call(10, 0)[0] == 1
     assert call(1, 0)[:2] == [0, 100_000]  # empty again: 1 token in 0.1 s
+
+
+def test_workers_take_turns_and_a_silent_one_loses_its_turn(client: redis.Redis) -> None:
+    script = client.register_script(_SCRIPT)
+    base = f"llmfanout:limit:{{turns-{uuid.uuid4().hex}}}"
+    keys = (base, f"{base}:workers", f"{base}:queue")
+
+    def ask(worker: str, at: float) -> tuple[int, int]:
+        args = ("60.0", "0.0", 0, 0, 0, "0", worker, "30", "3", repr(at))
+        admitted, wait_us, _ = script(keys=keys, args=args)
+        return admitted, wait_us
+
+    assert ask("a", 100.0) == (1, 0)  # the burst: one request
+    assert ask("a", 100.2) == (0, 800_000)  # a waits its turn, first in line
+    assert ask("b", 100.5) == (0, 1_500_000)  # b after a: the next request and one more
+    assert ask("b", 101.05) == (0, 1_000_000)  # a bucket with one request is a's
+    assert ask("a", 101.1) == (1, 0)
+    assert ask("a", 101.2) == (0, 1_900_000)  # a again, now behind b
+    assert ask("b", 102.1) == (1, 0)
+    # A worker that stops asking gives up its turn after 3 s (it may have died).
+    assert ask("a", 102.2) == (0, 900_000)
+    assert ask("b", 103.2) == (0, 1_000_000)  # behind a, which last asked 1 s ago
+    assert ask("b", 106.0) == (1, 0)  # a has been silent for 3.8 s: b goes
+    client.delete(*keys)
 
 
 # -- acquire ---------------------------------------------------------------------------
@@ -351,15 +387,18 @@ def test_four_processes_on_two_backends_share_one_budget_fairly(server: RedisSer
 # -- in a job and on the command line --------------------------------------------------
 
 
-def test_a_job_spec_with_a_shared_limit_runs_through_redis(url: str, client: redis.Redis) -> None:
-    spec = JobSpec(shared_limit=url, rpm=6000, tpm=10**6, concurrency=4)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_job_spec_with_a_shared_limit_runs_through_redis(
+    url: str, client: redis.Redis, backend: str
+) -> None:
+    spec = JobSpec(shared_limit=url, rpm=6000, tpm=10**6, concurrency=4, backend=backend)
     rows = [{"id": f"r{i}", "prompt": f"say {i}"} for i in range(20)]
     out = list(run_rows(rows, spec))
     assert sorted(row["id"] for row in out) == sorted(row["id"] for row in rows)
     assert all(row["success"] for row in out)
-    budget = client.hgetall("llmfanout:limit:{default}")
+    budget = client.hgetall("llmfanout:limit:{echo:any}")  # a budget per provider and model
     assert float(budget[b"rpm"]) == 6000  # the job's limits reached the shared budget
-    client.delete("llmfanout:limit:{default}")
+    client.delete("llmfanout:limit:{echo:any}")
 
 
 def test_a_bad_shared_limit_url_stops_the_job_before_it_starts() -> None:
@@ -375,7 +414,7 @@ def test_the_cli_shares_its_rpm_through_shared_limit(
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_text("".join(json.dumps({"id": i, "prompt": f"p{i}"}) + "\n" for i in range(8)))
     argv = ["run", str(source), "-o", str(output), "--provider", "echo", "--quiet"]
-    assert cli_main([*argv, "--rpm", "3000", "--shared-limit", url]) == 0
+    assert cli_main([*argv, "--rpm", "3000", "--shared-limit", f"{url}?key=team-a"]) == 0
     assert len(output.read_text().splitlines()) == 8
-    assert float(client.hget("llmfanout:limit:{default}", "rpm") or 0) == 3000
-    client.delete("llmfanout:limit:{default}")
+    assert float(client.hget("llmfanout:limit:{team-a}", "rpm") or 0) == 3000
+    client.delete("llmfanout:limit:{team-a}")

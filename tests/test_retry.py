@@ -245,7 +245,8 @@ async def test_a_raising_hook_ends_the_attempts_with_its_error() -> None:
 
 
 def test_trivial_means_one_attempt_and_no_failure_hook() -> None:
-    assert RetryConfig(max_attempts=1).trivial
+    assert RetryConfig(max_attempts=1, patience=0).trivial
+    assert not RetryConfig(max_attempts=1).trivial  # a 429 is still waited out
     assert not RetryConfig(max_attempts=2).trivial
     assert not RetryConfig(max_attempts=1, on_failure=print).trivial
 

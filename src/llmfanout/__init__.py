@@ -1,11 +1,13 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
+from ._advertised import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
 from ._batch import BatchJob, submit_batch
 from ._cost import Price
 from ._echo import EchoProvider, ErrorResponse
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._job import JobError, JobSpec, RowStream, arun_rows, run_rows
 from ._limiter import Limiter
+from ._pacing import HeaderPacer
 from ._ratelimit import RateLimit
 from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._summary import RunSummary, summarize
@@ -30,6 +32,7 @@ __all__ = [
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
+    "HeaderPacer",
     "ImagePart",
     "JobError",
     "JobSpec",
@@ -43,6 +46,8 @@ __all__ = [
     "Price",
     "ProviderError",
     "RateLimit",
+    "RateLimitBudget",
+    "RateLimitInfo",
     "ResultStream",
     "RetryConfig",
     "RetryExecutor",
@@ -53,6 +58,7 @@ __all__ = [
     "TextPart",
     "ToolCall",
     "arun_rows",
+    "parse_rate_limit_headers",
     "run_rows",
     "submit_batch",
     "summarize",

@@ -21,14 +21,17 @@ from typing import Any
 import anyio
 
 from ._calls import call_maybe_async
+from ._governor import Governor, Pass
 from ._limiter import Limiter
 from ._outcome import Outcome
-from ._ratelimit import estimate_tokens, is_rate_limit_error
+from ._patience import is_overload
+from ._ratelimit import estimate_tokens
 from ._retry import TESTING, RetryConfig, retrying
 from ._tasks import DeterministicTask, LLMTask
 from ._types import AsyncLLMProvider, LLMMessage, LLMResponse
 
-NO_RETRY = RetryConfig(max_attempts=1)
+NO_RETRY = RetryConfig(max_attempts=1, patience=0)
+DEFAULT_RETRY = RetryConfig()
 
 
 class TimeLimit:
@@ -66,6 +69,21 @@ def fresh(overrides: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None if overrides is None else dict(overrides)
 
 
+def shared_cooldown(exc: Exception, cap: float) -> float | None:
+    """How long every call should pause after ``exc``: an overload answer's Retry-After
+    (the server's word, within the patience the policy allows), else None."""
+    retry_after = getattr(exc, "retry_after", None)
+    if is_overload(exc) and isinstance(retry_after, int | float) and not TESTING.instant:
+        return min(float(retry_after), cap)
+    return None
+
+
+def cooldown_cap(policy: RetryConfig | None) -> float:
+    """The longest shared pause a policy allows: its patience, or at least ``max_delay``."""
+    policy = policy or DEFAULT_RETRY
+    return max(policy.max_delay, policy.patience)
+
+
 async def llm_attempt(
     provider: AsyncLLMProvider,
     messages: Sequence[LLMMessage],
@@ -74,30 +92,42 @@ async def llm_attempt(
     limit: Limiter | None,
     tokens: int,
     max_cooldown: float,
+    governor: Governor | None = None,
 ) -> LLMResponse:
-    """One LLM call: rate limit, time limit, the call, settling, the cooldown."""
-    if limit is None:
+    """One LLM call: rate limit, pacing, time limit, the call, settling, the cooldown."""
+    if limit is None and governor is None:
         if per_attempt is None:
             return await provider.complete(messages, config_overrides=fresh(overrides))
         with TimeLimit(per_attempt, "LLM"):
             return await provider.complete(messages, config_overrides=fresh(overrides))
-    await limit.acquire(tokens)
+    if limit is not None:
+        await limit.acquire(tokens)
     used: int | None = None
+    admitted: Pass | None = None
+    outcome: object = None
+    cooldown: float | None = None
     try:
+        if governor is not None:
+            admitted = await governor.admit(overrides, tokens)
         if per_attempt is None:
             response = await provider.complete(messages, config_overrides=fresh(overrides))
         else:
             with TimeLimit(per_attempt, "LLM"):
                 response = await provider.complete(messages, config_overrides=fresh(overrides))
         used = getattr(response, "total_tokens", None)
+        outcome = response
         return response
     except Exception as exc:
-        if is_rate_limit_error(exc) and not TESTING.instant:
-            # The server's word, within the patience the policy allows.
-            limit.cooldown(min(exc.retry_after, max_cooldown))  # type: ignore[attr-defined]
+        outcome = exc
+        cooldown = shared_cooldown(exc, max_cooldown)
+        if cooldown is not None and limit is not None:
+            limit.cooldown(cooldown)
         raise
     finally:  # a cancelled call is settled too: the limiter keeps its estimate
-        limit.settle(tokens, used)
+        if limit is not None:
+            limit.settle(tokens, used)
+        if admitted is not None:
+            governor.release(admitted, outcome, cooldown=cooldown)  # type: ignore[union-attr]
 
 
 async def run_llm(
@@ -109,14 +139,27 @@ async def run_llm(
     limit: Limiter | None,
     *,
     first_error: Exception | None = None,
+    governor: Governor | None = None,
 ) -> Outcome:
     """An LLM task's attempts under ``policy`` (``first_error``: attempt 1 ran and raised)."""
-    tokens = 0 if limit is None else estimate_tokens(task, overrides)
-    cooldown = policy.max_delay
+    governed = limit is not None or governor is not None
+    tokens = estimate_tokens(task, overrides) if governed else 0
+    cooldown = cooldown_cap(policy)
     call = partial(
-        llm_attempt, provider, task.messages, overrides, per_attempt, limit, tokens, cooldown
+        llm_attempt,
+        provider,
+        task.messages,
+        overrides,
+        per_attempt,
+        limit,
+        tokens,
+        cooldown,
+        governor,
     )
-    return await retrying(policy, call, first_error=first_error)
+    # With a limiter, a call refused with Retry-After waits in its queue (in arrival
+    # order, the cooldown shared) rather than on a timer of its own.
+    queued = limit is not None or (governor is not None and governor.pacing)
+    return await retrying(policy, call, first_error=first_error, queued=queued)
 
 
 async def function_attempt(

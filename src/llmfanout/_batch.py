@@ -30,7 +30,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import aclosing
 from functools import partial
 from typing import Any
@@ -223,6 +223,10 @@ class BatchJob:
         """Every part has a batch on the provider's side."""
         return all(part.batch_id is not None for part in self._state.parts)
 
+    def tags(self, index: int) -> Sequence[str]:
+        """The tags of part ``index``'s tasks, in the order they were sent."""
+        return tuple(self._state.parts[index].tags)
+
     def progress(self) -> BatchProgress:
         """The counts as last seen (no network)."""
         parts = self._state.parts
@@ -395,19 +399,22 @@ class BatchJob:
         part.ended = True
         self._save()
 
-    async def cancel(self, provider: HTTPProvider) -> BatchProgress:
+    async def cancel(self, provider: HTTPProvider, *, record: bool = True) -> BatchProgress:
         """Cancel every unfinished part; parts not yet created never will be.
 
         Requests already processed keep their results; the rest come back as failed
-        (cancelled) results once each part has ended.
+        (cancelled) results once each part has ended. With ``record=False`` the state
+        file is left alone (another process owns it): only the provider is told.
         """
         api = _api(provider, self._state)
         self._state.cancelled = True
-        self._save()
+        if record:
+            self._save()
         for part in self._state.parts:
             if part.batch_id is not None and not part.ended:
                 self._update(part, await self._call(_getter(api, part, cancel=True)))
-        self._save()
+        if record:
+            self._save()
         return self.progress()
 
 
@@ -483,9 +490,11 @@ def _planned(
     parts: list[Part] = []
     seen: set[str] = set()
     file = None
+    tail = b""
     digest = hashlib.sha256()
     part: Part | None = None
     limit = max_bytes - BODY_OVERHEAD
+    separator = api.separator
     try:
         for number, task in enumerate(tasks):
             if not isinstance(task, LLMTask):
@@ -500,31 +509,47 @@ def _planned(
                 body = api.body(task.messages, task.config_overrides)
             except ProviderError as exc:
                 raise ValueError(f"task {tag!r}: {exc}") from None
+            if body.get("stream"):
+                raise ValueError(
+                    f"task {tag!r}: stream=True in its parameters; a batch returns whole "
+                    "answers, so remove it"
+                )
             # The custom id is ours, "<run>-<part>-<i>": it fits both APIs' rules whatever
             # the tag, and tells this job's results from any other's.
+            # A part's size counts its lines and what separates them (the limit's
+            # measure); the digest covers the lines alone.
             line = b""
             if part is not None and part.rows < max_requests:
                 line = api.line(f"{run_id}-{part.index}-{part.rows}", body)
-            if part is None or not line or part.size + len(line) > limit:
+            if part is None or not line or part.size + len(separator) + len(line) > limit:
                 if part is not None and file is not None:
+                    file.write(tail)
                     file.close()
                     part.digest = digest.hexdigest()
                 part = Part(index=len(parts), tags=[], size=0, digest="")
                 parts.append(part)
                 digest = hashlib.sha256()
-                file = open(_part_file(folder, run_id, part.index), "wb")  # noqa: SIM115
+                path = _part_file(folder, run_id, part.index)
+                head, tail = api.framing(os.path.basename(path))
+                file = open(path, "wb")  # noqa: SIM115  (closed below, or in finally)
+                file.write(head)
                 line = api.line(f"{run_id}-{part.index}-0", body)
                 if len(line) > limit:
                     raise ValueError(
                         f"task {tag!r}: its request is {len(line)} bytes, more than the "
                         f"{limit} bytes a batch may hold"
                     )
+            elif separator:
+                assert file is not None
+                file.write(separator)
+                part.size += len(separator)
             assert file is not None
             file.write(line)
             digest.update(line)
             part.tags.append(tag)
             part.size += len(line)
-        if part is not None:
+        if part is not None and file is not None:
+            file.write(tail)
             part.digest = digest.hexdigest()
     finally:
         if file is not None:
@@ -696,6 +721,7 @@ async def submit_batch(
     polling: Polling | None = None,
     input_name: str | None = None,
     api_key_env: str | None = None,
+    on_part: Callable[[BatchPart], None] | None = None,
 ) -> BatchJob:
     """Submit ``tasks`` as provider batches; the :class:`BatchJob` that tracks them.
 
@@ -710,7 +736,8 @@ async def submit_batch(
     twice; ``BatchStateError`` if the tasks differ from the first time. Cancellation leaves
     the state file consistent: run the same call again to finish. ``input_name`` and
     ``api_key_env`` (the name of the variable the key came from, never the key) are
-    recorded for later commands.
+    recorded for later commands. ``on_part`` is called with each part once it exists at
+    the provider (those created by an earlier, interrupted call included).
     """
     path = os.fspath(state)
     existing, api, requests, size = _open(provider, path, max_requests, max_bytes)
@@ -747,6 +774,8 @@ async def submit_batch(
         submitter = _Submitter(job, api, spool)
         for part in record.parts:
             await submitter.submit(part)
+            if on_part is not None:
+                on_part(_view(part))
     finally:  # at once, cancelled or not: a blocking moment beats a folder left behind
         shutil.rmtree(spool, ignore_errors=True)
     return job

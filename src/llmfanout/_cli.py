@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -33,9 +33,10 @@ from typing import IO, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from . import __version__, _batch_cli
+from . import __version__, _batch_cli, _log
+from ._cost import load_prices
 from ._input_rows import Scan, read_rows, scan
-from ._job import KEY_VARIABLES, Job, JobError, JobSpec, RowStream
+from ._job import KEY_VARIABLES, Job, JobError, JobSpec, RowStream, scrubber
 from ._lock import Busy, hold
 from ._output_rows import (
     OutputCorrupt,
@@ -54,6 +55,10 @@ EXAMPLE = "llmfanout run prompts.jsonl -o results.jsonl --resume"
 EXAMPLES = {"prompts": "prompts.jsonl", "batch": "openai_batch.jsonl"}  # in llmfanout/examples
 MAX_BAD_SHOWN = 50
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+VERBOSE_HELP = (
+    "log to standard error: -v notable events, -vv also every failed attempt and retry "
+    f"(or set {_log.ENV}=info|debug); API keys are never printed"
+)
 
 
 class UsageError(Exception):
@@ -107,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Try: {EXAMPLE_FILE} && {EXAMPLE}",
     )
     parser.add_argument("--version", action="version", version=f"llmfanout {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser(
         "run",
@@ -169,6 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rpm", type=_positive_float, metavar="N", help="requests per minute cap")
     run.add_argument("--tpm", type=_positive_float, metavar="N", help="tokens per minute cap")
     run.add_argument(
+        "--no-pacing",
+        dest="pacing",
+        action="store_false",
+        help="do not pace by the rate limits the server advertises, nor send fewer calls "
+        "while it is overloaded (--rpm/--tpm still apply)",
+    )
+    run.add_argument(
+        "--patience",
+        type=_seconds_or_zero,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a row keeps waiting out rate-limit and overload answers (429, 529, "
+        "503 with Retry-After) before it fails; they do not count as attempts "
+        "(default 600; 0 = they count like any error)",
+    )
+    run.add_argument(
+        "--max-errors",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N failed rows: nothing new is sent, and rows not sent are left for "
+        "--resume (default: never; a refused API key always stops the run)",
+    )
+    run.add_argument(
         "--shared-limit",
         metavar="URL",
         help="share the --rpm/--tpm budget with every run using this Redis URL "
@@ -221,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the echo provider wait this long per call, for demos (default 0)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress and no summary; errors only")
+    run.add_argument(
+        "--prices",
+        metavar="FILE",
+        help='a JSON price table, {"model": {"input": 2.5, "cached_input": 1.25, "output": 10}} '
+        "in USD per million tokens, to print the run's cost in its summary",
+    )
+    # SUPPRESS: given after "run" it counts on its own; not given, the one before stays.
+    run.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP
+    )
     merge_command = commands.add_parser(
         "merge",
         help="compact a directory of shard files into one output, each id once",
@@ -269,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     args = parser.parse_args(argv)
+    try:
+        _log.configure(args.verbose, scrubs=_key_scrubs(args))
+    except ValueError as exc:
+        print(f"llmfanout: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "batch":
         return _batch_cli.main(args)
     if args.command not in ("run", "merge", "example"):
@@ -286,6 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # while checking the input
         print("llmfanout: interrupted before anything was sent", file=sys.stderr)
         return 128 + signal.SIGINT
+
+
+def _key_scrubs(args: argparse.Namespace) -> list[Callable[[str], str]]:
+    """Blank out every API key the environment holds, whichever the run uses."""
+    names = {*KEY_VARIABLES.values(), getattr(args, "api_key_env", None) or ""}
+    return [scrubber(os.environ.get(name, "").strip()) for name in sorted(names) if name]
 
 
 # -- paths ------------------------------------------------------------------------------
@@ -353,6 +403,12 @@ def _check_options(args: argparse.Namespace) -> None:
         if args.rpm is None and args.tpm is None:
             raise UsageError("--shared-limit needs --rpm or --tpm: the budget to share")
         _check_shared_limit(args.shared_limit)
+    args.price_table = None
+    if args.prices is not None:
+        try:
+            args.price_table = load_prices(args.prices)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"--prices: {exc}") from None
     _check_input(args.input)
     _check_output(args.output, directory_ok=args.resume)
     if args.input != "-" and _same_file(args.input, args.output):
@@ -371,9 +427,13 @@ def _check_shared_limit(url: str) -> None:
         )
     import redis
 
+    from ._redislimit import split_key
+
     where = _without_password(url)
     try:
-        client: Any = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client: Any = redis.Redis.from_url(
+            split_key(url)[0], socket_connect_timeout=2, socket_timeout=2
+        )
     except ValueError as exc:
         raise UsageError(
             f"--shared-limit {where!r} is not a Redis URL ({exc}); give e.g. "
@@ -426,6 +486,10 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         shared_limit=args.shared_limit,
         backend=args.backend,
         echo_latency=args.echo_latency,
+        prices=args.price_table,
+        patience=args.patience,
+        pacing=args.pacing,
+        max_errors=args.max_errors,
     )
 
 
@@ -576,11 +640,20 @@ class _Screen:
         self.signal: int | None = None
         self.write_error: OSError | None = None
         self.scope: anyio.CancelScope | None = None  # cancelled by a signal or a write error
+        self.unsent = 0  # rows held back: never sent (the run stopped), or refused the key
+        self.refused: str | None = None  # the first answer refusing the key, if any
+        self.display.concurrency = lambda: (job.concurrency, job.spec.concurrency)
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        """Append rows to the output in one write; on failure (a full disk) stop the run."""
+        """Append rows to the output in one write; on failure (a full disk) stop the run.
+
+        Rows the run never sent (it stopped early) and rows refused for the key are left
+        out, so that ``--resume`` sends exactly those.
+        """
         if self.write_error is not None or not rows:
             return
+        if any(row["error"] is not None and row["error"]["type"] in _HELD for row in rows):
+            rows = self.hold_back(rows)
         try:
             self.writer.write(encode(rows), len(rows))
         except OSError as exc:
@@ -592,6 +665,19 @@ class _Screen:
         for row in rows:
             usage = row["usage"]
             record(row["success"], usage.get("total_tokens") if usage else None)
+
+    def hold_back(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows to write; count the others, and remember why the run stopped."""
+        kept = []
+        for row in rows:
+            error = row["error"]
+            if error is None or error["type"] not in _HELD:
+                kept.append(row)
+                continue
+            self.unsent += 1
+            if error["type"] == "AuthenticationError" and self.refused is None:
+                self.refused = error["message"]
+        return kept
 
     async def execute(self, rows: Iterator[Any]) -> int:
         """Send the rows, write the results; the exit status."""
@@ -621,7 +707,32 @@ class _Screen:
             return EXIT_FAILED
         if self.signal is not None:
             return self.interrupted(self.signal)
+        if self.unsent:
+            return self.stopped()
         return EXIT_FAILED if self.failed_in_output() else EXIT_OK
+
+    def stopped(self) -> int:
+        """Say why the run stopped early and how to finish it; the exit status."""
+        command = ["llmfanout", *self.argv]
+        if "--resume" not in command:
+            command.append("--resume")
+        if self.refused is not None:
+            reason = self.refused
+            fix = (
+                f"the server refused the API key: check {self.job.spec.key_variable} (and "
+                "what the key may access), then run"
+            )
+        else:
+            limit = self.args.max_errors
+            reason = f'{limit} rows failed (--max-errors {limit}); see their "error"'
+            fix = "fix the cause, then run (add --retry-failed to send the failed rows again)"
+        print(
+            f"llmfanout: stopped early: {reason}\nllmfanout: {self.unsent} rows were not "
+            f"written to {self.args.output} and will be sent by --resume; {fix}:\n"
+            f"    {shlex.join(command)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
     async def pump(self, stream: RowStream, scope: anyio.CancelScope) -> None:
         """Write rows as they complete, every row ready at that moment in one write."""
@@ -660,18 +771,38 @@ class _Screen:
         bad = len(found.bad) - found.bad_recorded
         invalid = f", {bad} bad lines recorded as failed" if bad else ""
         print(
-            f"llmfanout: {found.to_run} rows to send to {self.args.provider} "
+            f"llmfanout: {found.to_run} rows to send to {self.args.provider}{self.where()} "
             f"(model {self.job.model or 'per row'}), {self.args.concurrency} at a time, "
             f"into {self.args.output}{already}{invalid}",
             file=sys.stderr,
             flush=True,
         )
 
+    def where(self) -> str:
+        """`` at URL (from where)``: the base URL the provider uses, and who chose it."""
+        url = getattr(self.job.provider, "base_url", None)
+        if not isinstance(url, str):
+            return ""
+        variable = getattr(self.job.provider, "base_url_env", "")
+        if self.args.base_url:
+            source = "--base-url"
+        elif variable and os.environ.get(variable, "").strip():
+            source = variable
+        else:
+            source = "the default"
+        return f" at {url} (from {source})"
+
     def report(self, elapsed: float) -> None:
         """The summary, on standard error."""
         if self.args.quiet:
             return
-        print(str(self.job.summary.summary(elapsed=elapsed)), file=sys.stderr)
+        # How many calls were in flight at the end, when the server made the run cut it.
+        adapted = self.job.concurrency
+        adapted_or_none = adapted if adapted < self.job.spec.concurrency else None
+        summary = self.job.summary.summary(elapsed=elapsed, concurrency=adapted_or_none)
+        print(str(summary), file=sys.stderr)
+        if self.args.provider != "echo":
+            print(f"llmfanout: sent to {self.args.provider}{self.where()}", file=sys.stderr)
         output, written = self.args.output, self.writer.rows
         line = f"llmfanout: wrote {written} rows to {output}"
         if self.recovered is not None and self.recovered.rows:
@@ -700,6 +831,10 @@ class _Screen:
             file=sys.stderr,
         )
         return 128 + signum
+
+
+_HELD = frozenset({"TaskAborted", "AuthenticationError"})
+"""Error types of rows not written: never sent (the run stopped), or refused for the key."""
 
 
 # -- merge ------------------------------------------------------------------------------

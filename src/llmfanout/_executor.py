@@ -23,9 +23,10 @@ import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._attempt import NO_RETRY, fresh, run_function, run_llm
-from ._cap import LEASE, Cap, Lease, give_back, lend, take
+from ._attempt import NO_RETRY, cooldown_cap, fresh, run_function, run_llm, shared_cooldown
+from ._cap import Cap, Lease, give_back, holding, lend, release_context, take
 from ._checks import unwrap_group, whole_number
+from ._governor import Governor
 from ._inputs import (
     AsyncItems,
     InputFailure,
@@ -56,10 +57,13 @@ class _Run:
         "aborted",
         "emit",
         "failures",
+        "guarded",
         "items",
         "max_errors",
         "notify",
+        "reason",
         "scopes",
+        "stop_on_auth",
         "threads",
     )
 
@@ -69,26 +73,48 @@ class _Run:
         emit: Callable[[TaskResult], Awaitable[None]],
         max_errors: int | None,
         on_result: OnResult | None,
+        stop_on_auth: bool = False,
     ) -> None:
         self.items = items
         self.emit = emit
         self.max_errors = max_errors
+        self.guarded = max_errors is not None
+        self.stop_on_auth = stop_on_auth
         self.notify = _callback(on_result)
         self.failures = 0
         self.aborted = False
+        self.reason = ""  # why the run stopped early, for the results it cuts off
         # With max_errors: per worker, the scope of the task it runs (None between tasks).
         self.scopes: list[anyio.CancelScope | None] = []
         self.threads: anyio.CapacityLimiter  # for sync functions, this loop's
 
-    def count_failure(self) -> None:
-        """Count a failed task; at max_errors, cut off every task in flight."""
+    def count_failure(self, result: TaskResult) -> None:
+        """Count a failed task; at max_errors, or at an auth error, stop the run."""
         self.failures += 1
-        if self.max_errors is not None and self.failures >= self.max_errors and not self.aborted:
+        if self.aborted:
+            return
+        if self.stop_on_auth and _refused_key(result.error):
+            status = getattr(result.error, "status_code", None)
+            self.stop(
+                f"the run stopped at task {result.tag!r}: the server refused the credentials "
+                f"(HTTP {status}); check the API key and what it may access, then run again"
+            )
+        elif self.max_errors is not None and self.failures >= self.max_errors:
             logger.info("max_errors=%d reached: stopping the run", self.max_errors)
-            self.aborted = True
-            for scope in self.scopes:
-                if scope is not None:
-                    scope.cancel()
+            self.stop(f"the run stopped after {self.max_errors} failed tasks")
+
+    def stop(self, reason: str) -> None:
+        """Start nothing new; cut off the tasks in flight (those under max_errors)."""
+        self.aborted = True
+        self.reason = reason
+        for scope in self.scopes:
+            if scope is not None:
+                scope.cancel()
+
+
+def _refused_key(error: Exception | None) -> bool:
+    """401 or 403: every other call with the same key will be refused too."""
+    return getattr(error, "status_code", None) in (401, 403)
 
 
 def _callback(fn: OnResult | None) -> Callable[[TaskResult], Awaitable[None]] | None:
@@ -122,10 +148,10 @@ def _check_max_errors(value: object) -> int | None:
 
 
 def _aborted(
-    tag: str, max_errors: int | None, start: float | None = None, late: TaskResult | None = None
+    tag: str, reason: str, start: float | None = None, late: TaskResult | None = None
 ) -> TaskResult:
     """Not started (``start`` None), cut off in flight, or failed too ``late`` (after the
-    run had stopped, in the same instant): the run reached ``max_errors``."""
+    run had stopped, in the same instant): the run stopped early, for ``reason``."""
     if start is None:
         what = "never started"
     elif late is None:
@@ -133,7 +159,7 @@ def _aborted(
     else:
         what = "failed after the run had stopped (its error is the __cause__)"
     ms = 0.0 if start is None else (perf_counter() - start) * 1000
-    error = TaskAborted(f"task {tag!r} {what}: the run stopped after {max_errors} failed tasks")
+    error = TaskAborted(f"task {tag!r} {what}: {reason}")
     if late is None:
         return TaskResult(tag, False, None, error, ms, 0)
     error.__cause__ = late.error
@@ -204,6 +230,14 @@ class ParallelLLMExecutor:
     every attempt (seconds) of tasks without their own ``timeout``; ``rate_limit`` (a
     :class:`RateLimit`, shareable between executors, or any :class:`Limiter`) paces LLM
     calls.
+
+    By default the executor also paces itself by the rate limits its provider's answers
+    advertise (``pacing``; the stricter of those and ``rate_limit`` applies), keeps fewer
+    calls in flight while the server answers overload with no limits advertised
+    (``adaptive``; see :attr:`concurrency`), and stops a run at the first answer refusing
+    the credentials, HTTP 401 or 403 (``stop_on_auth_error``: the tasks not yet started
+    get :class:`~llmfanout.errors.TaskAborted`). Neither pacing nor adaptation costs
+    anything until the server reports limits or overload.
     """
 
     def __init__(
@@ -215,6 +249,9 @@ class ParallelLLMExecutor:
         *,
         default_timeout: float | None = None,
         rate_limit: Limiter | None = None,
+        pacing: bool = True,
+        adaptive: bool = True,
+        stop_on_auth_error: bool = True,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise TypeError(
@@ -240,6 +277,19 @@ class ParallelLLMExecutor:
         )
         self.default_timeout = default_timeout
         self.rate_limit = rate_limit
+        for name, flag in (
+            ("pacing", pacing),
+            ("adaptive", adaptive),
+            ("stop_on_auth_error", stop_on_auth_error),
+        ):
+            if not isinstance(flag, bool):
+                raise TypeError(f"ParallelLLMExecutor: {name} is {flag!r}; give True or False")
+        self.stop_on_auth_error = stop_on_auth_error
+        self._governor = (
+            Governor(provider, max_concurrency, pacing=pacing, adaptive=adaptive)
+            if pacing or adaptive
+            else None
+        )
         # The cap holds across every event loop (thread) this executor serves.
         self._cap = Cap(max_concurrency)
         # anyio's limiters belong to one event loop: one per loop this executor runs in.
@@ -255,6 +305,13 @@ class ParallelLLMExecutor:
             threads = anyio.CapacityLimiter(math.inf)
             self._threads_per_loop.set(threads)
         return threads
+
+    @property
+    def concurrency(self) -> int:
+        """How many calls the executor keeps in flight now: ``max_concurrency``, or fewer
+        while the server answers overload (see ``adaptive``)."""
+        governor = self._governor
+        return self.max_concurrency if governor is None else governor.current
 
     def __repr__(self) -> str:
         return (
@@ -315,7 +372,7 @@ class ParallelLLMExecutor:
         previous: TaskResult | None = None
         async with lend(self._cap):
             lease = Lease(self._cap)
-            token = LEASE.set(lease)
+            token = holding(lease)
             try:
                 await take(lease)
                 for index, task in enumerate(tasks):
@@ -326,7 +383,7 @@ class ParallelLLMExecutor:
                     results.append(previous)
             finally:
                 give_back(lease)
-                LEASE.reset(token)
+                release_context(token)
         return results
 
     @asynccontextmanager
@@ -371,7 +428,7 @@ class ParallelLLMExecutor:
             except anyio.WouldBlock:
                 await send.send(result)
 
-        run = _Run(items, emit, max_errors, on_result)
+        run = _Run(items, emit, max_errors, on_result, self.stop_on_auth_error)
 
         async def drive() -> None:
             async with send:
@@ -465,7 +522,8 @@ class ParallelLLMExecutor:
         async def store(result: TaskResult) -> None:
             results[result.tag] = result
 
-        await self._drive(_Run(iter(items), store, max_errors, on_result), len(items))
+        run = _Run(iter(items), store, max_errors, on_result, self.stop_on_auth_error)
+        await self._drive(run, len(items))
         return results
 
     async def _drive(self, run: _Run, count: int | None) -> None:
@@ -484,7 +542,7 @@ class ParallelLLMExecutor:
 
     async def _worker(self, run: _Run, index: int) -> None:
         lease = Lease(self._cap)
-        LEASE.set(lease)  # this task's own context: nested calls find it
+        holding(lease)  # this task's own context: nested calls find it
         try:
             await take(lease)
             items = run.items
@@ -500,10 +558,14 @@ class ParallelLLMExecutor:
     async def _one(self, run: _Run, index: int, item: Item, lease: Lease) -> None:
         """The per-task path: run it, hand the result on, maybe give the slot away."""
         tag, task = item
-        if run.max_errors is None:
-            result = await self._run_task(tag, task)
-        else:
+        if run.guarded:
             result = await self._run_guarded(run, index, tag, task)
+        elif run.aborted:
+            result = _aborted(tag, run.reason)
+        else:
+            result = await self._run_task(tag, task, run.threads)
+            if not result.success and run.stop_on_auth:
+                run.count_failure(result)
         await run.emit(result)
         if run.notify is not None:
             await run.notify(result)
@@ -516,57 +578,91 @@ class ParallelLLMExecutor:
     ) -> TaskResult:
         """A task under max_errors: cut off (TaskAborted) if the run stops meanwhile."""
         if run.aborted:
-            return _aborted(tag, run.max_errors)
+            return _aborted(tag, run.reason)
         start = perf_counter()
         result: TaskResult | None = None
         with anyio.CancelScope() as scope:
             run.scopes[index] = scope
-            result = await self._run_task(tag, task)
+            result = await self._run_task(tag, task, run.threads)
         run.scopes[index] = None
         if result is None:  # our scope caught its own cancellation: the run was stopped
-            return _aborted(tag, run.max_errors, start)
+            return _aborted(tag, run.reason, start)
         if not result.success:
             if run.aborted:
                 # Its call ended in the instant the run stopped, before the cancellation
                 # reached it (asyncio lets such a task run on; trio cancels it): counted
                 # as cut off, so exactly max_errors tasks fail on either backend.
-                return _aborted(tag, run.max_errors, start, result)
-            run.count_failure()
+                return _aborted(tag, run.reason, start, result)
+            run.count_failure(result)
         return result
 
-    async def _run_task(self, tag: str, task: Task | Invalid) -> TaskResult:
-        """One task, all its attempts: never raises but for cancellation."""
+    async def _run_task(
+        self, tag: str, task: Task | Invalid, threads: anyio.CapacityLimiter | None = None
+    ) -> TaskResult:
+        """One task, all its attempts: never raises but for cancellation.
+
+        ``threads``: this loop's thread limiter, if the caller has it at hand.
+        """
         start = perf_counter()
         if type(task) is LLMTask:
             retry = task.retry or self.default_retry
             timeout = task.timeout or self.default_timeout
             overrides = self._overrides(task)
+            governor = self._governor
             if (
                 timeout is None
                 and self.rate_limit is None
                 and (retry is None or retry.retry_on_result is None)
+                and (governor is None or governor.idle())
             ):
                 # The fast path: the first attempt is a plain call, nothing to wrap it in;
                 # the retry machinery is set up only if it fails.
+                if governor is not None:
+                    governor.unpaced += 1  # for the first answer that reports limits
                 try:
                     response = await self.provider.complete(
                         task.messages, config_overrides=fresh(overrides)
                     )
                 except Exception as exc:
+                    if governor is not None:
+                        governor.unpaced -= 1
+                        cooldown = shared_cooldown(exc, cooldown_cap(retry))
+                        governor.learn(overrides, exc, cooldown=cooldown)
                     if retry is None or retry.trivial:
                         return _failed(tag, exc, start, 1)
                     outcome = await run_llm(
-                        self.provider, task, overrides, retry, None, None, first_error=exc
+                        self.provider,
+                        task,
+                        overrides,
+                        retry,
+                        None,
+                        None,
+                        first_error=exc,
+                        governor=governor,
                     )
+                except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
+                    if governor is not None:
+                        governor.unpaced -= 1
+                    raise
                 else:
+                    if governor is not None:
+                        governor.unpaced -= 1
+                        if getattr(response, "rate_limits", None) is not None:
+                            governor.learn(overrides, response)
                     return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
             else:
                 outcome = await run_llm(
-                    self.provider, task, overrides, retry or NO_RETRY, timeout, self.rate_limit
+                    self.provider,
+                    task,
+                    overrides,
+                    retry or NO_RETRY,
+                    timeout,
+                    self.rate_limit,
+                    governor=governor,
                 )
         elif type(task) is DeterministicTask:
             timeout = task.timeout or self.default_timeout
-            outcome = await run_function(task, timeout, self._threads())
+            outcome = await run_function(task, timeout, threads or self._threads())
         else:
             assert isinstance(task, Invalid)
             return _failed(tag, task.error, start, 0)

@@ -30,6 +30,7 @@ import anyio
 import anyio.from_thread
 import attrs
 
+from ._cost import Price, check_prices
 from ._echo import EchoProvider
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
@@ -51,10 +52,13 @@ class JobError(ValueError):
     """A job that cannot start: a missing key, an unusable option. Nothing was sent."""
 
 
-def _whole(name: str) -> Callable[[Any, Any, object], None]:
+def _whole(name: str, *, none: bool = False) -> Callable[[Any, Any, object], None]:
     def check(instance: Any, attribute: Any, value: object) -> None:
+        if value is None and none:
+            return
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"JobSpec: {name} is {value!r}; give a whole number >= 1")
+            wanted = "a whole number >= 1" + (", or None" if none else "")
+            raise ValueError(f"JobSpec: {name} is {value!r}; give {wanted}")
 
     return check
 
@@ -102,6 +106,10 @@ def _params(value: object) -> dict[str, Any] | None:
     return dict(value) or None
 
 
+def _prices(value: object) -> dict[str, Price] | None:
+    return None if value is None else check_prices(value, "JobSpec.prices")
+
+
 @attrs.frozen(kw_only=True)
 class JobSpec:
     """What a batch job does: one field per ``llmfanout run`` flag. Frozen and picklable.
@@ -118,8 +126,18 @@ class JobSpec:
       ``timeout``: seconds per attempt (None: the provider's default).
     - ``rpm``, ``tpm``: requests and tokens per minute; ``shared_limit``: a URL
       (``redis://host:port/db``) of a budget shared by every worker, with ``rpm``/``tpm``.
+    - ``patience``: seconds a row keeps waiting out rate-limit and overload answers (429,
+      529, 503 with Retry-After) before it fails, apart from ``max_attempts``; 0: no
+      patience (such an answer is an attempt like any other).
+    - ``pacing``: pace by the rate limits the server advertises in its headers, and keep
+      fewer calls in flight while it answers overload (False: only ``rpm``/``tpm``).
+    - ``max_errors``: stop after this many failed rows (None: never); rows not sent then
+      come out as failed with ``TaskAborted``. An answer refusing the key (401, 403) always
+      stops the run.
     - ``backend``: the event loop :func:`run_rows` starts (``"asyncio"`` or ``"trio"``).
     - ``echo_latency``: seconds the echo provider waits per call (demos, benchmarks).
+    - ``prices``: a price table (model -> :class:`~llmfanout.Price` or its mapping), for
+      the summary's ``cost_usd``.
 
     Raises ``ValueError`` naming the field for a value that cannot work.
     """
@@ -135,8 +153,12 @@ class JobSpec:
     rpm: float | None = attrs.field(default=None, validator=_seconds("rpm"))
     tpm: float | None = attrs.field(default=None, validator=_seconds("tpm"))
     shared_limit: str | None = attrs.field(default=None, validator=_text("shared_limit"))
+    patience: float = attrs.field(default=600.0, validator=_seconds("patience", zero=True))
+    pacing: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    max_errors: int | None = attrs.field(default=None, validator=_whole("max_errors", none=True))
     backend: str = attrs.field(default="asyncio", validator=_one_of("backend", BACKENDS))
     echo_latency: float = attrs.field(default=0.0, validator=_seconds("echo_latency", zero=True))
+    prices: dict[str, Price] | None = attrs.field(default=None, converter=_prices)
 
     def __attrs_post_init__(self) -> None:
         if self.echo_latency and self.provider != "echo":
@@ -222,11 +244,14 @@ def _limiter_for(spec: JobSpec) -> Limiter | None:
         if spec.provider == "echo" and spec.rpm is None and spec.tpm is None:
             return None  # nothing to pace, and no server to answer 429
         return RateLimit(spec.rpm, spec.tpm)
-    from .limits import RedisRateLimit
+    from ._redislimit import RedisRateLimit, split_key
 
+    # The provider's limits are per model: without ?key= in the URL, jobs on one model
+    # share a budget and jobs on another do not.
+    key = None if split_key(spec.shared_limit)[1] else f"{spec.provider}:{spec.model or 'any'}"
     try:
         return RedisRateLimit(
-            spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm
+            spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm, key=key
         )
     except (ValueError, ImportError) as exc:  # a bad URL, or no redis client installed
         raise JobError(f"shared_limit: {exc}") from None
@@ -236,10 +261,18 @@ class Job:
     """One run of a :class:`JobSpec`: rows to tasks, results to output rows, a running summary.
 
     ``model`` is the model the provider is made with when the spec names none (the CLI
-    passes the first row's). Raises :class:`JobError` when the job cannot start.
+    passes the first row's). ``provider``, when given, is used instead of making one: a
+    long-lived worker (a Ray actor) runs many jobs over one provider and its connection
+    pool. Raises :class:`JobError` when the job cannot start.
     """
 
-    def __init__(self, spec: JobSpec, *, model: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        *,
+        model: str | None = None,
+        provider: AsyncLLMProvider | None = None,
+    ) -> None:
         if not isinstance(spec, JobSpec):
             raise TypeError(f"give a JobSpec, not {type(spec).__name__}")
         self.spec = spec
@@ -248,9 +281,11 @@ class Job:
         self.model = spec.model or model or ("echo" if spec.provider == "echo" else "")
         # Without a model for the provider, every row must bring its own.
         self._needs_model = not self.model
-        self.provider = _provider_for(spec, self.model or _PER_ROW, key)
+        if provider is None:
+            provider = _provider_for(spec, self.model or _PER_ROW, key)
+        self.provider = provider
         self._limiter = _limiter_for(spec)
-        self.summary = SummaryAccumulator()
+        self.summary = SummaryAccumulator(prices=spec.prices)
         self.bad_rows = 0  # output rows for bad input rows (not in the summary: no task ran)
         self._ids: dict[str, object] = {}  # in flight: the executor's tag -> the row's id
         self._models: dict[str, str] = {}  # in flight: tag -> model, for rows naming one
@@ -258,13 +293,17 @@ class Job:
         self._position = 0  # rows taken from the input
         self._tagged = 0  # tasks handed to the executor
         self._started = False
+        self._running: ParallelLLMExecutor | None = None
 
-    def _executor(self) -> ParallelLLMExecutor:
+    def executor(self) -> ParallelLLMExecutor:
+        """A new executor for this job's spec: its cap, retries, timeout and limiter."""
         spec = self.spec
         retry = None
-        if spec.max_attempts > 1:
+        if spec.max_attempts > 1 or spec.patience:
             retry = RetryConfig(
-                max_attempts=spec.max_attempts, backoff_strategy=BackoffStrategy.JITTER
+                max_attempts=spec.max_attempts,
+                backoff_strategy=BackoffStrategy.JITTER,
+                patience=spec.patience,
             )
         return ParallelLLMExecutor(
             self.provider,
@@ -273,7 +312,16 @@ class Job:
             default_config_overrides=spec.params,
             default_timeout=spec.timeout,
             rate_limit=self._limiter,
+            pacing=spec.pacing,
+            adaptive=spec.pacing,
         )
+
+    @property
+    def concurrency(self) -> int:
+        """Calls kept in flight now: ``spec.concurrency``, or fewer while the server is
+        overloaded."""
+        executor = self._running
+        return self.spec.concurrency if executor is None else executor.concurrency
 
     # -- per row: keep this short ----------------------------------------------------------
 
@@ -339,23 +387,32 @@ class Job:
 
     @asynccontextmanager
     async def run(
-        self, rows: Iterable[ParsedRow | Bad] | AsyncIterable[ParsedRow | Bad]
+        self,
+        rows: Iterable[ParsedRow | Bad] | AsyncIterable[ParsedRow | Bad],
+        *,
+        executor: ParallelLLMExecutor | None = None,
     ) -> AsyncIterator[RowStream]:
         """Send the rows; hand out output rows as they complete (see :class:`RowStream`).
 
-        Leaving the block early cancels the calls in flight, leaving nothing running. A job
-        runs once (its bookkeeping follows the executor's count of tasks): make another.
+        ``executor``, when given (one from :meth:`executor`, kept by a long-lived worker),
+        runs the calls, sharing its cap and its limiter with every other run on it; the
+        provider is then left open for the worker to keep. Leaving the block early cancels
+        the calls in flight, leaving nothing running. A job runs once (its bookkeeping
+        follows the executor's count of tasks): make another for the next run.
         """
         if self._started:
             raise RuntimeError("this Job has run already; make a new Job for another run")
         self._started = True
         tasks: Iterable[LLMTask] | AsyncIterable[LLMTask]
         tasks = self.atasks(rows) if isinstance(rows, AsyncIterable) else self.tasks(rows)
-        executor = self._executor()
+        own = executor is None
+        if executor is None:
+            executor = self.executor()
+        self._running = executor
         async with AsyncExitStack() as stack:
-            if hasattr(self.provider, "__aenter__"):
+            if own and hasattr(self.provider, "__aenter__"):
                 await stack.enter_async_context(self.provider)  # type: ignore[arg-type]
-            async with executor.stream(tasks) as results:
+            async with executor.stream(tasks, max_errors=self.spec.max_errors) as results:
                 yield RowStream(self, results)
 
 

@@ -7,6 +7,7 @@ timer, so the display costs the same at ten rows a second or ten thousand.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 import anyio
@@ -35,6 +36,15 @@ class Display:
         self.failed = 0
         self.tokens = 0
         self.started = time.monotonic()
+        self.concurrency: Callable[[], tuple[int, int]] | None = None
+        """``(now, most)`` calls in flight, when the run may adapt how many it keeps."""
+
+    def in_flight(self) -> str:
+        """``""``, or ``"12/64 in flight"`` while the run keeps fewer calls than it may."""
+        if self.concurrency is None:
+            return ""
+        now, most = self.concurrency()
+        return f"{now}/{most} in flight" if now < most else ""
 
     def record(self, ok: bool, tokens: int | None) -> None:
         """Count one written row."""
@@ -90,9 +100,11 @@ def plain_line(display: Display) -> str:
     percent = 100 * done / total if total else 100.0
     left = total - done
     eta = f"ETA {_duration(left / rate)}" if rate > 0 and left > 0 else "ETA -"
+    slots = display.in_flight()
     return (
         f"llmfanout: {done}/{total} rows ({percent:.0f}%), {display.ok} ok, "
         f"{display.failed} failed, {rate:.1f} rows/s, {display.tokens:,} tokens, {eta}"
+        + (f", {slots} (the server is overloaded)" if slots else "")
     )
 
 
@@ -122,10 +134,13 @@ class RichDisplay(Display):
             TextColumn("{task.fields[tokens]} tokens"),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            TextColumn("[yellow]{task.fields[slots]}[/]"),
             console=console,
             auto_refresh=False,
         )
-        self.task = self.progress.add_task("run", total=total, ok=0, failed=0, rate="0", tokens="0")
+        self.task = self.progress.add_task(
+            "run", total=total, ok=0, failed=0, rate="0", tokens="0", slots=""
+        )
 
     def start(self) -> None:
         super().start()
@@ -141,6 +156,7 @@ class RichDisplay(Display):
             failed=self.failed,
             rate=f"{self.rate():.0f}",
             tokens=_count(self.tokens),
+            slots=self.in_flight(),
         )
         self.progress.refresh()
 

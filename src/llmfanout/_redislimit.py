@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import anyio.lowlevel
@@ -176,6 +176,17 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def split_key(url: str) -> tuple[str, str | None]:
+    """``url`` without a ``key`` query parameter (redis-py would refuse it), and its value."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    keys = [value for name, value in query if name == "key"]
+    if not keys:
+        return url, None
+    rest = urlencode([(name, value) for name, value in query if name != "key"])
+    return urlunsplit(parts._replace(query=rest)), keys[-1]
+
+
 def _per_minute(name: str, value: object) -> float:
     if value is None:
         return 0.0
@@ -207,8 +218,10 @@ class RedisRateLimit:
     cancellation while waiting takes nothing. Time is the Redis server's.
 
     ``url`` is a redis-py URL (``redis://[:password@]host:port/db``, ``rediss://`` for
-    TLS, ``unix://``); its password never appears in a repr or a message. Workers that
-    give the same ``key`` different limits get a :class:`SharedLimitError`.
+    TLS, ``unix://``); its password never appears in a repr or a message. ``key`` names
+    the budget (one per API key and model, say); it may also be given in the URL as
+    ``?key=NAME``, and is ``"default"`` when neither gives one. Workers that give the
+    same ``key`` different limits get a :class:`SharedLimitError`.
 
     If Redis stops answering, each worker goes on alone with its share of the budget
     (the limits divided by the number of live workers Redis last reported) and returns
@@ -223,7 +236,7 @@ class RedisRateLimit:
         *,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
-        key: str = "default",
+        key: str | None = None,
     ) -> None:
         if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
             shown = redact(url) if isinstance(url, str) else repr(url)
@@ -238,6 +251,12 @@ class RedisRateLimit:
                 "RedisRateLimit: give requests_per_minute, tokens_per_minute or both; "
                 "a shared limit with neither limits nothing"
             )
+        client_url, url_key = split_key(url)
+        if key is not None and url_key is not None and key != url_key:
+            raise ValueError(
+                f"RedisRateLimit: key is {key!r} but the URL names {url_key!r}; give one"
+            )
+        key = key if key is not None else url_key if url_key is not None else "default"
         if not isinstance(key, str) or not key:
             raise ValueError(f"RedisRateLimit: key is {key!r}; give a non-empty string")
         try:
@@ -247,6 +266,7 @@ class RedisRateLimit:
                 "RedisRateLimit needs the redis client: pip install 'llmfanout[redis]'"
             ) from exc
         self.url = url
+        self._client_url = client_url
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
         self.key = key
@@ -403,7 +423,7 @@ class RedisRateLimit:
                 # One quick retry on a broken connection (a restarted server); more, and
                 # an unreachable Redis would hold up every admission.
                 self._client = redis.Redis.from_url(
-                    self.url,
+                    self._client_url,
                     socket_timeout=_TIMEOUT,
                     socket_connect_timeout=_TIMEOUT,
                     retry=Retry(NoBackoff(), 1),

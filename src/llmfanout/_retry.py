@@ -16,6 +16,7 @@ import attrs
 from ._calls import call_maybe_async, callable_is_async
 from ._checks import whole_number
 from ._outcome import Failed, Ok, Outcome
+from ._patience import Patience, is_overload
 
 logger = logging.getLogger("llmfanout")
 
@@ -76,6 +77,14 @@ class RetryConfig:
     Whatever the policy, an exception with ``retryable = False`` is never retried, and
     one with ``retry_after`` (seconds) makes the next wait at least that long, still
     capped at ``max_delay``.
+
+    ``patience`` (seconds, ten minutes by default; 0 turns it off): rate-limit and
+    overload answers (HTTP 429, 529, and 503 with ``retry_after``) are the server asking
+    us to wait, not the call failing. They are retried until ``patience`` has passed since
+    the first of them, without spending ``max_attempts`` (which keep counting other
+    failures; ``TaskResult.attempts`` counts every call made). Their ``retry_after`` is
+    honoured in full; without it the waits grow from ``initial_delay`` (at least 10 ms)
+    up to ``max_delay``, with full jitter.
     """
 
     max_attempts: int = attrs.field(default=3, validator=_positive_int)
@@ -93,12 +102,13 @@ class RetryConfig:
     retry_on_result: Callable[[Any], bool] | None = None
     on_retry: Callable[[int, Exception], Any] | None = None
     on_failure: Callable[[Exception], Any] | None = None
+    patience: float = attrs.field(default=600.0, validator=_non_negative)
     trivial: bool = attrs.field(init=False, repr=False, eq=False)
-    """One attempt and no hook to call: the executor may skip the retry machinery."""
+    """One attempt, no patience and no hook to call: the executor may skip the retry machinery."""
 
     @trivial.default
     def _trivial(self) -> bool:
-        return self.max_attempts == 1 and self.on_failure is None
+        return self.max_attempts == 1 and self.on_failure is None and not self.patience
 
 
 def backoff_delay(
@@ -179,6 +189,7 @@ async def retrying(
     call: Callable[[], Awaitable[Any]],
     *,
     first_error: Exception | None = None,
+    queued: bool = False,
 ) -> Outcome:
     """Run ``call`` under ``config``: :class:`Ok` with the value or :class:`Failed`.
 
@@ -187,13 +198,20 @@ async def retrying(
     cancellation propagates from an attempt and from a wait alike. An exception raised
     by a hook or by ``retry_on_result`` is user code failing too: it ends the attempts
     and is returned like the call's own.
+
+    ``queued``: each attempt waits in a limiter's queue, which a Retry-After pauses for
+    every caller; an overload answer that says when to come back then goes straight back
+    to that queue (in arrival order) rather than sleeping on a timer of its own.
     """
     n = 1
     error = first_error
+    patience: Patience | None = None
+    waited = 0.0  # overload waits skipped in testing mode, counted against patience
     try:
         previous: float | None = None
         retry_on_result = config.retry_on_result
         last = config.max_attempts
+        spent = 0  # attempts counted against max_attempts: overload answers are not
         while True:
             if error is None:
                 try:
@@ -201,19 +219,46 @@ async def retrying(
                 except Exception as exc:
                     error = exc
                 else:
-                    if retry_on_result is None or n >= last or not retry_on_result(value):
+                    spent += 1
+                    if retry_on_result is None or spent >= last or not retry_on_result(value):
                         return Ok(value, n)
-                    previous = delay = backoff_delay(config, n, previous)
+                    previous = delay = backoff_delay(config, spent, previous)
                     logger.debug(
                         "attempt %d/%d: result asked for a retry; next in %.3fs", n, last, delay
                     )
+            if (
+                error is not None
+                and config.patience
+                and is_overload(error)
+                and is_retryable(config, error)
+            ):
+                if patience is None:
+                    floor = max(config.initial_delay, 0.01)  # never spin
+                    cap = max(config.max_delay, floor)
+                    patience = Patience(config.patience, initial=floor, cap=cap)
+                nominal = patience.next_wait(error, anyio.current_time() + waited)
+                if nominal is not None:
+                    if TESTING.instant:
+                        waited += nominal
+                    delay = nominal
+                    if queued and getattr(error, "retry_after", None) is not None:
+                        delay = 0.0  # the limiter's queue holds the call until then
+                    await _hook(config.on_retry, n, error)
+                    logger.debug("attempt %d: overloaded (%r); next in %.3fs", n, error, delay)
+                    error = None
+                    await _wait(delay)
+                    n += 1
+                    continue
+                await _hook(config.on_failure, error)
+                return Failed(error, n)
             if error is not None:
+                spent += 1
                 if not is_retryable(config, error):
                     return Failed(error, n)
-                if n >= last:
+                if spent >= last:
                     await _hook(config.on_failure, error)
                     return Failed(error, n)
-                previous = backoff_delay(config, n, previous)
+                previous = backoff_delay(config, spent, previous)
                 delay = previous
                 retry_after = getattr(error, "retry_after", None)
                 if isinstance(retry_after, int | float) and retry_after > delay:

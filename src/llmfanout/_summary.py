@@ -32,6 +32,9 @@ class RunSummary:
     - ``cost_usd``: with ``prices``, the cost of the successful responses in USD (None
       without); ``unpriced`` maps each model that had no price (or responses without
       usage) to how many responses were left out of ``cost_usd``.
+    - ``concurrency``: calls the executor kept in flight at the end
+      (``executor.concurrency``: fewer than ``max_concurrency`` while the server answered
+      overload), when given.
     """
 
     total: int
@@ -50,6 +53,7 @@ class RunSummary:
     cached_prompt_tokens: int = 0
     cost_usd: float | None = None
     unpriced: Mapping[str, int] = attrs.field(factory=dict)
+    concurrency: int | None = None
 
     def __str__(self) -> str:
         lines = [
@@ -74,6 +78,8 @@ class RunSummary:
         if self.elapsed_s is not None:
             rate = "" if self.throughput is None else f", {self.throughput:,.1f} tasks/s"
             lines.append(f"wall time: {self.elapsed_s:,.2f} s{rate}")
+        if self.concurrency is not None:
+            lines.append(f"calls in flight at the end: {self.concurrency}")
         return "\n".join(lines)
 
 
@@ -126,8 +132,10 @@ class SummaryAccumulator:
             return
         self.durations.append(result.duration_ms)
 
-    def summary(self, *, elapsed: float | None = None) -> RunSummary:
-        """The summary of every result added so far; see :func:`summarize` for ``elapsed``."""
+    def summary(
+        self, *, elapsed: float | None = None, concurrency: int | None = None
+    ) -> RunSummary:
+        """The summary of every result added so far; see :func:`summarize` for the options."""
         _check_elapsed(elapsed)
         durations = sorted(self.durations)
         total = self.total
@@ -148,6 +156,7 @@ class SummaryAccumulator:
             cached_prompt_tokens=self.cached,
             cost_usd=None if self.cost is None else self.cost.total,
             unpriced={} if self.cost is None else dict(sorted(self.cost.unpriced.items())),
+            concurrency=concurrency,
         )
 
 
@@ -163,14 +172,16 @@ def summarize(
     *,
     elapsed: float | None = None,
     prices: Mapping[str, Price | Mapping[str, float]] | None = None,
+    concurrency: int | None = None,
 ) -> RunSummary:
     """Sum up a run's results: what ``execute`` returned, or what ``stream`` handed out.
 
     ``elapsed`` is the run's wall time in seconds; give it to get ``throughput``.
     ``prices`` (model name -> :class:`Price`, or ``{"input", "output", "cached_input",
     "cache_write"}`` in USD per million tokens) gives ``cost_usd``; a response's model is
-    looked up as reported, then without a date suffix. Reads ``results`` once (a
-    generator will do). Raises ``TypeError`` for an item that is not a ``TaskResult``,
+    looked up as reported, then without a date suffix. ``concurrency``
+    (``executor.concurrency`` after the run) is reported as given. Reads ``results`` once
+    (a generator will do). Raises ``TypeError`` for an item that is not a ``TaskResult``,
     and ``ValueError`` for a negative ``elapsed`` or a price table entry it cannot read.
     """
     _check_elapsed(elapsed)
@@ -183,7 +194,7 @@ def summarize(
                 "TaskResults (or the dict execute() returns)"
             )
         accumulator.add(result)
-    return accumulator.summary(elapsed=elapsed)
+    return accumulator.summary(elapsed=elapsed, concurrency=concurrency)
 
 
 def format_usd(amount: float) -> str:

@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from ._advertised import RateLimitInfo
 from ._messages import (
     ROLES,
     ContentPart,
@@ -52,6 +53,8 @@ class LLMResponse:
     (Anthropic's cache writes, likewise) where it reports those. ``tool_calls`` holds the
     tool calls the model made (``content`` may then be empty). ``metadata`` holds anything
     provider-specific (the raw body, a request id, ``time_to_first_token_s`` when streamed).
+    ``rate_limits`` holds the limits the server advertised in its headers, which the
+    executor paces by.
     """
 
     content: str
@@ -60,6 +63,8 @@ class LLMResponse:
     usage: Mapping[str, int] | None = None
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
     tool_calls: tuple[ToolCall, ...] = attrs.field(default=(), converter=_to_tuple, kw_only=True)
+    rate_limits: RateLimitInfo | None = attrs.field(default=None, kw_only=True, eq=False)
+    """The rate limits the server advertised with this answer (None: it sent none)."""
 
     def message(self) -> LLMMessage:
         """This answer as the ``assistant`` message to send back, tool calls and all."""

@@ -21,7 +21,10 @@ header overrides the status. The executor's ``RetryConfig`` reads ``retryable`` 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._advertised import RateLimitInfo
 
 __all__ = [
     "APIConnectionError",
@@ -58,6 +61,8 @@ class ProviderError(Exception):
     - ``body``: the start of the response body, for debugging.
     - ``headers``: the response's headers (names in lower case), to read rate-limit
       headers and the like.
+    - ``rate_limits``: the :class:`~llmfanout.RateLimitInfo` the response's headers
+      advertised (a 429's remaining budget and reset, say).
 
     No attribute and no message ever holds the API key: messages from the server are
     redacted, and request headers are never kept.
@@ -78,6 +83,7 @@ class ProviderError(Exception):
         provider: str | None = None,
         body: str | None = None,
         headers: Mapping[str, str] | None = None,
+        rate_limits: RateLimitInfo | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -90,6 +96,7 @@ class ProviderError(Exception):
         self.provider = provider
         self.body = body
         self.headers = dict(headers) if headers is not None else None
+        self.rate_limits = rate_limits
 
     def __str__(self) -> str:
         return self.message

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._advertised import parse_rate_limit_headers
 from ..errors import (
     APIConnectionError,
     APIStatusError,
@@ -212,6 +213,7 @@ def status_error(
         provider=provider,
         body=text[:BODY_KEEP] or None,
         headers=headers,
+        rate_limits=parse_rate_limit_headers(headers),
     )
 
 
