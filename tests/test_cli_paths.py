@@ -132,7 +132,8 @@ def test_a_second_run_on_the_same_output_refuses_at_once(
     tmp_path: Path, backend: str, second: list[str]
 ) -> None:
     source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
-    ids = write_prompts(source, 200)
+    # 40 s of work: the first run is still writing however slowly the second one starts.
+    ids = write_prompts(source, 4000)
     slow = ["--echo-latency", "0.02", "--concurrency", "2", "--backend", backend]
     with started("run", source, "-o", output, *slow, cwd=tmp_path) as first:
         wait_for_rows(output, 5, first)
@@ -155,11 +156,12 @@ def test_a_second_run_on_the_same_output_refuses_at_once(
 
 def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path: Path) -> None:
     source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
-    ids = write_prompts(source, 100)
-    with started("run", source, "-o", output, "--echo-latency", "0.02", cwd=tmp_path) as first:
+    ids = write_prompts(source, 2000)  # 20 s of work: killed long before the end
+    slow = ["--echo-latency", "0.02", "--concurrency", "2"]
+    with started("run", source, "-o", output, *slow, cwd=tmp_path) as first:
         wait_for_rows(output, 5, first)
         first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
+        assert first.wait(timeout=30) == -signal.SIGKILL
     done = llmfanout("run", source, "-o", output, "--resume", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert_each_once(output, ids)
