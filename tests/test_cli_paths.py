@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fake_llm_server import Fault, fake_llm_server_in_thread
 from test_cli import (
     PROMPTS,
     assert_each_once,
-    environment,
     llmfanout,
     rows,
     started,
@@ -26,7 +24,6 @@ from test_cli import (
     write_prompts,
 )
 
-KEY = "sk-test-0123456789abcdef"
 DEEP = "[" * 100_000  # json's recursive parser gives up long before this
 
 
@@ -135,32 +132,23 @@ def test_a_second_run_on_the_same_output_refuses_at_once(
     tmp_path: Path, backend: str, second: list[str]
 ) -> None:
     source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
-    ids = write_prompts(source, 20)
-    answered = {f"say row-{i}" for i in range(5)}
-    env = environment(OPENAI_API_KEY=KEY)
-    with fake_llm_server_in_thread() as server:
-        # Five rows are answered, the rest hang: the first run is still writing (holding
-        # the lock) whenever the second one starts, however slowly the machine runs.
-        server.fault_for = lambda r: None if r.prompt in answered else Fault.hang()
-        args = [
-            "run", source, "-o", output, "--provider", "openai", "--model", "m",
-            "--base-url", server.openai_base_url, "--concurrency", "2",
-        ]  # fmt: skip
-        with started(*args, "--backend", backend, cwd=tmp_path, env=env) as first:
-            wait_for_rows(output, 5, first)
-            done = llmfanout(*args, *second, cwd=tmp_path, env=env)
-            assert_usage_error(
-                done,
-                f"{output} is being written by another run: process {first.pid} on ",
-                "then run again with --resume",
-            )
-            first.send_signal(signal.SIGINT)
-            first.communicate(timeout=30)
-        assert first.returncode == 130
-        written = rows(output)  # whole rows, each once: the refused run touched nothing
-        assert len({row["id"] for row in written}) == len(written) == 5
-        server.fault_for = None
-        done = llmfanout(*args, "--resume", "--quiet", cwd=tmp_path, env=env)
+    # 40 s of work: the first run is still writing however slowly the second one starts.
+    ids = write_prompts(source, 4000)
+    slow = ["--echo-latency", "0.02", "--concurrency", "2", "--backend", backend]
+    with started("run", source, "-o", output, *slow, cwd=tmp_path) as first:
+        wait_for_rows(output, 5, first)
+        done = llmfanout("run", source, "-o", output, *second, cwd=tmp_path)
+        assert_usage_error(
+            done,
+            f"{output} is being written by another run: process {first.pid} on ",
+            "then run again with --resume",
+        )
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+    assert first.returncode == 130
+    written = rows(output)  # whole rows, each once: the refused run touched nothing
+    assert len({row["id"] for row in written}) == len(written)
+    done = llmfanout("run", source, "-o", output, "--resume", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert_each_once(output, ids)
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".lock")]
@@ -168,11 +156,12 @@ def test_a_second_run_on_the_same_output_refuses_at_once(
 
 def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path: Path) -> None:
     source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
-    ids = write_prompts(source, 100)
-    with started("run", source, "-o", output, "--echo-latency", "0.02", cwd=tmp_path) as first:
+    ids = write_prompts(source, 2000)  # 20 s of work: killed long before the end
+    slow = ["--echo-latency", "0.02", "--concurrency", "2"]
+    with started("run", source, "-o", output, *slow, cwd=tmp_path) as first:
         wait_for_rows(output, 5, first)
         first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
+        assert first.wait(timeout=30) == -signal.SIGKILL
     done = llmfanout("run", source, "-o", output, "--resume", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert_each_once(output, ids)

@@ -286,7 +286,13 @@ class ParallelLLMExecutor:
                 raise TypeError(f"ParallelLLMExecutor: {name} is {flag!r}; give True or False")
         self.stop_on_auth_error = stop_on_auth_error
         self._governor = (
-            Governor(provider, max_concurrency, pacing=pacing, adaptive=adaptive)
+            Governor(
+                provider,
+                max_concurrency,
+                pacing=pacing,
+                adaptive=adaptive,
+                stop_on_auth=stop_on_auth_error,
+            )
             if pacing or adaptive
             else None
         )

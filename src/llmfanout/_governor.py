@@ -26,6 +26,7 @@ from ._adaptive import AIMD
 from ._pacing import HeaderPacer
 from ._patience import is_overload
 from ._perloop import PerLoop
+from .errors import TaskAborted
 
 __all__ = ["Governor", "Pass"]
 
@@ -81,24 +82,40 @@ class Governor:
         "_engaged",
         "_gates",
         "_pacers",
+        "_probe_first",
         "_reported",
         "adaptive",
         "aimd",
         "pacing",
+        "refused",
+        "stop_on_auth",
         "unpaced",
         "unpaced_tokens",
     )
 
     def __init__(
-        self, provider: object, max_concurrency: int, *, pacing: bool, adaptive: bool
+        self,
+        provider: object,
+        max_concurrency: int,
+        *,
+        pacing: bool,
+        adaptive: bool,
+        stop_on_auth: bool = False,
     ) -> None:
         self.pacing = pacing
+        self.stop_on_auth = stop_on_auth
+        self.refused: Exception | None = None
+        """The answer that refused the credentials (with ``stop_on_auth``): nothing more
+        is sent."""
         self.adaptive = adaptive
         self.aimd = AIMD(max_concurrency)
         self._pacers = _pacers_for(provider) if pacing else None
         self._gates = PerLoop[anyio.CapacityLimiter]()
         self._engaged = False  # AIMD gates calls after the first overload answer only
-        self._reported = False  # some answer carried limits (or asked for a cooldown)
+        # A provider whose answers carry limit headers (if its server sends any) is paced
+        # from its first call: that one goes alone, the others wait for its answer.
+        self._probe_first = pacing and bool(getattr(provider, "reports_rate_limits", False))
+        self._reported = self._probe_first  # some answer carried limits (or may)
         self.unpaced = 0
         """Calls in flight that no pacer admitted (sent before any limits were known)."""
         self.unpaced_tokens = 0  # their estimated tokens, where known
@@ -169,10 +186,21 @@ class Governor:
             pass_.gated = True
             pass_.epoch = self.aimd.cuts
         try:
-            pacer = self.pacer(overrides)
+            # Until some answer reported limits, no pacer exists: skip the lookup.
+            pacer = self.pacer(overrides) if self._reported else None
+            if pacer is None and self._probe_first:
+                pacer = self._pacer_for(model)
+                if pacer is not None:
+                    pacer.probe()
             if pacer is not None:
                 pass_.pacer = pacer
                 pass_.ticket = await pacer.admit(tokens)
+                if self.refused is not None:  # refused while this call waited its turn
+                    pacer.observe(None, pass_.ticket)
+                    raise TaskAborted(
+                        "not sent: the server refused the credentials "
+                        f"({self.refused}); fix the API key and run again"
+                    )
             else:  # no pacer yet: in flight where no budget counts it
                 self.unpaced += 1
                 self.unpaced_tokens += tokens
@@ -205,6 +233,8 @@ class Governor:
         if pacer is not None and cooldown is not None:
             pacer.cooldown(cooldown)
         if isinstance(outcome, Exception):
+            if self.stop_on_auth and getattr(outcome, "status_code", None) in (401, 403):
+                self.refused = self.refused or outcome
             if self._overloaded(outcome):
                 self.aimd.overload(pass_.epoch)
                 self._engaged = True

@@ -42,8 +42,9 @@ _WINDOW = 60.0
 """Seconds the advertised ``limit`` is per: both APIs document per-minute limits."""
 _MARGIN = 0.1
 """Seconds' worth of the sustained rate the pacer leaves unspent (see ``_Kind.margin``)."""
-_PROBE_WAIT = 30.0
-"""The longest the calls behind a probe wait for its answer before going anyway."""
+_PROBE_WAIT = 2.0
+"""The longest the calls behind a probe wait for its answer before going anyway: an
+answer slower than that (a long generation) says nothing quick enough to wait for."""
 
 
 class _Kind:
@@ -308,6 +309,14 @@ class HeaderPacer:
         """Correct a call's ``booked`` token estimate once it reports ``used`` tokens."""
         if used is not None and used != booked and self._tokens.bucket is not None:
             self._tokens.bucket.take(self._clock(), used - booked)
+
+    def probe(self) -> None:
+        """Let the next call go alone: the others wait for its answer (as after a cooldown).
+
+        For a server whose limits are not known yet: its first answer tells them.
+        """
+        if self._probe is None:
+            self._probe_wanted = True
 
     def cooldown(self, seconds: float) -> None:
         """Start nothing new for ``seconds``; then one call alone, as a probe."""

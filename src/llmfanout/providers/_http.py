@@ -92,6 +92,9 @@ class HTTPProvider:
     base_url_env: ClassVar[str] = ""
     default_base_url: ClassVar[str] = ""
     endpoint: ClassVar[str] = ""
+    reports_rate_limits: ClassVar[bool] = True
+    """Answers carry the server's rate-limit headers (``LLMResponse.rate_limits``), if it
+    sends any: the executor sends one call first and paces the rest by its answer."""
 
     def __init__(
         self,
