@@ -53,6 +53,12 @@ class PlanProvider:
         self.peak = 0
         self.log: list[tuple[str, str]] = []
         self.attempts: dict[str, int] = {}
+        self._awaited: tuple[int, anyio.Event] | None = None
+
+    def started(self, count: int) -> anyio.Event:
+        """An event set once ``count`` calls have started."""
+        self._awaited = (count, anyio.Event())
+        return self._awaited[1]
 
     async def complete(
         self, messages: Sequence[LLMMessage], config_overrides: Mapping[str, Any] | None = None
@@ -66,6 +72,8 @@ class PlanProvider:
         self.running += 1
         self.peak = max(self.peak, self.running)
         self.log.append(("start", tag))
+        if self._awaited is not None and len(self.log) >= self._awaited[0]:
+            self._awaited[1].set()
         try:
             await anyio.lowlevel.checkpoint()
             if kind == "hang" or (kind == "flaky" and n == 1):
@@ -302,9 +310,17 @@ async def test_cancelling_a_run_with_max_errors_from_outside_propagates(how: str
     executor = ParallelLLMExecutor(provider, max_concurrency=3)
     tasks = {f"t{i}": ask("hang", f"t{i}") for i in range(10)}
     got: dict[str, TaskResult] = {}
+    three_started = provider.started(3)
+
+    async def cancel_once_three_started(scope: anyio.CancelScope) -> None:
+        await three_started.wait()
+        scope.cancel()
+
     with anyio.fail_after(5):
-        with anyio.move_on_after(0.05) as scope:
-            got = await run_all(executor, how, tasks, max_errors=2)
+        with anyio.CancelScope() as scope:  # a deadline, or Ctrl-C, as the calls hang
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_once_three_started, scope)
+                got = await run_all(executor, how, tasks, max_errors=2)
     assert scope.cancelled_caught and got == {}
     assert provider.running == 0 and len(provider.log) == 3
 
