@@ -489,7 +489,9 @@ def test_a_limit_serves_successive_event_loops_and_keeps_its_budget() -> None:
 
     anyio.run(spend, backend="trio")
     for backend in ("trio", "asyncio", "trio"):
-        assert 9 < anyio.run(wait_left, backend=backend) <= 10
+        # Kept (not 0) and on the right clock (not hours), whatever time a loaded machine
+        # takes to start three loops.
+        assert 5 < anyio.run(wait_left, backend=backend) <= 10
 
 
 @pytest.mark.parametrize(
