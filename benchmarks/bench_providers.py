@@ -13,9 +13,11 @@ time (after a warm-up that opens the connections), each parsing the JSON answer:
   library path (retry policy on), on asyncio and on trio.
 
 Printed per C: requests/s, share of the ideal (C / latency), client CPU per request,
-the ratio to aiohttp in the same run, and for llmfanout the time to cancel the run with
-C calls in flight (every socket closed). The machine may be shared: the load average is
-printed with each table, and the ratios (same run, same server) are what to compare.
+the ratio to aiohttp in the same run, and for llmfanout the time (and CPU time) to cancel
+the run with C calls in flight (every socket closed). ``--latency 1000`` makes a server
+that never answers in time: what is left to measure is the cancellation. The machine may
+be shared: the load average is printed with each table, and the ratios (same run, same
+server) are what to compare.
 
 Run: ``python benchmarks/bench_providers.py`` (about 3 minutes); ``--quick`` for a smoke
 run; ``--concurrency 16 500``, ``--seconds``, ``--latency``, ``--contenders`` change it.
@@ -303,9 +305,10 @@ def _client(name: str, url: str, concurrency: int, warmup: float, seconds: float
                 count = meter.done - done
                 figures["rate"] = count / elapsed
                 figures["cpu_ms"] = (cpu() - used) / max(count, 1) * 1000
-                cancel = time.perf_counter()
+                cancel, cancel_cpu = time.perf_counter(), cpu()
                 scope.cancel()
         figures["cancel_ms"] = (time.perf_counter() - cancel) * 1000
+        figures["cancel_cpu_ms"] = (cpu() - cancel_cpu) * 1000
 
     anyio.run(main, backend=backend)
     print(json.dumps(figures), flush=True)
@@ -390,7 +393,7 @@ def main() -> None:
             )
             print(
                 f"  {'contender':<28} {'req/s':>7} {'of ideal':>8} {'CPU ms/req':>10} "
-                f"{'x aiohttp':>9} {'cancel ms':>9}"
+                f"{'x aiohttp':>9} {'cancel ms (CPU)':>15}"
             )
             figures = {
                 name: _measure(name, url, concurrency, args.warmup, args.seconds)
@@ -399,7 +402,11 @@ def main() -> None:
             yardstick = figures.get("aiohttp", {}).get("rate")
             for name, row in figures.items():
                 ratio = f"{row['rate'] / yardstick:9.2f}" if yardstick else f"{'-':>9}"
-                cancel = f"{row['cancel_ms']:9.0f}" if name.startswith("llmfanout") else ""
+                cancel = (
+                    f"{row['cancel_ms']:9.0f} ({row['cancel_cpu_ms']:3.0f})"
+                    if name.startswith("llmfanout")
+                    else ""
+                )
                 print(
                     f"  {name:<28} {row['rate']:7.0f} {row['rate'] / ideal:8.2f} "
                     f"{row['cpu_ms']:10.3f} {ratio} {cancel}"

@@ -22,16 +22,19 @@ error file; Anthropic: an ``errored`` result); every other one ``"echo: <prompt>
 whose effect happens but whose answer never comes (the client must be killed or give up);
 ``stall_results_after`` sends that many result lines, then nothing more; ``lean_list``
 lists batches without counts or metadata; ``results_base`` moves Anthropic's results_url.
+From a shell, ``python tests/fake_batch_server.py [--port N] [--advance-on-poll]`` prints
+the base URL and serves until killed.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -121,7 +124,11 @@ class FakeBatchServer:
         """List batches without request counts and metadata, as some compatible servers do."""
         self.results_base: str | None = None
         """Where Anthropic ``results_url`` points (default: this server)."""
+        self.fail_validation: str | None = None
+        """When set, the next OpenAI batch fails validation (at its first step) with it."""
         self.polls = 0
+        self.created = anyio.Event()
+        """Set when a batch is created (replace it to wait for the next one)."""
         self._counter = 0
 
     def __repr__(self) -> str:
@@ -147,6 +154,9 @@ class FakeBatchServer:
                 if batch.cancelling:
                     self._end(batch, "cancelled", batch.done)
                     break
+                if batch.problem is not None:
+                    self._end(batch, "failed", 0)
+                    break
                 batch.step += 1
                 if batch.step >= ENDED:
                     self._end(batch, "completed", len(batch.requests))
@@ -166,7 +176,7 @@ class FakeBatchServer:
 
     def _end(self, batch: FakeBatch, how: str, processed: int) -> None:
         batch.end, batch.processed = how, processed
-        if batch.wire == "anthropic":
+        if batch.wire == "anthropic" or how == "failed":  # a failed batch has no files
             return
         ok, errors = [], []
         for position, (custom_id, body) in enumerate(batch.requests):
@@ -357,8 +367,11 @@ class FakeBatchServer:
             created_at=time.time(),
             metadata=dict(body.get("metadata") or {}),
             input_file_id=body.get("input_file_id"),
+            problem=self.fail_validation if wire == "openai" else None,
         )
+        self.fail_validation = None
         self.batches[batch.id] = batch
+        self.created.set()
         return 200, json.dumps(self._json(batch)).encode()
 
     def _list(self, wire: str, query: dict[str, list[str]]) -> bytes:
@@ -497,3 +510,27 @@ def fake_batch_server_in_thread(backend: str = "asyncio") -> Iterator[FakeBatchS
         portal.wrap_async_context_manager(serve_fake_batches()) as server,
     ):
         yield server
+
+
+async def _serve_forever(port: int, advance_on_poll: bool) -> None:
+    async with serve_fake_batches(port) as server:
+        server.advance_on_poll = advance_on_poll
+        print(server.base_url, flush=True)
+        await anyio.sleep_forever()
+
+
+def main() -> None:
+    """``python tests/fake_batch_server.py [--port N] [--advance-on-poll]``: serve until killed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--advance-on-poll", action="store_true", help="move a batch one step per poll"
+    )
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    args = parser.parse_args()
+    with suppress(KeyboardInterrupt):
+        anyio.run(_serve_forever, args.port, args.advance_on_poll, backend=args.backend)
+
+
+if __name__ == "__main__":
+    main()

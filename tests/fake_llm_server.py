@@ -91,6 +91,8 @@ class Fault:
     """``(name, arguments JSON)`` of the tool calls a normal answer makes."""
     cached_tokens: int = 0
     """Prompt tokens a normal answer reports as read from the provider's cache."""
+    events: int = 0
+    """For the stream faults: how many events are sent before the fault."""
 
     @classmethod
     def ok(
@@ -143,6 +145,28 @@ class Fault:
             error_type=error_type,
             gate=gate,
         )
+
+    @classmethod
+    def stream_cut(cls, events: int, content: str | None = None) -> Fault:
+        """A streamed answer whose body ends cleanly after ``events`` events, before the
+        terminal one (OpenAI's ``[DONE]``, Anthropic's ``message_stop``)."""
+        return cls("stream_cut", content=content, events=events)
+
+    @classmethod
+    def stream_drop(cls, events: int, content: str | None = None) -> Fault:
+        """A streamed answer whose connection closes after ``events`` events, mid-body."""
+        return cls("stream_drop", content=content, events=events)
+
+    @classmethod
+    def stream_error(cls, events: int, error_type: str = "overloaded_error") -> Fault:
+        """A streamed answer that sends an error event after ``events`` events."""
+        return cls("stream_error", events=events, error_type=error_type)
+
+    @classmethod
+    def stream_stall(cls, events: int) -> Fault:
+        """A streamed answer that sends ``events`` events, then nothing until the client
+        gives up."""
+        return cls("stream_stall", events=events)
 
     @classmethod
     def drop(cls) -> Fault:
@@ -306,8 +330,10 @@ class FakeLLMServer:
         self.anthropic_base_url = base_url
 
     async def close_idle_connections(self) -> None:
-        """Close every connection waiting for its next request, as a server whose
-        keep-alive timeout ran out does."""
+        """Once every open connection waits for its next request, close them all, as a
+        server whose keep-alive timeout ran out does."""
+        while len(self._idle) < self.open_connections:
+            await self._arrived.wait()
         for stream in list(self._idle):
             await anyio.aclose_forcefully(stream)
 
@@ -353,6 +379,7 @@ class FakeLLMServer:
             async with stream:
                 while True:
                     self._idle.add(stream)
+                    self._notify()
                     try:
                         received = await _read_request(conn, stream)
                     finally:
@@ -500,6 +527,8 @@ class FakeLLMServer:
             code, body = 400, _error_body(wire, 400, "the body is not JSON", None)
         elif (problem := _tool_flow_problem(wire, request.json)) is not None:
             code, body = 400, _error_body(wire, 400, problem, None)
+        elif request.json.get("stream") is True:
+            return await self._stream(conn, stream, wire, request, fault, headers)
         else:
             headers.extend(fault.headers)
             if self.latency:
@@ -514,6 +543,40 @@ class FakeLLMServer:
                 await _wait_for_close(stream)
             return False
         await stream.send(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        return True
+
+    async def _stream(
+        self,
+        conn: h11.Connection,
+        stream: anyio.abc.ByteStream,
+        wire: str,
+        request: RecordedRequest,
+        fault: Fault,
+        headers: list[tuple[str, str]],
+    ) -> bool:
+        """Answer as server-sent events (chunked), each event sent in two writes so a
+        client meets events split across reads. False when the connection must close."""
+        headers[0] = ("content-type", "text/event-stream; charset=utf-8")
+        await stream.send(conn.send(h11.Response(status_code=200, headers=headers)))
+        events = _stream_events(wire, request, fault)
+        kind = fault.kind
+        if kind != "ok":
+            events = events[: fault.events]
+        for event in events:
+            if self.latency:
+                await anyio.sleep(self.latency / max(len(events), 1))
+            half = len(event) // 2
+            await stream.send(conn.send(h11.Data(data=event[:half])))
+            await stream.send(conn.send(h11.Data(data=event[half:])))
+        if kind == "stream_error":
+            error = json.loads(_error_body(wire, 529, "Overloaded", fault.error_type))
+            await stream.send(conn.send(h11.Data(data=_sse(error, "error", wire))))
+        if kind == "stream_drop":
+            return False
+        if kind == "stream_stall":
+            await _wait_for_close(stream)
+            return False
+        await stream.send(conn.send(h11.EndOfMessage()))
         return True
 
 
@@ -674,6 +737,91 @@ def _answer(wire: str, request: RecordedRequest, fault: Fault) -> bytes:
         if cached:
             answer["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
     return json.dumps(answer).encode()
+
+
+def _sse(data: Any, event: str, wire: str) -> bytes:
+    """One server-sent event: Anthropic names each event, OpenAI sends data only."""
+    text = data if isinstance(data, str) else json.dumps(data)
+    head = f"event: {event}\n" if wire == "anthropic" else ""
+    return f"{head}data: {text}\n\n".encode()
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut into word-sized deltas (spaces kept), as a model streams it."""
+    words = text.split(" ")
+    return [w + " " for w in words[:-1]] + [words[-1]] if text else []
+
+
+def _stream_events(wire: str, request: RecordedRequest, fault: Fault) -> list[bytes]:
+    """The events of a streamed answer, the terminal one last, from the whole answer."""
+    whole = json.loads(_answer(wire, request, fault))
+    if wire == "anthropic":
+        start = {k: v for k, v in whole.items() if k not in ("content", "usage")}
+        start |= {"content": [], "stop_reason": None}
+        start["usage"] = {**whole["usage"], "output_tokens": 1}
+        events = [_sse({"type": "message_start", "message": start}, "message_start", wire)]
+        events.append(_sse({"type": "ping"}, "ping", wire))
+        for index, block in enumerate(whole["content"]):
+            if block["type"] == "text":
+                opened = {"type": "text", "text": ""}
+                deltas = [{"type": "text_delta", "text": t} for t in _pieces(block["text"])]
+            else:
+                opened = {**block, "input": {}}
+                arguments = json.dumps(block["input"])
+                half = len(arguments) // 2
+                deltas = [
+                    {"type": "input_json_delta", "partial_json": part}
+                    for part in (arguments[:half], arguments[half:])
+                ]
+            events.append(
+                _sse(
+                    {"type": "content_block_start", "index": index, "content_block": opened},
+                    "content_block_start",
+                    wire,
+                )
+            )
+            events += [
+                _sse(
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                    "content_block_delta",
+                    wire,
+                )
+                for delta in deltas
+            ]
+            events.append(
+                _sse({"type": "content_block_stop", "index": index}, "content_block_stop", wire)
+            )
+        stop = {"stop_reason": whole["stop_reason"], "stop_sequence": None}
+        usage = {"output_tokens": whole["usage"]["output_tokens"]}
+        events.append(
+            _sse({"type": "message_delta", "delta": stop, "usage": usage}, "message_delta", wire)
+        )
+        events.append(_sse({"type": "message_stop"}, "message_stop", wire))
+        return events
+    head = {k: whole[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    message = whole["choices"][0]["message"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return _sse({**head, "choices": [choice]}, "message", wire)
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": t}) for t in _pieces(message["content"] or "")]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call["function"]
+        opened = {"index": index, "id": call["id"], "type": "function"}
+        events.append(chunk({"tool_calls": [opened | {"function": {"name": function["name"]}}]}))
+        half = len(function["arguments"]) // 2
+        for part in (function["arguments"][:half], function["arguments"][half:]):
+            events.append(
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+            )
+    events.append(chunk({}, whole["choices"][0]["finish_reason"]))
+    options = request.json.get("stream_options") or {}
+    if options.get("include_usage"):
+        events.append(_sse({**head, "choices": [], "usage": whole["usage"]}, "message", wire))
+    events.append(_sse("[DONE]", "message", wire))
+    return events
 
 
 @asynccontextmanager

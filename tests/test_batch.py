@@ -12,6 +12,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,13 @@ from llmfanout._batch_api import (
     AnthropicBatchAPI,
     BatchAPI,
     BatchRequestCancelled,
+    BatchRequestError,
     BatchRequestExpired,
     OpenAIBatchAPI,
+    _seconds,
 )
 from llmfanout._batch_http import BatchHTTP
-from llmfanout._batch_state import BatchStateError
+from llmfanout._batch_state import BatchStateError, Part, State, load, save
 from llmfanout.errors import BadRequestError, ProviderError, RateLimitError, ServerError
 from llmfanout.providers._http import HTTPProvider
 
@@ -51,6 +54,24 @@ async def server() -> AsyncIterator[FakeBatchServer]:
 @pytest.fixture(params=["openai", "anthropic"])
 def wire(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+async def provider(server: FakeBatchServer, wire: str) -> AsyncIterator[HTTPProvider]:
+    async with make(wire, server) as provider:
+        yield provider
+
+
+async def submit(
+    provider: HTTPProvider,
+    tmp_path: Path,
+    count: int,
+    fail: tuple[int, ...] = (),
+    **options: Any,
+) -> BatchJob:
+    """A job of ``count`` tasks with the state file at tmp_path/s.json."""
+    state = tmp_path / "s.json"
+    return await submit_batch(provider, tasks(count, fail), state=state, polling=FAST, **options)
 
 
 def make(wire: str, server: FakeBatchServer) -> HTTPProvider:
@@ -78,16 +99,13 @@ async def collect(job: BatchJob, provider: HTTPProvider) -> dict[str, Any]:
 
 
 async def test_every_task_gets_one_result_across_parts(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, wire: str, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     server.advance_on_poll = True
-    async with make(wire, server) as provider:
-        job = await submit_batch(
-            provider, tasks(10, fail=(3,)), state=tmp_path / "s.json", max_requests=4, polling=FAST
-        )
-        assert [p.rows for p in job.parts] == [4, 4, 2]
-        assert len(batches(server, wire)) == 3
-        results = await collect(job, provider)
+    job = await submit(provider, tmp_path, 10, fail=(3,), max_requests=4)
+    assert [p.rows for p in job.parts] == [4, 4, 2]
+    assert len(batches(server, wire)) == 3
+    results = await collect(job, provider)
     assert sorted(results) == sorted(f"t{i}" for i in range(10))
     assert results["t0"].value.content == "echo: q0"
     assert results["t0"].value.usage["total_tokens"] > 0
@@ -98,32 +116,29 @@ async def test_every_task_gets_one_result_across_parts(
 
 
 async def test_states_move_as_the_test_says(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, wire: str, provider: HTTPProvider, tmp_path: Path
 ) -> None:
-    async with make(wire, server) as provider:
-        job = await submit_batch(provider, tasks(4), state=tmp_path / "s.json", polling=FAST)
-        (batch_id,) = batches(server, wire)
-        first = await job.refresh(provider)
-        assert (first.done, first.parts_ended) == (0, 0)
-        server.advance(batch_id)
-        half = await job.refresh(provider)
-        assert (half.done, half.parts_ended) == (2, 0)
-        expected = "in_progress"
-        assert job.parts[0].status == expected
-        server.finish(batch_id)
-        done = await job.refresh(provider)
-        assert (done.done, done.succeeded, done.parts_ended) == (4, 4, 1)
-        assert done.finished
+    job = await submit(provider, tmp_path, 4)
+    (batch_id,) = batches(server, wire)
+    first = await job.refresh(provider)
+    assert (first.done, first.parts_ended) == (0, 0)
+    server.advance(batch_id)
+    half = await job.refresh(provider)
+    assert (half.done, half.parts_ended) == (2, 0)
+    assert job.parts[0].status == "in_progress"
+    server.finish(batch_id)
+    done = await job.refresh(provider)
+    assert (done.done, done.succeeded, done.parts_ended) == (4, 4, 1)
+    assert done.finished
 
 
 async def test_an_expired_batch_keeps_what_was_done(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
 ) -> None:
-    async with make(wire, server) as provider:
-        job = await submit_batch(provider, tasks(4), state=tmp_path / "s.json", polling=FAST)
-        server.advance()  # half done
-        server.expire()
-        results = await collect(job, provider)
+    job = await submit(provider, tmp_path, 4)
+    server.advance()  # half done
+    server.expire()
+    results = await collect(job, provider)
     assert [results[f"t{i}"].success for i in range(4)] == [True, True, False, False]
     error = results["t3"].error
     assert isinstance(error, BatchRequestExpired)
@@ -132,73 +147,93 @@ async def test_an_expired_batch_keeps_what_was_done(
     assert results["t3"].attempts == 0
 
 
-async def test_cancel_leaves_done_requests_and_fails_the_rest(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+async def test_an_openai_batch_that_fails_validation_fails_every_row(
+    server: FakeBatchServer, tmp_path: Path
 ) -> None:
-    async with make(wire, server) as provider:
-        job = await submit_batch(provider, tasks(4), state=tmp_path / "s.json", polling=FAST)
+    server.fail_validation = "the model gpt-test does not support batches"
+    async with make("openai", server) as provider:
+        job = await submit(provider, tmp_path, 3)
         server.advance()
-        await job.cancel(provider)
-        assert job.cancelled
-        server.advance()  # the provider finishes cancelling
         results = await collect(job, provider)
+    assert job.parts[0].status == "failed"
+    for result in results.values():
+        assert not result.success
+        assert isinstance(result.error, BatchRequestError)
+        assert "does not support batches" in str(result.error)
+
+
+async def test_cancel_leaves_done_requests_and_fails_the_rest(
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
+) -> None:
+    job = await submit(provider, tmp_path, 4)
+    server.advance()
+    await job.cancel(provider)
+    assert job.cancelled
+    server.advance()  # the provider finishes cancelling
+    results = await collect(job, provider)
     assert [results[f"t{i}"].success for i in range(4)] == [True, True, False, False]
     assert isinstance(results["t2"].error, BatchRequestCancelled)
 
 
 async def test_server_errors_while_polling_are_waited_out(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     server.advance_on_poll = True
     server.add_fault("get", Fault.status(500), Fault.status(503, retry_after="0"))
     server.add_fault("results", Fault.status(502))
-    async with make(wire, server) as provider:
-        job = await submit_batch(provider, tasks(3), state=tmp_path / "s.json", polling=FAST)
-        results = await collect(job, provider)
+    job = await submit(provider, tmp_path, 3)
+    results = await collect(job, provider)
     assert all(r.success for r in results.values())
     assert not server.faults["get"] and not server.faults["results"]
 
 
-async def test_a_failure_that_is_not_retryable_stops_the_wait(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+async def test_a_retry_after_is_honoured_while_polling(
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
 ) -> None:
-    async with make(wire, server) as provider:
-        job = await submit_batch(provider, tasks(2), state=tmp_path / "s.json", polling=FAST)
-        server.add_fault("get", Fault.status(401, message="bad key {api_key}"))
-        with pytest.raises(ProviderError) as caught:
-            await job.wait(provider)
+    job = await submit(provider, tmp_path, 2)
+    server.finish()
+    server.add_fault("get", Fault.status(429, retry_after_ms="300"))
+    await job.wait(provider)
+    gets = [r for r in server.requests if r.method == "GET" and "/batches/" in r.path]
+    # On the server's clock: the poll after the 429 came no sooner than it asked.
+    assert gets[1].time - gets[0].time >= 0.3
+
+
+async def test_a_failure_that_is_not_retryable_stops_the_wait(
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
+) -> None:
+    job = await submit(provider, tmp_path, 2)
+    server.add_fault("get", Fault.status(401, message="bad key {api_key}"))
+    with pytest.raises(ProviderError) as caught:
+        await job.wait(provider)
     assert caught.value.status_code == 401
     assert KEY not in str(caught.value)
 
 
 async def test_a_lost_create_answer_is_reconciled_not_repeated(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, wire: str, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     # The server creates the batch, then drops the connection: the client cannot know.
     server.add_fault("create", Fault.drop())
-    async with make(wire, server) as provider:
-        job = await submit_batch(
-            provider, tasks(5), state=tmp_path / "s.json", max_requests=2, polling=FAST
-        )
+    job = await submit(provider, tmp_path, 5, max_requests=2)
     assert len(batches(server, wire)) == 3
     assert sorted(p.batch_id for p in job.parts) == sorted(batches(server, wire))
 
 
 async def test_a_submit_stopped_while_creating_carries_on_without_a_duplicate(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, wire: str, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     state = tmp_path / "s.json"
     server.add_fault("create", Fault.drop())
     one_try = Polling(interval=0.001, retry_wait=0.001, max_failures=1)
-    async with make(wire, server) as provider:
-        with pytest.raises(ProviderError):
-            await submit_batch(provider, tasks(3), state=state, polling=one_try)
-        recorded = json.loads(state.read_text())
-        assert recorded["parts"][0]["phase"] == "creating"
-        assert len(batches(server, wire)) == 1  # created, but its id was never recorded
-        server.advance_on_poll = True
-        job = await submit_batch(provider, tasks(3), state=state, polling=FAST)
-        results = await collect(job, provider)
+    with pytest.raises(ProviderError):
+        await submit_batch(provider, tasks(3), state=state, polling=one_try)
+    recorded = json.loads(state.read_text())
+    assert recorded["parts"][0]["phase"] == "creating"
+    assert len(batches(server, wire)) == 1  # created, but its id was never recorded
+    server.advance_on_poll = True
+    job = await submit(provider, tmp_path, 3)
+    results = await collect(job, provider)
     assert len(batches(server, wire)) == 1
     assert job.parts[0].batch_id == batches(server, wire)[0]
     assert len(results) == 3
@@ -216,15 +251,14 @@ async def stopped_while_creating(
 
 
 async def test_a_lean_list_still_reconciles(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, wire: str, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     # No metadata and no counts in the list: OpenAI matches the uploaded file's id,
     # Anthropic asks for each candidate's counts.
     server.lean_list = True
     state = tmp_path / "s.json"
-    async with make(wire, server) as provider:
-        await stopped_while_creating(provider, state, server, 3, Fault.drop())
-        job = await submit_batch(provider, tasks(3), state=state, polling=FAST)
+    await stopped_while_creating(provider, state, server, 3, Fault.drop())
+    job = await submit(provider, tmp_path, 3)
     assert batches(server, wire) == [job.parts[0].batch_id]
 
 
@@ -259,107 +293,113 @@ async def test_results_url_on_another_host_is_read_from_the_documented_path(
 ) -> None:
     server.results_base = "http://elsewhere.invalid:1"
     async with make("anthropic", server) as provider:
-        job = await submit_batch(provider, tasks(2), state=tmp_path / "s.json", polling=FAST)
+        job = await submit(provider, tmp_path, 2)
         server.finish()
         results = await collect(job, provider)
     assert all(r.success for r in results.values())
     assert not any("elsewhere" in r.path for r in server.requests)
 
 
-async def test_a_second_submit_of_a_finished_job_creates_nothing(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+async def test_a_submit_cancelled_from_outside_carries_on_without_a_duplicate(
+    server: FakeBatchServer, wire: str, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     state = tmp_path / "s.json"
-    async with make(wire, server) as provider:
-        await submit_batch(provider, tasks(3), state=state, polling=FAST)
-        before = len(server.requests)
-        job = await submit_batch(provider, tasks(3), state=state, polling=FAST)
+    server.hold.add("create")  # created, but the answer never comes
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(submit_batch, provider, tasks(3), state=state, polling=FAST))
+        await server.created.wait()
+        tg.cancel_scope.cancel()
+    assert json.loads(state.read_text())["parts"][0]["phase"] == "creating"
+    assert not (tmp_path / "s.json.parts").exists()
+    server.hold.clear()
+    job = await submit(provider, tmp_path, 3)
+    assert batches(server, wire) == [job.parts[0].batch_id]
+
+
+async def test_a_second_submit_of_a_finished_job_creates_nothing(
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
+) -> None:
+    await submit(provider, tmp_path, 3)
+    before = len(server.requests)
+    job = await submit(provider, tmp_path, 3)
     assert len(server.requests) == before
     assert job.submitted
 
 
 async def test_other_tasks_on_an_existing_state_are_refused(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    provider: HTTPProvider, tmp_path: Path
 ) -> None:
-    state = tmp_path / "s.json"
-    async with make(wire, server) as provider:
-        await submit_batch(provider, tasks(3), state=state, polling=FAST)
-        with pytest.raises(BatchStateError, match="differ"):
-            await submit_batch(provider, tasks(4), state=state, polling=FAST)
+    await submit(provider, tmp_path, 3)
+    with pytest.raises(BatchStateError, match="differ"):
+        await submit(provider, tmp_path, 4)
 
 
 async def test_a_bad_task_is_refused_before_anything_is_sent(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     bad = [*tasks(2), LLMTask([LLMMessage("user", "x")], {"stream": True}, tag="s")]
-    async with make(wire, server) as provider:
-        with pytest.raises(ValueError, match=r"'s'.*stream"):
-            await submit_batch(provider, bad, state=tmp_path / "s.json", polling=FAST)
-        with pytest.raises(ValueError, match="twice"):
-            await submit_batch(provider, tasks(2) * 2, state=tmp_path / "s.json", polling=FAST)
+    with pytest.raises(ValueError, match=r"'s'.*stream"):
+        await submit_batch(provider, bad, state=tmp_path / "s.json", polling=FAST)
+    with pytest.raises(ValueError, match="twice"):
+        await submit_batch(provider, tasks(2) * 2, state=tmp_path / "s.json", polling=FAST)
     assert server.requests == []
     assert not (tmp_path / "s.json").exists()
 
 
 async def test_the_state_file_never_holds_the_key(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     state = tmp_path / "s.json"
     server.advance_on_poll = True
-    async with make(wire, server) as provider:
-        job = await submit_batch(provider, tasks(3), state=state, polling=FAST)
-        await job.wait(provider)
-        job.mark_collected(0)
+    job = await submit(provider, tmp_path, 3)
+    await job.wait(provider)
+    job.mark_collected(0)
     assert KEY not in state.read_text()
     assert KEY not in repr(job)
     assert [name for name in os.listdir(tmp_path) if name != "s.json"] == []  # no spool left
 
 
 async def test_a_restored_handle_waits_and_reads_results(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     state = tmp_path / "s.json"
-    async with make(wire, server) as provider:
-        await submit_batch(provider, tasks(3), state=state, polling=FAST)
-        server.finish()
-        job = BatchJob.load(state, polling=FAST)
-        results = await collect(job, provider)
+    await submit(provider, tmp_path, 3)
+    server.finish()
+    job = BatchJob.load(state, polling=FAST)
+    results = await collect(job, provider)
     assert sorted(results) == ["t0", "t1", "t2"]
 
 
 async def test_a_provider_for_another_server_is_refused(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     state = tmp_path / "s.json"
-    async with make(wire, server) as provider:
-        await submit_batch(provider, tasks(1), state=state, polling=FAST)
+    await submit(provider, tmp_path, 1)
     other = OpenAIProvider("m", base_url="http://127.0.0.1:9/v1", api_key=KEY)
     with pytest.raises(BatchStateError, match="submitted to"):
         await BatchJob.load(state).refresh(other)
 
 
 async def test_wait_cancelled_from_outside_leaves_a_usable_state(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
 ) -> None:
     state = tmp_path / "s.json"
-    async with make(wire, server) as provider:
-        job = await submit_batch(provider, tasks(2), state=state, polling=FAST)
-        with anyio.CancelScope() as scope:
-            await job.wait(provider, on_progress=lambda progress: scope.cancel())
-        assert scope.cancelled_caught
-        server.finish()
-        results = await collect(BatchJob.load(state, polling=FAST), provider)
+    job = await submit(provider, tmp_path, 2)
+    with anyio.CancelScope() as scope:
+        await job.wait(provider, on_progress=lambda progress: scope.cancel())
+    assert scope.cancelled_caught
+    server.finish()
+    results = await collect(BatchJob.load(state, polling=FAST), provider)
     assert len(results) == 2
 
 
 async def test_a_results_download_that_breaks_is_restarted_without_repeats(
-    server: FakeBatchServer, wire: str, tmp_path: Path
+    server: FakeBatchServer, provider: HTTPProvider, tmp_path: Path
 ) -> None:
-    async with make(wire, server) as provider:
-        job = await submit_batch(provider, tasks(4), state=tmp_path / "s.json", polling=FAST)
-        server.finish()
-        server.add_fault("results", Fault.drop())
-        results = await collect(job, provider)
+    job = await submit(provider, tmp_path, 4)
+    server.finish()
+    server.add_fault("results", Fault.drop())
+    results = await collect(job, provider)
     assert len(results) == 4
 
 
@@ -513,3 +553,95 @@ def test_anthropic_result_lines_become_outcomes() -> None:
     assert isinstance(outcome({"type": "canceled"}).error, BatchRequestCancelled)
     assert isinstance(outcome({"type": "expired"}).error, BatchRequestExpired)
     assert isinstance(outcome({"type": "succeeded", "message": "?"}).error, ProviderError)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (1711471533, 1711471533.0),
+        ("1711471533", 1711471533.0),
+        ("2024-09-24T18:37:24Z", 1727203044.0),
+        ("2024-09-24T18:37:24.100435+00:00", 1727203044.100435),
+        ("2024-09-24T18:37:24.100435123Z", 1727203044.100435),
+        (None, 0.0),  # unknown: reconciliation then leans on the other signs
+        ("yesterday", 0.0),
+    ],
+)
+def test_timestamps_in_either_spelling(value: object, seconds: float) -> None:
+    assert _seconds(value) == pytest.approx(seconds)
+
+
+def test_part_files_are_the_request_bodies_as_sent(tmp_path: Path) -> None:
+    given = tasks(5)
+    anthropic = AnthropicBatchAPI(AnthropicProvider("claude-test", api_key=KEY))
+    parts = _planned(anthropic, given, "run1", str(tmp_path), 3, 10_000)
+    body = json.loads((tmp_path / "llmfanout-run1-part1.jsonl").read_bytes())
+    assert [r["custom_id"] for r in body["requests"]] == ["run1-1-0", "run1-1-1"]
+    assert body["requests"][0]["params"]["messages"] == [{"role": "user", "content": "q3"}]
+    assert [p.rows for p in parts] == [3, 2]
+    openai = OpenAIBatchAPI(OpenAIProvider("gpt-test", api_key=KEY))
+    _planned(openai, given, "run2", str(tmp_path), 10, 10_000)
+    form = (tmp_path / "llmfanout-run2-part0.jsonl").read_bytes()
+    head, tail = openai.framing("llmfanout-run2-part0.jsonl")
+    assert form.startswith(head) and form.endswith(tail)
+    lines = form[len(head) : -len(tail)].splitlines()
+    assert [json.loads(line)["custom_id"] for line in lines] == [f"run2-0-{i}" for i in range(5)]
+
+
+# -- the state file ----------------------------------------------------------------------
+
+
+def a_state() -> State:
+    part = Part(index=0, tags=['"a"', "7"], size=10, digest="d", phase="creating")
+    return State(
+        run_id="r1",
+        provider="openai",
+        base_url="http://x/v1",
+        model="m",
+        created_at=1.5,
+        max_requests=10,
+        max_bytes=2048,
+        parts=[part],
+    )
+
+
+def test_the_state_round_trips_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "o.batch.json"
+    save(a_state(), path)
+    assert load(path) == a_state()
+    assert os.listdir(tmp_path) == ["o.batch.json"]
+
+
+def test_a_failed_save_keeps_the_old_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "o.batch.json"
+    save(a_state(), path)
+    changed = a_state()
+    changed.parts[0].phase = "submitted"
+
+    def full_disk(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save(changed, path)
+    assert load(path).parts[0].phase == "creating"
+    assert os.listdir(tmp_path) == ["o.batch.json"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "submit the batch first"),
+        ("{not json", "not JSON"),
+        ('{"version": 99}', "version 99"),
+        ('{"version": 1, "parts": []}', "not an llmfanout batch state file"),
+    ],
+)
+def test_an_unusable_state_file_says_what_to_do(
+    tmp_path: Path, text: str | None, message: str
+) -> None:
+    path = tmp_path / "o.batch.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(BatchStateError, match=message):
+        load(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -138,10 +139,10 @@ def rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in data.splitlines()]
 
 
-def check_once(path: Path, ids: list[str]) -> list[dict[str, Any]]:
+def check_once(path: Path, ids: list[Any]) -> list[dict[str, Any]]:
     found = rows(path)
     counts = Counter(row["id"] for row in found)
-    assert sorted(counts) == sorted(ids)
+    assert sorted(counts, key=repr) == sorted(ids, key=repr)
     assert set(counts.values()) == {1}, [k for k, n in counts.items() if n > 1]
     return found
 
@@ -165,6 +166,8 @@ def test_500_rows_submit_and_wait(
     assert all(row["success"] and row["batch_id"] for row in found)
     assert batch_count(server, wire) == 3
     assert "wrote 500 rows" in done.stderr
+    assert re.search(r"tokens in these rows: [\d,]+ prompt, [\d,]+ completion", done.stderr)
+    assert "batch 3 (100 rows) is " in done.stderr
     assert "500/500 requests done (100%), 500 ok, 0 failed; 3/3 batches ended" in done.stderr
     state = (tmp_path / "out.jsonl.batch.json").read_text()
     assert KEY not in state and KEY not in done.stderr
@@ -185,10 +188,26 @@ def test_bad_input_exits_2_with_line_numbers_and_sends_nothing(
     assert done.returncode == 2, done.stderr
     for number in (2, 3, 4, 5):
         assert f"in.jsonl:{number}:" in done.stderr
+    assert 'in.jsonl:5: "stream" is true' in done.stderr
     assert "in.jsonl:1:" not in done.stderr
     assert "nothing was sent" in done.stderr
     assert len(server.requests) == before
     assert not (tmp_path / "out.jsonl.batch.json").exists()
+
+
+def test_a_dry_run_shows_the_split_and_sends_nothing(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    write_input(tmp_path / "in.jsonl", 25)
+    before = len(server.requests)
+    bare = {k: v for k, v in os.environ.items() if k not in VARIABLES.values()}  # no key
+    args = submit_args(server, wire, "--dry-run", "--max-requests", "10")
+    done = llmfanout(*args, cwd=tmp_path, wire=wire, env=bare)
+    assert done.returncode == 0, done.stderr
+    assert "25 rows would go to" in done.stdout and "in 3 batch(es)" in done.stdout
+    assert "batch 3: 5 rows" in done.stdout
+    assert len(server.requests) == before
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
 
 
 def test_a_missing_key_is_a_usage_error(server: FakeBatchServer, tmp_path: Path) -> None:
@@ -232,11 +251,16 @@ def test_kill_after_the_create_was_sent_then_submit_again(
         wait_until(lambda: batch_count(server, wire) == 1, process)
         process.kill()
     server.hold.clear()
+    assert (tmp_path / "out.jsonl.batch.json.parts").is_dir()  # left by the kill
+    early = llmfanout("batch", "wait", "out.jsonl", cwd=tmp_path, wire=wire)
+    assert early.returncode == 2
+    assert "submit did not finish" in early.stderr
     server.advance_on_poll = True
     again = llmfanout(*args, "--wait", cwd=tmp_path, wire=wire)
     assert again.returncode == 0, again.stderr
     assert batch_count(server, wire) == 3  # the first one reconciled, not made twice
     check_once(tmp_path / "out.jsonl", ids)
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl", "out.jsonl", "out.jsonl.batch.json"]
 
 
 def test_kill_while_waiting_then_wait_again(
@@ -275,6 +299,42 @@ def test_kill_while_writing_rows_then_wait_again(
     server.stall_results_after = None
     again = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire=wire)
     assert again.returncode == 0, again.stderr
+    check_once(output, ids)
+
+
+def test_prices_give_the_cost_at_the_batch_price(server: FakeBatchServer, tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 4)
+    (tmp_path / "prices.json").write_text('{"m-test": {"input": 1000000, "output": 0}}')
+    server.advance_on_poll = True
+    args = submit_args(server, "openai", "--wait", "--prices", "prices.json")
+    done = llmfanout(*args, cwd=tmp_path, wire="openai")
+    assert done.returncode == 0, done.stderr
+    prompt = sum(row["usage"]["prompt_tokens"] for row in rows(tmp_path / "out.jsonl"))
+    # $1 a prompt token at list price; half that in a batch.
+    assert f"at the batch price: ${prompt / 2:,.2f}" in done.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = llmfanout(
+        "batch", "wait", "out.jsonl", "--prices", "bad.json", cwd=tmp_path, wire="openai"
+    )
+    assert bad.returncode == 2 and "--prices" in bad.stderr
+
+
+def test_wait_again_restores_rows_the_output_lost(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 6)
+    server.advance_on_poll = True
+    assert llmfanout(*submit_args(server, wire, "--wait"), cwd=tmp_path, wire=wire).returncode == 0
+    output = tmp_path / "out.jsonl"
+    kept = output.read_bytes().splitlines(keepends=True)[2:]  # two rows lost
+    output.write_bytes(b"".join(kept))
+    again = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire=wire)
+    assert again.returncode == 0, again.stderr
+    assert "wrote 2 rows" in again.stderr
+    check_once(output, ids)
+    # With nothing lost, a wait writes nothing.
+    idle = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire=wire)
+    assert "wrote 0 rows" in idle.stderr
     check_once(output, ids)
 
 
@@ -353,11 +413,12 @@ def test_wait_without_a_job_is_a_usage_error(tmp_path: Path) -> None:
     assert "submit the batch first" in done.stderr
 
 
-def test_a_second_process_on_the_same_job_is_refused(
+def test_beside_a_running_wait_status_and_cancel_work_and_writers_are_refused(
     server: FakeBatchServer, tmp_path: Path
 ) -> None:
-    write_input(tmp_path / "in.jsonl", 3)
+    ids = write_input(tmp_path / "in.jsonl", 4)
     assert llmfanout(*submit_args(server, "openai"), cwd=tmp_path, wire="openai").returncode == 0
+    server.advance()  # half done
     wait = ("batch", "wait", "out.jsonl", *FAST)
     with started(*wait, cwd=tmp_path, wire="openai") as process:
         wait_until(lambda: server.polls >= 1, process)
@@ -372,7 +433,18 @@ def test_a_second_process_on_the_same_job_is_refused(
         )  # fmt: skip
         assert run.returncode == 2
         assert "(llmfanout batch wait)" in run.stderr
-        process.kill()
+        # Reading and cancelling do not need the lock.
+        status = llmfanout("batch", "status", "out.jsonl", cwd=tmp_path, wire="openai")
+        assert status.returncode == 0 and "2/4 requests done" in status.stdout
+        cancel = llmfanout("batch", "cancel", "out.jsonl", cwd=tmp_path, wire="openai")
+        assert cancel.returncode == 0, cancel.stderr
+        assert "(llmfanout batch wait)) collects" in cancel.stderr
+        (batch,) = server.batches.values()
+        assert batch.cancelling
+        server.advance()  # the provider finishes cancelling; the wait collects and ends
+        assert process.wait(timeout=DEADLINE) == 1
+    found = {row["id"]: row for row in check_once(tmp_path / "out.jsonl", ids)}
+    assert [found[key]["success"] for key in ids] == [True, True, False, False]
 
 
 # -- the wait's progress display (in this process) -----------------------------------------
@@ -415,3 +487,41 @@ def test_a_terminal_gets_a_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     display.stop()
     assert "5/10" in stream.getvalue()
     assert "1/2 batches ended" in stream.getvalue()
+
+
+def test_the_three_input_formats_reach_the_batch_as_run_sends_them(
+    server: FakeBatchServer, wire: str, tmp_path: Path
+) -> None:
+    rows_in = [
+        {"id": "p", "prompt": "plain"},
+        {
+            "id": 7,
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "with params"},
+            ],
+            "params": {"temperature": 0.5, "max_tokens": 9},
+        },
+        {
+            "custom_id": "b-1",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "row-model", "messages": [{"role": "user", "content": "batch"}]},
+        },
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_in))
+    server.advance_on_poll = True
+    done = llmfanout(*submit_args(server, wire, "--wait"), cwd=tmp_path, wire=wire)
+    assert done.returncode == 0, done.stderr
+    (batch,) = server.batches.values()
+    bodies = [body for _, body in batch.requests]
+    assert [b["model"] for b in bodies] == ["m-test", "m-test", "row-model"]
+    assert bodies[1]["temperature"] == 0.5 and bodies[1]["max_tokens"] == 9
+    if wire == "anthropic":
+        assert bodies[1]["system"] == "be brief"
+        assert bodies[0]["max_tokens"] == 1024  # the provider's default, which the API needs
+    else:
+        assert bodies[1]["messages"][0] == {"role": "system", "content": "be brief"}
+    found = {row["id"]: row for row in check_once(tmp_path / "out.jsonl", ["p", 7, "b-1"])}
+    assert found[7]["content"] == "echo: with params"
+    assert found["b-1"]["model"] == "row-model"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,8 @@ def test_a_second_run_on_the_same_output_refuses_at_once(
     tmp_path: Path, backend: str, second: list[str]
 ) -> None:
     source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
-    ids = write_prompts(source, 200)
+    # 40 s of work: the first run is still writing however slowly the second one starts.
+    ids = write_prompts(source, 4000)
     slow = ["--echo-latency", "0.02", "--concurrency", "2", "--backend", backend]
     with started("run", source, "-o", output, *slow, cwd=tmp_path) as first:
         wait_for_rows(output, 5, first)
@@ -154,11 +156,65 @@ def test_a_second_run_on_the_same_output_refuses_at_once(
 
 def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path: Path) -> None:
     source, output = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
-    ids = write_prompts(source, 100)
-    with started("run", source, "-o", output, "--echo-latency", "0.02", cwd=tmp_path) as first:
+    ids = write_prompts(source, 2000)  # 20 s of work: killed long before the end
+    slow = ["--echo-latency", "0.02", "--concurrency", "2"]
+    with started("run", source, "-o", output, *slow, cwd=tmp_path) as first:
         wait_for_rows(output, 5, first)
         first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
+        assert first.wait(timeout=30) == -signal.SIGKILL
     done = llmfanout("run", source, "-o", output, "--resume", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert_each_once(output, ids)
+
+
+# -- --shared-limit: checked before anything is sent ----------------------------------------
+
+
+def test_an_unreachable_shared_limit_stops_the_run_before_sending(tmp_path: Path) -> None:
+    """Else every row would fail in turn (no share known) and count as done on --resume."""
+    pytest.importorskip("redis")
+    from redis_server import free_port
+
+    url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
+    output = tmp_path / "o.jsonl"
+    done = llmfanout(
+        "run", PROMPTS, "-o", output, "--shared-limit", url, "--rpm", "60", cwd=tmp_path
+    )
+    assert_usage_error(done, "--shared-limit: cannot reach Redis at redis://user:***@127.0.0.1:")
+    assert "hunter2" not in done.stderr
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shared-limit", "http://h/0", "--rpm", "60"], "--shared-limit 'http://h/0' is not a"),
+        (["--shared-limit", "redis://h/0"], "--shared-limit needs --rpm or --tpm"),
+    ],
+)
+def test_a_bad_shared_limit_names_the_flag(tmp_path: Path, args: list[str], message: str) -> None:
+    pytest.importorskip("redis")
+    done = llmfanout("run", PROMPTS, "-o", tmp_path / "o.jsonl", *args, cwd=tmp_path)
+    assert_usage_error(done, message)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_as_input_is_read_once_and_kept(tmp_path: Path) -> None:
+    """``llmfanout run <(make-rows) -o out.jsonl``: a pipe cannot be read twice, so it is
+    copied before the two passes."""
+    pipe, output = tmp_path / "rows.pipe", tmp_path / "o.jsonl"
+    os.mkfifo(pipe)
+    text = PROMPTS.read_bytes()
+
+    def feed() -> None:
+        with pipe.open("wb") as writer:
+            writer.write(text)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        done = llmfanout("run", pipe, "-o", output, "--quiet", cwd=tmp_path)
+    finally:
+        feeder.join(timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert len(rows(output)) == len(text.splitlines())

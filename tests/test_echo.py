@@ -112,3 +112,14 @@ async def test_record_calls_false_counts_without_keeping_calls() -> None:
         await provider.complete(HELLO)
     assert provider.call_count == 3
     assert provider.calls == []
+
+
+async def test_on_text_gets_the_answer_word_by_word() -> None:
+    pieces: list[str] = []
+
+    async def on_text(piece: str) -> None:
+        pieces.append(piece)
+
+    response = await EchoProvider().complete(HELLO, config_overrides={"on_text": on_text})
+    assert pieces == ["Echo: ", "hello ", "there"]
+    assert "".join(pieces) == response.content

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -22,9 +22,23 @@ from llmfanout import (
     ParallelLLMExecutor,
     RetryConfig,
 )
-from llmfanout.testing import ErrorResponse, text_response
+from llmfanout.testing import ErrorResponse, set_testing, text_response
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def instant_retries() -> Iterator[None]:
+    """Retry policies here keep their production delays; testing mode skips the waits."""
+    with set_testing(True):
+        yield
+
+
+@pytest.fixture
+def real_waits(instant_retries: None) -> Iterator[None]:
+    """For the tests about the waits themselves."""
+    with set_testing(False):
+        yield
 
 
 class GateProvider:
@@ -141,7 +155,7 @@ async def test_no_provider_can_change_what_another_call_sees(timeout: float | No
         provider,
         max_concurrency=1,
         default_config_overrides=defaults,
-        default_retry=RetryConfig(max_attempts=2, initial_delay=0),
+        default_retry=RetryConfig(max_attempts=2),
         default_timeout=timeout,
     )
     tasks = {
@@ -171,9 +185,7 @@ async def test_no_provider_can_change_what_another_call_sees(timeout: float | No
 async def test_task_retry_overrides_default_retry() -> None:
     provider = EchoProvider()
     provider.set_response_function(lambda messages: _raise(ConnectionError("flaky")))
-    executor = ParallelLLMExecutor(
-        provider, default_retry=RetryConfig(max_attempts=3, initial_delay=0)
-    )
+    executor = ParallelLLMExecutor(provider, default_retry=RetryConfig(max_attempts=3))
     results = await executor.execute(
         {"default": ask("d"), "own": ask("o", retry=RetryConfig(max_attempts=1))}
     )
@@ -187,6 +199,7 @@ def _raise(exc: Exception) -> str:
     raise exc
 
 
+@pytest.mark.usefixtures("real_waits")
 async def test_retry_recovers_and_counts_attempts_and_waits() -> None:
     provider = EchoProvider()
     provider.set_responses([ErrorResponse(TimeoutError("slow")), text_response("fine")])
@@ -390,6 +403,23 @@ async def test_nested_calls_at_any_depth_finish_and_never_exceed_the_cap(
     assert executor._cap.free == executor.max_concurrency
 
 
+async def test_a_call_back_into_an_executor_through_another_one_finds_its_slot() -> None:
+    # a's task calls b, whose task calls a again: a's slot is still a's to lend.
+    a = ParallelLLMExecutor(EchoProvider(), max_concurrency=1)
+    b = ParallelLLMExecutor(EchoProvider(), max_concurrency=1)
+
+    async def back_into_a() -> str:
+        return (await a.execute({"x": ask("x")}))["x"].value.content
+
+    async def into_b() -> Any:
+        return (await b.execute_mixed({"y": DeterministicTask(back_into_a)}))["y"].value
+
+    with anyio.fail_after(5):
+        results = await a.execute_mixed({"z": DeterministicTask(into_b)})
+    assert results["z"].value == "Echo: x"
+    assert a._cap.free == 1 and b._cap.free == 1
+
+
 async def test_cancelling_from_outside_during_nested_calls_stops_everything() -> None:
     provider = GateProvider(cap_watch=2)
     executor = ParallelLLMExecutor(provider, max_concurrency=2)
@@ -571,6 +601,7 @@ async def test_move_on_after_stops_execute_promptly() -> None:
     assert provider.in_flight == 0
 
 
+@pytest.mark.usefixtures("real_waits")
 async def test_cancelling_during_retry_waits_is_prompt() -> None:
     waiting = 0
     all_waiting = anyio.Event()
@@ -700,7 +731,7 @@ async def test_every_tag_gets_exactly_the_result_its_calls_produced(
     plan_of = {f"t{i}": plan for i, plan in enumerate(plans)}
     provider = PlannedProvider(plan_of)
     tasks = {
-        tag: ask(tag, retry=RetryConfig(max_attempts=max_attempts[i], initial_delay=0))
+        tag: ask(tag, retry=RetryConfig(max_attempts=max_attempts[i]))
         for i, tag in enumerate(plan_of)
     }
     seen: list[str] = []
@@ -839,9 +870,9 @@ def _boom(*args: object) -> bool:
     ("retry", "bad", "good"),
     [
         # retry_on_result judges values: it breaks the task that succeeded
-        (RetryConfig(initial_delay=0, retry_on_result=_boom), ConnectionError, LookupError),
+        (RetryConfig(retry_on_result=_boom), ConnectionError, LookupError),
         # on_retry and on_failure run for failures: they break the failing task
-        (RetryConfig(initial_delay=0, on_retry=_boom), LookupError, None),
+        (RetryConfig(on_retry=_boom), LookupError, None),
         (RetryConfig(max_attempts=1, on_failure=_boom), LookupError, None),
     ],
     ids=["retry_on_result", "on_retry", "on_failure"],
@@ -872,6 +903,7 @@ class TooManyRequests(Exception):
         self.retry_after = retry_after
 
 
+@pytest.mark.usefixtures("real_waits")
 async def test_a_429_cooldown_is_capped_by_the_retry_policys_max_delay() -> None:
     from llmfanout import RateLimit
 

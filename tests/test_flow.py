@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -23,10 +23,18 @@ from llmfanout import (
     TaskAborted,
     TaskResult,
 )
+from llmfanout.testing import set_testing
 
 pytestmark = pytest.mark.anyio
 
-NO_WAIT = RetryConfig(max_attempts=3, initial_delay=0)
+# A production-like policy (1 s, then 2 s of backoff): testing mode makes the waits instant.
+NO_WAIT = RetryConfig(max_attempts=3)
+
+
+@pytest.fixture(autouse=True)
+def instant_retries() -> Iterator[None]:
+    with set_testing(True):
+        yield
 
 
 class Boom(Exception):
@@ -137,7 +145,7 @@ async def test_a_timed_out_attempt_is_retried() -> None:
 
 async def test_when_every_attempt_times_out_the_result_records_it() -> None:
     retried: list[Exception] = []
-    retry = RetryConfig(max_attempts=3, initial_delay=0, on_retry=lambda n, e: retried.append(e))
+    retry = RetryConfig(max_attempts=3, on_retry=lambda n, e: retried.append(e))
     provider = PlanProvider()
     executor = ParallelLLMExecutor(provider, default_retry=retry)
     with anyio.fail_after(5):

@@ -10,6 +10,7 @@ import pytest
 
 from llmfanout import LLMMessage
 from llmfanout._input_rows import Bad, BadRow, ParsedRow, parse_row, read_rows, scan
+from llmfanout._messages import ImagePart, TextPart, ToolCall
 from llmfanout._output_rows import Recovered
 
 
@@ -63,8 +64,28 @@ def test_openai_batch_row() -> None:
     }
     key, row_id, messages, params = parse_row(line(row))
     assert (key, row_id) == ('"request-1"', "request-1")
-    assert messages == (LLMMessage("user", "ab"),)
+    assert messages == (LLMMessage("user", (TextPart("a"), TextPart("b"))),)
     assert params == {"model": "gpt-4o-mini", "max_tokens": 5}
+
+
+def test_images_tool_calls_and_tool_answers_are_read_as_the_library_reads_them() -> None:
+    row = {
+        "id": "t",
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            ]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        ],
+    }  # fmt: skip
+    user, assistant, tool = parse_row(line(row)).messages
+    assert user.content == (TextPart("what is this?"), ImagePart("https://example.com/a.png"))
+    assert assistant.tool_calls == (ToolCall("c1", "f", "{}"),)
+    assert (tool.role, tool.tool_call_id, tool.content) == ("tool", "c1", "42")
 
 
 def test_int_and_string_ids_are_distinct_keys() -> None:
@@ -88,17 +109,17 @@ def test_int_and_string_ids_are_distinct_keys() -> None:
         (line({"id": "a", "messages": []}), '"messages" must be a non-empty list', '"a"'),
         (
             line({"id": "a", "messages": [{"role": "bot", "content": "x"}]}),
-            'messages[0].role is "bot"; use one of assistant, system, tool, user',
+            "messages[0].role is 'bot'; use one of assistant, system, tool, user",
             '"a"',
         ),
         (
             line({"id": "a", "messages": [{"role": "user", "content": 3}]}),
-            "messages[0].content must be a string, not int",
+            "messages[0].content must be a str or a list of content parts, not int",
             '"a"',
         ),
         (
-            line({"id": "a", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
-            "has a 'image_url' part; only text parts are supported",
+            line({"id": "a", "messages": [{"role": "user", "content": [{"type": "audio"}]}]}),
+            "messages[0].content[0] has type 'audio'; use 'text' or 'image_url'",
             '"a"',
         ),
         (line({"id": "a", "prompt": "x", "params": [1]}), '"params" must be an object', '"a"'),

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fake_llm_server import fake_llm_server_in_thread
 from llmfanout import JobError, JobSpec, arun_rows, run_rows
-from llmfanout._job import _limiter_for, scrubber
+from llmfanout._job import Job, _limiter_for, scrubber
 
 pytestmark = pytest.mark.anyio
 
@@ -114,7 +114,7 @@ def test_bad_rows_become_failed_rows_naming_the_problem() -> None:
     assert out[2]["id"] == "no-prompt"
     assert 'no "prompt" or "messages"' in out[2]["error"]["message"]
     assert out[3]["id"] is None and "not an object" in out[3]["error"]["message"]
-    assert 'body.messages[0].role is "robot"' in out[4]["error"]["message"]
+    assert "body.messages[0].role is 'robot'" in out[4]["error"]["message"]
     assert '"id" is true' in out[5]["error"]["message"]
     assert {row["error"]["type"] for row in out.values()} == {"InvalidInput"}
     assert all(row["attempts"] == 0 for row in out.values())
@@ -273,3 +273,13 @@ def test_every_input_row_gets_exactly_one_output_row(ids: list[int | str | None]
     assert len(out) == len(rows)
     good = Counter(v for v in ids if isinstance(v, int))
     assert Counter(row["id"] for row in out if row["success"]) == good
+
+
+async def test_a_job_runs_once() -> None:
+    """Its bookkeeping follows one executor run's count of tasks: a second run is refused."""
+    job = Job(JobSpec())
+    async with job.run([]) as out:
+        assert [row async for row in out] == []
+    with pytest.raises(RuntimeError, match="make a new Job"):
+        async with job.run([]):
+            pass

@@ -26,7 +26,7 @@ from llmfanout import (
 from llmfanout.errors import BadRequestError
 from llmfanout.providers._anthropic_format import messages_to_wire as anthropic_wire
 from llmfanout.providers._anthropic_format import tool_choice_to_wire, tools_to_wire
-from llmfanout.providers._openai_format import message_to_wire, messages_to_wire
+from llmfanout.providers._openai_format import message_to_wire, messages_to_wire, tool_calls_from
 from test_docs import ROOT, blocks
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
@@ -440,3 +440,11 @@ def test_openai_tool_choice_is_rewritten_for_anthropic(given: Any, expected: Any
 def test_anthropic_tools_pass_unchanged() -> None:
     native = [{"name": "f", "input_schema": {"type": "object"}}, {"type": "web_search_20250305"}]
     assert tools_to_wire(native) == native
+
+
+def test_openai_tool_calls_from_lenient_servers() -> None:
+    raw = [
+        {"type": "function", "function": {"name": "f", "arguments": {"x": 1}}},
+        {"id": "b", "type": "custom", "custom": {"name": "g"}},  # not a function: left in raw
+    ]
+    assert tool_calls_from(raw) == (ToolCall("call_0", "f", '{"x": 1}'),)

@@ -86,3 +86,18 @@ def test_works_with_the_sync_calls() -> None:
 def test_a_bad_total_is_refused() -> None:
     with pytest.raises(ValueError, match="ProgressBar: total is -1; give the number of tasks"):
         ProgressBar(-1)
+
+
+def test_a_notebook_without_ipywidgets_gets_the_counts_once_at_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    printed: list[str] = []
+    console = Console(file=io.StringIO(), force_jupyter=True)
+    monkeypatch.setattr(console, "print", lambda text: printed.append(text))
+    monkeypatch.setattr("llmfanout._progressbar.find_spec", lambda name: None)
+    bar = ProgressBar(2, console=console)
+    ParallelLLMExecutor(EchoProvider()).execute_sync(
+        {"a": LLMTask([LLMMessage("user", "a")]), "b": LLMTask([LLMMessage("user", "b")])},
+        on_result=bar,
+    )
+    assert printed == ["llmfanout: 2/2: 2 ok, 0 failed, 0 retries"]

@@ -380,7 +380,7 @@ async def test_the_api_key_appears_nowhere(
     ]
     tasks = {f"f{i}": task(f"f{i}") for i in range(len(faults))}
     tasks["ok"] = task("fine")
-    tasks["stream"] = LLMTask([LLMMessage("user", "s")], config_overrides={"stream": True})
+    tasks["not-json"] = LLMTask([LLMMessage("user", "s")], config_overrides={"tools": object()})
     tasks["nan"] = LLMTask(
         [LLMMessage("user", "n")], config_overrides={"temperature": float("nan")}
     )

@@ -134,11 +134,10 @@ async def test_headers_can_override_the_api_version(mocked: Any) -> None:
     ("messages", "overrides"),
     [
         ([LLMMessage("tool", "42")], None),
-        ([LLMMessage("user", "x")], {"stream": True}),
         ([LLMMessage("user", "x")], {"temperature": float("inf")}),
         ([LLMMessage("user", "x")], {"stop": 3}),
     ],
-    ids=["tool-role", "stream", "inf", "bad-stop"],
+    ids=["tool-role", "inf", "bad-stop"],
 )
 async def test_a_request_that_cannot_be_sent_is_refused_before_sending(
     mocked: Any, messages: list[LLMMessage], overrides: dict[str, Any] | None

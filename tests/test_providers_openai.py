@@ -144,8 +144,8 @@ async def test_executor_overrides_reach_the_request(mocked: Any) -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"stream": True}, {"temperature": float("nan")}, {"tools": object()}],
-    ids=["stream", "nan", "not-json"],
+    [{"temperature": float("nan")}, {"tools": object()}],
+    ids=["nan", "not-json"],
 )
 async def test_a_request_that_cannot_be_sent_is_refused_before_sending(
     mocked: Any, overrides: dict[str, Any]
@@ -253,7 +253,6 @@ async def test_key_from_the_environment(
         ({"timeout": 0}, ValueError, "timeout is 0"),
         ({"timeout": None}, ValueError, "timeout is None"),
         ({"max_connections": 0}, ValueError, "max_connections is 0"),
-        ({"default_params": {"stream": True}}, ValueError, "stream=True"),
         ({"default_params": ["temperature"]}, TypeError, "default_params"),
         ({"headers": {"x-a": 1}}, TypeError, "headers"),
         ({"headers": {"x-a": "a\r\nb"}}, ValueError, "header 'x-a'"),

@@ -25,7 +25,7 @@ from llmfanout import (
     RateLimit,
     RetryConfig,
 )
-from llmfanout._ratelimit import estimate_tokens, is_rate_limit_error
+from llmfanout._ratelimit import IMAGE_TOKENS, estimate_tokens, is_rate_limit_error
 from llmfanout.errors import RateLimitError, ServerError
 
 pytestmark = pytest.mark.anyio
@@ -532,3 +532,23 @@ def test_a_second_event_loop_gets_a_clear_error_at_its_first_call(
     assert "in use by another event loop" in str(error)
     assert "Give each event loop its own RateLimit" in str(error)
     assert held["a"].value.content == "held"  # the first loop's call was not disturbed
+
+
+def test_estimate_counts_the_text_of_content_parts_and_a_guess_per_image() -> None:
+    parts = LLMTask(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "x" * 80},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                    {"type": "text", "text": "y" * 20},
+                ],
+            }
+        ]
+    )
+    plain = ask("x" * 80 + "y" * 20)
+    # The parts' characters, not their count: the same text as a plain string estimates
+    # the same, and the image adds its flat guess.
+    assert estimate_tokens(parts, None) == estimate_tokens(plain, None) + IMAGE_TOKENS
+    assert estimate_tokens(plain, None) == 100 // 4 + 4

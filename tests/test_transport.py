@@ -8,6 +8,7 @@ request and stream primitives, and base URLs from the environment.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import ssl
@@ -18,9 +19,12 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import httptools
 import httpx
 import pytest
 import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fake_llm_server import FakeLLMServer, Fault, serve_fake_llm
 from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor, RetryConfig
@@ -32,7 +36,8 @@ from llmfanout.errors import (
     ResponseFormatError,
 )
 from llmfanout.providers import AnthropicProvider, OpenAIProvider
-from llmfanout.providers._transport import HTTPXTransport, Pool, default_ssl_context
+from llmfanout.providers._httpx import HTTPXTransport
+from llmfanout.providers._transport import Pool, TooLarge, _Exchange, default_ssl_context
 from raw_http_server import serve_raw
 
 pytestmark = pytest.mark.anyio
@@ -452,3 +457,125 @@ async def test_base_url_from_the_environment_is_where_requests_go(
     async with OpenAIProvider("m", api_key=KEY) as provider:
         assert (await provider.complete(MESSAGES)).content == "echo: hi"
     assert len(server.requests) == 1
+
+
+# -- a request that never reached the server, and one that may have -------------------
+
+
+async def test_a_request_that_never_left_is_sent_again_on_a_new_connection(
+    server: FakeLLMServer,
+) -> None:
+    """The server reset an idle connection and the zero-time poll missed it (a race): the
+    write fails, so the server never saw the request, and a new connection serves it."""
+
+    class Reset(anyio.abc.ByteStream):
+        def __init__(self, inner: anyio.abc.ByteStream) -> None:
+            self.inner = inner
+
+        async def send(self, item: bytes) -> None:
+            raise anyio.BrokenResourceError  # what a write to a reset socket raises
+
+        async def receive(self, max_bytes: int = 65536) -> bytes:
+            raise AssertionError("nothing was sent, so nothing is read")
+
+        async def send_eof(self) -> None:
+            await self.inner.send_eof()
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    async with openai(server.openai_base_url) as provider:
+        executor = ParallelLLMExecutor(provider, default_retry=ONCE)
+        assert (await executor.execute(tasks("a", 1)))["a0"].success
+        pool = provider._transport()
+        assert isinstance(pool, Pool)
+        [idle] = pool._idle
+        idle.stream = Reset(idle.stream)
+        [result] = (await executor.execute(tasks("b", 1))).values()
+    assert result.success and result.attempts == 1
+    assert [r.prompt for r in server.requests] == ["a0", "b0"]
+    assert server.connections_opened == 2
+
+
+async def test_a_request_that_may_have_reached_the_server_is_not_resent(
+    server: FakeLLMServer,
+) -> None:
+    async with openai(server.openai_base_url) as provider:
+        await provider.complete(MESSAGES)  # the connection is now idle, and reused next
+        server.add_faults(Fault.disconnect())
+        with pytest.raises(APIConnectionError) as caught:
+            await provider.complete(MESSAGES)
+    assert caught.value.retryable  # the executor's RetryConfig decides, not the transport
+    assert len(server.requests) == 2  # it arrived once and was not sent again
+
+
+# -- parsing: any split of the bytes gives the same response -----------------------------
+
+
+def _wire(body: bytes, *, chunked: bool, gzipped: bool) -> bytes:
+    payload = gzip.compress(body) if gzipped else body
+    head = b"HTTP/1.1 200 OK\r\nx-request-id: r1\r\n"
+    if gzipped:
+        head += b"content-encoding: gzip\r\n"
+    if not chunked:
+        return head + b"content-length: %d\r\n\r\n" % len(payload) + payload
+    pieces = [payload[i : i + 7] for i in range(0, len(payload), 7)]
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+    return head + b"transfer-encoding: chunked\r\n\r\n" + framed + b"0\r\n\r\n"
+
+
+@given(
+    body=st.binary(max_size=2000),
+    chunked=st.booleans(),
+    gzipped=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+)
+def test_a_response_split_anywhere_parses_the_same(
+    body: bytes, chunked: bool, gzipped: bool, cuts: list[int]
+) -> None:
+    wire = _wire(body, chunked=chunked, gzipped=gzipped)
+    exchange = _Exchange(max_bytes=1 << 20)
+    parser = httptools.HttpResponseParser(exchange)
+    exchange.parser = parser
+    edges = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    for start, end in itertools.pairwise(edges):
+        parser.feed_data(wire[start:end])
+    assert exchange.complete and exchange.keep_alive and exchange.error is None
+    assert exchange.status == 200 and exchange.headers["x-request-id"] == "r1"
+    assert exchange.body() == body
+
+
+@given(body=st.binary(min_size=1, max_size=5000), limit=st.integers(min_value=0, max_value=6000))
+def test_the_size_cap_holds_for_any_body(body: bytes, limit: int) -> None:
+    exchange = _Exchange(max_bytes=limit)
+    parser = httptools.HttpResponseParser(exchange)
+    exchange.parser = parser
+    parser.feed_data(_wire(body, chunked=False, gzipped=True))
+    if len(body) > limit:
+        assert isinstance(exchange.error, TooLarge) and sum(map(len, exchange.chunks)) == 0
+    else:
+        assert exchange.error is None and exchange.body() == body
+
+
+@pytest.mark.parametrize("cancel_after", [1, 7, 20])  # 8 hung calls fill the pool by 22
+async def test_cancellation_at_any_point_leaks_no_connection_slot(
+    server: FakeLLMServer, cancel_after: int
+) -> None:
+    """Every slot comes back: after cancelling calls midway, the pool's count of open
+    connections is exactly its idle ones, and a full-size round still gets through."""
+    server.fault_for = lambda request: Fault.hang() if request.index % 3 == 0 else None
+    async with openai(server.openai_base_url, max_connections=8) as provider:
+        pool = provider._transport()
+        assert isinstance(pool, Pool)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                for _ in range(40):
+                    tg.start_soon(provider.complete, MESSAGES)
+                await server.wait_for_requests(cancel_after)
+                scope.cancel()
+        assert pool.open_connections == len(pool._idle) <= 8
+        await server.close_idle_connections()  # and some die while idle, too
+        server.fault_for = None
+        executor = ParallelLLMExecutor(provider, max_concurrency=8, default_retry=ONCE)
+        results = await executor.execute(tasks("after", 16))
+    assert all(r.success for r in results.values())

@@ -6,11 +6,13 @@ step in the state file before taking it, so a process killed at any moment can r
 same call again and carry on:
 
 - a part is saved ``creating`` (with the time) just before its create call. Found so
-  after a crash, it is reconciled with the provider's list of recent batches: on OpenAI
-  by the metadata we attach (run id and part number) or the uploaded file's id; on
-  Anthropic, which takes no metadata, by the request count among the batches created
-  since that time, not claimed by another part (and the custom ids, which carry the run
-  id, are checked when results are read). Only a part found nowhere is created again.
+  after a crash, or after a create call that failed in a way that may have taken effect,
+  it is reconciled with the provider's list of recent batches: on OpenAI by the metadata
+  we attach (run id and part number) or the uploaded file's id; on Anthropic, which takes
+  no metadata, by the request count among the batches created since that time and not
+  claimed by another part, an ended candidate being probed for our custom ids (which
+  carry the run id; they are checked again when results are read). Only a part found
+  nowhere is created again.
 - a created part is saved with its batch id at once.
 
 :class:`BatchJob` is the handle: saved in the state file, restored with
@@ -26,12 +28,12 @@ import hashlib
 import logging
 import os
 import secrets
-import tempfile
+import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import aclosing
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import attrs
@@ -50,8 +52,6 @@ from .errors import ProviderError
 from .providers._http import HTTPProvider
 
 logger = logging.getLogger("llmfanout")
-
-T = TypeVar("T")
 
 BODY_OVERHEAD = 64
 """Bytes of a batch's size limit kept for what wraps the request lines."""
@@ -222,6 +222,10 @@ class BatchJob:
     def submitted(self) -> bool:
         """Every part has a batch on the provider's side."""
         return all(part.batch_id is not None for part in self._state.parts)
+
+    def tags(self, index: int) -> Sequence[str]:
+        """The tags of part ``index``'s tasks, in the order they were sent."""
+        return tuple(self._state.parts[index].tags)
 
     def progress(self) -> BatchProgress:
         """The counts as last seen (no network)."""
@@ -395,19 +399,22 @@ class BatchJob:
         part.ended = True
         self._save()
 
-    async def cancel(self, provider: HTTPProvider) -> BatchProgress:
+    async def cancel(self, provider: HTTPProvider, *, record: bool = True) -> BatchProgress:
         """Cancel every unfinished part; parts not yet created never will be.
 
         Requests already processed keep their results; the rest come back as failed
-        (cancelled) results once each part has ended.
+        (cancelled) results once each part has ended. With ``record=False`` the state
+        file is left alone (another process owns it): only the provider is told.
         """
         api = _api(provider, self._state)
         self._state.cancelled = True
-        self._save()
+        if record:
+            self._save()
         for part in self._state.parts:
             if part.batch_id is not None and not part.ended:
                 self._update(part, await self._call(_getter(api, part, cancel=True)))
-        self._save()
+        if record:
+            self._save()
         return self.progress()
 
 
@@ -483,9 +490,11 @@ def _planned(
     parts: list[Part] = []
     seen: set[str] = set()
     file = None
+    tail = b""
     digest = hashlib.sha256()
     part: Part | None = None
     limit = max_bytes - BODY_OVERHEAD
+    separator = api.separator
     try:
         for number, task in enumerate(tasks):
             if not isinstance(task, LLMTask):
@@ -500,31 +509,47 @@ def _planned(
                 body = api.body(task.messages, task.config_overrides)
             except ProviderError as exc:
                 raise ValueError(f"task {tag!r}: {exc}") from None
+            if body.get("stream"):
+                raise ValueError(
+                    f"task {tag!r}: stream=True in its parameters; a batch returns whole "
+                    "answers, so remove it"
+                )
             # The custom id is ours, "<run>-<part>-<i>": it fits both APIs' rules whatever
             # the tag, and tells this job's results from any other's.
+            # A part's size counts its lines and what separates them (the limit's
+            # measure); the digest covers the lines alone.
             line = b""
             if part is not None and part.rows < max_requests:
                 line = api.line(f"{run_id}-{part.index}-{part.rows}", body)
-            if part is None or not line or part.size + len(line) > limit:
+            if part is None or not line or part.size + len(separator) + len(line) > limit:
                 if part is not None and file is not None:
+                    file.write(tail)
                     file.close()
                     part.digest = digest.hexdigest()
                 part = Part(index=len(parts), tags=[], size=0, digest="")
                 parts.append(part)
                 digest = hashlib.sha256()
-                file = open(_part_file(folder, run_id, part.index), "wb")  # noqa: SIM115
+                path = _part_file(folder, run_id, part.index)
+                head, tail = api.framing(os.path.basename(path))
+                file = open(path, "wb")  # noqa: SIM115  (closed below, or in finally)
+                file.write(head)
                 line = api.line(f"{run_id}-{part.index}-0", body)
                 if len(line) > limit:
                     raise ValueError(
                         f"task {tag!r}: its request is {len(line)} bytes, more than the "
                         f"{limit} bytes a batch may hold"
                     )
+            elif separator:
+                assert file is not None
+                file.write(separator)
+                part.size += len(separator)
             assert file is not None
             file.write(line)
             digest.update(line)
             part.tags.append(tag)
             part.size += len(line)
-        if part is not None:
+        if part is not None and file is not None:
+            file.write(tail)
             part.digest = digest.hexdigest()
     finally:
         if file is not None:
@@ -662,6 +687,11 @@ class _Submitter:
         return chosen
 
 
+def _fresh_folder(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.mkdir(path)
+
+
 def _open(
     provider: HTTPProvider, path: str, max_requests: int | None, max_bytes: int | None
 ) -> tuple[State | None, BatchAPI, int, int]:
@@ -691,6 +721,7 @@ async def submit_batch(
     polling: Polling | None = None,
     input_name: str | None = None,
     api_key_env: str | None = None,
+    on_part: Callable[[BatchPart], None] | None = None,
 ) -> BatchJob:
     """Submit ``tasks`` as provider batches; the :class:`BatchJob` that tracks them.
 
@@ -705,13 +736,17 @@ async def submit_batch(
     twice; ``BatchStateError`` if the tasks differ from the first time. Cancellation leaves
     the state file consistent: run the same call again to finish. ``input_name`` and
     ``api_key_env`` (the name of the variable the key came from, never the key) are
-    recorded for later commands.
+    recorded for later commands. ``on_part`` is called with each part once it exists at
+    the provider (those created by an earlier, interrupted call included).
     """
     path = os.fspath(state)
     existing, api, requests, size = _open(provider, path, max_requests, max_bytes)
     run_id = existing.run_id if existing is not None else secrets.token_hex(4)
-    folder = os.path.dirname(path) or "."
-    with tempfile.TemporaryDirectory(prefix=".llmfanout-batch-", dir=folder) as spool:
+    # The request files go beside the state, in a folder of a fixed name: one a killed
+    # submit left behind is cleared by the next, not left to pile up.
+    spool = path + ".parts"
+    await anyio.to_thread.run_sync(_fresh_folder, spool)
+    try:
         parts = await anyio.to_thread.run_sync(_planned, api, tasks, run_id, spool, requests, size)
         if existing is None:
             record = State(
@@ -739,4 +774,8 @@ async def submit_batch(
         submitter = _Submitter(job, api, spool)
         for part in record.parts:
             await submitter.submit(part)
+            if on_part is not None:
+                on_part(_view(part))
+    finally:  # at once, cancelled or not: a blocking moment beats a folder left behind
+        shutil.rmtree(spool, ignore_errors=True)
     return job

@@ -114,11 +114,27 @@ class BatchAPI:
         """The request body the real-time API would get; raises ``BadRequestError``."""
         provider = self.provider
         params = provider._merge(overrides) if overrides else provider._params
+        if params.get("stream") or "on_text" in params:  # real-time calls stream; batches not
+            raise BadRequestError(
+                f"{provider.provider_name}: a batch cannot stream its answers; remove "
+                "stream=True (and on_text) from config_overrides and default_params",
+                provider=provider.provider_name,
+            )
         return provider._payload(messages, params)
 
     def line(self, custom_id: str, body: Mapping[str, Any]) -> bytes:
         """One request of the batch, as a line of JSON (ending in a newline)."""
         raise NotImplementedError
+
+    separator = b""
+    """What goes between two request lines in a part's file."""
+
+    def framing(self, name: str) -> tuple[bytes, bytes]:
+        """What a part's file starts and ends with, so that it is sent as it is.
+
+        The file is the whole request body: no copy of it is made to send it.
+        """
+        return b"", b""
 
     # -- batches -----------------------------------------------------------------------
 
@@ -158,13 +174,13 @@ class BatchAPI:
     async def first_custom_id(self, batch: RemoteBatch) -> str | None:
         """The custom id of an ended batch's first result (None if it has none).
 
-        Reads the results to their end: httpx's streams, left half read, are not closed
-        on every backend (trio warns of their generators).
+        Only the start of the results is read: the download stops there, its connection
+        closed rather than drained.
         """
-        first = None
-        async for outcome in self.outcomes(batch):
-            first = first or outcome.custom_id
-        return first
+        async with aclosing(self.outcomes(batch)) as outcomes:
+            async for outcome in outcomes:
+                return outcome.custom_id
+        return None
 
     def _batch(self, answer: Any) -> RemoteBatch:
         raise NotImplementedError
@@ -202,22 +218,28 @@ class OpenAIBatchAPI(BatchAPI):
         request = {"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": body}
         return _encode(request)
 
-    async def upload(self, path: str, name: str, size: int) -> str | None:
-        boundary = "llmfanout-" + secrets.token_hex(12)
+    def __init__(self, provider: HTTPProvider) -> None:
+        super().__init__(provider)
+        self.boundary = "llmfanout-" + secrets.token_hex(16)
+
+    def framing(self, name: str) -> tuple[bytes, bytes]:
+        # The part's file is the multipart form itself: purpose, then the JSONL file.
+        boundary = self.boundary
         head = (
             f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
             f"--{boundary}\r\nContent-Disposition: form-data; "
             f'name="file"; filename="{name}"\r\n'
             "Content-Type: application/jsonl\r\n\r\n"
         ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
-        # The provider's request primitive takes a whole body: at most one file (200 MB).
-        data = await anyio.Path(path).read_bytes()
+        return head, f"\r\n--{boundary}--\r\n".encode()
+
+    async def upload(self, path: str, name: str, size: int) -> str | None:
+        # The provider's request primitive takes a whole body: one file (at most 200 MB).
         answer = await self.http.call(
             "POST",
             "/files",
-            content=head + data + tail,
-            content_type=f"multipart/form-data; boundary={boundary}",
+            content=await anyio.Path(path).read_bytes(),
+            content_type=f"multipart/form-data; boundary={self.boundary}",
         )
         file_id = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(file_id, str) or not file_id:
@@ -345,18 +367,24 @@ class AnthropicBatchAPI(BatchAPI):
     path = list_path = "/v1/messages/batches"
     cursor = "after_id"
 
+    separator = b","  # JSON allows the newline that ends each line, before it
+
     def line(self, custom_id: str, body: Mapping[str, Any]) -> bytes:
         return _encode({"custom_id": custom_id, "params": body})
+
+    def framing(self, name: str) -> tuple[bytes, bytes]:
+        # The part's file is the create body itself: {"requests": [line, line, ...]}.
+        return b'{"requests":[', b"]}"
 
     async def create(
         self, path: str, size: int, file_id: str | None, metadata: Mapping[str, str]
     ) -> RemoteBatch:
-        # The file holds one request a line; the body is {"requests": [line, line, ...]}.
-        # JSON lines hold no raw newline, so the newlines become commas (but the last).
-        data = await anyio.Path(path).read_bytes()
-        body = b'{"requests":[' + data.rstrip(b"\n").replace(b"\n", b",") + b"]}"
+        # The provider's request primitive takes a whole body: one part (at most 256 MB).
         answer = await self.http.call(
-            "POST", self.path, content=body, content_type="application/json"
+            "POST",
+            self.path,
+            content=await anyio.Path(path).read_bytes(),
+            content_type="application/json",
         )
         return self._batch(answer)
 
@@ -439,6 +467,10 @@ def _seconds(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
+        try:
+            return float(value)  # seconds, sent as a string by some compatible servers
+        except ValueError:
+            pass
         try:
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
         except ValueError:

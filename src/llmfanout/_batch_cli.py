@@ -20,6 +20,7 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -30,16 +31,18 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ._batch import BatchJob, BatchProgress, Polling, submit_batch
+from ._batch import BatchJob, BatchPart, BatchProgress, Polling, _planned, submit_batch
 from ._batch_api import APIS
 from ._batch_state import BatchStateError, state_path
 
 # The row parser, writer and lock of `llmfanout run`: imported here and nowhere else in
 # the batch code.
+from ._cost import CostTally, Price, load_prices
 from ._input_rows import BadRow, parse_row, scan
 from ._job import KEY_VARIABLES
 from ._lock import Busy, hold
 from ._output_rows import OutputCorrupt, RowWriter, cut_torn_line, encode, recover, result_row
+from ._summary import format_usd
 from ._tasks import LLMTask, TaskResult
 from .errors import ProviderError
 from .providers._http import HTTPProvider
@@ -61,6 +64,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="the event loop (default asyncio; trio needs: pip install 'llmfanout[trio]')",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress; errors only")
+
+
+BATCH_DISCOUNT = 0.5  # both providers bill batch requests at half the list price
+
+
+def _prices(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prices",
+        metavar="FILE",
+        help="a JSON price table as `llmfanout run --prices` takes (list prices, USD per "
+        "million tokens), to print the cost of the rows written at the batch price (half)",
+    )
 
 
 def _polling(parser: argparse.ArgumentParser, seconds: Any) -> None:
@@ -120,6 +135,11 @@ def add_parser(commands: Any) -> None:
     submit.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
     submit.add_argument("--wait", action="store_true", help="then wait and write the results")
     submit.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every row and show the batches it would make; send nothing (no key needed)",
+    )
+    submit.add_argument(
         "--max-requests",
         type=_positive_int,
         metavar="N",
@@ -132,6 +152,7 @@ def add_parser(commands: Any) -> None:
         help="bytes per batch (default: the provider's limit, 200 MB or 256 MB)",
     )
     _polling(submit, _positive_float)
+    _prices(submit)
     _common(submit)
     for name, text in (
         ("wait", "poll until every batch ends, appending one row per input id to OUTPUT"),
@@ -142,6 +163,7 @@ def add_parser(commands: Any) -> None:
         action.add_argument("output", metavar="OUTPUT", help="the output file given to submit")
         if name == "wait":
             _polling(action, _positive_float)
+            _prices(action)
         _common(action)
 
 
@@ -151,11 +173,20 @@ def main(args: argparse.Namespace) -> int:
         if args.backend == "trio" and importlib.util.find_spec("trio") is None:
             raise UsageError("--backend trio needs trio: pip install 'llmfanout[trio]'")
         command = args.batch_command
-        # One lock for the output, shared with `llmfanout run`: one writer at a time.
-        with hold(args.output, f"llmfanout batch {command}"):
-            if command == "submit":
-                return _submit(args)
+        args.price_table = _price_table(args)  # a bad table stops us before any work
+        if command == "status":  # reads only: fine beside a running wait
             return _with_job(args)
+        try:
+            # One lock for the output, shared with `llmfanout run`: one writer at a time.
+            with hold(args.output, f"llmfanout batch {command}"):
+                if command == "submit":
+                    return _submit(args)
+                return _with_job(args)
+        except Busy as exc:
+            if command != "cancel":
+                raise
+            # A wait (or submit) owns the job: tell the provider, leave the state to it.
+            return _with_job(args, holder=exc.holder)
     except (UsageError, BatchStateError) as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -166,7 +197,7 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BUSY
-    except ProviderError as exc:
+    except (ProviderError, OSError) as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
         print(
             f"llmfanout: the job is safe in {state_path(args.output)}; once the cause is "
@@ -183,9 +214,11 @@ def main(args: argparse.Namespace) -> int:
         return 128 + signal.SIGINT
 
 
-def _provider(name: str, model: str, base_url: str | None, key_env: str | None) -> HTTPProvider:
+def _provider(
+    name: str, model: str, base_url: str | None, key_env: str | None, *, required: bool = True
+) -> HTTPProvider:
     variable = key_env or KEY_VARIABLES[name]
-    key = os.environ.get(variable, "").strip()
+    key = os.environ.get(variable, "").strip() or ("" if required else "dry-run")
     if not key:
         raise UsageError(
             f"--provider {name} needs an API key in the {variable} environment variable "
@@ -223,6 +256,9 @@ def _check_rows(args: argparse.Namespace, source: IO[bytes], provider: HTTPProvi
         _, _, messages, params = parse_row(raw)
         if not args.model and not (params or {}).get("model") and missing_model is None:
             missing_model = number
+        if (params or {}).get("stream"):
+            bad[number] = '"stream" is true; a batch returns whole answers: remove it'
+            continue
         try:
             api.body(messages, params)
         except ProviderError as exc:
@@ -273,12 +309,16 @@ def _submit(args: argparse.Namespace) -> int:
             "choose another output file"
         )
     model = args.model or PER_ROW
-    provider = _provider(args.provider, model, args.base_url, args.api_key_env)
+    provider = _provider(
+        args.provider, model, args.base_url, args.api_key_env, required=not args.dry_run
+    )
     with ExitStack() as stack:
         source = stack.enter_context(open(args.input, "rb"))
         rows = _check_rows(args, source, provider)
         if not rows:
             raise UsageError(f"{args.input} holds no rows")
+        if args.dry_run:
+            return _dry_run(args, provider, source, rows)
         if not args.quiet:
             what = "carrying on with" if resuming else "submitting"
             print(
@@ -303,6 +343,26 @@ def _submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dry_run(args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes], rows: int) -> int:
+    """Plan the batches as submit would, and say what they would be; nothing is sent."""
+    api = APIS[args.provider](provider)
+    requests = args.max_requests or api.max_requests
+    size = args.max_bytes or api.max_bytes
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            parts = _planned(api, _tasks(source), "dry00run", folder, requests, size)
+        except ValueError as exc:  # a row larger than a whole batch
+            raise UsageError(str(exc)) from None
+    print(
+        f"llmfanout: dry run: {rows} rows would go to {args.provider} in {len(parts)} "
+        f"batch(es) of at most {requests} requests and {size} bytes:"
+    )
+    for part in parts:
+        print(f"  batch {part.index + 1}: {part.rows} rows, {part.size / 1e6:.1f} MB")
+    print("nothing was sent; run again without --dry-run to submit")
+    return EXIT_OK
+
+
 async def _do_submit(
     args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes], path: str, name: str
 ) -> BatchJob:
@@ -316,13 +376,22 @@ async def _do_submit(
             polling=_polling_of(args),
             input_name=name,
             api_key_env=args.api_key_env,
+            on_part=None if args.quiet else _created,
         )
+
+
+def _created(part: BatchPart) -> None:
+    print(
+        f"llmfanout: batch {part.index + 1} ({part.rows} rows) is {part.batch_id}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # -- wait, status, cancel ----------------------------------------------------------------
 
 
-def _with_job(args: argparse.Namespace) -> int:
+def _with_job(args: argparse.Namespace, holder: str | None = None) -> int:
     job = BatchJob.load(state_path(args.output), polling=_polling_of(args))
     try:
         provider = _provider(job.provider, job.model, job.base_url, job.api_key_env)
@@ -336,22 +405,33 @@ def _with_job(args: argparse.Namespace) -> int:
     if args.batch_command == "wait":
         return _wait(args, job, provider)
     if args.batch_command == "cancel":
-        progress = anyio.run(partial(_cancel, job, provider), backend=args.backend)
+        record = holder is None
+        progress = anyio.run(partial(_cancel, job, provider, record), backend=args.backend)
+        then = (
+            f"the process holding the job ({holder}) collects what was done"
+            if holder is not None
+            else f"collect everything with: llmfanout batch wait {args.output}"
+        )
         print(
             f"llmfanout: cancel asked for {job.provider} job {job.run_id}; requests already "
-            f"done keep their results ({progress.done}/{progress.rows} so far). Collect "
-            f"everything with: llmfanout batch wait {args.output}",
+            f"done keep their results ({progress.done}/{progress.rows} so far); {then}",
             file=sys.stderr,
         )
+        if holder is not None and not job.submitted:
+            print(
+                "llmfanout: the submit is still creating batches; stop it, then cancel again "
+                "to stop the rest",
+                file=sys.stderr,
+            )
         return EXIT_OK
     progress = anyio.run(partial(_refresh, job, provider), backend=args.backend)
     print(_status_text(args.output, job, progress))
     return EXIT_OK
 
 
-async def _cancel(job: BatchJob, provider: HTTPProvider) -> BatchProgress:
+async def _cancel(job: BatchJob, provider: HTTPProvider, record: bool) -> BatchProgress:
     async with provider:
-        return await job.cancel(provider)
+        return await job.cancel(provider, record=record)
 
 
 async def _refresh(job: BatchJob, provider: HTTPProvider) -> BatchProgress:
@@ -465,6 +545,16 @@ class _Display:
             self.line(self.last)
 
 
+def _price_table(args: argparse.Namespace) -> dict[str, Price] | None:
+    path = getattr(args, "prices", None)
+    if path is None:
+        return None
+    try:
+        return load_prices(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--prices: {exc}") from None
+
+
 class _Waiter:
     """Polls the job and writes each ended part's rows, skipping ids OUTPUT already holds."""
 
@@ -484,6 +574,9 @@ class _Waiter:
         self.redactor = provider._redactor
         self.written = 0
         self.failed = 0
+        self.tokens = [0, 0]  # prompt and completion tokens of the rows written
+        table = getattr(args, "price_table", None)
+        self.cost = None if table is None else CostTally(table)
 
     def on_progress(self, progress: BatchProgress) -> None:
         self.display.update(progress)
@@ -502,7 +595,8 @@ class _Waiter:
         async with provider:
             try:
                 async for part in job.ended(provider, on_progress=self.on_progress):
-                    if part.collected:
+                    # A collected part is read again only if OUTPUT lost some of its rows.
+                    if part.collected and all(tag in self.keys for tag in job.tags(part.index)):
                         continue
                     async for result in job.part_results(provider, part.index):
                         self.write(result, part.batch_id)
@@ -521,16 +615,34 @@ class _Waiter:
         self.keys.add(result.tag)
         self.written += 1
         self.failed += not result.success
+        usage = getattr(result.value, "usage", None)
+        if usage:
+            self.tokens[0] += usage.get("prompt_tokens") or 0
+            self.tokens[1] += usage.get("completion_tokens") or 0
+        if self.cost is not None and result.success:
+            self.cost.add(result.value.model, usage)
 
     def report(self) -> int:
         output = self.args.output
         failed = self._failed_in_output()
         if not self.args.quiet:
+            prompt, completion = self.tokens
             print(
                 f"llmfanout: wrote {self.written} rows to {output} "
-                f"({len(self.keys)} in all, {failed} failed)",
+                f"({len(self.keys)} in all, {failed} failed); tokens in these rows: "
+                f"{prompt:,} prompt, {completion:,} completion, at the batch price",
                 file=sys.stderr,
             )
+            if self.cost is not None:
+                unpriced = ", ".join(
+                    f"{m or '(no model)'} x{n}" for m, n in self.cost.unpriced.items()
+                )
+                print(
+                    f"llmfanout: cost of these rows at the batch price: "
+                    f"{format_usd(self.cost.total * BATCH_DISCOUNT)}"
+                    + (f" (not counted, no price or no usage: {unpriced})" if unpriced else ""),
+                    file=sys.stderr,
+                )
             if failed:
                 print(
                     f'llmfanout: {failed} rows in {output} failed (see their "error"); to send '

@@ -126,7 +126,7 @@ def save(state: State, path: str | os.PathLike[str]) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     data = json.dumps(state.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
-    fd, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", dir=folder)
+    fd, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
     replaced = False
     try:
         with os.fdopen(fd, "wb") as file:

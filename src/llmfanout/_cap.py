@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 import anyio
 import anyio.lowlevel
@@ -110,7 +110,20 @@ class Lease:
         self.lent = 0  # calls in progress that this lease's task waits on
 
 
-LEASE: ContextVar[Lease | None] = ContextVar("llmfanout_lease", default=None)
+# The leases the current task holds, one per cap: a task of executor A that calls
+# executor B, whose task calls A again, must still find its A lease. Never mutated:
+# replaced by a copy (see ``holding``).
+_LEASES: ContextVar[dict[Cap, Lease]] = ContextVar("llmfanout_leases", default={})  # noqa: B039
+
+
+def holding(lease: Lease) -> Token[dict[Cap, Lease]]:
+    """Record in the current context that this task holds ``lease``."""
+    return _LEASES.set({**_LEASES.get(), lease.cap: lease})
+
+
+def release_context(token: Token[dict[Cap, Lease]]) -> None:
+    """Undo :func:`holding` (for a lease held in a caller's own task)."""
+    _LEASES.reset(token)
 
 
 async def take(lease: Lease) -> None:
@@ -129,8 +142,8 @@ def give_back(lease: Lease) -> None:
 @asynccontextmanager
 async def lend(cap: Cap) -> AsyncIterator[None]:
     """Around a call: if the task making it holds a slot of ``cap``, lend it meanwhile."""
-    lease = LEASE.get()
-    if lease is None or lease.cap is not cap:
+    lease = _LEASES.get().get(cap)
+    if lease is None:
         yield
         return
     lease.lent += 1

@@ -23,7 +23,8 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -32,9 +33,10 @@ from typing import IO, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from . import __version__, _batch_cli
+from . import __version__, _batch_cli, _log
+from ._cost import load_prices
 from ._input_rows import Scan, read_rows, scan
-from ._job import KEY_VARIABLES, Job, JobError, JobSpec, RowStream
+from ._job import KEY_VARIABLES, Job, JobError, JobSpec, RowStream, scrubber
 from ._lock import Busy, hold
 from ._output_rows import (
     OutputCorrupt,
@@ -53,6 +55,10 @@ EXAMPLE = "llmfanout run prompts.jsonl -o results.jsonl --resume"
 EXAMPLES = {"prompts": "prompts.jsonl", "batch": "openai_batch.jsonl"}  # in llmfanout/examples
 MAX_BAD_SHOWN = 50
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+VERBOSE_HELP = (
+    "log to standard error: -v notable events, -vv also every failed attempt and retry "
+    f"(or set {_log.ENV}=info|debug); API keys are never printed"
+)
 
 
 class UsageError(Exception):
@@ -106,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Try: {EXAMPLE_FILE} && {EXAMPLE}",
     )
     parser.add_argument("--version", action="version", version=f"llmfanout {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser(
         "run",
@@ -211,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_float,
         metavar="SECONDS",
-        help="time limit for each whole attempt, connecting included (default: none of its "
-        "own; HTTP gives up after 10 s connecting or 60 s without a byte)",
+        help="time limit for each whole attempt, connecting included (default for HTTP: "
+        "600 s a whole attempt, 10 s to connect, 60 s for each read)",
     )
     run.add_argument(
         "--resume",
@@ -243,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the echo provider wait this long per call, for demos (default 0)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress and no summary; errors only")
+    run.add_argument(
+        "--prices",
+        metavar="FILE",
+        help='a JSON price table, {"model": {"input": 2.5, "cached_input": 1.25, "output": 10}} '
+        "in USD per million tokens, to print the run's cost in its summary",
+    )
+    # SUPPRESS: given after "run" it counts on its own; not given, the one before stays.
+    run.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP
+    )
     merge_command = commands.add_parser(
         "merge",
         help="compact a directory of shard files into one output, each id once",
@@ -291,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     args = parser.parse_args(argv)
+    try:
+        _log.configure(args.verbose, scrubs=_key_scrubs(args))
+    except ValueError as exc:
+        print(f"llmfanout: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "batch":
         return _batch_cli.main(args)
     if args.command not in ("run", "merge", "example"):
@@ -308,6 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # while checking the input
         print("llmfanout: interrupted before anything was sent", file=sys.stderr)
         return 128 + signal.SIGINT
+
+
+def _key_scrubs(args: argparse.Namespace) -> list[Callable[[str], str]]:
+    """Blank out every API key the environment holds, whichever the run uses."""
+    names = {*KEY_VARIABLES.values(), getattr(args, "api_key_env", None) or ""}
+    return [scrubber(os.environ.get(name, "").strip()) for name in sorted(names) if name]
 
 
 # -- paths ------------------------------------------------------------------------------
@@ -374,15 +402,61 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.shared_limit is not None:
         if args.rpm is None and args.tpm is None:
             raise UsageError("--shared-limit needs --rpm or --tpm: the budget to share")
-        if importlib.util.find_spec("llmfanout.limits") is None:
-            raise UsageError(
-                "--shared-limit is not supported by this version of llmfanout; leave it out "
-                "(each run then keeps its own --rpm/--tpm)"
-            )
+        _check_shared_limit(args.shared_limit)
+    args.price_table = None
+    if args.prices is not None:
+        try:
+            args.price_table = load_prices(args.prices)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"--prices: {exc}") from None
     _check_input(args.input)
     _check_output(args.output, directory_ok=args.resume)
     if args.input != "-" and _same_file(args.input, args.output):
         raise UsageError(f"the output {args.output!r} is the input file; choose another output")
+
+
+def _check_shared_limit(url: str) -> None:
+    """Reach the Redis of ``--shared-limit`` before anything is sent.
+
+    Without it every row would fail in turn (a worker that has never heard from Redis
+    does not know its share of the budget), and a failed row counts as done on --resume.
+    """
+    if importlib.util.find_spec("redis") is None:
+        raise UsageError(
+            "--shared-limit needs the Redis client; install it with: pip install 'llmfanout[redis]'"
+        )
+    import redis
+
+    from ._redislimit import split_key
+
+    where = _without_password(url)
+    try:
+        client: Any = redis.Redis.from_url(
+            split_key(url)[0], socket_connect_timeout=2, socket_timeout=2
+        )
+    except ValueError as exc:
+        raise UsageError(
+            f"--shared-limit {where!r} is not a Redis URL ({exc}); give e.g. "
+            "redis://localhost:6379/0"
+        ) from None
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise UsageError(
+            f"--shared-limit: cannot reach Redis at {where} ({type(exc).__name__}); start it "
+            "there or fix the URL. Nothing was sent"
+        ) from None
+    finally:
+        client.close()
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _check_key(args: argparse.Namespace) -> None:
@@ -412,6 +486,7 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         shared_limit=args.shared_limit,
         backend=args.backend,
         echo_latency=args.echo_latency,
+        prices=args.price_table,
         patience=args.patience,
         pacing=args.pacing,
         max_errors=args.max_errors,
@@ -419,15 +494,20 @@ def _spec(args: argparse.Namespace) -> JobSpec:
 
 
 def _open_input(args: argparse.Namespace, stack: ExitStack) -> IO[bytes]:
-    if args.input != "-":
+    if args.input == "-":
+        source: IO[bytes] = sys.stdin.buffer
+    else:
         try:
-            return stack.enter_context(open(args.input, "rb"))
+            source = stack.enter_context(open(args.input, "rb"))  # noqa: SIM115
         except OSError as exc:
             message = f"cannot read the input file {args.input!r} ({exc.strerror})"
             raise UsageError(message) from None
-    # Standard input cannot be read twice (validate, then run): keep a copy on disk.
+        if os.path.isfile(args.input):
+            return source
+    # A pipe (standard input, <(command)) cannot be read twice (validate, then run): keep
+    # a copy on disk.
     spool = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115  (the stack closes it)
-    shutil.copyfileobj(sys.stdin.buffer, spool)
+    shutil.copyfileobj(source, spool)
     return spool
 
 
@@ -508,8 +588,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         _check_key(args)
         try:
             job = Job(spec, model=model)
-        except JobError as exc:
-            raise UsageError(str(exc)) from None
+        except JobError as exc:  # speak flags: --shared-limit, not shared_limit
+            raise UsageError(str(exc).replace("shared_limit:", "--shared-limit:")) from None
         target = args.output
         if os.path.isdir(target):
             target = _shard_name(target)  # shards are only ever added to
@@ -691,12 +771,26 @@ class _Screen:
         bad = len(found.bad) - found.bad_recorded
         invalid = f", {bad} bad lines recorded as failed" if bad else ""
         print(
-            f"llmfanout: {found.to_run} rows to send to {self.args.provider} "
+            f"llmfanout: {found.to_run} rows to send to {self.args.provider}{self.where()} "
             f"(model {self.job.model or 'per row'}), {self.args.concurrency} at a time, "
             f"into {self.args.output}{already}{invalid}",
             file=sys.stderr,
             flush=True,
         )
+
+    def where(self) -> str:
+        """`` at URL (from where)``: the base URL the provider uses, and who chose it."""
+        url = getattr(self.job.provider, "base_url", None)
+        if not isinstance(url, str):
+            return ""
+        variable = getattr(self.job.provider, "base_url_env", "")
+        if self.args.base_url:
+            source = "--base-url"
+        elif variable and os.environ.get(variable, "").strip():
+            source = variable
+        else:
+            source = "the default"
+        return f" at {url} (from {source})"
 
     def report(self, elapsed: float) -> None:
         """The summary, on standard error."""
@@ -707,6 +801,8 @@ class _Screen:
         adapted_or_none = adapted if adapted < self.job.spec.concurrency else None
         summary = self.job.summary.summary(elapsed=elapsed, concurrency=adapted_or_none)
         print(str(summary), file=sys.stderr)
+        if self.args.provider != "echo":
+            print(f"llmfanout: sent to {self.args.provider}{self.where()}", file=sys.stderr)
         output, written = self.args.output, self.writer.rows
         line = f"llmfanout: wrote {written} rows to {output}"
         if self.recovered is not None and self.recovered.rows:

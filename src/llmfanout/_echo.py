@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -55,7 +56,9 @@ class EchoProvider:
     :class:`ResponseQueueExhausted` instead of echoing once the queue is empty.
     ``latency`` (seconds) is waited out on every call, for demos and benchmarks.
     Every call is recorded in ``calls``, unless ``record_calls=False`` (for long runs,
-    where the record would grow with every call; ``call_count`` still counts).
+    where the record would grow with every call; ``call_count`` still counts). An
+    ``on_text`` callback in ``config_overrides`` gets the answer word by word, as from a
+    streaming provider.
     """
 
     def __init__(
@@ -157,20 +160,29 @@ class EchoProvider:
         if isinstance(scripted, ErrorResponse):
             raise scripted.exception
         if isinstance(scripted, LLMResponse):
-            return scripted
-        content = str(scripted)
-        prompt = sum(_tokens(m.text) for m in messages)
-        completion = _tokens(content)
-        return LLMResponse(
-            content,
-            model=model,
-            finish_reason="stop",
-            usage={
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            },
-        )
+            response = scripted
+        else:
+            content = str(scripted)
+            prompt = sum(_tokens(m.text) for m in messages)
+            completion = _tokens(content)
+            response = LLMResponse(
+                content,
+                model=model,
+                finish_reason="stop",
+                usage={
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            )
+        on_text = config_overrides.get("on_text") if config_overrides else None
+        if on_text is not None:  # as a streaming provider would: the answer word by word
+            for piece in re.findall(r"\S*\s*", response.content):
+                if piece:
+                    outcome = on_text(piece)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+        return response
 
 
 def _check_scripted(item: object) -> None:

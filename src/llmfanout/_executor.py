@@ -24,7 +24,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._attempt import NO_RETRY, cooldown_cap, fresh, run_function, run_llm, shared_cooldown
-from ._cap import LEASE, Cap, Lease, give_back, lend, take
+from ._cap import Cap, Lease, give_back, holding, lend, release_context, take
 from ._checks import unwrap_group, whole_number
 from ._governor import Governor
 from ._inputs import (
@@ -378,7 +378,7 @@ class ParallelLLMExecutor:
         previous: TaskResult | None = None
         async with lend(self._cap):
             lease = Lease(self._cap)
-            token = LEASE.set(lease)
+            token = holding(lease)
             try:
                 await take(lease)
                 for index, task in enumerate(tasks):
@@ -389,7 +389,7 @@ class ParallelLLMExecutor:
                     results.append(previous)
             finally:
                 give_back(lease)
-                LEASE.reset(token)
+                release_context(token)
         return results
 
     @asynccontextmanager
@@ -548,7 +548,7 @@ class ParallelLLMExecutor:
 
     async def _worker(self, run: _Run, index: int) -> None:
         lease = Lease(self._cap)
-        LEASE.set(lease)  # this task's own context: nested calls find it
+        holding(lease)  # this task's own context: nested calls find it
         try:
             await take(lease)
             items = run.items
@@ -569,7 +569,7 @@ class ParallelLLMExecutor:
         elif run.aborted:
             result = _aborted(tag, run.reason)
         else:
-            result = await self._run_task(tag, task)
+            result = await self._run_task(tag, task, run.threads)
             if not result.success and run.stop_on_auth:
                 run.count_failure(result)
         await run.emit(result)
@@ -589,7 +589,7 @@ class ParallelLLMExecutor:
         result: TaskResult | None = None
         with anyio.CancelScope() as scope:
             run.scopes[index] = scope
-            result = await self._run_task(tag, task)
+            result = await self._run_task(tag, task, run.threads)
         run.scopes[index] = None
         if result is None:  # our scope caught its own cancellation: the run was stopped
             return _aborted(tag, run.reason, start)
@@ -602,8 +602,13 @@ class ParallelLLMExecutor:
             run.count_failure(result)
         return result
 
-    async def _run_task(self, tag: str, task: Task | Invalid) -> TaskResult:
-        """One task, all its attempts: never raises but for cancellation."""
+    async def _run_task(
+        self, tag: str, task: Task | Invalid, threads: anyio.CapacityLimiter | None = None
+    ) -> TaskResult:
+        """One task, all its attempts: never raises but for cancellation.
+
+        ``threads``: this loop's thread limiter, if the caller has it at hand.
+        """
         start = perf_counter()
         if type(task) is LLMTask:
             retry = task.retry or self.default_retry
@@ -663,7 +668,7 @@ class ParallelLLMExecutor:
                 )
         elif type(task) is DeterministicTask:
             timeout = task.timeout or self.default_timeout
-            outcome = await run_function(task, timeout, self._threads())
+            outcome = await run_function(task, timeout, threads or self._threads())
         else:
             assert isinstance(task, Invalid)
             return _failed(tag, task.error, start, 0)

@@ -19,10 +19,9 @@ from typing import IO, Any, NamedTuple, Protocol
 
 import attrs
 
-from ._types import ROLES, LLMMessage
+from ._messages import LLMMessage, to_message
 
 BATCH_URL = "/v1/chat/completions"
-_ROLES = ", ".join(sorted(ROLES))
 
 
 class BadRow(ValueError):
@@ -98,47 +97,19 @@ def _plain(value: object) -> str:
     return value if isinstance(value, str) and len(value) <= 60 else _shown(value)
 
 
-def _content(value: object, where: str, key: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # OpenAI content parts: only text can be sent
-        texts = []
-        for part in value:
-            if not (isinstance(part, dict) and part.get("type") == "text"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise BadRow(
-                    f"{where}.content has a {kind!r} part; only text parts are supported", key
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise BadRow(f'{where}.content has a text part with no "text" string', key)
-            texts.append(text)
-        return "".join(texts)
-    raise BadRow(f"{where}.content must be a string, not {type(value).__name__}", key)
-
-
 def _messages(value: object, key: str, field: str = "messages") -> tuple[LLMMessage, ...]:
     if not isinstance(value, list) or not value:
         raise BadRow(f'"{field}" must be a non-empty list of {{"role", "content"}} objects', key)
-    messages = []
-    for i, item in enumerate(value):
-        where = f"{field}[{i}]"
-        if not isinstance(item, Mapping):
-            raise BadRow(f'{where} is not an object; give {{"role": ..., "content": ...}}', key)
-        role = item.get("role")
-        if role not in ROLES:
-            raise BadRow(f"{where}.role is {_shown(role)}; use one of {_ROLES}", key)
-        name = item.get("name")
-        if name is not None and not isinstance(name, str):
-            raise BadRow(f"{where}.name must be a string", key)
-        messages.append(LLMMessage(role, _content(item.get("content"), where, key), name))
-    return tuple(messages)
+    try:
+        return tuple(to_message(item, f"{field}[{i}]") for i, item in enumerate(value))
+    except (TypeError, ValueError) as exc:  # the library's own reading of a message
+        raise BadRow(str(exc), key) from None
 
 
 def _params(value: object, key: str, field: str) -> dict[str, Any] | None:
     if value is None:
         return None
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise BadRow(f'"{field}" must be an object of call parameters', key)
     model = value.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
@@ -146,9 +117,12 @@ def _params(value: object, key: str, field: str) -> dict[str, Any] | None:
     return dict(value) or None
 
 
-def row_parts(row: object) -> ParsedRow:
-    """Check one input row (a mapping); raises :class:`BadRow` saying why it cannot run."""
-    if not isinstance(row, Mapping):
+def row_parts(row: object, *, check_only: bool = False) -> ParsedRow:
+    """Check one input row (a mapping); raises :class:`BadRow` saying why it cannot run.
+
+    ``check_only``: a prompt row's message is not made (the first pass only checks).
+    """
+    if type(row) is not dict and not isinstance(row, Mapping):
         raise BadRow(f"a JSON {_json_kind(row)}, not an object")
     if "custom_id" in row:
         return _batch_parts(row)
@@ -166,7 +140,7 @@ def row_parts(row: object) -> ParsedRow:
         raise BadRow('no "prompt" or "messages"; give one of them', key)
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRow('"prompt" must be a non-empty string', key)
-    return ParsedRow(key, value, (LLMMessage("user", prompt),), params)
+    return ParsedRow(key, value, () if check_only else (LLMMessage("user", prompt),), params)
 
 
 def _json_kind(value: object) -> str:
@@ -202,13 +176,13 @@ def load_json(raw: bytes | str) -> Any:
         raise ValueError("nested too deeply (thousands of brackets)") from None
 
 
-def parse_row(raw: bytes) -> ParsedRow:
+def parse_row(raw: bytes, *, check_only: bool = False) -> ParsedRow:
     """One input line, parsed and checked; raises :class:`BadRow` saying why it cannot run."""
     try:
         row = load_json(raw)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and nesting alike
         raise BadRow(f"not valid JSON ({exc})") from None
-    return row_parts(row)
+    return row_parts(row, check_only=check_only)
 
 
 def _lines(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -248,7 +222,7 @@ def scan(file: IO[bytes], recorded: Recorded | None = None) -> Scan:
     duplicates: dict[str, list[int]] = {}
     for number, raw in _lines(file):
         try:
-            key, _, _, params = parse_row(raw)
+            key, _, _, params = parse_row(raw, check_only=True)
         except BadRow as exc:
             if exc.key is not None:
                 if exc.key in seen:
@@ -285,7 +259,7 @@ def _first_lines(file: IO[bytes], keys: Iterable[str]) -> dict[str, int]:
     wanted, found = set(keys), {}
     for number, raw in _lines(file):
         try:
-            key = parse_row(raw).key
+            key = parse_row(raw, check_only=True).key
         except BadRow as exc:
             if exc.key is None:
                 continue

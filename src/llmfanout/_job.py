@@ -30,6 +30,7 @@ import anyio
 import anyio.from_thread
 import attrs
 
+from ._cost import Price, check_prices
 from ._echo import EchoProvider
 from ._executor import ParallelLLMExecutor, ResultStream
 from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
@@ -105,6 +106,10 @@ def _params(value: object) -> dict[str, Any] | None:
     return dict(value) or None
 
 
+def _prices(value: object) -> dict[str, Price] | None:
+    return None if value is None else check_prices(value, "JobSpec.prices")
+
+
 @attrs.frozen(kw_only=True)
 class JobSpec:
     """What a batch job does: one field per ``llmfanout run`` flag. Frozen and picklable.
@@ -131,6 +136,8 @@ class JobSpec:
       stops the run.
     - ``backend``: the event loop :func:`run_rows` starts (``"asyncio"`` or ``"trio"``).
     - ``echo_latency``: seconds the echo provider waits per call (demos, benchmarks).
+    - ``prices``: a price table (model -> :class:`~llmfanout.Price` or its mapping), for
+      the summary's ``cost_usd``.
 
     Raises ``ValueError`` naming the field for a value that cannot work.
     """
@@ -151,6 +158,7 @@ class JobSpec:
     max_errors: int | None = attrs.field(default=None, validator=_whole("max_errors", none=True))
     backend: str = attrs.field(default="asyncio", validator=_one_of("backend", BACKENDS))
     echo_latency: float = attrs.field(default=0.0, validator=_seconds("echo_latency", zero=True))
+    prices: dict[str, Price] | None = attrs.field(default=None, converter=_prices)
 
     def __attrs_post_init__(self) -> None:
         if self.echo_latency and self.provider != "echo":
@@ -226,35 +234,45 @@ def _provider_for(spec: JobSpec, model: str, key: str | None) -> AsyncLLMProvide
         raise JobError(str(exc)) from None
 
 
-def _limiter_for(spec: JobSpec) -> Limiter:
+def _limiter_for(spec: JobSpec) -> Limiter | None:
     """The job's pacing: its own :class:`RateLimit`, or a budget shared through ``shared_limit``.
 
     Even with no limits set, a limiter makes a 429's Retry-After pause every new call, not
     only the retry of the call that got it.
     """
     if spec.shared_limit is None:
+        if spec.provider == "echo" and spec.rpm is None and spec.tpm is None:
+            return None  # nothing to pace, and no server to answer 429
         return RateLimit(spec.rpm, spec.tpm)
+    from ._redislimit import RedisRateLimit, split_key
+
+    # The provider's limits are per model: without ?key= in the URL, jobs on one model
+    # share a budget and jobs on another do not.
+    key = None if split_key(spec.shared_limit)[1] else f"{spec.provider}:{spec.model or 'any'}"
     try:
-        from . import limits  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        raise JobError(
-            "shared_limit needs llmfanout.limits, which this version of llmfanout does not "
-            "have; remove shared_limit (each worker then keeps its own rpm/tpm)"
-        ) from None
-    limiter: Limiter = limits.RedisRateLimit(
-        spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm
-    )
-    return limiter
+        return RedisRateLimit(
+            spec.shared_limit, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm, key=key
+        )
+    except (ValueError, ImportError) as exc:  # a bad URL, or no redis client installed
+        raise JobError(f"shared_limit: {exc}") from None
 
 
 class Job:
     """One run of a :class:`JobSpec`: rows to tasks, results to output rows, a running summary.
 
     ``model`` is the model the provider is made with when the spec names none (the CLI
-    passes the first row's). Raises :class:`JobError` when the job cannot start.
+    passes the first row's). ``provider``, when given, is used instead of making one: a
+    long-lived worker (a Ray actor) runs many jobs over one provider and its connection
+    pool. Raises :class:`JobError` when the job cannot start.
     """
 
-    def __init__(self, spec: JobSpec, *, model: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        *,
+        model: str | None = None,
+        provider: AsyncLLMProvider | None = None,
+    ) -> None:
         if not isinstance(spec, JobSpec):
             raise TypeError(f"give a JobSpec, not {type(spec).__name__}")
         self.spec = spec
@@ -263,17 +281,22 @@ class Job:
         self.model = spec.model or model or ("echo" if spec.provider == "echo" else "")
         # Without a model for the provider, every row must bring its own.
         self._needs_model = not self.model
-        self.provider = _provider_for(spec, self.model or _PER_ROW, key)
-        self.summary = SummaryAccumulator()
+        if provider is None:
+            provider = _provider_for(spec, self.model or _PER_ROW, key)
+        self.provider = provider
+        self._limiter = _limiter_for(spec)
+        self.summary = SummaryAccumulator(prices=spec.prices)
         self.bad_rows = 0  # output rows for bad input rows (not in the summary: no task ran)
         self._ids: dict[str, object] = {}  # in flight: the executor's tag -> the row's id
         self._models: dict[str, str] = {}  # in flight: tag -> model, for rows naming one
         self._bad: deque[Bad] = deque()  # bad rows met, not yet handed out
         self._position = 0  # rows taken from the input
         self._tagged = 0  # tasks handed to the executor
+        self._started = False
         self._running: ParallelLLMExecutor | None = None
 
-    def _executor(self) -> ParallelLLMExecutor:
+    def executor(self) -> ParallelLLMExecutor:
+        """A new executor for this job's spec: its cap, retries, timeout and limiter."""
         spec = self.spec
         retry = None
         if spec.max_attempts > 1 or spec.patience:
@@ -288,7 +311,7 @@ class Job:
             default_retry=retry,
             default_config_overrides=spec.params,
             default_timeout=spec.timeout,
-            rate_limit=_limiter_for(spec),
+            rate_limit=self._limiter,
             pacing=spec.pacing,
             adaptive=spec.pacing,
         )
@@ -364,17 +387,30 @@ class Job:
 
     @asynccontextmanager
     async def run(
-        self, rows: Iterable[ParsedRow | Bad] | AsyncIterable[ParsedRow | Bad]
+        self,
+        rows: Iterable[ParsedRow | Bad] | AsyncIterable[ParsedRow | Bad],
+        *,
+        executor: ParallelLLMExecutor | None = None,
     ) -> AsyncIterator[RowStream]:
         """Send the rows; hand out output rows as they complete (see :class:`RowStream`).
 
-        Leaving the block early cancels the calls in flight, leaving nothing running.
+        ``executor``, when given (one from :meth:`executor`, kept by a long-lived worker),
+        runs the calls, sharing its cap and its limiter with every other run on it; the
+        provider is then left open for the worker to keep. Leaving the block early cancels
+        the calls in flight, leaving nothing running. A job runs once (its bookkeeping
+        follows the executor's count of tasks): make another for the next run.
         """
+        if self._started:
+            raise RuntimeError("this Job has run already; make a new Job for another run")
+        self._started = True
         tasks: Iterable[LLMTask] | AsyncIterable[LLMTask]
         tasks = self.atasks(rows) if isinstance(rows, AsyncIterable) else self.tasks(rows)
-        executor = self._running = self._executor()
+        own = executor is None
+        if executor is None:
+            executor = self.executor()
+        self._running = executor
         async with AsyncExitStack() as stack:
-            if hasattr(self.provider, "__aenter__"):
+            if own and hasattr(self.provider, "__aenter__"):
                 await stack.enter_async_context(self.provider)  # type: ignore[arg-type]
             async with executor.stream(tasks, max_errors=self.spec.max_errors) as results:
                 yield RowStream(self, results)
@@ -469,6 +505,8 @@ def run_rows(rows: Iterable[Mapping[str, Any]], spec: JobSpec) -> Iterator[dict[
             + ("; use arun_rows for an async iterable" if isinstance(rows, AsyncIterable) else "")
         )
     read_key(spec)  # fail here, not at the first next()
+    if spec.shared_limit is not None:
+        _limiter_for(spec)  # a bad URL or a missing redis client fails here, not mid-run
     return _run_rows(rows, spec)
 
 

@@ -253,31 +253,20 @@ def _to_tool_calls(value: object) -> tuple[ToolCall, ...]:
 # -- messages ------------------------------------------------------------------------------
 
 
-def _check_role(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
-    if value not in ROLES:
-        raise ValueError(f"LLMMessage.role is {value!r}; use one of {', '.join(sorted(ROLES))}")
-
-
-def _check_optional_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"LLMMessage.{attribute.name} must be a str or None, not {a_kind(value)}")
-
-
 def _message_content(value: object) -> Content:
     if isinstance(value, str | list | tuple):
         return to_content(value, "LLMMessage.content")
-    return value  # type: ignore[return-value]  # the validator names the wrong type
+    raise TypeError(
+        f"LLMMessage.content must be a str or a list of content parts, not {type(value).__name__}"
+    )
 
 
-def _check_content(instance: object, attribute: Any, value: object) -> None:
-    if not isinstance(value, str | tuple):
-        raise TypeError(
-            f"LLMMessage.content must be a str or a list of content parts, "
-            f"not {type(value).__name__}"
-        )
+def _check_optional_str(field: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"LLMMessage.{field} must be a str or None, not {a_kind(value)}")
 
 
-@attrs.frozen
+@attrs.frozen(init=False)
 class LLMMessage:
     """One chat message: a ``role`` (system, user, assistant or tool) and its content.
 
@@ -290,27 +279,51 @@ class LLMMessage:
     naming the field at fault.
     """
 
-    role: Role = attrs.field(validator=_check_role)
-    content: Content = attrs.field(default="", converter=_message_content, validator=_check_content)
-    name: str | None = attrs.field(default=None, validator=_check_optional_str)
-    tool_calls: tuple[ToolCall, ...] = attrs.field(
-        default=(), converter=_to_tool_calls, kw_only=True
-    )
-    tool_call_id: str | None = attrs.field(
-        default=None, validator=_check_optional_str, kw_only=True
-    )
+    role: Role
+    content: Content
+    name: str | None
+    tool_calls: tuple[ToolCall, ...]
+    tool_call_id: str | None
 
-    def __attrs_post_init__(self) -> None:
-        if self.tool_calls and self.role != "assistant":
-            raise ValueError(
-                f"LLMMessage: a {self.role!r} message has tool_calls; only an 'assistant' "
-                "message carries them"
-            )
-        if self.tool_call_id is not None and self.role != "tool":
-            raise ValueError(
-                f"LLMMessage: a {self.role!r} message has a tool_call_id; only a 'tool' "
-                "message answers a tool call"
-            )
+    def __init__(
+        self,
+        role: Role,
+        content: str | Sequence[ContentPart | Mapping[str, Any]] = "",
+        name: str | None = None,
+        *,
+        tool_calls: Sequence[ToolCall | Mapping[str, Any]] | None = (),
+        tool_call_id: str | None = None,
+    ) -> None:
+        # Written out rather than attrs validators: a plain text message (the common case,
+        # made once per task) costs a few checks, not a call per field.
+        if role not in ROLES:
+            raise ValueError(f"LLMMessage.role is {role!r}; use one of {', '.join(sorted(ROLES))}")
+        if type(content) is not str:
+            content = _message_content(content)
+        if name is not None:
+            _check_optional_str("name", name)
+        if tool_calls:
+            tool_calls = _to_tool_calls(tool_calls)
+            if role != "assistant":
+                raise ValueError(
+                    f"LLMMessage: a {role!r} message has tool_calls; only an 'assistant' "
+                    "message carries them"
+                )
+        else:
+            tool_calls = ()
+        if tool_call_id is not None:
+            _check_optional_str("tool_call_id", tool_call_id)
+            if role != "tool":
+                raise ValueError(
+                    f"LLMMessage: a {role!r} message has a tool_call_id; only a 'tool' "
+                    "message answers a tool call"
+                )
+        setattr_ = object.__setattr__  # a frozen class: set once, here
+        setattr_(self, "role", role)
+        setattr_(self, "content", content)
+        setattr_(self, "name", name)
+        setattr_(self, "tool_calls", tool_calls)
+        setattr_(self, "tool_call_id", tool_call_id)
 
     @property
     def text(self) -> str:
@@ -333,6 +346,13 @@ def to_message(value: object, where: str) -> LLMMessage:
     """``value`` as an LLMMessage: one already, or a mapping with the same keys."""
     if isinstance(value, LLMMessage):
         return value
+    if (
+        type(value) is dict
+        and len(value) == 2
+        and type(value.get("content")) is str
+        and (role := value.get("role")) in ROLES
+    ):
+        return LLMMessage(role, value["content"])  # the common case: nothing else to read
     if not isinstance(value, Mapping):
         raise TypeError(
             f"{where} is {a_kind(value)}; give LLMMessage(role=..., content=...) "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from importlib.util import find_spec
 from types import TracebackType
 from typing import TextIO
 
@@ -63,6 +64,9 @@ class ProgressBar:
         if enabled is None:
             enabled = self._console.is_terminal or self._console.is_jupyter
         self.enabled = enabled
+        # A notebook redraws a bar in place only through ipywidgets; without it, say the
+        # counts once at the end rather than warn on every redraw.
+        self._live = not self._console.is_jupyter or find_spec("ipywidgets") is not None
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._drawn_at = 0.0
@@ -70,11 +74,7 @@ class ProgressBar:
         self._description = description
 
     def __repr__(self) -> str:
-        total = "?" if self.total is None else self.total
-        return (
-            f"ProgressBar({self.done}/{total}: {self.ok} ok, {self.failed} failed, "
-            f"{self.retries} retries)"
-        )
+        return f"ProgressBar({self._counts()})"
 
     def __call__(self, result: TaskResult) -> None:
         """Count one result (the ``on_result`` hook); redraw if the last draw is old."""
@@ -87,13 +87,13 @@ class ProgressBar:
             self.retries += result.attempts - 1
         if not self.enabled or self._closed:
             return
-        if self._progress is None:
+        if self._progress is None and self._live:
             self._start()
         if self.total is not None and self.done >= self.total:
             self.close()
             return
         now = time.monotonic()
-        if now - self._drawn_at >= self._refresh:
+        if self._progress is not None and now - self._drawn_at >= self._refresh:
             self._draw(now)
 
     def _start(self) -> None:
@@ -135,9 +135,15 @@ class ProgressBar:
         if self._progress is not None:
             self._draw(time.monotonic())
             self._progress.stop()
+        elif self.enabled and not self._live and self.done:
+            self._console.print(f"{self._description}: {self._counts()}")
+
+    def _counts(self) -> str:
+        total = "?" if self.total is None else self.total
+        return f"{self.done}/{total}: {self.ok} ok, {self.failed} failed, {self.retries} retries"
 
     def __enter__(self) -> ProgressBar:
-        if self.enabled and self._progress is None:
+        if self.enabled and self._live and self._progress is None:
             self._start()
         return self
 

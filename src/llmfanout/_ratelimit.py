@@ -21,6 +21,7 @@ import anyio
 from anyio.lowlevel import current_token
 
 from ._checks import positive
+from ._messages import TextPart
 
 if TYPE_CHECKING:
     from ._tasks import LLMTask
@@ -219,15 +220,31 @@ class RateLimit:
                 bucket.at += delta
 
 
+IMAGE_TOKENS = 1000
+"""The guess for one image (or other non-text part): OpenAI bills a 1024x1024 image at
+high detail 765 tokens, Anthropic about 1,600 for a megapixel; give ``estimated_tokens``
+where it matters."""
+
+
 def estimate_tokens(task: LLMTask, overrides: Mapping[str, Any] | None) -> int:
     """The tokens a call will likely use: ``task.estimated_tokens``, else a cheap guess.
 
-    The guess is about four characters a token for the prompt, a few tokens of framing
-    per message, plus the ``max_tokens`` the call may generate.
+    The guess is about four characters a token for the prompt's text, a few tokens of
+    framing per message, :data:`IMAGE_TOKENS` per image or other non-text part, plus the
+    ``max_tokens`` the call may generate.
     """
     if task.estimated_tokens is not None:
         return task.estimated_tokens
-    prompt = sum(len(m.content) for m in task.messages) // 4 + 4 * len(task.messages)
+    characters = parts = 0
+    for m in task.messages:
+        content = m.content
+        if isinstance(content, str):
+            characters += len(content)
+        else:  # content parts: their text, and a flat guess per image
+            text = m.text
+            characters += len(text)
+            parts += sum(1 for part in content if not isinstance(part, TextPart))
+    prompt = characters // 4 + 4 * len(task.messages) + IMAGE_TOKENS * parts
     completion = 0
     if overrides:
         limit = overrides.get("max_tokens", overrides.get("max_completion_tokens"))

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from ._calls import callable_is_async
+from ._checks import positive, whole_number
 from ._retry import RetryConfig
 from ._types import LLMMessage, a_kind, to_message
 
@@ -74,10 +75,8 @@ def _check_retry(instance: Any, attribute: Any, value: object) -> None:
 
 def check_timeout(owner: str, value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is None or a positive number of seconds."""
-    if value is not None and (
-        not isinstance(value, int | float) or isinstance(value, bool) or not value > 0
-    ):
-        raise ValueError(f"{owner}: timeout is {value!r}; give seconds > 0, or None for none")
+    if value is not None:
+        positive(value, f"{owner}: timeout", hint=", or None for none")
 
 
 def _check_timeout(instance: Any, attribute: Any, value: object) -> None:
@@ -85,10 +84,8 @@ def _check_timeout(instance: Any, attribute: Any, value: object) -> None:
 
 
 def _check_tokens(instance: Any, attribute: Any, value: object) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise ValueError(
-            f"{_where(instance)}: estimated_tokens is {value!r}; give a whole number >= 0 or None"
-        )
+    if value is not None:
+        whole_number(value, f"{_where(instance)}: estimated_tokens", minimum=0, hint=" or None")
 
 
 @attrs.frozen

@@ -8,6 +8,7 @@ from typing import Any, Unpack
 from .._types import LLMMessage, LLMResponse, to_messages
 from ..errors import BadRequestError, ProviderError
 from ._anthropic_format import (
+    AnthropicStream,
     messages_to_wire,
     text_and_tool_calls,
     tool_choice_to_wire,
@@ -16,6 +17,7 @@ from ._anthropic_format import (
 )
 from ._config import HTTPOptions, check_positive_int
 from ._http import HTTPProvider
+from ._streaming import Accumulator
 from ._transport import Response
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -103,6 +105,9 @@ class AnthropicProvider(HTTPProvider):
             else:
                 payload["system"] = "\n\n".join([given, *system] if given else system)
         return payload
+
+    def _accumulator(self) -> Accumulator:
+        return AnthropicStream()
 
     def _response(self, body: Any, response: Response, model: Any) -> LLMResponse:
         blocks = body.get("content") if isinstance(body, dict) else None

@@ -15,6 +15,8 @@ from typing import Any
 
 from .._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall
 from ..errors import BadRequestError
+from ._sse import Event
+from ._streaming import StreamEventError, StreamFormatError, parse
 
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 CACHE_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens")
@@ -213,3 +215,92 @@ def usage_from(usage: object) -> dict[str, int] | None:
     if "cache_creation_input_tokens" in counts:
         counts["cache_write_tokens"] = counts["cache_creation_input_tokens"]
     return counts or None
+
+
+class AnthropicStream:
+    """Folds Messages API stream events into a ``message`` body.
+
+    ``message_start`` gives the id, model and input usage; each content block is built
+    from its ``content_block_start`` and deltas (text, a tool's input as JSON pieces,
+    thinking); ``message_delta`` gives the stop reason and the output usage;
+    ``message_stop`` ends it. Unknown event types are skipped, as the API asks.
+    """
+
+    terminal = "event: message_stop"
+
+    def __init__(self) -> None:
+        self.done = False
+        self._message: dict[str, Any] = {}
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self._json: dict[int, list[str]] = {}
+
+    def feed(self, event: Event) -> str | None:
+        """Take one event (see :class:`~._streaming.Accumulator`)."""
+        data = parse(event)
+        kind = data.get("type", event.event)
+        if kind == "error":
+            raise StreamEventError(data)
+        if kind == "message_start":
+            message = data.get("message")
+            if not isinstance(message, dict):
+                raise StreamFormatError("has a message_start event with no message")
+            self._message = {k: v for k, v in message.items() if k != "content"}
+            return None
+        if kind == "content_block_start":
+            index, block = data.get("index"), data.get("content_block")
+            if not isinstance(index, int) or not isinstance(block, dict):
+                raise StreamFormatError("has a content_block_start without index or block")
+            self._blocks[index] = dict(block)
+            if block.get("type") == "tool_use":
+                self._json[index] = []
+                return ""
+            text = block.get("text")
+            return text if isinstance(text, str) and text else None
+        if kind == "content_block_delta":
+            return self._delta(data)
+        if kind == "content_block_stop":
+            self._close_block(data.get("index"))
+        elif kind == "message_delta":
+            delta = data.get("delta")
+            if isinstance(delta, dict):
+                self._message.update(delta)
+            usage = data.get("usage")
+            if isinstance(usage, dict):  # cumulative counts: they replace the start's
+                self._message["usage"] = {**(self._message.get("usage") or {}), **usage}
+        elif kind == "message_stop":
+            self.done = True
+        return None
+
+    def _delta(self, data: dict[str, Any]) -> str | None:
+        index, delta = data.get("index"), data.get("delta")
+        block = self._blocks.get(index) if isinstance(index, int) else None
+        if block is None or not isinstance(delta, dict):
+            raise StreamFormatError("has a content_block_delta for a block never started")
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta.get("text", "")
+            block["text"] = block.get("text", "") + text
+            return text or None
+        if kind == "input_json_delta":
+            self._json.setdefault(index, []).append(delta.get("partial_json", ""))  # type: ignore[arg-type]
+            return ""
+        if kind == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+        elif kind == "signature_delta":
+            block["signature"] = delta.get("signature")
+        return None
+
+    def _close_block(self, index: object) -> None:
+        pieces = self._json.pop(index, None) if isinstance(index, int) else None
+        if pieces is None:
+            return
+        text = "".join(pieces)
+        try:
+            self._blocks[index]["input"] = json.loads(text) if text.strip() else {}  # type: ignore[index]
+        except ValueError:
+            raise StreamFormatError(f"has tool_use input that is not JSON: {text[:80]!r}") from None
+
+    def body(self) -> dict[str, Any]:
+        """The ``message`` body the stream amounts to."""
+        blocks = [self._blocks[i] for i in sorted(self._blocks)]
+        return {**self._message, "content": blocks}

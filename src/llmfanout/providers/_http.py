@@ -45,9 +45,10 @@ from ._config import (
     make_timeout,
 )
 from ._errors import format_error, request_id, status_error, transport_error
+from ._httpx import HTTPXTransport
 from ._secrets import Redactor, Secret, SecretHeaders, resolve_api_key
+from ._streaming import ON_TEXT, Accumulator, complete_streamed
 from ._transport import (
-    HTTPXTransport,
     Origin,
     Pool,
     Response,
@@ -123,10 +124,6 @@ class HTTPProvider:
         )
         self._timeouts = Timeouts.from_httpx(self.timeout, self.total_timeout)
         self.default_params = check_params(default_params, "default_params", owner)
-        if self.default_params.get("stream"):
-            raise ValueError(
-                f"{owner}: complete() returns whole answers; remove stream=True from default_params"
-            )
         extra_headers = check_headers(headers, owner)
         self.verify = check_verify(verify, owner)
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
@@ -178,6 +175,14 @@ class HTTPProvider:
         sent them) and the raw body.
         """
         raise NotImplementedError
+
+    def _accumulator(self) -> Accumulator:
+        """A fresh folder of this API's stream events into a whole answer's body."""
+        raise NotImplementedError
+
+    def _stream_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The request body for a streamed call (``stream`` already set)."""
+        return payload
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -256,8 +261,14 @@ class HTTPProvider:
         key). ``metadata`` holds the raw JSON body (``"raw"``) and the server's
         ``"request_id"``. Raises a :class:`~llmfanout.errors.ProviderError` subclass on
         failure; cancellation closes the request's connection and propagates.
+
+        With ``stream=True`` (or an ``on_text`` callback) in the parameters, the answer is
+        read as server-sent events and returned whole, with ``time_to_first_token_s`` in
+        its metadata; see :mod:`._streaming`.
         """
         params = self._merge(config_overrides) if config_overrides else self._params
+        if params.get("stream") or ON_TEXT in params:
+            return await complete_streamed(self, messages, dict(params), self._accumulator())
         payload = self._payload(messages, params)
         response = await self._send("POST", self._target, self._encode(payload), None)
         answer = self._response(self._json(response), response, payload["model"])
@@ -420,12 +431,6 @@ class HTTPProvider:
         params = {**self._params, **overrides}
         if any(v is None for v in params.values()):
             params = {k: v for k, v in params.items() if v is not None}
-        if params.get("stream"):
-            raise BadRequestError(
-                f"{self.provider_name}: complete() returns whole answers; remove stream=True "
-                "from config_overrides",
-                provider=self.provider_name,
-            )
         return params
 
     def _encode(self, payload: Any) -> bytes:

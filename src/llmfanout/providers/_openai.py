@@ -8,7 +8,8 @@ from typing import Any
 from .._types import LLMMessage, LLMResponse, to_messages
 from ..errors import ProviderError
 from ._http import HTTPProvider
-from ._openai_format import messages_to_wire, tool_calls_from, usage_from
+from ._openai_format import OpenAIStream, messages_to_wire, tool_calls_from, usage_from
+from ._streaming import Accumulator
 from ._transport import Response
 
 
@@ -67,6 +68,14 @@ class OpenAIProvider(HTTPProvider):
 
     def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
         return {**params, "messages": messages_to_wire(to_messages(messages, "OpenAIProvider"))}
+
+    def _accumulator(self) -> Accumulator:
+        return OpenAIStream()
+
+    def _stream_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        # Usage arrives in a last chunk only when asked for; a caller's own choice stands.
+        payload.setdefault("stream_options", {"include_usage": True})
+        return payload
 
     def _response(self, body: Any, response: Response, model: Any) -> LLMResponse:
         problem: str | None = None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from .._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall
+from ._sse import Event
+from ._streaming import StreamEventError, StreamFormatError, parse
 
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -61,17 +64,24 @@ def messages_to_wire(messages: Sequence[LLMMessage]) -> list[dict[str, Any]]:
 
 
 def tool_calls_from(raw: object) -> tuple[ToolCall, ...]:
-    """The function calls in an answer's ``tool_calls`` list (other kinds stay in ``raw``)."""
+    """The function calls in an answer's ``tool_calls`` list (other kinds stay in ``raw``).
+
+    A call without an id (some compatible servers leave it out) gets ``call_<index>``, so
+    that its answer can still refer to it.
+    """
     if not isinstance(raw, list):
         return ()
     calls = []
-    for item in raw:
+    for index, item in enumerate(raw):
         function = item.get("function") if isinstance(item, dict) else None
-        if not isinstance(function, dict):
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             continue
-        call_id, name, arguments = item.get("id"), function.get("name"), function.get("arguments")
-        if isinstance(call_id, str) and isinstance(name, str):
-            calls.append(ToolCall(call_id, name, arguments if isinstance(arguments, str) else ""))
+        call_id = item.get("id") or f"call_{index}"
+        arguments = function.get("arguments")
+        if isinstance(arguments, dict):  # some compatible servers send the object itself
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        text = arguments if isinstance(arguments, str) else ""
+        calls.append(ToolCall(str(call_id), function["name"], text))
     return tuple(calls)
 
 
@@ -86,3 +96,77 @@ def usage_from(usage: object) -> dict[str, int] | None:
         if isinstance(cached, int) and not isinstance(cached, bool):
             counts["cached_prompt_tokens"] = cached
     return counts or None
+
+
+class OpenAIStream:
+    """Folds Chat Completions stream chunks into a ``chat.completion`` body.
+
+    Text deltas are joined; tool calls are assembled by their ``index`` (the id and name
+    come first, the arguments in pieces); usage comes from the last chunk when
+    ``stream_options.include_usage`` is set. Only choice 0 is read, as for whole answers.
+    """
+
+    terminal = "data: [DONE]"
+
+    def __init__(self) -> None:
+        self.done = False
+        self._text: list[str] = []
+        self._calls: dict[int, dict[str, Any]] = {}
+        self._finish: str | None = None
+        self._head: dict[str, Any] = {}
+        self._usage: Any = None
+
+    def feed(self, event: Event) -> str | None:
+        """Take one event (see :class:`~._streaming.Accumulator`)."""
+        if event.data.strip() == "[DONE]":
+            self.done = True
+            return None
+        chunk = parse(event)
+        if chunk.get("error"):
+            raise StreamEventError(chunk)
+        for key in ("id", "model", "created", "system_fingerprint"):
+            if key in chunk and key not in self._head:
+                self._head[key] = chunk[key]
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+        progress: str | None = None
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                self._text.append(text)
+                progress = (progress or "") + text
+            for call in delta.get("tool_calls") or ():
+                self._add_call(call)
+                progress = progress or ""
+            if isinstance(choice.get("finish_reason"), str):
+                self._finish = choice["finish_reason"]
+        return progress
+
+    def _add_call(self, call: Any) -> None:
+        if not isinstance(call, dict):
+            raise StreamFormatError(f"has a tool call delta that is not an object: {call!r}")
+        index = call.get("index", 0)
+        slot = self._calls.setdefault(
+            index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if isinstance(call.get("id"), str):
+            slot["id"] = call["id"]
+        function = call.get("function") or {}
+        for key in ("name", "arguments"):
+            piece = function.get(key)
+            if isinstance(piece, str):
+                slot["function"][key] += piece
+
+    def body(self) -> dict[str, Any]:
+        """The ``chat.completion`` body the stream amounts to."""
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self._text)}
+        if self._calls:
+            message["tool_calls"] = [self._calls[i] for i in sorted(self._calls)]
+        choice = {"index": 0, "message": message, "finish_reason": self._finish}
+        body = {**self._head, "object": "chat.completion", "choices": [choice]}
+        if self._usage is not None:
+            body["usage"] = self._usage
+        return body

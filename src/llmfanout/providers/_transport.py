@@ -6,21 +6,22 @@ request at 500 in flight, against aiohttp's 0.36 ms; see docs/benchmarks.md). He
 is a free list: reusing a connection pops one, releasing pushes it back, both O(1).
 Responses are parsed by httptools (llhttp, the C parser uvicorn uses): 1.5 us per
 response against h11's 46 us on this machine, and h11 still cost 0.31 ms per request
-end to end where httptools cost 0.15 ms (/work/shared/notes/http-client-measurements.md).
+end to end where httptools cost 0.15 ms (docs/benchmarks.md, "Why this transport").
 
 What a request gets, in order: a connection (an idle one, checked with a zero-time poll
 for a server that closed it while idle, else a new one up to ``max_connections``, else
 a wait for one to be released), the request written, the response read. One cancel
 scope spans it all; its deadline moves per phase (pool, connect, write, each read) and
-never passes the attempt's total deadline. A request that failed to be written on a
+never passes the attempt's total deadline (on an idle connection a small request starts
+with the read deadline set: one timer per request). A request that failed to be written on a
 reused connection never reached the server and is sent again on a new one; once it has
 been written, a failure is reported (the server may have acted on it).
 
 Cancellation closes the request's connection at once (``aclose_forcefully``): a pool
 never holds a connection in an unknown state.
 
-:class:`HTTPXTransport` serves the same calls over an ``httpx.AsyncClient``: the one a
-user passes as ``http_client=``, or ours when an environment proxy applies to the
+:class:`~._httpx.HTTPXTransport` serves the same calls over an ``httpx.AsyncClient``: the
+one a user passes as ``http_client=``, or ours when an environment proxy applies to the
 address (httpx speaks HTTP and SOCKS proxies; this module does not).
 """
 
@@ -48,6 +49,7 @@ from anyio.abc import SocketAttribute
 
 _READ_SIZE = 65536
 _HEADERS, _CHUNK, _END = range(3)  # how far Pool._read reads
+_SMALL_WRITE = 65536  # a request this small goes into the socket buffer without waiting
 _KEEPALIVE_EXPIRY = 5.0  # httpx's default: servers commonly drop idle connections at 5 s+
 _STREAM_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
@@ -83,6 +85,15 @@ class Timeouts:
             pool=seconds(timeout.pool),
             total=seconds(total),
         )
+
+    def of(self, phase: Phase) -> float:
+        """The limit for ``phase``."""
+        return {
+            Phase.POOL: self.pool,
+            Phase.CONNECT: self.connect,
+            Phase.WRITE: self.write,
+            Phase.READ: self.read,
+        }.get(phase, self.total)
 
     def as_httpx(self) -> httpx.Timeout:
         """The same per-phase limits as an ``httpx.Timeout``."""
@@ -456,32 +467,38 @@ class _Waiter:
 
 
 class _Attempt:
-    """The state of one request while it runs: its scope, deadlines and phase."""
+    """The state of one request while it runs: its scope, deadlines and phase.
 
-    __slots__ = ("end", "phase", "scope", "timeouts")
+    Moving a deadline costs a timer (re)schedule, so a request on an idle connection
+    starts with the read deadline already set (``armed``): writing a small request never
+    waits, and the first read uses it as is.
+    """
 
-    def __init__(self, timeouts: Timeouts) -> None:
-        now = anyio.current_time()
+    __slots__ = ("armed", "end", "phase", "scope", "timeouts")
+
+    def __init__(self, timeouts: Timeouts, now: float, *, reading: bool = False) -> None:
         self.timeouts = timeouts
         self.end = now + timeouts.total
-        self.phase = Phase.POOL
-        self.scope = anyio.CancelScope(deadline=min(self.end, now + timeouts.pool))
+        self.armed = reading
+        self.phase = Phase.READ if reading else Phase.POOL
+        first = timeouts.read if reading else timeouts.pool
+        self.scope = anyio.CancelScope(deadline=min(self.end, now + first))
 
     def enter(self, phase: Phase, seconds: float) -> None:
         self.phase = phase
         self.scope.deadline = min(self.end, anyio.current_time() + seconds)
 
+    def reading(self) -> None:
+        """Before a read: the read deadline, from now (unless just set)."""
+        if self.armed:
+            self.armed = False
+        else:
+            self.enter(Phase.READ, self.timeouts.read)
+
     def timeout(self) -> Timeout:
         if anyio.current_time() >= self.end:
             return Timeout(Phase.TOTAL, self.timeouts.total)
-        phase = self.phase
-        seconds = {
-            Phase.POOL: self.timeouts.pool,
-            Phase.CONNECT: self.timeouts.connect,
-            Phase.WRITE: self.timeouts.write,
-            Phase.READ: self.timeouts.read,
-        }.get(phase, self.timeouts.total)
-        return Timeout(phase, seconds)
+        return Timeout(self.phase, self.timeouts.of(self.phase))
 
 
 # -- the pool ----------------------------------------------------------------------------
@@ -512,6 +529,7 @@ class Pool:
         self._idle: deque[_Connection] = deque()
         self._open = 0  # connections open or opening, idle ones included
         self._waiters: deque[_Waiter] = deque()
+        self._stale: list[anyio.abc.ByteStream] = []  # to close at the next await
         self._closed = False
 
     def __repr__(self) -> str:
@@ -537,20 +555,40 @@ class Pool:
 
     # -- acquire and release -------------------------------------------------------------
 
-    async def _acquire(self, attempt: _Attempt) -> tuple[_Connection, bool]:
-        """A connection for one request, and whether it is new (never used before)."""
+    def _idle_connection(self, now: float) -> _Connection | None:
+        """A healthy idle connection, or None; expired and closed ones are set aside."""
         idle = self._idle
         while idle:
             connection = idle.pop()
-            if anyio.current_time() - connection.idle_since > self._expiry:
+            if now - connection.idle_since > self._expiry:
                 # The newest idle connection expired, so every older one has too.
-                idle.append(connection)
-                await self._close_idle()
-                break
+                self._drop(connection)
+                while idle:
+                    self._drop(idle.popleft())
+                return None
             if _readable(connection.fd):  # the server closed it while it sat idle
-                await self._discard(connection)
+                self._drop(connection)
                 continue
+            return connection
+        return None
+
+    def _drop(self, connection: _Connection) -> None:
+        self._give_back_slot()
+        self._stale.append(connection.stream)
+
+    async def _close_stale(self) -> None:
+        while self._stale:
+            await anyio.aclose_forcefully(self._stale.pop())
+
+    async def _acquire(self, attempt: _Attempt) -> tuple[_Connection, bool]:
+        """A connection for one request, and whether it is new (never used before)."""
+        if self._stale:  # before taking a connection: a cancel here must not lose one
+            await self._close_stale()
+        connection = self._idle_connection(anyio.current_time())
+        if connection is not None:
             return connection, False
+        if self._stale:
+            await self._close_stale()
         if self._closed:
             raise Refused("the provider is closed")
         if self._open >= self._max:
@@ -657,6 +695,7 @@ class Pool:
     async def aclose(self) -> None:
         """Close the idle connections now, and each busy one when its request ends."""
         self._closed = True
+        await self._close_stale()
         await self._close_idle()
         while (waiter := self._next_waiter()) is not None:
             waiter.slot = True  # let it fail on the closed pool
@@ -665,18 +704,30 @@ class Pool:
 
     # -- one request ---------------------------------------------------------------------
 
+    def _start(self, timeouts: Timeouts, data: bytes) -> tuple[_Attempt, _Connection | None]:
+        """The attempt's state, and an idle connection to use if there is one at hand."""
+        now = anyio.current_time()
+        connection = self._idle_connection(now)
+        reading = connection is not None and len(data) <= _SMALL_WRITE
+        return _Attempt(timeouts, now, reading=reading), connection
+
     async def _exchange(
-        self, attempt: _Attempt, data: bytes, max_bytes: int
+        self, attempt: _Attempt, data: bytes, max_bytes: int, connection: _Connection | None
     ) -> tuple[_Connection, _Exchange, httptools.HttpResponseParser]:
         """Send ``data`` and read up to the end of the response headers."""
+        new = False
         while True:
-            connection, new = await self._acquire(attempt)
-            attempt.enter(Phase.WRITE, attempt.timeouts.write)
+            if connection is None:
+                connection, new = await self._acquire(attempt)
+                attempt.armed = False
+            if not attempt.armed:
+                attempt.enter(Phase.WRITE, attempt.timeouts.write)
             try:
                 await connection.stream.send(data)
             except _STREAM_GONE as exc:
                 await self._discard(connection)
                 if not new:
+                    connection = None
                     continue  # closed while idle: the request never reached the server
                 raise Dropped(
                     f"the connection closed while sending ({type(exc).__name__})"
@@ -705,13 +756,12 @@ class Pool:
         """Read until the headers are in (``_HEADERS``), a body chunk is (``_CHUNK``), or
         the whole response is (``_END``)."""
         receive = connection.stream.receive
-        read_timeout = attempt.timeouts.read
         while not exchange.complete:
             if until == _HEADERS and exchange.headers_done:
                 return
             if until == _CHUNK and exchange.chunks:
                 return
-            attempt.enter(Phase.READ, read_timeout)
+            attempt.reading()
             try:
                 data = await receive(_READ_SIZE)
             except _STREAM_GONE:
@@ -747,6 +797,8 @@ class Pool:
             await self.release(connection)
         else:
             await self._discard(connection)
+        if self._stale:  # idle connections found dead on the way
+            await self._close_stale()
 
     async def send(
         self,
@@ -759,9 +811,9 @@ class Pool:
     ) -> Response:
         """Send one request; return the whole response (see :class:`Transport`)."""
         data = self._encode(method, target, content, headers)
-        attempt = _Attempt(timeouts)
+        attempt, idle = self._start(timeouts, data)
         with attempt.scope:
-            connection, exchange, parser = await self._exchange(attempt, data, max_bytes)
+            connection, exchange, parser = await self._exchange(attempt, data, max_bytes, idle)
             try:
                 await self._read(attempt, connection, exchange, parser, _END)
             except BaseException:
@@ -786,10 +838,10 @@ class Pool:
         :class:`Transport`). Leaving the block returns the connection to the pool when the
         body was read to its end, and closes it otherwise."""
         data = self._encode(method, target, content, headers)
-        attempt = _Attempt(timeouts)
+        attempt, idle = self._start(timeouts, data)
         opened = None
         with attempt.scope:
-            opened = await self._exchange(attempt, data, max_bytes)
+            opened = await self._exchange(attempt, data, max_bytes, idle)
         if opened is None:
             raise attempt.timeout()
         connection, exchange, parser = opened
@@ -839,6 +891,7 @@ class _PoolStream:
             attempt = self._attempt
             # A scope per read: a scope must not span the caller's code between chunks.
             attempt.scope = scope = anyio.CancelScope()
+            attempt.armed = False
             with scope:
                 await self._pool._read(attempt, self._connection, exchange, self._parser, _CHUNK)
             if scope.cancelled_caught:
@@ -858,167 +911,3 @@ class _PoolStream:
         """Return the connection when the body was read to its end, else close it."""
         self._exchange.parser = None
         await self._pool._finish(self._connection, self._exchange, self._parser)
-
-
-# -- over httpx --------------------------------------------------------------------------
-
-
-def _httpx_failure(exc: httpx.HTTPError) -> TransportError:
-    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
-        phase = {
-            httpx.ConnectTimeout: Phase.CONNECT,
-            httpx.WriteTimeout: Phase.WRITE,
-            httpx.PoolTimeout: Phase.POOL,
-        }.get(type(exc), Phase.READ)
-        return Timeout(phase, math.nan)
-    if isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol):
-        return Refused(detail)
-    if isinstance(exc, httpx.ConnectError):
-        return ConnectFailed(detail, tls="CERTIFICATE_VERIFY_FAILED" in detail)
-    return Dropped(detail)
-
-
-class HTTPXTransport:
-    """Requests over an ``httpx.AsyncClient`` (yours, or ours when a proxy applies)."""
-
-    def __init__(
-        self, client: httpx.AsyncClient, base_url: str, headers: Mapping[str, str], *, owned: bool
-    ) -> None:
-        self.client = client
-        self._base_url = base_url
-        self._headers = dict(headers)
-        self._owned = owned
-
-    def __repr__(self) -> str:
-        return f"HTTPXTransport({self._base_url!r}, owned={self._owned})"
-
-    async def aclose(self) -> None:
-        """Close the client if it is ours; leave a client you passed in open."""
-        if self._owned:
-            await self.client.aclose()
-
-    @asynccontextmanager
-    async def _open(
-        self,
-        method: str,
-        target: str,
-        content: bytes,
-        headers: Mapping[str, str] | None,
-        timeouts: Timeouts,
-    ) -> AsyncIterator[httpx.Response]:
-        client = self.client
-        if client.is_closed:
-            raise Refused("the http_client is closed")
-        request = client.build_request(
-            method,
-            self._base_url + target,
-            content=content or None,
-            headers={**self._headers, **headers} if headers else self._headers,
-            timeout=timeouts.as_httpx(),
-        )
-        failure: TransportError | None = None
-        try:
-            response = await client.send(request, stream=True, follow_redirects=False)
-        except httpx.HTTPError as exc:
-            failure = _httpx_failure(exc)
-        if failure is not None:  # raised outside the except: an httpx error holds the request
-            raise _with_seconds(failure, timeouts)
-        try:
-            yield response
-        finally:
-            await response.aclose()
-
-    async def send(
-        self,
-        method: str,
-        target: str,
-        content: bytes,
-        headers: Mapping[str, str] | None,
-        timeouts: Timeouts,
-        max_bytes: int,
-    ) -> Response:
-        """Send one request; return the whole response (see :class:`Transport`)."""
-        with anyio.move_on_after(timeouts.total):
-            async with self.stream(method, target, content, headers, timeouts, max_bytes) as r:
-                return Response(r.status, r.reason, r.headers, await r.read())
-        raise Timeout(Phase.TOTAL, timeouts.total)
-
-    @asynccontextmanager
-    async def stream(
-        self,
-        method: str,
-        target: str,
-        content: bytes,
-        headers: Mapping[str, str] | None,
-        timeouts: Timeouts,
-        max_bytes: int,
-    ) -> AsyncIterator[StreamResponse]:
-        """Send one request; yield the response once its headers are in."""
-        end = anyio.current_time() + timeouts.total
-        with anyio.CancelScope(deadline=end) as scope:
-            opening = self._open(method, target, content, headers, timeouts)
-            response = await opening.__aenter__()
-        if scope.cancelled_caught:
-            raise Timeout(Phase.TOTAL, timeouts.total)
-        stream = _HTTPXStream(response, max_bytes, timeouts, end)
-        try:
-            yield stream
-        except BaseException as exc:
-            await stream.aclose()
-            await opening.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        await stream.aclose()
-        await opening.__aexit__(None, None, None)
-
-
-def _with_seconds(failure: TransportError, timeouts: Timeouts) -> TransportError:
-    if isinstance(failure, Timeout) and math.isnan(failure.seconds):
-        seconds = {
-            Phase.CONNECT: timeouts.connect,
-            Phase.WRITE: timeouts.write,
-            Phase.POOL: timeouts.pool,
-        }.get(failure.phase, timeouts.read)
-        return Timeout(failure.phase, seconds)
-    return failure
-
-
-class _HTTPXStream:
-    def __init__(
-        self, response: httpx.Response, max_bytes: int, timeouts: Timeouts, end: float
-    ) -> None:
-        self._response = response
-        self._chunks = response.aiter_bytes()
-        self._size = 0
-        self._end = end
-        self._max = max_bytes
-        self._timeouts = timeouts
-        self.status = response.status_code
-        self.reason = response.reason_phrase
-        self.headers: Mapping[str, str] = {k.lower(): v for k, v in response.headers.items()}
-
-    def __aiter__(self) -> _HTTPXStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        failure: TransportError | None = None
-        with anyio.CancelScope(deadline=self._end) as scope:
-            try:
-                chunk = await anext(self._chunks)
-            except httpx.HTTPError as exc:
-                failure = _httpx_failure(exc)
-        if scope.cancelled_caught:
-            raise Timeout(Phase.TOTAL, self._timeouts.total)
-        if failure is not None:  # raised outside the except: an httpx error holds the request
-            raise _with_seconds(failure, self._timeouts)
-        self._size += len(chunk)
-        if self._size > self._max:
-            raise TooLarge(self._max)
-        return chunk
-
-    async def read(self) -> bytes:
-        """The rest of the body (bounded by the request's ``max_bytes``)."""
-        return b"".join([chunk async for chunk in self])
-
-    async def aclose(self) -> None:
-        await self._chunks.aclose()  # type: ignore[attr-defined]

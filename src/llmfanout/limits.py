@@ -1,0 +1,9 @@
+"""Rate limits: :class:`RateLimit` for one process, :class:`RedisRateLimit` for many.
+
+``RedisRateLimit`` needs the ``redis`` extra: ``pip install 'llmfanout[redis]'``.
+"""
+
+from ._ratelimit import RateLimit
+from ._redislimit import RedisRateLimit, SharedLimitError
+
+__all__ = ["RateLimit", "RedisRateLimit", "SharedLimitError"]
