@@ -261,8 +261,10 @@ async def test_threads_abandoned_on_timeout_do_not_starve_later_functions(
     # out waiting for a slot without ever running.
     release = threading.Event()
     ended = threading.Semaphore(0)
+    began: list[None] = []
 
     def hang() -> None:
+        began.append(None)
         release.wait(10)
         ended.release()
 
@@ -278,7 +280,11 @@ async def test_threads_abandoned_on_timeout_do_not_starve_later_functions(
     assert isinstance(results["stuck1"].error, TimeoutError)
     assert isinstance(results["stuck2"].error, TimeoutError)
     assert results["fast"].value == "fast"
-    for _ in range(2):  # the abandoned threads end once released
+    # The abandoned threads end once released. A call that timed out before a worker
+    # thread picked it up (a loaded machine may take longer than 0.05 s to start one)
+    # never runs at all: only the calls that began are waited for.
+    assert len(began) <= 2
+    for _ in range(len(began)):
         assert await anyio.to_thread.run_sync(ended.acquire, True, 5)
 
 
