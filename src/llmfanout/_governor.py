@@ -205,7 +205,8 @@ class Governor:
             else:  # no pacer yet: in flight where no budget counts it
                 self.unpaced += 1
                 self.unpaced_tokens += tokens
-        except BaseException:  # cancelled while waiting for the pacer: give the room back
+        # Cancelled while waiting for the pacer: give the room back.
+        except BaseException:  # re-raised (noqa: cancellation-ok)
             if pass_.gated:
                 self._gate().release_on_behalf_of(pass_)
             raise
