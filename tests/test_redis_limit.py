@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import pytest
 import redis
 from hypothesis import given
@@ -239,6 +240,32 @@ async def test_waits_past_the_burst_and_cancelling_a_waiter_takes_nothing(
     assert -0.01 < budget["rl"] < 0.5
     assert limit.workers == 1
     assert limit.shared
+
+
+@pytest.mark.anyio
+async def test_a_caller_cancelled_while_redis_admits_it_gives_the_request_back(
+    url: str, key: str, client: redis.Redis
+) -> None:
+    # One request every 10 s; 2 tokens a second, 2 of burst (a call of more waits for 2).
+    limit = RedisRateLimit(url, requests_per_minute=6, tokens_per_minute=120, key=key)
+    real_call = limit._call
+    scope = anyio.CancelScope()
+
+    def call_then_cancel(args: tuple[object, ...]) -> list[Any]:
+        reply = real_call(args)  # Redis admits the caller...
+        anyio.from_thread.run_sync(scope.cancel)  # ...which is cancelled meanwhile
+        return reply
+
+    limit._call = call_then_cancel  # type: ignore[method-assign]
+    with scope:
+        await limit.acquire(7)
+    assert scope.cancelled_caught
+    taken = state(client, limit)
+    assert taken["rl"] < 0.5 and taken["tl"] < -4  # admitted: both buckets were debited
+    limit._call = real_call  # type: ignore[method-assign]
+    with anyio.fail_after(5):  # without the refund, the next request is 10 s away
+        await limit.acquire(0)  # carries the refund, and takes the request back
+    assert state(client, limit)["tl"] > 1  # the 7 tokens are back too
 
 
 @pytest.mark.anyio

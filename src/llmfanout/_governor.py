@@ -72,7 +72,7 @@ class Pass:
         self.ticket = ticket
         self.epoch = epoch
         self.gated = False
-        self.tokens = 0  # counted in Governor.unpaced_tokens while in flight
+        self.tokens = 0  # its estimate (counted in Governor.unpaced_tokens without a pacer)
 
 
 class Governor:
@@ -181,6 +181,7 @@ class Governor:
         """Wait until the call may start: room under the figure, then its pacer's turn."""
         model = overrides.get("model") if overrides else None
         pass_ = Pass(model, None, 0, self.aimd.cuts)
+        pass_.tokens = tokens
         if self._engaged:
             await self._gate().acquire_on_behalf_of(pass_)
             pass_.gated = True
@@ -204,8 +205,8 @@ class Governor:
             else:  # no pacer yet: in flight where no budget counts it
                 self.unpaced += 1
                 self.unpaced_tokens += tokens
-                pass_.tokens = tokens
-        except BaseException:  # cancelled while waiting for the pacer: give the room back
+        # Cancelled while waiting for the pacer: give the room back.
+        except BaseException:  # re-raised (noqa: cancellation-ok)
             if pass_.gated:
                 self._gate().release_on_behalf_of(pass_)
             raise
@@ -226,6 +227,8 @@ class Governor:
             pacer.observe(
                 info, pass_.ticket, uncounted=self.unpaced, uncounted_tokens=self.unpaced_tokens
             )
+            if pass_.tokens:  # the estimate corrected by what the answer says it used
+                pacer.settle(pass_.tokens, getattr(outcome, "total_tokens", None))
         elif info is not None or cooldown is not None:
             pacer = self._pacer_for(pass_.model)
             if pacer is not None and info is not None:

@@ -130,7 +130,7 @@ class HTTPXTransport:
         stream = _HTTPXStream(response, max_bytes, timeouts, end)
         try:
             yield stream
-        except BaseException as exc:
+        except BaseException as exc:  # cleanup, then re-raised (noqa: cancellation-ok)
             await stream.aclose()
             await opening.__aexit__(type(exc), exc, exc.__traceback__)
             raise

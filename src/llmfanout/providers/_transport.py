@@ -599,7 +599,7 @@ class Pool:
             self._open += 1
         try:
             return await self._connect(attempt), True
-        except BaseException:
+        except BaseException:  # cleanup, then re-raised (noqa: cancellation-ok)
             self._give_back_slot()
             raise
 
@@ -609,7 +609,7 @@ class Pool:
         self._waiters.append(waiter)
         try:
             await waiter.event.wait()
-        except BaseException:
+        except BaseException:  # cleanup, then re-raised (noqa: cancellation-ok)
             waiter.gone = True
             if waiter.connection is not None:
                 await self.release(waiter.connection)
@@ -732,7 +732,7 @@ class Pool:
                 raise Dropped(
                     f"the connection closed while sending ({type(exc).__name__})"
                 ) from None
-            except BaseException:
+            except BaseException:  # cleanup, then re-raised (noqa: cancellation-ok)
                 await self._discard(connection)
                 raise
             exchange = _Exchange(max_bytes)
@@ -740,7 +740,7 @@ class Pool:
             exchange.parser = parser
             try:
                 await self._read(attempt, connection, exchange, parser, _HEADERS)
-            except BaseException:
+            except BaseException:  # cleanup, then re-raised (noqa: cancellation-ok)
                 await self._discard(connection)
                 raise
             return connection, exchange, parser
@@ -816,7 +816,7 @@ class Pool:
             connection, exchange, parser = await self._exchange(attempt, data, max_bytes, idle)
             try:
                 await self._read(attempt, connection, exchange, parser, _END)
-            except BaseException:
+            except BaseException:  # cleanup, then re-raised (noqa: cancellation-ok)
                 await self._discard(connection)
                 raise
             exchange.parser = None
@@ -848,7 +848,7 @@ class Pool:
         response = _PoolStream(self, attempt, connection, exchange, parser)
         try:
             yield response
-        except BaseException:
+        except BaseException:  # cleanup, then re-raised (noqa: cancellation-ok)
             await self._discard(connection)
             raise
         await response.finish()
