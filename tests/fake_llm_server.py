@@ -57,6 +57,10 @@ __all__ = [
 
 _STREAM_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
+WAIT_LIMIT = 30.0
+"""Seconds the ``wait_for_*`` helpers wait before they fail the test: a bug must fail
+one test with a message, never hang the suite."""
+
 _OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -322,6 +326,8 @@ class FakeLLMServer:
         self.peak_connections = 0
         self._arrived = anyio.Event()
         self._idle: set[anyio.abc.ByteStream] = set()
+        self._live: set[anyio.abc.ByteStream] = set()
+        """Connections whose handler still runs (``open_connections`` of them)."""
 
     def set_base_url(self, base_url: str) -> None:
         """Where clients reach the server (and the OpenAI and Anthropic URLs under it)."""
@@ -331,11 +337,16 @@ class FakeLLMServer:
 
     async def close_idle_connections(self) -> None:
         """Once every open connection waits for its next request, close them all, as a
-        server whose keep-alive timeout ran out does."""
-        while len(self._idle) < self.open_connections:
-            await self._arrived.wait()
-        for stream in list(self._idle):
+        server whose keep-alive timeout ran out does; return once each has closed."""
+        await self._until(
+            lambda: len(self._idle) >= self.open_connections, "every open connection to be idle"
+        )
+        closing = list(self._idle)
+        for stream in closing:
             await anyio.aclose_forcefully(stream)
+        await self._until(
+            lambda: self._live.isdisjoint(closing), "the idle connections it closed to end"
+        )
 
     def __repr__(self) -> str:
         return f"FakeLLMServer({self.base_url!r}, requests={len(self.requests)})"
@@ -355,13 +366,25 @@ class FakeLLMServer:
 
     async def wait_for_requests(self, count: int) -> None:
         """Return once at least ``count`` requests have arrived."""
-        while len(self.requests) < count:
-            await self._arrived.wait()
+        await self._until(lambda: len(self.requests) >= count, f"{count} requests")
 
     async def wait_for_no_connections(self) -> None:
         """Return once every client connection has closed."""
-        while self.open_connections:
-            await self._arrived.wait()
+        await self._until(lambda: not self.open_connections, "every connection to close")
+
+    async def _until(self, ready: Callable[[], bool], what: str) -> None:
+        """Wait until ``ready()``; fail (never hang) after :data:`WAIT_LIMIT` seconds."""
+        try:
+            with anyio.fail_after(WAIT_LIMIT):
+                while not ready():
+                    await self._arrived.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"the fake LLM server waited {WAIT_LIMIT:g} s for {what}: "
+                f"{len(self.requests)} requests, {self.in_flight} in flight, "
+                f"{self.open_connections} connections open ({len(self._idle)} idle), "
+                f"{self.connections_opened} opened"
+            ) from None
 
     def _notify(self) -> None:
         self._arrived.set()
@@ -374,6 +397,7 @@ class FakeLLMServer:
         self.connections_opened += 1
         self.open_connections += 1
         self.peak_connections = max(self.peak_connections, self.open_connections)
+        self._live.add(stream)
         conn = h11.Connection(h11.SERVER)
         try:
             async with stream:
@@ -403,6 +427,7 @@ class FakeLLMServer:
             return  # the client went away mid-exchange
         finally:
             self.open_connections -= 1
+            self._live.discard(stream)
             self._notify()
 
     def _record(self, request: h11.Request, body: bytes, connection: int) -> RecordedRequest:

@@ -26,6 +26,7 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
+import fake_llm_server
 from fake_llm_server import FakeLLMServer, Fault, serve_fake_llm
 from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor, RetryConfig
 from llmfanout.errors import (
@@ -90,12 +91,29 @@ async def test_a_server_closing_idle_connections_fails_no_task(server: FakeLLMSe
     async with openai(server.openai_base_url, max_connections=4) as provider:
         executor = ParallelLLMExecutor(provider, max_concurrency=4, default_retry=ONCE)
         first = await executor.execute(tasks("a", 40))
+        assert all(r.success and r.attempts == 1 for r in first.values())
         opened = server.connections_opened
+        # Returns once each connection it closed has ended on the server: no wait on a
+        # count of open connections, which a connection from elsewhere would hold up.
         await server.close_idle_connections()
-        await server.wait_for_no_connections()
         second = await executor.execute(tasks("b", 40))
-    assert all(r.success and r.attempts == 1 for r in [*first.values(), *second.values()])
+    assert all(r.success and r.attempts == 1 for r in second.values())
     assert server.connections_opened > opened  # the closed ones were replaced, not reused
+
+
+async def test_a_fake_server_wait_that_never_ends_fails_the_test(
+    server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's waits have a deadline: a bug fails one test with a message, never
+    hangs the suite."""
+    monkeypatch.setattr(fake_llm_server, "WAIT_LIMIT", 0.05)
+    with pytest.raises(AssertionError, match=r"waited 0.05 s for 1 requests: 0 requests"):
+        await server.wait_for_requests(1)
+    async with await anyio.connect_tcp("127.0.0.1", server.port) as client:  # kept open
+        await client.send(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+        await client.receive()  # answered: the server counts the connection
+        with pytest.raises(AssertionError, match=r"every connection to close: .* 1 connections"):
+            await server.wait_for_no_connections()
 
 
 async def test_connections_expire_after_keepalive(server: FakeLLMServer) -> None:
