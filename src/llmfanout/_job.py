@@ -342,30 +342,25 @@ class Job:
             self._models[tag] = model
         return LLMTask(row.messages, params)
 
+    def _take(self, row: ParsedRow | Bad) -> LLMTask | None:
+        """Count one input row: its task, or None for a bad row (kept to be handed out)."""
+        self._position += 1
+        if type(row) is Bad:
+            self._bad.append(row)
+            return None
+        assert isinstance(row, ParsedRow)
+        return self._task(row)
+
     def tasks(self, rows: Iterable[ParsedRow | Bad]) -> Iterator[LLMTask]:
         """The executor's input: a task per good row; bad rows wait to be handed out."""
-        bad = self._bad
         for row in rows:
-            self._position += 1
-            if type(row) is Bad:
-                bad.append(row)
-                continue
-            assert isinstance(row, ParsedRow)
-            task = self._task(row)
-            if task is not None:
+            if (task := self._take(row)) is not None:
                 yield task
 
     async def atasks(self, rows: AsyncIterable[ParsedRow | Bad]) -> AsyncIterator[LLMTask]:
         """:meth:`tasks` for an async input."""
-        bad = self._bad
         async for row in rows:
-            self._position += 1
-            if type(row) is Bad:
-                bad.append(row)
-                continue
-            assert isinstance(row, ParsedRow)
-            task = self._task(row)
-            if task is not None:
+            if (task := self._take(row)) is not None:
                 yield task
 
     def row(self, result: TaskResult) -> dict[str, Any]:
