@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _common import BACKENDS
 from fake_batch_server import serve_fake_batches
 from llmfanout import LLMMessage, LLMTask, OpenAIProvider
-from llmfanout._batch import Polling, _planned, submit_batch
-from llmfanout._batch_api import OpenAIBatchAPI
-from llmfanout._batch_state import load, save
+from llmfanout._batch._api import OpenAIBatchAPI
+from llmfanout._batch._jobs import Polling, _planned, submit_batch
+from llmfanout._batch._state import load, save
 
 FAST = Polling(interval=0.001, max_interval=0.01, retry_wait=0.01)
 

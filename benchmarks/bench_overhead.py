@@ -59,7 +59,7 @@ from llmfanout import (
     RetryConfig,
     TaskResult,
 )
-from llmfanout._inputs import check_mapping
+from llmfanout._core._inputs import check_mapping
 
 Tasks = dict[str, LLMTask]
 Results = dict[str, Any]

@@ -34,7 +34,7 @@ import anyio.to_thread
 import redis
 import redis.asyncio
 
-from llmfanout._redislimit import _SCRIPT
+from llmfanout._flow._redislimit import _SCRIPT
 from llmfanout.limits import RedisRateLimit
 
 BACKENDS = ("asyncio", "asyncio", "trio", "trio")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmfanout._adaptive import AIMD
+from llmfanout._flow._adaptive import AIMD
 
 
 def test_overload_halves_and_successes_add_one_a_round() -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fake_llm_server import go_duration
 from llmfanout import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
-from llmfanout._advertised import parse_duration
+from llmfanout._base._advertised import parse_duration
 
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 from fake_batch_server import FakeBatchServer, serve_fake_batches
 from fake_llm_server import Fault
 from llmfanout import AnthropicProvider, LLMMessage, LLMTask, OpenAIProvider
-from llmfanout._batch import BatchJob, Polling, _planned, submit_batch
-from llmfanout._batch_api import (
+from llmfanout._batch._api import (
     AnthropicBatchAPI,
     BatchAPI,
     BatchRequestCancelled,
@@ -34,8 +33,9 @@ from llmfanout._batch_api import (
     OpenAIBatchAPI,
     _seconds,
 )
-from llmfanout._batch_http import BatchHTTP
-from llmfanout._batch_state import BatchStateError, Part, State, load, save
+from llmfanout._batch._http import BatchHTTP
+from llmfanout._batch._jobs import BatchJob, Polling, _planned, submit_batch
+from llmfanout._batch._state import BatchStateError, Part, State, load, save
 from llmfanout.errors import BadRequestError, ProviderError, RateLimitError, ServerError
 from llmfanout.providers._http import HTTPProvider
 

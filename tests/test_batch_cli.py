@@ -25,8 +25,8 @@ import pytest
 
 from fake_batch_server import FakeBatchServer, fake_batch_server_in_thread
 from fake_llm_server import fake_llm_server_in_thread
-from llmfanout._batch import BatchProgress
-from llmfanout._batch_cli import _Display
+from llmfanout._batch._jobs import BatchProgress
+from llmfanout._cli._batch import _Display
 
 DEADLINE = 60.0  # seconds: generous, since every wait ends early on success
 KEY = "sk-cli-batch-secret-0123456789"

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from llmfanout._cli import EXAMPLE, EXAMPLE_FILE
+from llmfanout._cli._main import EXAMPLE, EXAMPLE_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "src" / "llmfanout" / "examples"  # shipped in the package

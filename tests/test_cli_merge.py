@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmfanout._output_rows import merge, recover
+from llmfanout._rows._output_rows import merge, recover
 from test_cli import (
     DEADLINE,
     assert_each_once,

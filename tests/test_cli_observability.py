@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fake_llm_server import Fault, fake_llm_server_in_thread
-from llmfanout import _log
+from llmfanout._cli import _log
 from test_cli import environment, llmfanout, write_prompts
 
 KEY = "sk-test-observability-0123456789"

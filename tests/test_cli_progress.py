@@ -11,15 +11,15 @@ import anyio
 import pytest
 from rich.console import Console
 
-from llmfanout import _progress
-from llmfanout._cli import main
-from llmfanout._progress import (
+from llmfanout._cli import _display as _progress
+from llmfanout._cli._display import (
     Display,
     PlainDisplay,
     RichDisplay,
     make_display,
     plain_line,
 )
+from llmfanout._cli._main import main
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fake_llm_server import Fault, RecordedRequest, fake_llm_server_in_thread
-from llmfanout._cli import main
+from llmfanout._cli._main import main
 from llmfanout.testing import set_testing
 from test_cli import (
     BAD_INPUT,

@@ -22,7 +22,7 @@ from llmfanout import (
     TaskResult,
     summarize,
 )
-from llmfanout._cost import load_prices, price_for
+from llmfanout._report._cost import load_prices, price_for
 
 PRICES = {
     "gpt-test": {"input": 2.5, "cached_input": 1.25, "output": 10.0},

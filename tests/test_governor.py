@@ -50,7 +50,7 @@ async def test_answers_and_errors_carry_the_advertised_limits(server: FakeLLMSer
 
 async def test_budgets_are_kept_per_provider_and_model() -> None:
     from llmfanout import LLMResponse, RateLimitBudget
-    from llmfanout._governor import Governor
+    from llmfanout._flow._governor import Governor
 
     class Provider:
         async def complete(self, messages: object, config_overrides: object = None) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from llmfanout import LLMMessage
-from llmfanout._input_rows import Bad, BadRow, ParsedRow, parse_row, read_rows, scan
-from llmfanout._messages import ImagePart, TextPart, ToolCall
-from llmfanout._output_rows import Recovered
+from llmfanout._base._messages import ImagePart, TextPart, ToolCall
+from llmfanout._rows._input_rows import Bad, BadRow, ParsedRow, parse_row, read_rows, scan
+from llmfanout._rows._output_rows import Recovered
 
 
 def line(row: Any) -> bytes:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fake_llm_server import fake_llm_server_in_thread
 from llmfanout import JobError, JobSpec, arun_rows, run_rows
-from llmfanout._job import Job, _limiter_for, scrubber
+from llmfanout._rows._job import Job, _limiter_for, scrubber
 
 pytestmark = pytest.mark.anyio
 

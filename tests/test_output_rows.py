@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from llmfanout import TaskResult
-from llmfanout._input_rows import Bad
-from llmfanout._output_rows import (
+from llmfanout._base._types import LLMResponse
+from llmfanout._rows._input_rows import Bad
+from llmfanout._rows._output_rows import (
     RowWriter,
     bad_row,
     cut_torn_line,
@@ -19,7 +20,6 @@ from llmfanout._output_rows import (
     recover,
     result_row,
 )
-from llmfanout._types import LLMResponse
 
 
 def line(row: Any) -> bytes:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fake_llm_server import FakeLLMServer, Fault, RecordedRequest, ServerLimit, serve_fake_llm
 from llmfanout import HeaderPacer, Limiter, RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
-from llmfanout._pacing import _MARGIN, _PROBE_WAIT
+from llmfanout._flow._pacing import _MARGIN, _PROBE_WAIT
 
 EPS = 1e-9
 

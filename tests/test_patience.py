@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmfanout._patience import Patience, is_overload, overload_wait
+from llmfanout._flow._patience import Patience, is_overload, overload_wait
 from llmfanout.errors import AuthenticationError, RateLimitError, ServerError
 
 

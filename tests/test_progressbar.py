@@ -94,7 +94,7 @@ def test_a_notebook_without_ipywidgets_gets_the_counts_once_at_the_end(
     printed: list[str] = []
     console = Console(file=io.StringIO(), force_jupyter=True)
     monkeypatch.setattr(console, "print", lambda text: printed.append(text))
-    monkeypatch.setattr("llmfanout._progressbar.find_spec", lambda name: None)
+    monkeypatch.setattr("llmfanout._report._progressbar.find_spec", lambda name: None)
     bar = ProgressBar(2, console=console)
     ParallelLLMExecutor(EchoProvider()).execute_sync(
         {"a": LLMTask([LLMMessage("user", "a")]), "b": LLMTask([LLMMessage("user", "b")])},

@@ -42,7 +42,7 @@ from llmfanout.providers._errors import (
     status_error_class,
 )
 from llmfanout.providers._secrets import Redactor, redact
-from llmfanout.providers._transport import Response
+from llmfanout.providers._transports._pool import Response
 
 pytestmark = pytest.mark.anyio
 

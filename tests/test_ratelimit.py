@@ -25,7 +25,7 @@ from llmfanout import (
     RateLimit,
     RetryConfig,
 )
-from llmfanout._ratelimit import IMAGE_TOKENS, estimate_tokens, is_rate_limit_error
+from llmfanout._flow._ratelimit import IMAGE_TOKENS, estimate_tokens, is_rate_limit_error
 from llmfanout.errors import RateLimitError, ServerError
 
 pytestmark = pytest.mark.anyio

@@ -18,7 +18,7 @@ import pytest
 
 from fake_llm_server import FakeLLMServer, fake_llm_server_in_thread
 from llmfanout import JobSpec
-from llmfanout._output_rows import merge, shard_files
+from llmfanout._rows._output_rows import merge, shard_files
 from redis_server import running_redis
 
 if os.environ.get("CI"):

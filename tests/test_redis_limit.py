@@ -32,9 +32,9 @@ from llmfanout import (
     RateLimit,
     run_rows,
 )
-from llmfanout import _redislimit as redislimit
-from llmfanout._cli import main as cli_main
-from llmfanout._redislimit import _SCRIPT
+from llmfanout._cli._main import main as cli_main
+from llmfanout._flow import _redislimit as redislimit
+from llmfanout._flow._redislimit import _SCRIPT
 from llmfanout.limits import RedisRateLimit, SharedLimitError
 from redis_server import RedisServer, free_port, require_binary, running_redis
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmfanout._outcome import Failed, Ok
-from llmfanout._retry import retrying
+from llmfanout._core._outcome import Failed, Ok
+from llmfanout._core._retry import retrying
 from llmfanout.retry import BackoffStrategy, RetryConfig, RetryExecutor, backoff_delay
 from llmfanout.testing import is_testing, set_testing
 

@@ -15,7 +15,7 @@ from llmfanout.providers._anthropic_format import AnthropicStream
 from llmfanout.providers._openai_format import OpenAIStream
 from llmfanout.providers._sse import Event, SSEDecoder
 from llmfanout.providers._streaming import StreamEventError, StreamFormatError
-from llmfanout.providers._transport import Response
+from llmfanout.providers._transports._pool import Response
 
 # -- the SSE parser ------------------------------------------------------------------------
 

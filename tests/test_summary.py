@@ -21,7 +21,7 @@ from llmfanout import (
     TaskResult,
     summarize,
 )
-from llmfanout._summary import SummaryAccumulator
+from llmfanout._report._summary import SummaryAccumulator
 
 pytestmark = pytest.mark.anyio
 

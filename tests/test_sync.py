@@ -25,7 +25,7 @@ from llmfanout import (
     OpenAIProvider,
     ParallelLLMExecutor,
 )
-from llmfanout import _sync as sync_module
+from llmfanout._core import _sync as sync_module
 
 SYNC_BACKENDS = ["asyncio", "trio"]
 ROOT = Path(__file__).resolve().parent.parent

@@ -185,6 +185,6 @@ def test_retry_config_validation_names_the_field() -> None:
     [(3, "an int"), ({}, "a dict"), (object(), "an object"), (LLMTask([user("a")]), "an LLMTask")],
 )
 def test_messages_name_types_with_the_right_article(value: object, words: str) -> None:
-    from llmfanout._types import a_kind
+    from llmfanout._base._types import a_kind
 
     assert a_kind(value) == words

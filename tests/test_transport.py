@@ -37,8 +37,8 @@ from llmfanout.errors import (
     ResponseFormatError,
 )
 from llmfanout.providers import AnthropicProvider, OpenAIProvider
-from llmfanout.providers._httpx import HTTPXTransport
-from llmfanout.providers._transport import Pool, TooLarge, _Exchange, default_ssl_context
+from llmfanout.providers._transports._httpx import HTTPXTransport
+from llmfanout.providers._transports._pool import Pool, TooLarge, _Exchange, default_ssl_context
 from raw_http_server import serve_raw
 
 pytestmark = pytest.mark.anyio

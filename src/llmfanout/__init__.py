@@ -1,18 +1,7 @@
 """llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
 
-from ._advertised import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
-from ._batch import BatchJob, submit_batch
-from ._cost import Price
-from ._echo import EchoProvider, ErrorResponse
-from ._executor import ParallelLLMExecutor, ResultStream
-from ._job import JobError, JobSpec, RowStream, arun_rows, run_rows
-from ._limiter import Limiter
-from ._pacing import HeaderPacer
-from ._ratelimit import RateLimit
-from ._retry import BackoffStrategy, RetryConfig, RetryExecutor
-from ._summary import RunSummary, summarize
-from ._tasks import DeterministicTask, LLMTask, TaskResult
-from ._types import (
+from ._base._advertised import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
+from ._base._types import (
     AsyncLLMProvider,
     ImagePart,
     LLMMessage,
@@ -21,8 +10,19 @@ from ._types import (
     TextPart,
     ToolCall,
 )
+from ._batch._jobs import BatchJob, submit_batch
+from ._core._executor import ParallelLLMExecutor, ResultStream
+from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor
+from ._core._tasks import DeterministicTask, LLMTask, TaskResult
+from ._flow._limiter import Limiter
+from ._flow._pacing import HeaderPacer
+from ._flow._ratelimit import RateLimit
+from ._report._cost import Price
+from ._report._summary import RunSummary, summarize
+from ._rows._job import JobError, JobSpec, RowStream, arun_rows, run_rows
 from .errors import ProviderError, TaskAborted
 from .providers import AnthropicProvider, OpenAIProvider
+from .providers._echo import EchoProvider, ErrorResponse
 
 __all__ = [
     "AnthropicProvider",

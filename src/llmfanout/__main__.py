@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); the exit status."""
-    from ._cli import main as cli_main
+    from ._cli._main import main as cli_main
 
     return cli_main(argv)
 

@@ -6,9 +6,9 @@ limits allow and creates them, recording each step in a state file first; a
 and cancels. See docs/batch.md.
 """
 
-from ._batch import BatchJob, BatchPart, BatchProgress, Polling, submit_batch
-from ._batch_api import BatchRequestCancelled, BatchRequestError, BatchRequestExpired
-from ._batch_state import BatchStateError
+from ._batch._api import BatchRequestCancelled, BatchRequestError, BatchRequestExpired
+from ._batch._jobs import BatchJob, BatchPart, BatchProgress, Polling, submit_batch
+from ._batch._state import BatchStateError
 
 __all__ = [
     "BatchJob",

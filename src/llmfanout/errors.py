@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._advertised import RateLimitInfo
+    from ._base._advertised import RateLimitInfo
 
 __all__ = [
     "APIConnectionError",

@@ -3,7 +3,7 @@
 ``RedisRateLimit`` needs the ``redis`` extra: ``pip install 'llmfanout[redis]'``.
 """
 
-from ._ratelimit import RateLimit
-from ._redislimit import RedisRateLimit, SharedLimitError
+from ._flow._ratelimit import RateLimit
+from ._flow._redislimit import RedisRateLimit, SharedLimitError
 
 __all__ = ["RateLimit", "RedisRateLimit", "SharedLimitError"]

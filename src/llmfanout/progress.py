@@ -1,5 +1,5 @@
 """Progress display for library runs: ``on_result=ProgressBar(len(tasks))``."""
 
-from ._progressbar import ProgressBar
+from ._report._progressbar import ProgressBar
 
 __all__ = ["ProgressBar"]

@@ -1,5 +1,5 @@
 """Ray Data: run a batch job over a Dataset on a pool of actors (``llmfanout[ray]``)."""
 
-from ._raymap import map_rows
+from ._rows._raymap import map_rows
 
 __all__ = ["map_rows"]

@@ -1,5 +1,5 @@
 """Retry policies: :class:`RetryConfig`, :class:`BackoffStrategy` and :class:`RetryExecutor`."""
 
-from ._retry import BackoffStrategy, RetryConfig, RetryExecutor, backoff_delay, is_retryable
+from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor, backoff_delay, is_retryable
 
 __all__ = ["BackoffStrategy", "RetryConfig", "RetryExecutor", "backoff_delay", "is_retryable"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import TracebackType
 
-from ._echo import EchoCall, EchoProvider, ErrorResponse, ResponseQueueExhausted
-from ._retry import TESTING
-from ._types import LLMResponse
+from ._base._types import LLMResponse
+from ._core._retry import TESTING
+from .providers._echo import EchoCall, EchoProvider, ErrorResponse, ResponseQueueExhausted
 
 __all__ = [
     "EchoCall",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 
-from .._types import LLMMessage, LLMResponse, to_messages
+from .._base._types import LLMMessage, LLMResponse, to_messages
 from ..errors import BadRequestError, ProviderError
 from ._anthropic_format import (
     AnthropicStream,
@@ -18,7 +18,7 @@ from ._anthropic_format import (
 from ._config import HTTPOptions, check_positive_int
 from ._http import HTTPProvider
 from ._streaming import Accumulator
-from ._transport import Response
+from ._transports._pool import Response
 
 ANTHROPIC_VERSION = "2023-06-01"
 """The ``anthropic-version`` header sent unless ``headers=`` gives another."""

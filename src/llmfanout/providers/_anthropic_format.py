@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall
+from .._base._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall
 from ..errors import BadRequestError
 from ._sse import Event
 from ._streaming import StreamEventError, StreamFormatError, parse

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._advertised import parse_rate_limit_headers
+from .._base._advertised import parse_rate_limit_headers
 from ..errors import (
     APIConnectionError,
     APIStatusError,
@@ -33,7 +33,7 @@ from ..errors import (
     ServerError,
 )
 from ._secrets import Redactor
-from ._transport import (
+from ._transports._pool import (
     ConnectFailed,
     Phase,
     Refused,

@@ -27,9 +27,9 @@ from typing import Any, ClassVar, Self
 import attrs
 import httpx
 
-from .._advertised import parse_rate_limit_headers
-from .._perloop import PerLoop
-from .._types import LLMMessage, LLMResponse
+from .._base._advertised import parse_rate_limit_headers
+from .._base._perloop import PerLoop
+from .._base._types import LLMMessage, LLMResponse
 from ..errors import BadRequestError, ProviderError, ResponseFormatError
 from ._config import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -45,10 +45,10 @@ from ._config import (
     make_timeout,
 )
 from ._errors import format_error, request_id, status_error, transport_error
-from ._httpx import HTTPXTransport
 from ._secrets import Redactor, Secret, SecretHeaders, resolve_api_key
 from ._streaming import ON_TEXT, Accumulator, complete_streamed
-from ._transport import (
+from ._transports._httpx import HTTPXTransport
+from ._transports._pool import (
     Origin,
     Pool,
     Response,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._types import LLMMessage, LLMResponse, to_messages
+from .._base._types import LLMMessage, LLMResponse, to_messages
 from ..errors import ProviderError
 from ._http import HTTPProvider
 from ._openai_format import OpenAIStream, messages_to_wire, tool_calls_from, usage_from
 from ._streaming import Accumulator
-from ._transport import Response
+from ._transports._pool import Response
 
 
 class OpenAIProvider(HTTPProvider):

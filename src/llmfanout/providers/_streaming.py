@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import attrs
 
-from .._types import LLMResponse
+from .._base._types import LLMResponse
 from ..errors import APIConnectionError, ProviderError
 from ._errors import one_line, should_retry, status_error_class
 from ._sse import Event, SSEDecoder
-from ._transport import Response
+from ._transports._pool import Response
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .._types import LLMMessage
+    from .._base._types import LLMMessage
     from ._http import HTTPProvider
 
 logger = logging.getLogger("llmfanout")

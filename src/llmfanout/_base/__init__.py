@@ -1,0 +1,1 @@
+"""The vocabulary every layer speaks: messages, responses, advertised limits, small checks."""

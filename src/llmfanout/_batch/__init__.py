@@ -1,0 +1,1 @@
+"""Provider batch jobs: the OpenAI and Anthropic batch APIs, their wire formats, the state file."""

@@ -1,0 +1,83 @@
+"""The batch client's one door to HTTP: a JSON call, and a JSONL download line by line.
+
+Both go through the provider's own primitives (:meth:`HTTPProvider.request` and
+:meth:`HTTPProvider.stream`): its connection pool, auth headers, error mapping, size cap
+and key redaction. Nothing here touches a socket or a header holding the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from ..errors import BadRequestError
+from ..providers._http import HTTPProvider
+from ..providers._transports._pool import Origin
+
+MAX_DOWNLOAD_BYTES = 1 << 40
+"""A results file is read line by line, never held whole: no cap short of absurd."""
+
+
+class BatchHTTP:
+    """Requests on behalf of the batch APIs, authenticated as ``provider`` is."""
+
+    def __init__(self, provider: HTTPProvider) -> None:
+        self.provider = provider
+        self.name = provider.provider_name
+
+    def same_origin(self, url: str) -> bool:
+        """Whether ``url`` is a path, or on base_url's scheme, host and port."""
+        if not url.startswith(("http://", "https://")):
+            return True
+        try:
+            return Origin.of(httpx.URL(url)) == self.provider._origin
+        except httpx.InvalidURL:
+            return False
+
+    def url(self, path: str) -> str:
+        """``path`` as the provider will take it; an absolute URL only on the same origin.
+
+        The key goes with every request, so a URL from a server's answer (Anthropic's
+        ``results_url``) pointing at another host is refused rather than followed.
+        """
+        if not self.same_origin(path):
+            raise BadRequestError(
+                f"{self.name}: the server gave a URL on another host ({path[:100]}); the API "
+                "key is only sent to base_url's host, so it was not fetched",
+                provider=self.name,
+            )
+        return path
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+    ) -> Any:
+        """Send one request; the parsed JSON of a 2xx answer, else a ``ProviderError``."""
+        provider = self.provider
+        response = await provider.request(
+            method, self.url(path), json=json_body, content=content, content_type=content_type
+        )
+        return provider._json(response)
+
+    async def lines(self, path: str) -> AsyncGenerator[bytes, None]:
+        """The non-blank lines of a JSONL download, as they arrive (nothing held whole)."""
+        provider = self.provider
+        redact = provider._redactor.data if provider._redact_answers else None
+        async with provider.stream(
+            "GET", self.url(path), max_response_bytes=MAX_DOWNLOAD_BYTES
+        ) as body:
+            held = b""
+            async for chunk in body:
+                *whole, held = (held + chunk).split(b"\n")
+                for line in whole:
+                    if line.strip():
+                        yield redact(line) if redact else line
+            if held.strip():
+                yield redact(held) if redact else held

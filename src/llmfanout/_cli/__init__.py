@@ -1,0 +1,1 @@
+"""The ``llmfanout`` command: one module per subcommand, parsing and display only."""

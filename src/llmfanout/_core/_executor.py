@@ -1,0 +1,698 @@
+"""The scheduler: a bounded pool of workers pulling tasks from the input.
+
+One worker task per concurrency slot, not one task per input: at 100k inputs that is the
+difference between flat and growing cost per task. Each worker holds one slot of the
+executor's cap (``_cap.py``) for its life, so concurrent calls on one executor share
+``max_concurrency``, in one event loop or several; a worker hands its slot on after an
+item whenever another worker is queued for one, so no call starves.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from time import perf_counter
+from typing import Any, NoReturn
+
+import anyio
+import anyio.lowlevel
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from .._base._checks import unwrap_group, whole_number
+from .._base._perloop import PerLoop
+from .._base._types import AsyncLLMProvider, LLMMessage, a_kind
+from .._flow._governor import Governor
+from .._flow._limiter import Limiter, check_limiter
+from ..errors import TaskAborted
+from ._attempt import NO_RETRY, cooldown_cap, fresh, run_function, run_llm, shared_cooldown
+from ._cap import Cap, Lease, give_back, holding, lend, release_context, take
+from ._inputs import (
+    AsyncItems,
+    InputFailure,
+    Invalid,
+    Item,
+    TaskSource,
+    check_mapping,
+    prepare,
+)
+from ._outcome import Failed, Ok
+from ._retry import RetryConfig
+from ._sync import run_sync
+from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
+
+logger = logging.getLogger("llmfanout")
+
+OnResult = Callable[[TaskResult], Any]
+
+
+class _Run:
+    """The state of one call: where items come from, where results go, how many failed."""
+
+    __slots__ = (
+        "aborted",
+        "emit",
+        "failures",
+        "guarded",
+        "items",
+        "max_errors",
+        "notify",
+        "reason",
+        "scopes",
+        "stop_on_auth",
+        "threads",
+    )
+
+    def __init__(
+        self,
+        items: Iterator[Item] | AsyncItems,
+        emit: Callable[[TaskResult], Awaitable[None]],
+        max_errors: int | None,
+        on_result: OnResult | None,
+        stop_on_auth: bool = False,
+    ) -> None:
+        self.items = items
+        self.emit = emit
+        self.max_errors = max_errors
+        self.guarded = max_errors is not None
+        self.stop_on_auth = stop_on_auth
+        self.notify = _callback(on_result)
+        self.failures = 0
+        self.aborted = False
+        self.reason = ""  # why the run stopped early, for the results it cuts off
+        # With max_errors: per worker, the scope of the task it runs (None between tasks).
+        self.scopes: list[anyio.CancelScope | None] = []
+        self.threads: anyio.CapacityLimiter  # for sync functions, this loop's
+
+    def count_failure(self, result: TaskResult) -> None:
+        """Count a failed task; at max_errors, or at an auth error, stop the run."""
+        self.failures += 1
+        if self.aborted:
+            return
+        if self.stop_on_auth and _refused_key(result.error):
+            status = getattr(result.error, "status_code", None)
+            self.stop(
+                f"the run stopped at task {result.tag!r}: the server refused the credentials "
+                f"(HTTP {status}); check the API key and what it may access, then run again"
+            )
+        elif self.max_errors is not None and self.failures >= self.max_errors:
+            logger.info("max_errors=%d reached: stopping the run", self.max_errors)
+            self.stop(f"the run stopped after {self.max_errors} failed tasks")
+
+    def stop(self, reason: str) -> None:
+        """Start nothing new; cut off the tasks in flight (those under max_errors)."""
+        self.aborted = True
+        self.reason = reason
+        for scope in self.scopes:
+            if scope is not None:
+                scope.cancel()
+
+
+def _refused_key(error: Exception | None) -> bool:
+    """401 or 403: every other call with the same key will be refused too."""
+    return getattr(error, "status_code", None) in (401, 403)
+
+
+def _callback(fn: OnResult | None) -> Callable[[TaskResult], Awaitable[None]] | None:
+    if fn is None:
+        return None
+    if not callable(fn):
+        raise TypeError(f"on_result must be callable, not {type(fn).__name__}")
+    raised = False
+
+    async def call(result: TaskResult) -> None:
+        # After one call raised, the run is ending: say nothing more, so workers that
+        # finish in the same instant do not add their own copies of the error.
+        nonlocal raised
+        if raised:
+            return
+        try:
+            outcome = fn(result)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            raised = True
+            raise
+
+    return call
+
+
+def _check_max_errors(value: object) -> int | None:
+    if value is None:
+        return None
+    return whole_number(value, "max_errors", hint=", or None for no limit")
+
+
+def _aborted(
+    tag: str, reason: str, start: float | None = None, late: TaskResult | None = None
+) -> TaskResult:
+    """Not started (``start`` None), cut off in flight, or failed too ``late`` (after the
+    run had stopped, in the same instant): the run stopped early, for ``reason``."""
+    if start is None:
+        what = "never started"
+    elif late is None:
+        what = "was cancelled in flight"
+    else:
+        what = "failed after the run had stopped (its error is the __cause__)"
+    ms = 0.0 if start is None else (perf_counter() - start) * 1000
+    error = TaskAborted(f"task {tag!r} {what}: {reason}")
+    if late is None:
+        return TaskResult(tag, False, None, error, ms, 0)
+    error.__cause__ = late.error
+    return TaskResult(tag, False, None, error, ms, late.attempts)
+
+
+class ResultStream:
+    """The results of a :meth:`ParallelLLMExecutor.stream` run, in completion order.
+
+    An async iterator. A result already finished is handed out without waiting; the loop
+    waits (and yields to the event loop) only when none is ready. If the input raised
+    while it was read, the iteration raises that exception after the last result of the
+    tasks taken before it.
+    """
+
+    __slots__ = ("_failure", "_receive")
+
+    def __init__(
+        self, receive: MemoryObjectReceiveStream[TaskResult], failure: InputFailure
+    ) -> None:
+        self._receive = receive
+        self._failure = failure
+
+    def __aiter__(self) -> ResultStream:
+        return self
+
+    async def __anext__(self) -> TaskResult:
+        try:
+            return self._receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            self._end()
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            self._end()
+
+    def _end(self) -> NoReturn:
+        error, self._failure.error = self._failure.error, None
+        if error is not None:
+            raise error
+        raise StopAsyncIteration
+
+    def ready(self) -> list[TaskResult]:
+        """The results that have finished but were not taken yet, without waiting.
+
+        Useful when the run is being cancelled: whatever finished can still be saved.
+        """
+        taken: list[TaskResult] = []
+        while True:
+            try:
+                taken.append(self._receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return taken
+
+
+class ParallelLLMExecutor:
+    """Runs LLM tasks and plain functions concurrently, never more than ``max_concurrency``.
+
+    Each task's ``Exception`` is caught into its own :class:`TaskResult`: one failure never
+    disturbs another task. Cancellation (a cancelled scope, ``anyio.move_on_after``,
+    Ctrl-C) is never caught: it stops every attempt and retry wait, and propagates out of
+    the call with nothing left running. Works on asyncio and trio alike.
+
+    ``default_retry`` applies to LLM tasks without their own ``retry``;
+    ``default_config_overrides`` are merged under each task's; ``default_timeout`` bounds
+    every attempt (seconds) of tasks without their own ``timeout``; ``rate_limit`` (a
+    :class:`RateLimit`, shareable between executors, or any :class:`Limiter`) paces LLM
+    calls.
+
+    By default the executor also paces itself by the rate limits its provider's answers
+    advertise (``pacing``; the stricter of those and ``rate_limit`` applies), keeps fewer
+    calls in flight while the server answers overload with no limits advertised
+    (``adaptive``; see :attr:`concurrency`), and stops a run at the first answer refusing
+    the credentials, HTTP 401 or 403 (``stop_on_auth_error``: the tasks not yet started
+    get :class:`~llmfanout.errors.TaskAborted`). Neither pacing nor adaptation costs
+    anything until the server reports limits or overload.
+    """
+
+    def __init__(
+        self,
+        provider: AsyncLLMProvider,
+        max_concurrency: int = 5,
+        default_retry: RetryConfig | None = None,
+        default_config_overrides: Mapping[str, Any] | None = None,
+        *,
+        default_timeout: float | None = None,
+        rate_limit: Limiter | None = None,
+        pacing: bool = True,
+        adaptive: bool = True,
+        stop_on_auth_error: bool = True,
+    ) -> None:
+        if not callable(getattr(provider, "complete", None)):
+            raise TypeError(
+                f"provider is {a_kind(provider)} with no complete() method; give an "
+                "object with `async def complete(messages, config_overrides=None)`"
+            )
+        whole_number(max_concurrency, "max_concurrency")
+        if default_retry is not None and not isinstance(default_retry, RetryConfig):
+            raise TypeError(
+                f"default_retry must be a RetryConfig, not {type(default_retry).__name__}"
+            )
+        if default_config_overrides is not None and not isinstance(
+            default_config_overrides, Mapping
+        ):
+            raise TypeError("default_config_overrides must be a mapping or None")
+        check_timeout("ParallelLLMExecutor", default_timeout)
+        rate_limit = check_limiter(rate_limit, "ParallelLLMExecutor")
+        self.provider = provider
+        self.max_concurrency = max_concurrency
+        self.default_retry = default_retry
+        self.default_config_overrides = (
+            dict(default_config_overrides) if default_config_overrides else None
+        )
+        self.default_timeout = default_timeout
+        self.rate_limit = rate_limit
+        for name, flag in (
+            ("pacing", pacing),
+            ("adaptive", adaptive),
+            ("stop_on_auth_error", stop_on_auth_error),
+        ):
+            if not isinstance(flag, bool):
+                raise TypeError(f"ParallelLLMExecutor: {name} is {flag!r}; give True or False")
+        self.stop_on_auth_error = stop_on_auth_error
+        self._governor = (
+            Governor(
+                provider,
+                max_concurrency,
+                pacing=pacing,
+                adaptive=adaptive,
+                stop_on_auth=stop_on_auth_error,
+            )
+            if pacing or adaptive
+            else None
+        )
+        # The cap holds across every event loop (thread) this executor serves.
+        self._cap = Cap(max_concurrency)
+        # anyio's limiters belong to one event loop: one per loop this executor runs in.
+        self._threads_per_loop = PerLoop[anyio.CapacityLimiter]()
+
+    def _threads(self) -> anyio.CapacityLimiter:
+        threads = self._threads_per_loop.get(None)
+        if threads is None:
+            # The workers bound the live threads (each waits for its own), not anyio's
+            # default of 40. A thread abandoned on timeout runs on to its end; on trio it
+            # keeps its limiter token till then, and with a bounded limiter a later task
+            # would time out waiting for a slot it was never given: this one never runs out.
+            threads = anyio.CapacityLimiter(math.inf)
+            self._threads_per_loop.set(threads)
+        return threads
+
+    @property
+    def concurrency(self) -> int:
+        """How many calls the executor keeps in flight now: ``max_concurrency``, or fewer
+        while the server answers overload (see ``adaptive``)."""
+        governor = self._governor
+        return self.max_concurrency if governor is None else governor.current
+
+    def __repr__(self) -> str:
+        return (
+            f"ParallelLLMExecutor({type(self.provider).__name__}, "
+            f"max_concurrency={self.max_concurrency})"
+        )
+
+    # -- public calls ------------------------------------------------------------------
+
+    async def execute(
+        self,
+        tasks: Mapping[str, LLMTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+    ) -> dict[str, TaskResult]:
+        """Run LLM tasks concurrently; return ``{tag: TaskResult}`` in the input's order.
+
+        Raises ``TypeError`` before any work if an item is not an ``LLMTask`` (use
+        :meth:`execute_mixed` for functions). See :meth:`stream` for ``max_errors`` and
+        ``on_result``.
+        """
+        return await self._execute_mapping(tasks, "execute", True, max_errors, on_result)
+
+    async def execute_mixed(
+        self,
+        tasks: Mapping[str, LLMTask | DeterministicTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+    ) -> dict[str, TaskResult]:
+        """Like :meth:`execute`, with ``DeterministicTask`` functions beside LLM tasks.
+
+        Both kinds share the same ``max_concurrency`` slots.
+        """
+        return await self._execute_mapping(tasks, "execute_mixed", False, max_errors, on_result)
+
+    async def execute_sequential(
+        self, tasks: Sequence[LLMTask], pass_result: bool = False
+    ) -> list[TaskResult]:
+        """Run LLM tasks one after another; return their results in order.
+
+        A task with no tag gets ``step_<index>``. With ``pass_result``, a task that follows
+        a successful one is sent its own messages plus the previous response's content as
+        an ``assistant`` message; a failed step does not stop the chain.
+        """
+        if isinstance(tasks, Mapping) or not isinstance(tasks, Sequence):
+            raise TypeError(
+                f"execute_sequential() takes a sequence of LLMTask, not {type(tasks).__name__}"
+            )
+        for index, task in enumerate(tasks):
+            if not isinstance(task, LLMTask):
+                tag = getattr(task, "tag", "") or f"step_{index}"
+                raise TypeError(
+                    f"execute_sequential: task {tag!r} is {a_kind(task)}; give an LLMTask"
+                )
+        results: list[TaskResult] = []
+        previous: TaskResult | None = None
+        async with lend(self._cap):
+            lease = Lease(self._cap)
+            token = holding(lease)
+            try:
+                await take(lease)
+                for index, task in enumerate(tasks):
+                    if pass_result and previous is not None and previous.success:
+                        reply = LLMMessage("assistant", _content(previous.value))
+                        task = attrs.evolve(task, messages=(*task.messages, reply))
+                    previous = await self._run_task(task.tag or f"step_{index}", task)
+                    results.append(previous)
+            finally:
+                give_back(lease)
+                release_context(token)
+        return results
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        tasks: TaskSource,
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+    ) -> AsyncIterator[ResultStream]:
+        """Run tasks and hand out each :class:`TaskResult` as it completes.
+
+        ``async with executor.stream(tasks) as results: async for r in results: ...``
+
+        ``tasks`` is a mapping of tag to task, an iterable or an async iterable of tasks
+        (LLM and deterministic mixed). Input is read lazily as workers free up, so memory
+        stays proportional to ``max_concurrency``. A task from an iterable with no tag is
+        tagged with its position (``"0"``, ``"1"``...); a repeated tag gives a failed result
+        with a ``ValueError`` and the run goes on.
+
+        ``max_errors``: once that many tasks have failed (after retries), nothing new starts,
+        in-flight tasks are cancelled, and each unfinished task gets a failed result holding
+        :class:`~llmfanout.errors.TaskAborted`: every task still gets exactly one result.
+        ``on_result(result)`` (sync or async) is called once per result as it completes;
+        an exception it raises ends the run and propagates.
+
+        Leaving the block early (``break``, an exception, cancellation) cancels the work
+        in flight promptly and leaves nothing running.
+        """
+        max_errors = _check_max_errors(max_errors)
+        failure = InputFailure()
+        items, count = prepare(tasks, failure)
+        send, receive = anyio.create_memory_object_stream[TaskResult](self.max_concurrency)
+
+        async def emit(result: TaskResult) -> None:
+            if tg.cancel_scope.cancel_called:
+                # The consumer has left; this worker's call ended before the cancellation
+                # reached it. Stop here rather than read more input.
+                await anyio.lowlevel.checkpoint()
+            try:
+                send.send_nowait(result)  # room in the buffer: no need to yield here
+            except anyio.WouldBlock:
+                await send.send(result)
+
+        run = _Run(items, emit, max_errors, on_result, self.stop_on_auth_error)
+
+        async def drive() -> None:
+            async with send:
+                await self._drive(run, count)
+
+        try:
+            # The receiving end closes only after every worker has ended: a worker whose
+            # call finished in the instant the consumer left (asyncio does not cancel a
+            # task whose wake-up is already due) hands its result to an open stream,
+            # never to a closed one (BrokenResourceError).
+            async with receive, anyio.create_task_group() as tg:
+                tg.start_soon(drive)
+                try:
+                    yield ResultStream(receive, failure)
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
+            raise unwrap_group(group) from None
+        finally:
+            if isinstance(items, AsyncItems):
+                with anyio.CancelScope(shield=True):
+                    await items.aclose()
+
+    # -- synchronous entry points (the machinery is in _sync.py) -------------------------
+
+    def execute_sync(
+        self,
+        tasks: Mapping[str, LLMTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+        backend: str = "asyncio",
+    ) -> dict[str, TaskResult]:
+        """:meth:`execute` from synchronous code: a script, or a notebook cell.
+
+        Runs a fresh event loop of ``backend`` ("asyncio" or "trio"): on this thread, or,
+        where a loop already runs here (Jupyter), on a new thread while this one waits.
+        Our HTTP providers' connections for that loop are closed before it ends. Ctrl-C
+        cancels the run and raises ``KeyboardInterrupt`` once nothing is left running.
+        """
+        return run_sync(
+            functools.partial(self.execute, tasks, max_errors=max_errors, on_result=on_result),
+            backend=backend,
+            owner="execute_sync",
+            close=self.provider,
+        )
+
+    def execute_mixed_sync(
+        self,
+        tasks: Mapping[str, LLMTask | DeterministicTask],
+        *,
+        max_errors: int | None = None,
+        on_result: OnResult | None = None,
+        backend: str = "asyncio",
+    ) -> dict[str, TaskResult]:
+        """:meth:`execute_mixed` from synchronous code (see :meth:`execute_sync`)."""
+        return run_sync(
+            functools.partial(
+                self.execute_mixed, tasks, max_errors=max_errors, on_result=on_result
+            ),
+            backend=backend,
+            owner="execute_mixed_sync",
+            close=self.provider,
+        )
+
+    def execute_sequential_sync(
+        self, tasks: Sequence[LLMTask], pass_result: bool = False, *, backend: str = "asyncio"
+    ) -> list[TaskResult]:
+        """:meth:`execute_sequential` from synchronous code (see :meth:`execute_sync`)."""
+        return run_sync(
+            functools.partial(self.execute_sequential, tasks, pass_result),
+            backend=backend,
+            owner="execute_sequential_sync",
+            close=self.provider,
+        )
+
+    # -- the engine ----------------------------------------------------------------------
+
+    async def _execute_mapping(
+        self,
+        tasks: Mapping[str, Task],
+        method: str,
+        llm_only: bool,
+        max_errors: int | None,
+        on_result: OnResult | None,
+    ) -> dict[str, TaskResult]:
+        max_errors = _check_max_errors(max_errors)
+        items = check_mapping(tasks, method, llm_only=llm_only)
+        results: dict[str, Any] = dict.fromkeys(tag for tag, _ in items)  # the input's order
+
+        async def store(result: TaskResult) -> None:
+            results[result.tag] = result
+
+        run = _Run(iter(items), store, max_errors, on_result, self.stop_on_auth_error)
+        await self._drive(run, len(items))
+        return results
+
+    async def _drive(self, run: _Run, count: int | None) -> None:
+        workers = self.max_concurrency if count is None else min(self.max_concurrency, count)
+        if workers == 0:
+            return
+        logger.debug("run starting: %s tasks, %d workers", count or "streamed", workers)
+        run.scopes = [None] * workers
+        run.threads = self._threads()
+        try:
+            async with lend(self._cap), anyio.create_task_group() as tg:
+                for index in range(workers):
+                    tg.start_soon(self._worker, run, index)
+        except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
+            raise unwrap_group(group) from None
+
+    async def _worker(self, run: _Run, index: int) -> None:
+        lease = Lease(self._cap)
+        holding(lease)  # this task's own context: nested calls find it
+        try:
+            await take(lease)
+            items = run.items
+            if isinstance(items, AsyncItems):
+                while (item := await items.next()) is not None:
+                    await self._one(run, index, item, lease)
+            else:
+                for item in items:
+                    await self._one(run, index, item, lease)
+        finally:
+            give_back(lease)
+
+    async def _one(self, run: _Run, index: int, item: Item, lease: Lease) -> None:
+        """The per-task path: run it, hand the result on, maybe give the slot away."""
+        tag, task = item
+        if run.guarded:
+            result = await self._run_guarded(run, index, tag, task)
+        elif run.aborted:
+            result = _aborted(tag, run.reason)
+        else:
+            result = await self._run_task(tag, task, run.threads)
+            if not result.success and run.stop_on_auth:
+                run.count_failure(result)
+        await run.emit(result)
+        if run.notify is not None:
+            await run.notify(result)
+        if lease.cap.waiters or not lease.held:  # another call waits for a slot: take turns
+            give_back(lease)
+            await take(lease)
+
+    async def _run_guarded(
+        self, run: _Run, index: int, tag: str, task: Task | Invalid
+    ) -> TaskResult:
+        """A task under max_errors: cut off (TaskAborted) if the run stops meanwhile."""
+        if run.aborted:
+            return _aborted(tag, run.reason)
+        start = perf_counter()
+        result: TaskResult | None = None
+        with anyio.CancelScope() as scope:
+            run.scopes[index] = scope
+            result = await self._run_task(tag, task, run.threads)
+        run.scopes[index] = None
+        if result is None:  # our scope caught its own cancellation: the run was stopped
+            return _aborted(tag, run.reason, start)
+        if not result.success:
+            if run.aborted:
+                # Its call ended in the instant the run stopped, before the cancellation
+                # reached it (asyncio lets such a task run on; trio cancels it): counted
+                # as cut off, so exactly max_errors tasks fail on either backend.
+                return _aborted(tag, run.reason, start, result)
+            run.count_failure(result)
+        return result
+
+    async def _run_task(
+        self, tag: str, task: Task | Invalid, threads: anyio.CapacityLimiter | None = None
+    ) -> TaskResult:
+        """One task, all its attempts: never raises but for cancellation.
+
+        ``threads``: this loop's thread limiter, if the caller has it at hand.
+        """
+        start = perf_counter()
+        if type(task) is LLMTask:
+            retry = task.retry or self.default_retry
+            timeout = task.timeout or self.default_timeout
+            overrides = self._overrides(task)
+            governor = self._governor
+            if (
+                timeout is None
+                and self.rate_limit is None
+                and (retry is None or retry.retry_on_result is None)
+                and (governor is None or governor.idle())
+            ):
+                # The fast path: the first attempt is a plain call, nothing to wrap it in;
+                # the retry machinery is set up only if it fails.
+                if governor is not None:
+                    governor.unpaced += 1  # for the first answer that reports limits
+                try:
+                    response = await self.provider.complete(
+                        task.messages, config_overrides=fresh(overrides)
+                    )
+                except Exception as exc:
+                    if governor is not None:
+                        governor.unpaced -= 1
+                        cooldown = shared_cooldown(exc, cooldown_cap(retry))
+                        governor.learn(overrides, exc, cooldown=cooldown)
+                    if retry is None or retry.trivial:
+                        return _failed(tag, exc, start, 1)
+                    outcome = await run_llm(
+                        self.provider,
+                        task,
+                        overrides,
+                        retry,
+                        None,
+                        None,
+                        first_error=exc,
+                        governor=governor,
+                    )
+                except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
+                    if governor is not None:
+                        governor.unpaced -= 1
+                    raise
+                else:
+                    if governor is not None:
+                        governor.unpaced -= 1
+                        if getattr(response, "rate_limits", None) is not None:
+                            governor.learn(overrides, response)
+                    return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
+            else:
+                outcome = await run_llm(
+                    self.provider,
+                    task,
+                    overrides,
+                    retry or NO_RETRY,
+                    timeout,
+                    self.rate_limit,
+                    governor=governor,
+                )
+        elif type(task) is DeterministicTask:
+            timeout = task.timeout or self.default_timeout
+            outcome = await run_function(task, timeout, threads or self._threads())
+        else:
+            assert isinstance(task, Invalid)
+            return _failed(tag, task.error, start, 0)
+        if type(outcome) is Ok:
+            ms = (perf_counter() - start) * 1000
+            return TaskResult(tag, True, outcome.value, None, ms, outcome.attempts)
+        assert isinstance(outcome, Failed)
+        return _failed(tag, outcome.error, start, outcome.attempts)
+
+    def _overrides(self, task: LLMTask) -> Mapping[str, Any] | None:
+        own = task.config_overrides
+        default = self.default_config_overrides
+        if not own:
+            return default
+        if default is None:
+            return own
+        return {**default, **own}
+
+
+def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:
+    logger.debug("task %r failed after %d attempt(s): %r", tag, attempts, exc)
+    return TaskResult(tag, False, None, exc, (perf_counter() - start) * 1000, attempts)
+
+
+def _content(value: Any) -> str:
+    content = getattr(value, "content", value)
+    return content if isinstance(content, str) else str(content)

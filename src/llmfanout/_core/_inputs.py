@@ -1,0 +1,191 @@
+"""Turning what the user passed into ``(tag, task)`` pairs, refusing bad input early.
+
+Collections (mappings, lists, tuples) are checked whole before any work starts, so a bad
+item raises at once. Iterators and async iterators are read lazily, as workers free up;
+an item that turns out bad there becomes a failed result for its position and the run
+goes on (raising would throw away the work already done).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Collection as CollectionABC
+from typing import Any, TypeAlias
+
+import attrs
+
+from .._base._types import a_kind
+from ._tasks import DeterministicTask, LLMTask, Task
+
+
+@attrs.frozen
+class Invalid:
+    """Stands in for an input item that cannot run; it yields a failed result."""
+
+    error: Exception
+
+
+Item: TypeAlias = tuple[str, Task | Invalid]
+
+TaskSource: TypeAlias = Mapping[str, Task] | Iterable[Task] | AsyncIterable[Task]
+
+
+def _kind_error(method: str, where: str, task: object, llm_only: bool) -> TypeError:
+    if llm_only and isinstance(task, DeterministicTask):
+        return TypeError(
+            f"{method}: task {where} is a DeterministicTask; execute() runs LLMTasks only, "
+            "use execute_mixed() to run functions beside them"
+        )
+    wanted = "an LLMTask" if llm_only else "an LLMTask or a DeterministicTask"
+    return TypeError(f"{method}: task {where} is {a_kind(task)}; give {wanted}")
+
+
+def check_mapping(tasks: object, method: str, *, llm_only: bool) -> list[Item]:
+    """Validate a tag -> task mapping whole; return its items in order."""
+    if not isinstance(tasks, Mapping):
+        raise TypeError(
+            f"{method}() takes a mapping of tag to task, not {type(tasks).__name__}"
+            + ("; for a list or a generator use stream()" if isinstance(tasks, Iterable) else "")
+        )
+    items = list(tasks.items())
+    for tag, task in items:
+        if not isinstance(tag, str):
+            raise TypeError(f"{method}: task key {tag!r} is {a_kind(tag)}; tags must be str")
+        if not isinstance(task, LLMTask) and (llm_only or not isinstance(task, DeterministicTask)):
+            raise _kind_error(method, repr(tag), task, llm_only)
+    return items
+
+
+class Tagger:
+    """Gives each task from an iterable its tag: its own, else its position.
+
+    A repeated tag makes that item :class:`Invalid`. Only explicitly given tags are
+    remembered (and one bit per position, up to the last of them), so a million
+    position-tagged tasks cost no memory here.
+    """
+
+    __slots__ = ("_explicit", "_given", "_position")
+
+    def __init__(self) -> None:
+        self._given: set[str] = set()
+        self._explicit = bytearray()  # bit p: task #p has a tag of its own
+        self._position = 0
+
+    def __call__(self, task: object) -> Item:
+        position = self._position
+        self._position = position + 1
+        if not isinstance(task, LLMTask | DeterministicTask):
+            return str(position), Invalid(_kind_error("stream", f"#{position}", task, False))
+        tag = task.tag
+        if not tag:
+            tag = str(position)
+            if tag in self._given:
+                return tag, Invalid(_duplicate(tag))
+            return tag, task
+        # Marked even when the tag is refused below: position p's result carries this
+        # tag, so str(p) stays free for a later task to use.
+        byte = position >> 3
+        if byte >= len(self._explicit):
+            self._explicit.extend(bytes(byte + 1 - len(self._explicit)))
+        self._explicit[byte] |= 1 << (position & 7)
+        if tag in self._given or self._is_earlier_position(tag, position):
+            return tag, Invalid(_duplicate(tag))
+        self._given.add(tag)
+        return tag, task
+
+    def _is_earlier_position(self, tag: str, position: int) -> bool:
+        # An explicit tag "7" clashes with task #7 if that one was tagged by its position.
+        if not (tag.isascii() and tag.isdigit()) or (len(tag) > 1 and tag[0] == "0"):
+            return False
+        earlier = int(tag)
+        if earlier >= position:
+            return False
+        return not self._explicit[earlier >> 3] & (1 << (earlier & 7))
+
+
+def _duplicate(tag: str) -> ValueError:
+    return ValueError(f"task {tag!r}: this tag was already used by an earlier task in the run")
+
+
+class InputFailure:
+    """Holds the exception the input raised while it was read, if it did.
+
+    Reading stops there, but the tasks already taken still run and hand out their
+    results; the error is raised after the last of them (see ``ResultStream``).
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+
+def iter_items(tasks: Iterable[Any], failure: InputFailure) -> Iterator[Item]:
+    tagger = Tagger()
+    try:
+        for task in tasks:
+            yield tagger(task)
+    except Exception as exc:  # the user's iterator broke: end the input here
+        failure.error = exc
+
+
+class AsyncItems:
+    """Reads ``(tag, task)`` items from an async iterable, one reader at a time."""
+
+    def __init__(self, tasks: AsyncIterable[Any], failure: InputFailure) -> None:
+        import anyio  # local: only async sources pay for the lock
+
+        self._iterator: AsyncIterator[Any] = aiter(tasks)
+        self._tagger = Tagger()
+        self._lock = anyio.Lock()
+        self._done = False
+        self._failure = failure
+
+    async def next(self) -> Item | None:
+        """The next item, or None at the end (or once the iterable raised)."""
+        async with self._lock:
+            if self._done:
+                return None
+            try:
+                task = await anext(self._iterator)
+            except StopAsyncIteration:
+                self._done = True
+                return None
+            except Exception as exc:  # the user's iterable broke: end the input here
+                self._done = True
+                self._failure.error = exc
+                return None
+            return self._tagger(task)
+
+    async def aclose(self) -> None:
+        """Close the underlying async generator, if it is one (its ``finally`` blocks run).
+
+        Other async iterators (a memory stream, say) belong to the caller: left open.
+        """
+        if inspect.isasyncgen(self._iterator):
+            await self._iterator.aclose()
+
+
+def prepare(tasks: object, failure: InputFailure) -> tuple[Iterator[Item] | AsyncItems, int | None]:
+    """Items to run and, when known, how many: for ``stream()``'s any-shaped input.
+
+    An exception the input raises while it is read lands in ``failure``.
+    """
+    if isinstance(tasks, Mapping):
+        items = check_mapping(tasks, "stream", llm_only=False)
+        return iter(items), len(items)
+    if isinstance(tasks, AsyncIterable):
+        return AsyncItems(tasks, failure), None
+    if isinstance(tasks, str | bytes) or not isinstance(tasks, Iterable):
+        raise TypeError(
+            "stream() takes a mapping of tag to task, an iterable of tasks or an async "
+            f"iterable of tasks, not {type(tasks).__name__}"
+        )
+    if isinstance(tasks, CollectionABC):
+        for position, task in enumerate(tasks):
+            if not isinstance(task, LLMTask | DeterministicTask):
+                where = repr(task.tag) if isinstance(getattr(task, "tag", None), str) else ""
+                raise _kind_error("stream", where or f"#{position}", task, False)
+        return iter_items(tasks, failure), len(tasks)
+    return iter_items(tasks, failure), None

@@ -1,0 +1,173 @@
+"""Tasks (what to run) and results (what came of it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from .._base._calls import callable_is_async
+from .._base._checks import positive, whole_number
+from .._base._types import LLMMessage, a_kind, to_message
+from ._retry import RetryConfig
+
+
+def _where(instance: Any) -> str:
+    tag = getattr(instance, "tag", "")
+    name = type(instance).__name__
+    return f"{name} {tag!r}" if isinstance(tag, str) and tag else name
+
+
+@attrs.frozen
+class _Refused:
+    """A message the converter could not read: the validator reports it with the tag."""
+
+    error: Exception
+
+
+def _check_messages(instance: Any, attribute: Any, value: tuple[Any, ...]) -> None:
+    if not value:
+        raise ValueError(f"{_where(instance)}: messages is empty; give at least one LLMMessage")
+    for message in value:
+        if type(message) is _Refused:
+            raise type(message.error)(f"{_where(instance)}: {message.error}")
+
+
+def _read_message(index: int, message: object) -> LLMMessage | _Refused:
+    try:
+        return to_message(message, f"messages[{index}]")
+    except (TypeError, ValueError) as exc:
+        return _Refused(exc)
+
+
+def _to_tuple(value: object) -> tuple[LLMMessage, ...]:
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"messages must be a sequence of LLMMessage or mappings, not {type(value).__name__}"
+        )
+    if all(type(m) is LLMMessage for m in value):
+        return tuple(value)
+    # A message that cannot be read is kept as _Refused so that the validator, which runs
+    # once the tag is set, can name the task in the error.
+    return tuple(_read_message(i, m) for i, m in enumerate(value))  # type: ignore[misc]
+
+
+def _check_tag(instance: Any, attribute: Any, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{type(instance).__name__}.tag must be a str, not {type(value).__name__}")
+
+
+def _check_overrides(instance: Any, attribute: Any, value: object) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(
+            f"{_where(instance)}: config_overrides must be a mapping or None, "
+            f"not {type(value).__name__}"
+        )
+
+
+def _check_retry(instance: Any, attribute: Any, value: object) -> None:
+    if value is not None and not isinstance(value, RetryConfig):
+        raise TypeError(
+            f"{_where(instance)}: retry must be a RetryConfig or None, not {type(value).__name__}"
+        )
+
+
+def check_timeout(owner: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is None or a positive number of seconds."""
+    if value is not None:
+        positive(value, f"{owner}: timeout", hint=", or None for none")
+
+
+def _check_timeout(instance: Any, attribute: Any, value: object) -> None:
+    check_timeout(_where(instance), value)
+
+
+def _check_tokens(instance: Any, attribute: Any, value: object) -> None:
+    if value is not None:
+        whole_number(value, f"{_where(instance)}: estimated_tokens", minimum=0, hint=" or None")
+
+
+@attrs.frozen
+class LLMTask:
+    """One LLM call: the messages to send and how to send them.
+
+    ``messages`` are :class:`LLMMessage` values or mappings with the same keys
+    (``{"role": "user", "content": "..."}``), read into LLMMessages here.
+
+    ``config_overrides`` are merged over the executor's defaults for this call; ``retry``
+    replaces the executor's default policy; ``timeout`` bounds each attempt (seconds);
+    ``estimated_tokens`` feeds a token rate limit (else it is estimated from the text).
+    ``tag`` is filled from the mapping key when the task is given in a mapping.
+    Raises ``ValueError``/``TypeError`` naming the field when a value is unusable.
+    """
+
+    messages: tuple[LLMMessage, ...] = attrs.field(converter=_to_tuple, validator=_check_messages)
+    config_overrides: Mapping[str, Any] | None = attrs.field(
+        default=None, validator=_check_overrides
+    )
+    retry: RetryConfig | None = attrs.field(default=None, validator=_check_retry)
+    tag: str = attrs.field(default="", validator=_check_tag)
+    timeout: float | None = attrs.field(default=None, validator=_check_timeout, kw_only=True)
+    estimated_tokens: int | None = attrs.field(default=None, validator=_check_tokens, kw_only=True)
+
+
+def _check_fn(instance: Any, attribute: Any, value: Any) -> None:
+    if not callable(value):
+        raise TypeError(
+            f"{_where(instance)}: fn is {a_kind(value)}, which is not callable; "
+            "give a function, or an object with __call__"
+        )
+
+
+def _check_args(instance: Any, attribute: Any, value: object) -> None:
+    if not isinstance(value, tuple):
+        raise TypeError(f"{_where(instance)}: args must be a tuple, not {type(value).__name__}")
+
+
+def _check_kwargs(instance: Any, attribute: Any, value: object) -> None:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"{_where(instance)}: kwargs must be a mapping with str keys")
+
+
+@attrs.frozen
+class DeterministicTask:
+    """A plain function call run beside LLM tasks: ``fn(*args, **kwargs)``.
+
+    Async callables (coroutine functions, objects with an async ``__call__``, partials of
+    either) are awaited; sync ones run in a worker thread. A thread cannot be killed: with
+    a ``timeout`` the result times out on time while the thread runs on to its end.
+    """
+
+    fn: Callable[..., Any] = attrs.field(validator=_check_fn)
+    args: tuple[Any, ...] = attrs.field(default=(), validator=_check_args)
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict, validator=_check_kwargs)
+    tag: str = attrs.field(default="", validator=_check_tag)
+    timeout: float | None = attrs.field(default=None, validator=_check_timeout, kw_only=True)
+    retry: RetryConfig | None = attrs.field(default=None, validator=_check_retry, kw_only=True)
+    is_async: bool = attrs.field(init=False, repr=False, eq=False)
+
+    @is_async.default
+    def _is_async(self) -> bool:
+        return callable_is_async(self.fn)
+
+
+Task = LLMTask | DeterministicTask
+
+
+@attrs.frozen
+class TaskResult:
+    """The outcome of one task.
+
+    ``value`` is the ``LLMResponse`` (or the function's return value) and ``error`` is
+    None on success; on failure ``value`` is None and ``error`` the last exception.
+    ``duration_ms`` runs from the first attempt's start to the last one's end, retry
+    waits included; ``attempts`` counts the attempts made (0 for a task that never ran).
+    """
+
+    tag: str
+    success: bool
+    value: Any
+    error: Exception | None
+    duration_ms: float
+    attempts: int = 1

@@ -1,0 +1,63 @@
+"""Adaptive concurrency: fewer calls in flight when the server is overloaded, more as it copes.
+
+Servers that never advertise limits (vLLM, Ollama, a proxy) still say when they are
+overloaded: HTTP 429, 503 or 529. AIMD, as TCP does with its congestion window: each
+overload answer halves the number of calls kept in flight (multiplicative decrease);
+each success adds ``1 / current`` to it, so a whole round of successes adds one call
+(additive increase), up to ``max_concurrency``. One burst of overload answers cuts once:
+an answer to a call started before the last cut says nothing about the new figure.
+
+:class:`AIMD` only counts; the executor's :class:`~llmfanout._flow._governor.Governor` gates
+calls with an ``anyio.CapacityLimiter`` whose size follows the figure.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["AIMD"]
+
+
+class AIMD:
+    """The figure: how many calls to keep in flight, between ``minimum`` and ``maximum``."""
+
+    __slots__ = ("_window", "cuts", "decrease", "maximum", "minimum")
+
+    def __init__(self, maximum: int, *, minimum: int = 1, decrease: float = 0.5) -> None:
+        if not (isinstance(maximum, int) and maximum >= 1):
+            raise ValueError(f"AIMD: maximum is {maximum!r}; give a whole number >= 1")
+        if not (isinstance(minimum, int) and 1 <= minimum <= maximum):
+            raise ValueError(f"AIMD: minimum is {minimum!r}; give a whole number in [1, maximum]")
+        if not 0 < decrease < 1:
+            raise ValueError(f"AIMD: decrease is {decrease!r}; give a fraction in (0, 1)")
+        self.maximum = maximum
+        self.minimum = minimum
+        self.decrease = decrease
+        self._window = float(maximum)
+        self.cuts = 0
+        """Decreases so far: a call remembers the count it started under (its epoch)."""
+
+    def __repr__(self) -> str:
+        return f"AIMD(current={self.current}, maximum={self.maximum})"
+
+    @property
+    def current(self) -> int:
+        """Calls to keep in flight now."""
+        return max(self.minimum, math.floor(self._window))
+
+    def success(self) -> None:
+        """A call succeeded: grow by one call per round of successes, up to ``maximum``."""
+        if self._window < self.maximum:
+            self._window = min(float(self.maximum), self._window + 1 / self.current)
+
+    def overload(self, epoch: int) -> bool:
+        """A call started at ``epoch`` (``cuts`` then) was refused as overload; cut once.
+
+        Returns whether this answer cut the figure (False: an earlier cut already
+        accounted for the calls in flight with it).
+        """
+        if epoch != self.cuts:
+            return False
+        self._window = max(float(self.minimum), self.current * self.decrease)
+        self.cuts += 1
+        return True
