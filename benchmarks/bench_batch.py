@@ -3,7 +3,7 @@
 A provider batch spends hours at the provider; what we add is planning (validate, encode,
 split, write the request files), the state file, and reading results back into one
 result per task. For N tasks (default 100k, in parts of 50,000) against the loopback
-fake (``tests/fake_batch_server.py``, in this process) on each backend:
+fake (``tests/support/fake_batch_server.py``, in this process) on each backend:
 
 - ``plan``: :func:`submit_batch`'s checking and splitting alone (no network), against the
   floor of building the same request bodies and writing them as JSON lines.
@@ -33,12 +33,13 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _common import BACKENDS
-from fake_batch_server import serve_fake_batches
 from llmfanout import LLMMessage, LLMTask, OpenAIProvider
 from llmfanout._batch._api import OpenAIBatchAPI
 from llmfanout._batch._jobs import Polling, _planned, submit_batch
 from llmfanout._batch._state import load, save
+
+from _common import BACKENDS
+from support.fake_batch_server import serve_fake_batches
 
 FAST = Polling(interval=0.001, max_interval=0.01, retry_wait=0.01)
 

@@ -48,8 +48,6 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from _common import BACKENDS, CheckpointProvider
-from _common import RESPONSE as _RESPONSE
 from llmfanout import (
     EchoProvider,
     LLMMessage,
@@ -60,6 +58,9 @@ from llmfanout import (
     TaskResult,
 )
 from llmfanout._core._inputs import check_mapping
+
+from _common import BACKENDS, CheckpointProvider
+from _common import RESPONSE as _RESPONSE
 
 Tasks = dict[str, LLMTask]
 Results = dict[str, Any]

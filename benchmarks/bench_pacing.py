@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from fake_llm_server import ServerLimit, fake_llm_server_in_thread  # noqa: E402
+from support.fake_llm_server import ServerLimit, fake_llm_server_in_thread  # noqa: E402
 
 ROWS = 300
 CONCURRENCY = 64

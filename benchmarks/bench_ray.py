@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import ray
 import ray.data
 
-from fake_llm_server import fake_llm_server_in_thread
 from llmfanout import JobSpec
 from llmfanout.ray import map_rows
-from redis_server import running_redis
+
+from support.fake_llm_server import fake_llm_server_in_thread
+from support.redis_server import running_redis
 
 
 def main() -> None:

@@ -178,7 +178,7 @@ def server(url: str | None) -> Iterator[str]:
         yield url
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from redis_server import running_redis
+    from support.redis_server import running_redis
 
     with running_redis() as started:
         yield started.url

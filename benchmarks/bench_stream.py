@@ -43,8 +43,6 @@ import aiometer
 import anyio
 import anyio.lowlevel
 
-from _common import BACKENDS, CheckpointProvider
-from _common import RESPONSE as _RESPONSE
 from llmfanout import (
     LLMMessage,
     LLMResponse,
@@ -53,6 +51,9 @@ from llmfanout import (
     RateLimit,
     TaskResult,
 )
+
+from _common import BACKENDS, CheckpointProvider
+from _common import RESPONSE as _RESPONSE
 
 
 class LatencyProvider:

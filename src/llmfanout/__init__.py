@@ -1,6 +1,20 @@
-"""llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio."""
+"""llmfanout: run many LLM calls and plain functions concurrently, on asyncio and trio.
+
+This module re-exports the public names; the work happens in private subpackages, each a
+layer that imports only the layers below it (``lint-imports`` checks it; see
+docs/architecture.md)::
+
+    _cli            the command line: one module per subcommand
+    _rows | _batch  row jobs (JSONL in, rows out) | provider batch APIs
+    _report         the run summary, cost, the progress bar
+    _core | providers   the scheduler and attempts | providers and their transports
+    _flow           who may start a call and when: limits, pacing, AIMD, patience
+    errors          the exception hierarchy
+    _base           the vocabulary: messages, responses, advertised limits, checks
+"""
 
 from ._base._advertised import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
+from ._base._public import publish
 from ._base._types import (
     AsyncLLMProvider,
     ImagePart,
@@ -10,6 +24,7 @@ from ._base._types import (
     TextPart,
     ToolCall,
 )
+from ._base._version import VERSION
 from ._batch._jobs import BatchJob, submit_batch
 from ._core._executor import ParallelLLMExecutor, ResultStream
 from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor
@@ -64,4 +79,6 @@ __all__ = [
     "summarize",
 ]
 
-__version__ = "0.1.0.dev0"
+publish(__name__, globals(), __all__)
+
+__version__ = VERSION

@@ -6,6 +6,7 @@ limits allow and creates them, recording each step in a state file first; a
 and cancels. See docs/batch.md.
 """
 
+from ._base._public import publish
 from ._batch._api import BatchRequestCancelled, BatchRequestError, BatchRequestExpired
 from ._batch._jobs import BatchJob, BatchPart, BatchProgress, Polling, submit_batch
 from ._batch._state import BatchStateError
@@ -21,3 +22,5 @@ __all__ = [
     "Polling",
     "submit_batch",
 ]
+
+publish(__name__, globals(), __all__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import TracebackType
 
+from ._base._public import publish
 from ._base._types import LLMResponse
 from ._core._retry import TESTING
 from .providers._echo import EchoCall, EchoProvider, ErrorResponse, ResponseQueueExhausted
@@ -72,3 +73,6 @@ def text_response(
 ) -> LLMResponse:
     """An ``LLMResponse`` with ``content``, for an :class:`EchoProvider` script."""
     return LLMResponse(content, model=model, finish_reason=finish_reason, usage=usage)
+
+
+publish(__name__, globals(), __all__)

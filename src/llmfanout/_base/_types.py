@@ -29,6 +29,7 @@ __all__ = [
     "ImagePart",
     "LLMMessage",
     "LLMResponse",
+    "LoopBound",
     "OtherPart",
     "Role",
     "TextPart",
@@ -101,3 +102,15 @@ class AsyncLLMProvider(Protocol):
         messages: Sequence[LLMMessage],
         config_overrides: Mapping[str, Any] | None = None,
     ) -> LLMResponse: ...
+
+
+@runtime_checkable
+class LoopBound(Protocol):
+    """A provider whose resources (a connection pool) belong to the running event loop.
+
+    ``release_loop()`` closes the running loop's share and leaves the provider usable from
+    the next loop; the sync entry points call it as their own loop ends. A provider
+    without it is left to its owner: its ``aclose()`` may mean "for good".
+    """
+
+    async def release_loop(self) -> None: ...

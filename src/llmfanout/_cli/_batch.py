@@ -53,14 +53,18 @@ from .._rows._output_rows import (
 )
 from ..errors import ProviderError
 from ..providers._http import HTTPProvider
+from ._args import (
+    EXIT_BUSY,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    positive_float,
+    positive_int,
+)
 
 MAX_BAD_SHOWN = 50
 PER_ROW = "per-row"  # the provider's model when every row names its own
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
-
-
-class UsageError(Exception):
-    """Bad options or bad input: exit status 2, nothing sent."""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -104,8 +108,6 @@ def _polling(parser: argparse.ArgumentParser, seconds: Any) -> None:
 
 def add_parser(commands: Any) -> None:
     """Add ``batch`` and its subcommands to the ``llmfanout`` subcommands."""
-    # The argument types of `llmfanout run` (imported here: _cli imports this module).
-    from ._main import _positive_float, _positive_int
 
     batch = commands.add_parser(
         "batch",
@@ -148,17 +150,17 @@ def add_parser(commands: Any) -> None:
     )
     submit.add_argument(
         "--max-requests",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="requests per batch (default: the provider's limit, 50000 or 100000)",
     )
     submit.add_argument(
         "--max-bytes",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="bytes per batch (default: the provider's limit, 200 MB or 256 MB)",
     )
-    _polling(submit, _positive_float)
+    _polling(submit, positive_float)
     _prices(submit)
     _common(submit)
     for name, text in (
@@ -169,7 +171,7 @@ def add_parser(commands: Any) -> None:
         action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         action.add_argument("output", metavar="OUTPUT", help="the output file given to submit")
         if name == "wait":
-            _polling(action, _positive_float)
+            _polling(action, positive_float)
             _prices(action)
         _common(action)
 

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import anyio
 
+from .._base._types import LoopBound
+
 T = TypeVar("T")
 
 BACKENDS = ("asyncio", "trio")
@@ -145,10 +147,5 @@ async def _cancel_when_readable(wake: socket.socket, scope: anyio.CancelScope) -
 
 
 async def _release(provider: object) -> None:
-    from ..providers._http import HTTPProvider  # local: only sync runs need it
-
-    # Our providers' aclose() closes the pool of the running loop only: a later loop (the
-    # next sync call) gets a fresh one. Another provider's aclose may mean "for good",
-    # so it is left to its owner.
-    if isinstance(provider, HTTPProvider):
-        await provider.aclose()
+    if isinstance(provider, LoopBound):
+        await provider.release_loop()

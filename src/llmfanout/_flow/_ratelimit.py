@@ -14,17 +14,14 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import anyio
 from anyio.lowlevel import current_token
 
 from .._base._checks import positive
-from .._base._messages import TextPart
-
-if TYPE_CHECKING:
-    from .._core._tasks import LLMTask
+from .._base._messages import LLMMessage, TextPart
 
 
 class _Bucket:
@@ -226,7 +223,17 @@ high detail 765 tokens, Anthropic about 1,600 for a megapixel; give ``estimated_
 where it matters."""
 
 
-def estimate_tokens(task: LLMTask, overrides: Mapping[str, Any] | None) -> int:
+class Estimable(Protocol):
+    """What a token estimate reads of a task (an ``LLMTask`` has both)."""
+
+    @property
+    def messages(self) -> Sequence[LLMMessage]: ...
+
+    @property
+    def estimated_tokens(self) -> int | None: ...
+
+
+def estimate_tokens(task: Estimable, overrides: Mapping[str, Any] | None) -> int:
     """The tokens a call will likely use: ``task.estimated_tokens``, else a cheap guess.
 
     The guess is about four characters a token for the prompt's text, a few tokens of

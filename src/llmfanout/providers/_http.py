@@ -15,6 +15,7 @@ outside (a body, a header, a socket error) passes through the provider's redacto
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 import logging
 import ssl
@@ -24,13 +25,14 @@ from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+import anyio
 import attrs
 import httpx
 
 from .._base._advertised import parse_rate_limit_headers
 from .._base._perloop import PerLoop
 from .._base._types import LLMMessage, LLMResponse
-from ..errors import BadRequestError, ProviderError, ResponseFormatError
+from ..errors import APIConnectionError, BadRequestError, ProviderError, ResponseFormatError
 from ._config import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
@@ -44,9 +46,24 @@ from ._config import (
     check_verify,
     make_timeout,
 )
-from ._errors import format_error, request_id, status_error, transport_error
+from ._errors import (
+    format_error,
+    one_line,
+    request_id,
+    should_retry,
+    status_error,
+    status_error_class,
+    transport_error,
+)
 from ._secrets import Redactor, Secret, SecretHeaders, resolve_api_key
-from ._streaming import ON_TEXT, Accumulator, complete_streamed
+from ._sse import Event, SSEDecoder
+from ._streaming import (
+    ERROR_STATUS,
+    ON_TEXT,
+    Accumulator,
+    StreamEventError,
+    StreamFormatError,
+)
 from ._transports._httpx import HTTPXTransport
 from ._transports._pool import (
     Origin,
@@ -200,6 +217,10 @@ class HTTPProvider:
     ) -> None:
         await self.aclose()
 
+    async def release_loop(self) -> None:
+        """Close the running event loop's pool; a later loop gets a fresh one."""
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Close this event loop's connections; later calls in this loop raise. Idempotent.
 
@@ -268,12 +289,104 @@ class HTTPProvider:
         """
         params = self._merge(config_overrides) if config_overrides else self._params
         if params.get("stream") or ON_TEXT in params:
-            return await complete_streamed(self, messages, dict(params), self._accumulator())
+            return await self._complete_streamed(messages, dict(params), self._accumulator())
         payload = self._payload(messages, params)
         response = await self._send("POST", self._target, self._encode(payload), None)
         answer = self._response(self._json(response), response, payload["model"])
         limits = parse_rate_limit_headers(response.headers)
         return answer if limits is None else attrs.evolve(answer, rate_limits=limits)
+
+    async def _complete_streamed(
+        self,
+        messages: Sequence[LLMMessage],
+        params: dict[str, Any],
+        accumulator: Accumulator,
+    ) -> LLMResponse:
+        """One call read as a stream; the answer as a whole ``LLMResponse`` (see the module)."""
+        on_text = params.pop(ON_TEXT, None)
+        if on_text is not None and not callable(on_text):
+            raise TypeError(f"{self.provider_name}: on_text must be callable, not {on_text!r}")
+        payload = self._stream_payload(self._payload(messages, {**params, "stream": True}))
+        decoder = SSEDecoder()
+        redact = self._redact_answers
+        start = anyio.current_time()
+        first: float | None = None
+        error: ProviderError | None = None
+        async with self.stream("POST", self.endpoint, json=payload) as response:
+            head = Response(response.status, response.reason, response.headers, b"")
+            if response.headers.get("content-type", "").startswith("application/json"):
+                # A server that does not stream answers whole: take it as it is.
+                whole = Response(
+                    response.status, response.reason, response.headers, await response.read()
+                )
+                answer = self._response(self._json(whole), whole, payload.get("model"))
+                return attrs.evolve(
+                    answer,
+                    metadata={**answer.metadata, "streamed": False, "time_to_first_token_s": None},
+                )
+            try:
+                async for chunk in response:
+                    for event in decoder.feed(chunk):
+                        if accumulator.done:
+                            continue  # read on to the body's end, so the connection is reused
+                        if redact:
+                            event = Event(self._redactor.text(event.data), event.event)
+                        text = accumulator.feed(event)
+                        if text is None:
+                            continue
+                        if first is None:
+                            first = anyio.current_time() - start
+                        if text and on_text is not None:
+                            outcome = on_text(text)
+                            if inspect.isawaitable(outcome):
+                                await outcome
+            except StreamEventError as exc:
+                error = self._event_error(head, exc.data)
+            except StreamFormatError as exc:
+                error = self._format_error(head, str(exc))
+            except ProviderError:
+                # The body broke after the terminal event: the answer is whole, only the
+                # connection's end was not clean (it is closed, not reused).
+                if not accumulator.done:
+                    raise
+        if error is None and not accumulator.done:
+            error = APIConnectionError(
+                f"{self.provider_name}: the answer stream from {self._url} ended before "
+                f"its end marker ({accumulator.terminal}), so the answer may be cut short and "
+                "is not used; retrying may help",
+                provider=self.provider_name,
+                request_id=self._request_id(head),
+            )
+        if error is not None:
+            logger.debug("%s", error)
+            raise error
+        answer = self._response(accumulator.body(), head, payload.get("model"))
+        metadata = {**answer.metadata, "streamed": True, "time_to_first_token_s": first}
+        return attrs.evolve(answer, metadata=metadata)
+
+    def _event_error(self, head: Response, data: dict[str, Any]) -> ProviderError:
+        """The error an error event stands for: of the class, and as retryable, as the status
+        its type names would be."""
+        detail = data.get("error")
+        kind = detail.get("type") if isinstance(detail, dict) else None
+        said = detail.get("message") if isinstance(detail, dict) else None
+        kind = kind if isinstance(kind, str) else None
+        message = self._redactor.text(said) if isinstance(said, str) else None
+        status = ERROR_STATUS.get(kind or "", 500)
+        what = f"{self.provider_name}: the server sent an error mid-answer ({kind or 'no type'}"
+        what += f": {one_line(message, 300)})" if message else ")"
+        retryable = should_retry(status, {})
+        if retryable:
+            what += "; the answer is not used, and retrying may help"
+        return status_error_class(status)(
+            what,
+            status_code=head.status,
+            retryable=retryable,
+            error_type=kind,
+            error_message=message,
+            request_id=self._request_id(head),
+            provider=self.provider_name,
+        )
 
     async def request(
         self,

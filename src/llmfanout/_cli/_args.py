@@ -1,0 +1,105 @@
+"""What every subcommand shares: exit statuses, the one ``UsageError``, argument types and
+path checks, each worded for a command-line user."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from . import _log
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+VERBOSE_HELP = (
+    "log to standard error: -v notable events, -vv also every failed attempt and retry "
+    f"(or set {_log.ENV}=info|debug); API keys are never printed"
+)
+
+
+class UsageError(Exception):
+    """Bad options or bad input: the run exits with status 2 having sent nothing."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else positive_float(text)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a JSON object; give e.g. '{{\"temperature\": 0}}'"
+        )
+    return value
+
+
+def check_input(path: str) -> None:
+    if path == "-":
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"input {path!r} is a directory; give the input JSONL file")
+    if not os.path.exists(path):
+        raise UsageError(f"input file {path!r} does not exist")
+    if not os.path.isfile(path) and not Path(path).is_fifo():
+        raise UsageError(f"input {path!r} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"input file {path!r} cannot be read (permission denied)")
+
+
+def check_output(path: str, *, directory_ok: bool) -> None:
+    """Raise a :class:`UsageError` naming the fix for an output that cannot be written."""
+    if os.path.isdir(path):
+        if not directory_ok:
+            example = os.path.join(path, "results.jsonl")
+            raise UsageError(
+                f"output {path!r} is a directory; name a file in it (-o {example}), or pass "
+                "--resume to continue a directory of shard files"
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write in the output directory {path!r} (permission denied)")
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(folder):
+        raise UsageError(
+            f"the folder of the output file, {folder!r}, does not exist; create it "
+            f"(mkdir -p {shlex.quote(folder)}) or choose another output"
+        )
+    if not os.path.isdir(folder):
+        raise UsageError(f"the output's parent {folder!r} is not a directory")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write to the output file {path!r} (permission denied)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write in the output's folder {folder!r} (permission denied)")
+
+
+def same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -1,0 +1,54 @@
+"""``llmfanout example``: write one of the example input files shipped with llmfanout."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import importlib.util
+import os
+import sys
+from typing import Any
+
+from ._args import EXIT_OK, UsageError, check_output
+
+EXAMPLE_FILE = "llmfanout example -o prompts.jsonl"
+EXAMPLE = "llmfanout run prompts.jsonl -o results.jsonl --resume"
+EXAMPLES = {"prompts": "prompts.jsonl", "batch": "openai_batch.jsonl"}  # in llmfanout/examples
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``example`` to the ``llmfanout`` subcommands."""
+    example = commands.add_parser(
+        "example",
+        help="write an example input file to try llmfanout run on",
+        description="Write one of the example input files shipped with llmfanout.",
+    )
+    example.add_argument(
+        "name",
+        nargs="?",
+        choices=sorted(EXAMPLES),
+        default="prompts",
+        help="prompts (default): a dozen {id, prompt} and {id, messages} rows; batch: OpenAI "
+        "Batch API requests",
+    )
+    example.add_argument(
+        "-o", "--output", metavar="FILE", help="the file to write (default: standard output)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    text = (importlib.resources.files("llmfanout") / "examples" / EXAMPLES[args.name]).read_bytes()
+    if args.output is None:
+        sys.stdout.buffer.write(text)
+        sys.stdout.flush()
+        return EXIT_OK
+    output = args.output
+    check_output(output, directory_ok=False)
+    if os.path.exists(output):
+        with open(output, "rb") as file:
+            if file.read() == text:  # already there: running the same command twice is fine
+                return EXIT_OK
+        raise UsageError(f"{output} exists and holds something else; choose another file name")
+    with open(output, "wb") as file:
+        file.write(text)
+    return EXIT_OK
