@@ -19,13 +19,15 @@ from time import perf_counter
 from typing import Any, NoReturn
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._base._checks import unwrap_group, whole_number
 from .._base._perloop import PerLoop
-from .._base._types import AsyncLLMProvider, LLMMessage, a_kind
+from .._base._types import AsyncLLMProvider, LLMMessage, LLMResponse, a_kind
+from .._cache._front import Cache, CacheFront, check_cache, mark
 from .._flow._governor import Governor
 from .._flow._limiter import Limiter, check_limiter
 from ..errors import TaskAborted
@@ -58,6 +60,7 @@ class _Run:
         "emit",
         "failures",
         "guarded",
+        "host",
         "items",
         "max_errors",
         "notify",
@@ -87,6 +90,7 @@ class _Run:
         # With max_errors: per worker, the scope of the task it runs (None between tasks).
         self.scopes: list[anyio.CancelScope | None] = []
         self.threads: anyio.CapacityLimiter  # for sync functions, this loop's
+        self.host: anyio.abc.TaskGroup | None = None  # runs calls shared through the cache
 
     def count_failure(self, result: TaskResult) -> None:
         """Count a failed task; at max_errors, or at an auth error, stop the run."""
@@ -238,6 +242,12 @@ class ParallelLLMExecutor:
     the credentials, HTTP 401 or 403 (``stop_on_auth_error``: the tasks not yet started
     get :class:`~llmfanout.errors.TaskAborted`). Neither pacing nor adaptation costs
     anything until the server reports limits or overload.
+
+    ``cache`` (:class:`~llmfanout.cache.SQLiteCache`, :class:`~llmfanout.cache.RedisCache`
+    or any :class:`~llmfanout.cache.Cache`) answers a call made before from the cache
+    (``response.metadata["cached"] is True``, no attempt made, nothing sent), sends
+    identical calls in flight at once only once, and stores every successful answer;
+    ``LLMTask(cache=False)`` opts a task out. See docs/cache.md.
     """
 
     def __init__(
@@ -252,6 +262,7 @@ class ParallelLLMExecutor:
         pacing: bool = True,
         adaptive: bool = True,
         stop_on_auth_error: bool = True,
+        cache: Cache | None = None,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise TypeError(
@@ -300,6 +311,8 @@ class ParallelLLMExecutor:
         self._cap = Cap(max_concurrency)
         # anyio's limiters belong to one event loop: one per loop this executor runs in.
         self._threads_per_loop = PerLoop[anyio.CapacityLimiter]()
+        cache = check_cache(cache, "ParallelLLMExecutor")
+        self._cache = None if cache is None else CacheFront(cache, provider)
 
     def _threads(self) -> anyio.CapacityLimiter:
         threads = self._threads_per_loop.get(None)
@@ -541,6 +554,7 @@ class ParallelLLMExecutor:
         run.threads = self._threads()
         try:
             async with lend(self._cap), anyio.create_task_group() as tg:
+                run.host = tg
                 for index in range(workers):
                     tg.start_soon(self._worker, run, index)
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
@@ -569,7 +583,7 @@ class ParallelLLMExecutor:
         elif run.aborted:
             result = _aborted(tag, run.reason)
         else:
-            result = await self._run_task(tag, task, run.threads)
+            result = await self._run_task(tag, task, run.threads, run.host)
             if not result.success and run.stop_on_auth:
                 run.count_failure(result)
         await run.emit(result)
@@ -589,7 +603,7 @@ class ParallelLLMExecutor:
         result: TaskResult | None = None
         with anyio.CancelScope() as scope:
             run.scopes[index] = scope
-            result = await self._run_task(tag, task, run.threads)
+            result = await self._run_task(tag, task, run.threads, run.host)
         run.scopes[index] = None
         if result is None:  # our scope caught its own cancellation: the run was stopped
             return _aborted(tag, run.reason, start)
@@ -603,14 +617,23 @@ class ParallelLLMExecutor:
         return result
 
     async def _run_task(
-        self, tag: str, task: Task | Invalid, threads: anyio.CapacityLimiter | None = None
+        self,
+        tag: str,
+        task: Task | Invalid,
+        threads: anyio.CapacityLimiter | None = None,
+        host: anyio.abc.TaskGroup | None = None,
+        cached: bool = True,
     ) -> TaskResult:
         """One task, all its attempts: never raises but for cancellation.
 
-        ``threads``: this loop's thread limiter, if the caller has it at hand.
+        ``threads``: this loop's thread limiter, if the caller has it at hand; ``host``:
+        the run's task group, where a call shared through the cache runs; ``cached``:
+        False when the cache has been asked already.
         """
         start = perf_counter()
         if type(task) is LLMTask:
+            if self._cache is not None and cached and task.cache:
+                return await self._through_cache(tag, task, threads, host)
             retry = task.retry or self.default_retry
             timeout = task.timeout or self.default_timeout
             overrides = self._overrides(task)
@@ -678,6 +701,28 @@ class ParallelLLMExecutor:
         assert isinstance(outcome, Failed)
         return _failed(tag, outcome.error, start, outcome.attempts)
 
+    async def _through_cache(
+        self,
+        tag: str,
+        task: LLMTask,
+        threads: anyio.CapacityLimiter | None,
+        host: anyio.abc.TaskGroup | None,
+    ) -> TaskResult:
+        """A task with the cache on: a hit, another identical call's answer, or its own."""
+        start = perf_counter()
+        front = self._cache
+        assert front is not None
+        key = front.key(task.messages, self._overrides(task))
+        if key is None:  # a value with no JSON form: the call goes uncached
+            return await self._run_task(tag, task, threads, None, False)
+        call = functools.partial(self._run_task, tag, task, threads, None, False)
+        out = await front.run(key, call, _answer, host)
+        if type(out) is TaskResult:
+            if out.success and isinstance(out.value, LLMResponse):
+                return attrs.evolve(out, value=mark(out.value, False))
+            return out
+        return TaskResult(tag, True, out, None, (perf_counter() - start) * 1000, 0)
+
     def _overrides(self, task: LLMTask) -> Mapping[str, Any] | None:
         own = task.config_overrides
         default = self.default_config_overrides
@@ -691,6 +736,12 @@ class ParallelLLMExecutor:
 def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:
     logger.debug("task %r failed after %d attempt(s): %r", tag, attempts, exc)
     return TaskResult(tag, False, None, exc, (perf_counter() - start) * 1000, attempts)
+
+
+def _answer(result: TaskResult) -> LLMResponse | None:
+    """The good answer a result holds, to store and to share (None: nothing to keep)."""
+    value = result.value
+    return value if result.success and isinstance(value, LLMResponse) else None
 
 
 def _content(value: Any) -> str:
