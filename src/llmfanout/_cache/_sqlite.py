@@ -229,13 +229,21 @@ class SQLiteCache:
     def _evict(db: sqlite3.Connection, limit: int) -> None:
         while True:
             (stored,) = db.execute("SELECT bytes FROM totals WHERE id = 0").fetchone()
-            if stored <= limit:
+            excess = stored - limit
+            if excess <= 0:
                 return
-            removed = db.execute(
-                "DELETE FROM answers WHERE key IN (SELECT key FROM answers ORDER BY used LIMIT 64)"
-            ).rowcount
-            if not removed:
+            oldest = db.execute(
+                "SELECT key, length(value) FROM answers ORDER BY used LIMIT 256"
+            ).fetchall()
+            if not oldest:
                 return
+            doomed = []
+            for key, size in oldest:
+                doomed.append((key,))
+                excess -= size
+                if excess <= 0:
+                    break
+            db.executemany("DELETE FROM answers WHERE key = ?", doomed)
 
 
 def _rebuild(path: str, ttl: float | None, max_bytes: int | None, namespace: str) -> SQLiteCache:
