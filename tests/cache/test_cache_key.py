@@ -23,12 +23,15 @@ scalars = st.one_of(
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 PARAMS = ("temperature", "top_p", "seed", "max_tokens", "tools", "tool_choice", "stop", "n")
-params = st.dictionaries(st.sampled_from(PARAMS) | st.text(min_size=1, max_size=6), values, max_size=5)
+params = st.dictionaries(
+    st.sampled_from(PARAMS) | st.text(min_size=1, max_size=6), values, max_size=5
+)
 texts = st.text(min_size=1, max_size=20)
 
 

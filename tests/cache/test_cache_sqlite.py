@@ -163,7 +163,7 @@ def test_stats_and_clear(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_cache_is_refused_by_name(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("not a database, just some text that is long enough" * 50)
-    with pytest.raises(ValueError, match="notes.txt"):
+    with pytest.raises(ValueError, match=r"notes\.txt"):
         SQLiteCache(path)
     with pytest.raises(ValueError, match="ttl"):
         SQLiteCache(tmp_path / "c.db", ttl=0)

@@ -2,10 +2,11 @@
 
 :class:`CacheFront` keys a call (:mod:`._key`), looks it up, and on a miss makes sure
 identical calls in flight at the same moment in one event loop are sent once: the first
-leads a *flight*, the others wait for it. A flight's call runs in the run's task group
-when there is one (``host``), not in the task of the caller that started it, so
-cancelling any one waiter, the first included, never cancels the call the others wait
-for; the call is cancelled only when no one waits for it any more. When it ends in a
+leads a *flight*, the others wait for it. The flight's call runs in a child task of the
+leader, shielded from the leader's own cancellation while others still wait for it:
+cancelling any one waiter, the leader included, never cancels the call the others wait
+for (a cancelled leader leaves when that call ends); the call is cancelled as soon as no
+one waits for it any more, so cancelling them all (Ctrl-C) is prompt. When it ends in a
 good answer every waiter gets that answer (as a hit: it cost nothing more); when it
 fails each waiter makes its own call, with its own retries. Only a successful answer is
 stored: errors, cut streams and answers the retry policy rejected never reach ``put``.
@@ -21,7 +22,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import anyio
-import anyio.abc
 import attrs
 
 from .._base._perloop import PerLoop
@@ -129,7 +129,6 @@ class CacheFront:
         key: str,
         call: Callable[[], Awaitable[R]],
         answer: Callable[[R], LLMResponse | None],
-        host: anyio.abc.TaskGroup | None,
     ) -> R | LLMResponse:
         """A stored answer (a hit), the answer an identical call in flight got (also a
         hit: it cost nothing more), or ``call()``'s own result.
@@ -165,16 +164,9 @@ class CacheFront:
                 del flights[key]
                 flight.done.set()
                 return hit
-            if host is None:  # nowhere else to run it: the caller's own task runs the call
-                try:
-                    result = await call()
-                    await self._land(flight, key, answer(result))
-                    return result
-                finally:
-                    del flights[key]
-                    flight.done.set()
-            host.start_soon(self._fly, flights, flight, key, call, answer)
-            await self._wait(flight)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._fly, flights, flight, key, call, answer)
+                await self._wait(flight)
             if flight.ended:
                 return flight.result  # type: ignore[no-any-return]
 
@@ -196,8 +188,9 @@ class CacheFront:
         answer: Callable[[R], LLMResponse | None],
     ) -> None:
         try:
-            with anyio.CancelScope() as flight.scope:
-                if not flight.waiters:  # its caller was cancelled before it started
+            # Shielded: only _wait cancels it, when its last waiter leaves.
+            with anyio.CancelScope(shield=True) as flight.scope:
+                if not flight.waiters:  # its leader was cancelled before it started
                     flight.scope.cancel()
                 result = await call()
                 flight.result = result

@@ -19,7 +19,6 @@ from time import perf_counter
 from typing import Any, NoReturn
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -60,7 +59,6 @@ class _Run:
         "emit",
         "failures",
         "guarded",
-        "host",
         "items",
         "max_errors",
         "notify",
@@ -90,7 +88,6 @@ class _Run:
         # With max_errors: per worker, the scope of the task it runs (None between tasks).
         self.scopes: list[anyio.CancelScope | None] = []
         self.threads: anyio.CapacityLimiter  # for sync functions, this loop's
-        self.host: anyio.abc.TaskGroup | None = None  # runs calls shared through the cache
 
     def count_failure(self, result: TaskResult) -> None:
         """Count a failed task; at max_errors, or at an auth error, stop the run."""
@@ -554,7 +551,6 @@ class ParallelLLMExecutor:
         run.threads = self._threads()
         try:
             async with lend(self._cap), anyio.create_task_group() as tg:
-                run.host = tg
                 for index in range(workers):
                     tg.start_soon(self._worker, run, index)
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
@@ -583,7 +579,7 @@ class ParallelLLMExecutor:
         elif run.aborted:
             result = _aborted(tag, run.reason)
         else:
-            result = await self._run_task(tag, task, run.threads, run.host)
+            result = await self._run_task(tag, task, run.threads)
             if not result.success and run.stop_on_auth:
                 run.count_failure(result)
         await run.emit(result)
@@ -603,7 +599,7 @@ class ParallelLLMExecutor:
         result: TaskResult | None = None
         with anyio.CancelScope() as scope:
             run.scopes[index] = scope
-            result = await self._run_task(tag, task, run.threads, run.host)
+            result = await self._run_task(tag, task, run.threads)
         run.scopes[index] = None
         if result is None:  # our scope caught its own cancellation: the run was stopped
             return _aborted(tag, run.reason, start)
@@ -621,19 +617,17 @@ class ParallelLLMExecutor:
         tag: str,
         task: Task | Invalid,
         threads: anyio.CapacityLimiter | None = None,
-        host: anyio.abc.TaskGroup | None = None,
         cached: bool = True,
     ) -> TaskResult:
         """One task, all its attempts: never raises but for cancellation.
 
-        ``threads``: this loop's thread limiter, if the caller has it at hand; ``host``:
-        the run's task group, where a call shared through the cache runs; ``cached``:
-        False when the cache has been asked already.
+        ``threads``: this loop's thread limiter, if the caller has it at hand; ``cached``:
+        False when the cache has been asked already (or must not be).
         """
         start = perf_counter()
         if type(task) is LLMTask:
             if self._cache is not None and cached and task.cache:
-                return await self._through_cache(tag, task, threads, host)
+                return await self._through_cache(tag, task, threads)
             retry = task.retry or self.default_retry
             timeout = task.timeout or self.default_timeout
             overrides = self._overrides(task)
@@ -706,7 +700,6 @@ class ParallelLLMExecutor:
         tag: str,
         task: LLMTask,
         threads: anyio.CapacityLimiter | None,
-        host: anyio.abc.TaskGroup | None,
     ) -> TaskResult:
         """A task with the cache on: a hit, another identical call's answer, or its own."""
         start = perf_counter()
@@ -714,9 +707,12 @@ class ParallelLLMExecutor:
         assert front is not None
         key = front.key(task.messages, self._overrides(task))
         if key is None:  # a value with no JSON form: the call goes uncached
-            return await self._run_task(tag, task, threads, None, False)
-        call = functools.partial(self._run_task, tag, task, threads, None, False)
-        out = await front.run(key, call, _answer, host)
+            return await self._run_task(tag, task, threads, False)
+        call = functools.partial(self._run_task, tag, task, threads, False)
+        policy = task.retry or self.default_retry
+        check = None if policy is None else policy.retry_on_result
+        # An answer the policy still rejects (its attempts ran out) is returned, not kept.
+        out = await front.run(key, call, _answer if check is None else _accepted(check))
         if type(out) is TaskResult:
             if out.success and isinstance(out.value, LLMResponse):
                 return attrs.evolve(out, value=mark(out.value, False))
@@ -742,6 +738,19 @@ def _answer(result: TaskResult) -> LLMResponse | None:
     """The good answer a result holds, to store and to share (None: nothing to keep)."""
     value = result.value
     return value if result.success and isinstance(value, LLMResponse) else None
+
+
+def _accepted(check: Callable[[Any], bool]) -> Callable[[TaskResult], LLMResponse | None]:
+    """:func:`_answer`, but only for an answer ``retry_on_result`` would not retry."""
+
+    def answer(result: TaskResult) -> LLMResponse | None:
+        value = _answer(result)
+        try:
+            return None if value is None or check(value) else value
+        except Exception:
+            return None
+
+    return answer
 
 
 def _content(value: Any) -> str:
