@@ -25,6 +25,7 @@ from ._messages import (
 __all__ = [
     "ROLES",
     "AsyncLLMProvider",
+    "Cacheable",
     "ContentPart",
     "ImagePart",
     "LLMMessage",
@@ -114,3 +115,24 @@ class LoopBound(Protocol):
     """
 
     async def release_loop(self) -> None: ...
+
+
+@runtime_checkable
+class Cacheable(Protocol):
+    """A provider that says what it would send for a call, so a cache can key it.
+
+    ``cache_request(messages, config_overrides)`` returns plain JSON data holding
+    everything that reaches the wire and can change the answer: the provider's kind, its
+    endpoint (origin and path of the base URL), the request body built from the messages
+    and the merged parameters, and protocol headers that select behaviour (an API
+    version). It leaves out what never reaches the wire (an ``on_text`` callback, the
+    client-side ``stream`` choice) and anything secret: never a key or a credential
+    header. A provider without it is keyed by its class, its ``model`` and the call's
+    messages and overrides as given.
+    """
+
+    def cache_request(
+        self,
+        messages: Sequence[LLMMessage],
+        config_overrides: Mapping[str, Any] | None = None,
+    ) -> Mapping[str, Any]: ...

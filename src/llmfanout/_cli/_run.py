@@ -195,6 +195,17 @@ def add_parser(commands: Any) -> None:
         metavar="SECONDS",
         help="make the echo provider wait this long per call, for demos (default 0)",
     )
+    run.add_argument(
+        "--cache",
+        metavar="PATH|URL",
+        help="answer rows asked before from this cache and store new answers in it: a "
+        "SQLite file, or redis://host:port/db shared by every worker (see docs/cache.md)",
+    )
+    run.add_argument(
+        "--cache-namespace",
+        metavar="NAME",
+        help="mixed into every cache key: a new name starts with an empty cache",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress and no summary; errors only")
     run.add_argument(
         "--prices",
@@ -308,6 +319,8 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         patience=args.patience,
         pacing=args.pacing,
         max_errors=args.max_errors,
+        cache=args.cache,
+        cache_namespace=args.cache_namespace,
     )
 
 
@@ -407,7 +420,10 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         try:
             job = Job(spec, model=model)
         except JobError as exc:  # speak flags: --shared-limit, not shared_limit
-            raise UsageError(str(exc).replace("shared_limit:", "--shared-limit:")) from None
+            message = str(exc).replace("shared_limit:", "--shared-limit:")
+            if message.startswith("cache:"):
+                message = "--" + message
+            raise UsageError(message) from None
         target = args.output
         if os.path.isdir(target):
             target = _shard_name(target)  # shards are only ever added to

@@ -25,7 +25,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._base._checks import unwrap_group, whole_number
 from .._base._perloop import PerLoop
-from .._base._types import AsyncLLMProvider, LLMMessage, a_kind
+from .._base._types import AsyncLLMProvider, LLMMessage, LLMResponse, a_kind
+from .._cache._front import Cache, CacheFront, check_cache, mark
 from .._flow._governor import Governor
 from .._flow._limiter import Limiter, check_limiter
 from ..errors import TaskAborted
@@ -238,6 +239,12 @@ class ParallelLLMExecutor:
     the credentials, HTTP 401 or 403 (``stop_on_auth_error``: the tasks not yet started
     get :class:`~llmfanout.errors.TaskAborted`). Neither pacing nor adaptation costs
     anything until the server reports limits or overload.
+
+    ``cache`` (:class:`~llmfanout.cache.SQLiteCache`, :class:`~llmfanout.cache.RedisCache`
+    or any :class:`~llmfanout.cache.Cache`) answers a call made before from the cache
+    (``response.metadata["cached"] is True``, no attempt made, nothing sent), sends
+    identical calls in flight at once only once, and stores every successful answer;
+    ``LLMTask(cache=False)`` opts a task out. See docs/cache.md.
     """
 
     def __init__(
@@ -252,6 +259,7 @@ class ParallelLLMExecutor:
         pacing: bool = True,
         adaptive: bool = True,
         stop_on_auth_error: bool = True,
+        cache: Cache | None = None,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise TypeError(
@@ -300,6 +308,8 @@ class ParallelLLMExecutor:
         self._cap = Cap(max_concurrency)
         # anyio's limiters belong to one event loop: one per loop this executor runs in.
         self._threads_per_loop = PerLoop[anyio.CapacityLimiter]()
+        cache = check_cache(cache, "ParallelLLMExecutor")
+        self._cache = None if cache is None else CacheFront(cache, provider)
 
     def _threads(self) -> anyio.CapacityLimiter:
         threads = self._threads_per_loop.get(None)
@@ -603,14 +613,21 @@ class ParallelLLMExecutor:
         return result
 
     async def _run_task(
-        self, tag: str, task: Task | Invalid, threads: anyio.CapacityLimiter | None = None
+        self,
+        tag: str,
+        task: Task | Invalid,
+        threads: anyio.CapacityLimiter | None = None,
+        cached: bool = True,
     ) -> TaskResult:
         """One task, all its attempts: never raises but for cancellation.
 
-        ``threads``: this loop's thread limiter, if the caller has it at hand.
+        ``threads``: this loop's thread limiter, if the caller has it at hand; ``cached``:
+        False when the cache has been asked already (or must not be).
         """
         start = perf_counter()
         if type(task) is LLMTask:
+            if self._cache is not None and cached and task.cache:
+                return await self._through_cache(tag, task, threads)
             retry = task.retry or self.default_retry
             timeout = task.timeout or self.default_timeout
             overrides = self._overrides(task)
@@ -678,6 +695,30 @@ class ParallelLLMExecutor:
         assert isinstance(outcome, Failed)
         return _failed(tag, outcome.error, start, outcome.attempts)
 
+    async def _through_cache(
+        self,
+        tag: str,
+        task: LLMTask,
+        threads: anyio.CapacityLimiter | None,
+    ) -> TaskResult:
+        """A task with the cache on: a hit, another identical call's answer, or its own."""
+        start = perf_counter()
+        front = self._cache
+        assert front is not None
+        key = front.key(task.messages, self._overrides(task))
+        if key is None:  # a value with no JSON form: the call goes uncached
+            return await self._run_task(tag, task, threads, False)
+        call = functools.partial(self._run_task, tag, task, threads, False)
+        policy = task.retry or self.default_retry
+        check = None if policy is None else policy.retry_on_result
+        # An answer the policy still rejects (its attempts ran out) is returned, not kept.
+        out = await front.run(key, call, _answer if check is None else _accepted(check))
+        if type(out) is TaskResult:
+            if out.success and isinstance(out.value, LLMResponse):
+                return attrs.evolve(out, value=mark(out.value, False))
+            return out
+        return TaskResult(tag, True, out, None, (perf_counter() - start) * 1000, 0)
+
     def _overrides(self, task: LLMTask) -> Mapping[str, Any] | None:
         own = task.config_overrides
         default = self.default_config_overrides
@@ -691,6 +732,25 @@ class ParallelLLMExecutor:
 def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:
     logger.debug("task %r failed after %d attempt(s): %r", tag, attempts, exc)
     return TaskResult(tag, False, None, exc, (perf_counter() - start) * 1000, attempts)
+
+
+def _answer(result: TaskResult) -> LLMResponse | None:
+    """The good answer a result holds, to store and to share (None: nothing to keep)."""
+    value = result.value
+    return value if result.success and isinstance(value, LLMResponse) else None
+
+
+def _accepted(check: Callable[[Any], bool]) -> Callable[[TaskResult], LLMResponse | None]:
+    """:func:`_answer`, but only for an answer ``retry_on_result`` would not retry."""
+
+    def answer(result: TaskResult) -> LLMResponse | None:
+        value = _answer(result)
+        try:
+            return None if value is None or check(value) else value
+        except Exception:
+            return None
+
+    return answer
 
 
 def _content(value: Any) -> str:

@@ -88,6 +88,11 @@ def _check_tokens(instance: Any, attribute: Any, value: object) -> None:
         whole_number(value, f"{_where(instance)}: estimated_tokens", minimum=0, hint=" or None")
 
 
+def _check_cache(instance: Any, attribute: Any, value: object) -> None:
+    if value is not True and value is not False:
+        raise TypeError(f"{_where(instance)}: cache is {value!r}; give True or False")
+
+
 @attrs.frozen
 class LLMTask:
     """One LLM call: the messages to send and how to send them.
@@ -97,7 +102,8 @@ class LLMTask:
 
     ``config_overrides`` are merged over the executor's defaults for this call; ``retry``
     replaces the executor's default policy; ``timeout`` bounds each attempt (seconds);
-    ``estimated_tokens`` feeds a token rate limit (else it is estimated from the text).
+    ``estimated_tokens`` feeds a token rate limit (else it is estimated from the text);
+    ``cache=False`` keeps the call out of the executor's cache (never read, never filled).
     ``tag`` is filled from the mapping key when the task is given in a mapping.
     Raises ``ValueError``/``TypeError`` naming the field when a value is unusable.
     """
@@ -110,6 +116,8 @@ class LLMTask:
     tag: str = attrs.field(default="", validator=_check_tag)
     timeout: float | None = attrs.field(default=None, validator=_check_timeout, kw_only=True)
     estimated_tokens: int | None = attrs.field(default=None, validator=_check_tokens, kw_only=True)
+    cache: bool = attrs.field(default=True, validator=_check_cache, kw_only=True)
+    """False: this call never reads nor fills the executor's cache."""
 
 
 def _check_fn(instance: Any, attribute: Any, value: Any) -> None:

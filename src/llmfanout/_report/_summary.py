@@ -32,6 +32,10 @@ class RunSummary:
     - ``cost_usd``: with ``prices``, the cost of the successful responses in USD (None
       without); ``unpriced`` maps each model that had no price (or responses without
       usage) to how many responses were left out of ``cost_usd``.
+    - ``cache_hits``, ``cache_misses``: answers that came from the executor's cache (or
+      from an identical call in flight) and answers that were fetched with a cache on;
+      a hit counts in no token sum and costs nothing; ``cache_saved_usd``: with
+      ``prices``, what the hits would have cost.
     - ``concurrency``: calls the executor kept in flight at the end
       (``executor.concurrency``: fewer than ``max_concurrency`` while the server answered
       overload), when given.
@@ -54,6 +58,9 @@ class RunSummary:
     cost_usd: float | None = None
     unpriced: Mapping[str, int] = attrs.field(factory=dict)
     concurrency: int | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_saved_usd: float | None = None
 
     def __str__(self) -> str:
         lines = [
@@ -70,6 +77,13 @@ class RunSummary:
             lines.append(f"cached prompt tokens: {self.cached_prompt_tokens:,}")
         if self.cost_usd is not None:
             lines.append(f"cost: {format_usd(self.cost_usd)}" + _unpriced_note(self.unpriced))
+        if self.cache_hits or self.cache_misses:
+            saved = self.cache_saved_usd
+            lines.append(
+                f"cache: {self.cache_hits:,} {_plural(self.cache_hits, 'hit')}, "
+                f"{self.cache_misses:,} {_plural(self.cache_misses, 'miss')}"
+                + ("" if saved is None else f", saved {format_usd(saved)}")
+            )
         if self.p50_ms is not None:
             lines.append(
                 f"time per task: p50 {self.p50_ms:,.1f} ms, p95 {self.p95_ms:,.1f} ms, "
@@ -98,8 +112,11 @@ class SummaryAccumulator:
         "completion_tokens",
         "cost",
         "durations",
+        "hits",
+        "misses",
         "ok",
         "prompt_tokens",
+        "saved",
         "total",
         "total_tokens",
     )
@@ -109,7 +126,10 @@ class SummaryAccumulator:
         self.total = self.ok = self.aborted = self.attempts = 0
         self.prompt_tokens = self.completion_tokens = self.total_tokens = self.cached = 0
         self.durations = array("d")
-        self.cost = None if prices is None else CostTally(check_prices(prices, "summarize"))
+        table = None if prices is None else check_prices(prices, "summarize")
+        self.cost = None if table is None else CostTally(table)
+        self.hits = self.misses = 0
+        self.saved = None if table is None else CostTally(table)
 
     def add(self, result: TaskResult) -> None:
         """Count one result."""
@@ -119,6 +139,10 @@ class SummaryAccumulator:
             self.ok += 1
             value = result.value
             if isinstance(value, LLMResponse):
+                cached = value.metadata.get("cached")
+                if cached is not None and self._cached(value, cached):
+                    self.durations.append(result.duration_ms)
+                    return
                 usage = value.usage
                 if usage:
                     self.prompt_tokens += usage.get("prompt_tokens") or 0
@@ -131,6 +155,16 @@ class SummaryAccumulator:
             self.aborted += 1
             return
         self.durations.append(result.duration_ms)
+
+    def _cached(self, value: LLMResponse, cached: object) -> bool:
+        """Count a response that went through a cache; True if it was a hit."""
+        if not cached:
+            self.misses += 1
+            return False
+        self.hits += 1
+        if self.saved is not None:
+            self.saved.add(value.model, value.usage)
+        return True
 
     def summary(
         self, *, elapsed: float | None = None, concurrency: int | None = None
@@ -157,6 +191,9 @@ class SummaryAccumulator:
             cost_usd=None if self.cost is None else self.cost.total,
             unpriced={} if self.cost is None else dict(sorted(self.cost.unpriced.items())),
             concurrency=concurrency,
+            cache_hits=self.hits,
+            cache_misses=self.misses,
+            cache_saved_usd=None if self.saved is None else self.saved.total,
         )
 
 
@@ -222,4 +259,6 @@ def _percentile(ordered: list[float], q: float) -> float | None:
 
 
 def _plural(n: int, word: str) -> str:
-    return word if n == 1 else word + "s"
+    if n == 1:
+        return word
+    return word + ("es" if word.endswith("s") else "s")

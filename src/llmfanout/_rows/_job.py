@@ -31,11 +31,14 @@ import anyio.from_thread
 import attrs
 
 from .._base._types import AsyncLLMProvider
+from .._cache._front import Cache
+from .._cache._open import open_cache
 from .._core._executor import ParallelLLMExecutor, ResultStream
 from .._core._retry import BackoffStrategy, RetryConfig
 from .._core._tasks import LLMTask, TaskResult
 from .._flow._limiter import Limiter
 from .._flow._ratelimit import RateLimit
+from .._flow._redislimit import redact
 from .._report._cost import Price, check_prices
 from .._report._summary import SummaryAccumulator
 from ..providers._echo import EchoProvider
@@ -110,6 +113,14 @@ def _prices(value: object) -> dict[str, Price] | None:
     return None if value is None else check_prices(value, "JobSpec.prices")
 
 
+def _place(value: object) -> object:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _shown_place(value: str | None) -> str:
+    return repr(redact(value) if value and "://" in value else value)
+
+
 @attrs.frozen(kw_only=True)
 class JobSpec:
     """What a batch job does: one field per ``llmfanout run`` flag. Frozen and picklable.
@@ -138,6 +149,10 @@ class JobSpec:
     - ``echo_latency``: seconds the echo provider waits per call (demos, benchmarks).
     - ``prices``: a price table (model -> :class:`~llmfanout.Price` or its mapping), for
       the summary's ``cost_usd``.
+    - ``cache``: where answers are cached: the path of a SQLite file, or a Redis URL
+      (``redis://host:port/db``) shared by every worker; each output row then says
+      whether it was ``cached``. ``cache_namespace`` is mixed into every key: a new one
+      starts afresh. See docs/cache.md.
 
     Raises ``ValueError`` naming the field for a value that cannot work.
     """
@@ -159,6 +174,10 @@ class JobSpec:
     backend: str = attrs.field(default="asyncio", validator=_one_of("backend", BACKENDS))
     echo_latency: float = attrs.field(default=0.0, validator=_seconds("echo_latency", zero=True))
     prices: dict[str, Price] | None = attrs.field(default=None, converter=_prices)
+    cache: str | None = attrs.field(
+        default=None, converter=_place, validator=_text("cache"), repr=_shown_place
+    )
+    cache_namespace: str | None = attrs.field(default=None, validator=_text("cache_namespace"))
 
     def __attrs_post_init__(self) -> None:
         if self.echo_latency and self.provider != "echo":
@@ -257,6 +276,15 @@ def _limiter_for(spec: JobSpec) -> Limiter | None:
         raise JobError(f"shared_limit: {exc}") from None
 
 
+def _cache_for(spec: JobSpec) -> Cache | None:
+    if spec.cache is None:
+        return None
+    try:
+        return open_cache(spec.cache, spec.cache_namespace)
+    except (ValueError, ImportError) as exc:  # an unusable file, or no redis client
+        raise JobError(f"cache: {exc}") from None
+
+
 class Job:
     """One run of a :class:`JobSpec`: rows to tasks, results to output rows, a running summary.
 
@@ -285,6 +313,7 @@ class Job:
             provider = _provider_for(spec, self.model or _PER_ROW, key)
         self.provider = provider
         self._limiter = _limiter_for(spec)
+        self.cache = _cache_for(spec)
         self.summary = SummaryAccumulator(prices=spec.prices)
         self.bad_rows = 0  # output rows for bad input rows (not in the summary: no task ran)
         self._ids: dict[str, object] = {}  # in flight: the executor's tag -> the row's id
@@ -314,6 +343,7 @@ class Job:
             rate_limit=self._limiter,
             pacing=spec.pacing,
             adaptive=spec.pacing,
+            cache=self.cache,
         )
 
     @property
@@ -369,7 +399,10 @@ class Job:
         row_id = self._ids.pop(tag)
         model = self._models.pop(tag, self.model) if self._models else self.model
         self.summary.add(result)
-        return result_row(result, row_id, model or _PER_ROW, self.scrub)
+        row = result_row(result, row_id, model or _PER_ROW, self.scrub)
+        if self.cache is not None:
+            row["cached"] = result.success and result.value.metadata.get("cached") is True
+        return row
 
     def bad(self) -> dict[str, Any] | None:
         """The output row for the next bad input row not yet handed out, if any."""
@@ -407,6 +440,8 @@ class Job:
         async with AsyncExitStack() as stack:
             if own and hasattr(self.provider, "__aenter__"):
                 await stack.enter_async_context(self.provider)  # type: ignore[arg-type]
+            if own and self.cache is not None and hasattr(self.cache, "close"):
+                stack.callback(self.cache.close)
             async with executor.stream(tasks, max_errors=self.spec.max_errors) as results:
                 yield RowStream(self, results)
 

@@ -81,6 +81,11 @@ logger = logging.getLogger("llmfanout")
 
 _REDACT_ANSWERS_FROM = 8  # key length from which successful bodies are searched too
 
+# Headers that select the API's behaviour and carry no credential: part of a cache key.
+_KEYED_HEADERS = ("anthropic-version", "anthropic-beta", "openai-organization", "openai-project")
+# Parameters that change how the answer is read, never what it says: not in a cache key.
+_READING_ONLY = ("stream", "stream_options", ON_TEXT)
+
 
 def _user_agent() -> str:
     try:
@@ -295,6 +300,27 @@ class HTTPProvider:
         answer = self._response(self._json(response), response, payload["model"])
         limits = parse_rate_limit_headers(response.headers)
         return answer if limits is None else attrs.evolve(answer, rate_limits=limits)
+
+    def cache_request(
+        self,
+        messages: Sequence[LLMMessage],
+        config_overrides: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """What a call would send, for a cache key (see :class:`~llmfanout._base._types.Cacheable`).
+
+        The provider's name, the endpoint's URL, the body as sent without streaming, and
+        the protocol headers that select behaviour; never the key.
+        """
+        params = self._merge(config_overrides) if config_overrides else self._params
+        if any(name in params for name in _READING_ONLY):
+            params = {k: v for k, v in params.items() if k not in _READING_ONLY}
+        headers = {k: v for k, v in self._headers.items() if k.lower() in _KEYED_HEADERS}
+        return {
+            "kind": self.provider_name,
+            "endpoint": self._url,
+            "headers": headers,
+            "body": self._payload(messages, dict(params)),
+        }
 
     async def _complete_streamed(
         self,

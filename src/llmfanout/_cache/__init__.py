@@ -1,0 +1,1 @@
+"""The response cache: request keys, the SQLite and Redis stores, one call per identical request."""
