@@ -16,7 +16,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from time import perf_counter
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import anyio.lowlevel
@@ -44,6 +44,9 @@ from ._outcome import Failed, Ok
 from ._retry import RetryConfig
 from ._sync import run_sync
 from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
+
+if TYPE_CHECKING:
+    from .._telemetry._hook import Telemetry
 
 logger = logging.getLogger("llmfanout")
 
@@ -238,6 +241,14 @@ class ParallelLLMExecutor:
     the credentials, HTTP 401 or 403 (``stop_on_auth_error``: the tasks not yet started
     get :class:`~llmfanout.errors.TaskAborted`). Neither pacing nor adaptation costs
     anything until the server reports limits or overload.
+
+    ``telemetry=True`` records an OpenTelemetry span per task and per attempt, in the
+    GenAI semantic conventions, and the GenAI client metrics, through the global tracer
+    and meter providers (``pip install 'llmfanout[otel]'``; raises ``ImportError`` naming
+    it when missing). Each task span is a child of the span current where the run was
+    called. ``capture_content=True`` also records the messages and answers (off by
+    default: they may hold personal data); no API key is ever recorded. Off, nothing of
+    OpenTelemetry is imported. See docs/telemetry.md.
     """
 
     def __init__(
@@ -252,6 +263,8 @@ class ParallelLLMExecutor:
         pacing: bool = True,
         adaptive: bool = True,
         stop_on_auth_error: bool = True,
+        telemetry: bool = False,
+        capture_content: bool = False,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise TypeError(
@@ -281,6 +294,8 @@ class ParallelLLMExecutor:
             ("pacing", pacing),
             ("adaptive", adaptive),
             ("stop_on_auth_error", stop_on_auth_error),
+            ("telemetry", telemetry),
+            ("capture_content", capture_content),
         ):
             if not isinstance(flag, bool):
                 raise TypeError(f"ParallelLLMExecutor: {name} is {flag!r}; give True or False")
@@ -300,6 +315,28 @@ class ParallelLLMExecutor:
         self._cap = Cap(max_concurrency)
         # anyio's limiters belong to one event loop: one per loop this executor runs in.
         self._threads_per_loop = PerLoop[anyio.CapacityLimiter]()
+        # What the attempts call: the provider, or with telemetry its traced wrapper.
+        self._target: AsyncLLMProvider = provider
+        self._telemetry: Telemetry | None = None
+        if telemetry:
+            self._instrument(capture_content)
+        elif capture_content:
+            raise ValueError("ParallelLLMExecutor: capture_content=True needs telemetry=True")
+
+    def _instrument(self, capture_content: bool) -> None:
+        """Telemetry on: a span per task and per attempt, the metrics (``_telemetry``).
+
+        Nothing of it is on the per-task path when off: the hook replaces ``_run_task``
+        on this instance and the provider the attempts call.
+        """
+        from .._telemetry._hook import Telemetry  # OpenTelemetry is imported only here
+
+        hook = Telemetry(
+            self.provider, capture_content=capture_content, concurrency=lambda: self.concurrency
+        )
+        self._telemetry = hook
+        self._target = hook.provider(self.provider)
+        self._run_task = hook.tasks(self._run_task)  # type: ignore[method-assign]
 
     def _threads(self) -> anyio.CapacityLimiter:
         threads = self._threads_per_loop.get(None)
@@ -626,7 +663,7 @@ class ParallelLLMExecutor:
                 if governor is not None:
                     governor.unpaced += 1  # for the first answer that reports limits
                 try:
-                    response = await self.provider.complete(
+                    response = await self._target.complete(
                         task.messages, config_overrides=fresh(overrides)
                     )
                 except Exception as exc:
@@ -637,7 +674,7 @@ class ParallelLLMExecutor:
                     if retry is None or retry.trivial:
                         return _failed(tag, exc, start, 1)
                     outcome = await run_llm(
-                        self.provider,
+                        self._target,
                         task,
                         overrides,
                         retry,
@@ -658,7 +695,7 @@ class ParallelLLMExecutor:
                     return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
             else:
                 outcome = await run_llm(
-                    self.provider,
+                    self._target,
                     task,
                     overrides,
                     retry or NO_RETRY,
