@@ -37,6 +37,7 @@ from .._core._tasks import LLMTask, TaskResult
 from .._flow._limiter import Limiter
 from .._flow._ratelimit import RateLimit
 from .._report._cost import Price, check_prices
+from .._report._stats import RunStats, pricer
 from .._report._summary import SummaryAccumulator
 from ..providers._echo import EchoProvider
 from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
@@ -138,6 +139,9 @@ class JobSpec:
     - ``echo_latency``: seconds the echo provider waits per call (demos, benchmarks).
     - ``prices``: a price table (model -> :class:`~llmfanout.Price` or its mapping), for
       the summary's ``cost_usd``.
+    - ``telemetry``: OpenTelemetry spans and metrics (``ParallelLLMExecutor(telemetry=True)``,
+      with ``llmfanout.client.cost`` from ``prices``); ``capture_content``: record the
+      messages and answers on the spans too (needs ``telemetry``).
 
     Raises ``ValueError`` naming the field for a value that cannot work.
     """
@@ -159,6 +163,8 @@ class JobSpec:
     backend: str = attrs.field(default="asyncio", validator=_one_of("backend", BACKENDS))
     echo_latency: float = attrs.field(default=0.0, validator=_seconds("echo_latency", zero=True))
     prices: dict[str, Price] | None = attrs.field(default=None, converter=_prices)
+    telemetry: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    capture_content: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
         if self.echo_latency and self.provider != "echo":
@@ -167,6 +173,8 @@ class JobSpec:
             )
         if self.shared_limit is not None and self.rpm is None and self.tpm is None:
             raise ValueError("JobSpec: shared_limit needs rpm or tpm: the budget to share")
+        if self.capture_content and not self.telemetry:
+            raise ValueError("JobSpec: capture_content needs telemetry=True")
 
     @property
     def key_variable(self) -> str | None:
@@ -286,6 +294,7 @@ class Job:
         self.provider = provider
         self._limiter = _limiter_for(spec)
         self.summary = SummaryAccumulator(prices=spec.prices)
+        self.stats: RunStats | None = None  # per model and deployment, when asked for
         self.bad_rows = 0  # output rows for bad input rows (not in the summary: no task ran)
         self._ids: dict[str, object] = {}  # in flight: the executor's tag -> the row's id
         self._models: dict[str, str] = {}  # in flight: tag -> model, for rows naming one
@@ -305,7 +314,7 @@ class Job:
                 backoff_strategy=BackoffStrategy.JITTER,
                 patience=spec.patience,
             )
-        return ParallelLLMExecutor(
+        executor = ParallelLLMExecutor(
             self.provider,
             max_concurrency=spec.concurrency,
             default_retry=retry,
@@ -314,7 +323,12 @@ class Job:
             rate_limit=self._limiter,
             pacing=spec.pacing,
             adaptive=spec.pacing,
+            telemetry=spec.telemetry,
+            capture_content=spec.capture_content,
         )
+        if executor._telemetry is not None and spec.prices:
+            executor._telemetry.price = pricer(spec.prices)
+        return executor
 
     @property
     def concurrency(self) -> int:
@@ -369,6 +383,8 @@ class Job:
         row_id = self._ids.pop(tag)
         model = self._models.pop(tag, self.model) if self._models else self.model
         self.summary.add(result)
+        if self.stats is not None:
+            self.stats.add(result, model or _PER_ROW)
         return result_row(result, row_id, model or _PER_ROW, self.scrub)
 
     def bad(self) -> dict[str, Any] | None:
