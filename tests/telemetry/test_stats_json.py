@@ -54,7 +54,7 @@ def _run(tmp_path: Path, *extra: str, rows: int = 20) -> subprocess.Popen[str]:
             "--stats-json",
             str(tmp_path / "stats.json"),
             *extra,
-        ],  # fmt: skip
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -77,8 +77,10 @@ def test_the_stats_agree_with_the_summary_and_the_output(tmp_path: Path) -> None
     assert f"p50 {stats['p50_ms']:,.1f} ms" in stderr
     latency = stats["latency_ms"]
     assert latency["count"] == 20 and latency["p50"] <= latency["p90"] <= latency["p99"]
-    assert stats["cost_usd"] == pytest.approx(sum(r["usage"]["prompt_tokens"] * 1 +
-        r["usage"]["completion_tokens"] * 2 for r in rows) / 1e6)  # fmt: skip
+    assert stats["cost_usd"] == pytest.approx(
+        sum(r["usage"]["prompt_tokens"] * 1 + r["usage"]["completion_tokens"] * 2 for r in rows)
+        / 1e6
+    )
     (model,) = stats["by_model"]
     assert model["model"] == "echo" and model["deployment"] == "llmfanout.echo"
     assert model["ok"] == 20 and model["total_tokens"] == stats["total_tokens"]
@@ -88,9 +90,14 @@ def test_the_stats_agree_with_the_summary_and_the_output(tmp_path: Path) -> None
 def test_after_kill_9_mid_run_the_file_is_valid_json(tmp_path: Path) -> None:
     process = _run(
         tmp_path,
-        "--echo-latency", "0.05", "--concurrency", "2", "--stats-interval", "0.02",
+        "--echo-latency",
+        "0.05",
+        "--concurrency",
+        "2",
+        "--stats-interval",
+        "0.02",
         rows=2000,
-    )  # fmt: skip
+    )
     path = tmp_path / "stats.json"
     try:
         deadline = time.monotonic() + 60

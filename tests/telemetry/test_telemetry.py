@@ -166,8 +166,11 @@ async def test_a_run_with_faults_matches_the_server_and_the_summary() -> None:
     assert {
         k: answer.attributes[k]
         for k in ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model")
-    } == {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
-          "gen_ai.request.model": "gpt-test"}  # fmt: skip
+    } == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-test",
+    }
     assert answer.attributes["server.address"] == "127.0.0.1"
     assert answer.attributes["server.port"] == server.port
     assert answer.attributes["gen_ai.response.finish_reasons"] == ("stop",)
