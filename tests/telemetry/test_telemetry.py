@@ -18,13 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import (
-    Counter,
-    Histogram,
-    MeterProvider,
-    ObservableGauge,
-    UpDownCounter,
-)
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -52,14 +46,9 @@ _tracer_provider = TracerProvider()
 _tracer_provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
 trace.set_tracer_provider(_tracer_provider)
 DELTA = AggregationTemporality.DELTA
-READER = InMemoryMetricReader(
-    preferred_temporality={
-        Counter: DELTA,
-        Histogram: DELTA,
-        UpDownCounter: AggregationTemporality.CUMULATIVE,
-        ObservableGauge: DELTA,
-    }
-)
+# Histograms as deltas (each read resets them); the counters are observed cumulative
+# tallies, so each test subtracts what they held when it started (BEFORE).
+READER = InMemoryMetricReader(preferred_temporality={Histogram: DELTA})
 metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
 CALLER = trace.get_tracer("tests")
 
@@ -68,9 +57,16 @@ CALLER = trace.get_tracer("tests")
 def fresh_telemetry() -> Iterator[None]:
     """Each test sees only its own spans and metric points."""
     EXPORTER.clear()
-    READER.get_metrics_data()  # a delta reader: this read resets the sums
+    BEFORE.clear()
+    for name, points in collected().items():  # this read also resets the histograms
+        for point in points:
+            if not hasattr(point, "count"):
+                BEFORE[name, frozenset(point.attributes.items())] = point.value
     with set_testing(True):
         yield
+
+
+BEFORE: dict[tuple[str, frozenset[Any]], float] = {}
 
 
 def collected() -> dict[str, list[Any]]:
@@ -90,7 +86,10 @@ def total(points: dict[str, list[Any]], name: str, **where: Any) -> float:
     for point in points.get(name, []):
         attributes = dict(point.attributes)
         if all(attributes.get(k.replace("__", ".")) == v for k, v in where.items()):
-            found += point.sum if hasattr(point, "sum") else point.value
+            if hasattr(point, "sum"):
+                found += point.sum
+            else:
+                found += point.value - BEFORE.get((name, frozenset(attributes.items())), 0)
     return found
 
 

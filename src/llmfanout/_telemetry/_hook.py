@@ -92,17 +92,6 @@ class _Instruments:
             description="Time to the first chunk of a streamed answer.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
-        self.requests = meter.create_counter(
-            "llmfanout.client.requests",
-            unit="{request}",
-            description="Calls to the provider (attempts), by outcome: error.type absent for "
-            "a success, else the HTTP status or the error's class.",
-        )
-        self.retries = meter.create_counter(
-            "llmfanout.client.retries",
-            unit="{retry}",
-            description="Attempts after a task's first (each is also a request).",
-        )
         self.waits = meter.create_histogram(
             "llmfanout.client.wait.duration",
             unit="s",
@@ -111,25 +100,17 @@ class _Instruments:
             "retry (backoff). Waits under 1 ms are not recorded.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
-        self.in_flight = meter.create_up_down_counter(
+        # The counters are observed at collection time from plain tallies (a dict increment
+        # per attempt, not an SDK measurement): only the histograms are recorded per call.
+        for name, unit, description in _COUNTERS:
+            meter.create_observable_counter(
+                name, callbacks=[_observer(name)], unit=unit, description=description
+            )
+        meter.create_observable_up_down_counter(
             "llmfanout.client.active_requests",
+            callbacks=[_observer("llmfanout.client.active_requests")],
             unit="{request}",
             description="Calls to the provider in flight.",
-        )
-        self.tasks = meter.create_counter(
-            "llmfanout.tasks",
-            unit="{task}",
-            description="Tasks finished, by llmfanout.task.outcome (ok, failed, aborted).",
-        )
-        self.cost = meter.create_counter(
-            "llmfanout.client.cost",
-            unit="USD",
-            description="Cost of successful answers from the run's price table.",
-        )
-        self.cache_hits = meter.create_counter(
-            "llmfanout.client.cache_hits",
-            unit="{request}",
-            description="Answers that read prompt tokens from the provider's cache.",
         )
         meter.create_observable_gauge(
             "llmfanout.client.concurrency",
@@ -145,6 +126,44 @@ class _Instruments:
             description="Requests per minute the server last advertised, by provider and "
             "model: the rate the pacer paces by.",
         )
+
+
+_COUNTERS = (
+    (
+        "llmfanout.client.requests",
+        "{request}",
+        "Calls to the provider (attempts) by outcome: error.type absent for a success, else "
+        "the HTTP status or the error's class.",
+    ),
+    ("llmfanout.client.retries", "{retry}", "Attempts after a task's first."),
+    ("llmfanout.tasks", "{task}", "Tasks finished, by llmfanout.task.outcome."),
+    ("llmfanout.client.cost", "USD", "Cost of successful answers from the run's price table."),
+    (
+        "llmfanout.client.cache_hits",
+        "{request}",
+        "Answers that read prompt tokens from the provider's cache.",
+    ),
+)
+
+Key = tuple[tuple[str, Any], ...]
+_TALLIES: dict[str, dict[Key, float]] = {
+    name: {} for name in (*(c[0] for c in _COUNTERS), "llmfanout.client.active_requests")
+}
+"""Cumulative counts per metric and attribute set, for every executor of the process."""
+
+
+def _tally(name: str, key: Key, amount: float = 1) -> None:
+    tally = _TALLIES[name]
+    tally[key] = tally.get(key, 0) + amount
+
+
+def _observer(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    tally = _TALLIES[name]
+
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(value, dict(key)) for key, value in list(tally.items())]
+
+    return observe
 
 
 _INSTRUMENTS: dict[int, _Instruments] = {}
@@ -189,6 +208,7 @@ class Telemetry:
         "capture_content",
         "concurrency",
         "limits",
+        "points",
         "price",
         "redact",
     )
@@ -206,9 +226,18 @@ class Telemetry:
         self.redact = attrs_.redactor(provider)
         self.price: Callable[[LLMResponse], float | None] | None = None
         self.limits: dict[str, int] = {}
+        self.points: dict[str, tuple[dict[str, Any], Key]] = {}
         self._tracer = trace.get_tracer(SCOPE, VERSION, schema_url=SCHEMA_URL)
         self._instruments = _instruments()
         _LIVE.add(self)
+
+    def point(self, model: str) -> tuple[dict[str, Any], Key]:
+        """The metric attributes of a call to ``model`` (made once per model)."""
+        found = self.points.get(model)
+        if found is None:
+            attributes = {**self.base, "gen_ai.request.model": model}
+            found = self.points[model] = (attributes, tuple(attributes.items()))
+        return found
 
     def provider(self, provider: Any) -> TracedProvider:
         """``provider`` with a span and the metrics around each ``complete()``."""
@@ -217,20 +246,20 @@ class Telemetry:
     def tasks(self, run_task: RunTask) -> RunTask:
         """The executor's ``_run_task(tag, task, threads)`` in a span per task."""
         tracer = self._tracer
-        instruments = self._instruments
-        base = self.base
+        base = tuple(self.base.items())
 
         async def traced(tag: str, task: object, threads: object = None) -> Any:
             span = tracer.start_span(
                 "llmfanout.task", kind=SpanKind.INTERNAL, attributes={"llmfanout.task.tag": tag}
             )
             token = otel_context.attach(trace.set_span_in_context(span))
-            state = _STATE.set(_TaskState(perf_counter()))
+            attempts = _TaskState(perf_counter())
+            state = _STATE.set(attempts)
             outcome = "aborted"
             try:
                 result = await run_task(tag, task, threads)
                 outcome = "ok" if result.success else "failed"
-                span.set_attribute("llmfanout.task.attempts", result.attempts)
+                attempts.attempts = result.attempts
                 if not result.success:
                     kind = attrs_.error_type(result.error)
                     span.set_attribute("error.type", kind)
@@ -243,11 +272,16 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, "cancelled"))
                 raise
             finally:
-                span.set_attribute("llmfanout.task.outcome", outcome)
+                span.set_attributes(
+                    {
+                        "llmfanout.task.outcome": outcome,
+                        "llmfanout.task.attempts": attempts.attempts,
+                    }
+                )
                 _STATE.reset(state)
                 otel_context.detach(token)
                 span.end()
-                instruments.tasks.add(1, {**base, "llmfanout.task.outcome": outcome})
+                _tally("llmfanout.tasks", (*base, ("llmfanout.task.outcome", outcome)))
 
         return cast(RunTask, traced)
 
@@ -281,25 +315,27 @@ class TracedProvider:
         config_overrides: Mapping[str, Any] | None = None,
     ) -> LLMResponse:
         hook = self._hook
-        instruments = hook._instruments
         provider = self._provider
         model = attrs_.request_model(provider, config_overrides)
-        point = {**hook.base, "gen_ai.request.model": model}  # metric attributes
-        attributes = {**point, **attrs_.request(config_overrides)}
+        point, key = hook.point(model)  # the metric attributes, as a dict and a tally key
+        attributes = {**point, **attrs_.request(config_overrides)} if config_overrides else point
         state = _STATE.get()
         start = perf_counter()
         if state is not None:
             state.attempts += 1
-            attributes["llmfanout.attempt"] = state.attempts
+            attributes = {**attributes, "llmfanout.attempt": state.attempts}
         if hook.capture_content:
-            attributes["gen_ai.input.messages"] = attrs_.input_messages(messages, hook.redact)
+            attributes = {
+                **attributes,
+                "gen_ai.input.messages": attrs_.input_messages(messages, hook.redact),
+            }
         span = hook._tracer.start_span(
             f"{attrs_.OPERATION} {model}", kind=SpanKind.CLIENT, attributes=attributes
         )
         if state is not None:
-            _record_wait(span, instruments, state, start, point)
+            _record_wait(span, hook._instruments, state, start, point, key)
         token = otel_context.attach(trace.set_span_in_context(span))
-        instruments.in_flight.add(1, point)
+        _tally(ACTIVE, key)
         failed: str | None = "cancelled"
         try:
             answer: LLMResponse = await provider.complete(
@@ -308,13 +344,14 @@ class TracedProvider:
             failed = None
         except Exception as exc:
             failed = attrs_.error_type(exc)
-            span.set_attribute("error.type", failed)
+            found: dict[str, Any] = {"error.type": failed}
             status = attrs_.status_code(exc)
             if status is not None:
-                span.set_attribute("http.response.status_code", status)
+                found["http.response.status_code"] = status
             retry_after = getattr(exc, "retry_after", None)
             if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
-                span.set_attribute("llmfanout.retry_after_s", float(retry_after))
+                found["llmfanout.retry_after_s"] = float(retry_after)
+            span.set_attributes(found)
             _note_limits(hook, model, getattr(exc, "rate_limits", None))
             span.set_status(Status(StatusCode.ERROR, failed))
             raise
@@ -323,20 +360,26 @@ class TracedProvider:
             span.set_status(Status(StatusCode.ERROR, "cancelled"))
             raise
         else:
-            _record_answer(hook, span, point, answer)
+            _record_answer(hook, span, point, key, answer, perf_counter() - start)
             return answer
         finally:
             end = perf_counter()
             otel_context.detach(token)
-            instruments.in_flight.add(-1, point)
-            outcome = point if failed is None else {**point, "error.type": failed}
-            instruments.requests.add(1, outcome)
-            if failed != "cancelled":
-                instruments.duration.record(end - start, outcome)
+            _tally(ACTIVE, key, -1)
+            if failed is None:
+                _tally(REQUESTS, key)
+            else:
+                _tally(REQUESTS, (*key, ("error.type", failed)))
+                if failed != "cancelled":
+                    hook._instruments.duration.record(end - start, {**point, "error.type": failed})
             span.end()
             if state is not None:
                 state.last_end = end
                 state.failed = failed
+
+
+ACTIVE = "llmfanout.client.active_requests"
+REQUESTS = "llmfanout.client.requests"
 
 
 def _record_wait(
@@ -345,10 +388,11 @@ def _record_wait(
     state: _TaskState,
     start: float,
     point: Mapping[str, Any],
+    key: Key,
 ) -> None:
     """The wait before this attempt: an event on its span, a point in the histogram."""
     if state.attempts > 1:
-        instruments.retries.add(1, point)
+        _tally("llmfanout.client.retries", key)
     waited = start - state.last_end
     if waited < WAIT_FLOOR:
         return
@@ -361,30 +405,37 @@ def _record_wait(
 
 
 def _record_answer(
-    hook: Telemetry, span: trace.Span, point: dict[str, Any], answer: LLMResponse
+    hook: Telemetry,
+    span: trace.Span,
+    point: dict[str, Any],
+    key: Key,
+    answer: LLMResponse,
+    seconds: float,
 ) -> None:
     instruments = hook._instruments
     found = attrs_.response(answer, hook.redact)
-    span.set_attributes(found)
     if hook.capture_content:
-        span.set_attribute("gen_ai.output.messages", attrs_.output_messages(answer, hook.redact))
+        found["gen_ai.output.messages"] = attrs_.output_messages(answer, hook.redact)
     metadata = getattr(answer, "metadata", None)
     first = metadata.get("time_to_first_token_s") if isinstance(metadata, Mapping) else None
+    if isinstance(first, int | float) and not isinstance(first, bool):
+        found["gen_ai.response.time_to_first_chunk"] = float(first)
+    span.set_attributes(found)
     response_model = found.get("gen_ai.response.model")
     labels = point if response_model is None else {**point, "gen_ai.response.model": response_model}
-    if isinstance(first, int | float) and not isinstance(first, bool):
-        span.set_attribute("gen_ai.response.time_to_first_chunk", float(first))
+    instruments.duration.record(seconds, labels)
+    if first is not None:
         instruments.first_chunk.record(float(first), labels)
-    for key, kind in _TOKEN_TYPES:
-        count = found.get(key)
+    for name, kind in _TOKEN_TYPES:
+        count = found.get(name)
         if count is not None:
             instruments.tokens.record(count, {**labels, "gen_ai.token.type": kind})
     if found.get("gen_ai.usage.cache_read.input_tokens"):
-        instruments.cache_hits.add(1, labels)
+        _tally("llmfanout.client.cache_hits", key)
     if hook.price is not None:
         usd = hook.price(answer)
         if usd:
-            instruments.cost.add(usd, labels)
+            _tally("llmfanout.client.cost", key, usd)
     _note_limits(hook, point["gen_ai.request.model"], getattr(answer, "rate_limits", None))
 
 
