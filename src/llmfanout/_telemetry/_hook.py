@@ -74,31 +74,32 @@ class _Instruments:
     """The metric instruments, made once per meter (the SDK warns at a second making)."""
 
     def __init__(self, meter: metrics.Meter) -> None:
-        self.tokens = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=list(TOKEN_BUCKETS),
+        def histogram(name: str, unit: str, description: str) -> metrics.Histogram:
+            buckets = TOKEN_BUCKETS if unit == "{token}" else DURATION_BUCKETS
+            return meter.create_histogram(
+                name,
+                unit=unit,
+                description=description,
+                explicit_bucket_boundaries_advisory=list(buckets),
+            )
+
+        self.tokens = histogram(
+            "gen_ai.client.token.usage", "{token}", "Number of input and output tokens used."
         )
-        self.duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration.",
-            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        self.duration = histogram(
+            "gen_ai.client.operation.duration", "s", "GenAI operation duration."
         )
-        self.first_chunk = meter.create_histogram(
+        self.first_chunk = histogram(
             "gen_ai.client.operation.time_to_first_chunk",
-            unit="s",
-            description="Time to the first chunk of a streamed answer.",
-            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+            "s",
+            "Time to the first chunk of a streamed answer.",
         )
-        self.waits = meter.create_histogram(
+        self.waits = histogram(
             "llmfanout.client.wait.duration",
-            unit="s",
-            description="Time a task waited before an attempt: for the rate limit, pacing "
-            "and the cap before its first (admission), for backoff and Retry-After before a "
-            "retry (backoff). Waits under 1 ms are not recorded.",
-            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+            "s",
+            "Time a task waited before an attempt: for the rate limit, pacing and the cap "
+            "before its first (admission), for backoff and Retry-After before a retry "
+            "(backoff). Waits under 1 ms are not recorded.",
         )
         # The counters are observed at collection time from plain tallies (a dict increment
         # per attempt, not an SDK measurement): only the histograms are recorded per call.
