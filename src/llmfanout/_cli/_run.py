@@ -41,6 +41,7 @@ from .._rows._output_rows import (
     drop_failed,
     recover,
 )
+from . import _observe
 from ._args import (
     VERBOSE_HELP,
     UsageError,
@@ -213,6 +214,7 @@ def add_parser(commands: Any) -> None:
         help='a JSON price table, {"model": {"input": 2.5, "cached_input": 1.25, "output": 10}} '
         "in USD per million tokens, to print the run's cost in its summary",
     )
+    _observe.add_arguments(run)
     # SUPPRESS: given after "run" it counts on its own; not given, the one before stays.
     run.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP
@@ -321,6 +323,8 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         max_errors=args.max_errors,
         cache=args.cache,
         cache_namespace=args.cache_namespace,
+        telemetry=args.otel,
+        capture_content=args.otel_capture_content,
     )
 
 
@@ -438,7 +442,9 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         if target != args.output:  # a shard this run added: none at all if it wrote nothing
             stack.callback(_remove_if_empty, target)
         stack.callback(writer.close)  # runs first
+        _observe.start(args, stack)
         screen = Screen(args, argv, found, recovered, writer, job)
+        screen.stats = _observe.stats_file(args, job)
         rows = read_rows(source, found.bad, recovered)
         try:
             return anyio.run(partial(screen.execute, rows), backend=args.backend)

@@ -23,6 +23,7 @@ from .._rows._output_rows import (
 )
 from ._args import EXIT_FAILED, EXIT_OK
 from ._display import Display, make_display
+from ._observe import StatsFile
 
 
 class Screen:
@@ -50,6 +51,7 @@ class Screen:
         self.unsent = 0  # rows held back: never sent (the run stopped), or refused the key
         self.refused: str | None = None  # the first answer refusing the key, if any
         self.display.concurrency = lambda: (job.concurrency, job.spec.concurrency)
+        self.stats: StatsFile | None = None  # --stats-json
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Append rows to the output in one write; on failure (a full disk) stop the run.
@@ -95,6 +97,8 @@ class Screen:
             self.announce()
             self.display.start()
             tg.start_soon(self.display.run)
+            if self.stats is not None:
+                tg.start_soon(self.stats.run)
             try:
                 with scope:
                     async with self.job.run(rows) as stream:
@@ -104,6 +108,9 @@ class Screen:
                 tg.cancel_scope.cancel()
         self.writer.close()
         self.report(time.monotonic() - started)
+        if self.stats is not None:
+            stopped = "stopped" if self.unsent else "finished"
+            self.stats.write("interrupted" if self.signal is not None else stopped)
         if self.write_error is not None:
             print(
                 f"llmfanout: error: cannot write to {self.args.output} ({self.write_error}); "

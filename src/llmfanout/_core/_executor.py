@@ -16,7 +16,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from time import perf_counter
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import anyio.lowlevel
@@ -45,6 +45,9 @@ from ._outcome import Failed, Ok
 from ._retry import RetryConfig
 from ._sync import run_sync
 from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
+
+if TYPE_CHECKING:
+    from .._telemetry._hook import Telemetry
 
 logger = logging.getLogger("llmfanout")
 
@@ -245,6 +248,14 @@ class ParallelLLMExecutor:
     (``response.metadata["cached"] is True``, no attempt made, nothing sent), sends
     identical calls in flight at once only once, and stores every successful answer;
     ``LLMTask(cache=False)`` opts a task out. See docs/cache.md.
+
+    ``telemetry=True`` records an OpenTelemetry span per task and per attempt, in the
+    GenAI semantic conventions, and the GenAI client metrics, through the global tracer
+    and meter providers (``pip install 'llmfanout[otel]'``; raises ``ImportError`` naming
+    it when missing). Each task span is a child of the span current where the run was
+    called. ``capture_content=True`` also records the messages and answers (off by
+    default: they may hold personal data); no API key is ever recorded. Off, nothing of
+    OpenTelemetry is imported. See docs/telemetry.md.
     """
 
     def __init__(
@@ -260,6 +271,8 @@ class ParallelLLMExecutor:
         adaptive: bool = True,
         stop_on_auth_error: bool = True,
         cache: Cache | None = None,
+        telemetry: bool = False,
+        capture_content: bool = False,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise TypeError(
@@ -289,6 +302,8 @@ class ParallelLLMExecutor:
             ("pacing", pacing),
             ("adaptive", adaptive),
             ("stop_on_auth_error", stop_on_auth_error),
+            ("telemetry", telemetry),
+            ("capture_content", capture_content),
         ):
             if not isinstance(flag, bool):
                 raise TypeError(f"ParallelLLMExecutor: {name} is {flag!r}; give True or False")
@@ -310,6 +325,28 @@ class ParallelLLMExecutor:
         self._threads_per_loop = PerLoop[anyio.CapacityLimiter]()
         cache = check_cache(cache, "ParallelLLMExecutor")
         self._cache = None if cache is None else CacheFront(cache, provider)
+        # What the attempts call: the provider, or with telemetry its traced wrapper.
+        self._target: AsyncLLMProvider = provider
+        self._telemetry: Telemetry | None = None
+        if telemetry:
+            self._instrument(capture_content)
+        elif capture_content:
+            raise ValueError("ParallelLLMExecutor: capture_content=True needs telemetry=True")
+
+    def _instrument(self, capture_content: bool) -> None:
+        """Telemetry on: a span per task and per attempt, the metrics (``_telemetry``).
+
+        Nothing of it is on the per-task path when off: the hook replaces ``_run_task``
+        on this instance and the provider the attempts call.
+        """
+        from .._telemetry._hook import Telemetry  # OpenTelemetry is imported only here
+
+        hook = Telemetry(
+            self.provider, capture_content=capture_content, concurrency=lambda: self.concurrency
+        )
+        self._telemetry = hook
+        self._target = hook.provider(self.provider)
+        self._run_task = hook.tasks(self._run_task)  # type: ignore[method-assign]
 
     def _threads(self) -> anyio.CapacityLimiter:
         threads = self._threads_per_loop.get(None)
@@ -643,7 +680,7 @@ class ParallelLLMExecutor:
                 if governor is not None:
                     governor.unpaced += 1  # for the first answer that reports limits
                 try:
-                    response = await self.provider.complete(
+                    response = await self._target.complete(
                         task.messages, config_overrides=fresh(overrides)
                     )
                 except Exception as exc:
@@ -654,7 +691,7 @@ class ParallelLLMExecutor:
                     if retry is None or retry.trivial:
                         return _failed(tag, exc, start, 1)
                     outcome = await run_llm(
-                        self.provider,
+                        self._target,
                         task,
                         overrides,
                         retry,
@@ -675,7 +712,7 @@ class ParallelLLMExecutor:
                     return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
             else:
                 outcome = await run_llm(
-                    self.provider,
+                    self._target,
                     task,
                     overrides,
                     retry or NO_RETRY,
@@ -707,8 +744,10 @@ class ParallelLLMExecutor:
         assert front is not None
         key = front.key(task.messages, self._overrides(task))
         if key is None:  # a value with no JSON form: the call goes uncached
-            return await self._run_task(tag, task, threads, False)
-        call = functools.partial(self._run_task, tag, task, threads, False)
+            return await ParallelLLMExecutor._run_task(self, tag, task, threads, False)
+        # The class's own _run_task, not the instance's: telemetry wraps the instance's in a
+        # task span, and this task has its span already.
+        call = functools.partial(ParallelLLMExecutor._run_task, self, tag, task, threads, False)
         policy = task.retry or self.default_retry
         check = None if policy is None else policy.retry_on_result
         # An answer the policy still rejects (its attempts ran out) is returned, not kept.

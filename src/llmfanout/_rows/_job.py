@@ -40,6 +40,7 @@ from .._flow._limiter import Limiter
 from .._flow._ratelimit import RateLimit
 from .._flow._redislimit import redact
 from .._report._cost import Price, check_prices
+from .._report._stats import RunStats, pricer
 from .._report._summary import SummaryAccumulator
 from ..providers._echo import EchoProvider
 from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
@@ -153,6 +154,9 @@ class JobSpec:
       (``redis://host:port/db``) shared by every worker; each output row then says
       whether it was ``cached``. ``cache_namespace`` is mixed into every key: a new one
       starts afresh. See docs/cache.md.
+    - ``telemetry``: OpenTelemetry spans and metrics (``ParallelLLMExecutor(telemetry=True)``,
+      with ``llmfanout.client.cost`` from ``prices``); ``capture_content``: record the
+      messages and answers on the spans too (needs ``telemetry``).
 
     Raises ``ValueError`` naming the field for a value that cannot work.
     """
@@ -178,6 +182,8 @@ class JobSpec:
         default=None, converter=_place, validator=_text("cache"), repr=_shown_place
     )
     cache_namespace: str | None = attrs.field(default=None, validator=_text("cache_namespace"))
+    telemetry: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    capture_content: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
         if self.echo_latency and self.provider != "echo":
@@ -186,6 +192,8 @@ class JobSpec:
             )
         if self.shared_limit is not None and self.rpm is None and self.tpm is None:
             raise ValueError("JobSpec: shared_limit needs rpm or tpm: the budget to share")
+        if self.capture_content and not self.telemetry:
+            raise ValueError("JobSpec: capture_content needs telemetry=True")
 
     @property
     def key_variable(self) -> str | None:
@@ -315,6 +323,7 @@ class Job:
         self._limiter = _limiter_for(spec)
         self.cache = _cache_for(spec)
         self.summary = SummaryAccumulator(prices=spec.prices)
+        self.stats: RunStats | None = None  # per model and deployment, when asked for
         self.bad_rows = 0  # output rows for bad input rows (not in the summary: no task ran)
         self._ids: dict[str, object] = {}  # in flight: the executor's tag -> the row's id
         self._models: dict[str, str] = {}  # in flight: tag -> model, for rows naming one
@@ -334,7 +343,7 @@ class Job:
                 backoff_strategy=BackoffStrategy.JITTER,
                 patience=spec.patience,
             )
-        return ParallelLLMExecutor(
+        executor = ParallelLLMExecutor(
             self.provider,
             max_concurrency=spec.concurrency,
             default_retry=retry,
@@ -344,7 +353,12 @@ class Job:
             pacing=spec.pacing,
             adaptive=spec.pacing,
             cache=self.cache,
+            telemetry=spec.telemetry,
+            capture_content=spec.capture_content,
         )
+        if executor._telemetry is not None and spec.prices:
+            executor._telemetry.price = pricer(spec.prices)
+        return executor
 
     @property
     def concurrency(self) -> int:
@@ -399,6 +413,8 @@ class Job:
         row_id = self._ids.pop(tag)
         model = self._models.pop(tag, self.model) if self._models else self.model
         self.summary.add(result)
+        if self.stats is not None:
+            self.stats.add(result, model or _PER_ROW)
         row = result_row(result, row_id, model or _PER_ROW, self.scrub)
         if self.cache is not None:
             row["cached"] = result.success and result.value.metadata.get("cached") is True

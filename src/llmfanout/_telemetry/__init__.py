@@ -1,0 +1,1 @@
+"""Telemetry: OpenTelemetry spans and metrics in the GenAI conventions; the OTLP setup."""
