@@ -13,7 +13,7 @@ from llmfanout.errors import RateLimitError
 from llmfanout.providers import OpenAIProvider
 from llmfanout.retry import RetryConfig
 from llmfanout.testing import set_testing
-from tests.support.fake_llm_server import (
+from support.fake_llm_server import (
     FakeLLMServer,
     Fault,
     RecordedRequest,
