@@ -11,7 +11,7 @@ import pytest
 from support.fake_llm_server import Fault, fake_llm_server_in_thread
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "cli"))
-from test_cli import assert_each_once, environment, llmfanout, write_prompts  # noqa: E402
+from test_cli import assert_each_once, environment, llmfanout, write_prompts
 
 KEYS = {"KEY_ONE": "sk-one-0123456789abcdef", "KEY_TWO": "sk-two-0123456789abcdef"}
 
@@ -21,9 +21,7 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def test_rows_name_their_deployment_and_no_key_is_anywhere(
-    tmp_path: Path, backend: str
-) -> None:
+def test_rows_name_their_deployment_and_no_key_is_anywhere(tmp_path: Path, backend: str) -> None:
     source, output, listing = tmp_path / "in.jsonl", tmp_path / "o.jsonl", tmp_path / "d.json"
     ids = write_prompts(source, 40)
     with fake_llm_server_in_thread(backend) as one, fake_llm_server_in_thread(backend) as two:
@@ -60,7 +58,10 @@ def test_rows_name_their_deployment_and_no_key_is_anywhere(
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"name": "a", "provider": "openai", "model": "m", "api_key": "sk-x"}, "'api_key' holds a secret"),
+        (
+            {"name": "a", "provider": "openai", "model": "m", "api_key": "sk-x"},
+            "'api_key' holds a secret",
+        ),
         ({"name": "a", "provider": "cohere", "model": "m"}, "provider is 'cohere'"),
         ({"name": "a", "provider": "openai", "model": "m", "rpm": -1}, "rpm is -1"),
         ({"name": "a", "provider": "openai", "model": "m", "fallback_for": ["mood"]}, "'mood'"),

@@ -13,6 +13,7 @@ from llmfanout.errors import RateLimitError
 from llmfanout.providers import OpenAIProvider
 from llmfanout.retry import RetryConfig
 from llmfanout.testing import set_testing
+
 from support.fake_llm_server import (
     FakeLLMServer,
     Fault,
@@ -26,9 +27,7 @@ pytestmark = pytest.mark.anyio
 KEYS = ("key-alpha-0123456789", "key-bravo-0123456789", "key-charlie-0123456789")
 
 
-def deployment(
-    name: str, server: FakeLLMServer, key: str, **options: object
-) -> Deployment:
+def deployment(name: str, server: FakeLLMServer, key: str, **options: object) -> Deployment:
     provider = OpenAIProvider("m", base_url=server.openai_base_url, api_key=key)
     return Deployment(name=name, provider=provider, **options)  # type: ignore[arg-type]
 

@@ -1,1 +1,1 @@
-"""Deployments: many providers used as one (``llmfanout.Pool``): routing, failover, fallbacks, hedging."""
+"""Deployments: many providers as one (``llmfanout.Pool``): routing, failover, fallbacks."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CAUSES", "CONTEXT_WINDOW", "CONTENT_FILTER", "MODEL_NOT_FOUND", "cause_of"]
+__all__ = ["CAUSES", "CONTENT_FILTER", "CONTEXT_WINDOW", "MODEL_NOT_FOUND", "cause_of"]
 
 CONTEXT_WINDOW = "context_window"
 CONTENT_FILTER = "content_filter"

@@ -84,6 +84,7 @@ class _Slot:
 
     __slots__ = (
         "calls",
+        "calm",
         "completion_tokens",
         "cool_until",
         "deployment",
@@ -124,8 +125,19 @@ class _Slot:
         self.open_for = 0.0
         self.probing = False
         self.disabled = False  # refused its key: out for good
+        self.calm = self.quiet()  # quiet() as of its last answer: what routing reads
         self.calls = self.succeeded = self.failed = self.rate_limited = 0
         self.fallbacks = self.hedges = self.prompt_tokens = self.completion_tokens = 0
+
+    def quiet(self) -> bool:
+        """Nothing to wait for: no cooldown, not out, no budget of its own, nothing
+        reported by its server yet (it can start a call now, and cheaply)."""
+        return (
+            self.cool_until == -math.inf
+            and self.open_until is None
+            and self.limit is None
+            and self.governor.idle()
+        )
 
     def ready_at(self, now: float, tokens: int, model: Any) -> float:
         """When this deployment could start a call of ``tokens`` (``now`` if at once)."""
@@ -147,18 +159,52 @@ class _Slot:
 class _Call:
     """One call's state across its attempts: what it learnt of the deployments."""
 
-    __slots__ = ("cause", "failed", "hedged", "messages", "need", "pool", "sends", "tried")
+    __slots__ = (
+        "_need",
+        "_overrides",
+        "cause",
+        "done",
+        "failed",
+        "hedged",
+        "messages",
+        "pool",
+        "sends",
+        "tried",
+    )
 
-    def __init__(self, pool: Pool, messages: Sequence[LLMMessage], need: int) -> None:
+    def __init__(
+        self, pool: Pool, messages: Sequence[LLMMessage], overrides: Mapping[str, Any] | None
+    ) -> None:
         self.pool = pool
         self.messages = messages
-        self.need = need  # tokens it needs of a context window
+        self._overrides = overrides
+        self._need = -1  # estimated when first needed
         self.cause: str | None = None  # the cause its fallbacks are chosen by
-        self.tried: set[int] = set()  # deployments that refused it for a cause
-        self.failed: set[int] = set()  # deployments that failed it (transiently)
+        self.tried: frozenset[int] = _NONE  # deployments that refused it for a cause
+        self.failed: frozenset[int] = _NONE  # deployments that failed it (transiently)
         self.sends: dict[str, int] = {}  # requests per deployment name
         self.hedged = False
+        self.done = False  # answered: the next call with the same messages starts afresh
 
+    @property
+    def need(self) -> int:
+        """The tokens the call needs of a context window (prompt and ``max_tokens``)."""
+        if self._need < 0:
+            messages = self.messages
+            if not all(type(m) is LLMMessage for m in messages):
+                messages = to_messages(messages, "Pool")
+            self._need = estimate_tokens(_Prompt(messages), self._overrides)
+        return self._need
+
+    @need.setter
+    def need(self, value: int) -> None:
+        self._need = value
+
+
+_NONE: frozenset[int] = frozenset()
+_RESPONSE_FIELDS = tuple(f.name for f in attrs.fields(LLMResponse) if f.name != "metadata")
+_new_response = object.__new__
+_set = object.__setattr__
 
 # The call in progress in this task: the executor makes a call's attempts one after the
 # other in one task, so what an attempt learnt (a deployment that failed it, a context
@@ -189,8 +235,9 @@ class Pool:
       failing, up to ``max_cooldown``), before one call probes it.
     - ``max_cooldown``: the longest a 429's Retry-After keeps a deployment cooling.
 
-    Each answer's ``metadata["deployment"]`` names the deployment that gave it, and
-    ``metadata["deployment_attempts"]`` counts the requests this call sent to each.
+    Each answer's ``metadata["deployment"]`` names the deployment that gave it; when the
+    call went to more than one request, ``metadata["deployment_attempts"]`` counts the
+    requests it sent to each deployment.
     Raises ``ValueError``/``TypeError`` at construction for a bad deployment list.
     """
 
@@ -250,6 +297,8 @@ class Pool:
         self.max_cooldown = float(max_cooldown)
         self._slots = tuple(_Slot(i, d, max_concurrency) for i, d in enumerate(items))
         self._primary = tuple(s for s in self._slots if not s.deployment.fallback_for)
+        self._sized = any(d.context_window is not None for d in items)
+        self._refused = False  # some deployment refused its key
         self._fallbacks = {
             cause: tuple(s for s in self._slots if cause in s.deployment.fallback_for)
             for cause in {c for d in items for c in d.fallback_for}
@@ -320,20 +369,15 @@ class Pool:
         Cancellation propagates, and cancels a hedge's copies.
         """
         call = _CALL.get()
-        if call is None or call.messages is not messages or call.pool is not self:
-            prompt = _Prompt(
-                messages
-                if all(type(m) is LLMMessage for m in messages)
-                else to_messages(messages, "Pool")
-            )
-            call = _Call(self, messages, estimate_tokens(prompt, config_overrides))
+        if call is None or call.done or call.messages is not messages or call.pool is not self:
+            call = _Call(self, messages, config_overrides)
             _CALL.set(call)
         model = config_overrides.get("model") if config_overrides else None
         if self.hedge_after is None:
             response = await self._route(call, messages, config_overrides, model, None)
         else:
             response = await self._hedged(call, messages, config_overrides, model)
-        _CALL.set(None)
+        call.done = True
         return response
 
     async def _hedged(
@@ -393,12 +437,12 @@ class Pool:
         """Send the call to the best deployment; on to a fallback while one is due."""
         hedge = avoid is not None
         while True:
-            now = anyio.current_time()
-            slot = self._choose(call, now, model, avoid)
+            slot = self._choose(call, model, avoid)
             if chose is not None:
                 chose(slot)
             if slot.open_until is not None:
                 slot.probing = True  # the one call that probes it back in
+                now = anyio.current_time()
                 if slot.open_until > now and not TESTING.instant:
                     await anyio.sleep(slot.open_until - now)  # every deployment is out
             if hedge:
@@ -419,42 +463,47 @@ class Pool:
         cause = call.cause
         if cause is None or cause == CONTEXT_WINDOW:
             tried = call.tried
-            fits = tuple(
-                s for s in self._primary if _fits(s, call.need) and s.index not in tried
-            )
-            if fits or cause is None and not self._fallbacks.get(CONTEXT_WINDOW):
+            fits = tuple(s for s in self._primary if _fits(s, call.need) and s.index not in tried)
+            if fits or (cause is None and not self._fallbacks.get(CONTEXT_WINDOW)):
                 return fits
             return self._fallbacks.get(CONTEXT_WINDOW, ())
         return self._fallbacks.get(cause, ())
 
-    def _choose(self, call: _Call, now: float, model: Any, avoid: _Slot | None) -> _Slot:
+    def _choose(self, call: _Call, model: Any, avoid: _Slot | None) -> _Slot:
         """The deployment for the call's next request (raises if none can take it)."""
-        candidates = [
-            s
-            for s in self._candidates(call)
-            if not s.disabled and s.index not in call.tried and _fits(s, call.need)
-        ]
-        if not candidates:
-            raise self._nowhere(call)
-        if call.cause is not None and call.cause != CONTEXT_WINDOW:
-            return candidates[0]  # a fallback chain is taken in its order
-        best: _Slot | None = None
+        candidates: Sequence[_Slot]
+        if call.cause is None and not call.tried and not self._sized and not self._refused:
+            candidates = self._primary  # the common case: every primary may take it
+            if len(candidates) == 1:
+                return candidates[0]
+        else:
+            need = call.need
+            candidates = [
+                s
+                for s in self._candidates(call)
+                if not s.disabled and s.index not in call.tried and _fits(s, need)
+            ]
+            if not candidates:
+                raise self._nowhere(call)
+            if call.cause is not None and call.cause != CONTEXT_WINDOW:
+                return candidates[0]  # a fallback chain is taken in its order
+        best = candidates[0]
         best_key: tuple[bool, bool, float, float] = (True, True, math.inf, math.inf)
-        tokens = call.need
+        now = -math.inf  # read from the clock only if some deployment has to wait
+        failed = call.failed
         for slot in candidates:
-            if slot.open_until is not None and (slot.probing or slot.open_until > now):
-                ready = slot.open_until if not slot.probing else math.inf
+            if slot.calm:
+                delay = 0.0
             else:
-                ready = slot.ready_at(now, tokens, model)
-            key = (
-                slot is avoid,
-                slot.index in call.failed,
-                ready,
-                slot.in_flight / slot.weight,
-            )
+                if now == -math.inf:
+                    now = anyio.current_time()
+                if slot.open_until is not None and (slot.probing or slot.open_until > now):
+                    delay = math.inf if slot.probing else slot.open_until - now
+                else:
+                    delay = slot.ready_at(now, call.need, model) - now
+            key = (slot is avoid, slot.index in failed, delay, slot.in_flight / slot.weight)
             if key < best_key:
                 best, best_key = slot, key
-        assert best is not None
         if best_key[2] == math.inf:  # every one is out and probing: the soonest to reopen
             best = min(candidates, key=lambda s: s.open_until or math.inf)
         return best
@@ -492,12 +541,47 @@ class Pool:
             overrides = {**(overrides or {}), "model": deployment.model}
         elif overrides is not None:
             overrides = dict(overrides)
-        tokens = call.need
         slot.in_flight += 1
         slot.calls += 1
         name = deployment.name
-        call.sends[name] = call.sends.get(name, 0) + 1
+        sends = call.sends
+        sends[name] = sends.get(name, 0) + 1
+        governor = slot.governor
+        if slot.limit is None and governor.idle():
+            # Nothing reported, nothing to pace by yet: straight out (the executor's fast
+            # path), the answer taught to the governor afterwards.
+            outcome: object = None
+            governor.unpaced += 1
+            try:
+                response = await deployment.provider.complete(messages, config_overrides=overrides)
+                outcome = response
+            except Exception as exc:
+                outcome = exc
+                raise
+            finally:
+                slot.in_flight -= 1
+                governor.unpaced -= 1
+                if outcome is None:
+                    slot.probing = False  # cancelled: another call may probe
+                elif isinstance(outcome, Exception):
+                    governor.learn(overrides, outcome, cooldown=self._cooldown(outcome))
+                elif getattr(outcome, "rate_limits", None) is not None:
+                    governor.learn(overrides, outcome)
+        else:
+            response = await self._governed(slot, call, messages, overrides)
+        return self._answered(slot, call, response)
+
+    async def _governed(
+        self,
+        slot: _Slot,
+        call: _Call,
+        messages: Sequence[LLMMessage],
+        overrides: Mapping[str, Any] | None,
+    ) -> LLMResponse:
+        """The request through the deployment's limiter, pacer and AIMD window."""
+        tokens = call.need
         limit = slot.limit
+        governor = slot.governor
         acquired = False
         used: int | None = None
         outcome: object = None
@@ -505,48 +589,74 @@ class Pool:
             if limit is not None:
                 await limit.acquire(tokens)
                 acquired = True
-            governor = slot.governor
             admitted = await governor.admit(overrides, tokens)
             cooldown: float | None = None
             try:
-                response = await deployment.provider.complete(messages, config_overrides=overrides)
+                response = await slot.deployment.provider.complete(
+                    messages, config_overrides=overrides
+                )
                 outcome = response
                 used = response.total_tokens
             except Exception as exc:
                 outcome = exc
-                retry_after = getattr(exc, "retry_after", None)
-                if is_overload(exc) and isinstance(retry_after, int | float):
-                    if not TESTING.instant:
-                        cooldown = min(float(retry_after), self.max_cooldown)
+                cooldown = self._cooldown(exc)
                 raise
             finally:
                 governor.release(admitted, outcome, cooldown=cooldown)
         finally:
             slot.in_flight -= 1
-            if slot.probing and outcome is None:  # a probe cancelled: let another probe
-                slot.probing = False
+            if outcome is None:
+                slot.probing = False  # cancelled: another call may probe
             if acquired:
                 assert limit is not None
                 limit.settle(tokens, used)
-        usage = response.usage or {}
-        slot.prompt_tokens += usage.get("prompt_tokens", 0) or 0
-        slot.completion_tokens += usage.get("completion_tokens", 0) or 0
+        return response
+
+    def _cooldown(self, exc: object) -> float | None:
+        """How long the deployment's pacer should start nothing after ``exc``."""
+        retry_after = getattr(exc, "retry_after", None)
+        if (
+            isinstance(exc, Exception)
+            and is_overload(exc)
+            and isinstance(retry_after, int | float)
+            and not TESTING.instant
+        ):
+            return min(float(retry_after), self.max_cooldown)
+        return None
+
+    def _answered(self, slot: _Slot, call: _Call, response: LLMResponse) -> LLMResponse:
+        """Count the answer, bring its deployment back in, stamp it with its name."""
+        usage = response.usage
+        if usage:
+            slot.prompt_tokens += usage.get("prompt_tokens", 0) or 0
+            slot.completion_tokens += usage.get("completion_tokens", 0) or 0
         slot.succeeded += 1
         slot.failures = 0
+        slot.cool_until = -math.inf
         if slot.open_until is not None:  # probed back in
             slot.open_until, slot.probing, slot.open_for = None, False, 0.0
-        metadata = {
-            **response.metadata,
-            "deployment": name,
-            "deployment_attempts": dict(call.sends),
-        }
-        return attrs.evolve(response, metadata=metadata)
+        slot.calm = slot.quiet()
+        metadata = dict(response.metadata)
+        metadata["deployment"] = slot.deployment.name
+        sends = call.sends
+        if len(sends) > 1 or call.hedged or sends[slot.deployment.name] > 1:
+            metadata["deployment_attempts"] = dict(sends)
+        if type(response) is not LLMResponse:
+            return attrs.evolve(response, metadata=metadata)
+        # What attrs.evolve does, without re-checking fields an LLMResponse already holds
+        # checked (its __init__ is most of the pool's cost per call otherwise).
+        stamped = _new_response(LLMResponse)
+        for name in _RESPONSE_FIELDS:
+            _set(stamped, name, getattr(response, name))
+        _set(stamped, "metadata", metadata)
+        return stamped
 
     def _failed(self, call: _Call, slot: _Slot, exc: Exception, model: Any) -> Exception | None:
         """Account for ``exc`` from ``slot``: None to send the call on now, else the
         error to raise (a copy of a 429 whose ``retry_after`` says when the soonest
         deployment can take it)."""
         slot.failed += 1
+        slot.calm = False
         now = anyio.current_time()
         cause = cause_of(exc)
         status = getattr(exc, "status_code", None)
@@ -566,6 +676,7 @@ class Pool:
             return exc
         if status in (401, 403):
             slot.disabled = True  # every call with its key would be refused too
+            self._refused = True
             if any(not s.disabled for s in self._candidates(call)):
                 return None
             return exc
@@ -584,7 +695,7 @@ class Pool:
             )
             return _with_retry_after(exc, max(0.0, soonest - now))
         if transient:
-            call.failed.add(slot.index)
+            call.failed = call.failed | {slot.index}
             slot.failures += 1
             if slot.failures >= self.trip_after and slot.open_until is None:
                 slot.open_for = self.reopen_after
@@ -604,7 +715,7 @@ class Pool:
 
     def _reroute(self, call: _Call, slot: _Slot, cause: str) -> bool:
         """Whether a fallback can take the call ``slot`` refused for ``cause``."""
-        call.tried.add(slot.index)
+        call.tried = call.tried | {slot.index}
         call.cause = cause
         if any(
             not s.disabled and s.index not in call.tried and _fits(s, call.need)

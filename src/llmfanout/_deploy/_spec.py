@@ -72,9 +72,7 @@ def _causes(value: Iterable[str] | str | None) -> frozenset[str]:
     items = (value,) if isinstance(value, str) else tuple(value)
     for item in items:
         if item not in CAUSES:
-            raise ValueError(
-                f"fallback_for holds {item!r}; the causes are {', '.join(CAUSES)}"
-            )
+            raise ValueError(f"fallback_for holds {item!r}; the causes are {', '.join(CAUSES)}")
     return frozenset(items)
 
 
@@ -174,7 +172,9 @@ def _entry(index: int, raw: object, where: str) -> DeploymentSpec:
                 'environment variable only: "api_key_env": "MY_KEY_VARIABLE"'
             )
         if key not in _FIELDS:
-            raise ValueError(f"{at}: unknown field {key!r}; the fields are {', '.join(sorted(_FIELDS))}")
+            raise ValueError(
+                f"{at}: unknown field {key!r}; the fields are {', '.join(sorted(_FIELDS))}"
+            )
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{at}: name is {name!r}; give each deployment a name")
     kind = raw.get("provider")
@@ -186,7 +186,9 @@ def _entry(index: int, raw: object, where: str) -> DeploymentSpec:
             raise ValueError(f"{at}: {text} is {value!r}; give a non-empty string")
     fallback = raw.get("fallback_for") or ()
     if isinstance(fallback, str) or not isinstance(fallback, list | tuple):
-        raise ValueError(f"{at}: fallback_for is {fallback!r}; give a list such as [\"context_window\"]")
+        raise ValueError(
+            f'{at}: fallback_for is {fallback!r}; give a list such as ["context_window"]'
+        )
     try:
         causes = _causes(fallback)
         spec = DeploymentSpec(

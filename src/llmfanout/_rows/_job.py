@@ -34,12 +34,12 @@ from .._base._types import AsyncLLMProvider
 from .._core._executor import ParallelLLMExecutor, ResultStream
 from .._core._retry import BackoffStrategy, RetryConfig
 from .._core._tasks import LLMTask, TaskResult
+from .._deploy._build import build_pool, deployment_keys
+from .._deploy._spec import DeploymentSpec, parse_deployments
 from .._flow._limiter import Limiter
 from .._flow._ratelimit import RateLimit
 from .._report._cost import Price, check_prices
 from .._report._summary import SummaryAccumulator
-from .._deploy._build import build_pool, deployment_keys
-from .._deploy._spec import DeploymentSpec, parse_deployments
 from ..providers._echo import EchoProvider
 from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
 from ._output_rows import bad_row, result_row
@@ -187,9 +187,7 @@ class JobSpec:
                 f"JobSpec: echo_latency applies to provider 'echo' only, not {self.provider!r}"
             )
         if self.deployments is not None:
-            if self.shared_limit is not None and not any(
-                d.rpm or d.tpm for d in self.deployments
-            ):
+            if self.shared_limit is not None and not any(d.rpm or d.tpm for d in self.deployments):
                 raise ValueError(
                     "JobSpec: shared_limit needs an rpm or tpm on some deployment: the budget "
                     "to share"
