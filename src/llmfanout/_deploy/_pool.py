@@ -48,7 +48,7 @@ from .._flow._patience import is_overload
 from .._flow._ratelimit import RateLimit, estimate_tokens
 from ..errors import BadRequestError, ProviderError
 from ._causes import CONTENT_FILTER, CONTEXT_WINDOW, cause_of, filtered
-from ._spec import Deployment
+from ._spec import Deployment, check_roster
 
 __all__ = ["DeploymentStats", "Pool"]
 
@@ -269,15 +269,7 @@ class Pool:
                     f"Pool: deployment {index + 1} is a {type(item).__name__}; give a "
                     "Deployment or a provider (an object with complete())"
                 )
-        names = [d.name for d in items]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"Pool: two deployments are named {name!r}; name each its own")
-        if all(d.fallback_for for d in items):
-            raise ValueError(
-                "Pool: every deployment is a fallback (fallback_for); at least one must "
-                "take calls first"
-            )
+        check_roster([(d.name, bool(d.fallback_for)) for d in items], "Pool")
         if hedge_after is not None and (
             isinstance(hedge_after, bool)
             or not isinstance(hedge_after, int | float)

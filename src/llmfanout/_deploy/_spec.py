@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -21,7 +21,14 @@ from .._base._types import AsyncLLMProvider
 from .._flow._limiter import Limiter
 from ._causes import CAUSES
 
-__all__ = ["KINDS", "Deployment", "DeploymentSpec", "load_deployments", "parse_deployments"]
+__all__ = [
+    "KINDS",
+    "Deployment",
+    "DeploymentSpec",
+    "check_roster",
+    "load_deployments",
+    "parse_deployments",
+]
 
 KINDS = ("openai", "anthropic", "azure", "echo")
 """The ``provider`` a deployments file may name."""
@@ -220,16 +227,21 @@ def parse_deployments(data: object, where: str = "deployments") -> tuple[Deploym
     if not isinstance(data, list) or not data:
         raise ValueError(f"{where}: give a non-empty JSON list of deployment objects")
     specs = tuple(_entry(i, raw, where) for i, raw in enumerate(data))
-    names = [s.name for s in specs]
+    check_roster([(s.name, bool(s.fallback_for)) for s in specs], where)
+    return specs
+
+
+def check_roster(roster: Sequence[tuple[str, bool]], where: str) -> None:
+    """Each deployment (name, is a fallback) named once, and one at least not a fallback."""
+    names = [name for name, _ in roster]
     for name in names:
         if names.count(name) > 1:
             raise ValueError(f"{where}: two deployments are named {name!r}; give each its own name")
-    if all(s.fallback_for for s in specs):
+    if all(fallback for _, fallback in roster):
         raise ValueError(
             f"{where}: every deployment is a fallback (fallback_for); leave it out of at "
             "least one, which takes calls first"
         )
-    return specs
 
 
 def load_deployments(path: str | os.PathLike[str]) -> tuple[DeploymentSpec, ...]:
