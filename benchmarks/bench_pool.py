@@ -5,7 +5,7 @@
    of one deployment of it, and a pool of three. The difference per call is the pool's
    routing, pacing bookkeeping and answer stamping. Best of k, by CPU time.
 2. **Capacity.** Loopback fake servers, each enforcing ``--rpm`` requests per minute
-   with a tenth of a second of burst (the limits bind at once): M calls through one
+   with ``--burst`` seconds of burst (one by default: the limits bind within a second): M calls through one
    deployment, then through a pool of three (each its own server and key). The ratio of
    throughputs is what three keys buy; 429s answered are counted.
 
@@ -67,11 +67,11 @@ async def routing(n: int, concurrency: int, repeats: int) -> None:
         )
 
 
-async def capacity(m: int, rpm: float, concurrency: int) -> None:
+async def capacity(m: int, rpm: float, concurrency: int, burst: float) -> None:
     async with serve_fake_llm() as a, serve_fake_llm() as b, serve_fake_llm() as c:
         servers = (a, b, c)
         for server in servers:
-            server.limit = ServerLimit(requests_per_minute=rpm, burst=0.1)
+            server.limit = ServerLimit(requests_per_minute=rpm, burst=burst)
 
         def deployment(i: int) -> Deployment:
             provider = OpenAIProvider(
@@ -103,7 +103,7 @@ async def capacity(m: int, rpm: float, concurrency: int) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     await routing(args.n, 100, args.repeats)
-    await capacity(args.m, args.rpm, 32)
+    await capacity(args.m, args.rpm, 32, args.burst)
 
 
 if __name__ == "__main__":
@@ -112,6 +112,7 @@ if __name__ == "__main__":
     parser.add_argument("--m", type=int, default=200, help="calls through one deployment")
     parser.add_argument("--rpm", type=float, default=3000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--burst", type=float, default=1.0, help="seconds of burst per server")
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
     parser.add_argument("--quick", action="store_true")
     options = parser.parse_args()

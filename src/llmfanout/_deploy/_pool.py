@@ -139,6 +139,16 @@ class _Slot:
             and self.governor.idle()
         )
 
+    def rate(self, model: Any) -> float | None:
+        """Requests per second it may start: its ``rpm``, else its server's advertised
+        limit (None while neither is known)."""
+        rpm = getattr(self.limit, "requests_per_minute", None)
+        if not rpm:
+            model = self.deployment.model or model
+            pacer = self.governor.pacer({"model": model} if model is not None else None)
+            rpm = pacer.limits[0] if pacer is not None else None
+        return rpm / 60 if rpm else None
+
     def ready_at(self, now: float, tokens: int, model: Any) -> float:
         """When this deployment could start a call of ``tokens`` (``now`` if at once)."""
         when = max(now, self.cool_until)
@@ -492,7 +502,12 @@ class Pool:
                 if slot.open_until is not None and (slot.probing or slot.open_until > now):
                     delay = math.inf if slot.probing else slot.open_until - now
                 else:
+                    # When it could start one more, and when the calls already queued
+                    # there would let it (its pacer books a call only once admitted).
                     delay = slot.ready_at(now, call.need, model) - now
+                    rate = slot.rate(model)
+                    if rate:
+                        delay = max(delay, slot.in_flight / rate)
             key = (slot is avoid, slot.index in failed, delay, slot.in_flight / slot.weight)
             if key < best_key:
                 best, best_key = slot, key
