@@ -5,9 +5,9 @@
    of one deployment of it, and a pool of three. The difference per call is the pool's
    routing, pacing bookkeeping and answer stamping. Best of k, by CPU time.
 2. **Capacity.** Loopback fake servers, each enforcing ``--rpm`` requests per minute
-   with ``--burst`` seconds of burst (one by default: the limits bind within a second): M calls through one
-   deployment, then through a pool of three (each its own server and key). The ratio of
-   throughputs is what three keys buy; 429s answered are counted.
+   with ``--burst`` seconds of burst (one by default: the limits bind within a second):
+   M calls through one deployment, then 3M through a pool of three (each its own server
+   and key). The ratio of throughputs is what three keys buy; 429s are counted.
 
 Run: ``python benchmarks/bench_pool.py`` (about a minute), ``--quick`` for a smoke
 run, ``--backend trio``.
