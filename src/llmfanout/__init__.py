@@ -29,6 +29,8 @@ from ._batch._jobs import BatchJob, submit_batch
 from ._core._executor import ParallelLLMExecutor, ResultStream
 from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._core._tasks import DeterministicTask, LLMTask, TaskResult
+from ._deploy._pool import DeploymentStats, Pool
+from ._deploy._spec import Deployment
 from ._flow._limiter import Limiter
 from ._flow._pacing import HeaderPacer
 from ._flow._ratelimit import RateLimit
@@ -44,6 +46,8 @@ __all__ = [
     "AsyncLLMProvider",
     "BackoffStrategy",
     "BatchJob",
+    "Deployment",
+    "DeploymentStats",
     "DeterministicTask",
     "EchoProvider",
     "ErrorResponse",
@@ -58,6 +62,7 @@ __all__ = [
     "OpenAIProvider",
     "OtherPart",
     "ParallelLLMExecutor",
+    "Pool",
     "Price",
     "ProviderError",
     "RateLimit",

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import anyio
 
+from .._deploy._spec import load_deployments
 from .._report._cost import load_prices
 from .._rows._input_rows import Scan, read_rows, scan
 from .._rows._job import KEY_VARIABLES, Job, JobError, JobSpec
@@ -145,6 +146,22 @@ def add_parser(commands: Any) -> None:
         "--resume (default: never; a refused API key always stops the run)",
     )
     run.add_argument(
+        "--deployments",
+        metavar="FILE",
+        help=(
+            "send to several deployments as one pool (instead of --provider): a JSON list "
+            'of {"name", "provider", "model", "base_url", "api_key_env", "weight", "rpm", '
+            '"tpm", "context_window", "fallback_for"}; keys by environment variable name only'
+        ),
+    )
+    run.add_argument(
+        "--hedge-after",
+        type=float,
+        metavar="SECONDS",
+        help="with --deployments: send a second copy of a call unanswered after SECONDS to "
+        "another deployment; the first answer wins (off by default: it costs money)",
+    )
+    run.add_argument(
         "--shared-limit",
         metavar="URL",
         help="share the --rpm/--tpm budget with every run using this Redis URL "
@@ -230,7 +247,24 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError("--echo-latency applies to --provider echo only")
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed goes with --resume")
-    if args.shared_limit is not None:
+    args.deployment_specs = None
+    if args.deployments is not None:
+        try:
+            args.deployment_specs = load_deployments(args.deployments)
+        except ValueError as exc:
+            raise UsageError(f"--deployments {exc}") from None
+    elif args.hedge_after is not None:
+        raise UsageError("--hedge-after goes with --deployments")
+    if args.hedge_after is not None and not args.hedge_after > 0:
+        raise UsageError(f"--hedge-after is {args.hedge_after:g}; give seconds > 0")
+    if args.shared_limit is not None and args.deployment_specs is not None:
+        if not any(d.rpm or d.tpm for d in args.deployment_specs):
+            raise UsageError(
+                "--shared-limit needs an rpm or tpm on some deployment in --deployments: "
+                "the budget to share"
+            )
+        _check_shared_limit(args.shared_limit)
+    elif args.shared_limit is not None:
         if args.rpm is None and args.tpm is None:
             raise UsageError("--shared-limit needs --rpm or --tpm: the budget to share")
         _check_shared_limit(args.shared_limit)
@@ -291,7 +325,7 @@ def _without_password(url: str) -> str:
 
 
 def _check_key(args: argparse.Namespace) -> None:
-    if args.provider == "echo":
+    if args.provider == "echo" or args.deployment_specs is not None:
         return
     variable = args.api_key_env or KEY_VARIABLES[args.provider]
     if not os.environ.get(variable, "").strip():
@@ -325,6 +359,8 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         cache_namespace=args.cache_namespace,
         telemetry=args.otel,
         capture_content=args.otel_capture_content,
+        deployments=args.deployment_specs,
+        hedge_after=args.hedge_after,
     )
 
 
@@ -386,6 +422,8 @@ def _report_bad(args: argparse.Namespace, found: Scan) -> None:
 def _model(args: argparse.Namespace, found: Scan) -> str:
     if args.model:
         return str(args.model)
+    if args.deployment_specs is not None:
+        return ""  # each deployment names its model
     if args.provider == "echo":
         return "echo"
     if found.line_without_model is not None:

@@ -22,6 +22,7 @@ from .._rows._output_rows import (
     encode,
 )
 from ._args import EXIT_FAILED, EXIT_OK
+from ._deployments import deployments_table
 from ._display import Display, make_display
 from ._observe import StatsFile
 
@@ -215,7 +216,10 @@ class Screen:
         adapted_or_none = adapted if adapted < self.job.spec.concurrency else None
         summary = self.job.summary.summary(elapsed=elapsed, concurrency=adapted_or_none)
         print(str(summary), file=sys.stderr)
-        if self.args.provider != "echo":
+        stats = getattr(self.job.provider, "stats", None)
+        if getattr(self.job.spec, "deployments", None) and callable(stats):
+            print(deployments_table(stats(), self.job.spec.prices), file=sys.stderr)
+        elif self.args.provider != "echo":
             print(f"llmfanout: sent to {self.args.provider}{self.where()}", file=sys.stderr)
         output, written = self.args.output, self.writer.rows
         line = f"llmfanout: wrote {written} rows to {output}"

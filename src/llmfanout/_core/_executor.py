@@ -316,7 +316,9 @@ class ParallelLLMExecutor:
                 adaptive=adaptive,
                 stop_on_auth=stop_on_auth_error,
             )
-            if pacing or adaptive
+            # A provider that paces itself (llmfanout.Pool: each deployment its own) is
+            # left to do so: one figure for all its deployments would be wrong for each.
+            if (pacing or adaptive) and not getattr(provider, "paces_itself", False)
             else None
         )
         # The cap holds across every event loop (thread) this executor serves.

@@ -36,6 +36,8 @@ from .._cache._open import open_cache
 from .._core._executor import ParallelLLMExecutor, ResultStream
 from .._core._retry import BackoffStrategy, RetryConfig
 from .._core._tasks import LLMTask, TaskResult
+from .._deploy._build import build_pool, deployment_keys
+from .._deploy._spec import DeploymentSpec, parse_deployments
 from .._flow._limiter import Limiter
 from .._flow._ratelimit import RateLimit
 from .._flow._redislimit import redact
@@ -122,6 +124,17 @@ def _shown_place(value: str | None) -> str:
     return repr(redact(value) if value and "://" in value else value)
 
 
+def _deployments(value: object) -> tuple[DeploymentSpec, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, tuple) and all(isinstance(v, DeploymentSpec) for v in value) and value:
+        return value
+    try:
+        return parse_deployments(value, "JobSpec.deployments")
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
 @attrs.frozen(kw_only=True)
 class JobSpec:
     """What a batch job does: one field per ``llmfanout run`` flag. Frozen and picklable.
@@ -157,6 +170,10 @@ class JobSpec:
     - ``telemetry``: OpenTelemetry spans and metrics (``ParallelLLMExecutor(telemetry=True)``,
       with ``llmfanout.client.cost`` from ``prices``); ``capture_content``: record the
       messages and answers on the spans too (needs ``telemetry``).
+    - ``deployments``: a list of deployments (the objects of a deployments file) to send
+      to as one :class:`~llmfanout.Pool` instead of ``provider``; each names its key's
+      environment variable. With ``shared_limit``, each one's ``rpm``/``tpm`` budget is
+      its own key in Redis. ``hedge_after``: the pool's (seconds; None: no hedging).
 
     Raises ``ValueError`` naming the field for a value that cannot work.
     """
@@ -184,13 +201,25 @@ class JobSpec:
     cache_namespace: str | None = attrs.field(default=None, validator=_text("cache_namespace"))
     telemetry: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     capture_content: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    deployments: tuple[DeploymentSpec, ...] | None = attrs.field(
+        default=None, converter=_deployments
+    )
+    hedge_after: float | None = attrs.field(default=None, validator=_seconds("hedge_after"))
 
     def __attrs_post_init__(self) -> None:
         if self.echo_latency and self.provider != "echo":
             raise ValueError(
                 f"JobSpec: echo_latency applies to provider 'echo' only, not {self.provider!r}"
             )
-        if self.shared_limit is not None and self.rpm is None and self.tpm is None:
+        if self.deployments is not None:
+            if self.shared_limit is not None and not any(d.rpm or d.tpm for d in self.deployments):
+                raise ValueError(
+                    "JobSpec: shared_limit needs an rpm or tpm on some deployment: the budget "
+                    "to share"
+                )
+        elif self.hedge_after is not None:
+            raise ValueError("JobSpec: hedge_after applies to deployments only")
+        elif self.shared_limit is not None and self.rpm is None and self.tpm is None:
             raise ValueError("JobSpec: shared_limit needs rpm or tpm: the budget to share")
         if self.capture_content and not self.telemetry:
             raise ValueError("JobSpec: capture_content needs telemetry=True")
@@ -206,7 +235,7 @@ class JobSpec:
 def read_key(spec: JobSpec) -> str | None:
     """The API key from the environment; raises :class:`JobError` when it is missing."""
     variable = spec.key_variable
-    if variable is None:
+    if variable is None or spec.deployments is not None:
         return None
     key = os.environ.get(variable, "").strip()
     if not key:
@@ -261,12 +290,41 @@ def _provider_for(spec: JobSpec, model: str, key: str | None) -> AsyncLLMProvide
         raise JobError(str(exc)) from None
 
 
+def _pool_for(job: Job, spec: JobSpec) -> AsyncLLMProvider:
+    """The spec's deployments as one pool; the job's scrubber blanks every key."""
+    assert spec.deployments is not None
+    try:
+        keys = deployment_keys(spec.deployments)
+        pool = build_pool(
+            spec.deployments,
+            keys=keys,
+            max_connections=spec.concurrency,
+            timeout=spec.timeout,
+            shared_limit=spec.shared_limit,
+            hedge_after=spec.hedge_after,
+        )
+    except (ValueError, ImportError) as exc:
+        raise JobError(str(exc)) from None
+    scrubs = [scrubber(k) for k in keys.values()]
+
+    def scrub(text: str) -> str:
+        for one in scrubs:
+            text = one(text)
+        return text
+
+    job.scrub = scrub
+    job._needs_model = False  # every deployment names its model
+    return pool
+
+
 def _limiter_for(spec: JobSpec) -> Limiter | None:
     """The job's pacing: its own :class:`RateLimit`, or a budget shared through ``shared_limit``.
 
     Even with no limits set, a limiter makes a 429's Retry-After pause every new call, not
     only the retry of the call that got it.
     """
+    if spec.deployments is not None:
+        return None  # each deployment keeps its own budget (in Redis with shared_limit)
     if spec.shared_limit is None:
         if spec.provider == "echo" and spec.rpm is None and spec.tpm is None:
             return None  # nothing to pace, and no server to answer 429
@@ -317,7 +375,10 @@ class Job:
         self.model = spec.model or model or ("echo" if spec.provider == "echo" else "")
         # Without a model for the provider, every row must bring its own.
         self._needs_model = not self.model
-        if provider is None:
+        self._pooled = spec.deployments is not None
+        if self._pooled and provider is None:
+            provider = _pool_for(self, spec)
+        elif provider is None:
             provider = _provider_for(spec, self.model or _PER_ROW, key)
         self.provider = provider
         self._limiter = _limiter_for(spec)
@@ -418,6 +479,8 @@ class Job:
         row = result_row(result, row_id, model or _PER_ROW, self.scrub)
         if self.cache is not None:
             row["cached"] = result.success and result.value.metadata.get("cached") is True
+        if self._pooled:  # which deployment answered
+            row["deployment"] = getattr(result.value, "metadata", {}).get("deployment")
         return row
 
     def bad(self) -> dict[str, Any] | None:

@@ -1,0 +1,121 @@
+"""Pool: what routing costs per call, and how capacity adds up across deployments.
+
+1. **Routing cost.** N tasks (default 20k, 100 in flight) through ``execute`` with a
+   provider that yields once and returns a prebuilt answer: the bare provider, a pool
+   of one deployment of it, and a pool of three. The difference per call is the pool's
+   routing, pacing bookkeeping and answer stamping. Best of k, by CPU time.
+2. **Capacity.** Loopback fake servers, each enforcing ``--rpm`` requests per minute
+   with ``--burst`` seconds of burst (one by default: the limits bind within a second):
+   M calls through one deployment, then 3M through a pool of three (each its own server
+   and key). The ratio of throughputs is what three keys buy; 429s are counted.
+
+Run: ``python benchmarks/bench_pool.py`` (about a minute), ``--quick`` for a smoke
+run, ``--backend trio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from llmfanout import Deployment, LLMMessage, LLMTask, ParallelLLMExecutor, Pool, RetryConfig  # noqa: E402
+from llmfanout.providers import OpenAIProvider  # noqa: E402
+
+from _common import CheckpointProvider  # noqa: E402
+from support.fake_llm_server import ServerLimit, serve_fake_llm  # noqa: E402
+
+
+def tasks(n: int) -> dict[str, LLMTask]:
+    return {f"t{i}": LLMTask([LLMMessage("user", f"p{i}")]) for i in range(n)}
+
+
+async def run_once(provider: object, n: int, concurrency: int) -> float:
+    executor = ParallelLLMExecutor(provider, max_concurrency=concurrency)  # type: ignore[arg-type]
+    work = tasks(n)
+    start = time.process_time()
+    results = await executor.execute(work)
+    elapsed = time.process_time() - start
+    assert all(r.success for r in results.values())
+    return elapsed
+
+
+async def routing(n: int, concurrency: int, repeats: int) -> None:
+    contenders = {
+        "bare provider": lambda: CheckpointProvider(),
+        "pool of one": lambda: Pool([CheckpointProvider()]),
+        "pool of three": lambda: Pool([CheckpointProvider() for _ in range(3)]),
+    }
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for label, make in contenders.items():
+            seconds = await run_once(make(), n, concurrency)
+            best[label] = min(best.get(label, float("inf")), seconds)
+    base = best["bare provider"]
+    print(f"routing cost, {n} calls, {concurrency} in flight (CPU time, best of {repeats}):")
+    for label, seconds in best.items():
+        extra = (seconds - base) / n * 1e6
+        print(
+            f"  {label:<14} {seconds / n * 1e6:7.2f} us/call  x{seconds / base:5.2f}  "
+            f"(+{extra:.2f} us/call over the bare provider)"
+        )
+
+
+async def capacity(m: int, rpm: float, concurrency: int, burst: float) -> None:
+    async with serve_fake_llm() as a, serve_fake_llm() as b, serve_fake_llm() as c:
+        servers = (a, b, c)
+        for server in servers:
+            server.limit = ServerLimit(requests_per_minute=rpm, burst=burst)
+
+        def deployment(i: int) -> Deployment:
+            provider = OpenAIProvider(
+                "m", base_url=servers[i].openai_base_url, api_key=f"key-{i}-0123456789"
+            )
+            return Deployment(name=f"d{i}", provider=provider)
+
+        async def timed(pool: Pool, count: int) -> float:
+            executor = ParallelLLMExecutor(
+                pool, max_concurrency=concurrency, default_retry=RetryConfig()
+            )
+            start = anyio.current_time()
+            async with pool:
+                results = await executor.execute(tasks(count))
+            assert all(r.success for r in results.values())
+            return count / (anyio.current_time() - start)
+
+        one = await timed(Pool([deployment(0)]), m)
+        sent_one = len(a.requests)
+        refused_one = len(a.limited)
+        three = await timed(Pool([deployment(i) for i in range(3)]), 3 * m)
+        sent = sum(len(s.requests) for s in servers) - sent_one
+        refused = sum(len(s.limited) for s in servers) - refused_one
+    print(f"capacity, {rpm:g} rpm per deployment ({rpm / 60:g}/s), {concurrency} in flight:")
+    print(f"  one deployment    {one:7.1f} calls/s  ({refused_one}/{sent_one} answered 429)")
+    print(f"  three deployments {three:7.1f} calls/s  ({refused}/{sent} answered 429)")
+    print(f"  ratio             x{three / one:.2f} (the sum of limits allows x3.00)")
+
+
+async def main(args: argparse.Namespace) -> None:
+    await routing(args.n, 100, args.repeats)
+    await capacity(args.m, args.rpm, 32, args.burst)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--m", type=int, default=200, help="calls through one deployment")
+    parser.add_argument("--rpm", type=float, default=3000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--burst", type=float, default=1.0, help="seconds of burst per server")
+    parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
+    parser.add_argument("--quick", action="store_true")
+    options = parser.parse_args()
+    if options.quick:
+        options.n, options.m, options.repeats = 2000, 60, 1
+    anyio.run(main, options, backend=options.backend)

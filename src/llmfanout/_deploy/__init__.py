@@ -1,0 +1,1 @@
+"""Deployments: many providers as one (``llmfanout.Pool``): routing, failover, fallbacks."""

@@ -1,0 +1,115 @@
+"""A :class:`~llmfanout.Pool` made from deployment specs (a deployments file): keys read
+from the environment where the job runs, each deployment its own provider and budget."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from .._base._types import AsyncLLMProvider
+from .._flow._limiter import Limiter
+from ._pool import Pool
+from ._spec import Deployment, DeploymentSpec
+
+__all__ = ["build_pool", "deployment_keys"]
+
+
+def deployment_keys(specs: Sequence[DeploymentSpec]) -> dict[str, str]:
+    """Each deployment's key from its environment variable; ``ValueError`` naming the
+    deployment and the variable when one is missing."""
+    keys: dict[str, str] = {}
+    for spec in specs:
+        variable = spec.key_variable
+        if variable is None:
+            continue
+        key = os.environ.get(variable, "").strip()
+        if not key:
+            raise ValueError(
+                f"deployment {spec.name!r} needs an API key in the {variable} environment "
+                "variable where the job runs; set it (a local server that needs no key "
+                "accepts any value, e.g. none)"
+            )
+        keys[spec.name] = key
+    return keys
+
+
+def _provider(spec: DeploymentSpec, key: str | None, options: dict[str, Any]) -> AsyncLLMProvider:
+    if spec.provider == "echo":
+        from ..providers._echo import EchoProvider
+
+        return EchoProvider(model=spec.model or "echo", record_calls=False)
+    if spec.model is None:
+        raise ValueError(
+            f"deployment {spec.name!r}: give its model (for azure, the deployment's name)"
+        )
+    if spec.provider == "azure":
+        from ..providers._azure import AzureOpenAIProvider
+
+        return AzureOpenAIProvider(
+            spec.model,
+            azure_endpoint=spec.base_url,
+            api_version=spec.api_version,
+            api_key=key,
+            **options,
+        )
+    from ..providers import AnthropicProvider, OpenAIProvider
+
+    cls = OpenAIProvider if spec.provider == "openai" else AnthropicProvider
+    if spec.base_url:
+        options = {**options, "base_url": spec.base_url}
+    return cls(spec.model, api_key=key, **options)
+
+
+def _shared(url: str, spec: DeploymentSpec) -> Limiter | None:
+    """The deployment's budget in Redis, under a key of its own (None: it sets none)."""
+    if spec.rpm is None and spec.tpm is None:
+        return None
+    from .._flow._redislimit import RedisRateLimit, split_key
+
+    given = split_key(url)[1]
+    key = f"{given}:{spec.name}" if given else f"deployment:{spec.name}"
+    return RedisRateLimit(url, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm, key=key)
+
+
+def build_pool(
+    specs: Sequence[DeploymentSpec],
+    *,
+    keys: dict[str, str],
+    max_connections: int = 100,
+    timeout: float | None = None,
+    shared_limit: str | None = None,
+    hedge_after: float | None = None,
+) -> Pool:
+    """The pool for ``specs``; ``ValueError`` naming the deployment for one that cannot work.
+
+    ``shared_limit``: a Redis URL; each deployment with ``rpm``/``tpm`` then keeps its
+    budget there under its own key (``deployment:NAME``, or ``KEY:NAME`` with ``?key=``),
+    shared by every worker using the same file.
+    """
+    options: dict[str, Any] = {"max_connections": max_connections}
+    if timeout:
+        options["timeout"] = timeout
+    deployments = []
+    for spec in specs:
+        try:
+            provider = _provider(spec, keys.get(spec.name), options)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            if spec.name not in message:
+                message = f"deployment {spec.name!r}: {message}"
+            raise ValueError(message) from None
+        deployments.append(
+            Deployment(
+                name=spec.name,
+                provider=provider,
+                model=spec.model if spec.provider != "echo" else None,
+                weight=spec.weight,
+                rpm=spec.rpm,
+                tpm=spec.tpm,
+                context_window=spec.context_window,
+                fallback_for=spec.fallback_for,
+                limit=None if shared_limit is None else _shared(shared_limit, spec),
+            )
+        )
+    return Pool(deployments, hedge_after=hedge_after)

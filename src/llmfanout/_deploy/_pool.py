@@ -1,0 +1,748 @@
+"""Pool: several deployments (keys, endpoints, models) used as one provider.
+
+Each deployment keeps what a lone provider would: its own pacer fed by the limits its
+answers advertise, its own AIMD window, its own cooldown after a 429, its own
+connection pool (its provider's), its own ``rpm``/``tpm``. The pool adds three things:
+
+- **Routing.** Each call (each attempt of a call) goes to the deployment that can start
+  it soonest, the least loaded for its weight among those free now; a call never goes
+  where it does not fit (``context_window``), and never back to a deployment that just
+  failed it while another can take it.
+- **Failover, counted once.** The pool makes one request per ``complete`` (one per
+  attempt): the executor's ``RetryConfig`` drives failover, so ``max_attempts`` and
+  ``patience`` count across the whole call, whatever the number of deployments. A 429
+  cools its deployment and comes back with ``retry_after`` set to when the soonest
+  deployment can take the call (0: another one can now), so the retry goes there at
+  once, or waits (within patience) when every deployment is cooling. Transient failures
+  (refused, reset, 5xx) count against the deployment; after ``trip_after`` in a row it
+  is taken out for ``reopen_after`` seconds (doubling while it keeps failing), then one
+  call probes it back in.
+- **Fallbacks by cause.** A refusal no retry can cure (the prompt is too long, a content
+  filter, an unknown model) goes at once, in the same attempt, to the next deployment
+  declared for that cause (``fallback_for``), and for a too-long prompt only to one
+  whose ``context_window`` holds it. A key a deployment refuses (401, 403) takes that
+  deployment out for good and the call on to another.
+
+``hedge_after`` (seconds, off by default: it costs money) sends a second copy of a call
+that has not answered by then to another deployment; the first whole answer wins and
+the other copy is cancelled.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import attrs
+
+from .._base._types import AsyncLLMProvider, LLMMessage, LLMResponse, LoopBound, to_messages
+from .._core._retry import TESTING
+from .._flow._governor import Governor
+from .._flow._limiter import Limiter
+from .._flow._patience import is_overload
+from .._flow._ratelimit import RateLimit, estimate_tokens
+from ..errors import BadRequestError, ProviderError
+from ._causes import CONTENT_FILTER, CONTEXT_WINDOW, cause_of, filtered
+from ._spec import Deployment, check_roster
+
+__all__ = ["DeploymentStats", "Pool"]
+
+_DEFAULT_COOL = 1.0  # seconds a 429 without Retry-After keeps a deployment last in line
+
+
+@attrs.frozen
+class DeploymentStats:
+    """What one deployment of a :class:`Pool` did so far (see :meth:`Pool.stats`).
+
+    ``calls``: requests sent; ``succeeded``, ``failed``; ``rate_limited``: answers 429
+    (or 529, or 503 with Retry-After); ``fallbacks``: calls it refused that went on to a
+    fallback; ``hedges``: second copies sent to it; ``prompt_tokens``,
+    ``completion_tokens``: from its answers' usage; ``state``: ``"ok"``, ``"out"`` (taken
+    out after failing, probed back later) or ``"refused"`` (it refused its key).
+    """
+
+    name: str
+    model: str | None
+    calls: int
+    succeeded: int
+    failed: int
+    rate_limited: int
+    fallbacks: int
+    hedges: int
+    prompt_tokens: int
+    completion_tokens: int
+    state: str
+
+
+class _Slot:
+    """A deployment and its state in the pool."""
+
+    __slots__ = (
+        "calls",
+        "calm",
+        "completion_tokens",
+        "cool_until",
+        "deployment",
+        "disabled",
+        "failed",
+        "failures",
+        "fallbacks",
+        "governor",
+        "hedges",
+        "in_flight",
+        "index",
+        "limit",
+        "open_for",
+        "open_until",
+        "probing",
+        "prompt_tokens",
+        "rate_limited",
+        "succeeded",
+        "weight",
+    )
+
+    def __init__(self, index: int, deployment: Deployment, max_concurrency: int) -> None:
+        self.index = index
+        self.deployment = deployment
+        self.weight = deployment.weight
+        # Its own pacer (by the headers its answers carry), AIMD window and cooldowns.
+        self.governor = Governor(
+            deployment.provider, max_concurrency, pacing=True, adaptive=True, stop_on_auth=False
+        )
+        limit = deployment.limit
+        if limit is None and (deployment.rpm or deployment.tpm):
+            limit = RateLimit(deployment.rpm, deployment.tpm)
+        self.limit: Limiter | None = limit
+        self.in_flight = 0
+        self.cool_until = -math.inf
+        self.failures = 0  # transient failures in a row
+        self.open_until: float | None = None  # taken out until then (None: in)
+        self.open_for = 0.0
+        self.probing = False
+        self.disabled = False  # refused its key: out for good
+        self.calm = self.quiet()  # quiet() as of its last answer: what routing reads
+        self.calls = self.succeeded = self.failed = self.rate_limited = 0
+        self.fallbacks = self.hedges = self.prompt_tokens = self.completion_tokens = 0
+
+    def quiet(self) -> bool:
+        """Nothing to wait for: no cooldown, not out, no budget of its own, nothing
+        reported by its server yet (it can start a call now, and cheaply)."""
+        return (
+            self.cool_until == -math.inf
+            and self.open_until is None
+            and self.limit is None
+            and self.governor.idle()
+        )
+
+    def rate(self, model: Any) -> float | None:
+        """Requests per second it may start: its ``rpm``, else its server's advertised
+        limit (None while neither is known)."""
+        rpm = getattr(self.limit, "requests_per_minute", None)
+        if not rpm:
+            model = self.deployment.model or model
+            pacer = self.governor.pacer({"model": model} if model is not None else None)
+            rpm = pacer.limits[0] if pacer is not None else None
+        return rpm / 60 if rpm else None
+
+    def ready_at(self, now: float, tokens: int, model: Any) -> float:
+        """When this deployment could start a call of ``tokens`` (``now`` if at once)."""
+        when = max(now, self.cool_until)
+        if self.open_until is not None:
+            when = max(when, self.open_until)
+        limit = self.limit
+        if limit is not None:
+            ready = getattr(limit, "ready_at", None)
+            if ready is not None:
+                when = max(when, ready(now, tokens))
+        model = self.deployment.model or model
+        pacer = self.governor.pacer({"model": model} if model is not None else None)
+        if pacer is not None:
+            when = max(when, pacer.ready_at(now, tokens))
+        return when
+
+
+class _Call:
+    """One call's state across its attempts: what it learnt of the deployments."""
+
+    __slots__ = (
+        "_need",
+        "_overrides",
+        "cause",
+        "done",
+        "failed",
+        "hedged",
+        "messages",
+        "pool",
+        "sends",
+        "tried",
+    )
+
+    def __init__(
+        self, pool: Pool, messages: Sequence[LLMMessage], overrides: Mapping[str, Any] | None
+    ) -> None:
+        self.pool = pool
+        self.messages = messages
+        self._overrides = overrides
+        self._need = -1  # estimated when first needed
+        self.cause: str | None = None  # the cause its fallbacks are chosen by
+        self.tried: frozenset[int] = _NONE  # deployments that refused it for a cause
+        self.failed: frozenset[int] = _NONE  # deployments that failed it (transiently)
+        self.sends: dict[str, int] = {}  # requests per deployment name
+        self.hedged = False
+        self.done = False  # answered: the next call with the same messages starts afresh
+
+    @property
+    def need(self) -> int:
+        """The tokens the call needs of a context window (prompt and ``max_tokens``)."""
+        if self._need < 0:
+            messages = self.messages
+            if not all(type(m) is LLMMessage for m in messages):
+                messages = to_messages(messages, "Pool")
+            self._need = estimate_tokens(_Prompt(messages), self._overrides)
+        return self._need
+
+    @need.setter
+    def need(self, value: int) -> None:
+        self._need = value
+
+
+_NONE: frozenset[int] = frozenset()
+_RESPONSE_FIELDS = tuple(f.name for f in attrs.fields(LLMResponse) if f.name != "metadata")
+_new_response = object.__new__
+_set = object.__setattr__
+
+# The call in progress in this task: the executor makes a call's attempts one after the
+# other in one task, so what an attempt learnt (a deployment that failed it, a context
+# window too small) is here for the next. Keyed by the messages object, held alive.
+_CALL: ContextVar[_Call | None] = ContextVar("llmfanout_pool_call", default=None)
+
+
+class _Prompt:
+    __slots__ = ("estimated_tokens", "messages")
+
+    def __init__(self, messages: Sequence[LLMMessage]) -> None:
+        self.messages = messages
+        self.estimated_tokens: int | None = None
+
+
+class Pool:
+    """Several deployments used as one provider: ``ParallelLLMExecutor(Pool([...]))``.
+
+    ``deployments``: :class:`Deployment` objects, or bare providers (named
+    ``"deployment-1"``...). Calls are routed to the deployment with the most room now;
+    see the module for failover, fallbacks and hedging.
+
+    - ``hedge_after``: seconds after which a call that has not answered is sent again to
+      another deployment (None, the default: never).
+    - ``max_concurrency``: the most calls each deployment's AIMD window allows in flight.
+    - ``trip_after``: transient failures in a row that take a deployment out;
+      ``reopen_after``: seconds it stays out the first time (doubling while it keeps
+      failing, up to ``max_cooldown``), before one call probes it.
+    - ``max_cooldown``: the longest a 429's Retry-After keeps a deployment cooling.
+
+    Each answer's ``metadata["deployment"]`` names the deployment that gave it; when the
+    call went to more than one request, ``metadata["deployment_attempts"]`` counts the
+    requests it sent to each deployment.
+    Raises ``ValueError``/``TypeError`` at construction for a bad deployment list.
+    """
+
+    paces_itself = True
+    """The executor leaves pacing and adaptive concurrency to the pool (per deployment)."""
+
+    def __init__(
+        self,
+        deployments: Sequence[Deployment | AsyncLLMProvider],
+        *,
+        hedge_after: float | None = None,
+        max_concurrency: int = 256,
+        trip_after: int = 3,
+        reopen_after: float = 5.0,
+        max_cooldown: float = 60.0,
+    ) -> None:
+        if isinstance(deployments, Deployment) or not isinstance(deployments, Sequence):
+            raise TypeError("Pool: give a list of deployments (Deployment or provider objects)")
+        if not deployments:
+            raise ValueError("Pool: give at least one deployment")
+        items: list[Deployment] = []
+        for index, item in enumerate(deployments):
+            if isinstance(item, Deployment):
+                items.append(item)
+            elif callable(getattr(item, "complete", None)):
+                items.append(Deployment(name=f"deployment-{index + 1}", provider=item))
+            else:
+                raise TypeError(
+                    f"Pool: deployment {index + 1} is a {type(item).__name__}; give a "
+                    "Deployment or a provider (an object with complete())"
+                )
+        check_roster([(d.name, bool(d.fallback_for)) for d in items], "Pool")
+        if hedge_after is not None and (
+            isinstance(hedge_after, bool)
+            or not isinstance(hedge_after, int | float)
+            or not hedge_after > 0
+        ):
+            raise ValueError(f"Pool: hedge_after is {hedge_after!r}; give seconds > 0, or None")
+        for label, value in (("reopen_after", reopen_after), ("max_cooldown", max_cooldown)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"Pool: {label} is {value!r}; give seconds > 0")
+        for label, whole in (("max_concurrency", max_concurrency), ("trip_after", trip_after)):
+            if isinstance(whole, bool) or not isinstance(whole, int) or whole < 1:
+                raise ValueError(f"Pool: {label} is {whole!r}; give a whole number >= 1")
+        self.deployments = tuple(items)
+        self.hedge_after = None if hedge_after is None else float(hedge_after)
+        self.trip_after = trip_after
+        self.reopen_after = float(reopen_after)
+        self.max_cooldown = float(max_cooldown)
+        self._slots = tuple(_Slot(i, d, max_concurrency) for i, d in enumerate(items))
+        self._primary = tuple(s for s in self._slots if not s.deployment.fallback_for)
+        self._sized = any(d.context_window is not None for d in items)
+        self._refused = False  # some deployment refused its key
+        self._fallbacks = {
+            cause: tuple(s for s in self._slots if cause in s.deployment.fallback_for)
+            for cause in {c for d in items for c in d.fallback_for}
+        }
+
+    def __repr__(self) -> str:
+        return f"Pool({', '.join(repr(d.name) for d in self.deployments)})"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every deployment's provider that can be closed (``aclose``)."""
+        for deployment in self.deployments:
+            close = getattr(deployment.provider, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def release_loop(self) -> None:
+        """Release the running loop's share of every deployment's provider."""
+        for deployment in self.deployments:
+            if isinstance(deployment.provider, LoopBound):
+                await deployment.provider.release_loop()
+
+    # -- what it did ---------------------------------------------------------------------
+
+    def stats(self) -> dict[str, DeploymentStats]:
+        """Per deployment name, what it did so far (requests, outcomes, tokens, state)."""
+        return {
+            s.deployment.name: DeploymentStats(
+                s.deployment.name,
+                s.deployment.model or getattr(s.deployment.provider, "model", None),
+                s.calls,
+                s.succeeded,
+                s.failed,
+                s.rate_limited,
+                s.fallbacks,
+                s.hedges,
+                s.prompt_tokens,
+                s.completion_tokens,
+                "refused" if s.disabled else "out" if s.open_until is not None else "ok",
+            )
+            for s in self._slots
+        }
+
+    # -- a call --------------------------------------------------------------------------
+
+    async def complete(
+        self,
+        messages: Sequence[LLMMessage],
+        config_overrides: Mapping[str, Any] | None = None,
+    ) -> LLMResponse:
+        """One attempt of a call, on the deployment with the most room for it.
+
+        Raises the deployment's error for the executor's retry policy to judge (a 429's
+        ``retry_after`` then says when the soonest deployment can take the call), or a
+        ``BadRequestError`` when the prompt fits no deployment's ``context_window``.
+        Cancellation propagates, and cancels a hedge's copies.
+        """
+        call = _CALL.get()
+        if call is None or call.done or call.messages is not messages or call.pool is not self:
+            call = _Call(self, messages, config_overrides)
+            _CALL.set(call)
+        model = config_overrides.get("model") if config_overrides else None
+        if self.hedge_after is None:
+            response = await self._route(call, messages, config_overrides, model, None)
+        else:
+            response = await self._hedged(call, messages, config_overrides, model)
+        call.done = True
+        return response
+
+    async def _hedged(
+        self,
+        call: _Call,
+        messages: Sequence[LLMMessage],
+        overrides: Mapping[str, Any] | None,
+        model: Any,
+    ) -> LLMResponse:
+        """The call, and a second copy of it once ``hedge_after`` passes unanswered."""
+        answers: list[LLMResponse] = []
+        errors: list[Exception] = []
+        done = anyio.Event()
+        chosen: list[_Slot] = []
+        running = 0
+
+        async def copy_of(avoid: _Slot | None) -> None:
+            nonlocal running
+            try:
+                answers.append(
+                    await self._route(call, messages, overrides, model, avoid, chosen.append)
+                )
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                running -= 1
+                if answers or not running:
+                    done.set()
+
+        async with anyio.create_task_group() as tg:
+            running = 1
+            tg.start_soon(copy_of, None)
+            with anyio.move_on_after(self.hedge_after or 0):
+                await done.wait()
+            if not done.is_set():
+                call.hedged = True
+                running += 1
+                tg.start_soon(copy_of, chosen[0] if chosen else None)
+            await done.wait()
+            tg.cancel_scope.cancel()  # the loser, if any, is cancelled here
+        if answers:
+            answer = answers[0]
+            if call.hedged:
+                answer = attrs.evolve(answer, metadata={**answer.metadata, "hedged": True})
+            return answer
+        raise errors[0]
+
+    async def _route(
+        self,
+        call: _Call,
+        messages: Sequence[LLMMessage],
+        overrides: Mapping[str, Any] | None,
+        model: Any,
+        avoid: _Slot | None,
+        chose: Callable[[_Slot], None] | None = None,
+    ) -> LLMResponse:
+        """Send the call to the best deployment; on to a fallback while one is due."""
+        hedge = avoid is not None
+        while True:
+            slot = self._choose(call, model, avoid)
+            if chose is not None:
+                chose(slot)
+            if slot.open_until is not None:
+                slot.probing = True  # the one call that probes it back in
+                now = anyio.current_time()
+                if slot.open_until > now and not TESTING.instant:
+                    await anyio.sleep(slot.open_until - now)  # every deployment is out
+            if hedge:
+                slot.hedges += 1
+                hedge = False
+            try:
+                response = await self._send(slot, call, messages, overrides, model)
+            except Exception as exc:
+                error = self._failed(call, slot, exc, model)
+                if error is None:
+                    continue
+                raise error from None
+            if filtered(response) and self._reroute(call, slot, CONTENT_FILTER):
+                continue
+            return response
+
+    def _candidates(self, call: _Call) -> tuple[_Slot, ...]:
+        cause = call.cause
+        if cause is None or cause == CONTEXT_WINDOW:
+            tried = call.tried
+            fits = tuple(s for s in self._primary if _fits(s, call.need) and s.index not in tried)
+            if fits or (cause is None and not self._fallbacks.get(CONTEXT_WINDOW)):
+                return fits
+            return self._fallbacks.get(CONTEXT_WINDOW, ())
+        return self._fallbacks.get(cause, ())
+
+    def _choose(self, call: _Call, model: Any, avoid: _Slot | None) -> _Slot:
+        """The deployment for the call's next request (raises if none can take it)."""
+        candidates: Sequence[_Slot]
+        if call.cause is None and not call.tried and not self._sized and not self._refused:
+            candidates = self._primary  # the common case: every primary may take it
+            if len(candidates) == 1:
+                return candidates[0]
+        else:
+            need = call.need
+            candidates = [
+                s
+                for s in self._candidates(call)
+                if not s.disabled and s.index not in call.tried and _fits(s, need)
+            ]
+            if not candidates:
+                raise self._nowhere(call)
+            if call.cause is not None and call.cause != CONTEXT_WINDOW:
+                return candidates[0]  # a fallback chain is taken in its order
+        best = candidates[0]
+        best_key: tuple[bool, bool, float, float] = (True, True, math.inf, math.inf)
+        now = -math.inf  # read from the clock only if some deployment has to wait
+        failed = call.failed
+        for slot in candidates:
+            if slot.calm:
+                delay = 0.0
+            else:
+                if now == -math.inf:
+                    now = anyio.current_time()
+                if slot.open_until is not None and (slot.probing or slot.open_until > now):
+                    delay = math.inf if slot.probing else slot.open_until - now
+                else:
+                    # When it could start one more, and when the calls already queued
+                    # there would let it (its pacer books a call only once admitted).
+                    delay = slot.ready_at(now, call.need, model) - now
+                    rate = slot.rate(model)
+                    if rate:
+                        delay = max(delay, slot.in_flight / rate)
+            key = (slot is avoid, slot.index in failed, delay, slot.in_flight / slot.weight)
+            if key < best_key:
+                best, best_key = slot, key
+        if best_key[2] == math.inf:  # every one is out and probing: the soonest to reopen
+            best = min(candidates, key=lambda s: s.open_until or math.inf)
+        return best
+
+    def _nowhere(self, call: _Call) -> ProviderError:
+        if call.cause == CONTEXT_WINDOW or call.cause is None:
+            windows = [s.deployment.context_window for s in self._slots]
+            largest = max((w for w in windows if w is not None), default=None)
+            if largest is not None and all(w is not None for w in windows):
+                return BadRequestError(
+                    f"pool: the prompt needs about {call.need} tokens (prompt and "
+                    f"max_tokens), more than any deployment's context_window (the largest "
+                    f"is {largest}); shorten it, lower max_tokens, or add a deployment with "
+                    "a larger context_window",
+                    provider="pool",
+                )
+        return BadRequestError(
+            f"pool: no deployment can take this call (cause: {call.cause or 'none'}; "
+            "every candidate refused it or its key); add a deployment with "
+            f'"fallback_for": ["{call.cause}"] or fix the keys',
+            provider="pool",
+        )
+
+    async def _send(
+        self,
+        slot: _Slot,
+        call: _Call,
+        messages: Sequence[LLMMessage],
+        overrides: Mapping[str, Any] | None,
+        model: Any,
+    ) -> LLMResponse:
+        """One request to ``slot``, through its limiter and its governor."""
+        deployment = slot.deployment
+        if deployment.model is not None:
+            overrides = {**(overrides or {}), "model": deployment.model}
+        elif overrides is not None:
+            overrides = dict(overrides)
+        slot.in_flight += 1
+        slot.calls += 1
+        name = deployment.name
+        sends = call.sends
+        sends[name] = sends.get(name, 0) + 1
+        governor = slot.governor
+        if slot.limit is None and governor.idle():
+            # Nothing reported, nothing to pace by yet: straight out (the executor's fast
+            # path), the answer taught to the governor afterwards.
+            outcome: object = None
+            governor.unpaced += 1
+            try:
+                response = await deployment.provider.complete(messages, config_overrides=overrides)
+                outcome = response
+            except Exception as exc:
+                outcome = exc
+                raise
+            finally:
+                slot.in_flight -= 1
+                governor.unpaced -= 1
+                if outcome is None:
+                    slot.probing = False  # cancelled: another call may probe
+                elif isinstance(outcome, Exception):
+                    governor.learn(overrides, outcome, cooldown=self._cooldown(outcome))
+                elif getattr(outcome, "rate_limits", None) is not None:
+                    governor.learn(overrides, outcome)
+        else:
+            response = await self._governed(slot, call, messages, overrides)
+        return self._answered(slot, call, response)
+
+    async def _governed(
+        self,
+        slot: _Slot,
+        call: _Call,
+        messages: Sequence[LLMMessage],
+        overrides: Mapping[str, Any] | None,
+    ) -> LLMResponse:
+        """The request through the deployment's limiter, pacer and AIMD window."""
+        tokens = call.need
+        limit = slot.limit
+        governor = slot.governor
+        acquired = False
+        used: int | None = None
+        outcome: object = None
+        try:
+            if limit is not None:
+                await limit.acquire(tokens)
+                acquired = True
+            admitted = await governor.admit(overrides, tokens)
+            cooldown: float | None = None
+            try:
+                response = await slot.deployment.provider.complete(
+                    messages, config_overrides=overrides
+                )
+                outcome = response
+                used = response.total_tokens
+            except Exception as exc:
+                outcome = exc
+                cooldown = self._cooldown(exc)
+                raise
+            finally:
+                governor.release(admitted, outcome, cooldown=cooldown)
+        finally:
+            slot.in_flight -= 1
+            if outcome is None:
+                slot.probing = False  # cancelled: another call may probe
+            if acquired:
+                assert limit is not None
+                limit.settle(tokens, used)
+        return response
+
+    def _cooldown(self, exc: object) -> float | None:
+        """How long the deployment's pacer should start nothing after ``exc``."""
+        retry_after = getattr(exc, "retry_after", None)
+        if (
+            isinstance(exc, Exception)
+            and is_overload(exc)
+            and isinstance(retry_after, int | float)
+            and not TESTING.instant
+        ):
+            return min(float(retry_after), self.max_cooldown)
+        return None
+
+    def _answered(self, slot: _Slot, call: _Call, response: LLMResponse) -> LLMResponse:
+        """Count the answer, bring its deployment back in, stamp it with its name."""
+        usage = response.usage
+        if usage:
+            slot.prompt_tokens += usage.get("prompt_tokens", 0) or 0
+            slot.completion_tokens += usage.get("completion_tokens", 0) or 0
+        slot.succeeded += 1
+        slot.failures = 0
+        slot.cool_until = -math.inf
+        if slot.open_until is not None:  # probed back in
+            slot.open_until, slot.probing, slot.open_for = None, False, 0.0
+        slot.calm = slot.quiet()
+        metadata = dict(response.metadata)
+        metadata["deployment"] = slot.deployment.name
+        sends = call.sends
+        if len(sends) > 1 or call.hedged or sends[slot.deployment.name] > 1:
+            metadata["deployment_attempts"] = dict(sends)
+        if type(response) is not LLMResponse:
+            return attrs.evolve(response, metadata=metadata)
+        # What attrs.evolve does, without re-checking fields an LLMResponse already holds
+        # checked (its __init__ is most of the pool's cost per call otherwise).
+        stamped = _new_response(LLMResponse)
+        for name in _RESPONSE_FIELDS:
+            _set(stamped, name, getattr(response, name))
+        _set(stamped, "metadata", metadata)
+        return stamped
+
+    def _failed(self, call: _Call, slot: _Slot, exc: Exception, model: Any) -> Exception | None:
+        """Account for ``exc`` from ``slot``: None to send the call on now, else the
+        error to raise (a copy of a 429 whose ``retry_after`` says when the soonest
+        deployment can take it)."""
+        slot.failed += 1
+        slot.calm = False
+        now = anyio.current_time()
+        cause = cause_of(exc)
+        status = getattr(exc, "status_code", None)
+        transient = (
+            cause is None
+            and status not in (401, 403)
+            and not is_overload(exc)
+            and bool(getattr(exc, "retryable", False))
+        )
+        self._probed(slot, ok=not transient)
+        if cause is not None:
+            if cause == CONTEXT_WINDOW:
+                window = slot.deployment.context_window
+                call.need = max(call.need, (window or call.need) + 1)
+            if self._reroute(call, slot, cause):
+                return None
+            return exc
+        if status in (401, 403):
+            slot.disabled = True  # every call with its key would be refused too
+            self._refused = True
+            if any(not s.disabled for s in self._candidates(call)):
+                return None
+            return exc
+        if is_overload(exc):
+            slot.rate_limited += 1
+            retry_after = getattr(exc, "retry_after", None)
+            wait = float(retry_after) if isinstance(retry_after, int | float) else _DEFAULT_COOL
+            slot.cool_until = max(slot.cool_until, now + min(wait, self.max_cooldown))
+            soonest = min(
+                (
+                    s.ready_at(now, call.need, model)
+                    for s in self._candidates(call)
+                    if not s.disabled and s.index not in call.tried and s.open_until is None
+                ),
+                default=slot.cool_until,
+            )
+            return _with_retry_after(exc, max(0.0, soonest - now))
+        if transient:
+            call.failed = call.failed | {slot.index}
+            slot.failures += 1
+            if slot.failures >= self.trip_after and slot.open_until is None:
+                slot.open_for = self.reopen_after
+                slot.open_until = now + slot.open_for
+        return exc
+
+    def _probed(self, slot: _Slot, *, ok: bool) -> None:
+        """A probe of a deployment that was out has its answer."""
+        if slot.open_until is None or not slot.probing:
+            return
+        slot.probing = False
+        if ok:  # it answered (if only to say "later"): back in
+            slot.open_until, slot.open_for, slot.failures = None, 0.0, 0
+        else:
+            slot.open_for = min(slot.open_for * 2, self.max_cooldown)
+            slot.open_until = anyio.current_time() + slot.open_for
+
+    def _reroute(self, call: _Call, slot: _Slot, cause: str) -> bool:
+        """Whether a fallback can take the call ``slot`` refused for ``cause``."""
+        call.tried = call.tried | {slot.index}
+        call.cause = cause
+        if any(
+            not s.disabled and s.index not in call.tried and _fits(s, call.need)
+            for s in self._candidates(call)
+        ):
+            slot.fallbacks += 1
+            return True
+        return False
+
+
+def _fits(slot: _Slot, need: int) -> bool:
+    window = slot.deployment.context_window
+    return window is None or need <= window
+
+
+def _with_retry_after(exc: Exception, seconds: float) -> Exception:
+    """A copy of ``exc`` that asks for ``seconds`` of wait (the original is left as is)."""
+    changed = copy.copy(exc)
+    try:
+        changed.retry_after = seconds  # type: ignore[attr-defined]
+    except AttributeError:
+        return exc
+    return changed
