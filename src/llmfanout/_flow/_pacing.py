@@ -34,7 +34,7 @@ from collections.abc import Callable
 import anyio
 
 from .._base._advertised import RateLimitBudget, RateLimitInfo
-from ._ratelimit import _Bucket
+from ._admission import AdmissionQueue, Bucket
 
 __all__ = ["HeaderPacer"]
 
@@ -62,7 +62,7 @@ class _Kind:
     )
 
     def __init__(self) -> None:
-        self.bucket: _Bucket | None = None  # the sustained rate: limit per minute
+        self.bucket: Bucket | None = None  # the sustained rate: limit per minute
         self.limit: int | None = None
         self.ticket = 0  # the basis: the report answering call number ``ticket``
         self.available = 0.0  # its ``remaining`` less what started after ``ticket``
@@ -97,11 +97,9 @@ class _Kind:
             rate = limit / _WINDOW
             self.margin = rate * _MARGIN
             if self.bucket is None:
-                self.bucket = _Bucket(rate)
+                self.bucket = Bucket(rate)
             else:  # a changed limit: keep the level, within the new burst
-                self.bucket.take(now, 0)
-                self.bucket.rate, self.bucket.capacity = rate, max(rate, 1.0)
-                self.bucket.level = min(self.bucket.level, self.bucket.capacity)
+                self.bucket.resize(now, rate)
         remaining = budget.remaining
         if remaining is None:
             return
@@ -160,9 +158,7 @@ class HeaderPacer:
         self._probe_wanted = False  # after a cooldown, the next call goes alone
         self._probe: int | None = None  # the ticket of the probe in flight
         self._probe_until = -math.inf
-        self._waiting = 0
-        self._queue: anyio.Lock | None = None
-        self._changed: anyio.Event | None = None
+        self._queue = AdmissionQueue()
 
     def __repr__(self) -> str:
         return (
@@ -277,29 +273,7 @@ class HeaderPacer:
         Callers are admitted in arrival order. Cancellation while waiting takes nothing
         and lets the next caller on.
         """
-        if not self._waiting:
-            now = self._clock()
-            if self.ready_at(now, tokens) <= now:
-                return self.book(now, tokens)[1]
-        self._waiting += 1
-        try:
-            if self._queue is None:
-                self._queue = anyio.Lock()
-            async with self._queue:
-                while True:
-                    now = self._clock()
-                    when = self.ready_at(now, tokens)
-                    if when <= now:
-                        return self.book(now, tokens)[1]
-                    if self._changed is None:
-                        self._changed = anyio.Event()
-                    with anyio.move_on_after(when - now):
-                        await self._changed.wait()
-        finally:
-            self._waiting -= 1
-            if not self._waiting:
-                self._queue = None
-                self._changed = None
+        return (await self._queue.admit(self, tokens, self._clock))[1]
 
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until one call of ``tokens`` tokens may start; count it as started."""
@@ -326,6 +300,4 @@ class HeaderPacer:
         self._wake()
 
     def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        self._queue.wake()
