@@ -86,9 +86,7 @@ async def test_callers_are_admitted_first_come_and_leaving_books_nothing(
                     queue.wake()  # the core changed: the head must look again
                 await anyio.wait_all_tasks_blocked()
 
-                waiting = [
-                    n for n in range(len(costs)) if n not in admitted and n not in cancelled
-                ]
+                waiting = [n for n in range(len(costs)) if n not in admitted and n not in cancelled]
                 # FIFO: admitted callers are the first ones that did not leave.
                 assert admitted == sorted(admitted)
                 assert all(n < min(waiting, default=len(costs)) for n in admitted)
@@ -105,7 +103,6 @@ async def test_callers_are_admitted_first_come_and_leaving_books_nothing(
 async def test_a_caller_behind_the_head_is_granted_and_the_line_moves_on() -> None:
     queue = AdmissionQueue()
     outcomes: list[str] = []
-    head_ready = anyio.Event()
 
     async def behind(name: str) -> None:
         waiter = await queue.turn(1)
@@ -117,10 +114,9 @@ async def test_a_caller_behind_the_head_is_granted_and_the_line_moves_on() -> No
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             head = await queue.turn(1)
-            head_ready.set()
-            tg.start_soon(behind, "b")
-            tg.start_soon(behind, "c")
-            await anyio.wait_all_tasks_blocked()
+            for name in "bc":  # one at a time: trio runs new tasks in any order
+                tg.start_soon(behind, name)
+                await anyio.wait_all_tasks_blocked()
             queue.grant(next(w for w in queue if w is not head))  # b, in one round trip
             await anyio.wait_all_tasks_blocked()
             assert outcomes == ["b:granted"]

@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar
 
 import anyio
 
-__all__ = ["AdmissionQueue", "Bucket", "Core", "Waiter"]
+__all__ = ["AdmissionQueue", "Bucket", "Core", "WaitTooLong", "Waiter"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -60,6 +60,14 @@ class Bucket:
         self.take(now, 0)
         self.rate, self.capacity = per_second, max(per_second, 1.0)
         self.level = min(self.level, self.capacity)
+
+
+class WaitTooLong(Exception):
+    """The head of the line would wait longer than the caller allowed (``within``)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
 
 
 class Core(Protocol[T_co]):
@@ -101,10 +109,14 @@ class AdmissionQueue:
     def __iter__(self) -> Iterator[Waiter]:
         return iter(self._line)
 
-    async def admit(self, core: Core[T], cost: int, clock: Callable[[], float]) -> T:
+    async def admit(
+        self, core: Core[T], cost: int, clock: Callable[[], float], within: float = math.inf
+    ) -> T:
         """Wait in line until ``core`` allows a call of ``cost``; book it; its booking.
 
-        Cancellation while waiting books nothing and passes the turn on.
+        Cancellation while waiting books nothing and passes the turn on. At the head of
+        the line, a wait longer than ``within`` seconds is not taken: :class:`WaitTooLong`
+        is raised at once (and the turn passes on), books nothing.
         """
         if not self._line:  # nobody waits: no line unless we must wait
             now = clock()
@@ -117,6 +129,8 @@ class AdmissionQueue:
                 when = core.ready_at(now, cost)
                 if when <= now:
                     return core.book(now, cost)
+                if not when - now <= within:  # an infinite wait too
+                    raise WaitTooLong(when - now)
                 await self.nap(when - now)
         finally:
             self.leave(waiter)
