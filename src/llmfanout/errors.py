@@ -2,6 +2,8 @@
 
 Exception
  +-- TaskAborted                   a task stopped (or never started): the run hit max_errors
+ +-- PacingError                   the server's advertised limits would hold a call past   never
+ |                                 its patience
  +-- ProviderError                 a provider call failed; ``retryable`` says if retrying may help
       +-- APIConnectionError       refused, reset, or dropped mid-response              retried
       |    +-- APITimeoutError     connect, read, write, pool or total timeout          retried
@@ -32,6 +34,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "PacingError",
     "ProviderError",
     "RateLimitError",
     "ResponseFormatError",
@@ -42,6 +45,18 @@ __all__ = [
 
 class TaskAborted(Exception):
     """The task did not finish because the run stopped early (``max_errors`` was reached)."""
+
+    retryable = False
+
+
+class PacingError(Exception):
+    """Pacing by the rate limits a server advertises would hold a call past its patience.
+
+    Raised before the call is sent, at once rather than after the wait: the message
+    names the advertised budget (its headers and figures) that holds it. Never retried:
+    raise ``RetryConfig.patience``, or turn pacing off (``pacing=False``, ``--no-pacing``)
+    if the server's figures are wrong.
+    """
 
     retryable = False
 

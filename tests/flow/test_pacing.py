@@ -82,12 +82,13 @@ def test_a_day_long_budget_refills_at_its_own_rate() -> None:
     assert pacer.ready_at(0.0) == pytest.approx(432.0 * (1 + 200 / 60 * _MARGIN))
 
 
-def test_a_reset_with_no_limit_waits_for_the_reset() -> None:
+def test_a_remaining_with_no_limit_is_not_believed() -> None:
     pacer = HeaderPacer()
     _, ticket = pacer.book(0.0)
     info = RateLimitInfo(requests=RateLimitBudget(None, 0, 7.5))
     pacer.observe(info, ticket, now=0.0)
-    assert pacer.ready_at(0.0) == math.inf  # nothing says how fast it refills
+    # Nothing says how fast it refills: once this waited for ever (issue 23, 1).
+    assert pacer.ready_at(0.0) == 0.0
     # ...until a report that does.
     pacer.observe(budget(60, 2, 58.0), ticket, now=1.0)
     assert pacer.ready_at(1.0) == 1.0

@@ -24,10 +24,10 @@ from .._base._calls import call_maybe_async
 from .._base._types import AsyncLLMProvider, LLMMessage, LLMResponse
 from .._flow._governor import Governor, Pass
 from .._flow._limiter import Limiter
-from .._flow._patience import is_overload
+from .._flow._patience import Patience, is_overload
 from .._flow._ratelimit import estimate_tokens
 from ._outcome import Outcome
-from ._retry import TESTING, RetryConfig, retrying
+from ._retry import TESTING, RetryConfig, patience_for, retrying
 from ._tasks import DeterministicTask, LLMTask
 
 NO_RETRY = RetryConfig(max_attempts=1, patience=0)
@@ -69,19 +69,34 @@ def fresh(overrides: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None if overrides is None else dict(overrides)
 
 
-def shared_cooldown(exc: Exception, cap: float) -> float | None:
-    """How long every call should pause after ``exc``: an overload answer's Retry-After
-    (the server's word, within the patience the policy allows), else None."""
+def shared_cooldown(
+    exc: Exception, policy: RetryConfig | None, left: float | None = None
+) -> float | None:
+    """How long every call should pause after ``exc``: an overload answer's Retry-After,
+    if the caller itself will wait it out, else None.
+
+    With patience (``policy.patience`` > 0), a wait longer than the ``left`` seconds of
+    the caller's patience (all of it by default) is one the caller will not take: it
+    fails at once, and sharing the wait would only hold every later call for a time none
+    of them may wait either (a ``Retry-After: 99999999``). Later calls go on and judge
+    the server's answer by their own patience. Without patience the retry loop waits at
+    most ``max_delay``, and so does the shared pause.
+    """
     retry_after = getattr(exc, "retry_after", None)
-    if is_overload(exc) and isinstance(retry_after, int | float) and not TESTING.instant:
-        return min(float(retry_after), cap)
-    return None
-
-
-def cooldown_cap(policy: RetryConfig | None) -> float:
-    """The longest shared pause a policy allows: its patience, or at least ``max_delay``."""
+    if not (is_overload(exc) and isinstance(retry_after, int | float)) or TESTING.instant:
+        return None
     policy = policy or DEFAULT_RETRY
-    return max(policy.max_delay, policy.patience)
+    wait = float(retry_after)
+    if not policy.patience:
+        return min(wait, policy.max_delay)
+    return wait if wait <= (policy.patience if left is None else left) else None
+
+
+def pacing_patience(policy: RetryConfig, patience: Patience | None) -> float:
+    """The longest a call may wait for its pacer: its patience left (``max_delay`` without)."""
+    if not policy.patience:
+        return policy.max_delay
+    return policy.patience if patience is None else patience.left(anyio.current_time())
 
 
 async def llm_attempt(
@@ -91,8 +106,9 @@ async def llm_attempt(
     per_attempt: float | None,
     limit: Limiter | None,
     tokens: int,
-    max_cooldown: float,
+    policy: RetryConfig,
     governor: Governor | None = None,
+    patience: Patience | None = None,
 ) -> LLMResponse:
     """One LLM call: rate limit, pacing, time limit, the call, settling, the cooldown."""
     if limit is None and governor is None:
@@ -108,7 +124,8 @@ async def llm_attempt(
     cooldown: float | None = None
     try:
         if governor is not None:
-            admitted = await governor.admit(overrides, tokens)
+            within = pacing_patience(policy, patience)
+            admitted = await governor.admit(overrides, tokens, patience=within)
         if per_attempt is None:
             response = await provider.complete(messages, config_overrides=fresh(overrides))
         else:
@@ -119,7 +136,8 @@ async def llm_attempt(
         return response
     except Exception as exc:
         outcome = exc
-        cooldown = shared_cooldown(exc, max_cooldown)
+        left = None if patience is None else patience.left(anyio.current_time())
+        cooldown = shared_cooldown(exc, policy, left)
         if cooldown is not None and limit is not None:
             limit.cooldown(cooldown)
         raise
@@ -144,7 +162,7 @@ async def run_llm(
     """An LLM task's attempts under ``policy`` (``first_error``: attempt 1 ran and raised)."""
     governed = limit is not None or governor is not None
     tokens = estimate_tokens(task, overrides) if governed else 0
-    cooldown = cooldown_cap(policy)
+    patience = patience_for(policy) if governed else None
     call = partial(
         llm_attempt,
         provider,
@@ -153,13 +171,14 @@ async def run_llm(
         per_attempt,
         limit,
         tokens,
-        cooldown,
+        policy,
         governor,
+        patience,
     )
     # With a limiter, a call refused with Retry-After waits in its queue (in arrival
     # order, the cooldown shared) rather than on a timer of its own.
     queued = limit is not None or (governor is not None and governor.pacing)
-    return await retrying(policy, call, first_error=first_error, queued=queued)
+    return await retrying(policy, call, first_error=first_error, queued=queued, patience=patience)
 
 
 async def function_attempt(

@@ -30,7 +30,7 @@ from .._cache._front import Cache, CacheFront, check_cache, mark
 from .._flow._governor import Governor
 from .._flow._limiter import Limiter, check_limiter
 from ..errors import TaskAborted
-from ._attempt import NO_RETRY, cooldown_cap, fresh, run_function, run_llm, shared_cooldown
+from ._attempt import NO_RETRY, fresh, run_function, run_llm, shared_cooldown
 from ._cap import Cap, Lease, give_back, holding, lend, release_context, take
 from ._inputs import (
     AsyncItems,
@@ -688,7 +688,7 @@ class ParallelLLMExecutor:
                 except Exception as exc:
                     if governor is not None:
                         governor.unpaced -= 1
-                        cooldown = shared_cooldown(exc, cooldown_cap(retry))
+                        cooldown = shared_cooldown(exc, retry)
                         governor.learn(overrides, exc, cooldown=cooldown)
                     if retry is None or retry.trivial:
                         return _failed(tag, exc, start, 1)

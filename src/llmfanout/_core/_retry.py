@@ -184,12 +184,19 @@ async def _wait(delay: float) -> None:
     await anyio.sleep(0 if TESTING.instant else delay)
 
 
+def patience_for(config: RetryConfig) -> Patience:
+    """A call's patience under ``config``: its waits from ``initial_delay`` to ``max_delay``."""
+    floor = max(config.initial_delay, 0.01)  # never spin
+    return Patience(config.patience, initial=floor, cap=max(config.max_delay, floor))
+
+
 async def retrying(
     config: RetryConfig,
     call: Callable[[], Awaitable[Any]],
     *,
     first_error: Exception | None = None,
     queued: bool = False,
+    patience: Patience | None = None,
 ) -> Outcome:
     """Run ``call`` under ``config``: :class:`Ok` with the value or :class:`Failed`.
 
@@ -199,13 +206,15 @@ async def retrying(
     by a hook or by ``retry_on_result`` is user code failing too: it ends the attempts
     and is returned like the call's own.
 
+    ``patience``: the call's :class:`Patience`, when its attempts read it too (made here
+    at the first overload answer otherwise).
+
     ``queued``: each attempt waits in a limiter's queue, which a Retry-After pauses for
     every caller; an overload answer that says when to come back then goes straight back
     to that queue (in arrival order) rather than sleeping on a timer of its own.
     """
     n = 1
     error = first_error
-    patience: Patience | None = None
     waited = 0.0  # overload waits skipped in testing mode, counted against patience
     try:
         previous: float | None = None
@@ -233,9 +242,7 @@ async def retrying(
                 and is_retryable(config, error)
             ):
                 if patience is None:
-                    floor = max(config.initial_delay, 0.01)  # never spin
-                    cap = max(config.max_delay, floor)
-                    patience = Patience(config.patience, initial=floor, cap=cap)
+                    patience = patience_for(config)
                 nominal = patience.next_wait(error, anyio.current_time() + waited)
                 if nominal is not None:
                     if TESTING.instant:

@@ -16,6 +16,7 @@ keeps its fast path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -25,7 +26,7 @@ import anyio
 from .._base._perloop import PerLoop
 from ..errors import TaskAborted
 from ._adaptive import AIMD
-from ._pacing import HeaderPacer
+from ._pacing import HeaderPacer, trusted
 from ._patience import is_overload
 
 __all__ = ["Governor", "Pass"]
@@ -173,12 +174,20 @@ class Governor:
             self._engaged = True
 
     def _overloaded(self, exc: Exception) -> bool:
-        return self.adaptive and is_overload(exc) and getattr(exc, "rate_limits", None) is None
+        # An answer whose advertised limits the pacer goes by is paced; one with none (or
+        # none it believes) is what adaptive concurrency is for.
+        return self.adaptive and is_overload(exc) and not trusted(getattr(exc, "rate_limits", None))
 
     # -- a governed attempt -------------------------------------------------------------
 
-    async def admit(self, overrides: Mapping[str, Any] | None, tokens: int) -> Pass:
-        """Wait until the call may start: room under the figure, then its pacer's turn."""
+    async def admit(
+        self, overrides: Mapping[str, Any] | None, tokens: int, *, patience: float = math.inf
+    ) -> Pass:
+        """Wait until the call may start: room under the figure, then its pacer's turn.
+
+        A pacer's wait longer than ``patience`` seconds raises
+        :class:`~llmfanout.errors.PacingError` at once.
+        """
         model = overrides.get("model") if overrides else None
         pass_ = Pass(model, None, 0, self.aimd.cuts)
         pass_.tokens = tokens
@@ -195,7 +204,7 @@ class Governor:
                     pacer.probe()
             if pacer is not None:
                 pass_.pacer = pacer
-                pass_.ticket = await pacer.admit(tokens)
+                pass_.ticket = await pacer.admit(tokens, patience=patience)
                 if self.refused is not None:  # refused while this call waited its turn
                     pacer.observe(None, pass_.ticket)
                     raise TaskAborted(

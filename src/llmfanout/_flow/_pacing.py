@@ -27,6 +27,7 @@ is the thin async layer over it.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable
@@ -34,14 +35,26 @@ from collections.abc import Callable
 import anyio
 
 from .._base._advertised import RateLimitBudget, RateLimitInfo
-from ._ratelimit import _Bucket
+from ..errors import PacingError
+from ._admission import AdmissionQueue, Bucket, WaitTooLong
 
-__all__ = ["HeaderPacer"]
+__all__ = ["HeaderPacer", "distrusted", "trusted"]
+
+logger = logging.getLogger("llmfanout")
 
 _WINDOW = 60.0
 """Seconds the advertised ``limit`` is per: both APIs document per-minute limits."""
 _MARGIN = 0.1
 """Seconds' worth of the sustained rate the pacer leaves unspent (see ``_Kind.margin``)."""
+_MAX_RESET = 86_400.0
+"""Seconds: an advertised reset further off than a day (the longest window providers
+document: requests per day) is not believed; a reset of years (``87600h``, a 400-digit
+number, an Anthropic reset in 2999) is a broken server or proxy. A believed reset that
+still holds a call past its patience fails the call at once (:class:`PacingError`)."""
+_HEADERS = {
+    "requests": "x-ratelimit-*-requests / anthropic-ratelimit-requests-*",
+    "tokens": "x-ratelimit-*-tokens / anthropic-ratelimit-*tokens-*",
+}
 _PROBE_WAIT = 2.0
 """The longest the calls behind a probe wait for its answer before going anyway: an
 answer slower than that (a long generation) says nothing quick enough to wait for."""
@@ -62,7 +75,7 @@ class _Kind:
     )
 
     def __init__(self) -> None:
-        self.bucket: _Bucket | None = None  # the sustained rate: limit per minute
+        self.bucket: Bucket | None = None  # the sustained rate: limit per minute
         self.limit: int | None = None
         self.ticket = 0  # the basis: the report answering call number ``ticket``
         self.available = 0.0  # its ``remaining`` less what started after ``ticket``
@@ -97,11 +110,9 @@ class _Kind:
             rate = limit / _WINDOW
             self.margin = rate * _MARGIN
             if self.bucket is None:
-                self.bucket = _Bucket(rate)
+                self.bucket = Bucket(rate)
             else:  # a changed limit: keep the level, within the new burst
-                self.bucket.take(now, 0)
-                self.bucket.rate, self.bucket.capacity = rate, max(rate, 1.0)
-                self.bucket.level = min(self.bucket.level, self.bucket.capacity)
+                self.bucket.resize(now, rate)
         remaining = budget.remaining
         if remaining is None:
             return
@@ -129,6 +140,30 @@ class _Kind:
         self.refill = refill
         self.observed_at = now
         self.spent = 0.0
+
+
+def distrusted(budget: RateLimitBudget) -> str | None:
+    """Why an advertised ``budget`` cannot be paced by (None: it can).
+
+    A reset beyond :data:`_MAX_RESET` (or not finite), and a ``remaining`` with no
+    ``limit`` or a limit of 0 (nothing says how fast it refills), would hold calls for
+    ever or for days: such a report is ignored, and the overload answers the server sends
+    instead drive the adaptive concurrency (AIMD) as if it advertised nothing.
+    """
+    reset = budget.reset
+    if reset is not None and not reset <= _MAX_RESET:
+        return f"a reset {reset:.6g} s away (more than {_MAX_RESET:g} s is not believed)"
+    if budget.remaining is not None and not budget.limit:
+        return f"remaining={budget.remaining} with limit={budget.limit} (no refill rate)"
+    return None
+
+
+def trusted(info: RateLimitInfo | None) -> bool:
+    """Whether ``info`` holds a budget the pacer can go by."""
+    if info is None:
+        return False
+    budgets = (info.requests, info.token_budget)
+    return any(b is not None and distrusted(b) is None for b in budgets)
 
 
 class HeaderPacer:
@@ -160,9 +195,8 @@ class HeaderPacer:
         self._probe_wanted = False  # after a cooldown, the next call goes alone
         self._probe: int | None = None  # the ticket of the probe in flight
         self._probe_until = -math.inf
-        self._waiting = 0
-        self._queue: anyio.Lock | None = None
-        self._changed: anyio.Event | None = None
+        self._queue = AdmissionQueue()
+        self._distrusted: set[str] = set()  # budget kinds already logged as not believed
 
     def __repr__(self) -> str:
         return (
@@ -247,15 +281,30 @@ class HeaderPacer:
                     break
                 older += 1
                 older_tokens += tokens
-            if info.requests is not None:
+            requests, budget = info.requests, info.token_budget
+            if requests is not None and self._believe("requests", requests):
                 since = self.starts - ticket + older + uncounted
-                self._requests.observe(now, info.requests, ticket, since)
-            budget = info.token_budget
-            if budget is not None:
+                self._requests.observe(now, requests, ticket, since)
+            if budget is not None and self._believe("tokens", budget):
                 since_tokens = self._tokens_after(ticket) + older_tokens + uncounted_tokens
                 self._tokens.observe(now, budget, ticket, since_tokens)
             self._forget(min(self._requests.ticket, self._tokens.ticket))
         self._wake()
+
+    def _believe(self, kind: str, budget: RateLimitBudget) -> bool:
+        reason = distrusted(budget)
+        if reason is None:
+            return True
+        if kind not in self._distrusted:  # once per pacer and kind: not a log line per call
+            self._distrusted.add(kind)
+            logger.warning(
+                "pacing: ignoring the %s budget the server advertises (%s): %s; "
+                "falling back to adaptive concurrency for it",
+                kind,
+                _HEADERS[kind],
+                reason,
+            )
+        return False
 
     def _tokens_after(self, ticket: int) -> float:
         index = ticket - self._base
@@ -271,35 +320,38 @@ class HeaderPacer:
 
     # -- the Limiter protocol -----------------------------------------------------------
 
-    async def admit(self, tokens: int = 0) -> int:
+    async def admit(self, tokens: int = 0, *, patience: float = math.inf) -> int:
         """Wait until one call of ``tokens`` may start; count it as started; its ticket.
 
         Callers are admitted in arrival order. Cancellation while waiting takes nothing
-        and lets the next caller on.
+        and lets the next caller on. A call at the head of the line that the advertised
+        budgets (or a cooldown) would hold more than ``patience`` seconds does not wait:
+        :class:`~llmfanout.errors.PacingError` at once, naming the budget's headers.
         """
-        if not self._waiting:
-            now = self._clock()
-            if self.ready_at(now, tokens) <= now:
-                return self.book(now, tokens)[1]
-        self._waiting += 1
         try:
-            if self._queue is None:
-                self._queue = anyio.Lock()
-            async with self._queue:
-                while True:
-                    now = self._clock()
-                    when = self.ready_at(now, tokens)
-                    if when <= now:
-                        return self.book(now, tokens)[1]
-                    if self._changed is None:
-                        self._changed = anyio.Event()
-                    with anyio.move_on_after(when - now):
-                        await self._changed.wait()
-        finally:
-            self._waiting -= 1
-            if not self._waiting:
-                self._queue = None
-                self._changed = None
+            return (await self._queue.admit(self, tokens, self._clock, patience))[1]
+        except WaitTooLong as exc:
+            raise PacingError(self._explain(tokens, exc.seconds, patience)) from None
+
+    def _explain(self, tokens: int, wait: float, patience: float) -> str:
+        """What holds a call of ``tokens`` ``wait`` seconds: the cooldown, or which budget."""
+        now = self._clock()
+        held = f"this call would wait {wait:.6g} s to start, past its patience of {patience:g} s"
+        fix = (
+            "; raise RetryConfig.patience, or turn pacing off (pacing=False, --no-pacing) "
+            "if the server's figures are wrong"
+        )
+        if self._resume_at - now >= wait - 1e-6:
+            return f"pacing: a 429's Retry-After (a cooldown) says {held}{fix}"
+        binding = "requests"
+        if tokens > 0 and self._tokens.ready_at(now, tokens) > self._requests.ready_at(now, 1):
+            binding = "tokens"
+        kind = self._requests if binding == "requests" else self._tokens
+        return (
+            f"pacing: the {binding} budget the server advertises ({_HEADERS[binding]}: "
+            f"limit={kind.limit}, {kind.available:.6g} left at its last report, refilling "
+            f"{kind.refill:.6g}/s) says {held}{fix}"
+        )
 
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until one call of ``tokens`` tokens may start; count it as started."""
@@ -326,6 +378,4 @@ class HeaderPacer:
         self._wake()
 
     def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        self._queue.wake()

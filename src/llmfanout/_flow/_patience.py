@@ -78,6 +78,10 @@ class Patience:
         self.waits = 0
         self._rng = rng
 
+    def left(self, now: float) -> float:
+        """Seconds of patience left at ``now`` (all of it before the first overload answer)."""
+        return self.seconds if self.deadline is None else self.deadline - now
+
     def next_wait(self, exc: BaseException, now: float) -> float | None:
         """Seconds to wait after overload answer ``exc`` arriving at ``now``, or None."""
         if self.deadline is None:

@@ -22,32 +22,7 @@ from anyio.lowlevel import current_token
 
 from .._base._checks import positive
 from .._base._messages import LLMMessage, TextPart
-
-
-class _Bucket:
-    """A token bucket, refilled lazily: ``level`` as of time ``at``, never above capacity."""
-
-    __slots__ = ("at", "capacity", "level", "rate")
-
-    def __init__(self, per_second: float) -> None:
-        self.rate = per_second
-        self.capacity = max(per_second, 1.0)  # one second of burst, at least one unit
-        self.level = self.capacity
-        self.at = -math.inf
-
-    def ready_at(self, now: float, cost: float) -> float:
-        """The earliest time, not before ``now``, at which ``cost`` may be taken."""
-        base = max(now, self.at)
-        level = min(self.capacity, self.level + self.rate * (base - self.at))
-        need = min(cost, self.capacity)  # a cost over the burst waits for a full bucket
-        return base if level >= need else base + (need - level) / self.rate
-
-    def take(self, when: float, cost: float) -> None:
-        """Debit ``cost`` (a negative cost refunds) as of ``when``; the level may go negative."""
-        if when > self.at:
-            self.level = min(self.capacity, self.level + self.rate * (when - self.at))
-            self.at = when
-        self.level -= cost
+from ._admission import AdmissionQueue, Bucket
 
 
 class RateLimit:
@@ -87,13 +62,12 @@ class RateLimit:
             raise TypeError(f"RateLimit: clock is a {type(clock).__name__}; give a callable")
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
-        self._requests = _Bucket(requests_per_minute / 60) if requests_per_minute else None
-        self._tokens = _Bucket(tokens_per_minute / 60) if tokens_per_minute else None
+        self._requests = Bucket(requests_per_minute / 60) if requests_per_minute else None
+        self._tokens = Bucket(tokens_per_minute / 60) if tokens_per_minute else None
         self._resume_at = -math.inf
         self._last = -math.inf  # the latest start booked
         self._clock = clock or anyio.current_time
-        self._waiting = 0  # callers queued or sleeping in acquire()
-        self._queue: anyio.Lock | None = None  # exists only while someone waits
+        self._queue = AdmissionQueue()  # callers waiting in acquire(), first come first
         self._in_flight = 0  # admitted, not settled yet
         self._loop: weakref.ref[object] | None = None  # the event loop it belongs to
         self._offset = 0.0  # that loop's clock minus time.monotonic() (default clock only)
@@ -142,31 +116,8 @@ class RateLimit:
         native = current_token().native_token
         if self._loop is None or self._loop() is not native:
             self._move_to(native)
-        await self._admit(tokens)
+        await self._queue.admit(self, tokens, self._clock)
         self._in_flight += 1
-
-    async def _admit(self, tokens: int) -> None:
-        if not self._waiting:  # nobody queued: no lock unless we must wait
-            now = self._clock()
-            if self.ready_at(now, tokens) <= now:
-                self.book(now, tokens)
-                return
-        self._waiting += 1
-        try:
-            if self._queue is None:
-                self._queue = anyio.Lock()
-            async with self._queue:
-                while True:
-                    now = self._clock()
-                    when = self.ready_at(now, tokens)
-                    if when <= now:
-                        self.book(now, tokens)
-                        return
-                    await anyio.sleep(when - now)
-        finally:
-            self._waiting -= 1
-            if not self._waiting:  # made afresh by the next waiter, on whatever loop it runs
-                self._queue = None
 
     def settle(self, booked: int, used: int | None) -> None:
         """Correct a call's ``booked`` token estimate once it reports ``used`` tokens.
@@ -189,7 +140,7 @@ class RateLimit:
     def _move_to(self, native: object) -> None:
         """Belong to the running event loop from now on, if the one before is done with us."""
         before = None if self._loop is None else self._loop()
-        if before is not None and (self._in_flight or self._waiting):
+        if before is not None and (self._in_flight or self._queue):
             error = RuntimeError(
                 f"{self!r} is in use by another event loop (another thread running its own "
                 "anyio.run or asyncio.run); a RateLimit belongs to one event loop at a "

@@ -41,6 +41,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._base._perloop import PerLoop
+from ._admission import AdmissionQueue
 from ._ratelimit import RateLimit
 
 _MAX_NAP = 1.0  # seconds a waiting head sleeps at most before asking again
@@ -278,7 +279,7 @@ class RedisRateLimit:
         self._client: Any = None
         self._script: Any = None
         self._pending = _Pending()
-        self._queues: PerLoop[anyio.Lock] = PerLoop()
+        self._queues: PerLoop[AdmissionQueue] = PerLoop()
         self._threads: PerLoop[anyio.CapacityLimiter] = PerLoop()
         self._workers: int | None = None
         self._fallback: RateLimit | None = None
@@ -314,9 +315,10 @@ class RedisRateLimit:
         """
         queue = self._queues.get(None)
         if queue is None:
-            queue = anyio.Lock()
+            queue = AdmissionQueue()
             self._queues.set(queue)
-        async with queue:
+        waiter = await queue.turn(tokens)
+        try:
             while True:
                 fallback = self._fallback
                 if fallback is not None and time.monotonic() < self._probe_at:
@@ -331,7 +333,9 @@ class RedisRateLimit:
                     return
                 if wait is None:
                     break
-                await anyio.sleep(min(wait, _MAX_NAP))
+                await queue.nap(min(wait, _MAX_NAP))
+        finally:
+            queue.leave(waiter)
         try:
             await anyio.lowlevel.checkpoint_if_cancelled()
         except anyio.get_cancelled_exc_class():
