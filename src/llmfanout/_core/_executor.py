@@ -25,12 +25,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._base._checks import unwrap_group, whole_number
 from .._base._perloop import PerLoop
+from .._base._prices import Price, check_prices, price_for
 from .._base._types import AsyncLLMProvider, LLMMessage, a_kind
 from .._flow._governor import Governor
 from .._flow._limiter import Limiter, check_limiter
+from .._flow._spend import CappedProvider, SpendCap
 from ..errors import TaskAborted
 from ._attempt import NO_RETRY, cooldown_cap, fresh, run_function, run_llm, shared_cooldown
 from ._cap import Cap, Lease, give_back, holding, lend, release_context, take
+from ._checked import run_checked
 from ._inputs import (
     AsyncItems,
     InputFailure,
@@ -238,6 +241,12 @@ class ParallelLLMExecutor:
     the credentials, HTTP 401 or 403 (``stop_on_auth_error``: the tasks not yet started
     get :class:`~llmfanout.errors.TaskAborted`). Neither pacing nor adaptation costs
     anything until the server reports limits or overload.
+
+    ``prices`` (model -> :class:`~llmfanout.Price` or its mapping) prices tasks'
+    ``cost_budget``; ``max_cost_usd`` (needs ``prices``) caps what this executor spends:
+    no call starts once the cost spent plus the cost in flight (each call's prompt and
+    ``max_tokens`` at the table's price) would pass it, and the tasks not sent get
+    :class:`~llmfanout.errors.TaskAborted` (see :attr:`spent_usd`).
     """
 
     def __init__(
@@ -252,6 +261,8 @@ class ParallelLLMExecutor:
         pacing: bool = True,
         adaptive: bool = True,
         stop_on_auth_error: bool = True,
+        prices: Mapping[str, Price | Mapping[str, float]] | None = None,
+        max_cost_usd: float | None = None,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise TypeError(
@@ -285,6 +296,17 @@ class ParallelLLMExecutor:
             if not isinstance(flag, bool):
                 raise TypeError(f"ParallelLLMExecutor: {name} is {flag!r}; give True or False")
         self.stop_on_auth_error = stop_on_auth_error
+        self.prices = None if prices is None else check_prices(prices, "ParallelLLMExecutor")
+        self._spend: SpendCap | None = None
+        self._llm = provider  # what calls go to: the provider, or it under the spend cap
+        if max_cost_usd is not None:
+            if not self.prices:
+                raise ValueError(
+                    "ParallelLLMExecutor: max_cost_usd needs prices= (a price table) to "
+                    "count what calls cost"
+                )
+            self._spend = SpendCap(max_cost_usd, self.prices)
+            self._llm = CappedProvider(provider, self._spend)
         self._governor = (
             Governor(
                 provider,
@@ -318,6 +340,20 @@ class ParallelLLMExecutor:
         while the server answers overload (see ``adaptive``)."""
         governor = self._governor
         return self.max_concurrency if governor is None else governor.current
+
+    @property
+    def spent_usd(self) -> float | None:
+        """USD spent under ``max_cost_usd`` so far (None without a cap)."""
+        return None if self._spend is None else self._spend.spent
+
+    @property
+    def cost_cap_reached(self) -> bool:
+        """Whether ``max_cost_usd`` refused a call: nothing more will be sent."""
+        return self._spend is not None and self._spend.reached
+
+    def _cost(self, model: str, usage: Mapping[str, int] | None) -> float | None:
+        price = price_for(model, self.prices) if self.prices else None
+        return None if price is None or not usage else price.cost(usage)
 
     def __repr__(self) -> str:
         return (
@@ -564,6 +600,9 @@ class ParallelLLMExecutor:
     async def _one(self, run: _Run, index: int, item: Item, lease: Lease) -> None:
         """The per-task path: run it, hand the result on, maybe give the slot away."""
         tag, task = item
+        if self._spend is not None and self._spend.reached and not run.aborted:
+            # Start nothing more; the calls in flight finish (their cost is counted).
+            run.aborted, run.reason = True, self._spend.reason
         if run.guarded:
             result = await self._run_guarded(run, index, tag, task)
         elif run.aborted:
@@ -610,6 +649,22 @@ class ParallelLLMExecutor:
         ``threads``: this loop's thread limiter, if the caller has it at hand.
         """
         start = perf_counter()
+        if type(task) is LLMTask and task.structured is not None:
+            done = await run_checked(
+                self._llm,
+                tag,
+                task,
+                self._overrides(task),
+                task.retry or self.default_retry or NO_RETRY,
+                task.timeout or self.default_timeout,
+                self.rate_limit,
+                self._governor,
+                self._cost if self.prices else None,
+            )
+            ms = (perf_counter() - start) * 1000
+            ok = done.error is None
+            reasks = done.reasks
+            return TaskResult(tag, ok, done.value, done.error, ms, done.attempts, reasks=reasks)
         if type(task) is LLMTask:
             retry = task.retry or self.default_retry
             timeout = task.timeout or self.default_timeout
@@ -626,7 +681,7 @@ class ParallelLLMExecutor:
                 if governor is not None:
                     governor.unpaced += 1  # for the first answer that reports limits
                 try:
-                    response = await self.provider.complete(
+                    response = await self._llm.complete(
                         task.messages, config_overrides=fresh(overrides)
                     )
                 except Exception as exc:
@@ -637,7 +692,7 @@ class ParallelLLMExecutor:
                     if retry is None or retry.trivial:
                         return _failed(tag, exc, start, 1)
                     outcome = await run_llm(
-                        self.provider,
+                        self._llm,
                         task,
                         overrides,
                         retry,
@@ -658,7 +713,7 @@ class ParallelLLMExecutor:
                     return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
             else:
                 outcome = await run_llm(
-                    self.provider,
+                    self._llm,
                     task,
                     overrides,
                     retry or NO_RETRY,

@@ -1,0 +1,43 @@
+"""An LLM task with a schema: each turn sent as any call is, the loop in ``_structured``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .._base._types import AsyncLLMProvider, LLMMessage, LLMResponse
+from .._flow._governor import Governor
+from .._flow._limiter import Limiter
+from .._structured._loop import Cost, Done, run_structured
+from ._attempt import run_llm
+from ._outcome import Ok
+from ._retry import RetryConfig
+from ._tasks import LLMTask
+
+
+async def run_checked(
+    provider: AsyncLLMProvider,
+    tag: str,
+    task: LLMTask,
+    overrides: Mapping[str, Any] | None,
+    policy: RetryConfig,
+    per_attempt: float | None,
+    limit: Limiter | None,
+    governor: Governor | None,
+    cost: Cost | None,
+) -> Done:
+    """The task's turns: every one (re-asks too) limited, paced, timed and retried."""
+    assert task.structured is not None
+
+    async def ask(
+        messages: tuple[LLMMessage, ...], sent: Mapping[str, Any]
+    ) -> tuple[LLMResponse | None, Exception | None, int]:
+        turn = task if messages is task.messages else attrs.evolve(task, messages=messages)
+        outcome = await run_llm(provider, turn, sent, policy, per_attempt, limit, governor=governor)
+        if type(outcome) is Ok:
+            return outcome.value, None, outcome.attempts
+        return None, outcome.error, outcome.attempts  # type: ignore[union-attr]
+
+    return await run_structured(ask, task.structured, task.messages, overrides, tag=tag, cost=cost)
