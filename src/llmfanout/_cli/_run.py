@@ -54,6 +54,7 @@ from ._args import (
 )
 from ._example import EXAMPLE, EXAMPLE_FILE
 from ._screen import Screen
+from ._structured import add_structured_arguments, check_structured_options
 
 MAX_BAD_SHOWN = 50
 
@@ -202,6 +203,7 @@ def add_parser(commands: Any) -> None:
         help='a JSON price table, {"model": {"input": 2.5, "cached_input": 1.25, "output": 10}} '
         "in USD per million tokens, to print the run's cost in its summary",
     )
+    add_structured_arguments(run)
     # SUPPRESS: given after "run" it counts on its own; not given, the one before stays.
     run.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP
@@ -227,6 +229,7 @@ def _check_options(args: argparse.Namespace) -> None:
             args.price_table = load_prices(args.prices)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"--prices: {exc}") from None
+    check_structured_options(args)
     check_input(args.input)
     check_output(args.output, directory_ok=args.resume)
     if args.input != "-" and same_file(args.input, args.output):
@@ -308,6 +311,9 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         patience=args.patience,
         pacing=args.pacing,
         max_errors=args.max_errors,
+        schema=args.schema_object,
+        max_reasks=args.max_reasks,
+        max_cost_usd=args.max_cost,
     )
 
 
