@@ -6,12 +6,14 @@ import json
 import sys
 from typing import Any
 
+import jsonschema
 import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from llmfanout import LLMTask
+from llmfanout._structured._fastcheck import compile_check
 from llmfanout._structured._request import strict_schema
 from llmfanout._structured._schema import schema_for
 from llmfanout._structured._trim import trim_errors
@@ -149,3 +151,22 @@ def test_the_strict_copy_sent_accepts_every_complete_instance(
     assert strict
     checked = schema_for(schema=tight).check(json.dumps(instance))
     assert checked.errors == () and checked.value == instance
+
+
+@given(_schema_and_instances(2), _schema_and_instances(2))
+def test_the_quick_check_accepts_only_what_jsonschema_accepts(
+    pair: tuple[dict[str, Any], Any], other: tuple[dict[str, Any], Any]
+) -> None:
+    schema, valid = pair
+    quick = compile_check(schema)
+    assert quick is not None and quick(valid)
+    stranger = other[1]  # usually invalid for ``schema``
+    if quick(stranger):
+        assert jsonschema.Draft202012Validator(schema).is_valid(stranger)
+
+
+def test_unknown_keywords_leave_every_answer_to_jsonschema() -> None:
+    assert compile_check({"type": "string", "pattern": "^a"}) is None
+    assert compile_check({"enum": [[1]]}) is None
+    assert compile_check({"type": "integer"})(3.0)  # 3.0 is an integer to JSON Schema
+    assert not compile_check({"type": "integer"})(True)

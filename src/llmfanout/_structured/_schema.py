@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from ._fastcheck import compile_check
 from ._request import response_format
 from ._trim import trim_errors
 
@@ -141,19 +142,56 @@ def _from_dict(schema: Mapping[str, Any]) -> Schema:
     except jsonschema.SchemaError as exc:
         where = _path(exc.absolute_path)
         raise ValueError(f"is not a valid JSON Schema: {where}: {exc.message}") from None
-    validator = cls(own)
+    flat = _inlined(own)
+    validator = cls(flat)
+    quick = compile_check(flat)
 
     def check(text: str) -> Checked:
         try:
             instance = _loads(text)
         except ValueError as exc:
             return _not_json(exc)
+        if quick is not None and quick(instance):
+            return Checked(instance, ())
         found = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path)))
         if not found:
             return Checked(instance, ())
         return Checked(None, trim_errors([f"{_path(e.absolute_path)}: {e.message}" for e in found]))
 
     return Schema("jsonschema", _name(own.get("title"), "response"), own, check=check)
+
+
+_LOCAL_REFS = ("#/$defs/", "#/definitions/")
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its local ``$ref``s replaced by what they point at, when none is
+    recursive: jsonschema resolves a ``$ref`` through its registry on every use, which
+    costs more than the rest of a validation (pydantic's schemas are full of them)."""
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    if not defs:
+        return schema
+
+    def inline(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [inline(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith(_LOCAL_REFS):
+            name = ref.rsplit("/", 1)[1]
+            if name in seen or name not in defs:
+                raise RecursionError(name)
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            target = inline(defs[name], (*seen, name))
+            return {**target, **inline(rest, seen)} if rest else target
+        return {k: inline(v, seen) for k, v in node.items()}
+
+    try:
+        flat = inline({k: v for k, v in schema.items() if k not in ("$defs", "definitions")}, ())
+    except RecursionError:  # a recursive schema keeps its references
+        return schema
+    return flat  # type: ignore[no-any-return]
 
 
 # -- a callable ------------------------------------------------------------------------------
