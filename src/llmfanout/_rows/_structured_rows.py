@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
+
 from .._core._tasks import TaskResult
-from .._structured._schema import schema_for
+from .._structured._reask import answer_text
+from .._structured._schema import Schema, schema_for
 from ..errors import ValidationFailed
 
 
@@ -49,3 +52,35 @@ def structured_fields(
         if error.usage:
             row["usage"] = dict(error.usage)
     return row
+
+
+def with_request(params: Mapping[str, Any] | None, default: Schema | None) -> dict[str, Any] | None:
+    """A batch row's params asking natively for its schema (``response_format``): its own
+    ``response_schema``, else ``default``; None and unchanged without either."""
+    own = params.get("response_schema") if params else None
+    schema = schema_for(schema=own) if own is not None else default
+    if schema is None:
+        return dict(params) if params else None
+    kept = {k: v for k, v in (params or {}).items() if k != "response_schema"}
+    return {**kept, "response_format": schema.request}
+
+
+def checked_result(result: TaskResult, schema: Schema) -> TaskResult:
+    """A batch answer validated once (no re-asks: a batch cannot converse): ``parsed`` set,
+    or a failed result whose error is :class:`ValidationFailed` with the errors."""
+    if not result.success or result.value is None:
+        return result
+    response = result.value
+    raw, _ = answer_text(response, schema.name)
+    checked = schema.check(raw)
+    if not checked.errors:
+        value = attrs.evolve(response, content=raw, parsed=checked.value)
+        return attrs.evolve(result, value=value)
+    error = ValidationFailed(
+        f"the answer did not match the schema {schema.name!r}: {'; '.join(checked.errors[:3])}; "
+        "re-ask these rows in real time with llmfanout run --resume --retry-failed",
+        tag=result.tag,
+        attempts=((raw, checked.errors),),
+        usage=response.usage,
+    )
+    return attrs.evolve(result, success=False, value=None, error=error)
