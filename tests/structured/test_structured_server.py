@@ -12,10 +12,17 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import pydantic
 import pytest
 
-from llmfanout import AnthropicProvider, LLMTask, OpenAIProvider, ParallelLLMExecutor
+from llmfanout import (
+    AnthropicProvider,
+    LLMTask,
+    OpenAIProvider,
+    ParallelLLMExecutor,
+    TaskResult,
+)
 from llmfanout.errors import TaskAborted, ValidationFailed
 
 from support.fake_llm_server import FakeLLMServer, Fault, RecordedRequest, serve_fake_llm
@@ -252,11 +259,11 @@ async def test_anthropic_forced_tool_round_trip_with_a_reask() -> None:
 # -- the spend cap ---------------------------------------------------------------------------
 
 
-async def test_max_cost_stops_admitting_at_the_cap() -> None:
-    # Each call reserves $0.018 (8 prompt tokens guessed, max_tokens 10) and costs $0.002
-    # (the fake bills "p0" and "ok" a token each): with one in flight, calls start while
-    # the spend is at most 0.031 - 0.018, so exactly 7 go out.
-    prompts = [f"p{i}" for i in range(12)]
+async def capped_run(
+    count: int, concurrency: int, cap: float
+) -> tuple[list[str], dict[str, TaskResult], ParallelLLMExecutor, int]:
+    """``count`` one-word tasks under a spend cap: prompts, results, executor, requests."""
+    prompts = [f"p{i}" for i in range(count)]
     async with serve_fake_llm() as server:
         script(server, {p: [text("ok")] for p in prompts})
         params = {"max_tokens": 10}
@@ -264,15 +271,23 @@ async def test_max_cost_stops_admitting_at_the_cap() -> None:
             "m", base_url=server.openai_base_url, api_key=KEY, default_params=params
         ) as provider:
             executor = ParallelLLMExecutor(
-                provider, max_concurrency=1, prices=PRICES, max_cost_usd=0.031
+                provider, max_concurrency=concurrency, prices=PRICES, max_cost_usd=cap
             )
             tasks = {p: LLMTask([{"role": "user", "content": p}]) for p in prompts}
             results = await executor.execute(tasks)
+    return prompts, results, executor, len(server.requests)
+
+
+async def test_max_cost_stops_admitting_at_the_cap() -> None:
+    # Each call reserves $0.018 (8 prompt tokens guessed, max_tokens 10) and costs $0.002
+    # (the fake bills "p0" and "ok" a token each): with one in flight, calls start while
+    # the spend is at most 0.031 - 0.018, so exactly 7 go out.
+    prompts, results, executor, requests = await capped_run(12, 1, 0.031)
     sent = [r for r in results.values() if not isinstance(r.error, TaskAborted)]
     held = [r for r in results.values() if isinstance(r.error, TaskAborted)]
     assert [r.tag for r in sent] == prompts[:7]
     assert [r.tag for r in held] == prompts[7:]
-    assert len(server.requests) == 7 and all(r.success for r in sent)
+    assert requests == 7 and all(r.success for r in sent)
     assert all(r.attempts == 0 for r in held[1:])  # never started
     assert executor.cost_cap_reached
     assert all("max_cost_usd" in str(r.error) for r in held)
@@ -281,20 +296,9 @@ async def test_max_cost_stops_admitting_at_the_cap() -> None:
 
 
 async def test_max_cost_with_calls_in_flight_never_overspends() -> None:
-    prompts = [f"p{i}" for i in range(40)]
-    async with serve_fake_llm() as server:
-        script(server, {p: [text("ok")] for p in prompts})
-        params = {"max_tokens": 10}
-        async with OpenAIProvider(
-            "m", base_url=server.openai_base_url, api_key=KEY, default_params=params
-        ) as provider:
-            executor = ParallelLLMExecutor(
-                provider, max_concurrency=8, prices=PRICES, max_cost_usd=0.1
-            )
-            tasks = {p: LLMTask([{"role": "user", "content": p}]) for p in prompts}
-            results = await executor.execute(tasks)
+    _, results, executor, requests = await capped_run(40, 8, 0.1)
     sent = [r for r in results.values() if r.success]
-    assert len(server.requests) == len(sent) < 40
+    assert requests == len(sent) < 40
     billed = sum(r.value.usage["total_tokens"] for r in sent) * 0.001
     assert billed <= 0.1
     assert executor.spent_usd == pytest.approx(billed)
@@ -323,3 +327,32 @@ async def test_usage_and_cost_include_every_reask(
             result = (await executor.execute({"a": task("a")}))["a"]
     assert result.success and result.reasks == 1
     assert executor.spent_usd == pytest.approx(result.value.usage["total_tokens"] * 0.001)
+
+
+# -- cancellation ----------------------------------------------------------------------------
+
+
+async def test_cancelling_during_a_reask_stops_it_and_propagates() -> None:
+    gate_reached = anyio.Event()
+    never = anyio.Event()
+
+    def answer(request: RecordedRequest) -> Fault:
+        if len(request.json["messages"]) == 1:
+            return text({"name": "Ada"})  # invalid: a re-ask follows
+        gate_reached.set()
+        return Fault.ok(json.dumps(PERSON), gate=never)  # the re-ask hangs
+
+    async with serve_fake_llm() as server:
+        server.fault_for = answer
+        async with openai(server) as executor:
+            with anyio.move_on_after(30) as scope:
+                async with anyio.create_task_group() as tg:
+
+                    async def run() -> None:
+                        await executor.execute({"a": task("a")})
+
+                    tg.start_soon(run)
+                    await gate_reached.wait()
+                    tg.cancel_scope.cancel()
+            assert not scope.cancelled_caught  # cancelled by us, promptly, not the deadline
+    assert len(server.requests) == 2
