@@ -8,7 +8,7 @@ docs/architecture.md)::
     _rows | _batch  row jobs (JSONL in, rows out) | provider batch APIs
     _report         the run summary, cost, the progress bar
     _core | providers   the scheduler and attempts | providers and their transports
-    _flow           who may start a call and when: limits, pacing, AIMD, patience
+    _flow | _structured  who may start a call and when | schemas and re-asks
     errors          the exception hierarchy
     _base           the vocabulary: messages, responses, advertised limits, checks
 """

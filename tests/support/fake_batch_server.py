@@ -212,7 +212,7 @@ class FakeBatchServer:
                 error=None,
             )
         else:
-            answer = json.loads(_answer("openai", _synthetic(position, body), Fault.ok()))
+            answer = json.loads(_answer("openai", _synthetic(position, body), _scripted(body)))
             line.update(
                 response={"status_code": 200, "request_id": f"req_{position}", "body": answer},
                 error=None,
@@ -230,7 +230,9 @@ class FakeBatchServer:
                 error = json.loads(_error_body("anthropic", 400, "the prompt asked to fail", None))
                 result = {"type": "errored", "error": error}
             else:
-                message = json.loads(_answer("anthropic", _synthetic(position, body), Fault.ok()))
+                message = json.loads(
+                    _answer("anthropic", _synthetic(position, body), _scripted(body))
+                )
                 result = {"type": "succeeded", "message": message}
             out.append(json.dumps({"custom_id": custom_id, "result": result}).encode() + b"\n")
         return b"".join(out)
@@ -470,6 +472,19 @@ class FakeBatchServer:
 
 def _missing() -> tuple[int, bytes]:
     return 404, _error_body("openai", 404, "no such endpoint or object", None)
+
+
+def _scripted(body: dict[str, Any]) -> Fault:
+    """A prompt ``JSON {...}`` is answered with that JSON: as the input of the forced tool
+    when the request forces one (Anthropic's structured output), else as the text."""
+    prompt = str(body["messages"][-1]["content"])
+    if not prompt.startswith("JSON "):
+        return Fault.ok()
+    text = prompt.removeprefix("JSON ")
+    forced = body.get("tool_choice")
+    if isinstance(forced, dict) and forced.get("type") == "tool":
+        return Fault.tool_calls_answer((forced["name"], json.loads(text)))
+    return Fault.ok(text)
 
 
 def _synthetic(position: int, body: dict[str, Any]) -> RecordedRequest:

@@ -51,6 +51,8 @@ from .._rows._output_rows import (
     recover,
     result_row,
 )
+from .._rows._structured_rows import checked_result, structured_fields, with_request
+from .._structured._schema import Schema, schema_for
 from ..errors import ProviderError
 from ..providers._http import HTTPProvider
 from ._args import (
@@ -62,6 +64,7 @@ from ._args import (
     positive_float,
     positive_int,
 )
+from ._structured import load_schema
 
 MAX_BAD_SHOWN = 50
 PER_ROW = "per-row"  # the provider's model when every row names its own
@@ -86,6 +89,16 @@ def _prices(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a JSON price table as `llmfanout run --prices` takes (list prices, USD per "
         "million tokens), to print the cost of the rows written at the batch price (half)",
+    )
+
+
+def _schema(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--schema",
+        metavar="FILE.json",
+        help="a JSON Schema: submit asks for it natively (response_format, a forced tool); "
+        "wait validates each answer (give it to both), writing parsed, and failing rows "
+        "that do not match with their errors (re-ask them with run --resume --retry-failed)",
     )
 
 
@@ -162,6 +175,7 @@ def add_parser(commands: Any) -> None:
     )
     _polling(submit, positive_float)
     _prices(submit)
+    _schema(submit)
     _common(submit)
     for name, text in (
         ("wait", "poll until every batch ends, appending one row per input id to OUTPUT"),
@@ -173,6 +187,7 @@ def add_parser(commands: Any) -> None:
         if name == "wait":
             _polling(action, positive_float)
             _prices(action)
+            _schema(action)
         _common(action)
 
 
@@ -183,6 +198,8 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError("--backend trio needs trio: pip install 'llmfanout[trio]'")
         command = args.batch_command
         args.price_table = _price_table(args)  # a bad table stops us before any work
+        schema = load_schema(getattr(args, "schema", None))
+        args.schema_object = None if schema is None else schema_for(schema=schema)
         if command == "status":  # reads only: fine beside a running wait
             return _with_job(args)
         try:
@@ -269,7 +286,9 @@ def _check_rows(args: argparse.Namespace, source: IO[bytes], provider: HTTPProvi
             bad[number] = '"stream" is true; a batch returns whole answers: remove it'
             continue
         try:
-            api.body(messages, params)
+            api.body(messages, with_request(params, args.schema_object))
+        except (TypeError, ValueError) as exc:  # a row's own response_schema
+            bad[number] = f"params.response_schema: {exc}"
         except ProviderError as exc:
             bad[number] = str(exc)
     name = args.input
@@ -295,13 +314,13 @@ def _numbered(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
             yield number, raw
 
 
-def _tasks(source: IO[bytes]) -> Iterator[LLMTask]:
+def _tasks(source: IO[bytes], schema: Schema | None) -> Iterator[LLMTask]:
     for _, raw in _numbered(source):
         try:
             key, _, messages, params = parse_row(raw)
         except BadRow as exc:  # checked a moment ago: the file changed since
             raise UsageError(f"the input changed while it was read ({exc.reason})") from None
-        yield LLMTask(messages, params, tag=key)
+        yield LLMTask(messages, with_request(params, schema), tag=key)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -359,7 +378,9 @@ def _dry_run(args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes]
     size = args.max_bytes or api.max_bytes
     with tempfile.TemporaryDirectory() as folder:
         try:
-            parts = _planned(api, _tasks(source), "dry00run", folder, requests, size)
+            parts = _planned(
+                api, _tasks(source, args.schema_object), "dry00run", folder, requests, size
+            )
         except ValueError as exc:  # a row larger than a whole batch
             raise UsageError(str(exc)) from None
     print(
@@ -378,7 +399,7 @@ async def _do_submit(
     async with provider:
         return await submit_batch(
             provider,
-            _tasks(source),
+            _tasks(source, args.schema_object),
             state=path,
             max_requests=args.max_requests,
             max_bytes=args.max_bytes,
@@ -586,6 +607,7 @@ class _Waiter:
         self.tokens = [0, 0]  # prompt and completion tokens of the rows written
         table = getattr(args, "price_table", None)
         self.cost = None if table is None else CostTally(table)
+        self.schema: Schema | None = getattr(args, "schema_object", None)
 
     def on_progress(self, progress: BatchProgress) -> None:
         self.display.update(progress)
@@ -593,6 +615,8 @@ class _Waiter:
     def row(self, result: TaskResult, batch_id: str | None) -> bytes:
         row = result_row(result, json.loads(result.tag), self.job.model, self.scrub)
         row["batch_id"] = batch_id
+        if self.schema is not None:
+            row = structured_fields(row, result, self.scrub)
         return encode((row,))
 
     def scrub(self, text: str) -> str:
@@ -620,6 +644,8 @@ class _Waiter:
     def write(self, result: TaskResult, batch_id: str | None) -> None:
         if result.tag in self.keys:
             return
+        if self.schema is not None:
+            result = checked_result(result, self.schema)
         self.writer.write(self.row(result, batch_id))
         self.keys.add(result.tag)
         self.written += 1

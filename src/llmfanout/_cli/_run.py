@@ -56,6 +56,7 @@ from ._args import (
 )
 from ._example import EXAMPLE, EXAMPLE_FILE
 from ._screen import Screen
+from ._structured import add_structured_arguments, check_structured_options
 
 MAX_BAD_SHOWN = 50
 
@@ -232,6 +233,7 @@ def add_parser(commands: Any) -> None:
         "in USD per million tokens, to print the run's cost in its summary",
     )
     _observe.add_arguments(run)
+    add_structured_arguments(run)
     # SUPPRESS: given after "run" it counts on its own; not given, the one before stays.
     run.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP
@@ -274,6 +276,7 @@ def _check_options(args: argparse.Namespace) -> None:
             args.price_table = load_prices(args.prices)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"--prices: {exc}") from None
+    check_structured_options(args)
     check_input(args.input)
     check_output(args.output, directory_ok=args.resume)
     if args.input != "-" and same_file(args.input, args.output):
@@ -361,6 +364,9 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         capture_content=args.otel_capture_content,
         deployments=args.deployment_specs,
         hedge_after=args.hedge_after,
+        schema=args.schema_object,
+        max_reasks=args.max_reasks,
+        max_cost_usd=args.max_cost,
     )
 
 

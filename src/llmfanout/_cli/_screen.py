@@ -137,6 +137,9 @@ class Screen:
                 f"the server refused the API key: check {self.job.spec.key_variable} (and "
                 "what the key may access), then run"
             )
+        elif self.job.cost_cap_reached:
+            reason = f"the spend cap was reached (--max-cost {self.args.max_cost:g} USD)"
+            fix = "raise --max-cost if need be, then run"
         else:
             limit = self.args.max_errors
             reason = f'{limit} rows failed (--max-errors {limit}); see their "error"'

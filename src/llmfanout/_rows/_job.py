@@ -44,9 +44,11 @@ from .._flow._redislimit import redact
 from .._report._cost import Price, check_prices
 from .._report._stats import RunStats, pricer
 from .._report._summary import SummaryAccumulator
+from .._structured._spec import DEFAULT_MAX_REASKS
 from ..providers._echo import EchoProvider
 from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
 from ._output_rows import bad_row, result_row
+from ._structured_rows import check_job_schema, row_schema, structured_fields
 
 PROVIDERS = ("echo", "openai", "anthropic")
 BACKENDS = ("asyncio", "trio")
@@ -58,12 +60,16 @@ class JobError(ValueError):
     """A job that cannot start: a missing key, an unusable option. Nothing was sent."""
 
 
-def _whole(name: str, *, none: bool = False) -> Callable[[Any, Any, object], None]:
+def _whole(
+    name: str, *, none: bool = False, zero: bool = False
+) -> Callable[[Any, Any, object], None]:
+    least = 0 if zero else 1
+
     def check(instance: Any, attribute: Any, value: object) -> None:
         if value is None and none:
             return
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            wanted = "a whole number >= 1" + (", or None" if none else "")
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            wanted = f"a whole number >= {least}" + (", or None" if none else "")
             raise ValueError(f"JobSpec: {name} is {value!r}; give {wanted}")
 
     return check
@@ -174,6 +180,11 @@ class JobSpec:
       to as one :class:`~llmfanout.Pool` instead of ``provider``; each names its key's
       environment variable. With ``shared_limit``, each one's ``rpm``/``tpm`` budget is
       its own key in Redis. ``hedge_after``: the pool's (seconds; None: no hedging).
+    - ``schema``: a JSON Schema every answer must match (a row's ``params`` may carry its
+      own as ``response_schema``); output rows then carry ``parsed``, the validated
+      object. ``max_reasks``: follow-up turns for an answer that fails it (default 2).
+    - ``max_cost_usd``: stop sending once the spend (and the cost in flight) would pass
+      this many USD; needs ``prices``. Rows not sent come out with ``TaskAborted``.
 
     Raises ``ValueError`` naming the field for a value that cannot work.
     """
@@ -205,8 +216,15 @@ class JobSpec:
         default=None, converter=_deployments
     )
     hedge_after: float | None = attrs.field(default=None, validator=_seconds("hedge_after"))
+    schema: dict[str, Any] | None = attrs.field(default=None, validator=check_job_schema)
+    max_reasks: int = attrs.field(
+        default=DEFAULT_MAX_REASKS, validator=_whole("max_reasks", zero=True)
+    )
+    max_cost_usd: float | None = attrs.field(default=None, validator=_seconds("max_cost_usd"))
 
     def __attrs_post_init__(self) -> None:
+        if self.max_cost_usd is not None and not self.prices:
+            raise ValueError("JobSpec: max_cost_usd needs prices (a price table) to count cost")
         if self.echo_latency and self.provider != "echo":
             raise ValueError(
                 f"JobSpec: echo_latency applies to provider 'echo' only, not {self.provider!r}"
@@ -393,6 +411,7 @@ class Job:
         self._tagged = 0  # tasks handed to the executor
         self._started = False
         self._running: ParallelLLMExecutor | None = None
+        self._structured = spec.schema is not None  # rows carry "parsed"
 
     def executor(self) -> ParallelLLMExecutor:
         """A new executor for this job's spec: its cap, retries, timeout and limiter."""
@@ -416,6 +435,8 @@ class Job:
             cache=self.cache,
             telemetry=spec.telemetry,
             capture_content=spec.capture_content,
+            prices=spec.prices,
+            max_cost_usd=spec.max_cost_usd,
         )
         if executor._telemetry is not None and spec.prices:
             executor._telemetry.price = pricer(spec.prices)
@@ -428,6 +449,11 @@ class Job:
         executor = self._running
         return self.spec.concurrency if executor is None else executor.concurrency
 
+    @property
+    def cost_cap_reached(self) -> bool:
+        """Whether ``max_cost_usd`` stopped the run (rows not sent are left for resume)."""
+        return self._running is not None and self._running.cost_cap_reached
+
     # -- per row: keep this short ----------------------------------------------------------
 
     def _task(self, row: ParsedRow) -> LLMTask | None:
@@ -439,13 +465,26 @@ class Job:
                 Bad(self._position, row.key, 'no model; give "model" in params, or a JobSpec model')
             )
             return None
+        schema = row_schema(params, self.spec.schema)
+        if schema is None:
+            task = LLMTask(row.messages, params)
+        else:
+            own = {k: v for k, v in params.items() if k != "response_schema"} if params else None
+            try:
+                task = LLMTask(
+                    row.messages, own, response_schema=schema, max_reasks=self.spec.max_reasks
+                )
+            except (TypeError, ValueError) as exc:
+                self._bad.append(Bad(self._position, row.key, f"params.response_schema: {exc}"))
+                return None
+            self._structured = True
         # The executor tags untagged tasks by position: only rows in flight are remembered.
         tag = str(self._tagged)
         self._tagged += 1
         self._ids[tag] = row.id
         if model:
             self._models[tag] = model
-        return LLMTask(row.messages, params)
+        return task
 
     def _take(self, row: ParsedRow | Bad) -> LLMTask | None:
         """Count one input row: its task, or None for a bad row (kept to be handed out)."""
@@ -481,7 +520,7 @@ class Job:
             row["cached"] = result.success and result.value.metadata.get("cached") is True
         if self._pooled:  # which deployment answered
             row["deployment"] = getattr(result.value, "metadata", {}).get("deployment")
-        return row
+        return structured_fields(row, result, self.scrub) if self._structured else row
 
     def bad(self) -> dict[str, Any] | None:
         """The output row for the next bad input row not yet handed out, if any."""

@@ -10,6 +10,7 @@ from ..errors import BadRequestError, ProviderError
 from ._anthropic_format import (
     AnthropicStream,
     messages_to_wire,
+    response_format_to_wire,
     text_and_tool_calls,
     tool_choice_to_wire,
     tools_to_wire,
@@ -40,7 +41,10 @@ class AnthropicProvider(HTTPProvider):
     ``docs/messages-and-tools.md``), and a part it cannot express is refused with a
     ``BadRequestError`` before anything is sent; ``tools`` and ``tool_choice`` in OpenAI's
     format are rewritten in Anthropic's (its own format passes unchanged);
-    ``max_tokens`` (which the API requires) defaults to 1024. Per call,
+    ``max_tokens`` (which the API requires) defaults to 1024. OpenAI's
+    ``response_format`` is rewritten too: a ``json_schema`` one becomes a single tool
+    with that input schema, forced by ``tool_choice`` (its input is the object), a
+    ``json_object`` one a line of the system prompt. Per call,
     ``config_overrides`` are merged over ``default_params`` into the JSON body (a None
     value drops the key; ``stop`` is sent as ``stop_sequences``).
 
@@ -98,6 +102,10 @@ class AnthropicProvider(HTTPProvider):
             payload["tools"] = tools_to_wire(payload["tools"])
         if "tool_choice" in payload:
             payload["tool_choice"] = tool_choice_to_wire(payload["tool_choice"])
+        if "response_format" in payload:  # OpenAI's structured output: a forced tool
+            line = response_format_to_wire(payload)
+            if line is not None:
+                system = [*system, line]
         if system:
             given = payload.get("system")
             if isinstance(given, list):  # content blocks (prompt caching): add ours after

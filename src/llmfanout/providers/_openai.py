@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._base._types import LLMMessage, LLMResponse, to_messages
-from ..errors import ProviderError
+from ..errors import BadRequestError, ProviderError
 from ._http import HTTPProvider
-from ._openai_format import OpenAIStream, messages_to_wire, tool_calls_from, usage_from
+from ._openai_format import (
+    OpenAIStream,
+    json_object_request,
+    messages_to_wire,
+    refuses_json_schema,
+    tool_calls_from,
+    usage_from,
+    wants_json_schema,
+)
 from ._streaming import Accumulator
 from ._transports._pool import Response
 
@@ -52,6 +60,12 @@ class OpenAIProvider(HTTPProvider):
 
     Redirects are never followed (the key would go along).
 
+    Structured output: ``response_format`` goes into the body as given. When a call asks
+    for ``{"type": "json_schema", ...}`` and the server refuses it (a 400 or 422 naming
+    ``response_format`` or ``json_schema``, as many compatible servers answer), the call
+    is sent again at once as ``{"type": "json_object"}`` with the schema in a system
+    message, and every later call to that model on this provider goes that way directly.
+
     ``complete`` raises :class:`~llmfanout.errors.ProviderError` subclasses, retryable as
     the official SDK decides; it never retries on its own (give the executor a
     ``RetryConfig``). The key never appears in a repr, an error or a log line.
@@ -62,6 +76,31 @@ class OpenAIProvider(HTTPProvider):
     base_url_env = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
     endpoint = "/chat/completions"
+
+    _json_object_models: frozenset[str] = frozenset()
+    """Models whose server refused ``json_schema``: they get ``json_object`` instead."""
+
+    async def complete(
+        self,
+        messages: Sequence[LLMMessage],
+        config_overrides: Mapping[str, Any] | None = None,
+    ) -> LLMResponse:
+        if not wants_json_schema(config_overrides):
+            return await super().complete(messages, config_overrides)
+        assert config_overrides is not None
+        model = str(config_overrides.get("model") or self.model)
+        if model not in self._json_object_models:
+            try:
+                return await super().complete(messages, config_overrides)
+            except BadRequestError as exc:
+                if not refuses_json_schema(exc):
+                    raise
+                # A set replaced, never changed in place: calls on other loops read it.
+                self._json_object_models = self._json_object_models | {model}
+        fallback, params = json_object_request(
+            to_messages(messages, "OpenAIProvider"), config_overrides
+        )
+        return await super().complete(fallback, params)
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
