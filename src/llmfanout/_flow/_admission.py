@@ -135,13 +135,15 @@ class AdmissionQueue:
         finally:
             self.leave(waiter)
 
-    async def turn(self, cost: int) -> Waiter:
+    async def turn(self, cost: int, waiter: Waiter | None = None) -> Waiter:
         """Join the line and wait to be its head (or to be granted or failed by the head).
 
         The caller must :meth:`leave` once done, whatever happens (a ``finally``).
-        Cancelled while waiting, it has left already.
+        Cancelled while waiting, it has left already; a caller that passes its own
+        ``waiter`` can then still see whether the head had granted it meanwhile.
         """
-        waiter = Waiter(cost)
+        if waiter is None:
+            waiter = Waiter(cost)
         self._line.append(waiter)
         if self._line[0] is waiter:
             return waiter
@@ -167,13 +169,20 @@ class AdmissionQueue:
         if not line:  # made afresh by the next head, on whatever loop it runs
             self._changed = None
 
-    def grant(self, waiter: Waiter, error: Exception | None = None) -> None:
-        """The head admits (or, with ``error``, fails) ``waiter``, a caller behind it."""
-        self._line.remove(waiter)
+    def grant(self, waiter: Waiter, error: Exception | None = None) -> bool:
+        """The head admits (or, with ``error``, fails) ``waiter``, a caller behind it.
+
+        False if ``waiter`` has left the line already (cancelled): nothing is done.
+        """
+        try:
+            self._line.remove(waiter)
+        except ValueError:
+            return False
         waiter.granted = error is None
         waiter.error = error
         if waiter._turn is not None:
             waiter._turn.set()
+        return True
 
     async def nap(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if :meth:`wake` is called meanwhile."""
