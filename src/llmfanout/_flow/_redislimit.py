@@ -386,11 +386,12 @@ class RedisRateLimit:
             except Exception as exc:
                 if not _unreachable(exc):
                     raise
-                if self._workers is None:
+                workers = self._workers
+                if workers is None:
                     message = self._never_reached(exc)
                     self._fail_waiting(queue, head, message)
                     raise SharedLimitError(message) from None
-                await self._fall_back(exc).acquire(head.cost)
+                await self._fall_back(workers).acquire(head.cost)
                 return
             if count:
                 for waiter in batch[1:count]:
@@ -538,10 +539,10 @@ class RedisRateLimit:
         self._unreached = (time.monotonic() + _PROBE_EVERY, message)
         return message
 
-    def _fall_back(self, exc: Exception) -> RateLimit:
-        """Redis did not answer (but has before): go on alone with this worker's share."""
+    def _fall_back(self, workers: int) -> RateLimit:
+        """Redis did not answer (but has, counting ``workers``): go on alone with a share."""
         if self._fallback is None:
-            share = 1 / self._workers
+            share = 1 / workers
             rpm, tpm = self.requests_per_minute, self.tokens_per_minute
             self._fallback = RateLimit(rpm and rpm * share, tpm and tpm * share)
             with self._mutex:
