@@ -23,10 +23,11 @@ cancelled (measured cost in docs/benchmarks.md).
 
 Each call also records this worker in a sorted set of live workers (a heartbeat that
 lapses after :data:`_LIVE_FOR` seconds without a call) and returns how many there are.
-A slow Redis gets :data:`_FIRST_TIMEOUT` for its first answer; after that the timeout
-follows the round trips seen. When Redis cannot be reached, the worker falls back to a
-local :class:`RateLimit` with its share of the budget (the budget divided by the last
-count Redis gave) and tries Redis again every :data:`_PROBE_EVERY` seconds; a worker
+A slow Redis gets :data:`_TIMEOUT` to answer. When Redis cannot be reached, the worker
+falls back to a local :class:`RateLimit` with its share of the budget (the budget
+divided by the last count Redis gave) and tries Redis again every :data:`_PROBE_EVERY`
+seconds (or twice as long as the failed try took, so that tries do not hold up most of
+the time); a worker
 that has never reached Redis does not know its share and raises
 :class:`SharedLimitError` instead, to every caller waiting at once, and to new callers
 for :data:`_PROBE_EVERY` seconds without asking again.
@@ -56,8 +57,9 @@ _MAX_NAP = 1.0  # seconds a waiting head sleeps at most before asking again
 _LIVE_FOR = 30.0  # seconds a worker counts as live after its last call
 _PROBE_EVERY = 2.0  # seconds between tries to reach Redis again while falling back
 _PATIENCE = _MAX_NAP + 2.0  # seconds a waiting worker keeps its turn without asking
-_FIRST_TIMEOUT = 5.0  # seconds to connect and get the first answer (more later if slow)
-_TIMEOUT = 1.0  # seconds to get an answer after that, at least (see _answered)
+# Seconds to connect, or to get an answer, before Redis counts as unreachable: a slow
+# one (a round trip of a second or two, across a region) still counts as working.
+_TIMEOUT = 5.0
 _BATCH = 64  # callers in line whose costs one call to Redis carries at most
 _SCHEMES = ("redis", "rediss", "unix")
 
@@ -302,8 +304,7 @@ class RedisRateLimit:
         self._queues: PerLoop[AdmissionQueue] = PerLoop()
         self._threads: PerLoop[anyio.CapacityLimiter] = PerLoop()
         self._workers: int | None = None
-        self._timeout = _FIRST_TIMEOUT  # for the next connection and answer (see _answered)
-        self._slowest = 0.0  # the slowest round trip to Redis so far
+        self._loaded = False  # the script known to this worker's Redis (see _call)
         self._unreached: tuple[float, str] | None = None  # (until, message): fail at once
         self._fallback: RateLimit | None = None
         self._probe_at = 0.0
@@ -378,6 +379,7 @@ class RedisRateLimit:
                 await fallback.acquire(head.cost)
                 return
             batch = list(islice(queue, _BATCH))
+            asked = time.monotonic()
             try:
                 count, wait = await self._ask([waiter.cost for waiter in batch])
             except SharedLimitError as exc:
@@ -391,12 +393,11 @@ class RedisRateLimit:
                     message = self._never_reached(exc)
                     self._fail_waiting(queue, head, message)
                     raise SharedLimitError(message) from None
-                await self._fall_back(workers).acquire(head.cost)
+                await self._fall_back(workers, time.monotonic() - asked).acquire(head.cost)
                 return
             if count:
-                for waiter in batch[1:count]:
-                    if not queue.grant(waiter):  # cancelled while Redis admitted it
-                        self._refund(waiter.cost)
+                for gone in queue.grant_in_order(batch[1:count]):
+                    self._refund(gone.cost)  # cancelled while Redis admitted it
                 return
             await queue.nap(min(wait, _MAX_NAP))
 
@@ -491,43 +492,26 @@ class RedisRateLimit:
             if self._client is None:
                 import redis
                 from redis.backoff import NoBackoff
+                from redis.exceptions import ConnectionError as BrokenConnection
                 from redis.retry import Retry
 
-                # One quick retry on a broken connection (a restarted server); more, and
-                # an unreachable Redis would hold up every admission.
+                # One quick retry on a broken connection (a restarted server), none on a
+                # timeout: a Redis that does not answer would hold up every admission.
                 self._client = redis.Redis.from_url(
                     self._client_url,
-                    socket_timeout=self._timeout,
-                    socket_connect_timeout=self._timeout,
-                    retry=Retry(NoBackoff(), 1),
+                    socket_timeout=_TIMEOUT,
+                    socket_connect_timeout=_TIMEOUT,
+                    retry=Retry(NoBackoff(), 1, supported_errors=(BrokenConnection,)),
                 )
                 self._script = self._client.register_script(_SCRIPT)
-            script = self._script
-        started = time.monotonic()
-        reply = list(script(keys=self._keys, args=args))
-        self._answered(time.monotonic() - started)
+            client, script, loaded = self._client, self._script, self._loaded
+        if loaded:
+            return list(script(keys=self._keys, args=args))
+        # EVAL loads the script as it runs it: one round trip, where EVALSHA, NOSCRIPT,
+        # SCRIPT LOAD and EVALSHA again take three (1.8 s on a Redis 0.3 s away).
+        reply = list(client.eval(_SCRIPT, len(self._keys), *self._keys, *args))
+        self._loaded = True
         return reply
-
-    def _answered(self, took: float) -> None:
-        """Fit the timeout to how long Redis takes to answer (in the worker thread).
-
-        Until the first answer a slow Redis gets :data:`_FIRST_TIMEOUT`; after it, three
-        times the slowest round trip seen, at least :data:`_TIMEOUT`, so that a Redis
-        that stops answering is noticed soon. The first call also connects and loads the
-        script (two round trips at least), so it counts as two.
-        """
-        with self._mutex:
-            first = self._slowest == 0.0
-            slowest = self._slowest = max(self._slowest, took / 2 if first else took)
-            timeout = min(_FIRST_TIMEOUT, max(_TIMEOUT, 3 * slowest))
-            if timeout == self._timeout:
-                return
-            self._timeout = timeout
-            pool = self._client.connection_pool
-            pool.connection_kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout)
-        # Idle connections only (ours is back in the pool): they reconnect with the new
-        # timeout; one in use by another event loop's thread keeps the old one.
-        pool.disconnect(inuse_connections=False)
 
     def _never_reached(self, exc: Exception) -> str:
         """What to tell callers when Redis has never answered; said at once for a while."""
@@ -539,8 +523,9 @@ class RedisRateLimit:
         self._unreached = (time.monotonic() + _PROBE_EVERY, message)
         return message
 
-    def _fall_back(self, workers: int) -> RateLimit:
-        """Redis did not answer (but has, counting ``workers``): go on alone with a share."""
+    def _fall_back(self, workers: int, took: float) -> RateLimit:
+        """Redis did not answer within ``took`` seconds (but has before, counting
+        ``workers``): go on alone with this worker's share."""
         if self._fallback is None:
             share = 1 / workers
             rpm, tpm = self.requests_per_minute, self.tokens_per_minute
@@ -549,7 +534,7 @@ class RedisRateLimit:
                 resume_at = self._pending.resume_at
             if resume_at > time.monotonic():
                 self._fallback.cooldown(resume_at - time.monotonic())
-        self._probe_at = time.monotonic() + _PROBE_EVERY
+        self._probe_at = time.monotonic() + max(_PROBE_EVERY, 2 * took)
         return self._fallback
 
 
