@@ -531,23 +531,33 @@ async def test_an_executor_paces_its_calls_through_redis(
 
 
 def test_four_processes_on_two_backends_share_one_budget_fairly(server: RedisServer) -> None:
-    """The short form of benchmarks/bench_shared_limit.py (20 s there, 4 s here).
+    """The short form of benchmarks/bench_shared_limit.py (20 s there, 6 s here).
 
     Never more than the limit allows; most of it used; nobody starved. The benchmark
     holds the tighter targets (2% in total, 25% each) over 20 s.
+
+    The bound on each share is statistical, not a fixed 0.6..1.4 (which a loaded machine
+    broke once, at 1.41 over 4 s): if each of the N admissions went to one of the 4
+    processes at random, a process's share of an equal one would have a standard
+    deviation of sqrt(3 / N) (0.15 at N = 140). Turn-taking should do better than
+    chance; a machine so loaded that one process misses its turns does worse, but
+    rarely by 4 deviations (under chance, 4 x 6e-5 of runs). A limiter that lets the
+    quickest process win, or starves one, is off by far more (a share of 0 is 6.8
+    deviations away at N = 140), so the test still fails on what it is for.
     """
     script = ROOT / "benchmarks" / "bench_shared_limit.py"
     command = [sys.executable, str(script), "--url", server.url, "--json"]
-    command += ["--rpm", "1200", "--seconds", "4", "--callers", "8"]
+    command += ["--rpm", "1200", "--seconds", "6", "--callers", "8"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    allowed = result["allowed"]  # 20 of burst + 20 a second x 4 s = 100
+    allowed = result["allowed"]  # 20 of burst + 20 a second x 6 s = 140
     assert result["admitted"] <= allowed + 1, result
     assert result["admitted"] >= 0.85 * allowed, result
     equal = result["admitted"] / 4
     shares = [round(got / equal, 2) for got in result["per_process"]]
-    assert all(0.6 <= share <= 1.4 for share in shares), shares
+    spread = 4 * math.sqrt(3 / result["admitted"])
+    assert all(abs(share - 1) <= spread for share in shares), (shares, spread)
     assert sorted(result["backends"]) == ["asyncio", "asyncio", "trio", "trio"]
 
 
