@@ -14,7 +14,7 @@ from llmfanout.providers._anthropic_format import AnthropicStream
 from llmfanout.providers._openai_format import OpenAIStream
 from llmfanout.providers._sse import Event, SSEDecoder
 from llmfanout.providers._streaming import StreamEventError, StreamFormatError
-from llmfanout.providers._transports._pool import Response
+from llmfanout.providers._transports._base import Response
 
 from support.fake_llm_server import Fault, RecordedRequest, _answer, _stream_events
 

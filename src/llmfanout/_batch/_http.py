@@ -8,16 +8,24 @@ and key redaction. Nothing here touches a socket or a header holding the key.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 
 from ..errors import BadRequestError
 from ..providers._http import HTTPProvider
-from ..providers._transports._pool import Origin
+from ..providers._transports._origin import Origin
 
 MAX_DOWNLOAD_BYTES = 1 << 40
 """A results file is read line by line, never held whole: no cap short of absurd."""
+
+
+class Body(TypedDict, total=False):
+    """A request's body, as :meth:`HTTPProvider.request` takes it."""
+
+    json: Any
+    content: bytes
+    content_type: str
 
 
 class BatchHTTP:
@@ -50,21 +58,10 @@ class BatchHTTP:
             )
         return path
 
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        content: bytes | None = None,
-        content_type: str | None = None,
-    ) -> Any:
+    async def call(self, method: str, path: str, **body: Unpack[Body]) -> Any:
         """Send one request; the parsed JSON of a 2xx answer, else a ``ProviderError``."""
         provider = self.provider
-        response = await provider.request(
-            method, self.url(path), json=json_body, content=content, content_type=content_type
-        )
-        return provider._json(response)
+        return provider._json(await provider.request(method, self.url(path), **body))
 
     async def lines(self, path: str) -> AsyncGenerator[bytes, None]:
         """The non-blank lines of a JSONL download, as they arrive (nothing held whole)."""

@@ -33,7 +33,7 @@ from ..errors import (
     ServerError,
 )
 from ._secrets import Redactor
-from ._transports._pool import (
+from ._transports._base import (
     ConnectFailed,
     Phase,
     Refused,
@@ -244,32 +244,30 @@ def format_error(
 # -- no usable response ------------------------------------------------------------------
 
 
+_TIMED_OUT = {
+    Phase.CONNECT: "could not connect to {url} within {s}",
+    Phase.POOL: (
+        "no free connection within {s}; set max_connections to at least the executor's "
+        "max_concurrency"
+    ),
+    Phase.WRITE: "could not send the request within {s}",
+    Phase.TOTAL: (
+        "no complete response within {s} (total_timeout, from connecting to the last byte); "
+        "raise total_timeout if answers take longer"
+    ),
+    Phase.READ: (
+        "the server sent nothing for {s} (read timeout); raise timeout= if answers take longer"
+    ),
+}
+
+
 def transport_error(
     provider: str, failure: TransportError, url: str, timeouts: Timeouts, redactor: Redactor
 ) -> ProviderError:
     """The error for a request that got no usable response (timeout, refused, dropped)."""
     detail = redactor.text(failure.detail)
     if isinstance(failure, Timeout):
-        phase = failure.phase
-        if phase is Phase.CONNECT:
-            what = f"could not connect to {url} within {failure.seconds:g}s"
-        elif phase is Phase.POOL:
-            what = (
-                f"no free connection within {failure.seconds:g}s; set max_connections to at "
-                "least the executor's max_concurrency"
-            )
-        elif phase is Phase.WRITE:
-            what = f"could not send the request within {failure.seconds:g}s"
-        elif phase is Phase.TOTAL:
-            what = (
-                f"no complete response within {failure.seconds:g}s (total_timeout, from "
-                "connecting to the last byte); raise total_timeout if answers take longer"
-            )
-        else:
-            what = (
-                f"the server sent nothing for {failure.seconds:g}s (read timeout); raise "
-                "timeout= if answers take longer"
-            )
+        what = _TIMED_OUT[failure.phase].format(url=url, s=f"{failure.seconds:g}s")
         return APITimeoutError(f"{provider}: {what}", provider=provider, error_message=detail)
     if isinstance(failure, TooLarge):
         return ResponseFormatError(

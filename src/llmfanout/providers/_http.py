@@ -31,7 +31,7 @@ import httpx
 
 from .._base._advertised import parse_rate_limit_headers
 from .._base._perloop import PerLoop
-from .._base._types import LLMMessage, LLMResponse
+from .._base._types import LLMMessage, LLMResponse, ToolCall
 from ..errors import APIConnectionError, BadRequestError, ProviderError, ResponseFormatError
 from ._config import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -64,18 +64,16 @@ from ._streaming import (
     StreamEventError,
     StreamFormatError,
 )
-from ._transports._httpx import HTTPXTransport
-from ._transports._pool import (
-    Origin,
-    Pool,
+from ._transports._base import (
+    BodyStream,
+    Request,
     Response,
-    StreamResponse,
     Timeouts,
     Transport,
     TransportError,
-    proxy_for,
-    ssl_context,
 )
+from ._transports._choose import new_transport
+from ._transports._origin import Origin
 
 logger = logging.getLogger("llmfanout")
 
@@ -193,6 +191,32 @@ class HTTPProvider:
         """
         raise NotImplementedError
 
+    def _answer(
+        self,
+        body: dict[str, Any],
+        response: Response,
+        model: Any,
+        content: str,
+        finish_reason: Any,
+        usage: dict[str, int] | None,
+        tool_calls: tuple[ToolCall, ...],
+    ) -> LLMResponse:
+        """The ``LLMResponse`` for a body a subclass has read: the model the body names
+        (else the one asked for), the raw body and the server's request id in metadata."""
+        reported = body.get("model")
+        metadata: dict[str, Any] = {"raw": body}
+        rid = self._request_id(response)
+        if rid:
+            metadata["request_id"] = rid
+        return LLMResponse(
+            content,
+            model=reported if isinstance(reported, str) else str(model),
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            usage=usage,
+            metadata=metadata,
+            tool_calls=tool_calls,
+        )
+
     def _accumulator(self) -> Accumulator:
         """A fresh folder of this API's stream events into a whole answer's body."""
         raise NotImplementedError
@@ -233,26 +257,13 @@ class HTTPProvider:
             await transport.aclose()
 
     def _new_transport(self) -> Transport:
-        if self._given_client is not None:
-            return HTTPXTransport(self._given_client, self._origin.url, self._headers, owned=False)
-        context = ssl_context(self.verify) if self._origin.tls else None
-        proxy = proxy_for(httpx.URL(self.base_url))
-        if proxy is not None:
-            # httpx speaks HTTP and SOCKS proxies and reads NO_PROXY as it always has.
-            client = httpx.AsyncClient(
-                timeout=self.timeout,
-                limits=httpx.Limits(
-                    max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_connections,
-                ),
-                # Never follow redirects: a key header such as x-api-key would go along.
-                follow_redirects=False,
-                verify=context or True,
-                trust_env=True,
-            )
-            return HTTPXTransport(client, self._origin.url, self._headers, owned=True)
-        return Pool(
-            self._origin, self._headers, context=context, max_connections=self.max_connections
+        return new_transport(
+            httpx.URL(self.base_url),
+            self._headers,
+            verify=self.verify,
+            timeout=self.timeout,
+            max_connections=self.max_connections,
+            client=self._given_client,
         )
 
     def _transport(self) -> Transport:
@@ -413,6 +424,8 @@ class HTTPProvider:
         target, content, extra = self._request_parts(path, json, content, content_type, headers)
         return await self._send(method.upper(), target, content, extra, max_response_bytes)
 
+    # The same parameters as request(), written out again on purpose (duplicates lists the
+    # pair): each public signature reads whole in help() and in an editor's hints.
     @asynccontextmanager
     async def stream(
         self,
@@ -424,7 +437,7 @@ class HTTPProvider:
         content_type: str | None = None,
         headers: Mapping[str, str] | None = None,
         max_response_bytes: int | None = None,
-    ) -> AsyncIterator[StreamResponse]:
+    ) -> AsyncIterator[_ProviderStream]:
         """Send a request as :meth:`request` does; yield a 2xx response to read in chunks.
 
         ``async with provider.stream("POST", "/chat/completions", json=body) as r:`` then
@@ -439,9 +452,8 @@ class HTTPProvider:
         limit = max_response_bytes or self.max_response_bytes
         error: ProviderError | None = None
         try:
-            async with transport.stream(
-                method.upper(), target, content, extra, self._timeouts, limit
-            ) as raw:
+            request = Request(method.upper(), target, content, extra, self._timeouts, limit)
+            async with transport.stream(request) as raw:
                 if 200 <= raw.status < 300:
                     yield _ProviderStream(self, raw)
                     return
@@ -501,12 +513,14 @@ class HTTPProvider:
         error: ProviderError
         try:
             response = await transport.send(
-                method,
-                target,
-                content,
-                headers,
-                self._timeouts,
-                max_bytes or self.max_response_bytes,
+                Request(
+                    method,
+                    target,
+                    content,
+                    headers,
+                    self._timeouts,
+                    max_bytes or self.max_response_bytes,
+                )
             )
         except TransportError as exc:
             error = self._transport_error(exc)
@@ -567,7 +581,7 @@ class HTTPProvider:
 class _ProviderStream:
     """A 2xx response read chunk by chunk, its failures raised as ``ProviderError``."""
 
-    def __init__(self, provider: HTTPProvider, raw: StreamResponse) -> None:
+    def __init__(self, provider: HTTPProvider, raw: BodyStream) -> None:
         self._provider = provider
         self._raw = raw
         self.status = raw.status
