@@ -35,6 +35,7 @@ from ..errors import (
 from ._secrets import Redactor
 from ._transports._base import (
     ConnectFailed,
+    HeadersTooLarge,
     Phase,
     Refused,
     Response,
@@ -42,6 +43,7 @@ from ._transports._base import (
     Timeouts,
     TooLarge,
     TransportError,
+    Unusable,
 )
 
 BODY_KEEP = 2000  # characters of a response body kept on an error, for debugging
@@ -274,6 +276,20 @@ def transport_error(
             f"{provider}: the response from {url} is larger than max_response_bytes="
             f"{failure.limit}; raise max_response_bytes if the answer is meant to be this big",
             provider=provider,
+            error_message=detail,
+        )
+    if isinstance(failure, HeadersTooLarge):
+        return ResponseFormatError(
+            f"{provider}: the response from {url} is not usable ({detail}); check that "
+            "base_url points at the API",
+            provider=provider,
+            error_message=detail,
+        )
+    if isinstance(failure, Unusable):
+        return ProviderError(
+            f"{provider}: the response from {url} is not usable ({detail})",
+            provider=provider,
+            retryable=False,
             error_message=detail,
         )
     if isinstance(failure, Refused):

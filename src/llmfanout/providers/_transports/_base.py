@@ -161,6 +161,10 @@ class Unusable(TransportError):
     we never asked for (``101 Switching Protocols``)."""
 
 
+class HeadersTooLarge(Unusable):
+    """The response's header block passed its caps (:mod:`._h1`): too many, or too long."""
+
+
 class Timeout(TransportError):
     """A phase (or the whole attempt) ran out of time."""
 

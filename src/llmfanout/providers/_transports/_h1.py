@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import httptools
 
-from ._base import Inflow, TransportError
+from ._base import HeadersTooLarge, Inflow, TransportError
+
+MAX_HEADERS = 100  # as h11 and aiohttp bound a response's header block
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class _Beyond(Exception):
+    """Raised in a callback to stop the parser at the end of our response."""
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
@@ -28,6 +35,7 @@ class Exchange:
         "chunks",
         "complete",
         "error",
+        "head_bytes",
         "headers",
         "headers_done",
         "inflow",
@@ -35,6 +43,7 @@ class Exchange:
         "length_known",
         "max_bytes",
         "messages",
+        "n_headers",
         "parser",
         "reason",
         "status",
@@ -52,16 +61,24 @@ class Exchange:
         self.error: TransportError | None = None
         self.length_known = False
         self.messages = 0
+        self.n_headers = 0  # across informational answers too: endless 103s are capped
+        self.head_bytes = 0  # bytes read before the headers were in (see Pool._feed)
         self.keep_alive = False
         self.parser: httptools.HttpResponseParser | None = None
 
     def on_message_begin(self) -> None:
+        if self.complete:  # bytes past the end of our response: nothing of ours
+            raise _Beyond
         self.messages += 1
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.n_headers += 1
+        if self.n_headers > MAX_HEADERS:
+            self.error = HeadersTooLarge(f"it has more than {MAX_HEADERS} headers")
+            raise _Beyond
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self.headers

@@ -27,6 +27,7 @@ from ._base import (
     Timeout,
     Timeouts,
     TransportError,
+    Unusable,
 )
 
 
@@ -41,6 +42,10 @@ def _httpx_failure(exc: httpx.HTTPError, timeouts: Timeouts) -> TransportError:
         return Timeout(phase, timeouts.of(phase))
     if isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol):
         return Refused(detail)
+    if isinstance(exc, httpx.RemoteProtocolError) and "_SWITCH_UPGRADE" in detail:
+        return Unusable(
+            "the server switched protocols (101 Switching Protocols), which was not asked for"
+        )
     if isinstance(exc, httpx.ConnectError):
         return ConnectFailed(detail, tls="CERTIFICATE_VERIFY_FAILED" in detail)
     return Dropped(detail)

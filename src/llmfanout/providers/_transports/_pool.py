@@ -46,13 +46,15 @@ from ._base import (
     BodyStream,
     ConnectFailed,
     Dropped,
+    HeadersTooLarge,
     Phase,
     Refused,
     Request,
     Timeout,
     Timeouts,
+    Unusable,
 )
-from ._h1 import Exchange, encode_headers
+from ._h1 import MAX_HEAD_BYTES, Exchange, encode_headers
 from ._origin import Origin
 
 _READ_SIZE = 65536
@@ -404,12 +406,26 @@ class Pool(BaseTransport):
                 return
             raise Dropped("the server closed the connection before a complete response")
         assert exchange.parser is not None
+        heading = not exchange.headers_done
         try:
             exchange.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise Unusable(
+                "the server switched protocols (101 Switching Protocols), which was not asked "
+                "for; check base_url points at the HTTP API"
+            ) from None
         except httptools.HttpParserError as exc:
-            raise Dropped(f"the response is not valid HTTP/1.1 ({exc})") from None
+            if exchange.error is None and not exchange.complete:
+                raise Dropped(f"the response is not valid HTTP/1.1 ({exc})") from None
+            # Bytes past the end of our response (a second response in the same read, or
+            # junk): the response stands, the connection is not reused (``_finish``).
+            exchange.keep_alive = False
         if exchange.error is not None:
             raise exchange.error
+        if heading and not exchange.headers_done:
+            exchange.head_bytes += len(data)
+            if exchange.head_bytes > MAX_HEAD_BYTES:
+                raise HeadersTooLarge(f"its headers are longer than {MAX_HEAD_BYTES} bytes")
 
     async def _finish(self, connection: _Connection, exchange: Exchange) -> None:
         """Return the connection if its exchange ended cleanly, else close it."""
