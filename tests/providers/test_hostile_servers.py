@@ -158,3 +158,55 @@ async def test_switching_protocols_is_a_provider_error_not_retried(transport: st
     assert isinstance(result.error, ProviderError)
     assert result.error.retryable is False and result.attempts == 1
     assert len(raw.requests) == 1
+
+
+# -- item 7: a stream left open after its terminal event --------------------------------
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+def sse_chunk(text: str) -> bytes:
+    event = b"data: " + json.dumps({"choices": [{"delta": {"content": text}}]}).encode()
+    events = event + b"\n\ndata: [DONE]\n\n"
+    return b"%x\r\n%s\r\n" % (len(events), events)
+
+
+# httpx nests async generators without closing them: leaving a body early on trio makes
+# trio warn about the inner ones (the connection is closed all the same).
+HTTPX_LEFT_EARLY = pytest.param(
+    "httpx", marks=pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+)
+
+
+@pytest.mark.parametrize("transport", ["pool", HTTPX_LEFT_EARLY])
+async def test_a_stream_left_open_after_done_ends_the_call_at_once(transport: str) -> None:
+    closed = anyio.Event()
+
+    async def answer(stream: anyio.abc.SocketStream, request: bytes) -> None:
+        await stream.send(SSE_HEAD + sse_chunk("whole"))  # and never the last chunk
+        try:
+            while await stream.receive():
+                pass
+        except anyio.EndOfStream:
+            pass
+        closed.set()
+        raise anyio.EndOfStream  # this connection is over
+
+    async with serve_raw(answer) as raw, provider_for(raw, transport, timeout=120) as provider:
+        with anyio.fail_after(30):  # a guard: today's bug waits the 120 s read timeout
+            answer_ = await provider.complete(MESSAGES, {"stream": True})
+            await closed.wait()  # the connection was closed, not kept
+    assert answer_.content == "whole"
+    assert answer_.metadata["streamed"] is True
+
+
+async def test_a_stream_ended_with_its_done_event_keeps_the_connection() -> None:
+    async def answer(stream: anyio.abc.SocketStream, request: bytes) -> None:
+        await stream.send(SSE_HEAD + sse_chunk("whole") + b"0\r\n\r\n")
+
+    async with serve_raw(answer) as raw, provider_for(raw, "pool") as provider:
+        for _ in range(3):
+            assert (await provider.complete(MESSAGES, {"stream": True})).content == "whole"
+    assert raw.connections == 1

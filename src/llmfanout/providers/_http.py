@@ -339,7 +339,7 @@ class HTTPProvider:
                 async for chunk in response:
                     for event in decoder.feed(chunk):
                         if accumulator.done:
-                            continue  # read on to the body's end, so the connection is reused
+                            break  # events past the terminal one are not read
                         if redact:
                             event = Event(self._redactor.text(event.data), event.event)
                         text = accumulator.feed(event)
@@ -351,15 +351,16 @@ class HTTPProvider:
                             outcome = on_text(text)
                             if inspect.isawaitable(outcome):
                                 await outcome
+                    if accumulator.done:
+                        break
             except StreamEventError as exc:
                 error = self._event_error(head, exc.data)
             except StreamFormatError as exc:
                 error = self._format_error(head, str(exc))
-            except ProviderError:
-                # The body broke after the terminal event: the answer is whole, only the
-                # connection's end was not clean (it is closed, not reused).
-                if not accumulator.done:
-                    raise
+            if accumulator.done:
+                # The answer is whole: the call ends now, whatever the body does next. What
+                # of it has arrived is taken in; if that ends it, the connection is reused.
+                await response.settle()
         if error is None and not accumulator.done:
             error = APIConnectionError(
                 f"{self.provider_name}: the answer stream from {self._url} ended before "
@@ -603,3 +604,8 @@ class _ProviderStream:
     async def read(self) -> bytes:
         """The rest of the body (at most ``max_response_bytes``)."""
         return b"".join([chunk async for chunk in self])
+
+    async def settle(self) -> None:
+        """Take in what of the body has arrived, without waiting; leaving the block then
+        closes the connection unless that was the body's end."""
+        await self._raw.settle()

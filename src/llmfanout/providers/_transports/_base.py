@@ -282,6 +282,12 @@ class BodyStream:
         """The error for a read whose scope ran out."""
         return Timeout(Phase.TOTAL, self._total)
 
+    async def settle(self) -> None:
+        """Take in what of the body has already arrived, without waiting for more: called
+        once the caller has all it needs (a stream's terminal event), so that ``finish``
+        returns the connection if the body happens to be whole, and closes it otherwise.
+        By default nothing is taken (the connection is closed)."""
+
     async def finish(self) -> None:
         """The body is done with: return the connection if it was read to its end, else
         close it."""

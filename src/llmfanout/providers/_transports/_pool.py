@@ -52,6 +52,7 @@ from ._base import (
     Request,
     Timeout,
     Timeouts,
+    TransportError,
     Unusable,
 )
 from ._h1 import MAX_HEAD_BYTES, Exchange, encode_headers
@@ -482,6 +483,27 @@ class _PoolBody(BodyStream):
         exchange = self._exchange
         await self._pool._read(self._attempt, self._connection, exchange, _CHUNK)
         return exchange.body() if exchange.chunks else None
+
+    async def settle(self) -> None:
+        # Only what the socket already holds (a zero-time poll), each read under the read
+        # timeout: a server that leaves the body open costs nothing, one that ends it in the
+        # same breath keeps its connection. (Bytes anyio has already taken off the socket
+        # are not seen: the connection is then closed, which is always safe.)
+        exchange, connection = self._exchange, self._connection
+        try:
+            while not exchange.complete and _readable(connection.fd):
+                with self._scope() as scope:
+                    self._attempt.reading()
+                    try:
+                        data = await connection.stream.receive(_READ_SIZE)
+                    except _STREAM_GONE:
+                        data = b""
+                    self._pool._feed(exchange, data)
+                exchange.chunks.clear()  # past the terminal event: nothing the caller wants
+                if scope.cancelled_caught:
+                    return
+        except TransportError:
+            exchange.keep_alive = False  # the answer stands; the connection is closed
 
     async def finish(self) -> None:
         await self._pool._finish(self._connection, self._exchange)
