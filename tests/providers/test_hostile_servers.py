@@ -54,10 +54,11 @@ async def provider_for(raw: RawServer, transport: str, **options: Any) -> AsyncI
         yield p
 
 
-async def run_once(provider: Any, attempts: int = 3) -> Any:
-    executor = ParallelLLMExecutor(provider, default_retry=RetryConfig(max_attempts=attempts))
+async def run_once(provider: Any, overrides: dict[str, Any] | None = None) -> Any:
+    executor = ParallelLLMExecutor(provider, default_retry=RetryConfig(max_attempts=3))
+    task = LLMTask(MESSAGES, config_overrides=overrides)
     with set_testing(True):  # a retry (the bug these tests guard against) does not wait
-        [result] = (await executor.execute({"t": LLMTask(MESSAGES)})).values()
+        [result] = (await executor.execute({"t": task})).values()
     return result
 
 
@@ -210,3 +211,23 @@ async def test_a_stream_ended_with_its_done_event_keeps_the_connection() -> None
         for _ in range(3):
             assert (await provider.complete(MESSAGES, {"stream": True})).content == "whole"
     assert raw.connections == 1
+
+
+# -- item 9: one endless line ------------------------------------------------------------
+
+
+async def test_an_sse_line_past_its_cap_fails_the_call_clearly() -> None:
+    """17 MiB in one line, sent in pieces: held as pieces (linear), refused past 16 MiB."""
+    piece = b"x" * (1 << 20)
+
+    async def answer(stream: anyio.abc.SocketStream, request: bytes) -> None:
+        await stream.send(SSE_HEAD)
+        await stream.send(b"%x\r\ndata: \r\n" % len(b"data: "))
+        for _ in range(17):
+            await stream.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await stream.send(b"2\r\n\n\n\r\n0\r\n\r\n")
+
+    async with serve_raw(answer) as raw, provider_for(raw, "pool") as provider:
+        result = await run_once(provider, {"stream": True})
+    assert isinstance(result.error, ResponseFormatError) and result.attempts == 1
+    assert "longer than 16777216 characters" in str(result.error)

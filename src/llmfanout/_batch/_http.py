@@ -12,12 +12,16 @@ from typing import Any, TypedDict, Unpack
 
 import httpx
 
-from ..errors import BadRequestError
+from ..errors import BadRequestError, ResponseFormatError
 from ..providers._http import HTTPProvider
 from ..providers._transports._origin import Origin
 
 MAX_DOWNLOAD_BYTES = 1 << 40
 """A results file is read line by line, never held whole: no cap short of absurd."""
+
+
+MAX_LINE = 64 * 1024 * 1024
+"""The longest line of a results file: one answer, far below the API's own limits."""
 
 
 class Body(TypedDict, total=False):
@@ -64,17 +68,42 @@ class BatchHTTP:
         return provider._json(await provider.request(method, self.url(path), **body))
 
     async def lines(self, path: str) -> AsyncGenerator[bytes, None]:
-        """The non-blank lines of a JSONL download, as they arrive (nothing held whole)."""
+        """The non-blank lines of a JSONL download, as they arrive (nothing held whole).
+
+        An unfinished line is held as pieces and joined once its end arrives (time in
+        proportion to its length); one longer than ``MAX_LINE`` bytes raises
+        :class:`~llmfanout.errors.ResponseFormatError`.
+        """
         provider = self.provider
         redact = provider._redactor.data if provider._redact_answers else None
         async with provider.stream(
             "GET", self.url(path), max_response_bytes=MAX_DOWNLOAD_BYTES
         ) as body:
-            held = b""
+            held: list[bytes] = []
+            size = 0
             async for chunk in body:
-                *whole, held = (held + chunk).split(b"\n")
-                for line in whole:
-                    if line.strip():
-                        yield redact(line) if redact else line
-            if held.strip():
-                yield redact(held) if redact else held
+                end = chunk.rfind(b"\n")
+                if end >= 0:
+                    held.append(chunk[:end])
+                    whole = b"".join(held)
+                    held, size = [], 0
+                    for line in whole.split(b"\n"):
+                        if len(line) > MAX_LINE:
+                            raise self._too_long(path)
+                        if line.strip():
+                            yield redact(line) if redact else line
+                    chunk = chunk[end + 1 :]
+                held.append(chunk)
+                size += len(chunk)
+                if size > MAX_LINE:
+                    raise self._too_long(path)
+            rest = b"".join(held)
+            if rest.strip():
+                yield redact(rest) if redact else rest
+
+    def _too_long(self, path: str) -> ResponseFormatError:
+        return ResponseFormatError(
+            f"{self.name}: a line of {path[:100]} is longer than {MAX_LINE} bytes; a batch "
+            "results file holds one answer a line, so this is not one",
+            provider=self.name,
+        )

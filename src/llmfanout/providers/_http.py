@@ -56,7 +56,7 @@ from ._errors import (
     transport_error,
 )
 from ._secrets import Redactor, Secret, SecretHeaders, resolve_api_key
-from ._sse import Event, SSEDecoder
+from ._sse import Event, LineTooLong, SSEDecoder
 from ._streaming import (
     ERROR_STATUS,
     ON_TEXT,
@@ -355,7 +355,7 @@ class HTTPProvider:
                         break
             except StreamEventError as exc:
                 error = self._event_error(head, exc.data)
-            except StreamFormatError as exc:
+            except (StreamFormatError, LineTooLong) as exc:
                 error = self._format_error(head, str(exc))
             if accumulator.done:
                 # The answer is whole: the call ends now, whatever the body does next. What
