@@ -47,7 +47,10 @@ from ._transports._base import (
 )
 
 BODY_KEEP = 2000  # characters of a response body kept on an error, for debugging
-_MESSAGE_KEEP = 500  # characters of the server's error message quoted in ours
+# Characters of the server's error message quoted in ours: enough for a validation error
+# whose reason comes after a long preamble (llama.cpp's server: ~1.5 KB before it).
+_MESSAGE_KEEP = BODY_KEEP
+_TEXT_KEEP = 1000  # of a body that is not JSON (an HTML page from a proxy, say)
 
 # -- Retry-After and the retry decision -------------------------------------------------
 
@@ -173,7 +176,7 @@ def status_error(
     error_type, error_message = _error_details(parsed)
     error_type, error_message = redactor.optional(error_type), redactor.optional(error_message)
     if error_message is None and text.strip() and parsed is None:
-        error_message = one_line(text, 200)  # an HTML page from a proxy, say
+        error_message = one_line(text, _TEXT_KEEP)
     retry_after = parse_retry_after(headers)
     rid = request_id(headers)
     cls = status_error_class(status)
