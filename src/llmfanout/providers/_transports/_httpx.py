@@ -15,23 +15,11 @@ from collections.abc import Mapping
 import anyio
 import httpx
 
-from ._base import (
-    BaseTransport,
-    BodyStream,
-    ConnectFailed,
-    Dropped,
-    Inflow,
-    Phase,
-    Refused,
-    Request,
-    Timeout,
-    Timeouts,
-    TransportError,
-    Unusable,
-)
+from . import _base as failures  # the errors, by their module: what httpx's map to
+from ._base import BaseTransport, BodyStream, Inflow, Phase, Request, Timeout, Timeouts
 
 
-def _httpx_failure(exc: httpx.HTTPError, timeouts: Timeouts) -> TransportError:
+def _httpx_failure(exc: httpx.HTTPError, timeouts: Timeouts) -> failures.TransportError:
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         phase = {
@@ -41,14 +29,14 @@ def _httpx_failure(exc: httpx.HTTPError, timeouts: Timeouts) -> TransportError:
         }.get(type(exc), Phase.READ)
         return Timeout(phase, timeouts.of(phase))
     if isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol):
-        return Refused(detail)
+        return failures.Refused(detail)
     if isinstance(exc, httpx.RemoteProtocolError) and "_SWITCH_UPGRADE" in detail:
-        return Unusable(
+        return failures.Unusable(
             "the server switched protocols (101 Switching Protocols), which was not asked for"
         )
     if isinstance(exc, httpx.ConnectError):
-        return ConnectFailed(detail, tls="CERTIFICATE_VERIFY_FAILED" in detail)
-    return Dropped(detail)
+        return failures.ConnectFailed(detail, tls="CERTIFICATE_VERIFY_FAILED" in detail)
+    return failures.Dropped(detail)
 
 
 class HTTPXTransport(BaseTransport):
@@ -74,7 +62,7 @@ class HTTPXTransport(BaseTransport):
         """Send one request; the response once its headers are in."""
         client = self.client
         if client.is_closed:
-            raise Refused("the http_client is closed")
+            raise failures.Refused("the http_client is closed")
         method, target, content, headers, timeouts, max_bytes = request
         outgoing = client.build_request(
             method,
@@ -84,7 +72,7 @@ class HTTPXTransport(BaseTransport):
             timeout=timeouts.as_httpx(),
         )
         end = anyio.current_time() + timeouts.total
-        failure: TransportError | None = None
+        failure: failures.TransportError | None = None
         with anyio.CancelScope(deadline=end):
             try:
                 response = await client.send(outgoing, stream=True, follow_redirects=False)
@@ -115,7 +103,7 @@ class _HTTPXBody(BodyStream):
         self._timeouts = timeouts
 
     async def _pull(self) -> bytes | None:
-        failure: TransportError | None = None
+        failure: failures.TransportError | None = None
         try:
             raw = await anext(self._chunks)
         except StopAsyncIteration:
