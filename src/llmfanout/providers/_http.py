@@ -10,6 +10,10 @@ subclass says only how its API's JSON looks: ``_auth_headers``, ``_payload`` and
 The API key lives in one private header block. Nothing built here formats it: errors
 carry no request, chain no exception that holds one, and any text that comes from
 outside (a body, a header, a socket error) passes through the provider's redactor.
+
+About 600 lines, on purpose: one class, the base every HTTP provider shares (options,
+lifecycle, the whole and the streamed call, the request and stream primitives); the
+transports, errors, secrets, SSE and stream folding it uses live in their own modules.
 """
 
 from __future__ import annotations
