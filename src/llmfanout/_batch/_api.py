@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..providers._errors import status_error
 from ..providers._http import HTTPProvider
-from ..providers._transports._pool import Response
+from ..providers._transports._base import Response
 from ._http import BatchHTTP
 
 
@@ -255,7 +255,7 @@ class OpenAIBatchAPI(BatchAPI):
             "completion_window": "24h",
             "metadata": dict(metadata),
         }
-        return self._batch(await self.http.call("POST", "/batches", json_body=body))
+        return self._batch(await self.http.call("POST", "/batches", json=body))
 
     async def get(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self.http.call("GET", f"/batches/{batch_id}"))

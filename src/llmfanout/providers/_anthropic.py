@@ -19,7 +19,7 @@ from ._anthropic_format import (
 from ._config import HTTPOptions, check_positive_int
 from ._http import HTTPProvider
 from ._streaming import Accumulator
-from ._transports._pool import Response
+from ._transports._base import Response
 
 ANTHROPIC_VERSION = "2023-06-01"
 """The ``anthropic-version`` header sent unless ``headers=`` gives another."""
@@ -123,20 +123,8 @@ class AnthropicProvider(HTTPProvider):
             error: ProviderError = self._format_error(response, "has no content list")
             raise error
         content, tool_calls = text_and_tool_calls(blocks)
-        stop_reason = body.get("stop_reason")
-        reported_model = body.get("model")
-        request_id = self._request_id(response)
-        metadata: dict[str, Any] = {"raw": body}
-        if request_id:
-            metadata["request_id"] = request_id
-        return LLMResponse(
-            content,
-            model=reported_model if isinstance(reported_model, str) else str(model),
-            finish_reason=stop_reason if isinstance(stop_reason, str) else None,
-            usage=usage_from(body.get("usage")),
-            metadata=metadata,
-            tool_calls=tool_calls,
-        )
+        usage, finish = usage_from(body.get("usage")), body.get("stop_reason")
+        return self._answer(body, response, model, content, finish, usage, tool_calls)
 
 
 def _stop_sequences(stop: object) -> list[Any]:

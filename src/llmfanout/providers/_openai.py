@@ -18,7 +18,7 @@ from ._openai_format import (
     wants_json_schema,
 )
 from ._streaming import Accumulator
-from ._transports._pool import Response
+from ._transports._base import Response
 
 
 class OpenAIProvider(HTTPProvider):
@@ -137,18 +137,7 @@ class OpenAIProvider(HTTPProvider):
         if problem is not None:
             error: ProviderError = self._format_error(response, problem)
             raise error
-        finish_reason = choice.get("finish_reason")
-        reported_model = body.get("model")
-        counts = usage_from(body.get("usage"))
-        request_id = self._request_id(response)
-        metadata: dict[str, Any] = {"raw": body}
-        if request_id:
-            metadata["request_id"] = request_id
-        return LLMResponse(
-            content,
-            model=reported_model if isinstance(reported_model, str) else str(model),
-            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-            usage=counts,
-            metadata=metadata,
-            tool_calls=tool_calls_from(choice["message"].get("tool_calls")),
-        )
+        usage = usage_from(body.get("usage"))
+        calls = tool_calls_from(choice["message"].get("tool_calls"))
+        finish = choice.get("finish_reason")
+        return self._answer(body, response, model, content, finish, usage, calls)

@@ -52,8 +52,10 @@ def message_to_wire(message: LLMMessage) -> dict[str, Any]:
         wire["name"] = message.name
     if message.tool_calls:
         wire["tool_calls"] = [tool_call_to_wire(c) for c in message.tool_calls]
-        if not content:  # what OpenAI itself sends for an answer that is only tool calls
-            wire["content"] = None
+        if not content:
+            # An answer that is only tool calls: "" rather than the null OpenAI sends, which
+            # llama.cpp's server refuses (500); OpenAI, vLLM, Ollama and LiteLLM take "".
+            wire["content"] = ""
     if message.tool_call_id is not None:
         wire["tool_call_id"] = message.tool_call_id
     return wire
