@@ -54,7 +54,14 @@ HOWS = {  # name: (pacing, adaptive)
 
 
 async def one_run(
-    scenario: str, *, pacing: bool, adaptive: bool, rows: int, cap: int, capacity: int, latency: float
+    scenario: str,
+    *,
+    pacing: bool,
+    adaptive: bool,
+    rows: int,
+    cap: int,
+    capacity: int,
+    latency: float,
 ) -> dict[str, float]:
     async with serve_fake_llm() as server:
         server.latency, server.latency_spread = latency, 0.2
@@ -62,10 +69,7 @@ async def one_run(
             server.overload_after = capacity
         else:
             server.refuse_at_random(share_429=0.3, share_503=0.15, seed=7)
-        tasks = {
-            f"r{i}": LLMTask(messages=[LLMMessage("user", f"row {i}")])
-            for i in range(rows)
-        }
+        tasks = {f"r{i}": LLMTask(messages=[LLMMessage("user", f"row {i}")]) for i in range(rows)}
         async with OpenAIProvider("m", base_url=server.openai_base_url, api_key="k") as p:
             executor = ParallelLLMExecutor(
                 p, max_concurrency=cap, default_retry=RETRY, pacing=pacing, adaptive=adaptive
@@ -101,7 +105,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 latency=args.latency,
             )
         target = args.capacity if scenario == "overload" else args.cap
-        print(f"\n{scenario} ({'past ' + str(args.capacity) if scenario == 'overload' else '45% refused at random'}; cap {args.cap}, {args.rows} rows)")
+        what = f"past {args.capacity}" if scenario == "overload" else "45% refused at random"
+        print(f"\n{scenario} ({what}; cap {args.cap}, {args.rows} rows)")
         for how, r in runs.items():
             held = " (stopped: held)" if r["done"] < args.rows else ""
             print(

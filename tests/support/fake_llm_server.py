@@ -376,7 +376,7 @@ class FakeLLMServer:
         Faults queued and ``fault_for`` come first; ``overload_after`` and ``limit`` still
         apply to the requests not refused.
         """
-        if not (0 <= share_429 and 0 <= share_503 and share_429 + share_503 <= 1):
+        if not (share_429 >= 0 and share_503 >= 0 and share_429 + share_503 <= 1):
             raise ValueError(f"shares {share_429!r} + {share_503!r} must lie in [0, 1]")
         self._refusals = (share_429, share_503, retry_after, random.Random(seed))
 
