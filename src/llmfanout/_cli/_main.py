@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .._base._version import VERSION
-from .._rows._job import KEY_VARIABLES, scrubber
+from .._rows._job import FALLBACK_KEY_VARIABLES, KEY_VARIABLES, scrubber
 from . import _batch as _batch_cli
 from . import _cache, _example, _log, _merge, _run
 from ._args import EXIT_USAGE, VERBOSE_HELP, UsageError
@@ -80,5 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _key_scrubs(args: argparse.Namespace) -> list[Callable[[str], str]]:
     """Blank out every API key the environment holds, whichever the run uses."""
-    names = {*KEY_VARIABLES.values(), getattr(args, "api_key_env", None) or ""}
+    names = {
+        *KEY_VARIABLES.values(),
+        *FALLBACK_KEY_VARIABLES.values(),
+        getattr(args, "api_key_env", None) or "",
+    }
     return [scrubber(os.environ.get(name, "").strip()) for name in sorted(names) if name]
