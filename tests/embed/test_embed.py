@@ -49,7 +49,7 @@ async def test_openai_vectors_come_back_in_input_order(server: FakeGemini, encod
     assert all(isinstance(v, kind) for v in result.vectors)
     assert result.requests == len(server.requests) == 8  # ceil(1000 / 128)
     assert result.usage["total_tokens"] == sum(len(t) // 4 + 1 for t in TEXTS)
-    body = server.requests[0].body
+    body = server.requests[-1].body
     assert body["encoding_format"] == encoding
     assert body["dimensions"] == 6
     assert body["model"] == "text-embedding-3-small"
@@ -80,7 +80,11 @@ async def test_gemini_batch_embeds_at_most_100_per_request(server: FakeGemini) -
     assert result.success
     assert [list(v) for v in result.vectors] == [fake_vector(t) for t in TEXTS[:250]]  # type: ignore[arg-type]
     assert sorted(len(r.body["requests"]) for r in server.requests) == [50, 100, 100]
-    request = server.requests[0]
+    (request,) = [
+        r
+        for r in server.requests
+        if r.body["requests"][0]["content"]["parts"][0]["text"] == TEXTS[0]
+    ]
     assert request.path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
     assert request.body["requests"][0] == {
         "model": "models/gemini-embedding-001",

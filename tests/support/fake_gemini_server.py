@@ -24,12 +24,14 @@ import json
 import random
 import struct
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import unquote
 
+import anyio
 import anyio.abc
+import anyio.from_thread
 import attrs
 
 from support.raw_http_server import RawServer, response, serve_raw
@@ -94,6 +96,7 @@ class FakeGemini:
         self.max_inputs = 2048  # OpenAI's caps, as the fake enforces them
         self.max_tokens = 300_000
         self.shuffle = True  # OpenAI's data items in a random order
+        self.hold_after: int | None = None  # embedding requests answered before the rest hang
 
     def embedding_requests(self) -> list[Request]:
         return [r for r in self.requests if "embed" in r.path.lower()]
@@ -108,6 +111,8 @@ class FakeGemini:
             headers[name.strip().lower()] = value.strip()
         request = Request(method, target, headers, json.loads(body) if body else None)
         self.requests.append(request)
+        if self.hold_after is not None and len(self.embedding_requests()) > self.hold_after:
+            await anyio.sleep_forever()  # until the client goes (a kill)
         scripted = self.script.popleft() if self.script else None
         if isinstance(scripted, Status):
             await stream.send(
@@ -265,3 +270,13 @@ async def serve_gemini() -> AsyncIterator[FakeGemini]:
     async with serve_raw(answer) as raw:
         holder.append(FakeGemini(raw))
         yield holder[0]
+
+
+@contextmanager
+def gemini_server_in_thread() -> Iterator[FakeGemini]:
+    """The fake in an event loop of its own thread, for tests that run subprocesses."""
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(serve_gemini()) as server,
+    ):
+        yield server
