@@ -222,7 +222,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
                 f"{len(bad)} bad input line{'s' if len(bad) > 1 else ''}; nothing was sent. "
                 "Fix them, or pass --skip-invalid to record them as failed rows"
             )
-        for line, row_id in found.duplicates[:MAX_BAD_SHOWN]:
+        for line, row_id in list(found.duplicates.items())[:MAX_BAD_SHOWN]:
             print(f"note: line {line} repeats id {row_id!r}; it is embedded once", file=sys.stderr)
         key = _key(args)
         try:
@@ -242,7 +242,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         stack.callback(sink.close)
         if args.skip_invalid and bad:
             sink.bad([bad_row(b) for b in bad if b.id is None or str(b.id) not in done])
-        rows = read_rows(source, done)
+        rows = read_rows(source, done, found.duplicates)
         start = time.monotonic()
         try:
             summary = anyio.run(

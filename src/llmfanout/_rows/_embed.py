@@ -22,7 +22,7 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import IO, Any
 
@@ -124,9 +124,9 @@ class BadLine:
 def parse_line(raw: bytes, line: int) -> tuple[object, str] | BadLine:
     """``(id, text)`` of one input line, or why it cannot run."""
     try:
-        row = load_json(raw)
-    except ValueError:
-        return BadLine(line, "not JSON")
+        row = load_json(raw.decode("utf-8"))  # a str parses faster than bytes
+    except ValueError:  # UnicodeDecodeError too
+        return BadLine(line, "not JSON (or not UTF-8)")
     if not isinstance(row, dict):
         return BadLine(line, f"a JSON {type(row).__name__}, not an object with id and text")
     row_id = row.get("id")
@@ -147,15 +147,19 @@ def _lines(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 @attrs.define
 class EmbedScan:
-    """What a first pass over the input found: bad lines, and rows left to embed."""
+    """What a first pass over the input found: bad lines, repeated ids, rows to embed."""
 
     bad: list[BadLine] = attrs.Factory(list)
     to_run: int = 0
-    duplicates: list[tuple[int, object]] = attrs.Factory(list)
+    duplicates: dict[int, object] = attrs.Factory(dict)  # line -> the id it repeats
 
 
 def scan(file: IO[bytes], done: set[str]) -> EmbedScan:
-    """Check every line before anything is sent; count the rows not yet recorded."""
+    """Check every line before anything is sent; count the rows not yet recorded.
+
+    Holds the set of ids while it reads (as ``run``'s first pass does), to find repeats;
+    the second pass (:func:`read_rows`) holds nothing that grows with the input.
+    """
     found = EmbedScan()
     seen: set[str] = set()
     for number, raw in _lines(file):
@@ -165,7 +169,7 @@ def scan(file: IO[bytes], done: set[str]) -> EmbedScan:
             continue
         key = key_of(parsed[0])
         if key in seen:
-            found.duplicates.append((number, parsed[0]))
+            found.duplicates[number] = parsed[0]
             continue
         seen.add(key)
         if key not in done:
@@ -173,17 +177,20 @@ def scan(file: IO[bytes], done: set[str]) -> EmbedScan:
     return found
 
 
-def read_rows(file: IO[bytes], done: set[str]) -> Iterator[tuple[object, str]]:
-    """``(id, text)`` of every good row not yet recorded, first occurrence only, lazily."""
-    done = set(done)
+def read_rows(
+    file: IO[bytes], done: set[str], skip: Container[int] = ()
+) -> Iterator[tuple[object, str]]:
+    """``(id, text)`` of every good row not yet recorded, lazily; lines in ``skip`` (the
+    repeats :func:`scan` found) are passed over, so a repeated id runs once."""
     for number, raw in _lines(file):
+        if number in skip:
+            continue
         parsed = parse_line(raw, number)
         if isinstance(parsed, BadLine):
             continue
-        key = key_of(parsed[0])
-        if key not in done:
-            done.add(key)  # a repeated id runs once
-            yield parsed
+        if done and key_of(parsed[0]) in done:
+            continue
+        yield parsed
 
 
 def bad_row(bad: BadLine) -> dict[str, Any]:
@@ -257,8 +264,8 @@ class JsonlSink:
 def _floats(vector: Sequence[float]) -> list[float]:
     if isinstance(vector, list):
         return vector
-    # float32 values as the shortest decimal that reads back to the same float32
-    return [float(f"{x:.9g}") for x in vector]
+    tolist = getattr(vector, "tolist", None)  # an array('f'): each float32 exactly, fast
+    return list(vector) if tolist is None else tolist()
 
 
 class ShardSink:
