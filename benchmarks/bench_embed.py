@@ -116,7 +116,7 @@ def packing() -> None:
     print(f"   aembed, 100,000 texts through the echo provider: {result.requests} requests")
 
 
-def decoding(repeat: int = 5) -> None:
+def decoding(repeat: int = 3) -> None:
     print("3. decoding a 2048 x 1536 /embeddings answer")
     rng = random.Random(3)
     vectors = [[rng.uniform(-1, 1) for _ in range(1536)] for _ in range(2048)]

@@ -97,6 +97,10 @@ class FakeGemini:
         self.max_tokens = 300_000
         self.shuffle = True  # OpenAI's data items in a random order
         self.hold_after: int | None = None  # embedding requests answered before the rest hang
+        self.batches: dict[str, dict[str, Any]] = {}  # batch mode: name -> batch
+        self.polls_to_finish = 1  # GETs of a batch before it has succeeded
+        self.hold_creates = False  # record a created batch, then never answer (a kill)
+        self.hold_polls = False  # never answer a GET of a batch (a kill while waiting)
 
     def embedding_requests(self) -> list[Request]:
         return [r for r in self.requests if "embed" in r.path.lower()]
@@ -124,6 +128,14 @@ class FakeGemini:
             )
             return
         path = request.path
+        if "/batches" in path or path.endswith(":batchGenerateContent"):
+            body_out = await self._batch_route(request)
+            await stream.send(
+                response(
+                    "200 OK", json.dumps(body_out).encode(), (("content-type", "application/json"),)
+                )
+            )
+            return
         if path.endswith(":streamGenerateContent"):
             await self._stream(stream, request, scripted)
             return
@@ -212,6 +224,69 @@ class FakeGemini:
             data = f"data: {json.dumps(event)}\r\n\r\n".encode()
             await stream.send(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         await stream.send(b"0\r\n\r\n")
+
+    # -- batch mode -----------------------------------------------------------------------
+
+    def _operation(self, batch: dict[str, Any]) -> dict[str, Any]:
+        done = batch["state"] in ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_CANCELLED")
+        count = len(batch["requests"])
+        finished = count if batch["state"] == "BATCH_STATE_SUCCEEDED" else 0
+        metadata = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+            "model": batch["model"],
+            "displayName": batch["displayName"],
+            "state": batch["state"],
+            "createTime": batch["createTime"],
+            "batchStats": {
+                "requestCount": str(count),
+                "successfulRequestCount": str(finished),
+                "pendingRequestCount": str(count - finished),
+            },
+        }
+        operation: dict[str, Any] = {"name": batch["name"], "metadata": metadata, "done": done}
+        if done:
+            answers = []
+            if batch["state"] == "BATCH_STATE_SUCCEEDED":
+                for item in batch["requests"]:
+                    fake = Request("POST", batch["model"] + ":generateContent", {}, item["request"])
+                    answers.append({"response": self._generate(fake), "metadata": item["metadata"]})
+            operation["response"] = {
+                "@type": "type.googleapis.com/google.ai.generativelanguage.v1main."
+                "GenerateContentBatchOutput",
+                "inlinedResponses": {"inlinedResponses": answers},
+            }
+        return operation
+
+    async def _batch_route(self, request: Request) -> dict[str, Any]:
+        path = request.path.removeprefix("/v1beta")
+        if path.endswith(":batchGenerateContent"):
+            batch = request.body["batch"]
+            name = f"batches/b{len(self.batches) + 1}"
+            self.batches[name] = {
+                "name": name,
+                "model": path.split(":")[0].lstrip("/"),
+                "displayName": batch.get("displayName", ""),
+                "requests": batch["inputConfig"]["requests"]["requests"],
+                "state": "BATCH_STATE_PENDING",
+                "createTime": "2026-01-01T00:00:00Z",
+                "polls": 0,
+            }
+            if self.hold_creates:
+                await anyio.sleep_forever()
+            return self._operation(self.batches[name])
+        if path == "/batches":
+            ops = [self._operation(b) for b in reversed(self.batches.values())]
+            return {"operations": ops}
+        if path.endswith(":cancel"):
+            self.batches[path[1:].removesuffix(":cancel")]["state"] = "BATCH_STATE_CANCELLED"
+            return {}
+        if self.hold_polls:
+            await anyio.sleep_forever()
+        batch = self.batches[path[1:]]
+        batch["polls"] += 1
+        if batch["polls"] >= self.polls_to_finish and batch["state"] == "BATCH_STATE_PENDING":
+            batch["state"] = "BATCH_STATE_SUCCEEDED"
+        return self._operation(batch)
 
     # -- embeddings -----------------------------------------------------------------------
 

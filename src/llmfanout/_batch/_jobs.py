@@ -42,13 +42,13 @@ from .._core._tasks import LLMTask, TaskResult
 from ..errors import ProviderError
 from ..providers._http import HTTPProvider
 from ._api import (
-    APIS,
     BatchAPI,
     BatchRequestCancelled,
     BatchRequestError,
     BatchRequestExpired,
     RemoteBatch,
 )
+from ._apis import APIS
 from ._state import BatchStateError, Part, State, load, save
 
 logger = logging.getLogger("llmfanout")
@@ -147,7 +147,8 @@ def _api(provider: object, state: State | None = None) -> BatchAPI:
     name = getattr(provider, "provider_name", None)
     if not isinstance(provider, HTTPProvider) or name not in APIS:
         raise TypeError(
-            f"batches need an OpenAIProvider or an AnthropicProvider, not {type(provider).__name__}"
+            "batches need an OpenAIProvider, an AnthropicProvider or a GeminiProvider, not "
+            f"{type(provider).__name__}"
         )
     if state is not None and (state.provider, state.base_url) != (name, provider.base_url):
         raise BatchStateError(

@@ -31,7 +31,7 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .._batch._api import APIS
+from .._batch._apis import APIS
 from .._batch._jobs import BatchJob, BatchPart, BatchProgress, Polling, _planned, submit_batch
 from .._batch._state import BatchStateError, state_path
 from .._core._tasks import LLMTask, TaskResult
@@ -41,7 +41,7 @@ from .._core._tasks import LLMTask, TaskResult
 from .._report._cost import CostTally, Price, load_prices
 from .._report._summary import format_usd
 from .._rows._input_rows import BadRow, parse_row, scan
-from .._rows._job import KEY_VARIABLES
+from .._rows._job import key_variable
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import (
     OutputCorrupt,
@@ -243,7 +243,7 @@ def main(args: argparse.Namespace) -> int:
 def _provider(
     name: str, model: str, base_url: str | None, key_env: str | None, *, required: bool = True
 ) -> HTTPProvider:
-    variable = key_env or KEY_VARIABLES[name]
+    variable = key_env or key_variable(name)
     key = os.environ.get(variable, "").strip() or ("" if required else "dry-run")
     if not key:
         raise UsageError(
@@ -251,9 +251,14 @@ def _provider(
             f"(keys are never taken from a flag); set it, e.g. export {variable}=... "
             "(a local server that needs no key accepts any value)"
         )
-    from ..providers import AnthropicProvider, OpenAIProvider
+    from ..providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 
-    cls = OpenAIProvider if name == "openai" else AnthropicProvider
+    classes: dict[str, type[HTTPProvider]] = {
+        "openai": OpenAIProvider,
+        "anthropic": AnthropicProvider,
+        "gemini": GeminiProvider,
+    }
+    cls = classes[name]
     options: dict[str, Any] = {"base_url": base_url} if base_url else {}
     try:
         return cls(model, api_key=key, **options)
