@@ -526,3 +526,25 @@ def test_the_three_input_formats_reach_the_batch_as_run_sends_them(
     found = {row["id"]: row for row in check_once(tmp_path / "out.jsonl", ["p", 7, "b-1"])}
     assert found[7]["content"] == "echo: with params"
     assert found["b-1"]["model"] == "row-model"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_openai_embeddings_batch(server: FakeBatchServer, backend: str, tmp_path: Path) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 40)
+    server.advance_on_poll = True
+    args = submit_args(server, "openai", "--endpoint", "embeddings", "--wait", "--backend", backend)
+    done = llmfanout(*args, cwd=tmp_path, wire="openai")
+    assert done.returncode == 0, done.stderr
+    found = check_once(tmp_path / "out.jsonl", ids)
+    for row in found:
+        text = f"prompt {int(row['id'].split('-')[1])}"
+        assert row["success"] and row["embedding"] == [float(len(text)), 0.5, -0.5]
+        assert "content" not in row and row["usage"]["total_tokens"] > 0
+    (batch,) = [b for b in server.batches.values() if b.wire == "openai"]
+    _, body = batch.requests[0]
+    assert body == {"model": "m-test", "input": "prompt 0", "encoding_format": "base64"}
+    state = json.loads((tmp_path / "out.jsonl.batch.json").read_text())
+    assert state["endpoint"] == "embeddings"
+    wrong = submit_args(server, "anthropic", "--endpoint", "embeddings")
+    refused = llmfanout(*wrong, cwd=tmp_path, wire="anthropic")
+    assert refused.returncode == 2 and "embeddings batches are OpenAI's" in refused.stderr
