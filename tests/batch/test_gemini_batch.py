@@ -10,19 +10,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from support.fake_gemini_server import FakeGemini, gemini_server_in_thread
+from support.processes import run_cli, wait_until
+from support.processes import started as start_cli
 
-DEADLINE = 60.0
 KEY = "AIza-gemini-batch-secret-0123456789"
 FAST = ("--poll-interval", "0.01", "--max-poll-interval", "0.05")
 
@@ -61,41 +60,11 @@ def submit(server: FakeGemini, backend: str, *extra: str) -> list[str]:
 
 
 def llmfanout(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmfanout", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=environment(),
-        timeout=DEADLINE,
-        check=False,
-    )
+    return run_cli(list(args), cwd, environment())
 
 
-@contextmanager
-def started(*args: str, cwd: Path) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmfanout", *args],
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=DEADLINE)
-
-
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert process.poll() is None, f"exited early: {process.communicate()}"
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.005)
+def started(*args: str, cwd: Path) -> AbstractContextManager[subprocess.Popen[str]]:
+    return start_cli(list(args), cwd, environment())
 
 
 def write_input(path: Path, count: int) -> list[str]:

@@ -14,10 +14,9 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from llmfanout._cli._batch import _Display
 
 from support.fake_batch_server import FakeBatchServer, fake_batch_server_in_thread
 from support.fake_llm_server import fake_llm_server_in_thread
+from support.processes import started as start_cli
+from support.processes import wait_until
 
 DEADLINE = 60.0  # seconds: generous, since every wait ends early on success
 KEY = "sk-cli-batch-secret-0123456789"
@@ -99,30 +100,8 @@ def llmfanout(
     )
 
 
-@contextmanager
-def started(*args: str, cwd: Path, wire: str) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmfanout", *args],
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(wire),
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=DEADLINE)
-
-
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert process.poll() is None, f"exited early: {process.communicate()}"
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.005)
+def started(*args: str, cwd: Path, wire: str) -> AbstractContextManager[subprocess.Popen[str]]:
+    return start_cli(list(args), cwd, environment(wire))
 
 
 def write_input(path: Path, count: int, fail: tuple[int, ...] = ()) -> list[str]:

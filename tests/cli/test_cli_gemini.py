@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.fake_gemini_server import FakeGemini, gemini_server_in_thread
+from support.processes import run_cli
 
 KEY = "AIza-cli-run-secret-0123456789"
 
@@ -30,15 +29,7 @@ def test_run_with_gemini(server: FakeGemini, backend: str, tmp_path: Path) -> No
     env["GEMINI_API_KEY"] = KEY
     args = ["run", "in.jsonl", "-o", "out.jsonl", "--provider", "gemini"]
     args += ["--model", "gemini-2.5-flash", "--base-url", server.gemini_url, "--backend", backend]
-    done = subprocess.run(
-        [sys.executable, "-m", "llmfanout", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli(args, tmp_path, env)
     assert done.returncode == 0, done.stderr
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in out) == list(range(20))

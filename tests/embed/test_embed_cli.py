@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +21,9 @@ import pytest
 from llmfanout.providers._echo import echo_vector
 
 from support.fake_gemini_server import FakeGemini, fake_vector, gemini_server_in_thread
+from support.processes import run_cli, wait_until
+from support.processes import started as start_cli
 
-DEADLINE = 60.0
 KEY = "sk-embed-cli-secret-0123456789"
 VARIABLES = ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
@@ -54,41 +53,11 @@ def environment() -> dict[str, str]:
 
 
 def llmfanout(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmfanout", "embed", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=environment(),
-        timeout=DEADLINE,
-        check=False,
-    )
+    return run_cli(["embed", *args], cwd, environment())
 
 
-@contextmanager
-def started(*args: str, cwd: Path) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmfanout", "embed", *args],
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=DEADLINE)
-
-
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert process.poll() is None, f"exited early: {process.communicate()}"
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.005)
+def started(*args: str, cwd: Path) -> AbstractContextManager[subprocess.Popen[str]]:
+    return start_cli(["embed", *args], cwd, environment())
 
 
 def write_input(path: Path, count: int) -> dict[str, str]:

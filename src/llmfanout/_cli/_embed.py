@@ -39,7 +39,16 @@ from .._rows._embed import (
 from .._rows._job import key_variable
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import OutputCorrupt, cut_torn_line, drop_failed, recover
-from ._args import EXIT_FAILED, EXIT_OK, UsageError, positive_float, positive_int
+from ._args import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    check_input,
+    check_output,
+    positive_float,
+    positive_int,
+    same_file,
+)
 
 MAX_BAD_SHOWN = 20
 
@@ -113,6 +122,10 @@ def add_parser(commands: Any) -> None:
 
 
 def _spec(args: argparse.Namespace) -> EmbedSpec:
+    check_input(args.input)
+    check_output(args.output, directory_ok=args.format != "jsonl")
+    if args.input != "-" and same_file(args.input, args.output):
+        raise UsageError("the output is the input file; choose another output")
     if args.provider != "echo" and not args.model:
         raise UsageError(f"--provider {args.provider} needs --model")
     if args.retry_failed and not args.resume:

@@ -34,7 +34,7 @@ from .._core._packing import Item
 from .._core._retry import BackoffStrategy, RetryConfig
 from .._flow._ratelimit import RateLimit
 from ..providers._embeddings_format import encode_base64
-from ._input_rows import key_of, load_json
+from ._input_rows import _lines, key_of, load_json
 from ._output_rows import RowWriter, encode
 
 EMBED_PROVIDERS = ("echo", "openai", "gemini")
@@ -138,13 +138,6 @@ def parse_line(raw: bytes, line: int) -> tuple[object, str] | BadLine:
     return row_id, text
 
 
-def _lines(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    file.seek(0)
-    for number, raw in enumerate(file, 1):
-        if raw.strip():
-            yield number, raw
-
-
 @attrs.define
 class EmbedScan:
     """What a first pass over the input found: bad lines, repeated ids, rows to embed."""
@@ -208,8 +201,16 @@ def bad_row(bad: BadLine) -> dict[str, Any]:
 # -- outputs -----------------------------------------------------------------------------
 
 
-def _error(error: Exception, scrub: Callable[[str], str]) -> dict[str, str]:
-    return {"type": type(error).__name__, "message": scrub(str(error))}
+def failed_rows(
+    items: Sequence[Item[Any]], error: Exception | None, scrub: Callable[[str], str]
+) -> list[dict[str, Any]]:
+    """The rows of a request that failed for good: each of its ids, with the error."""
+    assert error is not None
+    failure = {"type": type(error).__name__, "message": scrub(str(error))}
+    return [
+        {"id": i.key, "success": False, "embedding": None, "error": failure, "model": None}
+        for i in items
+    ]
 
 
 class JsonlSink:
@@ -231,12 +232,7 @@ class JsonlSink:
     ) -> None:
         """Write the rows of one finished request."""
         if response is None:
-            assert error is not None
-            failure = _error(error, self._scrub)
-            rows = [
-                {"id": i.key, "success": False, "embedding": None, "error": failure, "model": None}
-                for i in items
-            ]
+            rows = failed_rows(items, error, self._scrub)
             self.failed += len(rows)
         else:
             model = response.model
@@ -293,12 +289,7 @@ class ShardSink:
         error: Exception | None,
     ) -> None:
         if response is None:
-            assert error is not None
-            failure = _error(error, self._scrub)
-            rows = [{"id": i.key, "success": False, "error": failure} for i in items]
-            self._index.write(encode(rows), len(rows))
-            self.written += len(rows)
-            self.failed += len(rows)
+            self.bad(failed_rows(items, error, self._scrub))
             return
         self._model = response.model
         self._ids.extend(item.key for item in items)
