@@ -25,7 +25,7 @@ from .._base._embeddings import AsyncEmbeddingProvider, EmbeddingCaps, Embedding
 from .._base._types import LoopBound
 from .._flow._limiter import Limiter, check_limiter
 from ..errors import ResponseFormatError
-from ._attempt import TimeLimit, cooldown_cap, shared_cooldown
+from ._attempt import TimeLimit, shared_cooldown
 from ._outcome import Failed
 from ._packing import Item, Packer, TokenEstimator, estimate_tokens
 from ._retry import BackoffStrategy, RetryConfig, retrying
@@ -132,7 +132,6 @@ class _Run(Generic[K]):
         self.retry = retry
         self.limiter = limiter
         self.timeout = timeout
-        self.max_cooldown = cooldown_cap(retry)
         self.sent = 0  # requests that succeeded
         self.split = 0  # requests refused as too large, and split
 
@@ -186,7 +185,7 @@ class _Run(Generic[K]):
             used = usage.get("total_tokens", usage.get("prompt_tokens"))
             return response
         except Exception as exc:
-            cooldown = shared_cooldown(exc, self.max_cooldown)
+            cooldown = shared_cooldown(exc, self.retry)
             if cooldown is not None:
                 limiter.cooldown(cooldown)
             raise
