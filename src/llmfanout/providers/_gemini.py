@@ -24,7 +24,7 @@ from ._gemini_format import (
 )
 from ._http import HTTPProvider
 from ._streaming import Accumulator
-from ._transports._pool import Response
+from ._transports._base import Response
 
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 
