@@ -14,6 +14,7 @@ docs/architecture.md)::
 """
 
 from ._base._advertised import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
+from ._base._embeddings import AsyncEmbeddingProvider, EmbeddingCaps, EmbeddingResponse
 from ._base._public import publish
 from ._base._types import (
     AsyncLLMProvider,
@@ -26,6 +27,7 @@ from ._base._types import (
 )
 from ._base._version import VERSION
 from ._batch._jobs import BatchJob, submit_batch
+from ._core._embed import EmbeddingResult, EmbeddingTask, aembed, embed
 from ._core._executor import ParallelLLMExecutor, ResultStream
 from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._core._tasks import DeterministicTask, LLMTask, TaskResult
@@ -38,11 +40,12 @@ from ._report._cost import Price
 from ._report._summary import RunSummary, summarize
 from ._rows._job import JobError, JobSpec, RowStream, arun_rows, run_rows
 from .errors import ProviderError, TaskAborted
-from .providers import AnthropicProvider, OpenAIProvider
+from .providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 from .providers._echo import EchoProvider, ErrorResponse
 
 __all__ = [
     "AnthropicProvider",
+    "AsyncEmbeddingProvider",
     "AsyncLLMProvider",
     "BackoffStrategy",
     "BatchJob",
@@ -50,7 +53,12 @@ __all__ = [
     "DeploymentStats",
     "DeterministicTask",
     "EchoProvider",
+    "EmbeddingCaps",
+    "EmbeddingResponse",
+    "EmbeddingResult",
+    "EmbeddingTask",
     "ErrorResponse",
+    "GeminiProvider",
     "HeaderPacer",
     "ImagePart",
     "JobError",
@@ -77,7 +85,9 @@ __all__ = [
     "TaskResult",
     "TextPart",
     "ToolCall",
+    "aembed",
     "arun_rows",
+    "embed",
     "parse_rate_limit_headers",
     "run_rows",
     "submit_batch",

@@ -10,6 +10,7 @@ Exception
       +-- APIConnectionError       refused, reset, or dropped mid-response              retried
       |    +-- APITimeoutError     connect, read, write, pool or total timeout          retried
       +-- ResponseFormatError      a 2xx body not as documented, or past max_response_bytes never
+      +-- ContentBlockedError      the provider's safety filter withheld the answer       never
       +-- APIStatusError           another error status: 408, 409 retried, 3xx never
            +-- BadRequestError     400, 404, 413, 422, or a request we refuse to send   never
            +-- AuthenticationError 401, 403                                             never
@@ -38,6 +39,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ContentBlockedError",
     "PacingError",
     "ProviderError",
     "RateLimitError",
@@ -202,6 +204,19 @@ class ResponseFormatError(ProviderError):
 
     Usually ``base_url`` points at something that is not the API (a proxy's HTML page,
     the wrong path), or a compatible server that leaves out a field.
+    """
+
+    retryable = False
+
+
+class ContentBlockedError(ProviderError):
+    """The provider answered 200 but withheld the answer: its safety filter blocked the prompt
+    (Gemini's ``promptFeedback.blockReason``) or the reply (``finishReason`` ``SAFETY``,
+    ``RECITATION``, ``BLOCKLIST``, ``PROHIBITED_CONTENT``, ``SPII``, ``IMAGE_SAFETY``); not
+    retried, as the same prompt is blocked again.
+
+    ``error_type`` holds the reason the provider gave (``"SAFETY"``...); ``body`` the start
+    of the answer, with its safety ratings.
     """
 
     retryable = False

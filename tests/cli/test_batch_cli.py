@@ -14,10 +14,9 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from llmfanout._cli._batch import _Display
 
 from support.fake_batch_server import FakeBatchServer, fake_batch_server_in_thread
 from support.fake_llm_server import fake_llm_server_in_thread
+from support.processes import started as start_cli
+from support.processes import wait_until
 
 DEADLINE = 60.0  # seconds: generous, since every wait ends early on success
 KEY = "sk-cli-batch-secret-0123456789"
@@ -99,30 +100,8 @@ def llmfanout(
     )
 
 
-@contextmanager
-def started(*args: str, cwd: Path, wire: str) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmfanout", *args],
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(wire),
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=DEADLINE)
-
-
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert process.poll() is None, f"exited early: {process.communicate()}"
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.005)
+def started(*args: str, cwd: Path, wire: str) -> AbstractContextManager[subprocess.Popen[str]]:
+    return start_cli(list(args), cwd, environment(wire))
 
 
 def write_input(path: Path, count: int, fail: tuple[int, ...] = ()) -> list[str]:
@@ -526,3 +505,25 @@ def test_the_three_input_formats_reach_the_batch_as_run_sends_them(
     found = {row["id"]: row for row in check_once(tmp_path / "out.jsonl", ["p", 7, "b-1"])}
     assert found[7]["content"] == "echo: with params"
     assert found["b-1"]["model"] == "row-model"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_openai_embeddings_batch(server: FakeBatchServer, backend: str, tmp_path: Path) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 40)
+    server.advance_on_poll = True
+    args = submit_args(server, "openai", "--endpoint", "embeddings", "--wait", "--backend", backend)
+    done = llmfanout(*args, cwd=tmp_path, wire="openai")
+    assert done.returncode == 0, done.stderr
+    found = check_once(tmp_path / "out.jsonl", ids)
+    for row in found:
+        text = f"prompt {int(row['id'].split('-')[1])}"
+        assert row["success"] and row["embedding"] == [float(len(text)), 0.5, -0.5]
+        assert "content" not in row and row["usage"]["total_tokens"] > 0
+    (batch,) = [b for b in server.batches.values() if b.wire == "openai"]
+    _, body = batch.requests[0]
+    assert body == {"model": "m-test", "input": "prompt 0", "encoding_format": "base64"}
+    state = json.loads((tmp_path / "out.jsonl.batch.json").read_text())
+    assert state["endpoint"] == "embeddings"
+    wrong = submit_args(server, "anthropic", "--endpoint", "embeddings")
+    refused = llmfanout(*wrong, cwd=tmp_path, wire="anthropic")
+    assert refused.returncode == 2 and "embeddings batches are OpenAI's" in refused.stderr

@@ -29,8 +29,10 @@ the base URL and serves until killed.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -209,6 +211,24 @@ class FakeBatchServer:
             error = json.loads(_error_body("openai", 400, "the prompt asked to fail", None))
             line.update(
                 response={"status_code": 400, "request_id": f"req_{position}", "body": error},
+                error=None,
+            )
+        elif "input" in body:  # a /v1/embeddings line: one base64 vector from its text
+            vector = struct.pack("<3f", float(len(body["input"])), 0.5, -0.5)
+            item = {
+                "object": "embedding",
+                "index": 0,
+                "embedding": base64.b64encode(vector).decode(),
+            }
+            tokens = len(body["input"]) // 4 + 1
+            answer = {
+                "object": "list",
+                "data": [item],
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+            line.update(
+                response={"status_code": 200, "request_id": f"req_{position}", "body": answer},
                 error=None,
             )
         else:

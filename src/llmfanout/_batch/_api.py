@@ -524,6 +524,3 @@ def _errored(where: str, error: Any) -> ProviderError:
         error_message=message,
         provider="anthropic",
     )
-
-
-APIS: dict[str, type[BatchAPI]] = {"openai": OpenAIBatchAPI, "anthropic": AnthropicBatchAPI}

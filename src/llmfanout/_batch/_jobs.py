@@ -42,13 +42,13 @@ from .._core._tasks import LLMTask, TaskResult
 from ..errors import ProviderError
 from ..providers._http import HTTPProvider
 from ._api import (
-    APIS,
     BatchAPI,
     BatchRequestCancelled,
     BatchRequestError,
     BatchRequestExpired,
     RemoteBatch,
 )
+from ._apis import APIS, api_class
 from ._state import BatchStateError, Part, State, load, save
 
 logger = logging.getLogger("llmfanout")
@@ -143,18 +143,23 @@ def _view(part: Part) -> BatchPart:
     )
 
 
-def _api(provider: object, state: State | None = None) -> BatchAPI:
+def _api(provider: object, state: State | None = None, endpoint: str = "chat") -> BatchAPI:
     name = getattr(provider, "provider_name", None)
     if not isinstance(provider, HTTPProvider) or name not in APIS:
         raise TypeError(
-            f"batches need an OpenAIProvider or an AnthropicProvider, not {type(provider).__name__}"
+            "batches need an OpenAIProvider, an AnthropicProvider or a GeminiProvider, not "
+            f"{type(provider).__name__}"
         )
     if state is not None and (state.provider, state.base_url) != (name, provider.base_url):
         raise BatchStateError(
             f"this batch job was submitted to {state.provider} at {state.base_url}; give a "
             f"provider for that (got {name} at {provider.base_url})"
         )
-    return APIS[name](provider)
+    try:
+        cls = api_class(name, state.endpoint if state is not None else endpoint)
+    except ValueError as exc:
+        raise TypeError(str(exc)) from None
+    return cls(provider)
 
 
 class BatchJob:
@@ -182,6 +187,11 @@ class BatchJob:
     def provider(self) -> str:
         """``"openai"`` or ``"anthropic"``."""
         return self._state.provider
+
+    @property
+    def endpoint(self) -> str:
+        """``"chat"``, or ``"embeddings"`` for a batch of OpenAI embeddings."""
+        return self._state.endpoint
 
     @property
     def model(self) -> str:
@@ -693,10 +703,14 @@ def _fresh_folder(path: str) -> None:
 
 
 def _open(
-    provider: HTTPProvider, path: str, max_requests: int | None, max_bytes: int | None
+    provider: HTTPProvider,
+    path: str,
+    max_requests: int | None,
+    max_bytes: int | None,
+    endpoint: str = "chat",
 ) -> tuple[State | None, BatchAPI, int, int]:
     existing = load(path) if os.path.exists(path) else None
-    api = _api(provider, existing)
+    api = _api(provider, existing, endpoint)
     if existing is not None:  # carry on with the limits the parts were planned with
         if existing.cancelled:
             raise BatchStateError(
@@ -722,6 +736,7 @@ async def submit_batch(
     input_name: str | None = None,
     api_key_env: str | None = None,
     on_part: Callable[[BatchPart], None] | None = None,
+    endpoint: str = "chat",
 ) -> BatchJob:
     """Submit ``tasks`` as provider batches; the :class:`BatchJob` that tracks them.
 
@@ -738,9 +753,12 @@ async def submit_batch(
     ``api_key_env`` (the name of the variable the key came from, never the key) are
     recorded for later commands. ``on_part`` is called with each part once it exists at
     the provider (those created by an earlier, interrupted call included).
+
+    ``endpoint="embeddings"`` (OpenAI only) sends each task's one user text to
+    ``/v1/embeddings``; each result's vector is in ``response.metadata["embedding"]``.
     """
     path = os.fspath(state)
-    existing, api, requests, size = _open(provider, path, max_requests, max_bytes)
+    existing, api, requests, size = _open(provider, path, max_requests, max_bytes, endpoint)
     run_id = existing.run_id if existing is not None else secrets.token_hex(4)
     # The request files go beside the state, in a folder of a fixed name: one a killed
     # submit left behind is cleared by the next, not left to pile up.
@@ -760,6 +778,7 @@ async def submit_batch(
                 parts=parts,
                 input=input_name,
                 api_key_env=api_key_env,
+                endpoint=endpoint,
             )
             save(record, path)  # recorded before anything is created
         else:

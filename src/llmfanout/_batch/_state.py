@@ -70,6 +70,7 @@ class State:
     input: str | None = None  # the input file, for the record (the CLI fills it)
     cancelled: bool = False  # cancel was asked: parts not yet created never will be
     api_key_env: str | None = None  # the variable the key is read from (never the key)
+    endpoint: str = "chat"  # "chat", or "embeddings" (OpenAI's /v1/embeddings)
     version: int = VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -31,7 +31,8 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .._batch._api import APIS
+from .._batch._api import BatchAPI
+from .._batch._apis import APIS, ENDPOINTS, api_class
 from .._batch._jobs import BatchJob, BatchPart, BatchProgress, Polling, _planned, submit_batch
 from .._batch._state import BatchStateError, state_path
 from .._core._tasks import LLMTask, TaskResult
@@ -41,7 +42,7 @@ from .._core._tasks import LLMTask, TaskResult
 from .._report._cost import CostTally, Price, load_prices
 from .._report._summary import format_usd
 from .._rows._input_rows import BadRow, parse_row, scan
-from .._rows._job import KEY_VARIABLES
+from .._rows._job import key_variable
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import (
     OutputCorrupt,
@@ -154,6 +155,13 @@ def add_parser(commands: Any) -> None:
         "ANTHROPIC_API_KEY); its name is recorded for wait, status and cancel",
     )
     submit.add_argument("--model", help="the model; a row's own (params.model) wins")
+    submit.add_argument(
+        "--endpoint",
+        choices=ENDPOINTS,
+        default="chat",
+        help="chat (default), or embeddings: each row's prompt embedded through OpenAI's "
+        '/v1/embeddings; output rows then carry an "embedding"',
+    )
     submit.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
     submit.add_argument("--wait", action="store_true", help="then wait and write the results")
     submit.add_argument(
@@ -243,7 +251,7 @@ def main(args: argparse.Namespace) -> int:
 def _provider(
     name: str, model: str, base_url: str | None, key_env: str | None, *, required: bool = True
 ) -> HTTPProvider:
-    variable = key_env or KEY_VARIABLES[name]
+    variable = key_env or key_variable(name)
     key = os.environ.get(variable, "").strip() or ("" if required else "dry-run")
     if not key:
         raise UsageError(
@@ -251,9 +259,14 @@ def _provider(
             f"(keys are never taken from a flag); set it, e.g. export {variable}=... "
             "(a local server that needs no key accepts any value)"
         )
-    from ..providers import AnthropicProvider, OpenAIProvider
+    from ..providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 
-    cls = OpenAIProvider if name == "openai" else AnthropicProvider
+    classes: dict[str, type[HTTPProvider]] = {
+        "openai": OpenAIProvider,
+        "anthropic": AnthropicProvider,
+        "gemini": GeminiProvider,
+    }
+    cls = classes[name]
     options: dict[str, Any] = {"base_url": base_url} if base_url else {}
     try:
         return cls(model, api_key=key, **options)
@@ -274,7 +287,7 @@ def _check_rows(args: argparse.Namespace, source: IO[bytes], provider: HTTPProvi
     """Validate every row as the batch API will get it; raise ``UsageError`` listing bad lines."""
     found = scan(source)
     bad = {number: item.reason for number, item in found.bad.items()}
-    api = APIS[args.provider](provider)
+    api = _api_for(args, provider)
     missing_model = None
     for number, raw in _numbered(source):
         if number in bad:
@@ -305,6 +318,13 @@ def _check_rows(args: argparse.Namespace, source: IO[bytes], provider: HTTPProvi
             "--model, or give every row a model in its params (or batch body)"
         )
     return found.rows
+
+
+def _api_for(args: argparse.Namespace, provider: HTTPProvider) -> BatchAPI:
+    try:
+        return api_class(args.provider, args.endpoint)(provider)
+    except ValueError as exc:
+        raise UsageError(f"--endpoint {args.endpoint}: {exc}") from None
 
 
 def _numbered(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -373,7 +393,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _dry_run(args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes], rows: int) -> int:
     """Plan the batches as submit would, and say what they would be; nothing is sent."""
-    api = APIS[args.provider](provider)
+    api = _api_for(args, provider)
     requests = args.max_requests or api.max_requests
     size = args.max_bytes or api.max_bytes
     with tempfile.TemporaryDirectory() as folder:
@@ -407,6 +427,7 @@ async def _do_submit(
             input_name=name,
             api_key_env=args.api_key_env,
             on_part=None if args.quiet else _created,
+            endpoint=args.endpoint,
         )
 
 
@@ -614,6 +635,10 @@ class _Waiter:
 
     def row(self, result: TaskResult, batch_id: str | None) -> bytes:
         row = result_row(result, json.loads(result.tag), self.job.model, self.scrub)
+        if self.job.endpoint == "embeddings":
+            response = result.value if result.success else None
+            row["embedding"] = getattr(response, "metadata", {}).get("embedding")
+            del row["content"], row["finish_reason"]
         row["batch_id"] = batch_id
         if self.schema is not None:
             row = structured_fields(row, result, self.scrub)

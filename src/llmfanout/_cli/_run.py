@@ -32,7 +32,7 @@ import anyio
 from .._deploy._spec import load_deployments
 from .._report._cost import load_prices
 from .._rows._input_rows import Scan, read_rows, scan
-from .._rows._job import KEY_VARIABLES, Job, JobError, JobSpec
+from .._rows._job import Job, JobError, JobSpec, key_variable
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import (
     OutputCorrupt,
@@ -90,7 +90,7 @@ def add_parser(commands: Any) -> None:
     )
     run.add_argument(
         "--provider",
-        choices=("echo", "openai", "anthropic"),
+        choices=("echo", "openai", "anthropic", "gemini"),
         default="echo",
         help="echo (default) answers locally with no network, for trying things out",
     )
@@ -98,15 +98,15 @@ def add_parser(commands: Any) -> None:
         "--model",
         help=(
             "the model; a row's own (params.model, or the batch body's) wins. Needed for "
-            "openai and anthropic unless every row names one"
+            "openai, anthropic and gemini unless every row names one"
         ),
     )
     run.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
     run.add_argument(
         "--api-key-env",
         metavar="NAME",
-        help="the environment variable holding the key (default OPENAI_API_KEY or "
-        "ANTHROPIC_API_KEY)",
+        help="the environment variable holding the key (default OPENAI_API_KEY, "
+        "ANTHROPIC_API_KEY, or GEMINI_API_KEY else GOOGLE_API_KEY)",
     )
     run.add_argument(
         "--params",
@@ -330,7 +330,7 @@ def _without_password(url: str) -> str:
 def _check_key(args: argparse.Namespace) -> None:
     if args.provider == "echo" or args.deployment_specs is not None:
         return
-    variable = args.api_key_env or KEY_VARIABLES[args.provider]
+    variable = args.api_key_env or key_variable(args.provider)
     if not os.environ.get(variable, "").strip():
         raise UsageError(
             f"--provider {args.provider} needs an API key in the {variable} environment "

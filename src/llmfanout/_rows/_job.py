@@ -50,9 +50,14 @@ from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
 from ._output_rows import bad_row, result_row
 from ._structured_rows import check_job_schema, row_schema, structured_fields
 
-PROVIDERS = ("echo", "openai", "anthropic")
+PROVIDERS = ("echo", "openai", "anthropic", "gemini")
 BACKENDS = ("asyncio", "trio")
-KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+KEY_VARIABLES = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+}
+FALLBACK_KEY_VARIABLES = {"gemini": "GOOGLE_API_KEY"}  # read when the first is unset
 _PER_ROW = "(per row)"  # the provider's model when every row names its own
 
 
@@ -247,7 +252,16 @@ class JobSpec:
         """The environment variable the key is read from (None for the echo provider)."""
         if self.provider == "echo":
             return None
-        return self.api_key_env or KEY_VARIABLES[self.provider]
+        return self.api_key_env or key_variable(self.provider)
+
+
+def key_variable(provider: str) -> str:
+    """The variable a provider's key is read from: its own, or a fallback that is set."""
+    variable = KEY_VARIABLES[provider]
+    fallback = FALLBACK_KEY_VARIABLES.get(provider)
+    if fallback and not os.environ.get(variable, "").strip() and os.environ.get(fallback):
+        return fallback
+    return variable
 
 
 def read_key(spec: JobSpec) -> str | None:
@@ -294,18 +308,19 @@ def _provider_for(spec: JobSpec, model: str, key: str | None) -> AsyncLLMProvide
     # could time out before its request left. Pay for the import here, before any clock.
     import httpcore  # noqa: F401
 
-    from ..providers import AnthropicProvider, OpenAIProvider
+    from ..providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 
     options: dict[str, Any] = {"max_connections": spec.concurrency, "api_key": key}
     if spec.base_url:
         options["base_url"] = spec.base_url
     if spec.timeout:
         options["timeout"] = spec.timeout
-    cls = OpenAIProvider if spec.provider == "openai" else AnthropicProvider
+    classes = {"openai": OpenAIProvider, "anthropic": AnthropicProvider, "gemini": GeminiProvider}
     try:
-        return cls(model, **options)
+        provider: AsyncLLMProvider = classes[spec.provider](model, **options)
     except (ValueError, TypeError) as exc:  # a bad base_url or model, or an unusable key
         raise JobError(str(exc)) from None
+    return provider
 
 
 def _pool_for(job: Job, spec: JobSpec) -> AsyncLLMProvider:

@@ -131,6 +131,8 @@ def _error_details(body: Any) -> tuple[str | None, str | None]:
     error = body.get("error")
     if isinstance(error, dict):  # {"error": {"type"|"code", "message"}} (both providers)
         kind = error.get("type") or error.get("code")
+        if not isinstance(kind, str):  # Google: {"error": {"code": 429, "status", "message"}}
+            kind = error.get("status")
         message = error.get("message")
     else:  # {"error": "..."}, {"message": ...}, {"detail": ...}: compatible servers
         kind = body.get("type") if body.get("type") != "error" else None
@@ -139,6 +141,30 @@ def _error_details(body: Any) -> tuple[str | None, str | None]:
         kind if isinstance(kind, str) and kind else None,
         message if isinstance(message, str) and message else None,
     )
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)s", re.ASCII)
+
+
+def retry_info_delay(body: Any) -> float | None:
+    """The ``retryDelay`` of a Google error body's ``google.rpc.RetryInfo`` detail, in seconds.
+
+    Google APIs (Gemini) say when to come back in the body, not in a header:
+    ``{"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+    "retryDelay": "7s"}]}}`` (a protobuf Duration: seconds with an ``s``).
+    """
+    error = body.get("error") if isinstance(body, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        if (
+            isinstance(detail, dict)
+            and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo")
+            and isinstance(delay := detail.get("retryDelay"), str)
+            and (match := _DURATION.fullmatch(delay.strip()))
+        ):
+            seconds = float(match.group(1))
+            return seconds if math.isfinite(seconds) else None
+    return None
 
 
 def one_line(text: str, limit: int) -> str:
@@ -178,6 +204,8 @@ def status_error(
     if error_message is None and text.strip() and parsed is None:
         error_message = one_line(text, _TEXT_KEEP)
     retry_after = parse_retry_after(headers)
+    if retry_after is None:
+        retry_after = retry_info_delay(parsed)
     rid = request_id(headers)
     cls = status_error_class(status)
 

@@ -234,6 +234,10 @@ class HTTPProvider:
         """The request body for a streamed call (``stream`` already set)."""
         return payload
 
+    def _path(self, params: Mapping[str, Any], *, stream: bool) -> str:
+        """The path under ``base_url`` a call goes to (``endpoint``; Gemini's names the model)."""
+        return self.endpoint
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def __repr__(self) -> str:
@@ -311,8 +315,9 @@ class HTTPProvider:
         if params.get("stream") or ON_TEXT in params:
             return await self._complete_streamed(messages, dict(params), self._accumulator())
         payload = self._payload(messages, params)
-        response = await self._send("POST", self._target, self._encode(payload), None)
-        answer = self._response(self._json(response), response, payload["model"])
+        target = self._prefix + self._path(params, stream=False)
+        response = await self._send("POST", target, self._encode(payload), None)
+        answer = self._response(self._json(response), response, params.get("model"))
         limits = parse_rate_limit_headers(response.headers)
         return answer if limits is None else attrs.evolve(answer, rate_limits=limits)
 
@@ -353,14 +358,14 @@ class HTTPProvider:
         start = anyio.current_time()
         first: float | None = None
         error: ProviderError | None = None
-        async with self.stream("POST", self.endpoint, json=payload) as response:
+        async with self.stream("POST", self._path(params, stream=True), json=payload) as response:
             head = Response(response.status, response.reason, response.headers, b"")
             if response.headers.get("content-type", "").startswith("application/json"):
                 # A server that does not stream answers whole: take it as it is.
                 whole = Response(
                     response.status, response.reason, response.headers, await response.read()
                 )
-                answer = self._response(self._json(whole), whole, payload.get("model"))
+                answer = self._response(self._json(whole), whole, params.get("model"))
                 return attrs.evolve(
                     answer,
                     metadata={**answer.metadata, "streamed": False, "time_to_first_token_s": None},
@@ -402,7 +407,7 @@ class HTTPProvider:
         if error is not None:
             logger.debug("%s", error)
             raise error
-        answer = self._response(accumulator.body(), head, payload.get("model"))
+        answer = self._response(accumulator.body(), head, params.get("model"))
         metadata = {**answer.metadata, "streamed": True, "time_to_first_token_s": first}
         return attrs.evolve(answer, metadata=metadata)
 
