@@ -37,6 +37,7 @@ async def run_checked(
         messages: tuple[LLMMessage, ...], sent: Mapping[str, Any]
     ) -> tuple[LLMResponse | None, Exception | None, int]:
         first_error: Exception | None = None
+        held = True
         if plain and (governor is None or governor.idle()):
             # As the executor's own fast path: a plain call first, the retry machinery
             # only if it fails; the governor counts it and learns from its answer.
@@ -48,7 +49,7 @@ async def run_checked(
                 if governor is not None:
                     governor.unpaced -= 1
                     cooldown = shared_cooldown(exc, policy)
-                    governor.learn(sent, exc, cooldown=cooldown)
+                    held = governor.learn(sent, exc, cooldown=cooldown)
                 if policy.trivial:
                     return None, exc, 1
                 first_error = exc
@@ -59,6 +60,7 @@ async def run_checked(
             else:
                 if governor is not None:
                     governor.unpaced -= 1
+                    governor.pause.success()
                     if answer.rate_limits is not None:
                         governor.learn(sent, answer)
                 return answer, None, 1
@@ -71,6 +73,7 @@ async def run_checked(
             per_attempt,
             limit,
             first_error=first_error,
+            first_held=held,
             governor=governor,
         )
         if type(outcome) is Ok:

@@ -735,6 +735,7 @@ class ParallelLLMExecutor:
             ):
                 # The fast path: the first attempt is a plain call, nothing to wrap it in;
                 # the retry machinery is set up only if it fails.
+                held = True  # the first refusal's Retry-After: a pause the pacer keeps
                 if governor is not None:
                     governor.unpaced += 1  # for the first answer that reports limits
                 try:
@@ -745,7 +746,7 @@ class ParallelLLMExecutor:
                     if governor is not None:
                         governor.unpaced -= 1
                         cooldown = shared_cooldown(exc, retry)
-                        governor.learn(overrides, exc, cooldown=cooldown)
+                        held = governor.learn(overrides, exc, cooldown=cooldown)
                     if retry is None or retry.trivial:
                         return _failed(tag, exc, start, 1)
                     outcome = await run_llm(
@@ -756,6 +757,7 @@ class ParallelLLMExecutor:
                         None,
                         None,
                         first_error=exc,
+                        first_held=held,
                         governor=governor,
                     )
                 except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
@@ -765,6 +767,7 @@ class ParallelLLMExecutor:
                 else:
                     if governor is not None:
                         governor.unpaced -= 1
+                        governor.pause.success()
                         if getattr(response, "rate_limits", None) is not None:
                             governor.learn(overrides, response)
                     return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
