@@ -25,7 +25,8 @@ from ._base._types import (
     ToolCall,
 )
 from ._base._version import VERSION
-from ._batch._jobs import BatchJob, submit_batch
+from ._batch._jobs import BatchJob
+from ._batch._submit import submit_batch
 from ._core._executor import ParallelLLMExecutor, ResultStream
 from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._core._tasks import DeterministicTask, LLMTask, TaskResult

@@ -32,8 +32,10 @@ from llmfanout._batch._api import (
     _seconds,
 )
 from llmfanout._batch._http import BatchHTTP
-from llmfanout._batch._jobs import BatchJob, Polling, _planned, submit_batch
+from llmfanout._batch._jobs import BatchJob, Polling
+from llmfanout._batch._plan import plan_parts
 from llmfanout._batch._state import BatchStateError, Part, State, load, save
+from llmfanout._batch._submit import submit_batch
 from llmfanout.errors import BadRequestError, ProviderError, RateLimitError, ServerError
 from llmfanout.providers._http import HTTPProvider
 
@@ -446,7 +448,7 @@ def test_the_split_keeps_order_and_limits(
     given_tasks = [
         LLMTask([LLMMessage("user", "x" * (n + 1))], tag=f"t{i}") for i, n in enumerate(lengths)
     ]
-    parts = _planned(_Sized(), given_tasks, "run1", folder, max_requests, max_bytes)
+    parts = plan_parts(_Sized(), given_tasks, "run1", folder, max_requests, max_bytes)
     assert [tag for part in parts for tag in part.tags] == [t.tag for t in given_tasks]
     for part in parts:
         path = os.path.join(folder, f"llmfanout-run1-part{part.index}.jsonl")
@@ -486,7 +488,7 @@ def test_polling_refuses_nonsense() -> None:
 def test_a_request_larger_than_a_batch_is_refused(tmp_path: Path) -> None:
     big = [LLMTask([LLMMessage("user", "x" * 5000)], tag="big")]
     with pytest.raises(ValueError, match=r"'big'.*bytes"):
-        _planned(_Sized(), big, "r", str(tmp_path), 10, 2000)
+        plan_parts(_Sized(), big, "r", str(tmp_path), 10, 2000)
 
 
 def test_openai_lines_are_batch_api_requests() -> None:
@@ -512,8 +514,7 @@ def test_openai_lines_are_batch_api_requests() -> None:
 
 def openai_outcome(line: dict[str, Any]) -> Any:
     api = OpenAIBatchAPI(OpenAIProvider("gpt-test", api_key=KEY))
-    remote = api._batch({"id": "batch_1", "status": "completed"})
-    return api._outcome(json.dumps(line).encode(), remote)
+    return api._outcome(json.dumps(line).encode(), "openai batch batch_1")
 
 
 def test_openai_result_lines_become_outcomes() -> None:
@@ -575,13 +576,13 @@ def test_timestamps_in_either_spelling(value: object, seconds: float) -> None:
 def test_part_files_are_the_request_bodies_as_sent(tmp_path: Path) -> None:
     given = tasks(5)
     anthropic = AnthropicBatchAPI(AnthropicProvider("claude-test", api_key=KEY))
-    parts = _planned(anthropic, given, "run1", str(tmp_path), 3, 10_000)
+    parts = plan_parts(anthropic, given, "run1", str(tmp_path), 3, 10_000)
     body = json.loads((tmp_path / "llmfanout-run1-part1.jsonl").read_bytes())
     assert [r["custom_id"] for r in body["requests"]] == ["run1-1-0", "run1-1-1"]
     assert body["requests"][0]["params"]["messages"] == [{"role": "user", "content": "q3"}]
     assert [p.rows for p in parts] == [3, 2]
     openai = OpenAIBatchAPI(OpenAIProvider("gpt-test", api_key=KEY))
-    _planned(openai, given, "run2", str(tmp_path), 10, 10_000)
+    plan_parts(openai, given, "run2", str(tmp_path), 10, 10_000)
     form = (tmp_path / "llmfanout-run2-part0.jsonl").read_bytes()
     head, tail = openai.framing("llmfanout-run2-part0.jsonl")
     assert form.startswith(head) and form.endswith(tail)

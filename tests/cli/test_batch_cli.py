@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from llmfanout._batch._jobs import BatchProgress
-from llmfanout._cli._batch import _Display
+from llmfanout._cli._batch_jobs import Display
 
 from support.fake_batch_server import FakeBatchServer, fake_batch_server_in_thread
 from support.fake_llm_server import fake_llm_server_in_thread
@@ -459,7 +459,7 @@ def test_plain_progress_is_a_line_now_and_then(monkeypatch: pytest.MonkeyPatch) 
     for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
         monkeypatch.delenv(name, raising=False)
     stream = io.StringIO()
-    display = _Display(quiet=False, stream=stream)
+    display = Display(quiet=False, stream=stream)
     display.update(progress(0))
     display.update(progress(4))  # within PLAIN_EVERY of the first line: not shown yet
     display.update(progress(6, ended=1))
@@ -472,7 +472,7 @@ def test_plain_progress_is_a_line_now_and_then(monkeypatch: pytest.MonkeyPatch) 
 
 def test_quiet_progress_writes_nothing() -> None:
     stream = io.StringIO()
-    display = _Display(quiet=True, stream=stream)
+    display = Display(quiet=True, stream=stream)
     display.update(progress(3))
     display.stop()
     assert stream.getvalue() == ""
@@ -482,7 +482,7 @@ def test_a_terminal_gets_a_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     monkeypatch.setenv("TTY_INTERACTIVE", "1")
     stream = io.StringIO()
-    display = _Display(quiet=False, stream=stream)
+    display = Display(quiet=False, stream=stream)
     assert display.bar is not None
     display.update(progress(5, ended=1))
     display.stop()

@@ -191,8 +191,21 @@ class BatchAPI:
 
     async def outcomes(self, batch: RemoteBatch) -> AsyncGenerator[Outcome, None]:
         """The results of an ended batch, in the provider's order."""
+        where = f"{self.name} batch {batch.id}"
+        for path in self._result_paths(batch):
+            async with aclosing(self.http.lines(path)) as lines:
+                async for raw in lines:
+                    outcome = self._outcome(raw, where)
+                    if outcome is not None:
+                        yield outcome
+
+    def _result_paths(self, batch: RemoteBatch) -> list[str]:
+        """Where an ended batch's results are read from, in order."""
         raise NotImplementedError
-        yield  # pragma: no cover
+
+    def _outcome(self, raw: bytes, where: str) -> Outcome | None:
+        """One result line read (None for a line that is not one)."""
+        raise NotImplementedError
 
     def _answer(self, body: Any, request_id: str | None) -> LLMResponse:
         headers = {"x-request-id": request_id, "request-id": request_id} if request_id else {}
@@ -263,15 +276,10 @@ class OpenAIBatchAPI(BatchAPI):
     async def cancel(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self.http.call("POST", f"/batches/{batch_id}/cancel"))
 
-    async def outcomes(self, batch: RemoteBatch) -> AsyncGenerator[Outcome, None]:
-        for file_id in batch.results:
-            async with aclosing(self.http.lines(f"/files/{file_id}/content")) as lines:
-                async for raw in lines:
-                    outcome = self._outcome(raw, batch)
-                    if outcome is not None:
-                        yield outcome
+    def _result_paths(self, batch: RemoteBatch) -> list[str]:
+        return [f"/files/{file_id}/content" for file_id in batch.results]
 
-    def _outcome(self, raw: bytes, batch: RemoteBatch) -> Outcome | None:
+    def _outcome(self, raw: bytes, where: str) -> Outcome | None:
         try:
             line = json.loads(raw)
             custom_id = line["custom_id"]
@@ -281,7 +289,6 @@ class OpenAIBatchAPI(BatchAPI):
             return None
         response = line.get("response")
         error = line.get("error")
-        where = f"openai batch {batch.id}"
         if isinstance(response, dict) and isinstance(response.get("body"), dict):
             body = response["body"]
             status = response.get("status_code")
@@ -394,16 +401,12 @@ class AnthropicBatchAPI(BatchAPI):
     async def cancel(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self.http.call("POST", f"{self.path}/{batch_id}/cancel"))
 
-    async def outcomes(self, batch: RemoteBatch) -> AsyncGenerator[Outcome, None]:
-        where = f"anthropic batch {batch.id}"
-        for url in batch.results:
-            # The key goes only to base_url's host: elsewhere, read the documented path.
-            path = url if self.http.same_origin(url) else f"{self.path}/{batch.id}/results"
-            async with aclosing(self.http.lines(path)) as lines:
-                async for raw in lines:
-                    outcome = self._outcome(raw, where)
-                    if outcome is not None:
-                        yield outcome
+    def _result_paths(self, batch: RemoteBatch) -> list[str]:
+        # The key goes only to base_url's host: elsewhere, read the documented path.
+        return [
+            url if self.http.same_origin(url) else f"{self.path}/{batch.id}/results"
+            for url in batch.results
+        ]
 
     def _outcome(self, raw: bytes, where: str) -> Outcome | None:
         try:

@@ -4,6 +4,7 @@ path checks, each worded for a command-line user."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -19,8 +20,40 @@ VERBOSE_HELP = (
 )
 
 
+TRIO_HINT = "pip install 'llmfanout[trio]'"
+
+
 class UsageError(Exception):
     """Bad options or bad input: the run exits with status 2 having sent nothing."""
+
+
+# -- options several subcommands take, worded once -----------------------------------------
+
+
+def add_output(parser: argparse.ArgumentParser, text: str, *, metavar: str = "OUTPUT") -> None:
+    """``-o/--output``, required."""
+    parser.add_argument("-o", "--output", required=True, metavar=metavar, help=text)
+
+
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """``--backend asyncio|trio``."""
+    parser.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help=f"the event loop (default asyncio; trio needs: {TRIO_HINT})",
+    )
+
+
+def add_quiet(parser: argparse.ArgumentParser, text: str = "no progress; errors only") -> None:
+    """``--quiet``."""
+    parser.add_argument("--quiet", action="store_true", help=text)
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    """Raise a :class:`UsageError` saying how to install trio when it is asked for and missing."""
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        raise UsageError(f"--backend trio needs trio; install it with: {TRIO_HINT}")
 
 
 def positive_int(text: str) -> int:

@@ -46,6 +46,10 @@ from . import _observe
 from ._args import (
     VERBOSE_HELP,
     UsageError,
+    add_backend,
+    add_output,
+    add_quiet,
+    check_backend,
     check_input,
     check_output,
     json_object,
@@ -63,6 +67,8 @@ MAX_BAD_SHOWN = 50
 
 def add_parser(commands: Any) -> None:
     """Add ``run`` to the ``llmfanout`` subcommands."""
+    # Each subcommand declares its own parser (argparse's shape, shared with the other
+    # subcommands' add_parser); the options they share are the helpers of ._args.
     run = commands.add_parser(
         "run",
         help="send every row of a JSONL file, write one result row per input row",
@@ -78,15 +84,10 @@ def add_parser(commands: Any) -> None:
         ),
     )
     run.add_argument("input", metavar="INPUT", help="the input JSONL file; - for standard input")
-    run.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="OUTPUT",
-        help=(
-            "the output JSONL file (appended to); with --resume, also a directory of shard "
-            "files (*.jsonl), to which this run adds a shard"
-        ),
+    add_output(
+        run,
+        "the output JSONL file (appended to); with --resume, also a directory of shard "
+        "files (*.jsonl), to which this run adds a shard",
     )
     run.add_argument(
         "--provider",
@@ -201,12 +202,7 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="record each bad input line as a failed row and run the rest (default: exit 2)",
     )
-    run.add_argument(
-        "--backend",
-        choices=("asyncio", "trio"),
-        default="asyncio",
-        help="the event loop (default asyncio; trio needs: pip install 'llmfanout[trio]')",
-    )
+    add_backend(run)
     run.add_argument(
         "--echo-latency",
         type=seconds_or_zero,
@@ -225,7 +221,7 @@ def add_parser(commands: Any) -> None:
         metavar="NAME",
         help="mixed into every cache key: a new name starts with an empty cache",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress and no summary; errors only")
+    add_quiet(run, "no progress and no summary; errors only")
     run.add_argument(
         "--prices",
         metavar="FILE",
@@ -241,10 +237,7 @@ def add_parser(commands: Any) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
-        raise UsageError(
-            "--backend trio needs trio; install it with: pip install 'llmfanout[trio]'"
-        )
+    check_backend(args)
     if args.echo_latency and args.provider != "echo":
         raise UsageError("--echo-latency applies to --provider echo only")
     if args.retry_failed and not args.resume:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import attrs
 from anyio.abc import TaskStatus
 
 from .._rows._input_rows import Scan
@@ -27,32 +28,31 @@ from ._display import Display, make_display
 from ._observe import StatsFile
 
 
+@attrs.define(eq=False)
 class Screen:
     """What a run shows and where it writes: the writer, the display, signals, messages."""
 
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        argv: list[str],
-        found: Scan,
-        recovered: Recovered | None,
-        writer: RowWriter,
-        job: Job,
-    ) -> None:
-        self.args = args
-        self.argv = argv
-        self.found = found
-        self.recovered = recovered
-        self.writer = writer
-        self.job = job
-        self.display: Display = make_display(found.to_write, quiet=args.quiet, stream=sys.stderr)
-        self.signal: int | None = None
-        self.write_error: OSError | None = None
-        self.scope: anyio.CancelScope | None = None  # cancelled by a signal or a write error
-        self.unsent = 0  # rows held back: never sent (the run stopped), or refused the key
-        self.refused: str | None = None  # the first answer refusing the key, if any
+    args: argparse.Namespace
+    argv: list[str]
+    found: Scan
+    recovered: Recovered | None
+    writer: RowWriter
+    job: Job
+    display: Display = attrs.field(init=False)
+    signal: int | None = attrs.field(init=False, default=None)
+    write_error: OSError | None = attrs.field(init=False, default=None)
+    # cancelled by a signal or a write error
+    scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
+    # rows held back: never sent (the run stopped), or refused the key
+    unsent: int = attrs.field(init=False, default=0)
+    # the first answer refusing the key, if any
+    refused: str | None = attrs.field(init=False, default=None)
+    stats: StatsFile | None = attrs.field(init=False, default=None)  # --stats-json
+
+    def __attrs_post_init__(self) -> None:
+        job = self.job
+        self.display = make_display(self.found.to_write, quiet=self.args.quiet, stream=sys.stderr)
         self.display.concurrency = lambda: (job.concurrency, job.spec.concurrency)
-        self.stats: StatsFile | None = None  # --stats-json
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Append rows to the output in one write; on failure (a full disk) stop the run.

@@ -49,6 +49,7 @@ from ..providers._echo import EchoProvider
 from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
 from ._output_rows import bad_row, result_row
 from ._structured_rows import check_job_schema, row_schema, structured_fields
+from ._tasks import task_for
 
 PROVIDERS = ("echo", "openai", "anthropic")
 BACKENDS = ("asyncio", "trio")
@@ -467,13 +468,10 @@ class Job:
             return None
         schema = row_schema(params, self.spec.schema)
         if schema is None:
-            task = LLMTask(row.messages, params)
+            task = task_for(row)
         else:
-            own = {k: v for k, v in params.items() if k != "response_schema"} if params else None
             try:
-                task = LLMTask(
-                    row.messages, own, response_schema=schema, max_reasks=self.spec.max_reasks
-                )
+                task = task_for(row, schema=schema, max_reasks=self.spec.max_reasks)
             except (TypeError, ValueError) as exc:
                 self._bad.append(Bad(self._position, row.key, f"params.response_schema: {exc}"))
                 return None
