@@ -7,7 +7,9 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shlex
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,50 @@ TRIO_HINT = "pip install 'llmfanout[trio]'"
 
 class UsageError(Exception):
     """Bad options or bad input: the run exits with status 2 having sent nothing."""
+
+
+_SECRET_FLAG = re.compile(r"^--?[\w-]*(key|token|password|passwd|secret)$", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of a URL in it replaced by ``***`` (else unchanged)."""
+    if "://" not in text:
+        return text
+    try:
+        parts = urllib.parse.urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return text
+    if password is None:
+        return text
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redact_command(command: list[str]) -> str:
+    """A command line fit to record or print: URL passwords and secret flags' values hidden.
+
+    ``--api-key X``, ``--token=X`` and the like (any flag named for a key, token, password
+    or secret, but not ``--api-key-env``, which names a variable) show ``***``.
+    """
+    shown: list[str] = []
+    hide_next = False
+    for word in command:
+        if hide_next:
+            shown.append("***")
+            hide_next = False
+            continue
+        flag, equals, _ = word.partition("=")
+        if word.startswith("-") and _SECRET_FLAG.match(flag):
+            if equals:
+                shown.append(f"{flag}=***")
+            else:
+                shown.append(word)
+                hide_next = True
+            continue
+        shown.append(redact_url(word))
+    return shlex.join(shown)
 
 
 # -- options several subcommands take, worded once -----------------------------------------

@@ -16,13 +16,11 @@ import argparse
 import importlib.resources
 import importlib.util
 import os
-import shlex
 import shutil
 import signal
 import sys
 import tempfile
 import time
-import urllib.parse
 from contextlib import ExitStack
 from functools import partial
 from typing import IO, Any
@@ -55,6 +53,8 @@ from ._args import (
     json_object,
     positive_float,
     positive_int,
+    redact_command,
+    redact_url,
     same_file,
     seconds_or_zero,
 )
@@ -290,7 +290,7 @@ def _check_shared_limit(url: str) -> None:
 
     from .._flow._redislimit import split_key
 
-    where = _without_password(url)
+    where = redact_url(url)
     try:
         client: Any = redis.Redis.from_url(
             split_key(url)[0], socket_connect_timeout=2, socket_timeout=2
@@ -309,15 +309,6 @@ def _check_shared_limit(url: str) -> None:
         ) from None
     finally:
         client.close()
-
-
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _check_key(args: argparse.Namespace) -> None:
@@ -443,7 +434,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     spec = _spec(args)
     with ExitStack() as stack:
         try:
-            stack.enter_context(hold(args.output, shlex.join(["llmfanout", *argv])))
+            stack.enter_context(hold(args.output, redact_command(["llmfanout", *argv])))
         except Busy as exc:
             raise UsageError(
                 f"{args.output} is being written by another run: {exc.holder}. Wait for it "

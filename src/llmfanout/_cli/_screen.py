@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 import time
@@ -22,7 +21,7 @@ from .._rows._output_rows import (
     RowWriter,
     encode,
 )
-from ._args import EXIT_FAILED, EXIT_OK
+from ._args import EXIT_FAILED, EXIT_OK, redact_command
 from ._deployments import deployments_table
 from ._display import Display, make_display
 from ._observe import StatsFile
@@ -147,7 +146,7 @@ class Screen:
         print(
             f"llmfanout: stopped early: {reason}\nllmfanout: {self.unsent} rows were not "
             f"written to {self.args.output} and will be sent by --resume; {fix}:\n"
-            f"    {shlex.join(command)}",
+            f"    {redact_command(command)}",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -248,7 +247,7 @@ class Screen:
             command.append("--resume")
         print(
             f"llmfanout: interrupted; {written} rows are safely in {self.args.output}, "
-            f"{left} still to do. To finish, run:\n    {shlex.join(command)}",
+            f"{left} still to do. To finish, run:\n    {redact_command(command)}",
             file=sys.stderr,
         )
         return 128 + signum

@@ -200,7 +200,9 @@ class JobSpec:
     timeout: float | None = attrs.field(default=None, validator=_seconds("timeout"))
     rpm: float | None = attrs.field(default=None, validator=_seconds("rpm"))
     tpm: float | None = attrs.field(default=None, validator=_seconds("tpm"))
-    shared_limit: str | None = attrs.field(default=None, validator=_text("shared_limit"))
+    shared_limit: str | None = attrs.field(
+        default=None, validator=_text("shared_limit"), repr=_shown_place
+    )
     patience: float = attrs.field(default=600.0, validator=_seconds("patience", zero=True))
     pacing: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     max_errors: int | None = attrs.field(default=None, validator=_whole("max_errors", none=True))
