@@ -50,7 +50,15 @@ from ._args import (
     positive_float,
     positive_int,
 )
-from ._batch_jobs import PER_ROW, polling_of, price_table, provider_for, wait, with_job
+from ._batch_jobs import (
+    PER_ROW,
+    polling_of,
+    price_table,
+    provider_for,
+    wait,
+    wait_command,
+    with_job,
+)
 from ._structured import load_schema
 
 MAX_BAD_SHOWN = 50
@@ -160,6 +168,18 @@ def add_parser(commands: Any) -> None:
     ):
         action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         action.add_argument("output", metavar="OUTPUT", help="the output file given to submit")
+        action.add_argument(
+            "--base-url",
+            metavar="URL",
+            help="the provider's API base URL (default: its environment variable, else its "
+            "own); must be the address the job was submitted to",
+        )
+        action.add_argument(
+            "--api-key-env",
+            metavar="NAME",
+            help="the environment variable holding the key (default OPENAI_API_KEY or "
+            "ANTHROPIC_API_KEY)",
+        )
         if name == "wait":
             _polling(action, positive_float)
             _prices(action)
@@ -180,7 +200,13 @@ def main(args: argparse.Namespace) -> int:
             return with_job(args)
         try:
             # One lock for the output, shared with `llmfanout run`: one writer at a time.
-            with hold(args.output, f"llmfanout batch {command}"):
+            with ExitStack() as stack:
+                try:
+                    stack.enter_context(hold(args.output, f"llmfanout batch {command}"))
+                except OSError as exc:
+                    raise UsageError(
+                        f"cannot lock the output {args.output!r} ({exc.strerror})"
+                    ) from None
                 if command == "submit":
                     return _submit(args)
                 return with_job(args)
@@ -303,7 +329,7 @@ def _submit(args: argparse.Namespace) -> int:
         ids = ", ".join(str(part.batch_id) for part in job.parts)
         print(
             f"llmfanout: submitted {rows} rows in {len(job.parts)} batch(es): {ids}. Results "
-            f"within 24 hours; collect them with: llmfanout batch wait {args.output}",
+            f"within 24 hours; collect them with: {wait_command(args.output, job)}",
             file=sys.stderr,
         )
     if args.wait:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from contextlib import ExitStack
@@ -39,7 +38,7 @@ from .._rows._output_rows import (
 from .._rows._structured_rows import checked_result, structured_fields
 from .._structured._schema import Schema
 from ..providers._http import HTTPProvider
-from ._args import EXIT_FAILED, EXIT_OK, UsageError
+from ._args import EXIT_FAILED, EXIT_OK, UsageError, redact_command
 
 PER_ROW = "per-row"  # the provider's model when every row names its own
 BATCH_DISCOUNT = 0.5  # both providers bill batch requests at half the list price
@@ -66,6 +65,45 @@ def provider_for(
         raise UsageError(str(exc)) from None
 
 
+def job_provider(args: argparse.Namespace, job: BatchJob) -> HTTPProvider:
+    """The provider for a recorded job, where the command line (not the state file) says.
+
+    A state file is only a record: it may not choose the variable the key is read from
+    (one of the provider's own names, or ``--api-key-env``), nor the host it is sent to
+    (the job's base URL must be the one this command would use anyway: ``--base-url``,
+    else the provider's environment variable, else its default).
+    """
+    variable = args.api_key_env
+    recorded = job.api_key_env
+    if variable is None and recorded is not None and recorded != KEY_VARIABLES[job.provider]:
+        raise UsageError(
+            f"{state_path(args.output)} says the key is in {recorded}; a state file cannot "
+            f"choose where a key comes from: if that is right, pass --api-key-env {recorded}"
+        )
+    provider = provider_for(job.provider, job.model, args.base_url, variable)
+    if provider.base_url != job.base_url.rstrip("/"):
+        where = "--base-url" if args.base_url else f"{provider.base_url_env} or the default"
+        raise UsageError(
+            f"{state_path(args.output)} records the base URL {job.base_url}, but this command "
+            f"would send the key to {provider.base_url} ({where}); the key goes only where "
+            f"the command line says: if you trust that address, pass --base-url {job.base_url}"
+        )
+    return provider
+
+
+def wait_command(output: str, job: BatchJob) -> str:
+    """``llmfanout batch wait OUTPUT``, with the flags this job needs (a base URL, a key name)."""
+    from ..providers import AnthropicProvider, OpenAIProvider
+
+    cls = OpenAIProvider if job.provider == "openai" else AnthropicProvider
+    command = ["llmfanout", "batch", "wait", output]
+    if job.base_url.rstrip("/") != cls.default_base_url:
+        command += ["--base-url", job.base_url]
+    if job.api_key_env and job.api_key_env != KEY_VARIABLES[job.provider]:
+        command += ["--api-key-env", job.api_key_env]
+    return redact_command(command)
+
+
 def polling_of(args: argparse.Namespace) -> Polling:
     interval = getattr(args, "poll_interval", 5.0)
     cap = getattr(args, "max_poll_interval", 60.0)
@@ -78,13 +116,13 @@ def polling_of(args: argparse.Namespace) -> Polling:
 def with_job(args: argparse.Namespace, holder: str | None = None) -> int:
     job = BatchJob.load(state_path(args.output), polling=polling_of(args))
     try:
-        provider = provider_for(job.provider, job.model, job.base_url, job.api_key_env)
-    except UsageError:
+        provider = job_provider(args, job)
+    except UsageError as exc:
         if args.batch_command != "status":
             raise
-        # No key here: what was last seen is still worth showing.
+        # No key, or not the job's address: what was last seen is still worth showing.
         print(_status_text(args.output, job, job.progress()))
-        print("  (as last seen: set the API key to ask the provider for fresh counts)")
+        print(f"  (as last seen, nothing was asked: {exc})")
         return EXIT_OK
     if args.batch_command == "wait":
         return wait(args, job, provider)
@@ -94,7 +132,7 @@ def with_job(args: argparse.Namespace, holder: str | None = None) -> int:
         then = (
             f"the process holding the job ({holder}) collects what was done"
             if holder is not None
-            else f"collect everything with: llmfanout batch wait {args.output}"
+            else f"collect everything with: {wait_command(args.output, job)}"
         )
         print(
             f"llmfanout: cancel asked for {job.provider} job {job.run_id}; requests already "
@@ -139,7 +177,7 @@ def _status_text(output: str, job: BatchJob, progress: BatchProgress) -> str:
     if not job.submitted and not job.cancelled:
         lines.append("  the submit did not finish: run the same submit command again")
     elif not all(part.collected for part in job.parts):
-        lines.append(f"  collect the results with: llmfanout batch wait {output}")
+        lines.append(f"  collect the results with: {wait_command(output, job)}")
     return "\n".join(lines)
 
 
@@ -347,7 +385,7 @@ class Waiter:
             command += ["--api-key-env", job.api_key_env]
         if job.model != PER_ROW:
             command += ["--model", job.model]
-        return shlex.join([*command, "--resume", "--retry-failed"])
+        return redact_command([*command, "--resume", "--retry-failed"])
 
     def _failed_in_output(self) -> int:
         try:
