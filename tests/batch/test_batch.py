@@ -647,3 +647,34 @@ def test_an_unusable_state_file_says_what_to_do(
         path.write_text(text)
     with pytest.raises(BatchStateError, match=message):
         load(path)
+
+
+# -- hostile servers: ids, custom ids, URLs, a batch that reopens (issue 23, 22) ---------------
+
+
+@pytest.mark.parametrize("form", ["absolute", "path", "relative", "upper"])
+@pytest.mark.parametrize("prefix", ["", "/anthropic"])
+async def test_a_results_url_is_resolved_by_the_url_standard(
+    server: FakeBatchServer, tmp_path: Path, form: str, prefix: str
+) -> None:
+    server.prefix, server.results_form = prefix, form
+    base = server.anthropic_base_url + prefix
+    async with AnthropicProvider("claude-test", base_url=base, api_key=KEY) as provider:
+        job = await submit(provider, tmp_path, 3)
+        server.finish()
+        results = await collect(job, provider)
+    assert sorted(results) == ["t0", "t1", "t2"]
+    assert all(r.success for r in results.values())
+    (read,) = [r.path for r in server.requests if r.path.endswith("/results")]
+    assert read == f"/v1/messages/batches/{job.parts[0].batch_id}/results"
+
+
+async def test_openai_batches_behind_a_path_prefix(server: FakeBatchServer, tmp_path: Path) -> None:
+    server.prefix = "/openai"
+    base = server.base_url + "/openai/v1"
+    async with OpenAIProvider("gpt-test", base_url=base, api_key=KEY) as provider:
+        job = await submit(provider, tmp_path, 3, fail=(1,))
+        server.finish()
+        results = await collect(job, provider)
+    assert [results[t].success for t in ("t0", "t1", "t2")] == [True, False, True]
+    assert not any(r.path.startswith("/outside") for r in server.requests)

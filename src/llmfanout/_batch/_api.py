@@ -402,10 +402,10 @@ class AnthropicBatchAPI(BatchAPI):
         return self._batch(await self.http.call("POST", f"{self.path}/{batch_id}/cancel"))
 
     def _result_paths(self, batch: RemoteBatch) -> list[str]:
-        # The key goes only to base_url's host: elsewhere, read the documented path.
+        # Resolved by the URL standard (a proxy may give a path); the key goes only to
+        # base_url's origin: a URL elsewhere is read from the documented path instead.
         return [
-            url if self.http.same_origin(url) else f"{self.path}/{batch.id}/results"
-            for url in batch.results
+            self.http.resolve(url) or f"{self.path}/{batch.id}/results" for url in batch.results
         ]
 
     def _outcome(self, raw: bytes, where: str) -> Outcome | None:
