@@ -678,3 +678,59 @@ async def test_openai_batches_behind_a_path_prefix(server: FakeBatchServer, tmp_
         results = await collect(job, provider)
     assert [results[t].success for t in ("t0", "t1", "t2")] == [True, False, True]
     assert not any(r.path.startswith("/outside") for r in server.requests)
+
+
+@pytest.mark.parametrize("batch_id", ["b\r\nX-Injected: 1", "bätch", "b/../files", "b c", ""])
+async def test_a_batch_id_that_could_not_be_a_path_segment_is_a_provider_error(
+    server: FakeBatchServer, wire: str, provider: HTTPProvider, tmp_path: Path, batch_id: str
+) -> None:
+    server.batch_ids.append(batch_id)
+    with pytest.raises(ProviderError, match="batch") as caught:
+        await submit(provider, tmp_path, 2)
+    assert not isinstance(caught.value, UnicodeError)
+    assert not any("X-Injected" in r.headers for r in server.requests)
+    assert not any("X-Injected" in str(r.headers) for r in server.requests)
+
+
+async def test_foreign_and_duplicate_custom_ids_are_warned_about_and_ignored(
+    server: FakeBatchServer,
+    wire: str,
+    provider: HTTPProvider,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = await submit(provider, tmp_path, 4)
+    prefix = f"{job.run_id}-0-"
+    # Row 1's answer comes under ids that normalise to another row's; row 3's twice.
+    server.result_ids = {0: prefix + "\u0661", 1: prefix + "02", 2: prefix + "\u00b2"}
+    server.extra_results = [prefix + "3", prefix + "3"]
+    server.finish()
+    with caplog.at_level("WARNING", logger="llmfanout"):
+        results = await collect(job, provider)
+    assert sorted(results) == ["t0", "t1", "t2", "t3"]
+    # Nobody's answer is taken for rows 0-2: they got none of their own.
+    assert [results[t].success for t in ("t0", "t1", "t2")] == [False] * 3
+    assert results["t3"].success
+    text = caplog.text
+    assert "not this job's" in text and "more than once" in text
+
+
+@given(st.text(max_size=6))
+def test_only_the_exact_ids_we_sent_are_positions(suffix: str) -> None:
+    from llmfanout._batch._jobs import position_of
+
+    i = position_of("abc-0-" + suffix, "abc-0-", 1000)
+    if i is not None:
+        assert "abc-0-" + str(i) == "abc-0-" + suffix
+
+
+async def test_a_batch_that_ends_then_reopens_is_a_provider_error(
+    server: FakeBatchServer, wire: str, provider: HTTPProvider, tmp_path: Path
+) -> None:
+    job = await submit(provider, tmp_path, 2)
+    server.finish()
+    await job.wait(provider)
+    server.reopen_after = 0
+    with pytest.raises(ProviderError, match="ended") as caught:
+        [r async for r in job.part_results(provider, 0)]
+    assert not isinstance(caught.value, BatchStateError)

@@ -55,6 +55,7 @@ def fresh(server: FakeBatchServer) -> None:
     server.advance_on_poll = False
     server.stall_results_after = None
     server.polls = 0
+    server.reopen_after = None
 
 
 @pytest.fixture(params=["openai", "anthropic"])
@@ -606,3 +607,15 @@ def test_commands_recorded_or_printed_hide_passwords_and_keys() -> None:
     for secret in ("hunter2", "sk-1", "abc", ":pw@"):
         assert secret not in shown
     assert "redis://:***@h:6379/0" in shown and "--api-key-env NAME" in shown
+
+
+def test_a_batch_that_ended_and_then_says_in_progress_exits_1(
+    server: FakeBatchServer, tmp_path: Path
+) -> None:
+    write_input(tmp_path / "in.jsonl", 2)
+    assert llmfanout(*submit_args(server, "openai"), cwd=tmp_path, wire="openai").returncode == 0
+    server.finish()
+    server.reopen_after = 1  # the poll sees it ended; reading its results, in progress
+    done = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire="openai")
+    assert done.returncode == 1, done.stderr
+    assert "contradicts itself" in done.stderr and "Traceback" not in done.stderr

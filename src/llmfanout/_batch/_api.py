@@ -40,6 +40,7 @@ from ..providers._errors import status_error
 from ..providers._http import HTTPProvider
 from ..providers._transports._base import Response
 from ._http import BatchHTTP
+from ._state import is_server_id
 
 
 class BatchRequestError(ProviderError):
@@ -167,7 +168,7 @@ class BatchAPI:
             for item in data:
                 yield self._batch(item)
             last = page.get("last_id") or (data[-1].get("id") if data else None)
-            if not data or not page.get("has_more") or not isinstance(last, str):
+            if not data or not page.get("has_more") or not is_server_id(last):
                 return
             after = last
 
@@ -254,9 +255,8 @@ class OpenAIBatchAPI(BatchAPI):
             content=await anyio.Path(path).read_bytes(),
             content_type=f"multipart/form-data; boundary={self.boundary}",
         )
-        file_id = answer.get("id") if isinstance(answer, dict) else None
-        if not isinstance(file_id, str) or not file_id:
-            raise self._shape("the file upload", answer)
+        _check_ids(self.name, answer, "the file upload", ("id",), ())
+        file_id: str = answer["id"]
         return file_id
 
     async def create(
@@ -314,14 +314,14 @@ class OpenAIBatchAPI(BatchAPI):
         return Outcome(custom_id, None, _request_error(where, code, message), False)
 
     def _batch(self, answer: Any) -> RemoteBatch:
-        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
-            raise self._shape("a batch", answer)
+        _check_ids(self.name, answer, "a batch", ("id",), ("input_file_id",))
         status = str(answer.get("status") or "")
         counts = answer.get("request_counts") or {}
         total, completed, failed = (_count(counts, k) for k in ("total", "completed", "failed"))
         results = tuple(
-            answer[k] for k in ("output_file_id", "error_file_id") if isinstance(answer.get(k), str)
+            answer[k] for k in ("output_file_id", "error_file_id") if answer.get(k) is not None
         )
+        _check_ids(self.name, answer, "a batch", (), ("output_file_id", "error_file_id"))
         errors = answer.get("errors")
         problem = None
         if isinstance(errors, dict) and isinstance(errors.get("data"), list):
@@ -430,8 +430,7 @@ class AnthropicBatchAPI(BatchAPI):
             return Outcome(custom_id, None, exc, True)
 
     def _batch(self, answer: Any) -> RemoteBatch:
-        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
-            raise _shape(self.name, "a message batch", answer)
+        _check_ids(self.name, answer, "a message batch", ("id",), ())
         status = str(answer.get("processing_status") or "")
         counts = answer.get("request_counts") or {}
         kinds = ("processing", "succeeded", "errored", "canceled", "expired")
@@ -458,6 +457,33 @@ def _encode(value: Any) -> bytes:
     # JSON string, where it becomes that same escape again.
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+def _check_ids(
+    name: str, answer: Any, what: str, required: tuple[str, ...], optional: tuple[str, ...]
+) -> None:
+    """Refuse an answer whose ids could not go into a URL path or header as they are.
+
+    An id with CR/LF would inject a header, a slash another path, a non-ASCII letter fail
+    to encode: a provider error (the server's fault), before the id touches anything.
+    """
+    if not isinstance(answer, dict):
+        raise _shape(name, what, answer)
+    for key in (*required, *optional):
+        value = answer.get(key)
+        if value is None and key in optional:
+            continue
+        if not is_server_id(value):
+            raise ProviderError(
+                f"{name}: the server sent {what} whose {key} is {_shown(value)}, not an id "
+                "(letters, digits, _ . : -); it was not used in any request",
+                provider=name,
+            )
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True) if value is not None else "missing"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _count(counts: Any, key: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -316,22 +317,36 @@ class BatchJob:
                 yield _failed(tag, _never_created(self.run_id, part))
             return
         remote = await self._call(_getter(api, part))
-        self._update(part, remote)
         if not remote.ended:
+            if part.ended:  # the provider said it had ended: it cannot take that back
+                raise ProviderError(
+                    f"{api.name}: batch {part.batch_id} was reported ended, and now "
+                    f"{remote.status}; the provider contradicts itself. Run the same command "
+                    "again later",
+                    provider=api.name,
+                )
             raise BatchStateError(
                 f"batch {part.batch_id} has not ended (it is {remote.status}); wait for it first"
             )
+        self._update(part, remote)
         prefix = f"{self.run_id}-{part.index}-"
         seen = bytearray(part.rows)
-        foreign = 0
+        foreign = repeated = 0
         for failures in range(1, self.polling.max_failures + 1):
+            # Counted per pass over the results: a download started again reads them anew.
+            this_pass = bytearray(part.rows)
+            foreign = repeated = 0
             try:
                 async for outcome in api.outcomes(remote):
-                    i = _position(outcome.custom_id, prefix, part.rows)
+                    i = position_of(outcome.custom_id, prefix, part.rows)
                     if i is None:
                         foreign += 1
                         continue
-                    if seen[i]:
+                    if this_pass[i]:
+                        repeated += 1
+                        continue
+                    this_pass[i] = 1
+                    if seen[i]:  # handed out before the download broke
                         continue
                     seen[i] = 1
                     yield TaskResult(
@@ -349,10 +364,17 @@ class BatchJob:
                 await anyio.sleep(max(self.polling.retry_wait, exc.retry_after or 0.0))
         if foreign:
             logger.warning(
-                "batch %s returned %d results whose custom_id is not this job's (%s...)",
+                "batch %s returned %d results whose custom_id is not this job's (%s...): ignored",
                 part.batch_id,
                 foreign,
                 prefix,
+            )
+        if repeated:
+            logger.warning(
+                "batch %s returned %d results for a custom_id it had answered already "
+                "(more than once): the first was kept, the rest ignored",
+                part.batch_id,
+                repeated,
             )
         for i, tag in enumerate(part.tags):
             if not seen[i]:
@@ -396,11 +418,18 @@ def _getter(api: BatchAPI, part: Part, *, cancel: bool = False) -> Callable[[], 
     return partial(api.cancel if cancel else api.get, batch_id)
 
 
-def _position(custom_id: str, prefix: str, rows: int) -> int | None:
+_NUMBER = re.compile(r"0|[1-9][0-9]*", re.ASCII)
+
+
+def position_of(custom_id: str, prefix: str, rows: int) -> int | None:
+    """The task a result's ``custom_id`` names: only the exact ids we sent, ``<prefix><i>``.
+
+    No normalisation: ``٣`` (another script's digit), ``03`` and ``²`` are someone else's.
+    """
     if not custom_id.startswith(prefix):
         return None
     number = custom_id[len(prefix) :]
-    if not number.isdigit():
+    if _NUMBER.fullmatch(number) is None:
         return None
     i = int(number)
     return i if i < rows else None
