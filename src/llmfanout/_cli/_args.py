@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import stat
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -151,8 +152,30 @@ def check_input(path: str) -> None:
         raise UsageError(f"input file {path!r} cannot be read (permission denied)")
 
 
+def is_stream(path: str) -> bool:
+    """Whether ``path`` is a pipe, a terminal or another device: written to, never read back."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def check_output(path: str, *, directory_ok: bool) -> None:
-    """Raise a :class:`UsageError` naming the fix for an output that cannot be written."""
+    """Raise a :class:`UsageError` naming the fix for an output that cannot be written.
+
+    A pipe or a device (``-o FIFO``, ``-o /dev/stdout``) is fine to write to, but cannot
+    be read back: with ``directory_ok`` (``--resume``) it is refused.
+    """
+    if is_stream(path):
+        if directory_ok:
+            raise UsageError(
+                f"output {path!r} is a pipe or a device, not a regular file; --resume reads "
+                "the output back, which needs a regular file (or a directory of shards)"
+            )
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"cannot write to the output {path!r} (permission denied)")
+        return
     if os.path.isdir(path):
         if not directory_ok:
             example = os.path.join(path, "results.jsonl")

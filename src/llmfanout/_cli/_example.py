@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from ._args import EXIT_OK, UsageError, check_output
+from ._args import EXIT_OK, UsageError, check_output, is_stream
 
 EXAMPLE_FILE = "llmfanout example -o prompts.jsonl"
 EXAMPLE = "llmfanout run prompts.jsonl -o results.jsonl --resume"
@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     output = args.output
     check_output(output, directory_ok=False)
-    if os.path.exists(output):
+    if os.path.exists(output) and not is_stream(output):
         with open(output, "rb") as file:
             if file.read() == text:  # already there: running the same command twice is fine
                 return EXIT_OK

@@ -50,6 +50,7 @@ from ._args import (
     check_backend,
     check_input,
     check_output,
+    is_stream,
     json_object,
     positive_float,
     positive_int,
@@ -434,7 +435,10 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     spec = _spec(args)
     with ExitStack() as stack:
         try:
-            stack.enter_context(hold(args.output, redact_command(["llmfanout", *argv])))
+            # A pipe or a device is not locked: nothing is read back from it, and its
+            # lock would have to live in its folder (/dev).
+            if not is_stream(args.output):
+                stack.enter_context(hold(args.output, redact_command(["llmfanout", *argv])))
         except Busy as exc:
             raise UsageError(
                 f"{args.output} is being written by another run: {exc.holder}. Wait for it "
