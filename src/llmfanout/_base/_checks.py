@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import anyio
 
 
@@ -37,3 +39,13 @@ def unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
     ):
         return group.exceptions[0]
     return group
+
+
+TRIO_HINT = "pip install 'llmfanout[trio]'"
+"""The one way to get trio, said alike by the library and the command line."""
+
+
+def need_backend(backend: str, owner: str) -> None:
+    """Raise ``ImportError`` naming the extra when ``backend`` is trio and trio is missing."""
+    if backend == "trio" and importlib.util.find_spec("trio") is None:
+        raise ImportError(f"{owner}: backend 'trio' needs trio, an extra: {TRIO_HINT}")

@@ -14,6 +14,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from .._base._checks import TRIO_HINT
 from . import _log
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
@@ -21,9 +22,6 @@ VERBOSE_HELP = (
     "log to standard error: -v notable events, -vv also every failed attempt and retry "
     f"(or set {_log.ENV}=info|debug); API keys are never printed"
 )
-
-
-TRIO_HINT = "pip install 'llmfanout[trio]'"
 
 
 class UsageError(Exception):

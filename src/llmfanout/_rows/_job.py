@@ -23,13 +23,14 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
 import anyio.from_thread
 import attrs
 
+from .._base._checks import need_backend
 from .._base._types import AsyncLLMProvider
 from .._cache._front import Cache
 from .._cache._open import open_cache
@@ -609,10 +610,9 @@ class RowStream:
         return rows
 
 
-@asynccontextmanager
-async def arun_rows(
+def arun_rows(
     rows: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]], spec: JobSpec
-) -> AsyncIterator[RowStream]:
+) -> AbstractAsyncContextManager[RowStream]:
     """Run a job in this event loop, handing out output rows as they complete.
 
     ``async with arun_rows(rows, spec) as out: async for row in out: ...``
@@ -627,12 +627,44 @@ async def arun_rows(
     Works on asyncio and trio (``spec.backend`` is for :func:`run_rows`). Raises
     :class:`JobError` on entry when the job cannot start (no API key, say). Leaving the
     block early (``break``, an exception, cancellation) cancels the calls in flight and
-    leaves nothing running.
+    leaves nothing running. ``async for row in arun_rows(...)`` without the ``async with``
+    raises a ``TypeError`` showing this form: the block is what owns the calls in flight.
     """
+    return _RowsRun(_arun_rows(rows, spec))
+
+
+@asynccontextmanager
+async def _arun_rows(
+    rows: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]], spec: JobSpec
+) -> AsyncIterator[RowStream]:
     job = Job(spec)
     parsed = aparse_rows(rows) if isinstance(rows, AsyncIterable) else parse_rows(rows)
     async with job.run(parsed) as stream:
         yield stream
+
+
+class _RowsRun(AbstractAsyncContextManager[RowStream]):
+    """What :func:`arun_rows` returns: an async context manager that says how to iterate."""
+
+    __slots__ = ("_manager",)
+
+    def __init__(self, manager: AbstractAsyncContextManager[RowStream]) -> None:
+        self._manager = manager
+
+    async def __aenter__(self) -> RowStream:
+        return await self._manager.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._manager.__aexit__(*exc_info)
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        # An async for alone could not cancel the calls in flight when the loop is left
+        # early (an abandoned async generator is closed whenever the collector gets to it).
+        raise TypeError(
+            "arun_rows(...) is an async context manager, so that leaving early cancels the "
+            "calls in flight; write: async with arun_rows(rows, spec) as out: "
+            "async for row in out: ..."
+        )
 
 
 def run_rows(rows: Iterable[Mapping[str, Any]], spec: JobSpec) -> Iterator[dict[str, Any]]:
@@ -652,6 +684,7 @@ def run_rows(rows: Iterable[Mapping[str, Any]], spec: JobSpec) -> Iterator[dict[
             f"run_rows: rows must be an iterable of mappings, not {type(rows).__name__}"
             + ("; use arun_rows for an async iterable" if isinstance(rows, AsyncIterable) else "")
         )
+    need_backend(spec.backend, "run_rows")
     read_key(spec)  # fail here, not at the first next()
     if spec.shared_limit is not None:
         _limiter_for(spec)  # a bad URL or a missing redis client fails here, not mid-run
