@@ -32,22 +32,28 @@ def assert_refused(done: subprocess.CompletedProcess[str], *expected: str) -> No
         assert text in done.stderr, done.stderr
 
 
-def test_rows_written_to_a_fifo_all_arrive(tmp_path: Path) -> None:
-    ids = write_prompts(tmp_path / "in.jsonl", 20)
+def through_a_fifo(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], bytes]:
+    """Run llmfanout with ``tmp_path/pipe`` a FIFO that a thread reads; what it read."""
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     received: list[bytes] = []
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
     reader.start()
     try:
-        done = llmfanout("run", "in.jsonl", "-o", "pipe", "--quiet", cwd=tmp_path)
+        done = llmfanout(*args, cwd=tmp_path)
     finally:
-        if reader.is_alive():  # the run never opened it: let the reader go
+        if reader.is_alive():  # llmfanout never opened it: let the reader go
             with open(fifo, "wb"):
                 pass
         reader.join()
+    return done, received[0]
+
+
+def test_rows_written_to_a_fifo_all_arrive(tmp_path: Path) -> None:
+    ids = write_prompts(tmp_path / "in.jsonl", 20)
+    done, received = through_a_fifo(tmp_path, "run", "in.jsonl", "-o", "pipe", "--quiet")
     assert done.returncode == 0, done.stderr
-    assert sorted(json.loads(line)["id"] for line in received[0].splitlines()) == sorted(ids)
+    assert sorted(json.loads(line)["id"] for line in received.splitlines()) == sorted(ids)
 
 
 def test_rows_written_to_dev_stdout_through_a_pipe_all_arrive(tmp_path: Path) -> None:
@@ -100,20 +106,9 @@ def test_a_lock_planted_as_a_link_is_never_followed(tmp_path: Path) -> None:
 
 
 def test_example_to_a_fifo_writes_without_reading_it(tmp_path: Path) -> None:
-    fifo = tmp_path / "pipe"
-    os.mkfifo(fifo)
-    received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
-    reader.start()
-    try:
-        done = llmfanout("example", "-o", "pipe", cwd=tmp_path)
-    finally:
-        if reader.is_alive():
-            with open(fifo, "wb"):
-                pass
-        reader.join()
+    done, received = through_a_fifo(tmp_path, "example", "-o", "pipe")
     assert done.returncode == 0, done.stderr
-    assert received[0].count(b"\n") > 5
+    assert received.count(b"\n") > 5
 
 
 def test_a_line_longer_than_the_cap_is_refused(
