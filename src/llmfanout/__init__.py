@@ -37,7 +37,8 @@ from ._flow._pacing import HeaderPacer
 from ._flow._ratelimit import RateLimit
 from ._report._cost import Price
 from ._report._summary import RunSummary, summarize
-from ._rows._job import JobError, JobSpec, RowStream, arun_rows, run_rows
+from ._rows._job import RowStream, arun_rows, run_rows
+from ._rows._spec import JobError, JobSpec
 from .errors import ProviderError, TaskAborted
 from .providers import AnthropicProvider, OpenAIProvider
 from .providers._echo import EchoProvider, ErrorResponse

@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmfanout import JobError, JobSpec, arun_rows, run_rows
-from llmfanout._rows._job import Job, _limiter_for, scrubber
+from llmfanout._rows._job import Job, _limiter_for
+from llmfanout._rows._spec import scrubber
 
 from support.fake_llm_server import fake_llm_server_in_thread
 

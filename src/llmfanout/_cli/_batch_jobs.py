@@ -26,7 +26,6 @@ from .._batch._state import state_path
 from .._core._tasks import TaskResult
 from .._report._cost import CostTally, Price, load_prices
 from .._report._summary import format_usd
-from .._rows._job import KEY_VARIABLES
 from .._rows._output_rows import (
     OutputCorrupt,
     RowWriter,
@@ -35,6 +34,7 @@ from .._rows._output_rows import (
     recover,
     result_row,
 )
+from .._rows._spec import KEY_VARIABLES
 from .._rows._structured_rows import checked_result, structured_fields
 from .._structured._schema import Schema
 from ..providers._http import HTTPProvider

@@ -30,7 +30,7 @@ import anyio
 from .._deploy._spec import load_deployments
 from .._report._cost import load_prices
 from .._rows._input_rows import Scan, read_rows, scan
-from .._rows._job import KEY_VARIABLES, Job, JobError, JobSpec
+from .._rows._job import Job
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import (
     OutputCorrupt,
@@ -40,6 +40,7 @@ from .._rows._output_rows import (
     drop_failed,
     recover,
 )
+from .._rows._spec import KEY_VARIABLES, JobError, JobSpec
 from . import _observe
 from ._args import (
     VERBOSE_HELP,
