@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from .._base._checks import env_key
 from .._deploy._spec import DeploymentSpec, parse_deployments
 from .._flow._redislimit import redact
 from .._report._cost import Price, check_prices
@@ -229,14 +230,10 @@ def read_key(spec: JobSpec) -> str | None:
     variable = spec.key_variable
     if variable is None or spec.deployments is not None:
         return None
-    key = os.environ.get(variable, "").strip()
-    if not key:
-        raise JobError(
-            f"provider {spec.provider!r} needs an API key in the {variable} environment "
-            "variable where the job runs; set it (a local server that needs no key accepts "
-            "any value, e.g. none)"
-        )
-    return key
+    try:
+        return env_key(variable, f"provider {spec.provider!r}")
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
 
 
 def scrubber(secret: str | None) -> Callable[[str], str]:
