@@ -26,7 +26,8 @@ from ._base._types import (
     ToolCall,
 )
 from ._base._version import VERSION
-from ._batch._jobs import BatchJob, submit_batch
+from ._batch._jobs import BatchJob
+from ._batch._submit import submit_batch
 from ._core._embed import EmbeddingResult, EmbeddingTask, aembed, embed
 from ._core._executor import ParallelLLMExecutor, ResultStream
 from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor
@@ -38,7 +39,8 @@ from ._flow._pacing import HeaderPacer
 from ._flow._ratelimit import RateLimit
 from ._report._cost import Price
 from ._report._summary import RunSummary, summarize
-from ._rows._job import JobError, JobSpec, RowStream, arun_rows, run_rows
+from ._rows._job import RowStream, arun_rows, run_rows
+from ._rows._spec import JobError, JobSpec
 from .errors import ProviderError, TaskAborted
 from .providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 from .providers._echo import EchoProvider, ErrorResponse

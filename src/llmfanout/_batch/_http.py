@@ -41,12 +41,29 @@ class BatchHTTP:
 
     def same_origin(self, url: str) -> bool:
         """Whether ``url`` is a path, or on base_url's scheme, host and port."""
-        if not url.startswith(("http://", "https://")):
+        if not url.lower().startswith(("http://", "https://")):
             return True
         try:
             return Origin.of(httpx.URL(url)) == self.provider._origin
         except httpx.InvalidURL:
             return False
+
+    def resolve(self, url: str) -> str | None:
+        """A URL a server handed back, resolved as the URL standard says; None elsewhere.
+
+        A path from the root (``/v1/...``) is taken against base_url's origin, a relative
+        one (``v1/...``) against base_url's path, an absolute one as it is (its scheme in
+        any case). The result is absolute; None when it is on another origin (the key
+        would go there) or is no URL at all.
+        """
+        if not isinstance(url, str) or any(ord(c) < 33 or ord(c) > 126 for c in url):
+            return None
+        try:
+            target = httpx.URL(self.provider.base_url + "/").join(url)
+            same = Origin.of(target) == self.provider._origin
+        except (httpx.InvalidURL, ValueError, TypeError):
+            return None
+        return str(target) if same else None
 
     def url(self, path: str) -> str:
         """``path`` as the provider will take it; an absolute URL only on the same origin.

@@ -36,9 +36,9 @@ from .._rows._embed import (
     run_embed,
     scan,
 )
-from .._rows._job import key_variable
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import OutputCorrupt, cut_torn_line, drop_failed, recover
+from .._rows._spec import key_variable, scrubber
 from ._args import (
     EXIT_FAILED,
     EXIT_OK,
@@ -280,6 +280,4 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _scrubber(key: str | None) -> Any:
-    from .._rows._job import scrubber
-
     return scrubber(key)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .._base._version import VERSION
-from .._rows._job import FALLBACK_KEY_VARIABLES, KEY_VARIABLES, scrubber
+from .._rows._spec import FALLBACK_KEY_VARIABLES, KEY_VARIABLES, scrubber
 from . import _batch as _batch_cli
 from . import _cache, _embed, _example, _log, _merge, _run
 from ._args import EXIT_USAGE, VERBOSE_HELP, UsageError

@@ -16,13 +16,11 @@ import argparse
 import importlib.resources
 import importlib.util
 import os
-import shlex
 import shutil
 import signal
 import sys
 import tempfile
 import time
-import urllib.parse
 from contextlib import ExitStack
 from functools import partial
 from typing import IO, Any
@@ -32,7 +30,7 @@ import anyio
 from .._deploy._spec import load_deployments
 from .._report._cost import load_prices
 from .._rows._input_rows import Scan, read_rows, scan
-from .._rows._job import Job, JobError, JobSpec, key_variable
+from .._rows._job import Job
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import (
     OutputCorrupt,
@@ -42,15 +40,23 @@ from .._rows._output_rows import (
     drop_failed,
     recover,
 )
+from .._rows._spec import JobError, JobSpec, key_variable
 from . import _observe
 from ._args import (
     VERBOSE_HELP,
     UsageError,
+    add_backend,
+    add_output,
+    add_quiet,
+    check_backend,
     check_input,
     check_output,
+    is_stream,
     json_object,
     positive_float,
     positive_int,
+    redact_command,
+    redact_url,
     same_file,
     seconds_or_zero,
 )
@@ -63,6 +69,8 @@ MAX_BAD_SHOWN = 50
 
 def add_parser(commands: Any) -> None:
     """Add ``run`` to the ``llmfanout`` subcommands."""
+    # Each subcommand declares its own parser (argparse's shape, shared with the other
+    # subcommands' add_parser); the options they share are the helpers of ._args.
     run = commands.add_parser(
         "run",
         help="send every row of a JSONL file, write one result row per input row",
@@ -78,15 +86,10 @@ def add_parser(commands: Any) -> None:
         ),
     )
     run.add_argument("input", metavar="INPUT", help="the input JSONL file; - for standard input")
-    run.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="OUTPUT",
-        help=(
-            "the output JSONL file (appended to); with --resume, also a directory of shard "
-            "files (*.jsonl), to which this run adds a shard"
-        ),
+    add_output(
+        run,
+        "the output JSONL file (appended to); with --resume, also a directory of shard "
+        "files (*.jsonl), to which this run adds a shard",
     )
     run.add_argument(
         "--provider",
@@ -201,12 +204,7 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="record each bad input line as a failed row and run the rest (default: exit 2)",
     )
-    run.add_argument(
-        "--backend",
-        choices=("asyncio", "trio"),
-        default="asyncio",
-        help="the event loop (default asyncio; trio needs: pip install 'llmfanout[trio]')",
-    )
+    add_backend(run)
     run.add_argument(
         "--echo-latency",
         type=seconds_or_zero,
@@ -225,7 +223,7 @@ def add_parser(commands: Any) -> None:
         metavar="NAME",
         help="mixed into every cache key: a new name starts with an empty cache",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress and no summary; errors only")
+    add_quiet(run, "no progress and no summary; errors only")
     run.add_argument(
         "--prices",
         metavar="FILE",
@@ -241,10 +239,7 @@ def add_parser(commands: Any) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
-        raise UsageError(
-            "--backend trio needs trio; install it with: pip install 'llmfanout[trio]'"
-        )
+    check_backend(args)
     if args.echo_latency and args.provider != "echo":
         raise UsageError("--echo-latency applies to --provider echo only")
     if args.retry_failed and not args.resume:
@@ -297,7 +292,7 @@ def _check_shared_limit(url: str) -> None:
 
     from .._flow._redislimit import split_key
 
-    where = _without_password(url)
+    where = redact_url(url)
     try:
         client: Any = redis.Redis.from_url(
             split_key(url)[0], socket_connect_timeout=2, socket_timeout=2
@@ -316,15 +311,6 @@ def _check_shared_limit(url: str) -> None:
         ) from None
     finally:
         client.close()
-
-
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _check_key(args: argparse.Namespace) -> None:
@@ -450,7 +436,10 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     spec = _spec(args)
     with ExitStack() as stack:
         try:
-            stack.enter_context(hold(args.output, shlex.join(["llmfanout", *argv])))
+            # A pipe or a device is not locked: nothing is read back from it, and its
+            # lock would have to live in its folder (/dev).
+            if not is_stream(args.output):
+                stack.enter_context(hold(args.output, redact_command(["llmfanout", *argv])))
         except Busy as exc:
             raise UsageError(
                 f"{args.output} is being written by another run: {exc.holder}. Wait for it "

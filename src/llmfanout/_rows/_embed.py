@@ -34,7 +34,7 @@ from .._core._packing import Item
 from .._core._retry import BackoffStrategy, RetryConfig
 from .._flow._ratelimit import RateLimit
 from ..providers._embeddings_format import encode_base64
-from ._input_rows import _lines, key_of, load_json
+from ._input_rows import key_of, load_json, numbered_lines
 from ._output_rows import RowWriter, encode
 
 EMBED_PROVIDERS = ("echo", "openai", "gemini")
@@ -155,7 +155,7 @@ def scan(file: IO[bytes], done: set[str]) -> EmbedScan:
     """
     found = EmbedScan()
     seen: set[str] = set()
-    for number, raw in _lines(file):
+    for number, raw in numbered_lines(file):
         parsed = parse_line(raw, number)
         if isinstance(parsed, BadLine):
             found.bad.append(parsed)
@@ -175,7 +175,7 @@ def read_rows(
 ) -> Iterator[tuple[object, str]]:
     """``(id, text)`` of every good row not yet recorded, lazily; lines in ``skip`` (the
     repeats :func:`scan` found) are passed over, so a repeated id runs once."""
-    for number, raw in _lines(file):
+    for number, raw in numbered_lines(file):
         if number in skip:
             continue
         parsed = parse_line(raw, number)
