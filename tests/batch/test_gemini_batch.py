@@ -127,7 +127,11 @@ def test_kill_while_waiting_then_wait_again(
         wait_until(lambda: any(r.method == "GET" for r in server.requests), process)
         process.kill()
     server.hold_polls = False
-    again = llmfanout("batch", "wait", "out.jsonl", "--backend", backend, *FAST, cwd=tmp_path)
+    # The state file's base URL is not trusted on its own: the command line names it.
+    where = ("--base-url", server.gemini_url)
+    again = llmfanout(
+        "batch", "wait", "out.jsonl", *where, "--backend", backend, *FAST, cwd=tmp_path
+    )
     assert again.returncode == 0, again.stderr
     assert len(server.batches) == 1
     check_once(tmp_path / "out.jsonl", ids)

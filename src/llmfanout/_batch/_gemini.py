@@ -33,6 +33,7 @@ from ..errors import (
     ServerError,
 )
 from ._api import BatchAPI, Outcome, RemoteBatch, _count, _encode, _request_error, _seconds, _shape
+from ._state import is_server_id
 
 _HEAD = b'{"batch":{'
 _ENDED = {
@@ -181,7 +182,7 @@ class GeminiBatchAPI(BatchAPI):
         return Outcome(key, None, cls(text, error_message=message, provider="gemini"), True)
 
     def _batch(self, answer: Any) -> RemoteBatch:
-        if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
+        if not isinstance(answer, dict) or not is_server_id(answer.get("name")):
             raise _shape(self.name, "a batch operation", answer)
         given = answer.get("metadata")
         batch: dict[str, Any] = given if isinstance(given, dict) else answer

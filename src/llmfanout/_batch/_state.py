@@ -26,11 +26,14 @@ import attrs
 
 VERSION = 1
 PHASES = ("planned", "creating", "submitted", "collected")
-PROVIDERS = ("openai", "anthropic")
+PROVIDERS = ("openai", "anthropic", "gemini")
+ENDPOINTS = ("chat", "embeddings")
 
-SERVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}", re.ASCII)
+SERVER_ID = re.compile(r"(?:batches/|files/)?[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}", re.ASCII)
 """What a batch or file id a server gives may look like before it goes into a URL path:
-``batch_abc``, ``msgbatch_01...``, ``file-abc``; never a slash, a space, CR/LF or non-ASCII."""
+``batch_abc``, ``msgbatch_01...``, ``file-abc``, Gemini's ``batches/abc``; never a space,
+CR/LF or non-ASCII, and no slash but after Gemini's one collection prefix (so no ``..``
+segment can ever be formed)."""
 
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}", re.ASCII)
 _RUN_ID = re.compile(r"[A-Za-z0-9]{1,32}", re.ASCII)
@@ -121,6 +124,8 @@ def _problem(state: State) -> str | None:
     """What makes a state file unusable (or unsafe to act on), before any request."""
     if state.provider not in PROVIDERS:
         return f"provider {state.provider!r} is not one of {', '.join(PROVIDERS)}"
+    if state.endpoint not in ENDPOINTS:
+        return f"endpoint {state.endpoint!r} is not one of {', '.join(ENDPOINTS)}"
     url = state.base_url
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
         return f"base_url {url!r} is not an http(s) URL"
