@@ -5,16 +5,18 @@ N tasks through ``ParallelLLMExecutor.execute`` over a provider that returns a p
 answer after one checkpoint (pure scheduling, no I/O), on asyncio and on trio:
 
 - ``off``: ``telemetry=False`` (the baseline, measured in the same process);
-- ``on``: ``telemetry=True`` with the SDK's tracer provider whose span processor exports
+- ``on``: ``telemetry=True``, first with the OpenTelemetry API alone (its no-op
+  providers: what our own code costs, with nearly nothing under it), then with the SDK's
+  tracer provider whose span processor exports
   to an exporter that drops everything (SimpleSpanProcessor, so each span's export runs
   on the calling thread and is counted), and a meter provider with an in-memory reader
   collected once at the end;
-- ``SDK floor``: the same executor, wrapped at the same two places (the task and the
+- ``floor``: the same executor, wrapped at the same two places (the task and the
   attempt) by the bare SDK calls telemetry makes for one answered attempt: the task
   span and the attempt span with the same attributes (prebuilt, constant), the attempt
   span current while the provider runs, its answer's attributes, the three histogram
   points (duration, input and output tokens). Nothing of ours: no attribute is
-  computed, no counter kept. ``ours`` = ``on`` - ``SDK floor``.
+  computed, no counter kept. ``ours`` = ``on`` - ``floor``.
 
 Then, in a tight loop (no executor), what the SDK charges per span (started and ended,
 with the attempt span's attributes) and per histogram point, and the issue's floor of
@@ -147,20 +149,30 @@ class Floor:
         return Traced()
 
 
-def cpu_per_task(backend: str, n: int, mode: str, repeats: int) -> float:
-    """Median CPU us per task: ``mode`` is ``off``, ``on`` or ``floor``."""
+def cpu_per_task(backend: str, n: int, repeats: int) -> dict[str, float]:
+    """Median CPU us per task for each mode (``off``, ``floor``, ``on``), the modes' runs
+    interleaved so that a change in the machine's load touches each alike."""
     tasks = {str(i): LLMTask([LLMMessage("user", "hi")]) for i in range(n)}
-    runs = []
+    runs: dict[str, list[float]] = {"off": [], "floor": [], "on": []}
     for _ in range(repeats):
-        executor = ParallelLLMExecutor(Instant(), max_concurrency=50, telemetry=mode == "on")
-        if mode == "floor":
-            Floor().install(executor)
-        gc.collect()
-        start = time.process_time()
-        results = anyio.run(executor.execute, tasks, backend=backend)
-        runs.append(time.process_time() - start)
-        assert all(r.success for r in results.values())
-    return statistics.median(runs) / n * 1e6
+        for mode, seconds in runs.items():
+            executor = ParallelLLMExecutor(Instant(), max_concurrency=50, telemetry=mode == "on")
+            if mode == "floor":
+                Floor().install(executor)
+            gc.collect()
+            start = time.process_time()
+            results = anyio.run(executor.execute, tasks, backend=backend)
+            seconds.append(time.process_time() - start)
+            assert all(r.success for r in results.values())
+    return {mode: statistics.median(seconds) / n * 1e6 for mode, seconds in runs.items()}
+
+
+def report(backend: str, us: dict[str, float]) -> None:
+    off, floor, on = us["off"], us["floor"], us["on"]
+    print(
+        f"  {backend:8} off {off:6.1f}   on {on:6.1f} (adds {on - off:5.1f})   "
+        f"floor {floor:6.1f} (adds {floor - off:5.1f})   ours {on - floor:5.1f} us/attempt"
+    )
 
 
 def per_call(n: int, repeats: int, call: Callable[[], object]) -> float:
@@ -206,17 +218,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="n=1000, one repeat")
     args = parser.parse_args()
     n, repeats = (1000, 1) if args.quick else (args.n, args.repeats)
-    reader = setup()
     print(f"{n} tasks, one attempt each, median of {repeats}; CPU us per attempt")
+    # First with the API alone (its no-op tracer and meter: what our code costs with
+    # nearly nothing under it), then with the SDK (the API allows one provider each).
+    print("without an SDK (the API's no-op providers):")
     for backend in BACKENDS:
-        off = cpu_per_task(backend, n, "off", repeats)
-        floor = cpu_per_task(backend, n, "floor", repeats)
-        on = cpu_per_task(backend, n, "on", repeats)
-        print(
-            f"{backend:8} off {off:6.1f}   on {on:6.1f} (adds {on - off:5.1f})   "
-            f"SDK floor {floor:6.1f} (adds {floor - off:5.1f})   "
-            f"ours {on - floor:5.1f} us/attempt"
-        )
+        report(backend, cpu_per_task(backend, n, repeats))
+    reader = setup()
+    print("with the SDK (no-op span exporter, in-memory metric reader):")
+    for backend in BACKENDS:
+        report(backend, cpu_per_task(backend, n, repeats))
     span, point, issue_floor = sdk_units(n, repeats)
     print(
         f"the SDK alone, tight loop: a span {span:.1f} us, a histogram point {point:.1f} us; "

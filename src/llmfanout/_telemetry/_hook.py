@@ -450,7 +450,7 @@ class TracedProvider:
         span = hook._tracer.start_span(
             model.name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
         )
-        if state is not None:
+        if state is not None and (state.attempts > 1 or start - state.last_end >= WAIT_FLOOR):
             _record_wait(span, hook._instruments, state, start, model)
         # Current while the provider runs, so what it traces itself (an HTTP client's
         # instrumentation) is this attempt's child.
