@@ -214,14 +214,16 @@ class _Call:
 _NONE: frozenset[int] = frozenset()
 
 
-STAMPED_FIELDS = (
-    "content", "model", "finish_reason", "usage", "tool_calls", "rate_limits", "metadata"
-)  # fmt: skip
-"""The fields ``_stamped`` copies, every one of LLMResponse's (a test holds them equal)."""
+STAMPED_FIELDS = ("content", "model", "finish_reason", "usage", "tool_calls", "rate_limits",
+                  "parsed", "metadata")  # fmt: skip
+"""The fields ``_stamped`` copies: every one of LLMResponse's, or it is not used (a field
+added to LLMResponse and not here sends answers through ``attrs.evolve``; a test says so)."""
+_STAMPABLE = set(STAMPED_FIELDS) == {f.name for f in attrs.fields(LLMResponse)}
 _put = {name: getattr(LLMResponse, name).__set__ for name in STAMPED_FIELDS}
-_put_content, _put_model, _put_finish, _put_usage, _put_tools, _put_limits, _put_metadata = (
-    _put[n] for n in STAMPED_FIELDS
+_put_content, _put_model, _put_finish, _put_usage, _put_tools, _put_limits = (
+    _put[n] for n in STAMPED_FIELDS[:6]
 )
+_put_parsed, _put_metadata = _put["parsed"], _put["metadata"]
 _new_response = object.__new__
 
 
@@ -236,6 +238,7 @@ def _stamped(response: LLMResponse, metadata: Mapping[str, Any]) -> LLMResponse:
     _put_usage(stamped, response.usage)
     _put_tools(stamped, response.tool_calls)
     _put_limits(stamped, response.rate_limits)
+    _put_parsed(stamped, response.parsed)
     _put_metadata(stamped, metadata)
     return stamped
 
@@ -579,6 +582,8 @@ class Pool:
             candidates = self._primary  # the common case: every primary may take it
             if len(candidates) == 1:
                 return candidates[0]
+            if call is None:  # every one calm, none failed it: the least loaded
+                return min(candidates, key=_load)
         else:
             need = call.need
             candidates = [
@@ -714,9 +719,9 @@ class Pool:
             sends = call.sends
             if len(sends) > 1 or call.hedged or sends[name] > 1:
                 metadata["deployment_attempts"] = dict(sends)
-        if type(response) is not LLMResponse:
-            return attrs.evolve(response, metadata=metadata)
-        return _stamped(response, metadata)
+        if type(response) is LLMResponse and _STAMPABLE:
+            return _stamped(response, metadata)
+        return attrs.evolve(response, metadata=metadata)
 
     def _failed(self, call: _Call, slot: _Slot, exc: Exception, model: Any) -> Exception | None:
         """Account for ``exc`` from ``slot``: None to send the call on now, else the
@@ -791,6 +796,10 @@ class Pool:
             slot.fallbacks += 1
             return True
         return False
+
+
+def _load(slot: _Slot) -> float:
+    return slot.in_flight / slot.weight
 
 
 def _fits(slot: _Slot, need: int) -> bool:
