@@ -136,3 +136,27 @@ def test_the_stamped_copy_is_evolve(
     stamped = _stamped(response, {**metadata, "deployment": "d"})
     assert stamped == attrs.evolve(response, metadata={**metadata, "deployment": "d"})
     assert stamped.rate_limits is response.rate_limits and response.metadata == {}
+
+
+@pytest.mark.anyio
+async def test_an_answer_is_stamped_in_place_only_when_it_is_the_callers_alone() -> None:
+    shared = LLMResponse("shared", metadata={"k": 1})
+
+    class Fresh:
+        fresh_answers = True
+
+        def __init__(self) -> None:
+            self.made: list[LLMResponse] = []
+
+        async def complete(self, messages: object, config_overrides: object = None) -> LLMResponse:
+            self.made.append(LLMResponse("fresh", metadata={"k": 2}))
+            return self.made[-1]
+
+    scripted = EchoProvider([shared, shared], strict=True)
+    pool = Pool([Deployment(name="s", provider=scripted)])
+    first = await pool.complete([LLMMessage("user", "a")])
+    assert first.metadata == {"k": 1, "deployment": "s"} and first is not shared
+    assert shared.metadata == {"k": 1}  # a shared answer is copied, never changed
+    fresh = Fresh()
+    answer = await Pool([Deployment(name="f", provider=fresh)]).complete([LLMMessage("user", "b")])
+    assert answer is fresh.made[0] and answer.metadata == {"k": 2, "deployment": "f"}

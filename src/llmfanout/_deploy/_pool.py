@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import anyio
 import attrs
@@ -92,6 +92,7 @@ class _Slot:
         "failed",
         "failures",
         "fallbacks",
+        "fresh",
         "governor",
         "hedges",
         "in_flight",
@@ -110,6 +111,8 @@ class _Slot:
         self.index = index
         self.deployment = deployment
         self.weight = deployment.weight
+        # Its provider's answers are each the caller's alone: stamped in place, not copied.
+        self.fresh = getattr(deployment.provider, "fresh_answers", False) is True
         # Its own pacer (by the headers its answers carry), AIMD window and cooldowns.
         self.governor = Governor(
             deployment.provider, max_concurrency, pacing=True, adaptive=True, stop_on_auth=False
@@ -712,13 +715,19 @@ class Pool:
             if slot.open_until is not None:  # probed back in
                 slot.open_until, slot.probing, slot.open_for = None, False, 0.0
             slot.calm = slot.quiet()
-        metadata = dict(response.metadata)
+        # An answer its provider made for this call alone is stamped in place (the pool
+        # hands it on, nobody else holds it); any other is copied.
+        own = response.metadata
+        fresh = slot.fresh and type(own) is dict
+        metadata = cast(dict[str, Any], own) if fresh else dict(own)
         name = slot.deployment.name
         metadata["deployment"] = name
         if call is not None:
             sends = call.sends
             if len(sends) > 1 or call.hedged or sends[name] > 1:
                 metadata["deployment_attempts"] = dict(sends)
+        if fresh:
+            return response
         if type(response) is LLMResponse and _STAMPABLE:
             return _stamped(response, metadata)
         return attrs.evolve(response, metadata=metadata)
