@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import anyio
 import attrs
@@ -719,7 +719,7 @@ class Pool:
         # hands it on, nobody else holds it); any other is copied.
         own = response.metadata
         fresh = slot.fresh and type(own) is dict
-        metadata = cast(dict[str, Any], own) if fresh else dict(own)
+        metadata: dict[str, Any] = own if fresh else dict(own)  # type: ignore[assignment]
         name = slot.deployment.name
         metadata["deployment"] = name
         if call is not None:
