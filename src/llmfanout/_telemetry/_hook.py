@@ -11,10 +11,17 @@ executor was made still receives everything).
 Parenting: OpenTelemetry keeps the current span in a ``contextvars`` context. Every
 task anyio starts (``start_soon`` on asyncio and on trio) and every thread
 ``anyio.to_thread`` runs gets a copy of its starter's context, so the workers a run
-starts see the caller's current span: each task span is its child. The task span is made
-current in the worker (attached and detached in that same task) while its attempts
-run, so each attempt span is the task span's child, and whatever the provider itself
-traces (an HTTP client's instrumentation) is the attempt's.
+starts see the caller's current span: each task span is its child. The task's state (a
+contextvar set in the worker) carries the task span's context, which each attempt span
+names as its parent; the task span itself is made current (attached and detached in
+that same task) only around a function task, whose own code may trace. The attempt
+span is current while the provider runs, so whatever the provider itself traces (an
+HTTP client's instrumentation) is the attempt's.
+
+Cost: what every attempt at a model shares is made once (:class:`_Model`: the span
+name, the span and metric attributes, the counters' series), so an attempt builds no
+dict it can reuse and a counter is a float addition; what is left per attempt is
+mostly the SDK's (see benchmarks/bench_telemetry.py).
 """
 
 from __future__ import annotations
