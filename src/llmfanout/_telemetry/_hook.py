@@ -110,8 +110,9 @@ class _Instruments:
             "before its first (admission), for backoff and Retry-After before a retry "
             "(backoff). Waits under 1 ms are not recorded.",
         )
-        # The counters are observed at collection time from plain tallies (a dict increment
-        # per attempt, not an SDK measurement): only the histograms are recorded per call.
+        # The counters are observed at collection time from plain running totals (_Series:
+        # a float addition per attempt, not an SDK measurement): only the histograms are
+        # recorded per call.
         for name, unit, description in _COUNTERS:
             meter.create_observable_counter(
                 name, callbacks=[_observer(name)], unit=unit, description=description
