@@ -160,3 +160,14 @@ async def test_an_answer_is_stamped_in_place_only_when_it_is_the_callers_alone()
     fresh = Fresh()
     answer = await Pool([Deployment(name="f", provider=fresh)]).complete([LLMMessage("user", "b")])
     assert answer is fresh.made[0] and answer.metadata == {"k": 2, "deployment": "f"}
+
+
+@pytest.mark.anyio
+async def test_an_answer_on_the_quick_path_counts_for_the_deployments_pause() -> None:
+    """As the executor's quick path does: after an answer, a bare 429's Retry-After is
+    that call's own wait, not a pause of the whole deployment."""
+    pool = Pool([EchoProvider()])
+    pause = pool._slots[0].governor.pause
+    assert pause.share(False)  # nothing answered yet: a refusal pauses everyone
+    await pool.complete([LLMMessage("user", "hi")])
+    assert not pause.share(False)

@@ -552,8 +552,11 @@ class Pool:
                 if outcome is None and quick:
                     slot.probing = False  # cancelled: another call may probe
             limits = getattr(response, "rate_limits", None)
-            if quick and limits is not None:
-                governor.learn(sent, response)
+            if quick:
+                if limits is not None:
+                    governor.learn(sent, response)  # counts the answer too
+                else:
+                    governor.pause.success()  # as the executor's own quick path does
             answer = self._answered(slot, call, response, limits is not None)
             if getattr(response, "finish_reason", None) == CONTENT_FILTER:  # a 2xx filter cut
                 if call is None:
