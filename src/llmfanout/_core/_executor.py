@@ -371,7 +371,9 @@ class ParallelLLMExecutor:
         traced = hook.provider(self.provider)
         # The cap outermost: a call it refuses was never sent, so it is no attempt span.
         self._llm = traced if self._spend is None else CappedProvider(traced, self._spend)
-        self._run_task = hook.tasks(self._run_task)  # type: ignore[method-assign]
+        self._run_task = hook.tasks(  # type: ignore[method-assign]
+            self._run_task, runs_code=(DeterministicTask,)
+        )
 
     def _threads(self) -> anyio.CapacityLimiter:
         threads = self._threads_per_loop.get(None)

@@ -119,6 +119,10 @@ class HTTPProvider:
     reports_rate_limits: ClassVar[bool] = True
     """Answers carry the server's rate-limit headers (``LLMResponse.rate_limits``), if it
     sends any: the executor sends one call first and paces the rest by its answer."""
+    fresh_answers: ClassVar[bool] = True
+    """Each ``complete()`` returns an answer made for that call alone (its ``metadata`` a
+    dict of its own): a :class:`~llmfanout.Pool` writes the deployment's name into it
+    instead of copying the answer."""
 
     def __init__(
         self,
