@@ -32,7 +32,8 @@ from ._core._embed import EmbeddingResult, EmbeddingTask, aembed, embed
 from ._core._executor import ParallelLLMExecutor, ResultStream
 from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._core._tasks import DeterministicTask, LLMTask, TaskResult
-from ._deploy._pool import DeploymentStats, Pool
+from ._deploy._pool import Pool
+from ._deploy._slots import DeploymentStats
 from ._deploy._spec import Deployment
 from ._flow._limiter import Limiter
 from ._flow._pacing import HeaderPacer

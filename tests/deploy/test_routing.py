@@ -19,7 +19,8 @@ from llmfanout import (
     ParallelLLMExecutor,
     Pool,
 )
-from llmfanout._deploy._pool import STAMPED_FIELDS, _Call, _stamped
+from llmfanout._deploy._pool import _Call
+from llmfanout._deploy._slots import STAMPED_FIELDS, _stamped
 from llmfanout.errors import BadRequestError, ServerError
 from llmfanout.retry import RetryConfig
 from llmfanout.testing import set_testing
