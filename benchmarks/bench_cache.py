@@ -60,8 +60,8 @@ def bench_cli(rows: int, concurrency: int, repeat: int, folder: Path) -> None:
         floors, warms = [], []
         for k in range(repeat):  # alternated, best of each: the machine's load moves
             floors.append(cli([*common, "-o", str(folder / f"floor-{backend}-{k}.jsonl")]))
-            warm = folder / f"warm-{backend}-{k}.jsonl"
-            warms.append(cli([*common, "-o", str(warm), "--cache", str(cache)]))
+            out = folder / f"warm-{backend}-{k}.jsonl"
+            warms.append(cli([*common, "-o", str(out), "--cache", str(cache)]))
         floor = min(floors)
         warm = min(warms)
         print(f"\n{backend}, {rows:,} rows, concurrency {concurrency} (best of {repeat})")

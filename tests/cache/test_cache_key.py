@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -320,7 +319,9 @@ def test_the_general_path_writes_the_reference_key(
 
 def test_keys_never_change_across_versions() -> None:
     """Keys written before stay the keys: a cache file keeps hitting after an upgrade."""
-    task = LLMTask([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi é ☃"}])
+    task = LLMTask(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi é ☃"}]
+    )
     params = {"temperature": 0.5, "seed": 1, "max_tokens": 10.0, "stop": ["x"], "on_text": print}
     tools = [
         LLMMessage("user", [{"type": "text", "text": "a"}]),
@@ -334,7 +335,9 @@ def test_keys_never_change_across_versions() -> None:
         request_key(echo, task.messages, params),
         request_key(echo, task.messages, None, "ns"),
         request_key(gpt, task.messages, {"temperature": 0.5, "seed": 1, "max_tokens": 10.0}),
-        request_key(AnthropicProvider("claude-x", api_key=KEY), task.messages, {"temperature": 1.0}),
+        request_key(
+            AnthropicProvider("claude-x", api_key=KEY), task.messages, {"temperature": 1.0}
+        ),
         request_key(echo, tools, None),
         request_key(gpt, tools, None),
     ]

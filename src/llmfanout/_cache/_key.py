@@ -89,7 +89,10 @@ def _other(value: Any) -> Any:
     if described is None:
         if not attrs.has(kind):  # LLMMessage, TextPart, ToolCall... are attrs classes
             raise Unkeyable(f"a {kind.__name__} has no canonical JSON form")
-        described = _FIELDS[kind] = ("__" + kind.__name__, tuple(a.name for a in attrs.fields(kind)))
+        described = _FIELDS[kind] = (
+            "__" + kind.__name__,
+            tuple(a.name for a in attrs.fields(kind)),
+        )
     tag, names = described
     return {tag: {name: canonical(getattr(value, name)) for name in names}}
 
@@ -99,7 +102,7 @@ _encoder = json.JSONEncoder(
 )
 # The C encoder behind json.dumps, made once rather than per call (json's own encode
 # makes one each time); the pure-Python path where CPython's _json is missing.
-_c_encoder = json.encoder.c_make_encoder
+_c_encoder = getattr(json.encoder, "c_make_encoder", None)
 _iterencode = (
     None
     if _c_encoder is None
@@ -149,19 +152,16 @@ _TEMPLATE_FITS = tuple(a.name for a in attrs.fields(LLMMessage)) == (
 
 def _plain_scalar(value: object) -> str | None:
     """``value`` as canonical JSON text if it is a plain scalar, else None."""
-    kind = type(value)
-    if kind is str:
+    if type(value) is str:
         return _str(value)
     if value is None:
         return "null"
-    if kind is bool:
+    if type(value) is bool:
         return "true" if value else "false"
-    if kind is int:
-        return int.__repr__(value)  # type: ignore[arg-type]
-    if kind is float and math.isfinite(value):  # type: ignore[arg-type]
-        if value.is_integer():  # type: ignore[union-attr]
-            return int.__repr__(int(value))  # type: ignore[arg-type]
-        return float.__repr__(value)  # type: ignore[arg-type]
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is float and math.isfinite(value):
+        return int.__repr__(int(value)) if value.is_integer() else float.__repr__(value)
     return None
 
 
@@ -207,12 +207,9 @@ def _plain_text(
                 return None
             params.append(f"{_str(key)}:{value}")
     kind = type(provider)
-    return '{"kind":%s,"messages":[%s],"model":%s,"params":{%s}}' % (
-        _str(f"{kind.__module__}.{kind.__qualname__}"),
-        ",".join(written),
-        model,
-        ",".join(params),
-    )
+    name = _str(f"{kind.__module__}.{kind.__qualname__}")
+    listed, named = ",".join(written), ",".join(params)
+    return f'{{"kind":{name},"messages":[{listed}],"model":{model},"params":{{{named}}}}}'
 
 
 def describe(
