@@ -177,6 +177,29 @@ def test_a_request_with_no_json_form_goes_uncached(bad: object) -> None:
     assert request_key(EchoProvider(), [LLMMessage("user", "hi")], {"x": bad}) is None
 
 
+def test_a_request_that_holds_itself_goes_uncached() -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    for provider in (EchoProvider(), openai()):
+        assert request_key(provider, [LLMMessage("user", "hi")], {"stop": cycle}) is None
+
+
+@given(params, texts)
+def test_the_pure_python_encoder_writes_the_same_key(overrides: dict[str, Any], text: str) -> None:
+    """Where the C encoder cannot be used, json's own writes the same bytes."""
+    import llmfanout._cache._key as key_module
+
+    provider = openai()
+    messages = [LLMMessage("user", text)]
+    fast = request_key(provider, messages, overrides)
+    saved = key_module._iterencode
+    key_module._iterencode = None
+    try:
+        assert request_key(provider, messages, overrides) == fast
+    finally:
+        key_module._iterencode = saved
+
+
 # -- the fast paths write the very key the reference walk writes -----------------------------
 #
 # The reference below is the key as first written (llmfanout-cache-1): the general walk,

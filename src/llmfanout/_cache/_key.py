@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -100,24 +100,36 @@ def _other(value: Any) -> Any:
 _encoder = json.JSONEncoder(
     sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
 )
-# The C encoder behind json.dumps, made once rather than per call (json's own encode
-# makes one each time); the pure-Python path where CPython's _json is missing.
-_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-_iterencode = (
-    None
-    if _c_encoder is None
-    else _c_encoder(
-        None,  # markers: no cycle check, a request is a tree
-        _encoder.default,
-        json.encoder.encode_basestring,
-        None,
-        ":",
-        ",",
-        True,  # sort_keys
-        False,  # skipkeys
-        False,  # allow_nan
-    )
-)
+
+
+def _c_iterencode() -> Callable[[Any, int], Iterable[str]] | None:
+    """The C encoder behind json.dumps, made once rather than per call (json's own
+    ``encode`` makes one each time); None where CPython's ``_json`` is missing or takes
+    other arguments, or writes other bytes (checked here once): then json's own."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        iterencode: Callable[[Any, int], Iterable[str]] = make(
+            None,  # markers: no cycle check (canonical has walked the value already)
+            _encoder.default,
+            json.encoder.encode_basestring,
+            None,  # indent
+            ":",
+            ",",
+            True,  # sort_keys
+            False,  # skipkeys
+            False,  # allow_nan
+        )
+        sample = {"b": [1, 2.5, None, True], "a": "é\u2603\n", "c": {"z": "", "y": -0.0}}
+        if "".join(iterencode(sample, 0)) != _encoder.encode(sample):
+            return None
+    except Exception:
+        return None
+    return iterencode
+
+
+_iterencode = _c_iterencode()
 
 
 def _encode(value: Any) -> str:
@@ -245,5 +257,5 @@ def request_key(
             if text is not None:
                 return _hash(text, namespace)
         return digest(describe(provider, messages, overrides), namespace)
-    except (Unkeyable, TypeError, ValueError):
+    except (Unkeyable, TypeError, ValueError, RecursionError):  # RecursionError: a cycle
         return None
