@@ -1,22 +1,29 @@
 """Many lookups, one thread hop: a group commit for calls into a blocking store.
 
 A store (SQLite, a sync Redis client) blocks, so it runs in a worker thread; one hop per
-call would cost more than the lookup. Here a call joins the pending group; the first
-caller finds no hop in flight and leads: it takes everything pending to the thread in
-one batch and hands each caller its answer. Calls arriving meanwhile pile up for the
-next batch, led by the first of them, so a batch holds about as many calls as were in
-flight. A waiter cancelled meanwhile is dropped from its batch (or its answer is); a
-leader cancelled before its hop puts the batch back and passes the lead on, so no call
-is ever left waiting.
+call would cost more than the lookup. Here a call joins the pending batch; the first
+caller of a batch leads it: once no hop is in flight (it waits for its *turn* while one
+is), it takes the batch to the thread and every caller of the batch reads its answer
+from it. Calls arriving meanwhile fill the next batch, so a batch holds about as many
+calls as were in flight. A leader that finds no hop in flight yields once before it
+hops, and a leader whose answers are in yields once before it hands the turn on, so
+that the calls made in the same turn of the event loop (the tasks a batch just woke)
+make one batch rather than a batch of one followed by the rest.
+
+A call costs an append and a wait on its batch's event: a batch, not a call, has the
+events (one for its answers, one for its leader's turn). A caller cancelled while it
+waits simply leaves (its item's answer goes unread). A leader cancelled before its
+hop's answers came back leaves its batch without answers: the batch is woken empty and
+each caller still waiting asks again, in a new batch, so no call is ever left waiting.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._base._perloop import PerLoop
@@ -25,29 +32,25 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-class _Slot(Generic[In, Out]):
-    __slots__ = ("cancelled", "done", "error", "item", "lead", "result")
+class _Batch(Generic[In, Out]):
+    __slots__ = ("done", "error", "items", "results", "turn")
 
-    def __init__(self, item: In) -> None:
-        self.item = item
-        self.done = anyio.Event()
-        self.lead = False
-        self.cancelled = False
-        self.result: Out | None = None
+    def __init__(self, event: Callable[[], anyio.Event]) -> None:
+        self.items: list[In] = []
+        self.done = event()  # set when the answers are in, or when there will be none
+        self.turn: anyio.Event | None = None  # its leader's, while another hop is in flight
+        self.results: Sequence[Out] | None = None
         self.error: Exception | None = None
-
-    def value(self) -> Out:
-        if self.error is not None:
-            raise self.error
-        return self.result  # type: ignore[return-value]
 
 
 class _Group(Generic[In, Out]):
-    __slots__ = ("busy", "pending")
+    __slots__ = ("busy", "event", "pending")
 
     def __init__(self) -> None:
-        self.pending: deque[_Slot[In, Out]] = deque()
-        self.busy = False
+        self.pending: _Batch[In, Out] | None = None  # the batch calls join
+        self.busy = False  # a leader holds the turn: it hops, or is about to
+        # This loop's backend's event class, found once (anyio.Event() looks it up per call).
+        self.event: Callable[[], anyio.Event] = type(anyio.Event())
 
 
 class Batcher(Generic[In, Out]):
@@ -70,54 +73,56 @@ class Batcher(Generic[In, Out]):
 
     async def __call__(self, item: In) -> Out:
         group = self._group()
-        slot: _Slot[In, Out] = _Slot(item)
-        group.pending.append(slot)
-        if group.busy:
-            try:
-                await slot.done.wait()
-            except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
-                slot.cancelled = True
-                if slot.lead:  # handed the lead in the instant it was cancelled
-                    _pass_lead(group)
-                raise
-            if not slot.lead:
-                return slot.value()
-        else:
-            group.busy = True
-        await self._lead(group, slot)
-        return slot.value()
+        while True:
+            batch = group.pending
+            if batch is None:
+                batch = group.pending = _Batch(group.event)
+            index = len(batch.items)
+            batch.items.append(item)
+            if index == 0:
+                await self._lead(group, batch)
+            else:
+                await batch.done.wait()
+            if batch.results is not None:
+                return batch.results[index]
+            if batch.error is not None:
+                raise batch.error
+            # Its leader was cancelled before the answers came: ask again.
 
-    async def _lead(self, group: _Group[In, Out], own: _Slot[In, Out]) -> None:
-        batch = [s for s in group.pending if not s.cancelled]
-        group.pending.clear()
-        delivered = False
+    async def _lead(self, group: _Group[In, Out], batch: _Batch[In, Out]) -> None:
+        answered = False
         try:
+            if group.busy:  # a hop is in flight: its leader hands the turn on when done
+                batch.turn = group.event()
+                await batch.turn.wait()
+            else:
+                group.busy = True
+                # Let the calls already due in this turn of the loop join the batch.
+                await anyio.lowlevel.checkpoint()
+            if group.pending is batch:
+                group.pending = None  # later calls make the next batch
             try:
                 # Not abandoned on cancellation: the hop ends before this call does.
-                results = await anyio.to_thread.run_sync(self._run, [s.item for s in batch])
+                batch.results = await anyio.to_thread.run_sync(self._run, batch.items)
             except Exception as exc:
-                for s in batch:
-                    s.error = exc
-            else:
-                for s, result in zip(batch, results, strict=True):
-                    s.result = result
-            delivered = True
-            for s in batch:
-                s.done.set()
+                batch.error = exc
+            answered = True
+            batch.done.set()
+            # The turn passes once the callers just woken have made the next batch, or
+            # the first of them would hop alone (trio runs woken tasks in any order).
+            await anyio.lowlevel.checkpoint()
         finally:
-            if not delivered:  # cancelled before the answers came: the next leader asks
-                group.pending.extendleft(reversed([s for s in batch if s is not own]))
-            _pass_lead(group)
+            if not answered and group.pending is batch:
+                group.pending = None  # cancelled: the waiting callers ask again
+            if answered or batch.turn is None or batch.turn.is_set():
+                _hand_on(group)  # it holds the turn (a leader cancelled before, does not)
+            batch.done.set()
 
 
-def _pass_lead(group: _Group[In, Out]) -> None:
-    pending = group.pending
-    while pending:
-        slot = pending[0]
-        if slot.cancelled:
-            pending.popleft()
-            continue
-        slot.lead = True
-        slot.done.set()
-        return
-    group.busy = False
+def _hand_on(group: _Group[In, Out]) -> None:
+    """The turn, to the leader of the next batch, or back to the group if there is none."""
+    following = group.pending
+    if following is not None and following.turn is not None:
+        following.turn.set()  # group.busy stays True: that leader holds the turn now
+    else:
+        group.busy = False

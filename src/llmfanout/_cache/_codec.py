@@ -13,7 +13,9 @@ from typing import Any
 from .._base._types import LLMResponse, ToolCall
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_loads = json.loads
+# raw_decode: the text is ours (one JSON object, no surrounding space), so json.loads's
+# checks around it are skipped.
+_loads = json.JSONDecoder().raw_decode
 
 
 def encode(response: LLMResponse) -> bytes:
@@ -38,7 +40,7 @@ def encode(response: LLMResponse) -> bytes:
 
 def decode(data: bytes) -> LLMResponse:
     """The stored answer as an ``LLMResponse`` marked ``metadata["cached"] = True``."""
-    record = _loads(data.decode("utf-8", "surrogatepass"))
+    record, _ = _loads(data.decode("utf-8", "surrogatepass"))
     metadata = record.get("d") or {}
     metadata["cached"] = True
     calls = record.get("t")

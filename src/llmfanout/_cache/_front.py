@@ -72,10 +72,12 @@ def mark(response: LLMResponse, cached: bool) -> LLMResponse:
 
 
 class _Flight:
-    __slots__ = ("done", "ended", "response", "result", "scope", "waiters")
+    __slots__ = ("done", "ended", "response", "result", "scope", "settled", "waiters")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        # Made by the first waiter: a hit (no one waits) makes no event.
+        self.done: anyio.Event | None = None
+        self.settled = False  # it ended one way or another; no one need wait
         self.waiters = 0
         self.scope: anyio.CancelScope | None = None
         self.ended = False  # the call ran to its end (not cancelled)
@@ -156,13 +158,13 @@ class CacheFront:
                 hit = await self.lookup(key)
             except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
                 del flights[key]
-                flight.done.set()
+                _settle(flight)
                 raise
             if hit is not None:
                 flight.response = hit
                 flight.ended = True
                 del flights[key]
-                flight.done.set()
+                _settle(flight)
                 return hit
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._fly, flights, flight, key, call, answer)
@@ -171,12 +173,16 @@ class CacheFront:
                 return flight.result  # type: ignore[no-any-return]
 
     async def _wait(self, flight: _Flight) -> None:
+        if flight.settled:
+            return
+        if flight.done is None:
+            flight.done = anyio.Event()
         flight.waiters += 1
         try:
             await flight.done.wait()
         finally:
             flight.waiters -= 1
-            if not flight.waiters and not flight.done.is_set() and flight.scope is not None:
+            if not flight.waiters and not flight.settled and flight.scope is not None:
                 flight.scope.cancel()  # no one wants the answer any more
 
     async def _fly(
@@ -197,10 +203,16 @@ class CacheFront:
                 await self._land(flight, key, answer(result))
         finally:
             del flights[key]
-            flight.done.set()
+            _settle(flight)
 
     async def _land(self, flight: _Flight, key: str, response: LLMResponse | None) -> None:
         if response is not None:
             flight.response = response
             await self.store(key, response)
         flight.ended = True
+
+
+def _settle(flight: _Flight) -> None:
+    flight.settled = True
+    if flight.done is not None:
+        flight.done.set()

@@ -10,6 +10,15 @@ keys, integral floats as integers, one float format, tuples as lists) and hashed
 the namespace, so the same request in any key order gets the same key and any change
 that can reach the wire gets another. Nothing secret is in it: no header but a few
 named protocol ones, never a key.
+
+A key is computed for every call made with a cache on, hits included, so its cost is
+a hit's cost: values of the exact JSON types are taken as they are, attrs classes are
+read by their field names (looked up once per class), the JSON is written by one
+encoder made once, and a provider without ``cache_request`` given plain-text messages
+and plain parameters has its description written straight from a template. Each of
+those gives the very bytes the general walk gives (tests/cache/test_cache_key.py holds
+the reference and checks it by property, and pins a few keys): a key never changes
+with a speed-up, so a cache file stays good across versions.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -34,9 +43,36 @@ class Unkeyable(ValueError):
     """The request holds a value with no canonical JSON form: it is not cached."""
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+"""Types whose values are canonical as they are (exactly these: not subclasses)."""
+
+_FIELDS: dict[type, tuple[str, tuple[str, ...]]] = {}
+"""An attrs class's tag and field names, looked up once per class."""
+
+
 def canonical(value: Any) -> Any:
-    """``value`` as plain JSON data in one canonical form (raises :class:`Unkeyable`)."""
-    if value is None or isinstance(value, str | bool):
+    """``value`` as plain JSON data in one canonical form (raises :class:`Unkeyable`).
+
+    Plain values of the exact types JSON has are tested first (a request is mostly
+    those); anything else goes through :func:`_other`.
+    """
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                raise Unkeyable(f"the key {key!r} is not a string")
+            out[key] = item if type(item) in _PLAIN else canonical(item)
+        return out
+    if kind is list or kind is tuple:
+        return [item if type(item) in _PLAIN else canonical(item) for item in value]
+    return _other(value)
+
+
+def _other(value: Any) -> Any:
+    if isinstance(value, str | bool) or value is None:
         return value
     if isinstance(value, int):
         return int(value)
@@ -45,33 +81,147 @@ def canonical(value: Any) -> Any:
             raise Unkeyable(f"the number {value!r} cannot be sent as JSON")
         return int(value) if value.is_integer() else value
     if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise Unkeyable(f"the key {key!r} is not a string")
-            out[key] = canonical(item)
-        return out
+        return canonical(dict(value))
     if isinstance(value, list | tuple):
         return [canonical(item) for item in value]
-    if attrs.has(type(value)):  # LLMMessage, TextPart, ToolCall...
-        return {"__" + type(value).__name__: canonical(attrs.asdict(value, recurse=False))}
-    raise Unkeyable(f"a {type(value).__name__} has no canonical JSON form")
+    kind = type(value)
+    described = _FIELDS.get(kind)
+    if described is None:
+        if not attrs.has(kind):  # LLMMessage, TextPart, ToolCall... are attrs classes
+            raise Unkeyable(f"a {kind.__name__} has no canonical JSON form")
+        described = _FIELDS[kind] = (
+            "__" + kind.__name__,
+            tuple(a.name for a in attrs.fields(kind)),
+        )
+    tag, names = described
+    return {tag: {name: canonical(getattr(value, name)) for name in names}}
+
+
+_encoder = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+)
+
+
+def _c_iterencode() -> Callable[[Any, int], Iterable[str]] | None:
+    """The C encoder behind json.dumps, made once rather than per call (json's own
+    ``encode`` makes one each time); None where CPython's ``_json`` is missing or takes
+    other arguments, or writes other bytes (checked here once): then json's own."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        iterencode: Callable[[Any, int], Iterable[str]] = make(
+            None,  # markers: no cycle check (canonical has walked the value already)
+            _encoder.default,
+            json.encoder.encode_basestring,
+            None,  # indent
+            ":",
+            ",",
+            True,  # sort_keys
+            False,  # skipkeys
+            False,  # allow_nan
+        )
+        sample = {"b": [1, 2.5, None, True], "a": "é\u2603\n", "c": {"z": "", "y": -0.0}}
+        if "".join(iterencode(sample, 0)) != _encoder.encode(sample):
+            return None
+    except Exception:
+        return None
+    return iterencode
+
+
+_iterencode = _c_iterencode()
+
+
+def _encode(value: Any) -> str:
+    if _iterencode is None:
+        return _encoder.encode(value)
+    return "".join(_iterencode(value, 0))
+
+
+def _hash(text: str, namespace: str) -> str:
+    data = b"%s%s\x00%s" % (_VERSION, namespace.encode(), text.encode("utf-8", "surrogatepass"))
+    return hashlib.sha256(data).hexdigest()
 
 
 def digest(description: Mapping[str, Any], namespace: str = "") -> str:
     """The key for a request ``description``: a SHA-256 in hex, salted by ``namespace``."""
-    data = json.dumps(
-        canonical(description),
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-    )
-    h = hashlib.sha256(_VERSION)
-    h.update(namespace.encode())
-    h.update(b"\x00")
-    h.update(data.encode("utf-8", "surrogatepass"))
-    return h.hexdigest()
+    return _hash(_encode(canonical(description)), namespace)
+
+
+# -- the template for a provider without cache_request ------------------------------------
+
+_str = json.encoder.encode_basestring  # a str as JSON text, as the encoder writes it
+_MESSAGE = '{"__LLMMessage":{"content":%s,"name":%s,"role":%s,"tool_call_id":%s,"tool_calls":[]}}'
+_TEMPLATE_FITS = tuple(a.name for a in attrs.fields(LLMMessage)) == (
+    "role",
+    "content",
+    "name",
+    "tool_calls",
+    "tool_call_id",
+)
+"""The template writes these fields: a new field turns it off (and fails the tests)."""
+
+
+def _plain_scalar(value: object) -> str | None:
+    """``value`` as canonical JSON text if it is a plain scalar, else None."""
+    if type(value) is str:
+        return _str(value)
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "true" if value else "false"
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is float and math.isfinite(value):
+        return int.__repr__(int(value)) if value.is_integer() else float.__repr__(value)
+    return None
+
+
+def _plain_text(
+    provider: object,
+    messages: Sequence[LLMMessage],
+    overrides: Mapping[str, Any] | None,
+) -> str | None:
+    """The canonical JSON of :func:`describe`'s fallback, written from a template, when
+    every message is plain text and every parameter a plain scalar; else None."""
+    model = _plain_scalar(getattr(provider, "model", None))
+    if model is None or not _TEMPLATE_FITS:
+        return None
+    written = []
+    for m in messages:
+        if type(m) is not LLMMessage or type(m.content) is not str or m.tool_calls:
+            return None
+        name, call_id = m.name, m.tool_call_id
+        if (name is not None and type(name) is not str) or (
+            call_id is not None and type(call_id) is not str
+        ):
+            return None
+        written.append(
+            _MESSAGE
+            % (
+                _str(m.content),
+                "null" if name is None else _str(name),
+                _str(m.role),
+                "null" if call_id is None else _str(call_id),
+            )
+        )
+    params = []
+    if overrides:
+        if type(overrides) is not dict:
+            return None
+        for key in sorted(overrides):
+            if type(key) is not str:
+                return None
+            if key in CLIENT_ONLY:
+                continue
+            value = _plain_scalar(overrides[key])
+            if value is None:
+                return None
+            params.append(f"{_str(key)}:{value}")
+    kind = type(provider)
+    name = _str(f"{kind.__module__}.{kind.__qualname__}")
+    listed, named = ",".join(written), ",".join(params)
+    return f'{{"kind":{name},"messages":[{listed}],"model":{model},"params":{{{named}}}}}'
 
 
 def describe(
@@ -102,6 +252,10 @@ def request_key(
 ) -> str | None:
     """The key of one call, or None when it cannot be keyed (it then goes uncached)."""
     try:
+        if getattr(provider, "cache_request", None) is None:
+            text = _plain_text(provider, messages, overrides)
+            if text is not None:
+                return _hash(text, namespace)
         return digest(describe(provider, messages, overrides), namespace)
-    except (Unkeyable, TypeError, ValueError):
+    except (Unkeyable, TypeError, ValueError, RecursionError):  # RecursionError: a cycle
         return None
