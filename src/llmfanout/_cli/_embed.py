@@ -134,6 +134,7 @@ def _spec(args: argparse.Namespace) -> EmbedSpec:
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed goes with --resume")
     try:
+        # Alike in shape only: each flag handed to its spec field by keyword.
         return EmbedSpec(
             provider=args.provider,
             model=args.model,
