@@ -62,6 +62,7 @@ def part_to_block(part: TextPart | ImagePart | OtherPart, where: str) -> dict[st
     )
 
 
+# Alike in shape only (_gemini_format._parts): each API's own wire shape for content.
 def _blocks(message: LLMMessage, where: str) -> list[dict[str, Any]]:
     content = message.content
     if isinstance(content, str):

@@ -119,6 +119,7 @@ def part_to_wire(part: TextPart | ImagePart | OtherPart, where: str) -> dict[str
     )
 
 
+# Alike in shape only (_anthropic_format._blocks): each API's own wire shape for content.
 def _parts(message: LLMMessage, where: str) -> list[dict[str, Any]]:
     content = message.content
     if isinstance(content, str):
