@@ -143,6 +143,7 @@ class ProviderError(Exception):
 
     retryable: bool = False
 
+    # Alike in shape only (_flow/_redislimit.py, _core/_embed.py...): a keyword-only constructor.
     def __init__(
         self,
         message: str,

@@ -216,6 +216,16 @@ class ToolCall:
         return json.loads(self.arguments) if self.arguments.strip() else {}
 
 
+def object_arguments(call: ToolCall) -> dict[str, Any] | None:
+    """``call``'s arguments as a JSON object, or ``None`` when they are not valid JSON or not
+    an object (what Anthropic's ``tool_use`` input and Gemini's ``functionCall`` args must be)."""
+    try:
+        arguments = call.parsed_arguments()
+    except ValueError:
+        return None
+    return arguments if isinstance(arguments, dict) else None
+
+
 def to_tool_call(value: object, where: str) -> ToolCall:
     """A tool call from a ``ToolCall`` or a mapping in OpenAI's or the flat shape."""
     if isinstance(value, ToolCall):

@@ -217,6 +217,7 @@ class BatchAPI:
 # -- OpenAI ----------------------------------------------------------------------------
 
 
+# Alike in shape only (GeminiBatchAPI): each API's own values for the BatchAPI attributes.
 class OpenAIBatchAPI(BatchAPI):
     """OpenAI's Batch API: upload a JSONL file, then create a batch from it."""
 

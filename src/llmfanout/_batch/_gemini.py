@@ -67,6 +67,7 @@ def display_name(metadata: Mapping[str, str]) -> str:
     return "llmfanout " + ";".join(f"{k}={v}" for k, v in sorted(metadata.items()))
 
 
+# Alike in shape only (OpenAIBatchAPI): each API's own values for the BatchAPI attributes.
 class GeminiBatchAPI(BatchAPI):
     """Gemini's Batch Mode: the requests inlined in the create call."""
 

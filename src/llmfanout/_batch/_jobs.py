@@ -100,6 +100,7 @@ class BatchProgress:
         return self.parts_ended == self.parts
 
 
+# Alike in shape only: the record's fields copied to the public view by keyword.
 def view(part: Part) -> BatchPart:
     return BatchPart(
         index=part.index,

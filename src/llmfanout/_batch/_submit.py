@@ -237,6 +237,7 @@ async def submit_batch(
         plan = partial(plan_parts, api, tasks, run_id, spool, requests, size)
         parts = await anyio.to_thread.run_sync(plan)
         if existing is None:
+            # Alike in shape only: the record's fields given by keyword.
             record = State(
                 run_id=run_id,
                 provider=api.name,

@@ -90,6 +90,12 @@ def add_backend(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_rate_caps(parser: argparse.ArgumentParser) -> None:
+    """``--rpm`` and ``--tpm``, the client-side caps."""
+    parser.add_argument("--rpm", type=positive_float, metavar="N", help="requests per minute cap")
+    parser.add_argument("--tpm", type=positive_float, metavar="N", help="tokens per minute cap")
+
+
 def add_quiet(parser: argparse.ArgumentParser, text: str = "no progress; errors only") -> None:
     """``--quiet``."""
     parser.add_argument("--quiet", action="store_true", help=text)

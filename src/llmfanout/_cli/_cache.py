@@ -20,6 +20,7 @@ def add_parser(commands: Any) -> None:
         description="Show what a response cache holds (stats), or remove every answer "
         "in it (clear). PATH is a SQLite cache file, as given to run --cache.",
     )
+    # Alike in shape only: each subcommand declares its own flags (argparse).
     cache.add_argument("action", choices=("stats", "clear"), help="what to do")
     cache.add_argument(
         "path", metavar="PATH", help="the cache file (or a redis:// URL, clear only)"

@@ -43,6 +43,8 @@ from ._args import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    add_output,
+    add_rate_caps,
     check_input,
     check_output,
     positive_float,
@@ -55,6 +57,8 @@ MAX_BAD_SHOWN = 20
 
 def add_parser(commands: Any) -> None:
     """The ``embed`` subcommand's arguments."""
+    # Each subcommand declares its own parser (argparse's shape, shared with the other
+    # subcommands' add_parser); the options they share are the helpers of ._args.
     embed = commands.add_parser(
         "embed",
         help="embed the text of every row of a JSONL file, many inputs per request",
@@ -65,7 +69,7 @@ def add_parser(commands: Any) -> None:
         ),
     )
     embed.add_argument("input", metavar="INPUT", help="the input JSONL file ('-' for stdin)")
-    embed.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="the output")
+    add_output(embed, "the output")
     embed.add_argument("--provider", choices=EMBED_PROVIDERS, default="echo")
     embed.add_argument("--model", help="the embedding model (needed for openai and gemini)")
     embed.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
@@ -91,8 +95,7 @@ def add_parser(commands: Any) -> None:
         metavar="N",
         help="estimated tokens per request (default the provider's cap: openai 300000)",
     )
-    embed.add_argument("--rpm", type=positive_float, metavar="N", help="requests per minute cap")
-    embed.add_argument("--tpm", type=positive_float, metavar="N", help="tokens per minute cap")
+    add_rate_caps(embed)
     embed.add_argument("--max-attempts", type=positive_int, default=5, metavar="N")
     embed.add_argument("--timeout", type=positive_float, metavar="SECONDS")
     embed.add_argument(
@@ -131,6 +134,7 @@ def _spec(args: argparse.Namespace) -> EmbedSpec:
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed goes with --resume")
     try:
+        # Alike in shape only: each flag handed to its spec field by keyword.
         return EmbedSpec(
             provider=args.provider,
             model=args.model,

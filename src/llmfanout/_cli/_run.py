@@ -48,6 +48,7 @@ from ._args import (
     add_backend,
     add_output,
     add_quiet,
+    add_rate_caps,
     check_backend,
     check_input,
     check_output,
@@ -124,8 +125,7 @@ def add_parser(commands: Any) -> None:
         metavar="N",
         help="calls in flight at once (default 16)",
     )
-    run.add_argument("--rpm", type=positive_float, metavar="N", help="requests per minute cap")
-    run.add_argument("--tpm", type=positive_float, metavar="N", help="tokens per minute cap")
+    add_rate_caps(run)
     run.add_argument(
         "--no-pacing",
         dest="pacing",

@@ -55,6 +55,7 @@ def check_structured_options(args: argparse.Namespace) -> None:
     args.schema_object = load_schema(args.schema)
 
 
+# Alike in shape only (_deploy/_spec.load_deployments): each says what failed in its caller's words.
 def load_schema(path: str | None) -> dict[str, Any] | None:
     """The JSON Schema in ``--schema FILE`` (None without one); ``UsageError`` if unusable."""
     if path is None:

@@ -201,6 +201,7 @@ class Pool:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    # Alike in shape only (providers/_http.py): the async-with protocol over aclose().
     async def __aenter__(self) -> Self:
         return self
 

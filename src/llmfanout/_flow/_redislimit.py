@@ -253,6 +253,7 @@ class RedisRateLimit:
     A ``RedisRateLimit`` pickles to a new worker with the same settings.
     """
 
+    # Alike in shape only (errors.py, providers/_azure.py): a keyword-only constructor signature.
     def __init__(
         self,
         url: str,

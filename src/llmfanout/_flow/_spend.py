@@ -115,6 +115,7 @@ class CappedProvider:
         self.provider = provider
         self.cap = cap
 
+    # Alike in shape only (_telemetry/_hook.py): the complete() signature of a wrapping provider.
     async def complete(
         self,
         messages: Sequence[LLMMessage],

@@ -186,6 +186,7 @@ def read_rows(
         yield parsed
 
 
+# Alike in shape only (_output_rows.bad_row): an embed output row has its own fields.
 def bad_row(bad: BadLine) -> dict[str, Any]:
     """The output row recording a bad input line (never run again: it cannot succeed)."""
     return {
@@ -282,6 +283,7 @@ class ShardSink:
         self.written = 0
         self.failed = 0
 
+    # Alike in shape only (JsonlSink.add): the sink protocol's signature.
     def add(
         self,
         items: Sequence[Item[Any]],

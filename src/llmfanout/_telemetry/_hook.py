@@ -428,6 +428,7 @@ class TracedProvider:
     def __repr__(self) -> str:
         return repr(self._provider)
 
+    # Alike in shape only (_flow/_spend.py): the complete() signature of a wrapping provider.
     async def complete(
         self,
         messages: Sequence[LLMMessage],

@@ -18,7 +18,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .._base._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall
+from .._base._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall, object_arguments
 from ..errors import BadRequestError
 from ._sse import Event
 from ._streaming import StreamEventError, StreamFormatError, parse
@@ -62,6 +62,7 @@ def part_to_block(part: TextPart | ImagePart | OtherPart, where: str) -> dict[st
     )
 
 
+# Alike in shape only (_gemini_format._parts): each API's own wire shape for content.
 def _blocks(message: LLMMessage, where: str) -> list[dict[str, Any]]:
     content = message.content
     if isinstance(content, str):
@@ -70,11 +71,8 @@ def _blocks(message: LLMMessage, where: str) -> list[dict[str, Any]]:
 
 
 def _tool_use(call: ToolCall, where: str) -> dict[str, Any]:
-    try:
-        arguments = call.parsed_arguments()
-    except ValueError:
-        arguments = None
-    if not isinstance(arguments, dict):
+    arguments = object_arguments(call)
+    if arguments is None:
         raise _refuse(
             where,
             f"has arguments {call.arguments[:60]!r}, not a JSON object, which the Messages "

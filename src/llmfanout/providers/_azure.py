@@ -61,6 +61,7 @@ class AzureOpenAIProvider(OpenAIProvider):
     base_url_env = "AZURE_OPENAI_ENDPOINT"
     default_base_url = ""
 
+    # Alike in shape only (errors.py, _flow/_redislimit.py): a keyword-only constructor signature.
     def __init__(
         self,
         deployment: str,

@@ -235,6 +235,7 @@ def status_error(
         parts.append(f"retry after {retry_after:g}s")
     if rid:
         parts.append(f"request id {rid}")
+    # Alike in shape only: the error's fields given by keyword.
     return cls(
         "; ".join(parts),
         status_code=status,

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._base._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall
+from .._base._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall, object_arguments
 from ..errors import BadRequestError
 from ._sse import Event
 from ._streaming import StreamEventError, parse
@@ -119,6 +119,7 @@ def part_to_wire(part: TextPart | ImagePart | OtherPart, where: str) -> dict[str
     )
 
 
+# Alike in shape only (_anthropic_format._blocks): each API's own wire shape for content.
 def _parts(message: LLMMessage, where: str) -> list[dict[str, Any]]:
     content = message.content
     if isinstance(content, str):
@@ -128,11 +129,8 @@ def _parts(message: LLMMessage, where: str) -> list[dict[str, Any]]:
 
 def tool_call_to_wire(call: ToolCall, where: str) -> dict[str, Any]:
     """One tool call as a ``functionCall`` part (its arguments must be a JSON object)."""
-    try:
-        arguments = call.parsed_arguments()
-    except ValueError:
-        arguments = None
-    if not isinstance(arguments, dict):
+    arguments = object_arguments(call)
+    if arguments is None:
         raise _refuse(
             where,
             f"has arguments {call.arguments[:60]!r}, not a JSON object, which Gemini "
