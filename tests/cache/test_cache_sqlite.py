@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import llmfanout._cache._sqlite as sqlite_module
 from llmfanout import LLMResponse, ToolCall
+from llmfanout._cache._codec import encode
 from llmfanout.cache import Cache, SQLiteCache
 
 pytestmark = pytest.mark.anyio
@@ -136,7 +137,7 @@ async def test_max_bytes_evicts_the_least_recently_used(
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(sqlite_module.time, "time", lambda: now[0])
-    one = len(sqlite_module.encode(LLMResponse("x" * 100, model="m")))
+    one = len(encode(LLMResponse("x" * 100, model="m")))
     cache = SQLiteCache(tmp_path / "c.db", max_bytes=3 * one)
     for key in "abc":
         now[0] += 1

@@ -27,6 +27,8 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._base._perloop import PerLoop
+from .._base._types import LLMResponse
+from ._codec import decode, encode
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -126,3 +128,29 @@ def _hand_on(group: _Group[In, Out]) -> None:
         following.turn.set()  # group.busy stays True: that leader holds the turn now
     else:
         group.busy = False
+
+
+class BatchedStore:
+    """The :class:`~llmfanout.cache.Cache` protocol over a store's two blocking batch
+    calls, ``_read(keys)`` and ``_write([(key, data), ...])``, each run in a worker thread
+    on every lookup (or write) waiting at the time (the SQLite and Redis caches)."""
+
+    def __init__(self) -> None:
+        self._reads: Batcher[str, bytes | None] = Batcher(self._read)
+        self._writes: Batcher[tuple[str, bytes], None] = Batcher(self._write)
+
+    def _read(self, keys: list[str]) -> list[bytes | None]:
+        raise NotImplementedError
+
+    def _write(self, entries: list[tuple[str, bytes]]) -> list[None]:
+        raise NotImplementedError
+
+    async def get(self, key: str) -> LLMResponse | None:
+        """The answer stored under ``key`` (marked ``metadata["cached"]``), or None."""
+        data = await self._reads(key)
+        return None if data is None else decode(data)
+
+    async def put(self, key: str, response: LLMResponse) -> None:
+        """Store ``response`` under ``key`` (replacing any answer there; the store's ``ttl``
+        sets its expiry)."""
+        await self._writes((key, encode(response)))

@@ -12,16 +12,14 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from .._base._types import LLMResponse
 from .._flow._redislimit import redact
-from ._batcher import Batcher
-from ._codec import decode, encode
+from ._batcher import BatchedStore
 
 _SCHEMES = ("redis", "rediss", "unix")
 _TIMEOUT = 5.0  # seconds to connect or to answer
 
 
-class RedisCache:
+class RedisCache(BatchedStore):
     """A response cache in Redis (needs the ``redis`` extra: ``pip install 'llmfanout[redis]'``).
 
     ``url``: ``redis://[:password@]host:port/db`` (``rediss://`` for TLS, ``unix://`` for
@@ -57,23 +55,13 @@ class RedisCache:
         self._prefix = f"llmfanout:cache:{namespace or 'default'}:"
         self._mutex = threading.Lock()
         self._client: Any = None
-        self._reads = Batcher(self._read)
-        self._writes = Batcher(self._write)
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"RedisCache({redact(self.url)!r}, ttl={self.ttl!r}, namespace={self.namespace!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.url, self.ttl, self.namespace or None))
-
-    async def get(self, key: str) -> LLMResponse | None:
-        """The answer stored under ``key`` (marked ``metadata["cached"]``), or None."""
-        data = await self._reads(key)
-        return None if data is None else decode(data)
-
-    async def put(self, key: str, response: LLMResponse) -> None:
-        """Store ``response`` under ``key``, with the ``ttl`` as its expiry."""
-        await self._writes((key, encode(response)))
 
     def clear(self) -> int:
         """Remove every answer of this namespace; return how many there were (blocking)."""

@@ -24,9 +24,7 @@ from typing import Any
 
 import attrs
 
-from .._base._types import LLMResponse
-from ._batcher import Batcher
-from ._codec import decode, encode
+from ._batcher import BatchedStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -74,7 +72,7 @@ class CacheStats:
     newest: float | None
 
 
-class SQLiteCache:
+class SQLiteCache(BatchedStore):
     """A response cache in one SQLite file (made if missing, with its folder).
 
     ``ttl``: seconds an answer stays valid (None: for ever). ``max_bytes``: the most the
@@ -105,8 +103,7 @@ class SQLiteCache:
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid = os.getpid()
-        self._reads = Batcher(self._read)
-        self._writes = Batcher(self._write)
+        super().__init__()
         with self._lock:
             self._connect()
 
@@ -116,17 +113,6 @@ class SQLiteCache:
     def __reduce__(self) -> tuple[Any, ...]:
         # A connection does not travel: a copy (in a Ray worker, say) opens its own.
         return (_rebuild, (str(self.path), self.ttl, self.max_bytes, self.namespace))
-
-    # -- the Cache protocol -------------------------------------------------------------
-
-    async def get(self, key: str) -> LLMResponse | None:
-        """The answer stored under ``key`` (marked ``metadata["cached"]``), or None."""
-        data = await self._reads(key)
-        return None if data is None else decode(data)
-
-    async def put(self, key: str, response: LLMResponse) -> None:
-        """Store ``response`` under ``key`` (replacing any answer there)."""
-        await self._writes((key, encode(response)))
 
     # -- maintenance (blocking: for the CLI and scripts) --------------------------------
 
