@@ -109,3 +109,11 @@ def test_an_upward_import_breaks_the_layers_contract(
     broken = _lint_imports(src)
     assert broken.returncode != 0
     assert "BROKEN" in broken.stdout
+
+
+def test_test_modules_have_distinct_names() -> None:
+    """Tests mirror the tree in folders without __init__.py: pytest imports each test module
+    by its basename, so two with one name in different folders break a whole-suite run."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) > 50
+    assert sorted(names) == sorted(set(names)), sorted({n for n in names if names.count(n) > 1})
