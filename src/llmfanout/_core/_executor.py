@@ -30,7 +30,7 @@ from .._cache._front import Cache, CacheFront, check_cache, mark
 from .._flow._governor import Governor
 from .._flow._limiter import Limiter, check_limiter
 from ..errors import TaskAborted
-from ._attempt import NO_RETRY, fresh, run_function, run_llm, shared_cooldown
+from ._attempt import NO_RETRY, run_function, run_llm, shared_cooldown
 from ._cap import Cap, Lease, give_back, holding, lend, release_context, take
 from ._inputs import (
     AsyncItems,
@@ -65,6 +65,7 @@ class _Run:
         "items",
         "max_errors",
         "notify",
+        "put",
         "reason",
         "scopes",
         "stop_on_auth",
@@ -74,12 +75,16 @@ class _Run:
     def __init__(
         self,
         items: Iterator[Item] | AsyncItems,
+        put: Callable[[TaskResult], bool],
         emit: Callable[[TaskResult], Awaitable[None]],
         max_errors: int | None,
         on_result: OnResult | None,
         stop_on_auth: bool = False,
     ) -> None:
         self.items = items
+        # Where results go: ``put`` hands one on at once if it can (True), else the
+        # worker awaits ``emit``, which waits for room.
+        self.put = put
         self.emit = emit
         self.max_errors = max_errors
         self.guarded = max_errors is not None
@@ -473,17 +478,23 @@ class ParallelLLMExecutor:
         items, count = prepare(tasks, failure)
         send, receive = anyio.create_memory_object_stream[TaskResult](self.max_concurrency)
 
+        def put(result: TaskResult) -> bool:
+            if tg.cancel_scope.cancel_called:
+                return False  # see emit
+            try:
+                send.send_nowait(result)  # room in the buffer: no need to yield here
+            except anyio.WouldBlock:
+                return False
+            return True
+
         async def emit(result: TaskResult) -> None:
             if tg.cancel_scope.cancel_called:
                 # The consumer has left; this worker's call ended before the cancellation
                 # reached it. Stop here rather than read more input.
                 await anyio.lowlevel.checkpoint()
-            try:
-                send.send_nowait(result)  # room in the buffer: no need to yield here
-            except anyio.WouldBlock:
-                await send.send(result)
+            await send.send(result)
 
-        run = _Run(items, emit, max_errors, on_result, self.stop_on_auth_error)
+        run = _Run(items, put, emit, max_errors, on_result, self.stop_on_auth_error)
 
         async def drive() -> None:
             async with send:
@@ -572,12 +583,13 @@ class ParallelLLMExecutor:
     ) -> dict[str, TaskResult]:
         max_errors = _check_max_errors(max_errors)
         items = check_mapping(tasks, method, llm_only=llm_only)
-        results: dict[str, Any] = dict.fromkeys(tag for tag, _ in items)  # the input's order
+        results: dict[str, Any] = dict.fromkeys(tasks)  # the input's order
 
-        async def store(result: TaskResult) -> None:
+        def store(result: TaskResult) -> bool:
             results[result.tag] = result
+            return True
 
-        run = _Run(iter(items), store, max_errors, on_result, self.stop_on_auth_error)
+        run = _Run(iter(items), store, _never, max_errors, on_result, self.stop_on_auth_error)
         await self._drive(run, len(items))
         return results
 
@@ -596,37 +608,37 @@ class ParallelLLMExecutor:
             raise unwrap_group(group) from None
 
     async def _worker(self, run: _Run, index: int) -> None:
+        """The per-task path: take an item, run it, hand the result on, maybe give the
+        slot away; until the input ends."""
         lease = Lease(self._cap)
         holding(lease)  # this task's own context: nested calls find it
+        # An async source is read under its lock; a plain iterator needs none.
+        source = run.items if isinstance(run.items, AsyncItems) else None
+        items: Iterator[Item] = iter(()) if isinstance(run.items, AsyncItems) else run.items
         try:
             await take(lease)
-            items = run.items
-            if isinstance(items, AsyncItems):
-                while (item := await items.next()) is not None:
-                    await self._one(run, index, item, lease)
-            else:
-                for item in items:
-                    await self._one(run, index, item, lease)
+            while True:
+                item = next(items, None) if source is None else await source.next()
+                if item is None:
+                    return
+                tag, task = item
+                if run.guarded:
+                    result = await self._run_guarded(run, index, tag, task)
+                elif run.aborted:
+                    result = _aborted(tag, run.reason)
+                else:
+                    result = await self._run_task(tag, task, run.threads)
+                    if not result.success and run.stop_on_auth:
+                        run.count_failure(result)
+                if not run.put(result):
+                    await run.emit(result)
+                if run.notify is not None:
+                    await run.notify(result)
+                if lease.cap.waiters or not lease.held:  # another call waits: take turns
+                    give_back(lease)
+                    await take(lease)
         finally:
             give_back(lease)
-
-    async def _one(self, run: _Run, index: int, item: Item, lease: Lease) -> None:
-        """The per-task path: run it, hand the result on, maybe give the slot away."""
-        tag, task = item
-        if run.guarded:
-            result = await self._run_guarded(run, index, tag, task)
-        elif run.aborted:
-            result = _aborted(tag, run.reason)
-        else:
-            result = await self._run_task(tag, task, run.threads)
-            if not result.success and run.stop_on_auth:
-                run.count_failure(result)
-        await run.emit(result)
-        if run.notify is not None:
-            await run.notify(result)
-        if lease.cap.waiters or not lease.held:  # another call waits for a slot: take turns
-            give_back(lease)
-            await take(lease)
 
     async def _run_guarded(
         self, run: _Run, index: int, tag: str, task: Task | Invalid
@@ -669,7 +681,11 @@ class ParallelLLMExecutor:
                 return await self._through_cache(tag, task, threads)
             retry = task.retry or self.default_retry
             timeout = task.timeout or self.default_timeout
-            overrides = self._overrides(task)
+            overrides = task.config_overrides  # merged over the defaults, as _overrides()
+            if not overrides:
+                overrides = self.default_config_overrides
+            elif self.default_config_overrides is not None:
+                overrides = {**self.default_config_overrides, **overrides}
             governor = self._governor
             if (
                 timeout is None
@@ -683,7 +699,8 @@ class ParallelLLMExecutor:
                     governor.unpaced += 1  # for the first answer that reports limits
                 try:
                     response = await self._target.complete(
-                        task.messages, config_overrides=fresh(overrides)
+                        task.messages,
+                        config_overrides=None if overrides is None else dict(overrides),
                     )
                 except Exception as exc:
                     if governor is not None:
@@ -768,6 +785,10 @@ class ParallelLLMExecutor:
         if default is None:
             return own
         return {**default, **own}
+
+
+async def _never(result: TaskResult) -> None:
+    raise AssertionError("a put that always succeeds has no emit")
 
 
 def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:
