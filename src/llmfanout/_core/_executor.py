@@ -9,6 +9,7 @@ item whenever another worker is queued for one, so no call starves.
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import logging
@@ -44,7 +45,7 @@ from ._inputs import (
 from ._outcome import Failed, Ok
 from ._retry import RetryConfig
 from ._sync import run_sync
-from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
+from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, answered, check_timeout
 
 if TYPE_CHECKING:
     from .._telemetry._hook import Telemetry
@@ -67,6 +68,7 @@ class _Run:
         "notify",
         "put",
         "reason",
+        "results",
         "scopes",
         "stop_on_auth",
         "threads",
@@ -86,6 +88,7 @@ class _Run:
         # worker awaits ``emit``, which waits for room.
         self.put = put
         self.emit = emit
+        self.results: dict[str, Any] | None = None  # execute's: results stored right here
         self.max_errors = max_errors
         self.guarded = max_errors is not None
         self.stop_on_auth = stop_on_auth
@@ -339,6 +342,9 @@ class ParallelLLMExecutor:
             self._instrument(capture_content)
         elif capture_content:
             raise ValueError("ParallelLLMExecutor: capture_content=True needs telemetry=True")
+        # The worker may make a plain call itself, sparing _run_task's coroutine: not
+        # with the cache (asked first) nor telemetry (which wraps _run_task).
+        self._direct = self._cache is None and self._telemetry is None
 
     def _instrument(self, capture_content: bool) -> None:
         """Telemetry on: a span per task and per attempt, the metrics (``_telemetry``).
@@ -585,11 +591,8 @@ class ParallelLLMExecutor:
         items = check_mapping(tasks, method, llm_only=llm_only)
         results: dict[str, Any] = dict.fromkeys(tasks)  # the input's order
 
-        def store(result: TaskResult) -> bool:
-            results[result.tag] = result
-            return True
-
-        run = _Run(iter(items), store, _never, max_errors, on_result, self.stop_on_auth_error)
+        run = _Run(iter(items), _never, _never, max_errors, on_result, self.stop_on_auth_error)
+        run.results = results
         await self._drive(run, len(items))
         return results
 
@@ -615,6 +618,14 @@ class ParallelLLMExecutor:
         # An async source is read under its lock; a plain iterator needs none.
         source = run.items if isinstance(run.items, AsyncItems) else None
         items: Iterator[Item] = iter(()) if isinstance(run.items, AsyncItems) else run.items
+        results = run.results
+        # Nothing the executor wraps around a call (cache, telemetry, rate limit, time
+        # limit, answer check): the worker makes a plain first attempt itself, as
+        # _run_task's fast path does, sparing a coroutine per task.
+        direct = self._direct and self.rate_limit is None and self.default_timeout is None
+        if direct and self.default_retry is not None:
+            direct = self.default_retry.retry_on_result is None
+        governor, target, defaults = self._governor, self._target, self.default_config_overrides
         try:
             await take(lease)
             while True:
@@ -626,11 +637,43 @@ class ParallelLLMExecutor:
                     result = await self._run_guarded(run, index, tag, task)
                 elif run.aborted:
                     result = _aborted(tag, run.reason)
+                elif (
+                    direct
+                    and type(task) is LLMTask
+                    and task.timeout is None
+                    and (task.retry is None or task.retry.retry_on_result is None)
+                    and (governor is None or governor.quiet)
+                ):
+                    start = perf_counter()
+                    overrides = self._overrides(task) if task.config_overrides else defaults
+                    if governor is not None:
+                        governor.unpaced += 1
+                    try:
+                        response = await target.complete(
+                            task.messages,
+                            config_overrides=None if overrides is None else dict(overrides),
+                        )
+                    except Exception as exc:
+                        result = await self._first_failed(tag, task, overrides, exc, start)
+                    except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
+                        if governor is not None:
+                            governor.unpaced -= 1
+                        raise
+                    else:
+                        if governor is not None:
+                            governor.unpaced -= 1
+                            if getattr(response, "rate_limits", None) is not None:
+                                governor.learn(overrides, response)
+                        result = answered(tag, response, (perf_counter() - start) * 1000, 1)
+                    if not result.success and run.stop_on_auth:
+                        run.count_failure(result)
                 else:
                     result = await self._run_task(tag, task, run.threads)
                     if not result.success and run.stop_on_auth:
                         run.count_failure(result)
-                if not run.put(result):
+                if results is not None:
+                    results[tag] = result
+                elif not run.put(result):
                     await run.emit(result)
                 if run.notify is not None:
                     await run.notify(result)
@@ -679,22 +722,12 @@ class ParallelLLMExecutor:
         if type(task) is LLMTask:
             if self._cache is not None and cached and task.cache:
                 return await self._through_cache(tag, task, threads)
-            retry = task.retry or self.default_retry
-            timeout = task.timeout or self.default_timeout
-            overrides = task.config_overrides  # merged over the defaults, as _overrides()
-            if not overrides:
-                overrides = self.default_config_overrides
-            elif self.default_config_overrides is not None:
-                overrides = {**self.default_config_overrides, **overrides}
-            governor = self._governor
-            if (
-                timeout is None
-                and self.rate_limit is None
-                and (retry is None or retry.retry_on_result is None)
-                and (governor is None or governor.idle())
-            ):
-                # The fast path: the first attempt is a plain call, nothing to wrap it in;
-                # the retry machinery is set up only if it fails.
+            overrides = self._plain(task)
+            if overrides is not _Wrapped.CALL:
+                # The fast path (the worker has its own copy of these lines, to spare a
+                # coroutine per task): the first attempt is a plain call; the retry
+                # machinery is set up only if it fails.
+                governor = self._governor
                 if governor is not None:
                     governor.unpaced += 1  # for the first answer that reports limits
                 try:
@@ -703,53 +736,77 @@ class ParallelLLMExecutor:
                         config_overrides=None if overrides is None else dict(overrides),
                     )
                 except Exception as exc:
-                    if governor is not None:
-                        governor.unpaced -= 1
-                        cooldown = shared_cooldown(exc, retry)
-                        governor.learn(overrides, exc, cooldown=cooldown)
-                    if retry is None or retry.trivial:
-                        return _failed(tag, exc, start, 1)
-                    outcome = await run_llm(
-                        self._target,
-                        task,
-                        overrides,
-                        retry,
-                        None,
-                        None,
-                        first_error=exc,
-                        governor=governor,
-                    )
+                    return await self._first_failed(tag, task, overrides, exc, start)
                 except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
                     if governor is not None:
                         governor.unpaced -= 1
                     raise
-                else:
-                    if governor is not None:
-                        governor.unpaced -= 1
-                        if getattr(response, "rate_limits", None) is not None:
-                            governor.learn(overrides, response)
-                    return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
-            else:
-                outcome = await run_llm(
-                    self._target,
-                    task,
-                    overrides,
-                    retry or NO_RETRY,
-                    timeout,
-                    self.rate_limit,
-                    governor=governor,
-                )
+                return self._first_answered(tag, response, overrides, start)
+            outcome = await run_llm(
+                self._target,
+                task,
+                self._overrides(task),
+                task.retry or self.default_retry or NO_RETRY,
+                task.timeout or self.default_timeout,
+                self.rate_limit,
+                governor=self._governor,
+            )
         elif type(task) is DeterministicTask:
             timeout = task.timeout or self.default_timeout
             outcome = await run_function(task, timeout, threads or self._threads())
         else:
             assert isinstance(task, Invalid)
             return _failed(tag, task.error, start, 0)
-        if type(outcome) is Ok:
-            ms = (perf_counter() - start) * 1000
-            return TaskResult(tag, True, outcome.value, None, ms, outcome.attempts)
-        assert isinstance(outcome, Failed)
-        return _failed(tag, outcome.error, start, outcome.attempts)
+        return _settled(tag, outcome, start)
+
+    def _plain(self, task: LLMTask) -> Mapping[str, Any] | _Wrapped | None:
+        """The call's overrides if its first attempt may be a plain call (no time limit,
+        rate limit, answer check, nor pacing yet), else ``_Wrapped.CALL``."""
+        if self.rate_limit is not None or (task.timeout or self.default_timeout) is not None:
+            return _Wrapped.CALL
+        retry = task.retry or self.default_retry
+        if retry is not None and retry.retry_on_result is not None:
+            return _Wrapped.CALL
+        governor = self._governor
+        if governor is not None and not governor.idle():
+            return _Wrapped.CALL
+        overrides = task.config_overrides
+        default = self.default_config_overrides
+        if not overrides:
+            return default
+        return overrides if default is None else {**default, **overrides}
+
+    def _first_answered(
+        self, tag: str, response: Any, overrides: Mapping[str, Any] | None, start: float
+    ) -> TaskResult:
+        """A plain first attempt answered."""
+        governor = self._governor
+        if governor is not None:
+            governor.unpaced -= 1
+            if getattr(response, "rate_limits", None) is not None:
+                governor.learn(overrides, response)
+        return answered(tag, response, (perf_counter() - start) * 1000, 1)
+
+    async def _first_failed(
+        self,
+        tag: str,
+        task: LLMTask,
+        overrides: Mapping[str, Any] | None,
+        exc: Exception,
+        start: float,
+    ) -> TaskResult:
+        """A plain first attempt raised ``exc``: the retry machinery takes over."""
+        retry = task.retry or self.default_retry
+        governor = self._governor
+        if governor is not None:
+            governor.unpaced -= 1
+            governor.learn(overrides, exc, cooldown=shared_cooldown(exc, retry))
+        if retry is None or retry.trivial:
+            return _failed(tag, exc, start, 1)
+        outcome = await run_llm(
+            self._target, task, overrides, retry, None, None, first_error=exc, governor=governor
+        )
+        return _settled(tag, outcome, start)
 
     async def _through_cache(
         self,
@@ -787,8 +844,22 @@ class ParallelLLMExecutor:
         return {**default, **own}
 
 
-async def _never(result: TaskResult) -> None:
-    raise AssertionError("a put that always succeeds has no emit")
+class _Wrapped(enum.Enum):
+    """``_plain``'s answer for a call that cannot take the plain fast path."""
+
+    CALL = 0
+
+
+def _settled(tag: str, outcome: Ok | Failed, start: float) -> TaskResult:
+    if type(outcome) is Ok:
+        ms = (perf_counter() - start) * 1000
+        return TaskResult(tag, True, outcome.value, None, ms, outcome.attempts)
+    assert isinstance(outcome, Failed)
+    return _failed(tag, outcome.error, start, outcome.attempts)
+
+
+def _never(result: TaskResult) -> Any:
+    raise AssertionError("results go to the run's dict")
 
 
 def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:

@@ -88,6 +88,7 @@ class Governor:
         "adaptive",
         "aimd",
         "pacing",
+        "quiet",
         "refused",
         "stop_on_auth",
         "unpaced",
@@ -117,6 +118,8 @@ class Governor:
         # from its first call: that one goes alone, the others wait for its answer.
         self._probe_first = pacing and bool(getattr(provider, "reports_rate_limits", False))
         self._reported = self._probe_first  # some answer carried limits (or may)
+        self.quiet = not self._reported
+        """:meth:`idle` as a plain attribute, for the scheduler's check per task."""
         self.unpaced = 0
         """Calls in flight that no pacer admitted (sent before any limits were known)."""
         self.unpaced_tokens = 0  # their estimated tokens, where known
@@ -137,7 +140,7 @@ class Governor:
 
     def idle(self) -> bool:
         """Nothing to do around a call yet: no limits reported, no overload seen."""
-        return not (self._engaged or self._reported)
+        return self.quiet
 
     def _pacer_for(self, model: Any) -> HeaderPacer | None:
         """The model's pacer, made now if need be (None with pacing off)."""
@@ -148,6 +151,7 @@ class Governor:
         if pacer is None:
             pacer = pacers[model] = HeaderPacer()
         self._reported = True
+        self.quiet = False
         return pacer
 
     # -- a call the scheduler made on its own (the fast path) ---------------------------
@@ -172,6 +176,7 @@ class Governor:
         if isinstance(outcome, Exception) and self._overloaded(outcome):
             self.aimd.overload(self.aimd.cuts)
             self._engaged = True
+            self.quiet = False
 
     def _overloaded(self, exc: Exception) -> bool:
         # An answer whose advertised limits the pacer goes by is paced; one with none (or
@@ -250,6 +255,7 @@ class Governor:
             if self._overloaded(outcome):
                 self.aimd.overload(pass_.epoch)
                 self._engaged = True
+                self.quiet = False
         elif outcome is not None:
             self.aimd.success()
         if pass_.gated:
