@@ -9,6 +9,7 @@ import attrs
 
 from .._base._calls import callable_is_async
 from .._base._checks import positive, whole_number
+from .._base._messages import only_messages
 from .._base._types import LLMMessage, a_kind, to_message
 from ._retry import RetryConfig
 
@@ -42,6 +43,9 @@ def _read_message(index: int, message: object) -> LLMMessage | _Refused:
 
 
 def _to_tuple(value: object) -> tuple[LLMMessage, ...]:
+    messages = only_messages(value)
+    if messages is not None:
+        return messages
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
         raise TypeError(
             f"messages must be a sequence of LLMMessage or mappings, not {type(value).__name__}"
