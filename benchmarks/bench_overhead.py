@@ -30,7 +30,8 @@ Then the pieces are timed alone in a tight loop (nanoseconds per call, best of k
 Run: ``python benchmarks/bench_overhead.py`` (a few minutes on 2 cores), ``--quick`` for
 a smoke run, ``--n``, ``--concurrency``, ``--repeats`` to change the sizes, ``--only
 TEXT`` to run only the rows whose label has TEXT (and the baselines), ``--cpu`` to time
-by CPU time on a busy machine, ``--median`` for the median of k instead of the best, ``--no-pieces`` to skip the pieces in isolation.
+by CPU time on a busy machine, ``--median`` for the median of k instead of the best,
+``--no-pieces`` to skip the pieces in isolation.
 """
 
 from __future__ import annotations
@@ -509,8 +510,8 @@ def main(argv: list[str] | None = None) -> None:
     small = max(n // 10, 1)
     print(
         f"bench_overhead: N={n:,} (and N/10={small:,}), C={args.concurrency}, "
-        f"{_stat(repeats)}, {'CPU' if args.cpu else 'wall'} time; Python {platform.python_version()} on {sys.platform}, "
-        f"{os.cpu_count()} CPUs"
+        f"{_stat(repeats)}, {'CPU' if args.cpu else 'wall'} time; "
+        f"Python {platform.python_version()} on {sys.platform}, {os.cpu_count()} CPUs"
     )
     started = perf_counter()
     for backend in BACKENDS:

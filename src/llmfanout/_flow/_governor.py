@@ -258,6 +258,8 @@ class Governor:
                 self.quiet = False
         elif outcome is not None:
             self.aimd.success()
+            if info is None and pass_.pacer is not None and cooldown is None:
+                self._unpace(pass_.model, pass_.pacer)
         if pass_.gated:
             gate = self._gate()
             gate.release_on_behalf_of(pass_)
@@ -267,6 +269,20 @@ class Governor:
             gate = self._gate()
             if gate.total_tokens != self.aimd.current:
                 gate.total_tokens = self.aimd.current
+
+    def _unpace(self, model: Any, pacer: HeaderPacer) -> None:
+        """An answer with no limits from a pacer that never saw any (the probe of a
+        provider that may report them): the server reports none, so calls go unpaced,
+        at no cost, until an answer reports limits (:meth:`learn` makes a pacer then)."""
+        if pacer.limits != (None, None) or self._pacers is None:
+            return
+        self._probe_first = False
+        pacers = self._pacers.mine()
+        if pacers.get(model) is pacer:
+            del pacers[model]
+        if not pacers:
+            self._reported = False
+            self.quiet = not self._engaged
 
     def _gate(self) -> anyio.CapacityLimiter:
         gate = self._gates.get(None)
