@@ -35,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from llmfanout import LLMMessage, LLMTask, OpenAIProvider
 from llmfanout._batch._api import OpenAIBatchAPI
-from llmfanout._batch._jobs import Polling, _planned, submit_batch
+from llmfanout._batch._jobs import Polling
+from llmfanout._batch._plan import plan_parts
 from llmfanout._batch._state import load, save
+from llmfanout._batch._submit import submit_batch
 
 from _common import BACKENDS
 from support.fake_batch_server import serve_fake_batches
@@ -72,10 +74,10 @@ def plan(given: list[LLMTask], folder: str, provider: OpenAIProvider) -> tuple[f
     best = float("inf")
     for _ in range(3):
         started = perf_counter()
-        _planned(api, given, "bench001", folder, api.max_requests, api.max_bytes)
+        plan_parts(api, given, "bench001", folder, api.max_requests, api.max_bytes)
         best = min(best, perf_counter() - started)
     tracemalloc.start()
-    _planned(api, given, "bench001", folder, api.max_requests, api.max_bytes)
+    plan_parts(api, given, "bench001", folder, api.max_requests, api.max_bytes)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return best, peak

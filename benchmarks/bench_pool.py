@@ -3,7 +3,12 @@
 1. **Routing cost.** N tasks (default 20k, 100 in flight) through ``execute`` with a
    provider that yields once and returns a prebuilt answer: the bare provider, a pool
    of one deployment of it, and a pool of three. The difference per call is the pool's
-   routing, pacing bookkeeping and answer stamping. Best of k, by CPU time.
+   routing, pacing bookkeeping and answer stamping. The median of k, by CPU time, the
+   contenders' runs interleaved. Twice: with a provider that returns one shared answer
+   (the pool copies it to name the deployment) and with one that makes a new answer per
+   call, its metadata holding a request id as the HTTP providers' hold the raw body, and
+   says so (``fresh_answers``, as the HTTP providers do: the pool names the deployment
+   in it, no copy), each against its own bare provider.
 2. **Capacity.** Loopback fake servers, each enforcing ``--rpm`` requests per minute
    with ``--burst`` seconds of burst (one by default: the limits bind within a second):
    M calls through one deployment, then 3M through a pool of three (each its own server
@@ -16,16 +21,28 @@ run, ``--backend trio``.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from llmfanout import Deployment, LLMMessage, LLMTask, ParallelLLMExecutor, Pool, RetryConfig  # noqa: E402
+from llmfanout import (  # noqa: E402
+    Deployment,
+    LLMMessage,
+    LLMResponse,
+    LLMTask,
+    ParallelLLMExecutor,
+    Pool,
+    RetryConfig,
+)
 from llmfanout.providers import OpenAIProvider  # noqa: E402
 
 from _common import CheckpointProvider  # noqa: E402
@@ -46,25 +63,44 @@ async def run_once(provider: object, n: int, concurrency: int) -> float:
     return elapsed
 
 
+class FreshProvider(CheckpointProvider):
+    """As CheckpointProvider, but each call's answer is a new one (as the HTTP providers
+    make theirs), and it says so: a pool stamps it in place rather than copying it."""
+
+    fresh_answers = True
+
+    async def complete(
+        self, messages: Sequence[LLMMessage], config_overrides: Mapping[str, Any] | None = None
+    ) -> LLMResponse:
+        await anyio.lowlevel.checkpoint()
+        return LLMResponse("pong", model="checkpoint", metadata={"request_id": "r"})
+
+
 async def routing(n: int, concurrency: int, repeats: int) -> None:
     contenders = {
         "bare provider": lambda: CheckpointProvider(),
         "pool of one": lambda: Pool([CheckpointProvider()]),
         "pool of three": lambda: Pool([CheckpointProvider() for _ in range(3)]),
+        "bare, fresh": lambda: FreshProvider(),
+        "pool of one, fresh": lambda: Pool([FreshProvider()]),
+        "pool of three, fresh": lambda: Pool([FreshProvider() for _ in range(3)]),
     }
-    best: dict[str, float] = {}
-    for _ in range(repeats):
+    runs: dict[str, list[float]] = {label: [] for label in contenders}
+    for _ in range(repeats):  # interleaved: a change in the machine's load touches each alike
         for label, make in contenders.items():
-            seconds = await run_once(make(), n, concurrency)
-            best[label] = min(best.get(label, float("inf")), seconds)
-    base = best["bare provider"]
-    print(f"routing cost, {n} calls, {concurrency} in flight (CPU time, best of {repeats}):")
-    for label, seconds in best.items():
-        extra = (seconds - base) / n * 1e6
-        print(
-            f"  {label:<14} {seconds / n * 1e6:7.2f} us/call  x{seconds / base:5.2f}  "
-            f"(+{extra:.2f} us/call over the bare provider)"
-        )
+            runs[label].append(await run_once(make(), n, concurrency))
+    us = {label: statistics.median(seconds) / n * 1e6 for label, seconds in runs.items()}
+    print(f"routing cost, {n} calls, {concurrency} in flight (CPU, median of {repeats}):")
+    print("  one shared answer (the pool copies it to add the deployment's name):")
+    for label in ("bare provider", "pool of one", "pool of three"):
+        line(label, us[label], us["bare provider"])
+    print("  a new answer per call, fresh_answers (the pool writes the name into it):")
+    for label in ("bare, fresh", "pool of one, fresh", "pool of three, fresh"):
+        line(label, us[label], us["bare, fresh"])
+
+
+def line(label: str, us: float, base: float) -> None:
+    print(f"    {label:<21} {us:7.2f} us/call  x{us / base:5.2f}  (+{us - base:.2f} us/call)")
 
 
 async def capacity(m: int, rpm: float, concurrency: int, burst: float) -> None:
@@ -103,7 +139,8 @@ async def capacity(m: int, rpm: float, concurrency: int, burst: float) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     await routing(args.n, 100, args.repeats)
-    await capacity(args.m, args.rpm, 32, args.burst)
+    if not args.routing_only:
+        await capacity(args.m, args.rpm, 32, args.burst)
 
 
 if __name__ == "__main__":
@@ -115,6 +152,7 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=float, default=1.0, help="seconds of burst per server")
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--routing-only", action="store_true", help="skip the capacity part")
     options = parser.parse_args()
     if options.quick:
         options.n, options.m, options.repeats = 2000, 60, 1

@@ -13,6 +13,12 @@ Cost: one uncontended admission (``acquire`` then nothing) against the floor mea
 the same run: the same Lua script called directly with redis-py's sync client, and with
 its asyncio client (which serves asyncio only).
 
+Slow Redis: one process on each backend, ``--callers`` callers waiting, against a Redis
+reached through a loopback proxy that delays each way by ``--delay`` seconds (0.3 and
+0.6: round trips of 0.6 s and 1.2 s): admissions a second on the server's clock against
+the rate allowed. One round trip admits as many callers as the budget allows, so the
+rate holds while a round trip is shorter than the one second of burst.
+
 ``--json`` prints the accuracy result as one JSON line (the test suite runs a short one).
 """
 
@@ -172,16 +178,62 @@ def admission_cost(url: str, n: int) -> None:
         )
 
 
+def slow_redis(url: str, delay: float, rpm: float, seconds: float, callers: int) -> None:
+    """Admissions a second through a proxy ``delay`` seconds late each way, per backend."""
+    from support.latency_proxy import LatencyProxy
+
+    port = redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]
+    for backend in ("asyncio", "trio"):
+        with LatencyProxy(("127.0.0.1", port), delay=delay) as proxy:
+            got, first = anyio.run(
+                _slow_run, proxy.url, url, rpm, seconds, callers, backend=backend
+            )
+        rate = rpm / 60
+        print(
+            f"  {backend:8} round trip {2 * delay:.1f} s: {got:5.2f} a second of "
+            f"{rate:g} allowed ({got / rate:.2f}x); first admission {first:.1f} s"
+        )
+
+
+async def _slow_run(
+    slow_url: str, url: str, rpm: float, seconds: float, callers: int
+) -> tuple[float, float]:
+    """Admissions a second over ``seconds`` (the server's clock), and the first's wait."""
+    limit = RedisRateLimit(slow_url, requests_per_minute=rpm, key=uuid.uuid4().hex)
+    direct = redis.Redis.from_url(url)  # the server's clock, without the delay
+    started = time.perf_counter()
+    await limit.acquire()
+    first = time.perf_counter() - started
+    start = server_time(direct) + 2.0  # past the callers' start and their burst
+    seen: list[float] = []
+
+    async def caller() -> None:
+        while True:
+            await limit.acquire()
+            now = await anyio.to_thread.run_sync(server_time, direct)
+            if now >= start + seconds:
+                return
+            seen.append(now)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(callers):
+            tg.start_soon(caller)
+    direct.close()
+    return len([at for at in seen if at >= start]) / seconds, first
+
+
 @contextmanager
 def server(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from support.redis_server import running_redis
 
     with running_redis() as started:
         yield started.url
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def main() -> None:
@@ -196,8 +248,16 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=16, help="waiting callers per process")
     parser.add_argument("--admissions", type=int, default=2000, help="for the cost part")
     parser.add_argument("--json", action="store_true", help="accuracy only, as one JSON line")
+    parser.add_argument(
+        "--slow-only", action="store_true", help="only the slow-Redis part (about 30 s)"
+    )
     args = parser.parse_args()
     with server(args.url) as url:
+        if args.slow_only:
+            print(f"slow Redis: {args.rpm:g} requests/min, {args.callers} callers waiting")
+            for delay in (0.3, 0.6):
+                slow_redis(url, delay, args.rpm, 5.0, args.callers)
+            return
         result = accuracy(url, args.rpm, args.seconds, args.callers)
         if args.json:
             print(json.dumps(result))
@@ -214,6 +274,9 @@ def main() -> None:
         for backend, got in zip(result["backends"], result["per_process"], strict=True):
             print(f"  {backend:8} {got:5d}  {got / equal:.2f}x an equal share")
         admission_cost(url, args.admissions)
+        print(f"\nslow Redis: {args.rpm:g} requests/min, {args.callers} callers waiting")
+        for delay in (0.3, 0.6):
+            slow_redis(url, delay, args.rpm, 5.0, args.callers)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ docs/architecture.md)::
     _rows | _batch  row jobs (JSONL in, rows out) | provider batch APIs
     _report         the run summary, cost, the progress bar
     _core | providers   the scheduler and attempts | providers and their transports
-    _flow           who may start a call and when: limits, pacing, AIMD, patience
+    _flow | _structured  who may start a call and when | schemas and re-asks
     errors          the exception hierarchy
     _base           the vocabulary: messages, responses, advertised limits, checks
 """
 
 from ._base._advertised import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
+from ._base._embeddings import AsyncEmbeddingProvider, EmbeddingCaps, EmbeddingResponse
 from ._base._public import publish
 from ._base._types import (
     AsyncLLMProvider,
@@ -25,24 +26,29 @@ from ._base._types import (
     ToolCall,
 )
 from ._base._version import VERSION
-from ._batch._jobs import BatchJob, submit_batch
+from ._batch._jobs import BatchJob
+from ._batch._submit import submit_batch
+from ._core._embed import EmbeddingResult, EmbeddingTask, aembed, embed
 from ._core._executor import ParallelLLMExecutor, ResultStream
 from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor
 from ._core._tasks import DeterministicTask, LLMTask, TaskResult
-from ._deploy._pool import DeploymentStats, Pool
+from ._deploy._pool import Pool
+from ._deploy._slots import DeploymentStats
 from ._deploy._spec import Deployment
 from ._flow._limiter import Limiter
 from ._flow._pacing import HeaderPacer
 from ._flow._ratelimit import RateLimit
 from ._report._cost import Price
 from ._report._summary import RunSummary, summarize
-from ._rows._job import JobError, JobSpec, RowStream, arun_rows, run_rows
+from ._rows._job import RowStream, arun_rows, run_rows
+from ._rows._spec import JobError, JobSpec
 from .errors import ProviderError, TaskAborted
-from .providers import AnthropicProvider, OpenAIProvider
+from .providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 from .providers._echo import EchoProvider, ErrorResponse
 
 __all__ = [
     "AnthropicProvider",
+    "AsyncEmbeddingProvider",
     "AsyncLLMProvider",
     "BackoffStrategy",
     "BatchJob",
@@ -50,7 +56,12 @@ __all__ = [
     "DeploymentStats",
     "DeterministicTask",
     "EchoProvider",
+    "EmbeddingCaps",
+    "EmbeddingResponse",
+    "EmbeddingResult",
+    "EmbeddingTask",
     "ErrorResponse",
+    "GeminiProvider",
     "HeaderPacer",
     "ImagePart",
     "JobError",
@@ -77,7 +88,9 @@ __all__ = [
     "TaskResult",
     "TextPart",
     "ToolCall",
+    "aembed",
     "arun_rows",
+    "embed",
     "parse_rate_limit_headers",
     "run_rows",
     "submit_batch",

@@ -8,8 +8,9 @@ and cancels. See docs/batch.md.
 
 from ._base._public import publish
 from ._batch._api import BatchRequestCancelled, BatchRequestError, BatchRequestExpired
-from ._batch._jobs import BatchJob, BatchPart, BatchProgress, Polling, submit_batch
+from ._batch._jobs import BatchJob, BatchPart, BatchProgress, Polling
 from ._batch._state import BatchStateError
+from ._batch._submit import submit_batch
 
 __all__ = [
     "BatchJob",

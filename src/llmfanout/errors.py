@@ -1,13 +1,16 @@
 """Exceptions llmfanout raises or records in results.
 
 Exception
- +-- TaskAborted                   a task stopped (or never started): the run hit max_errors
+ +-- TaskAborted                   a task stopped (or never started): the run hit max_errors,
+ |                                 or its spend cap (max_cost_usd)
  +-- PacingError                   the server's advertised limits would hold a call past   never
  |                                 its patience
+ +-- ValidationFailed              answers never matched the task's schema, re-asks spent never
  +-- ProviderError                 a provider call failed; ``retryable`` says if retrying may help
       +-- APIConnectionError       refused, reset, or dropped mid-response              retried
       |    +-- APITimeoutError     connect, read, write, pool or total timeout          retried
       +-- ResponseFormatError      a 2xx body not as documented, or past max_response_bytes never
+      +-- ContentBlockedError      the provider's safety filter withheld the answer       never
       +-- APIStatusError           another error status: 408, 409 retried, 3xx never
            +-- BadRequestError     400, 404, 413, 422, or a request we refuse to send   never
            +-- AuthenticationError 401, 403                                             never
@@ -18,6 +21,8 @@ Whether an error is retried follows the official OpenAI and Anthropic SDKs: 408,
 every 5xx, timeouts and dropped connections are; an ``x-should-retry: true|false`` response
 header overrides the status. The executor's ``RetryConfig`` reads ``retryable`` and
 ``retry_after`` (seconds) from the exception; providers never retry on their own.
+``ValidationFailed`` is not retried either: an answer that fails its schema is re-asked
+(a follow-up turn carrying the errors), which is counted apart from attempts.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ContentBlockedError",
     "PacingError",
     "ProviderError",
     "RateLimitError",
     "ResponseFormatError",
     "ServerError",
     "TaskAborted",
+    "ValidationFailed",
 ]
 
 
@@ -59,6 +66,57 @@ class PacingError(Exception):
     """
 
     retryable = False
+
+
+class ValidationFailed(Exception):
+    """A task's answers never matched its schema, within ``max_reasks`` and its budget.
+
+    Attributes:
+
+    - ``tag``: the task's tag.
+    - ``attempts``: one ``(raw_text, errors)`` pair per answer, in order: the text the
+      model sent and the validation errors found in it (each ``"path: message"``).
+    - ``errors``: the last answer's errors.
+    - ``reasks``: follow-up turns sent (``len(attempts) - 1``).
+    - ``usage``: tokens summed over every answer (re-asks included), or None.
+    - ``stopped_by``: ``"max_reasks"``, ``"token_budget"`` or ``"cost_budget"``.
+
+    Not retried; the run goes on with the other tasks.
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tag: str = "",
+        attempts: tuple[tuple[str, tuple[str, ...]], ...] = (),
+        usage: Mapping[str, int] | None = None,
+        stopped_by: str = "max_reasks",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tag = tag
+        self.attempts = attempts
+        self.usage = dict(usage) if usage else None
+        self.stopped_by = stopped_by
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """The last answer's validation errors."""
+        return self.attempts[-1][1] if self.attempts else ()
+
+    @property
+    def reasks(self) -> int:
+        """How many follow-up turns were sent."""
+        return max(len(self.attempts) - 1, 0)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message,), self.__dict__)
 
 
 class ProviderError(Exception):
@@ -146,6 +204,19 @@ class ResponseFormatError(ProviderError):
 
     Usually ``base_url`` points at something that is not the API (a proxy's HTML page,
     the wrong path), or a compatible server that leaves out a field.
+    """
+
+    retryable = False
+
+
+class ContentBlockedError(ProviderError):
+    """The provider answered 200 but withheld the answer: its safety filter blocked the prompt
+    (Gemini's ``promptFeedback.blockReason``) or the reply (``finishReason`` ``SAFETY``,
+    ``RECITATION``, ``BLOCKLIST``, ``PROHIBITED_CONTENT``, ``SPII``, ``IMAGE_SAFETY``); not
+    retried, as the same prompt is blocked again.
+
+    ``error_type`` holds the reason the provider gave (``"SAFETY"``...); ``body`` the start
+    of the answer, with its safety ratings.
     """
 
     retryable = False

@@ -4,7 +4,6 @@ and make retry waits instant with :func:`set_testing`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
 
 from ._base._public import publish
 from ._base._types import LLMResponse
@@ -33,12 +32,7 @@ class _Restore:
     def __enter__(self) -> None:
         pass
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         TESTING.instant = self._previous
 
 

@@ -32,8 +32,10 @@ from llmfanout._batch._api import (
     _seconds,
 )
 from llmfanout._batch._http import BatchHTTP
-from llmfanout._batch._jobs import BatchJob, Polling, _planned, submit_batch
+from llmfanout._batch._jobs import BatchJob, Polling
+from llmfanout._batch._plan import plan_parts
 from llmfanout._batch._state import BatchStateError, Part, State, load, save
+from llmfanout._batch._submit import submit_batch
 from llmfanout.errors import BadRequestError, ProviderError, RateLimitError, ServerError
 from llmfanout.providers._http import HTTPProvider
 
@@ -446,7 +448,7 @@ def test_the_split_keeps_order_and_limits(
     given_tasks = [
         LLMTask([LLMMessage("user", "x" * (n + 1))], tag=f"t{i}") for i, n in enumerate(lengths)
     ]
-    parts = _planned(_Sized(), given_tasks, "run1", folder, max_requests, max_bytes)
+    parts = plan_parts(_Sized(), given_tasks, "run1", folder, max_requests, max_bytes)
     assert [tag for part in parts for tag in part.tags] == [t.tag for t in given_tasks]
     for part in parts:
         path = os.path.join(folder, f"llmfanout-run1-part{part.index}.jsonl")
@@ -486,7 +488,7 @@ def test_polling_refuses_nonsense() -> None:
 def test_a_request_larger_than_a_batch_is_refused(tmp_path: Path) -> None:
     big = [LLMTask([LLMMessage("user", "x" * 5000)], tag="big")]
     with pytest.raises(ValueError, match=r"'big'.*bytes"):
-        _planned(_Sized(), big, "r", str(tmp_path), 10, 2000)
+        plan_parts(_Sized(), big, "r", str(tmp_path), 10, 2000)
 
 
 def test_openai_lines_are_batch_api_requests() -> None:
@@ -512,8 +514,7 @@ def test_openai_lines_are_batch_api_requests() -> None:
 
 def openai_outcome(line: dict[str, Any]) -> Any:
     api = OpenAIBatchAPI(OpenAIProvider("gpt-test", api_key=KEY))
-    remote = api._batch({"id": "batch_1", "status": "completed"})
-    return api._outcome(json.dumps(line).encode(), remote)
+    return api._outcome(json.dumps(line).encode(), "openai batch batch_1")
 
 
 def test_openai_result_lines_become_outcomes() -> None:
@@ -575,13 +576,13 @@ def test_timestamps_in_either_spelling(value: object, seconds: float) -> None:
 def test_part_files_are_the_request_bodies_as_sent(tmp_path: Path) -> None:
     given = tasks(5)
     anthropic = AnthropicBatchAPI(AnthropicProvider("claude-test", api_key=KEY))
-    parts = _planned(anthropic, given, "run1", str(tmp_path), 3, 10_000)
+    parts = plan_parts(anthropic, given, "run1", str(tmp_path), 3, 10_000)
     body = json.loads((tmp_path / "llmfanout-run1-part1.jsonl").read_bytes())
     assert [r["custom_id"] for r in body["requests"]] == ["run1-1-0", "run1-1-1"]
     assert body["requests"][0]["params"]["messages"] == [{"role": "user", "content": "q3"}]
     assert [p.rows for p in parts] == [3, 2]
     openai = OpenAIBatchAPI(OpenAIProvider("gpt-test", api_key=KEY))
-    _planned(openai, given, "run2", str(tmp_path), 10, 10_000)
+    plan_parts(openai, given, "run2", str(tmp_path), 10, 10_000)
     form = (tmp_path / "llmfanout-run2-part0.jsonl").read_bytes()
     head, tail = openai.framing("llmfanout-run2-part0.jsonl")
     assert form.startswith(head) and form.endswith(tail)
@@ -646,3 +647,90 @@ def test_an_unusable_state_file_says_what_to_do(
         path.write_text(text)
     with pytest.raises(BatchStateError, match=message):
         load(path)
+
+
+# -- hostile servers: ids, custom ids, URLs, a batch that reopens (issue 23, 22) ---------------
+
+
+@pytest.mark.parametrize("form", ["absolute", "path", "relative", "upper"])
+@pytest.mark.parametrize("prefix", ["", "/anthropic"])
+async def test_a_results_url_is_resolved_by_the_url_standard(
+    server: FakeBatchServer, tmp_path: Path, form: str, prefix: str
+) -> None:
+    server.prefix, server.results_form = prefix, form
+    base = server.anthropic_base_url + prefix
+    async with AnthropicProvider("claude-test", base_url=base, api_key=KEY) as provider:
+        job = await submit(provider, tmp_path, 3)
+        server.finish()
+        results = await collect(job, provider)
+    assert sorted(results) == ["t0", "t1", "t2"]
+    assert all(r.success for r in results.values())
+    (read,) = [r.path for r in server.requests if r.path.endswith("/results")]
+    assert read == f"/v1/messages/batches/{job.parts[0].batch_id}/results"
+
+
+async def test_openai_batches_behind_a_path_prefix(server: FakeBatchServer, tmp_path: Path) -> None:
+    server.prefix = "/openai"
+    base = server.base_url + "/openai/v1"
+    async with OpenAIProvider("gpt-test", base_url=base, api_key=KEY) as provider:
+        job = await submit(provider, tmp_path, 3, fail=(1,))
+        server.finish()
+        results = await collect(job, provider)
+    assert [results[t].success for t in ("t0", "t1", "t2")] == [True, False, True]
+    assert not any(r.path.startswith("/outside") for r in server.requests)
+
+
+@pytest.mark.parametrize("batch_id", ["b\r\nX-Injected: 1", "bätch", "b/../files", "b c", ""])
+async def test_a_batch_id_that_could_not_be_a_path_segment_is_a_provider_error(
+    server: FakeBatchServer, wire: str, provider: HTTPProvider, tmp_path: Path, batch_id: str
+) -> None:
+    server.batch_ids.append(batch_id)
+    with pytest.raises(ProviderError, match="batch") as caught:
+        await submit(provider, tmp_path, 2)
+    assert not isinstance(caught.value, UnicodeError)
+    assert not any("X-Injected" in r.headers for r in server.requests)
+    assert not any("X-Injected" in str(r.headers) for r in server.requests)
+
+
+async def test_foreign_and_duplicate_custom_ids_are_warned_about_and_ignored(
+    server: FakeBatchServer,
+    wire: str,
+    provider: HTTPProvider,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = await submit(provider, tmp_path, 4)
+    prefix = f"{job.run_id}-0-"
+    # Row 1's answer comes under ids that normalise to another row's; row 3's twice.
+    server.result_ids = {0: prefix + "\u0661", 1: prefix + "02", 2: prefix + "\u00b2"}
+    server.extra_results = [prefix + "3", prefix + "3"]
+    server.finish()
+    with caplog.at_level("WARNING", logger="llmfanout"):
+        results = await collect(job, provider)
+    assert sorted(results) == ["t0", "t1", "t2", "t3"]
+    # Nobody's answer is taken for rows 0-2: they got none of their own.
+    assert [results[t].success for t in ("t0", "t1", "t2")] == [False] * 3
+    assert results["t3"].success
+    text = caplog.text
+    assert "not this job's" in text and "more than once" in text
+
+
+@given(st.text(max_size=6))
+def test_only_the_exact_ids_we_sent_are_positions(suffix: str) -> None:
+    from llmfanout._batch._jobs import position_of
+
+    i = position_of("abc-0-" + suffix, "abc-0-", 1000)
+    if i is not None:
+        assert "abc-0-" + str(i) == "abc-0-" + suffix
+
+
+async def test_a_batch_that_ends_then_reopens_is_a_provider_error(
+    server: FakeBatchServer, wire: str, provider: HTTPProvider, tmp_path: Path
+) -> None:
+    job = await submit(provider, tmp_path, 2)
+    server.finish()
+    await job.wait(provider)
+    server.reopen_after = 0
+    with pytest.raises(ProviderError, match="ended") as caught:
+        [r async for r in job.part_results(provider, 0)]
+    assert not isinstance(caught.value, BatchStateError)

@@ -14,30 +14,36 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmfanout._batch._jobs import BatchProgress
-from llmfanout._cli._batch import _Display
+from llmfanout._cli._batch_jobs import Display
 
 from support.fake_batch_server import FakeBatchServer, fake_batch_server_in_thread
 from support.fake_llm_server import fake_llm_server_in_thread
+from support.processes import started as start_cli
+from support.processes import wait_until
 
 DEADLINE = 60.0  # seconds: generous, since every wait ends early on success
 KEY = "sk-cli-batch-secret-0123456789"
 VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+# The fake server's addresses, in the providers' base URL variables: a wait, status or
+# cancel sends the key only where the command line or the environment says.
+BASE_URL_VARIABLES = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+BASE_URLS: dict[str, str] = {}
 FAST = ("--poll-interval", "0.01", "--max-poll-interval", "0.05")
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeBatchServer]:
     with fake_batch_server_in_thread() as server:
+        BASE_URLS.update(openai=server.openai_base_url, anthropic=server.anthropic_base_url)
         yield server
 
 
@@ -50,6 +56,7 @@ def fresh(server: FakeBatchServer) -> None:
     server.advance_on_poll = False
     server.stall_results_after = None
     server.polls = 0
+    server.reopen_after = None
 
 
 @pytest.fixture(params=["openai", "anthropic"])
@@ -60,7 +67,7 @@ def wire(request: pytest.FixtureRequest) -> str:
 def environment(wire: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in VARIABLES.values()}
     env[VARIABLES[wire]] = KEY
-    return env
+    return {**env, **{BASE_URL_VARIABLES[name]: url for name, url in BASE_URLS.items()}}
 
 
 def base_url(server: FakeBatchServer, wire: str) -> str:
@@ -99,30 +106,8 @@ def llmfanout(
     )
 
 
-@contextmanager
-def started(*args: str, cwd: Path, wire: str) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmfanout", *args],
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(wire),
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=DEADLINE)
-
-
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert process.poll() is None, f"exited early: {process.communicate()}"
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.005)
+def started(*args: str, cwd: Path, wire: str) -> AbstractContextManager[subprocess.Popen[str]]:
+    return start_cli(list(args), cwd, environment(wire))
 
 
 def write_input(path: Path, count: int, fail: tuple[int, ...] = ()) -> list[str]:
@@ -390,7 +375,7 @@ def test_a_named_key_variable_is_recorded_not_the_key(
     server: FakeBatchServer, tmp_path: Path
 ) -> None:
     ids = write_input(tmp_path / "in.jsonl", 3)
-    bare = {k: v for k, v in os.environ.items() if k not in VARIABLES.values()}
+    bare = {k: v for k, v in environment("openai").items() if k not in VARIABLES.values()}
     env = {**bare, "TEAM_KEY": KEY}
     args = submit_args(server, "openai", "--api-key-env", "TEAM_KEY")
     assert llmfanout(*args, cwd=tmp_path, wire="openai", env=env).returncode == 0
@@ -403,7 +388,14 @@ def test_a_named_key_variable_is_recorded_not_the_key(
     assert status.returncode == 0, status.stderr
     assert "as last seen" in status.stdout
     server.finish()
-    waited = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire="openai", env=env)
+    # The state file's variable is used only when the command line names it too.
+    refused = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire="openai", env=env)
+    assert refused.returncode == 2
+    assert "--api-key-env TEAM_KEY" in refused.stderr
+    waited = llmfanout(
+        "batch", "wait", "out.jsonl", "--api-key-env", "TEAM_KEY", *FAST,
+        cwd=tmp_path, wire="openai", env=env,
+    )  # fmt: skip
     assert waited.returncode == 0, waited.stderr
     check_once(tmp_path / "out.jsonl", ids)
 
@@ -459,7 +451,7 @@ def test_plain_progress_is_a_line_now_and_then(monkeypatch: pytest.MonkeyPatch) 
     for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
         monkeypatch.delenv(name, raising=False)
     stream = io.StringIO()
-    display = _Display(quiet=False, stream=stream)
+    display = Display(quiet=False, stream=stream)
     display.update(progress(0))
     display.update(progress(4))  # within PLAIN_EVERY of the first line: not shown yet
     display.update(progress(6, ended=1))
@@ -472,7 +464,7 @@ def test_plain_progress_is_a_line_now_and_then(monkeypatch: pytest.MonkeyPatch) 
 
 def test_quiet_progress_writes_nothing() -> None:
     stream = io.StringIO()
-    display = _Display(quiet=True, stream=stream)
+    display = Display(quiet=True, stream=stream)
     display.update(progress(3))
     display.stop()
     assert stream.getvalue() == ""
@@ -482,7 +474,7 @@ def test_a_terminal_gets_a_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     monkeypatch.setenv("TTY_INTERACTIVE", "1")
     stream = io.StringIO()
-    display = _Display(quiet=False, stream=stream)
+    display = Display(quiet=False, stream=stream)
     assert display.bar is not None
     display.update(progress(5, ended=1))
     display.stop()
@@ -526,3 +518,105 @@ def test_the_three_input_formats_reach_the_batch_as_run_sends_them(
     found = {row["id"]: row for row in check_once(tmp_path / "out.jsonl", ["p", 7, "b-1"])}
     assert found[7]["content"] == "echo: with params"
     assert found["b-1"]["model"] == "row-model"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_openai_embeddings_batch(server: FakeBatchServer, backend: str, tmp_path: Path) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 40)
+    server.advance_on_poll = True
+    args = submit_args(server, "openai", "--endpoint", "embeddings", "--wait", "--backend", backend)
+    done = llmfanout(*args, cwd=tmp_path, wire="openai")
+    assert done.returncode == 0, done.stderr
+    found = check_once(tmp_path / "out.jsonl", ids)
+    for row in found:
+        text = f"prompt {int(row['id'].split('-')[1])}"
+        assert row["success"] and row["embedding"] == [float(len(text)), 0.5, -0.5]
+        assert "content" not in row and row["usage"]["total_tokens"] > 0
+    (batch,) = [b for b in server.batches.values() if b.wire == "openai"]
+    _, body = batch.requests[0]
+    assert body == {"model": "m-test", "input": "prompt 0", "encoding_format": "base64"}
+    state = json.loads((tmp_path / "out.jsonl.batch.json").read_text())
+    assert state["endpoint"] == "embeddings"
+    wrong = submit_args(server, "anthropic", "--endpoint", "embeddings")
+    refused = llmfanout(*wrong, cwd=tmp_path, wire="anthropic")
+    assert refused.returncode == 2 and "embeddings batches are OpenAI's" in refused.stderr
+
+
+# -- hostile state files and secrets in commands (issue 23, items 5 and 6) ---------------------
+
+
+def test_a_crafted_state_file_cannot_choose_where_a_key_goes(
+    server: FakeBatchServer, tmp_path: Path
+) -> None:
+    write_input(tmp_path / "in.jsonl", 2)
+    assert llmfanout(*submit_args(server, "openai"), cwd=tmp_path, wire="openai").returncode == 0
+    path = tmp_path / "out.jsonl.batch.json"
+    honest = json.loads(path.read_text())
+    other_secret = "sk-another-secret-of-this-machine"
+    env = {**environment("openai"), "OTHER_SECRET": other_secret}
+    with fake_llm_server_in_thread() as elsewhere:
+        crafted = [
+            ({"api_key_env": "OTHER_SECRET"}, "--api-key-env OTHER_SECRET"),
+            ({"base_url": elsewhere.openai_base_url}, f"--base-url {elsewhere.openai_base_url}"),
+        ]
+        for change, fix in crafted:
+            path.write_text(json.dumps({**honest, **change}))
+            sent = len(server.requests)
+            for action in ("wait", "cancel", "status"):
+                done = llmfanout("batch", action, "out.jsonl", cwd=tmp_path, wire="openai", env=env)
+                assert other_secret not in done.stdout + done.stderr
+                if action == "status":  # what was last seen, and why nothing was asked
+                    assert done.returncode == 0 and fix in done.stdout, done.stdout
+                else:
+                    assert done.returncode == 2, done.stderr
+                    assert fix in done.stderr
+            assert len(server.requests) == sent
+            assert elsewhere.requests == []
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"api_key_env": "A B"}, "api_key_env"),
+        ({"base_url": "file:///etc/passwd"}, "base_url"),
+        ({"provider": "mystery"}, "provider"),
+        ({"parts": [{"index": 0, "tags": ["1"], "size": 1, "digest": "d",
+                     "batch_id": "b\r\nX-Evil: 1"}]}, "batch_id"),
+    ],
+)  # fmt: skip
+def test_a_state_file_is_checked_before_any_request(
+    server: FakeBatchServer, tmp_path: Path, change: dict[str, object], named: str
+) -> None:
+    write_input(tmp_path / "in.jsonl", 2)
+    assert llmfanout(*submit_args(server, "openai"), cwd=tmp_path, wire="openai").returncode == 0
+    path = tmp_path / "out.jsonl.batch.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    sent = len(server.requests)
+    done = llmfanout("batch", "wait", "out.jsonl", cwd=tmp_path, wire="openai")
+    assert done.returncode == 2
+    assert named in done.stderr and "not a usable batch state file" in done.stderr
+    assert len(server.requests) == sent
+
+
+def test_commands_recorded_or_printed_hide_passwords_and_keys() -> None:
+    from llmfanout._cli._args import redact_command
+
+    shown = redact_command(
+        ["llmfanout", "run", "in", "--shared-limit", "redis://:hunter2@h:6379/0", "--api-key",
+         "sk-1", "--token=abc", "--api-key-env", "NAME", "--base-url", "https://u:pw@x/v1"]
+    )  # fmt: skip
+    for secret in ("hunter2", "sk-1", "abc", ":pw@"):
+        assert secret not in shown
+    assert "redis://:***@h:6379/0" in shown and "--api-key-env NAME" in shown
+
+
+def test_a_batch_that_ended_and_then_says_in_progress_exits_1(
+    server: FakeBatchServer, tmp_path: Path
+) -> None:
+    write_input(tmp_path / "in.jsonl", 2)
+    assert llmfanout(*submit_args(server, "openai"), cwd=tmp_path, wire="openai").returncode == 0
+    server.finish()
+    server.reopen_after = 1  # the poll sees it ended; reading its results, in progress
+    done = llmfanout("batch", "wait", "out.jsonl", *FAST, cwd=tmp_path, wire="openai")
+    assert done.returncode == 1, done.stderr
+    assert "contradicts itself" in done.stderr and "Traceback" not in done.stderr

@@ -136,7 +136,8 @@ def test_the_docs_worked_example(tmp_path: Path) -> None:
     block = first_block(page, "console")
     assert commands(block) == [EXAMPLE_FILE, EXAMPLE]
     made = llmfanout(*shlex.split(EXAMPLE_FILE)[1:], cwd=tmp_path)
-    assert (made.returncode, made.stderr) == (0, "")
+    assert made.returncode == 0, made.stderr
+    assert made.stderr.splitlines()[-1].strip() == EXAMPLE  # it says what to run next
     assert (tmp_path / "prompts.jsonl").read_bytes() == PROMPTS.read_bytes()
     argv = shlex.split(EXAMPLE)
     assert argv[0] == "llmfanout"
@@ -405,3 +406,13 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert process.returncode == 0
     text = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", screen).decode()
     assert "12/12" in text and "12 ok" in text and "0 failed" in text and "tokens" in text
+
+
+def test_example_says_what_it_wrote_and_the_next_command(tmp_path: Path) -> None:
+    made = llmfanout("example", "-o", "prompts.jsonl", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    lines = (tmp_path / "prompts.jsonl").read_text().count("\n")
+    assert f"wrote {lines} example rows to prompts.jsonl" in made.stderr
+    assert EXAMPLE in made.stderr  # the next command, as the docs give it
+    again = llmfanout("example", "-o", "prompts.jsonl", cwd=tmp_path)
+    assert again.returncode == 0 and EXAMPLE in again.stderr

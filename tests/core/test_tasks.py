@@ -163,6 +163,7 @@ def test_task_result_round_trips_its_fields(
         error,
         ms,
         attempts,
+        0,  # reasks: none without a schema
     )
 
 

@@ -65,3 +65,34 @@ def test_the_figure_stays_within_bounds(maximum: int, events: list[tuple[bool, i
             aimd.success()
             assert before <= aimd.current <= before + 1
         assert 1 <= aimd.current <= maximum
+
+
+# -- SharedPause: whose is a bare refusal's Retry-After -----------------------------------
+
+
+@given(st.lists(st.booleans()), st.integers(1, 20))
+def test_a_bare_refusal_pauses_everyone_only_while_everything_is_refused(
+    answers: list[bool], streak: int
+) -> None:
+    """``answers``: True a success, False an overload answer. Shared: before any success,
+    or after ``streak`` refusals in a row; a trusted (advertised budget's) one always."""
+    from llmfanout._flow._adaptive import SharedPause
+
+    pause = SharedPause(streak)
+    succeeded, run = False, 0
+    for ok in answers:
+        if ok:
+            pause.success()
+            succeeded, run = True, 0
+        else:
+            pause.refused()
+            run += 1
+            assert pause.share(trusted=False) == (not succeeded or run >= streak)
+            assert pause.share(trusted=True)
+
+
+def test_a_shared_pause_needs_a_whole_streak() -> None:
+    from llmfanout._flow._adaptive import SharedPause
+
+    with pytest.raises(ValueError, match="streak"):
+        SharedPause(0)

@@ -41,7 +41,7 @@ from llmfanout.providers._errors import (
     status_error_class,
 )
 from llmfanout.providers._secrets import Redactor, redact
-from llmfanout.providers._transports._pool import Response
+from llmfanout.providers._transports._base import Response
 
 from support.fake_llm_server import FakeLLMServer, Fault, serve_fake_llm
 

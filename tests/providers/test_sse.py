@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from llmfanout.providers import AnthropicProvider, OpenAIProvider
 from llmfanout.providers._anthropic_format import AnthropicStream
 from llmfanout.providers._openai_format import OpenAIStream
-from llmfanout.providers._sse import Event, SSEDecoder
+from llmfanout.providers._sse import Event, LineTooLong, SSEDecoder
 from llmfanout.providers._streaming import StreamEventError, StreamFormatError
-from llmfanout.providers._transports._pool import Response
+from llmfanout.providers._transports._base import Response
 
 from support.fake_llm_server import Fault, RecordedRequest, _answer, _stream_events
 
@@ -181,3 +181,27 @@ def test_anthropic_unknown_events_and_thinking_are_not_text() -> None:
     assert stream.feed(Event(json.dumps(block_delta))) is None
     assert stream.feed(Event('{"type": "some_future_event"}')) is None
     assert stream.body()["content"] == [{"type": "thinking", "thinking": "hmm"}]
+
+
+def test_a_line_past_max_line_raises_whether_whole_or_in_pieces() -> None:
+    whole = SSEDecoder(max_line=10)
+    with pytest.raises(LineTooLong, match="longer than 10"):
+        whole.feed(b"data: 0123456789\n\n")
+    pieces = SSEDecoder(max_line=10)
+    assert pieces.feed(b"data: 01") == []
+    with pytest.raises(LineTooLong):
+        pieces.feed(b"23456")
+
+
+@given(st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=40))
+def test_a_long_line_in_pieces_is_one_line(sizes: list[int]) -> None:
+    """Held as pieces and joined once: the line read is the line sent, at its cap exactly."""
+    value = "".join("abcdefg"[i % 7] * size for i, size in enumerate(sizes))
+    decoder = SSEDecoder(max_line=len("data: ") + len(value))
+    wire = f"data: {value}\r\n\r\n".encode()
+    events = []
+    start = 0
+    for size in [*sizes, len(wire)]:
+        events += decoder.feed(wire[start : start + size])
+        start += size
+    assert events == [Event(value)]

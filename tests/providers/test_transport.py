@@ -35,8 +35,11 @@ from llmfanout.errors import (
     ResponseFormatError,
 )
 from llmfanout.providers import AnthropicProvider, OpenAIProvider
+from llmfanout.providers._transports._base import TooLarge
+from llmfanout.providers._transports._h1 import Exchange
 from llmfanout.providers._transports._httpx import HTTPXTransport
-from llmfanout.providers._transports._pool import Pool, TooLarge, _Exchange, default_ssl_context
+from llmfanout.providers._transports._origin import default_ssl_context
+from llmfanout.providers._transports._pool import Pool
 
 from support import fake_llm_server
 from support.fake_llm_server import FakeLLMServer, Fault, serve_fake_llm
@@ -553,7 +556,7 @@ def test_a_response_split_anywhere_parses_the_same(
     body: bytes, chunked: bool, gzipped: bool, cuts: list[int]
 ) -> None:
     wire = _wire(body, chunked=chunked, gzipped=gzipped)
-    exchange = _Exchange(max_bytes=1 << 20)
+    exchange = Exchange(max_bytes=1 << 20)
     parser = httptools.HttpResponseParser(exchange)
     exchange.parser = parser
     edges = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
@@ -566,7 +569,7 @@ def test_a_response_split_anywhere_parses_the_same(
 
 @given(body=st.binary(min_size=1, max_size=5000), limit=st.integers(min_value=0, max_value=6000))
 def test_the_size_cap_holds_for_any_body(body: bytes, limit: int) -> None:
-    exchange = _Exchange(max_bytes=limit)
+    exchange = Exchange(max_bytes=limit)
     parser = httptools.HttpResponseParser(exchange)
     exchange.parser = parser
     parser.feed_data(_wire(body, chunked=False, gzipped=True))

@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmfanout import JobError, JobSpec, arun_rows, run_rows
-from llmfanout._rows._job import Job, _limiter_for, scrubber
+from llmfanout._rows._job import Job, _limiter_for
+from llmfanout._rows._spec import scrubber
 
 from support.fake_llm_server import fake_llm_server_in_thread
 
@@ -284,3 +285,27 @@ async def test_a_job_runs_once() -> None:
     with pytest.raises(RuntimeError, match="make a new Job"):
         async with job.run([]):
             pass
+
+
+async def test_async_for_over_arun_rows_says_how_to_write_it() -> None:
+    with pytest.raises(TypeError, match=r"async with arun_rows\(rows, spec\) as out"):
+        async for _ in arun_rows([{"id": 1, "prompt": "hi"}], JobSpec()):  # type: ignore[attr-defined]
+            pass
+    async with arun_rows([{"id": 1, "prompt": "hi"}], JobSpec()) as out:
+        assert [row["id"] async for row in out] == [1]
+
+
+def test_trio_without_trio_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from llmfanout import EchoProvider, LLMTask, ParallelLLMExecutor
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trio" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"pip install 'llmfanout\[trio\]'"):
+        run_rows([{"id": 1, "prompt": "hi"}], JobSpec(backend="trio"))
+    executor = ParallelLLMExecutor(EchoProvider())
+    with pytest.raises(ImportError, match=r"pip install 'llmfanout\[trio\]'"):
+        executor.execute_sync({"a": LLMTask([{"role": "user", "content": "hi"}])}, backend="trio")

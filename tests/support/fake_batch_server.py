@@ -29,8 +29,10 @@ the base URL and serves until killed.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -124,6 +126,22 @@ class FakeBatchServer:
         """List batches without request counts and metadata, as some compatible servers do."""
         self.results_base: str | None = None
         """Where Anthropic ``results_url`` points (default: this server)."""
+        self.prefix = ""
+        """A path the API is mounted under, as behind a proxy (``/anthropic``): requests
+        outside it get a 404. Give the providers ``base_url + prefix``."""
+        self.results_form = "absolute"
+        """How Anthropic's ``results_url`` is spelled: ``absolute``; ``path`` (from the
+        origin's root, prefix included); ``relative`` (to the base URL's path); ``upper``
+        (an absolute URL with an upper-case scheme)."""
+        self.batch_ids: deque[str] = deque()
+        """Ids the next batches get instead of our own (a hostile server's)."""
+        self.result_ids: dict[int, str] = {}
+        """custom_id replacements in result lines, by position (foreign ids)."""
+        self.extra_results: list[str] = []
+        """custom_ids of extra result lines appended (copies of the first line's result)."""
+        self.reopen_after: int | None = None
+        """After this many more answers about an ended batch, it says it is in progress
+        again (a provider's inconsistency); None: never."""
         self.fail_validation: str | None = None
         """When set, the next OpenAI batch fails validation (at its first step) with it."""
         self.polls = 0
@@ -179,8 +197,11 @@ class FakeBatchServer:
         if batch.wire == "anthropic" or how == "failed":  # a failed batch has no files
             return
         ok, errors = [], []
-        for position, (custom_id, body) in enumerate(batch.requests):
-            line = self._openai_line(batch, position, custom_id, body, position < processed, how)
+        lines = [
+            self._openai_line(batch, position, custom_id, body, position < processed, how)
+            for position, (custom_id, body) in enumerate(batch.requests)
+        ]
+        for line in self._result_lines(lines):
             (errors if line["error"] or line["response"]["status_code"] != 200 else ok).append(line)
         if ok:
             batch.output_file_id = self._store(ok)
@@ -211,8 +232,26 @@ class FakeBatchServer:
                 response={"status_code": 400, "request_id": f"req_{position}", "body": error},
                 error=None,
             )
+        elif "input" in body:  # a /v1/embeddings line: one base64 vector from its text
+            vector = struct.pack("<3f", float(len(body["input"])), 0.5, -0.5)
+            item = {
+                "object": "embedding",
+                "index": 0,
+                "embedding": base64.b64encode(vector).decode(),
+            }
+            tokens = len(body["input"]) // 4 + 1
+            answer = {
+                "object": "list",
+                "data": [item],
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+            line.update(
+                response={"status_code": 200, "request_id": f"req_{position}", "body": answer},
+                error=None,
+            )
         else:
-            answer = json.loads(_answer("openai", _synthetic(position, body), Fault.ok()))
+            answer = json.loads(_answer("openai", _synthetic(position, body), _scripted(body)))
             line.update(
                 response={"status_code": 200, "request_id": f"req_{position}", "body": answer},
                 error=None,
@@ -220,7 +259,7 @@ class FakeBatchServer:
         return line
 
     def _anthropic_results(self, batch: FakeBatch) -> bytes:
-        out = []
+        out: list[dict[str, Any]] = []
         for position, (custom_id, body) in enumerate(batch.requests):
             if position >= batch.processed:
                 result: dict[str, Any] = {
@@ -230,10 +269,12 @@ class FakeBatchServer:
                 error = json.loads(_error_body("anthropic", 400, "the prompt asked to fail", None))
                 result = {"type": "errored", "error": error}
             else:
-                message = json.loads(_answer("anthropic", _synthetic(position, body), Fault.ok()))
+                message = json.loads(
+                    _answer("anthropic", _synthetic(position, body), _scripted(body))
+                )
                 result = {"type": "succeeded", "message": message}
-            out.append(json.dumps({"custom_id": custom_id, "result": result}).encode() + b"\n")
-        return b"".join(out)
+            out.append({"custom_id": custom_id, "result": result})
+        return b"".join(json.dumps(line).encode() + b"\n" for line in self._result_lines(out))
 
     # -- wire --------------------------------------------------------------------------
 
@@ -280,14 +321,36 @@ class FakeBatchServer:
             "request_counts": counts,
             "created_at": datetime.fromtimestamp(batch.created_at, UTC).isoformat(),
             "ended_at": None,
-            "results_url": f"{self.results_base or self.base_url}/v1/messages/batches/"
-            f"{batch.id}/results"
-            if ended
-            else None,
+            "results_url": self._results_url(batch) if ended else None,
         }
 
+    def _results_url(self, batch: FakeBatch) -> str:
+        path = f"v1/messages/batches/{batch.id}/results"
+        if self.results_form == "relative":
+            return path
+        if self.results_form == "path":
+            return f"{self.prefix}/{path}"
+        base = self.results_base or self.base_url
+        if self.results_form == "upper":
+            base = base.replace("http://", "HTTP://", 1)
+        return f"{base}{self.prefix}/{path}"
+
     def _json(self, batch: FakeBatch) -> dict[str, Any]:
-        return self._openai_json(batch) if batch.wire == "openai" else self._anthropic_json(batch)
+        data = self._openai_json(batch) if batch.wire == "openai" else self._anthropic_json(batch)
+        if self.reopen_after is not None and batch.end is not None:
+            self.reopen_after -= 1
+        if self.reopen_after is not None and self.reopen_after < 0 and batch.end is not None:
+            data["status" if batch.wire == "openai" else "processing_status"] = "in_progress"
+            data["results_url"] = data["output_file_id"] = data["error_file_id"] = None
+        return data
+
+    def _result_lines(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The result lines as a hostile server sends them: foreign or extra custom ids."""
+        lines = [
+            {**line, "custom_id": self.result_ids.get(position, line["custom_id"])}
+            for position, line in enumerate(lines)
+        ]
+        return lines + [{**lines[0], "custom_id": extra} for extra in self.extra_results]
 
     def _route(self, request: RecordedRequest) -> tuple[str, int, bytes]:
         """``(operation, status, body)`` for one request; the operation names its faults."""
@@ -361,7 +424,9 @@ class FakeBatchServer:
         if not requests or len({c for c, _ in requests}) != len(requests):
             return 400, _error_body(wire, 400, "no requests, or a custom_id twice", None)
         batch = FakeBatch(
-            id=self._new_id("batch_" if wire == "openai" else "msgbatch_"),
+            id=self.batch_ids.popleft()
+            if self.batch_ids
+            else self._new_id("batch_" if wire == "openai" else "msgbatch_"),
             wire=wire,
             requests=requests,
             created_at=time.time(),
@@ -415,11 +480,15 @@ class FakeBatchServer:
             parsed = json.loads(body)
         except ValueError:
             parsed = None
+        target = request.target.decode()
+        if self.prefix:  # outside the mount: a path no route matches
+            inside = target.startswith(self.prefix + "/")
+            target = target[len(self.prefix) :] if inside else "/outside-the-prefix" + target
         recorded = RecordedRequest(
             index=len(self.requests),
             time=anyio.current_time(),
             method=request.method.decode(),
-            path=request.target.decode(),
+            path=target,
             headers={k.decode().lower(): v.decode() for k, v in request.headers},
             body=body,
             json=parsed,
@@ -470,6 +539,19 @@ class FakeBatchServer:
 
 def _missing() -> tuple[int, bytes]:
     return 404, _error_body("openai", 404, "no such endpoint or object", None)
+
+
+def _scripted(body: dict[str, Any]) -> Fault:
+    """A prompt ``JSON {...}`` is answered with that JSON: as the input of the forced tool
+    when the request forces one (Anthropic's structured output), else as the text."""
+    prompt = str(body["messages"][-1]["content"])
+    if not prompt.startswith("JSON "):
+        return Fault.ok()
+    text = prompt.removeprefix("JSON ")
+    forced = body.get("tool_choice")
+    if isinstance(forced, dict) and forced.get("type") == "tool":
+        return Fault.tool_calls_answer((forced["name"], json.loads(text)))
+    return Fault.ok(text)
 
 
 def _synthetic(position: int, body: dict[str, Any]) -> RecordedRequest:

@@ -19,7 +19,9 @@ limit as OpenAI and Anthropic do (token buckets refilled evenly, whole in a minu
 answer carries the limit headers in the wire's format, and a request over the limit gets
 a real 429 with the real wait. ``server.overload_after = 20`` instead answers 429, with
 no headers and no ``Retry-After``, to any request that finds 20 already in flight (a
-vLLM-like server). From sync code (a CLI test running a
+vLLM-like server). ``server.refuse_at_random(share_429=0.3, share_503=0.15)`` refuses
+that share of requests whatever the load (seeded, with ``Retry-After: 1``): a proxy in
+front of a pool, a chaos layer. From sync code (a CLI test running a
 subprocess) use :func:`fake_llm_server_in_thread`; from a shell, ``python
 tests/support/fake_llm_server.py [--port N] [--latency S [--spread F]]`` prints the base URL and
 serves until killed.
@@ -316,10 +318,15 @@ class FakeLLMServer:
         """A per-key rate limit to enforce (see :class:`ServerLimit`); change it any time."""
         self.overload_after: int | None = None
         """Answer 429 (no headers, no Retry-After) to a request finding this many in flight."""
+        self._refusals: tuple[float, float, str, random.Random] | None = None
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.in_flight_seen: list[int] = []
+        """For each request, in arrival order, how many were in flight with it (itself
+        included): the concurrency the server saw."""
         self.limited: list[RecordedRequest] = []
-        """Requests the limit or ``overload_after`` refused with a 429."""
+        """Requests the limit or ``overload_after`` refused with a 429 (and those
+        :meth:`refuse_at_random` refused)."""
         self._buckets: dict[tuple[str, str], _ServerBucket] = {}
         self.connections_opened = 0
         self.open_connections = 0
@@ -354,6 +361,24 @@ class FakeLLMServer:
     def add_faults(self, *faults: Fault) -> None:
         """Queue faults: the next requests, in arrival order, get one each."""
         self.faults.extend(faults)
+
+    def refuse_at_random(
+        self,
+        *,
+        share_429: float = 0.3,
+        share_503: float = 0.15,
+        retry_after: str = "1",
+        seed: int = 0,
+    ) -> None:
+        """Refuse about ``share_429`` of requests with 429 and ``share_503`` with 503,
+        each with ``Retry-After: retry_after``, at random (seeded) whatever the load.
+
+        Faults queued and ``fault_for`` come first; ``overload_after`` and ``limit`` still
+        apply to the requests not refused.
+        """
+        if not (share_429 >= 0 and share_503 >= 0 and share_429 + share_503 <= 1):
+            raise ValueError(f"shares {share_429!r} + {share_503!r} must lie in [0, 1]")
+        self._refusals = (share_429, share_503, retry_after, random.Random(seed))
 
     def requests_for(self, prompt: str) -> list[RecordedRequest]:
         """The requests whose last message was ``prompt`` (the attempts of one task)."""
@@ -413,6 +438,7 @@ class FakeLLMServer:
                     request = self._record(*received, connection)
                     self.in_flight += 1
                     self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                    self.in_flight_seen.append(self.in_flight)
                     try:
                         fault = self._choose(request)
                         keep = await self._respond(conn, stream, request, fault)
@@ -456,6 +482,13 @@ class FakeLLMServer:
             fault = self.fault_for(request)
             if fault is not None:
                 return fault
+        if self._refusals is not None:
+            share_429, share_503, retry_after, chance = self._refusals
+            draw = chance.random()
+            if draw < share_429 + share_503:
+                code = 429 if draw < share_429 else 503
+                self.limited.append(request)
+                return Fault.status(code, retry_after=retry_after, message="try again later")
         if self.overload_after is not None and self.in_flight > self.overload_after:
             self.limited.append(request)
             return Fault.status(429, message="server overloaded, try again later")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import anyio
 
 
@@ -37,3 +40,25 @@ def unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
     ):
         return group.exceptions[0]
     return group
+
+
+TRIO_HINT = "pip install 'llmfanout[trio]'"
+"""The one way to get trio, said alike by the library and the command line."""
+
+
+def need_backend(backend: str, owner: str) -> None:
+    """Raise ``ImportError`` naming the extra when ``backend`` is trio and trio is missing."""
+    if backend == "trio" and importlib.util.find_spec("trio") is None:
+        raise ImportError(f"{owner}: backend 'trio' needs trio, an extra: {TRIO_HINT}")
+
+
+def env_key(variable: str, who: str) -> str:
+    """The API key in the environment variable ``variable``; ``ValueError`` naming ``who``
+    (``provider 'openai'``, ``deployment 'east'``) and the variable when it is missing."""
+    key = os.environ.get(variable, "").strip()
+    if not key:
+        raise ValueError(
+            f"{who} needs an API key in the {variable} environment variable where the job "
+            "runs; set it (a local server that needs no key accepts any value, e.g. none)"
+        )
+    return key

@@ -56,7 +56,9 @@ class LLMResponse:
     tool calls the model made (``content`` may then be empty). ``metadata`` holds anything
     provider-specific (the raw body, a request id, ``time_to_first_token_s`` when streamed).
     ``rate_limits`` holds the limits the server advertised in its headers, which the
-    executor paces by.
+    executor paces by. ``parsed`` holds the validated object when the task asked for one
+    (``response_model=`` or ``response_schema=``), else None; ``content`` is then the raw
+    text it was parsed from.
     """
 
     content: str
@@ -67,6 +69,8 @@ class LLMResponse:
     tool_calls: tuple[ToolCall, ...] = attrs.field(default=(), converter=_to_tuple, kw_only=True)
     rate_limits: RateLimitInfo | None = attrs.field(default=None, kw_only=True, eq=False)
     """The rate limits the server advertised with this answer (None: it sent none)."""
+    parsed: Any = attrs.field(default=None, kw_only=True)
+    """The validated object of a task with a schema (None without one)."""
 
     def message(self) -> LLMMessage:
         """This answer as the ``assistant`` message to send back, tool calls and all."""

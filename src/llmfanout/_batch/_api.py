@@ -38,8 +38,9 @@ from ..errors import (
 )
 from ..providers._errors import status_error
 from ..providers._http import HTTPProvider
-from ..providers._transports._pool import Response
+from ..providers._transports._base import Response
 from ._http import BatchHTTP
+from ._state import is_server_id
 
 
 class BatchRequestError(ProviderError):
@@ -167,7 +168,7 @@ class BatchAPI:
             for item in data:
                 yield self._batch(item)
             last = page.get("last_id") or (data[-1].get("id") if data else None)
-            if not data or not page.get("has_more") or not isinstance(last, str):
+            if not data or not page.get("has_more") or not is_server_id(last):
                 return
             after = last
 
@@ -191,8 +192,21 @@ class BatchAPI:
 
     async def outcomes(self, batch: RemoteBatch) -> AsyncGenerator[Outcome, None]:
         """The results of an ended batch, in the provider's order."""
+        where = f"{self.name} batch {batch.id}"
+        for path in self._result_paths(batch):
+            async with aclosing(self.http.lines(path)) as lines:
+                async for raw in lines:
+                    outcome = self._outcome(raw, where)
+                    if outcome is not None:
+                        yield outcome
+
+    def _result_paths(self, batch: RemoteBatch) -> list[str]:
+        """Where an ended batch's results are read from, in order."""
         raise NotImplementedError
-        yield  # pragma: no cover
+
+    def _outcome(self, raw: bytes, where: str) -> Outcome | None:
+        """One result line read (None for a line that is not one)."""
+        raise NotImplementedError
 
     def _answer(self, body: Any, request_id: str | None) -> LLMResponse:
         headers = {"x-request-id": request_id, "request-id": request_id} if request_id else {}
@@ -241,9 +255,8 @@ class OpenAIBatchAPI(BatchAPI):
             content=await anyio.Path(path).read_bytes(),
             content_type=f"multipart/form-data; boundary={self.boundary}",
         )
-        file_id = answer.get("id") if isinstance(answer, dict) else None
-        if not isinstance(file_id, str) or not file_id:
-            raise self._shape("the file upload", answer)
+        _check_ids(self.name, answer, "the file upload", ("id",), ())
+        file_id: str = answer["id"]
         return file_id
 
     async def create(
@@ -255,7 +268,7 @@ class OpenAIBatchAPI(BatchAPI):
             "completion_window": "24h",
             "metadata": dict(metadata),
         }
-        return self._batch(await self.http.call("POST", "/batches", json_body=body))
+        return self._batch(await self.http.call("POST", "/batches", json=body))
 
     async def get(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self.http.call("GET", f"/batches/{batch_id}"))
@@ -263,15 +276,10 @@ class OpenAIBatchAPI(BatchAPI):
     async def cancel(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self.http.call("POST", f"/batches/{batch_id}/cancel"))
 
-    async def outcomes(self, batch: RemoteBatch) -> AsyncGenerator[Outcome, None]:
-        for file_id in batch.results:
-            async with aclosing(self.http.lines(f"/files/{file_id}/content")) as lines:
-                async for raw in lines:
-                    outcome = self._outcome(raw, batch)
-                    if outcome is not None:
-                        yield outcome
+    def _result_paths(self, batch: RemoteBatch) -> list[str]:
+        return [f"/files/{file_id}/content" for file_id in batch.results]
 
-    def _outcome(self, raw: bytes, batch: RemoteBatch) -> Outcome | None:
+    def _outcome(self, raw: bytes, where: str) -> Outcome | None:
         try:
             line = json.loads(raw)
             custom_id = line["custom_id"]
@@ -281,7 +289,6 @@ class OpenAIBatchAPI(BatchAPI):
             return None
         response = line.get("response")
         error = line.get("error")
-        where = f"openai batch {batch.id}"
         if isinstance(response, dict) and isinstance(response.get("body"), dict):
             body = response["body"]
             status = response.get("status_code")
@@ -307,14 +314,14 @@ class OpenAIBatchAPI(BatchAPI):
         return Outcome(custom_id, None, _request_error(where, code, message), False)
 
     def _batch(self, answer: Any) -> RemoteBatch:
-        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
-            raise self._shape("a batch", answer)
+        _check_ids(self.name, answer, "a batch", ("id",), ("input_file_id",))
         status = str(answer.get("status") or "")
         counts = answer.get("request_counts") or {}
         total, completed, failed = (_count(counts, k) for k in ("total", "completed", "failed"))
         results = tuple(
-            answer[k] for k in ("output_file_id", "error_file_id") if isinstance(answer.get(k), str)
+            answer[k] for k in ("output_file_id", "error_file_id") if answer.get(k) is not None
         )
+        _check_ids(self.name, answer, "a batch", (), ("output_file_id", "error_file_id"))
         errors = answer.get("errors")
         problem = None
         if isinstance(errors, dict) and isinstance(errors.get("data"), list):
@@ -394,16 +401,12 @@ class AnthropicBatchAPI(BatchAPI):
     async def cancel(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self.http.call("POST", f"{self.path}/{batch_id}/cancel"))
 
-    async def outcomes(self, batch: RemoteBatch) -> AsyncGenerator[Outcome, None]:
-        where = f"anthropic batch {batch.id}"
-        for url in batch.results:
-            # The key goes only to base_url's host: elsewhere, read the documented path.
-            path = url if self.http.same_origin(url) else f"{self.path}/{batch.id}/results"
-            async with aclosing(self.http.lines(path)) as lines:
-                async for raw in lines:
-                    outcome = self._outcome(raw, where)
-                    if outcome is not None:
-                        yield outcome
+    def _result_paths(self, batch: RemoteBatch) -> list[str]:
+        # Resolved by the URL standard (a proxy may give a path); the key goes only to
+        # base_url's origin: a URL elsewhere is read from the documented path instead.
+        return [
+            self.http.resolve(url) or f"{self.path}/{batch.id}/results" for url in batch.results
+        ]
 
     def _outcome(self, raw: bytes, where: str) -> Outcome | None:
         try:
@@ -427,8 +430,7 @@ class AnthropicBatchAPI(BatchAPI):
             return Outcome(custom_id, None, exc, True)
 
     def _batch(self, answer: Any) -> RemoteBatch:
-        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
-            raise _shape(self.name, "a message batch", answer)
+        _check_ids(self.name, answer, "a message batch", ("id",), ())
         status = str(answer.get("processing_status") or "")
         counts = answer.get("request_counts") or {}
         kinds = ("processing", "succeeded", "errored", "canceled", "expired")
@@ -455,6 +457,33 @@ def _encode(value: Any) -> bytes:
     # JSON string, where it becomes that same escape again.
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+def _check_ids(
+    name: str, answer: Any, what: str, required: tuple[str, ...], optional: tuple[str, ...]
+) -> None:
+    """Refuse an answer whose ids could not go into a URL path or header as they are.
+
+    An id with CR/LF would inject a header, a slash another path, a non-ASCII letter fail
+    to encode: a provider error (the server's fault), before the id touches anything.
+    """
+    if not isinstance(answer, dict):
+        raise _shape(name, what, answer)
+    for key in (*required, *optional):
+        value = answer.get(key)
+        if value is None and key in optional:
+            continue
+        if not is_server_id(value):
+            raise ProviderError(
+                f"{name}: the server sent {what} whose {key} is {_shown(value)}, not an id "
+                "(letters, digits, _ . : -); it was not used in any request",
+                provider=name,
+            )
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True) if value is not None else "missing"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _count(counts: Any, key: str) -> int:
@@ -524,6 +553,3 @@ def _errored(where: str, error: Any) -> ProviderError:
         error_message=message,
         provider="anthropic",
     )
-
-
-APIS: dict[str, type[BatchAPI]] = {"openai": OpenAIBatchAPI, "anthropic": AnthropicBatchAPI}

@@ -8,16 +8,28 @@ and key redaction. Nothing here touches a socket or a header holding the key.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 
-from ..errors import BadRequestError
+from ..errors import BadRequestError, ResponseFormatError
 from ..providers._http import HTTPProvider
-from ..providers._transports._pool import Origin
+from ..providers._transports._origin import Origin
 
 MAX_DOWNLOAD_BYTES = 1 << 40
 """A results file is read line by line, never held whole: no cap short of absurd."""
+
+
+MAX_LINE = 64 * 1024 * 1024
+"""The longest line of a results file: one answer, far below the API's own limits."""
+
+
+class Body(TypedDict, total=False):
+    """A request's body, as :meth:`HTTPProvider.request` takes it."""
+
+    json: Any
+    content: bytes
+    content_type: str
 
 
 class BatchHTTP:
@@ -29,12 +41,29 @@ class BatchHTTP:
 
     def same_origin(self, url: str) -> bool:
         """Whether ``url`` is a path, or on base_url's scheme, host and port."""
-        if not url.startswith(("http://", "https://")):
+        if not url.lower().startswith(("http://", "https://")):
             return True
         try:
             return Origin.of(httpx.URL(url)) == self.provider._origin
         except httpx.InvalidURL:
             return False
+
+    def resolve(self, url: str) -> str | None:
+        """A URL a server handed back, resolved as the URL standard says; None elsewhere.
+
+        A path from the root (``/v1/...``) is taken against base_url's origin, a relative
+        one (``v1/...``) against base_url's path, an absolute one as it is (its scheme in
+        any case). The result is absolute; None when it is on another origin (the key
+        would go there) or is no URL at all.
+        """
+        if not isinstance(url, str) or any(ord(c) < 33 or ord(c) > 126 for c in url):
+            return None
+        try:
+            target = httpx.URL(self.provider.base_url + "/").join(url)
+            same = Origin.of(target) == self.provider._origin
+        except (httpx.InvalidURL, ValueError, TypeError):
+            return None
+        return str(target) if same else None
 
     def url(self, path: str) -> str:
         """``path`` as the provider will take it; an absolute URL only on the same origin.
@@ -50,34 +79,48 @@ class BatchHTTP:
             )
         return path
 
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        content: bytes | None = None,
-        content_type: str | None = None,
-    ) -> Any:
+    async def call(self, method: str, path: str, **body: Unpack[Body]) -> Any:
         """Send one request; the parsed JSON of a 2xx answer, else a ``ProviderError``."""
         provider = self.provider
-        response = await provider.request(
-            method, self.url(path), json=json_body, content=content, content_type=content_type
-        )
-        return provider._json(response)
+        return provider._json(await provider.request(method, self.url(path), **body))
 
     async def lines(self, path: str) -> AsyncGenerator[bytes, None]:
-        """The non-blank lines of a JSONL download, as they arrive (nothing held whole)."""
+        """The non-blank lines of a JSONL download, as they arrive (nothing held whole).
+
+        An unfinished line is held as pieces and joined once its end arrives (time in
+        proportion to its length); one longer than ``MAX_LINE`` bytes raises
+        :class:`~llmfanout.errors.ResponseFormatError`.
+        """
         provider = self.provider
         redact = provider._redactor.data if provider._redact_answers else None
         async with provider.stream(
             "GET", self.url(path), max_response_bytes=MAX_DOWNLOAD_BYTES
         ) as body:
-            held = b""
+            held: list[bytes] = []
+            size = 0
             async for chunk in body:
-                *whole, held = (held + chunk).split(b"\n")
-                for line in whole:
-                    if line.strip():
-                        yield redact(line) if redact else line
-            if held.strip():
-                yield redact(held) if redact else held
+                end = chunk.rfind(b"\n")
+                if end >= 0:
+                    held.append(chunk[:end])
+                    whole = b"".join(held)
+                    held, size = [], 0
+                    for line in whole.split(b"\n"):
+                        if len(line) > MAX_LINE:
+                            raise self._too_long(path)
+                        if line.strip():
+                            yield redact(line) if redact else line
+                    chunk = chunk[end + 1 :]
+                held.append(chunk)
+                size += len(chunk)
+                if size > MAX_LINE:
+                    raise self._too_long(path)
+            rest = b"".join(held)
+            if rest.strip():
+                yield redact(rest) if redact else rest
+
+    def _too_long(self, path: str) -> ResponseFormatError:
+        return ResponseFormatError(
+            f"{self.name}: a line of {path[:100]} is longer than {MAX_LINE} bytes; a batch "
+            "results file holds one answer a line, so this is not one",
+            provider=self.name,
+        )

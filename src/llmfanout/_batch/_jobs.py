@@ -1,67 +1,38 @@
-"""Provider batch jobs: submit tasks at half price, wait, read one result per task.
-
-:func:`submit_batch` validates every task and splits them into as few provider batches
-("parts") as the provider's limits allow, before anything is sent. It then records each
-step in the state file before taking it, so a process killed at any moment can run the
-same call again and carry on:
-
-- a part is saved ``creating`` (with the time) just before its create call. Found so
-  after a crash, or after a create call that failed in a way that may have taken effect,
-  it is reconciled with the provider's list of recent batches: on OpenAI by the metadata
-  we attach (run id and part number) or the uploaded file's id; on Anthropic, which takes
-  no metadata, by the request count among the batches created since that time and not
-  claimed by another part, an ended candidate being probed for our custom ids (which
-  carry the run id; they are checked again when results are read). Only a part found
-  nowhere is created again.
-- a created part is saved with its batch id at once.
+"""A submitted batch job: polling it, reading one result per task, cancelling it.
 
 :class:`BatchJob` is the handle: saved in the state file, restored with
 :meth:`BatchJob.load`, it polls (:meth:`~BatchJob.ended`, :meth:`~BatchJob.wait`), reads
 results (:meth:`~BatchJob.part_results`, one :class:`TaskResult` per task, exactly once)
 and cancels. Requests that expired, were cancelled or errored become failed results
-carrying the provider's error.
+carrying the provider's error. Submitting is :mod:`._submit`; planning :mod:`._plan`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import secrets
-import shutil
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import aclosing
+import re
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import anyio
 import attrs
 
-from .._core._tasks import LLMTask, TaskResult
+from .._core._tasks import TaskResult
 from ..errors import ProviderError
 from ..providers._http import HTTPProvider
 from ._api import (
-    APIS,
     BatchAPI,
     BatchRequestCancelled,
     BatchRequestError,
     BatchRequestExpired,
     RemoteBatch,
 )
+from ._apis import APIS, api_class
 from ._state import BatchStateError, Part, State, load, save
 
 logger = logging.getLogger("llmfanout")
-
-BODY_OVERHEAD = 64
-"""Bytes of a batch's size limit kept for what wraps the request lines."""
-
-CLOCK_SKEW = 600.0
-"""Seconds of disagreement allowed between our clock and the provider's when reconciling."""
-
-MAX_SCAN = 1000
-"""The newest batches looked through when reconciling: ours is among them unless the
-account created a thousand more between our create call and the crash."""
 
 
 @attrs.frozen
@@ -129,7 +100,7 @@ class BatchProgress:
         return self.parts_ended == self.parts
 
 
-def _view(part: Part) -> BatchPart:
+def view(part: Part) -> BatchPart:
     return BatchPart(
         index=part.index,
         batch_id=part.batch_id,
@@ -143,18 +114,23 @@ def _view(part: Part) -> BatchPart:
     )
 
 
-def _api(provider: object, state: State | None = None) -> BatchAPI:
+def api_for(provider: object, state: State | None = None, endpoint: str = "chat") -> BatchAPI:
     name = getattr(provider, "provider_name", None)
     if not isinstance(provider, HTTPProvider) or name not in APIS:
         raise TypeError(
-            f"batches need an OpenAIProvider or an AnthropicProvider, not {type(provider).__name__}"
+            "batches need an OpenAIProvider, an AnthropicProvider or a GeminiProvider, not "
+            f"{type(provider).__name__}"
         )
     if state is not None and (state.provider, state.base_url) != (name, provider.base_url):
         raise BatchStateError(
             f"this batch job was submitted to {state.provider} at {state.base_url}; give a "
             f"provider for that (got {name} at {provider.base_url})"
         )
-    return APIS[name](provider)
+    try:
+        cls = api_class(name, state.endpoint if state is not None else endpoint)
+    except ValueError as exc:
+        raise TypeError(str(exc)) from None
+    return cls(provider)
 
 
 class BatchJob:
@@ -178,10 +154,17 @@ class BatchJob:
     def __repr__(self) -> str:
         return f"BatchJob({self.path!r}, provider={self.provider!r}, parts={len(self.parts)})"
 
+    # One typed, documented read-only property per recorded field (duplicates lists their
+    # shared shape): a generated table of them would lose the types and the docstrings.
     @property
     def provider(self) -> str:
         """``"openai"`` or ``"anthropic"``."""
         return self._state.provider
+
+    @property
+    def endpoint(self) -> str:
+        """``"chat"``, or ``"embeddings"`` for a batch of OpenAI embeddings."""
+        return self._state.endpoint
 
     @property
     def model(self) -> str:
@@ -216,7 +199,7 @@ class BatchJob:
     @property
     def parts(self) -> tuple[BatchPart, ...]:
         """The provider batches, as last seen."""
-        return tuple(_view(part) for part in self._state.parts)
+        return tuple(view(part) for part in self._state.parts)
 
     @property
     def submitted(self) -> bool:
@@ -269,7 +252,7 @@ class BatchJob:
 
     async def refresh(self, provider: HTTPProvider) -> BatchProgress:
         """Ask the provider for every unfinished part's status; the counts."""
-        api = _api(provider, self._state)
+        api = api_for(provider, self._state)
         for part in self._state.parts:
             if part.batch_id is not None and not part.ended:
                 self._update(part, await self._call(_getter(api, part)))
@@ -287,7 +270,7 @@ class BatchJob:
         never created and the job was not cancelled (run the submit again), and the last
         ``ProviderError`` if polling keeps failing.
         """
-        api = _api(provider, self._state)
+        api = api_for(provider, self._state)
         state = self._state
         missing = [p.index for p in state.parts if p.batch_id is None]
         if missing and not state.cancelled:
@@ -299,7 +282,7 @@ class BatchJob:
         for part in state.parts:
             if part.ended or part.batch_id is None:
                 part.ended = True
-                yield _view(part)
+                yield view(part)
             else:
                 pending.append(part)
         delays = self.polling.delays()
@@ -310,7 +293,7 @@ class BatchJob:
                 self._update(part, remote)
                 if remote.ended:
                     self._save()
-                    yield _view(part)
+                    yield view(part)
                 else:
                     still.append(part)
             pending = still
@@ -337,29 +320,43 @@ class BatchJob:
         for (an expired or cancelled batch) come last, as failed results. A download that
         breaks is started again, skipping the results already handed out.
         """
-        api = _api(provider, self._state)
+        api = api_for(provider, self._state)
         part = self._state.parts[index]
         if part.batch_id is None:  # cancelled before it was created
             for tag in part.tags:
                 yield _failed(tag, _never_created(self.run_id, part))
             return
         remote = await self._call(_getter(api, part))
-        self._update(part, remote)
         if not remote.ended:
+            if part.ended:  # the provider said it had ended: it cannot take that back
+                raise ProviderError(
+                    f"{api.name}: batch {part.batch_id} was reported ended, and now "
+                    f"{remote.status}; the provider contradicts itself. Run the same command "
+                    "again later",
+                    provider=api.name,
+                )
             raise BatchStateError(
                 f"batch {part.batch_id} has not ended (it is {remote.status}); wait for it first"
             )
+        self._update(part, remote)
         prefix = f"{self.run_id}-{part.index}-"
         seen = bytearray(part.rows)
-        foreign = 0
+        foreign = repeated = 0
         for failures in range(1, self.polling.max_failures + 1):
+            # Counted per pass over the results: a download started again reads them anew.
+            this_pass = bytearray(part.rows)
+            foreign = repeated = 0
             try:
                 async for outcome in api.outcomes(remote):
-                    i = _position(outcome.custom_id, prefix, part.rows)
+                    i = position_of(outcome.custom_id, prefix, part.rows)
                     if i is None:
                         foreign += 1
                         continue
-                    if seen[i]:
+                    if this_pass[i]:
+                        repeated += 1
+                        continue
+                    this_pass[i] = 1
+                    if seen[i]:  # handed out before the download broke
                         continue
                     seen[i] = 1
                     yield TaskResult(
@@ -377,10 +374,17 @@ class BatchJob:
                 await anyio.sleep(max(self.polling.retry_wait, exc.retry_after or 0.0))
         if foreign:
             logger.warning(
-                "batch %s returned %d results whose custom_id is not this job's (%s...)",
+                "batch %s returned %d results whose custom_id is not this job's (%s...): ignored",
                 part.batch_id,
                 foreign,
                 prefix,
+            )
+        if repeated:
+            logger.warning(
+                "batch %s returned %d results for a custom_id it had answered already "
+                "(more than once): the first was kept, the rest ignored",
+                part.batch_id,
+                repeated,
             )
         for i, tag in enumerate(part.tags):
             if not seen[i]:
@@ -406,7 +410,7 @@ class BatchJob:
         (cancelled) results once each part has ended. With ``record=False`` the state
         file is left alone (another process owns it): only the provider is told.
         """
-        api = _api(provider, self._state)
+        api = api_for(provider, self._state)
         self._state.cancelled = True
         if record:
             self._save()
@@ -424,11 +428,18 @@ def _getter(api: BatchAPI, part: Part, *, cancel: bool = False) -> Callable[[], 
     return partial(api.cancel if cancel else api.get, batch_id)
 
 
-def _position(custom_id: str, prefix: str, rows: int) -> int | None:
+_NUMBER = re.compile(r"0|[1-9][0-9]*", re.ASCII)
+
+
+def position_of(custom_id: str, prefix: str, rows: int) -> int | None:
+    """The task a result's ``custom_id`` names: only the exact ids we sent, ``<prefix><i>``.
+
+    No normalisation: ``٣`` (another script's digit), ``03`` and ``²`` are someone else's.
+    """
     if not custom_id.startswith(prefix):
         return None
     number = custom_id[len(prefix) :]
-    if not number.isdigit():
+    if _NUMBER.fullmatch(number) is None:
         return None
     i = int(number)
     return i if i < rows else None
@@ -470,312 +481,3 @@ def _no_result(remote: RemoteBatch, foreign: int) -> ProviderError:
         f"batch {where} ({remote.status}) returned no result for this request{hint}",
         error_type="missing",
     )
-
-
-# -- submitting --------------------------------------------------------------------------
-
-
-def _planned(
-    api: BatchAPI,
-    tasks: Iterable[LLMTask],
-    run_id: str,
-    folder: str,
-    max_requests: int,
-    max_bytes: int,
-) -> list[Part]:
-    """Validate every task and write the request files, one per part; nothing is sent.
-
-    Raises ``ValueError`` naming the task (its tag) that cannot be sent.
-    """
-    parts: list[Part] = []
-    seen: set[str] = set()
-    file = None
-    tail = b""
-    digest = hashlib.sha256()
-    part: Part | None = None
-    limit = max_bytes - BODY_OVERHEAD
-    separator = api.separator
-    try:
-        for number, task in enumerate(tasks):
-            if not isinstance(task, LLMTask):
-                raise TypeError(f"task {number} is a {type(task).__name__}; give LLMTask objects")
-            tag = task.tag
-            if not tag:
-                raise ValueError(f"task {number} has no tag; give every task a unique tag")
-            if tag in seen:
-                raise ValueError(f"task {tag!r} appears twice; tags must be unique")
-            seen.add(tag)
-            try:
-                body = api.body(task.messages, task.config_overrides)
-            except ProviderError as exc:
-                raise ValueError(f"task {tag!r}: {exc}") from None
-            if body.get("stream"):
-                raise ValueError(
-                    f"task {tag!r}: stream=True in its parameters; a batch returns whole "
-                    "answers, so remove it"
-                )
-            # The custom id is ours, "<run>-<part>-<i>": it fits both APIs' rules whatever
-            # the tag, and tells this job's results from any other's.
-            # A part's size counts its lines and what separates them (the limit's
-            # measure); the digest covers the lines alone.
-            line = b""
-            if part is not None and part.rows < max_requests:
-                line = api.line(f"{run_id}-{part.index}-{part.rows}", body)
-            if part is None or not line or part.size + len(separator) + len(line) > limit:
-                if part is not None and file is not None:
-                    file.write(tail)
-                    file.close()
-                    part.digest = digest.hexdigest()
-                part = Part(index=len(parts), tags=[], size=0, digest="")
-                parts.append(part)
-                digest = hashlib.sha256()
-                path = _part_file(folder, run_id, part.index)
-                head, tail = api.framing(os.path.basename(path))
-                file = open(path, "wb")  # noqa: SIM115  (closed below, or in finally)
-                file.write(head)
-                line = api.line(f"{run_id}-{part.index}-0", body)
-                if len(line) > limit:
-                    raise ValueError(
-                        f"task {tag!r}: its request is {len(line)} bytes, more than the "
-                        f"{limit} bytes a batch may hold"
-                    )
-            elif separator:
-                assert file is not None
-                file.write(separator)
-                part.size += len(separator)
-            assert file is not None
-            file.write(line)
-            digest.update(line)
-            part.tags.append(tag)
-            part.size += len(line)
-        if part is not None and file is not None:
-            file.write(tail)
-            part.digest = digest.hexdigest()
-    finally:
-        if file is not None:
-            file.close()
-    if not parts:
-        raise ValueError("no tasks to submit; give at least one")
-    return parts
-
-
-def _part_file(folder: str, run_id: str, index: int) -> str:
-    return os.path.join(folder, f"llmfanout-{run_id}-part{index}.jsonl")
-
-
-class _Submitter:
-    """Creates the parts of a job one by one, saving each step before it is taken."""
-
-    def __init__(self, job: BatchJob, api: BatchAPI, folder: str) -> None:
-        self.job = job
-        self.api = api
-        self.folder = folder
-        self.state = job._state
-
-    def metadata(self, part: Part) -> dict[str, str]:
-        return {
-            "llmfanout_run": self.state.run_id,
-            "llmfanout_part": str(part.index),
-            "llmfanout_rows": str(part.rows),
-        }
-
-    async def submit(self, part: Part) -> None:
-        if part.batch_id is not None:
-            return
-        if part.phase == "creating":
-            found = await self.reconcile(part)
-            if found is not None:
-                return self.record(part, found)
-        path = _part_file(self.folder, self.state.run_id, part.index)
-        if part.file_id is None:
-            name = os.path.basename(path)
-            part.file_id = await self.job._call(partial(self.api.upload, path, name, part.size))
-        part.phase = "creating"
-        part.intent_at = time.time()
-        self.job._save()
-        self.record(part, await self.create(part, path))
-
-    def record(self, part: Part, remote: RemoteBatch) -> None:
-        part.batch_id = remote.id
-        part.phase = "submitted"
-        self.job._update(part, remote)
-        self.job._save()
-
-    async def create(self, part: Part, path: str) -> RemoteBatch:
-        polling = self.job.polling
-        wait = polling.retry_wait
-        for failures in range(1, polling.max_failures + 1):
-            try:
-                return await self.api.create(path, part.size, part.file_id, self.metadata(part))
-            except ProviderError as exc:
-                if not exc.retryable or failures == polling.max_failures:
-                    raise
-                delay = max(wait, exc.retry_after or 0.0)
-            # The create may have taken effect before the answer was lost: look first.
-            await anyio.sleep(delay)
-            wait = min(wait * 2, polling.max_interval)
-            found = await self.reconcile(part)
-            if found is not None:
-                return found
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def reconcile(self, part: Part) -> RemoteBatch | None:
-        """The batch a ``creating`` part may already have, from the provider's list."""
-        claimed = {p.batch_id for p in self.state.parts if p.batch_id is not None}
-        metadata = self.metadata(part)
-        found: list[RemoteBatch | None] = [None]
-        candidates: list[RemoteBatch] = []
-
-        async def scan() -> None:
-            candidates.clear()
-            seen = 0
-            async with aclosing(self.api.recent()) as batches:
-                async for remote in batches:
-                    seen += 1
-                    if remote.id in claimed:
-                        continue
-                    # OpenAI: the metadata we attached, or the file we uploaded.
-                    tagged = all(remote.metadata.get(k) == v for k, v in metadata.items())
-                    if tagged or (part.file_id and remote.input_file_id == part.file_id):
-                        found[0] = remote
-                        return
-                    if remote.total in (0, part.rows):
-                        candidates.append(remote)
-                    if seen >= MAX_SCAN:
-                        return
-
-        await self.job._call(scan)
-        if found[0] is not None or self.api.name != "anthropic":
-            return found[0]
-        return await self._by_shape(part, candidates)
-
-    async def _by_shape(self, part: Part, candidates: list[RemoteBatch]) -> RemoteBatch | None:
-        """Anthropic keeps no metadata: a batch of our size, created when ours would be.
-
-        One that has ended is probed: its results' custom ids carry the run id, so a
-        batch of another job is told apart for sure.
-        """
-        prefix = f"{self.state.run_id}-{part.index}-"
-        intent = part.intent_at or self.state.created_at
-        likely: list[RemoteBatch] = []
-        for remote in candidates:
-            if remote.total == 0:  # the list left the counts out: ask for them
-                remote = await self.job._call(partial(self.api.get, remote.id))
-            if remote.total != part.rows:
-                continue
-            if remote.ended:
-                first = await self.job._call(partial(self.api.first_custom_id, remote))
-                if first is not None and first.startswith(prefix):
-                    return remote
-                continue  # another job's, or nothing to tell by: not ours to take
-            # created_at 0: a server that does not say; otherwise within the clock's slack
-            if not remote.created_at or remote.created_at >= intent - CLOCK_SKEW:
-                likely.append(remote)
-        if not likely:
-            return None
-        # Ours was created after the intent was saved: prefer those, the nearest first.
-        chosen = min(likely, key=lambda r: (r.created_at < intent, abs(r.created_at - intent)))
-        if len(likely) > 1:
-            logger.warning(
-                "part %d: %d unfinished batches of %d requests were created around the same "
-                "time; taking %s (its results are checked against this job's custom ids)",
-                part.index,
-                len(likely),
-                part.rows,
-                chosen.id,
-            )
-        return chosen
-
-
-def _fresh_folder(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    os.mkdir(path)
-
-
-def _open(
-    provider: HTTPProvider, path: str, max_requests: int | None, max_bytes: int | None
-) -> tuple[State | None, BatchAPI, int, int]:
-    existing = load(path) if os.path.exists(path) else None
-    api = _api(provider, existing)
-    if existing is not None:  # carry on with the limits the parts were planned with
-        if existing.cancelled:
-            raise BatchStateError(
-                f"{path}: this batch job was cancelled; start a new one elsewhere"
-            )
-        max_requests, max_bytes = existing.max_requests, existing.max_bytes
-    requests = max_requests or api.max_requests
-    size = max_bytes or api.max_bytes
-    for name, value, least in (("max_requests", requests, 1), ("max_bytes", size, 1024)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise ValueError(f"submit_batch: {name} is {value!r}; give a whole number >= {least}")
-    return existing, api, requests, size
-
-
-async def submit_batch(
-    provider: HTTPProvider,
-    tasks: Iterable[LLMTask],
-    *,
-    state: str | os.PathLike[str],
-    max_requests: int | None = None,
-    max_bytes: int | None = None,
-    polling: Polling | None = None,
-    input_name: str | None = None,
-    api_key_env: str | None = None,
-    on_part: Callable[[BatchPart], None] | None = None,
-) -> BatchJob:
-    """Submit ``tasks`` as provider batches; the :class:`BatchJob` that tracks them.
-
-    Every task is checked first (an ``LLMTask`` with a unique, non-empty tag, a request
-    the provider can take, within the size limit): a bad one raises ``ValueError`` naming
-    its tag, with nothing sent. The tasks are split into as few batches as the limits
-    allow (default: the provider's own, 50,000 requests and 200 MB on OpenAI, 100,000
-    and 256 MB on Anthropic).
-
-    When ``state`` already records this job (a submit that was interrupted), give the
-    same tasks again: the submit carries on where it stopped, never creating a batch
-    twice; ``BatchStateError`` if the tasks differ from the first time. Cancellation leaves
-    the state file consistent: run the same call again to finish. ``input_name`` and
-    ``api_key_env`` (the name of the variable the key came from, never the key) are
-    recorded for later commands. ``on_part`` is called with each part once it exists at
-    the provider (those created by an earlier, interrupted call included).
-    """
-    path = os.fspath(state)
-    existing, api, requests, size = _open(provider, path, max_requests, max_bytes)
-    run_id = existing.run_id if existing is not None else secrets.token_hex(4)
-    # The request files go beside the state, in a folder of a fixed name: one a killed
-    # submit left behind is cleared by the next, not left to pile up.
-    spool = path + ".parts"
-    await anyio.to_thread.run_sync(_fresh_folder, spool)
-    try:
-        parts = await anyio.to_thread.run_sync(_planned, api, tasks, run_id, spool, requests, size)
-        if existing is None:
-            record = State(
-                run_id=run_id,
-                provider=api.name,
-                base_url=provider.base_url,
-                model=provider.model,
-                created_at=time.time(),
-                max_requests=requests,
-                max_bytes=size,
-                parts=parts,
-                input=input_name,
-                api_key_env=api_key_env,
-            )
-            save(record, path)  # recorded before anything is created
-        else:
-            record = existing
-            old = [(p.rows, p.digest) for p in existing.parts]
-            if old != [(p.rows, p.digest) for p in parts]:
-                raise BatchStateError(
-                    f"{path}: the tasks differ from those first submitted with this state "
-                    "file; give the same input, or choose another output file for new input"
-                )
-        job = BatchJob(record, path, polling)
-        submitter = _Submitter(job, api, spool)
-        for part in record.parts:
-            await submitter.submit(part)
-            if on_part is not None:
-                on_part(_view(part))
-    finally:  # at once, cancelled or not: a blocking moment beats a folder left behind
-        shutil.rmtree(spool, ignore_errors=True)
-    return job

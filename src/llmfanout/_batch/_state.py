@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -25,6 +26,22 @@ import attrs
 
 VERSION = 1
 PHASES = ("planned", "creating", "submitted", "collected")
+PROVIDERS = ("openai", "anthropic", "gemini")
+ENDPOINTS = ("chat", "embeddings")
+
+SERVER_ID = re.compile(r"(?:batches/|files/)?[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}", re.ASCII)
+"""What a batch or file id a server gives may look like before it goes into a URL path:
+``batch_abc``, ``msgbatch_01...``, ``file-abc``, Gemini's ``batches/abc``; never a space,
+CR/LF or non-ASCII, and no slash but after Gemini's one collection prefix (so no ``..``
+segment can ever be formed)."""
+
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}", re.ASCII)
+_RUN_ID = re.compile(r"[A-Za-z0-9]{1,32}", re.ASCII)
+
+
+def is_server_id(value: object) -> bool:
+    """Whether ``value`` is an id we may put in a URL path (see :data:`SERVER_ID`)."""
+    return isinstance(value, str) and SERVER_ID.fullmatch(value) is not None
 
 
 class BatchStateError(ValueError):
@@ -70,6 +87,7 @@ class State:
     input: str | None = None  # the input file, for the record (the CLI fills it)
     cancelled: bool = False  # cancel was asked: parts not yet created never will be
     api_key_env: str | None = None  # the variable the key is read from (never the key)
+    endpoint: str = "chat"  # "chat", or "embeddings" (OpenAI's /v1/embeddings)
     version: int = VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -93,12 +111,53 @@ class State:
                 f"{where}: not an llmfanout batch state file ({exc}); restore it from a copy, "
                 "or move it away to start a new job (batches already created are not reused)"
             ) from None
-        for part in state.parts:
-            if part.phase not in PHASES:
-                raise BatchStateError(
-                    f"{where}: part {part.index} has an unknown phase {part.phase!r}"
-                )
+        problem = _problem(state)
+        if problem is not None:
+            raise BatchStateError(
+                f"{where}: not a usable batch state file ({problem}); nothing was sent. "
+                "Restore it from a copy, or move it away to start a new job"
+            )
         return state
+
+
+def _problem(state: State) -> str | None:
+    """What makes a state file unusable (or unsafe to act on), before any request."""
+    if state.provider not in PROVIDERS:
+        return f"provider {state.provider!r} is not one of {', '.join(PROVIDERS)}"
+    if state.endpoint not in ENDPOINTS:
+        return f"endpoint {state.endpoint!r} is not one of {', '.join(ENDPOINTS)}"
+    url = state.base_url
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        return f"base_url {url!r} is not an http(s) URL"
+    if any(ord(c) <= 32 or ord(c) >= 127 for c in url):
+        return "base_url holds spaces, control or non-ASCII characters"
+    variable = state.api_key_env
+    if variable is not None and not (isinstance(variable, str) and _VARIABLE.fullmatch(variable)):
+        return f"api_key_env {variable!r} is not an environment variable name"
+    if not isinstance(state.run_id, str) or not _RUN_ID.fullmatch(state.run_id):
+        return f"run_id {state.run_id!r} is not one of ours (letters and digits)"
+    if not isinstance(state.model, str):
+        return "model is not a string"
+    for name in ("max_requests", "max_bytes"):
+        value = getattr(state, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"{name} {value!r} is not a whole number >= 1"
+    for position, part in enumerate(state.parts):
+        if part.index != position:
+            return f"part {position} has index {part.index!r}"
+        if part.phase not in PHASES:
+            return f"part {position} has an unknown phase {part.phase!r}"
+        if not isinstance(part.tags, list) or not all(isinstance(t, str) for t in part.tags):
+            return f"part {position}: tags are not a list of strings"
+        for name in ("batch_id", "file_id"):
+            value = getattr(part, name)
+            if value is not None and not is_server_id(value):
+                return f"part {position}: {name} {value!r} is not a batch API id"
+        for name in ("done", "succeeded", "failed", "size"):
+            value = getattr(part, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                return f"part {position}: {name} {value!r} is not a count"
+    return None
 
 
 def state_path(output: str | os.PathLike[str]) -> str:

@@ -4,12 +4,17 @@ path checks, each worded for a command-line user."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
 import shlex
+import stat
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from .._base._checks import TRIO_HINT
 from . import _log
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
@@ -21,6 +26,79 @@ VERBOSE_HELP = (
 
 class UsageError(Exception):
     """Bad options or bad input: the run exits with status 2 having sent nothing."""
+
+
+_SECRET_FLAG = re.compile(r"^--?[\w-]*(key|token|password|passwd|secret)$", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of a URL in it replaced by ``***`` (else unchanged)."""
+    if "://" not in text:
+        return text
+    try:
+        parts = urllib.parse.urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return text
+    if password is None:
+        return text
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redact_command(command: list[str]) -> str:
+    """A command line fit to record or print: URL passwords and secret flags' values hidden.
+
+    ``--api-key X``, ``--token=X`` and the like (any flag named for a key, token, password
+    or secret, but not ``--api-key-env``, which names a variable) show ``***``.
+    """
+    shown: list[str] = []
+    hide_next = False
+    for word in command:
+        if hide_next:
+            shown.append("***")
+            hide_next = False
+            continue
+        flag, equals, _ = word.partition("=")
+        if word.startswith("-") and _SECRET_FLAG.match(flag):
+            if equals:
+                shown.append(f"{flag}=***")
+            else:
+                shown.append(word)
+                hide_next = True
+            continue
+        shown.append(redact_url(word))
+    return shlex.join(shown)
+
+
+# -- options several subcommands take, worded once -----------------------------------------
+
+
+def add_output(parser: argparse.ArgumentParser, text: str, *, metavar: str = "OUTPUT") -> None:
+    """``-o/--output``, required."""
+    parser.add_argument("-o", "--output", required=True, metavar=metavar, help=text)
+
+
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """``--backend asyncio|trio``."""
+    parser.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help=f"the event loop (default asyncio; trio needs: {TRIO_HINT})",
+    )
+
+
+def add_quiet(parser: argparse.ArgumentParser, text: str = "no progress; errors only") -> None:
+    """``--quiet``."""
+    parser.add_argument("--quiet", action="store_true", help=text)
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    """Raise a :class:`UsageError` saying how to install trio when it is asked for and missing."""
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        raise UsageError(f"--backend trio needs trio; install it with: {TRIO_HINT}")
 
 
 def positive_int(text: str) -> int:
@@ -72,8 +150,30 @@ def check_input(path: str) -> None:
         raise UsageError(f"input file {path!r} cannot be read (permission denied)")
 
 
+def is_stream(path: str) -> bool:
+    """Whether ``path`` is a pipe, a terminal or another device: written to, never read back."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def check_output(path: str, *, directory_ok: bool) -> None:
-    """Raise a :class:`UsageError` naming the fix for an output that cannot be written."""
+    """Raise a :class:`UsageError` naming the fix for an output that cannot be written.
+
+    A pipe or a device (``-o FIFO``, ``-o /dev/stdout``) is fine to write to, but cannot
+    be read back: with ``directory_ok`` (``--resume``) it is refused.
+    """
+    if is_stream(path):
+        if directory_ok:
+            raise UsageError(
+                f"output {path!r} is a pipe or a device, not a regular file; --resume reads "
+                "the output back, which needs a regular file (or a directory of shards)"
+            )
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"cannot write to the output {path!r} (permission denied)")
+        return
     if os.path.isdir(path):
         if not directory_ok:
             example = os.path.join(path, "results.jsonl")

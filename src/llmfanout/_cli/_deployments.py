@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .._deploy._pool import DeploymentStats
+from .._deploy._slots import DeploymentStats
 from .._report._cost import Price, price_for
 
 __all__ = ["deployments_table"]

@@ -6,10 +6,11 @@ import argparse
 import importlib.resources
 import importlib.util
 import os
+import shlex
 import sys
 from typing import Any
 
-from ._args import EXIT_OK, UsageError, check_output
+from ._args import EXIT_OK, UsageError, check_output, is_stream
 
 EXAMPLE_FILE = "llmfanout example -o prompts.jsonl"
 EXAMPLE = "llmfanout run prompts.jsonl -o results.jsonl --resume"
@@ -44,11 +45,28 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     output = args.output
     check_output(output, directory_ok=False)
-    if os.path.exists(output):
+    if os.path.exists(output) and not is_stream(output):
         with open(output, "rb") as file:
-            if file.read() == text:  # already there: running the same command twice is fine
-                return EXIT_OK
-        raise UsageError(f"{output} exists and holds something else; choose another file name")
-    with open(output, "wb") as file:
-        file.write(text)
+            if file.read() != text:
+                raise UsageError(
+                    f"{output} exists and holds something else; choose another file name"
+                )
+        # already there: running the same command twice is fine
+    else:
+        with open(output, "wb") as file:
+            file.write(text)
+    rows = text.count(b"\n")
+    print(
+        f"llmfanout: wrote {rows} example rows to {output}. Next, run them (the echo provider "
+        f"answers locally, no key needed):\n    {_next_command(args.name, output)}",
+        file=sys.stderr,
+    )
     return EXIT_OK
+
+
+def _next_command(name: str, output: str) -> str:
+    stem = os.path.splitext(os.path.basename(output))[0] or "example"
+    results = os.path.join(os.path.dirname(output), f"{stem}-results.jsonl")
+    if os.path.basename(output) == "prompts.jsonl" and name == "prompts":
+        results = os.path.join(os.path.dirname(output), "results.jsonl")
+    return shlex.join(["llmfanout", "run", output, "-o", results, "--resume"])

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .._base._version import VERSION
-from .._rows._job import KEY_VARIABLES, scrubber
+from .._rows._spec import FALLBACK_KEY_VARIABLES, KEY_VARIABLES, scrubber
 from . import _batch as _batch_cli
-from . import _cache, _example, _log, _merge, _run
+from . import _cache, _embed, _example, _log, _merge, _run
 from ._args import EXIT_USAGE, VERBOSE_HELP, UsageError
 from ._example import EXAMPLE, EXAMPLE_FILE
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _example.add_parser(commands)
     _batch_cli.add_parser(commands)
     _cache.add_parser(commands)
+    _embed.add_parser(commands)
     return parser
 
 
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "batch":
         return _batch_cli.main(args)
-    if args.command not in ("run", "merge", "example", "cache"):
+    if args.command not in ("run", "merge", "example", "cache", "embed"):
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
     try:
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _example.main(args)
         if args.command == "cache":
             return _cache.main(args)
+        if args.command == "embed":
+            return _embed.main(args, argv)
         return _run.main(args, argv)
     except UsageError as exc:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
@@ -80,5 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _key_scrubs(args: argparse.Namespace) -> list[Callable[[str], str]]:
     """Blank out every API key the environment holds, whichever the run uses."""
-    names = {*KEY_VARIABLES.values(), getattr(args, "api_key_env", None) or ""}
+    names = {
+        *KEY_VARIABLES.values(),
+        *FALLBACK_KEY_VARIABLES.values(),
+        getattr(args, "api_key_env", None) or "",
+    }
     return [scrubber(os.environ.get(name, "").strip()) for name in sorted(names) if name]

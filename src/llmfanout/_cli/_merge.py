@@ -11,11 +11,13 @@ from .._rows._output_rows import (
     OutputCorrupt,
     merge,
 )
-from ._args import EXIT_OK, UsageError, check_output
+from ._args import EXIT_OK, UsageError, add_output, add_quiet, check_output
 
 
 def add_parser(commands: Any) -> None:
     """Add ``merge`` to the ``llmfanout`` subcommands."""
+    # Each subcommand declares its own parser (argparse's shape, shared with the other
+    # subcommands' add_parser); the options they share are the helpers of ._args.
     merge_command = commands.add_parser(
         "merge",
         help="compact a directory of shard files into one output, each id once",
@@ -26,10 +28,8 @@ def add_parser(commands: Any) -> None:
         ),
     )
     merge_command.add_argument("directory", metavar="DIR", help="the directory of shards")
-    merge_command.add_argument(
-        "-o", "--output", required=True, metavar="OUT", help="the merged JSONL file to write"
-    )
-    merge_command.add_argument("--quiet", action="store_true", help="print errors only")
+    add_output(merge_command, "the merged JSONL file to write", metavar="OUT")
+    add_quiet(merge_command, "print errors only")
 
 
 def main(args: argparse.Namespace) -> int:

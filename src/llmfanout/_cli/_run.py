@@ -16,13 +16,11 @@ import argparse
 import importlib.resources
 import importlib.util
 import os
-import shlex
 import shutil
 import signal
 import sys
 import tempfile
 import time
-import urllib.parse
 from contextlib import ExitStack
 from functools import partial
 from typing import IO, Any
@@ -32,7 +30,7 @@ import anyio
 from .._deploy._spec import load_deployments
 from .._report._cost import load_prices
 from .._rows._input_rows import Scan, read_rows, scan
-from .._rows._job import KEY_VARIABLES, Job, JobError, JobSpec
+from .._rows._job import Job
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import (
     OutputCorrupt,
@@ -42,26 +40,37 @@ from .._rows._output_rows import (
     drop_failed,
     recover,
 )
+from .._rows._spec import JobError, JobSpec, key_variable
 from . import _observe
 from ._args import (
     VERBOSE_HELP,
     UsageError,
+    add_backend,
+    add_output,
+    add_quiet,
+    check_backend,
     check_input,
     check_output,
+    is_stream,
     json_object,
     positive_float,
     positive_int,
+    redact_command,
+    redact_url,
     same_file,
     seconds_or_zero,
 )
 from ._example import EXAMPLE, EXAMPLE_FILE
 from ._screen import Screen
+from ._structured import add_structured_arguments, check_structured_options
 
 MAX_BAD_SHOWN = 50
 
 
 def add_parser(commands: Any) -> None:
     """Add ``run`` to the ``llmfanout`` subcommands."""
+    # Each subcommand declares its own parser (argparse's shape, shared with the other
+    # subcommands' add_parser); the options they share are the helpers of ._args.
     run = commands.add_parser(
         "run",
         help="send every row of a JSONL file, write one result row per input row",
@@ -77,19 +86,14 @@ def add_parser(commands: Any) -> None:
         ),
     )
     run.add_argument("input", metavar="INPUT", help="the input JSONL file; - for standard input")
-    run.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="OUTPUT",
-        help=(
-            "the output JSONL file (appended to); with --resume, also a directory of shard "
-            "files (*.jsonl), to which this run adds a shard"
-        ),
+    add_output(
+        run,
+        "the output JSONL file (appended to); with --resume, also a directory of shard "
+        "files (*.jsonl), to which this run adds a shard",
     )
     run.add_argument(
         "--provider",
-        choices=("echo", "openai", "anthropic"),
+        choices=("echo", "openai", "anthropic", "gemini"),
         default="echo",
         help="echo (default) answers locally with no network, for trying things out",
     )
@@ -97,15 +101,15 @@ def add_parser(commands: Any) -> None:
         "--model",
         help=(
             "the model; a row's own (params.model, or the batch body's) wins. Needed for "
-            "openai and anthropic unless every row names one"
+            "openai, anthropic and gemini unless every row names one"
         ),
     )
     run.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
     run.add_argument(
         "--api-key-env",
         metavar="NAME",
-        help="the environment variable holding the key (default OPENAI_API_KEY or "
-        "ANTHROPIC_API_KEY)",
+        help="the environment variable holding the key (default OPENAI_API_KEY, "
+        "ANTHROPIC_API_KEY, or GEMINI_API_KEY else GOOGLE_API_KEY)",
     )
     run.add_argument(
         "--params",
@@ -200,12 +204,7 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="record each bad input line as a failed row and run the rest (default: exit 2)",
     )
-    run.add_argument(
-        "--backend",
-        choices=("asyncio", "trio"),
-        default="asyncio",
-        help="the event loop (default asyncio; trio needs: pip install 'llmfanout[trio]')",
-    )
+    add_backend(run)
     run.add_argument(
         "--echo-latency",
         type=seconds_or_zero,
@@ -224,7 +223,7 @@ def add_parser(commands: Any) -> None:
         metavar="NAME",
         help="mixed into every cache key: a new name starts with an empty cache",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress and no summary; errors only")
+    add_quiet(run, "no progress and no summary; errors only")
     run.add_argument(
         "--prices",
         metavar="FILE",
@@ -232,6 +231,7 @@ def add_parser(commands: Any) -> None:
         "in USD per million tokens, to print the run's cost in its summary",
     )
     _observe.add_arguments(run)
+    add_structured_arguments(run)
     # SUPPRESS: given after "run" it counts on its own; not given, the one before stays.
     run.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP
@@ -239,10 +239,7 @@ def add_parser(commands: Any) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
-        raise UsageError(
-            "--backend trio needs trio; install it with: pip install 'llmfanout[trio]'"
-        )
+    check_backend(args)
     if args.echo_latency and args.provider != "echo":
         raise UsageError("--echo-latency applies to --provider echo only")
     if args.retry_failed and not args.resume:
@@ -274,6 +271,7 @@ def _check_options(args: argparse.Namespace) -> None:
             args.price_table = load_prices(args.prices)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"--prices: {exc}") from None
+    check_structured_options(args)
     check_input(args.input)
     check_output(args.output, directory_ok=args.resume)
     if args.input != "-" and same_file(args.input, args.output):
@@ -294,7 +292,7 @@ def _check_shared_limit(url: str) -> None:
 
     from .._flow._redislimit import split_key
 
-    where = _without_password(url)
+    where = redact_url(url)
     try:
         client: Any = redis.Redis.from_url(
             split_key(url)[0], socket_connect_timeout=2, socket_timeout=2
@@ -315,19 +313,10 @@ def _check_shared_limit(url: str) -> None:
         client.close()
 
 
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 def _check_key(args: argparse.Namespace) -> None:
     if args.provider == "echo" or args.deployment_specs is not None:
         return
-    variable = args.api_key_env or KEY_VARIABLES[args.provider]
+    variable = args.api_key_env or key_variable(args.provider)
     if not os.environ.get(variable, "").strip():
         raise UsageError(
             f"--provider {args.provider} needs an API key in the {variable} environment "
@@ -361,6 +350,9 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         capture_content=args.otel_capture_content,
         deployments=args.deployment_specs,
         hedge_after=args.hedge_after,
+        schema=args.schema_object,
+        max_reasks=args.max_reasks,
+        max_cost_usd=args.max_cost,
     )
 
 
@@ -444,7 +436,10 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     spec = _spec(args)
     with ExitStack() as stack:
         try:
-            stack.enter_context(hold(args.output, shlex.join(["llmfanout", *argv])))
+            # A pipe or a device is not locked: nothing is read back from it, and its
+            # lock would have to live in its folder (/dev).
+            if not is_stream(args.output):
+                stack.enter_context(hold(args.output, redact_command(["llmfanout", *argv])))
         except Busy as exc:
             raise UsageError(
                 f"{args.output} is being written by another run: {exc.holder}. Wait for it "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 import time
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import attrs
 from anyio.abc import TaskStatus
 
 from .._rows._input_rows import Scan
@@ -21,38 +21,37 @@ from .._rows._output_rows import (
     RowWriter,
     encode,
 )
-from ._args import EXIT_FAILED, EXIT_OK
+from ._args import EXIT_FAILED, EXIT_OK, redact_command
 from ._deployments import deployments_table
 from ._display import Display, make_display
 from ._observe import StatsFile
 
 
+@attrs.define(eq=False)
 class Screen:
     """What a run shows and where it writes: the writer, the display, signals, messages."""
 
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        argv: list[str],
-        found: Scan,
-        recovered: Recovered | None,
-        writer: RowWriter,
-        job: Job,
-    ) -> None:
-        self.args = args
-        self.argv = argv
-        self.found = found
-        self.recovered = recovered
-        self.writer = writer
-        self.job = job
-        self.display: Display = make_display(found.to_write, quiet=args.quiet, stream=sys.stderr)
-        self.signal: int | None = None
-        self.write_error: OSError | None = None
-        self.scope: anyio.CancelScope | None = None  # cancelled by a signal or a write error
-        self.unsent = 0  # rows held back: never sent (the run stopped), or refused the key
-        self.refused: str | None = None  # the first answer refusing the key, if any
+    args: argparse.Namespace
+    argv: list[str]
+    found: Scan
+    recovered: Recovered | None
+    writer: RowWriter
+    job: Job
+    display: Display = attrs.field(init=False)
+    signal: int | None = attrs.field(init=False, default=None)
+    write_error: OSError | None = attrs.field(init=False, default=None)
+    # cancelled by a signal or a write error
+    scope: anyio.CancelScope | None = attrs.field(init=False, default=None)
+    # rows held back: never sent (the run stopped), or refused the key
+    unsent: int = attrs.field(init=False, default=0)
+    # the first answer refusing the key, if any
+    refused: str | None = attrs.field(init=False, default=None)
+    stats: StatsFile | None = attrs.field(init=False, default=None)  # --stats-json
+
+    def __attrs_post_init__(self) -> None:
+        job = self.job
+        self.display = make_display(self.found.to_write, quiet=self.args.quiet, stream=sys.stderr)
         self.display.concurrency = lambda: (job.concurrency, job.spec.concurrency)
-        self.stats: StatsFile | None = None  # --stats-json
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Append rows to the output in one write; on failure (a full disk) stop the run.
@@ -137,6 +136,9 @@ class Screen:
                 f"the server refused the API key: check {self.job.spec.key_variable} (and "
                 "what the key may access), then run"
             )
+        elif self.job.cost_cap_reached:
+            reason = f"the spend cap was reached (--max-cost {self.args.max_cost:g} USD)"
+            fix = "raise --max-cost if need be, then run"
         else:
             limit = self.args.max_errors
             reason = f'{limit} rows failed (--max-errors {limit}); see their "error"'
@@ -144,7 +146,7 @@ class Screen:
         print(
             f"llmfanout: stopped early: {reason}\nllmfanout: {self.unsent} rows were not "
             f"written to {self.args.output} and will be sent by --resume; {fix}:\n"
-            f"    {shlex.join(command)}",
+            f"    {redact_command(command)}",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -245,7 +247,7 @@ class Screen:
             command.append("--resume")
         print(
             f"llmfanout: interrupted; {written} rows are safely in {self.args.output}, "
-            f"{left} still to do. To finish, run:\n    {shlex.join(command)}",
+            f"{left} still to do. To finish, run:\n    {redact_command(command)}",
             file=sys.stderr,
         )
         return 128 + signum

@@ -109,8 +109,13 @@ async def llm_attempt(
     policy: RetryConfig,
     governor: Governor | None = None,
     patience: Patience | None = None,
+    held: Held | None = None,
 ) -> LLMResponse:
-    """One LLM call: rate limit, pacing, time limit, the call, settling, the cooldown."""
+    """One LLM call: rate limit, pacing, time limit, the call, settling, the cooldown.
+
+    ``held``: told whether a refusal's Retry-After became a pause the call's queue keeps
+    (then the retry goes straight back to the queue), or the call must wait it alone.
+    """
     if limit is None and governor is None:
         if per_attempt is None:
             return await provider.complete(messages, config_overrides=fresh(overrides))
@@ -144,8 +149,23 @@ async def llm_attempt(
     finally:  # a cancelled call is settled too: the limiter keeps its estimate
         if limit is not None:
             limit.settle(tokens, used)
+        shared = False
         if admitted is not None:
-            governor.release(admitted, outcome, cooldown=cooldown)  # type: ignore[union-attr]
+            shared = governor.release(admitted, outcome, cooldown=cooldown)  # type: ignore[union-attr]
+        if held is not None:
+            held.queued = limit is not None or shared
+
+
+class Held:
+    """Whether a call's latest refusal is held in a queue (the pause shared), per call."""
+
+    __slots__ = ("queued",)
+
+    def __init__(self, queued: bool) -> None:
+        self.queued = queued
+
+    def __call__(self) -> bool:
+        return self.queued
 
 
 async def run_llm(
@@ -157,9 +177,11 @@ async def run_llm(
     limit: Limiter | None,
     *,
     first_error: Exception | None = None,
+    first_held: bool = True,
     governor: Governor | None = None,
 ) -> Outcome:
-    """An LLM task's attempts under ``policy`` (``first_error``: attempt 1 ran and raised)."""
+    """An LLM task's attempts under ``policy`` (``first_error``: attempt 1 ran and raised;
+    ``first_held``: its Retry-After became a pause its pacer keeps)."""
     governed = limit is not None or governor is not None
     tokens = estimate_tokens(task, overrides) if governed else 0
     patience = patience_for(policy) if governed else None
@@ -176,9 +198,11 @@ async def run_llm(
         patience,
     )
     # With a limiter, a call refused with Retry-After waits in its queue (in arrival
-    # order, the cooldown shared) rather than on a timer of its own.
-    queued = limit is not None or (governor is not None and governor.pacing)
-    return await retrying(policy, call, first_error=first_error, queued=queued, patience=patience)
+    # order, the cooldown shared) rather than on a timer of its own; with pacing, when
+    # the pacer took the pause for everyone (else the call waits it alone).
+    held = Held(limit is not None or (governor is not None and governor.pacing and first_held))
+    call.keywords["held"] = held
+    return await retrying(policy, call, first_error=first_error, queued=held, patience=patience)
 
 
 async def function_attempt(

@@ -26,13 +26,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._base._checks import unwrap_group, whole_number
 from .._base._perloop import PerLoop
+from .._base._prices import Price, check_prices, price_for
 from .._base._types import AsyncLLMProvider, LLMMessage, LLMResponse, a_kind
 from .._cache._front import Cache, CacheFront, check_cache, mark
 from .._flow._governor import Governor
 from .._flow._limiter import Limiter, check_limiter
+from .._flow._spend import CappedProvider, SpendCap
 from ..errors import TaskAborted
 from ._attempt import NO_RETRY, run_function, run_llm, shared_cooldown
 from ._cap import Cap, Lease, give_back, holding, lend, release_context, take
+from ._checked import run_checked
 from ._inputs import (
     AsyncItems,
     InputFailure,
@@ -264,6 +267,12 @@ class ParallelLLMExecutor:
     called. ``capture_content=True`` also records the messages and answers (off by
     default: they may hold personal data); no API key is ever recorded. Off, nothing of
     OpenTelemetry is imported. See docs/telemetry.md.
+
+    ``prices`` (model -> :class:`~llmfanout.Price` or its mapping) prices tasks'
+    ``cost_budget``; ``max_cost_usd`` (needs ``prices``) caps what this executor spends:
+    no call starts once the cost spent plus the cost in flight (each call's prompt and
+    ``max_tokens`` at the table's price) would pass it, and the tasks not sent get
+    :class:`~llmfanout.errors.TaskAborted` (see :attr:`spent_usd`).
     """
 
     def __init__(
@@ -281,6 +290,8 @@ class ParallelLLMExecutor:
         cache: Cache | None = None,
         telemetry: bool = False,
         capture_content: bool = False,
+        prices: Mapping[str, Price | Mapping[str, float]] | None = None,
+        max_cost_usd: float | None = None,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise TypeError(
@@ -316,6 +327,18 @@ class ParallelLLMExecutor:
             if not isinstance(flag, bool):
                 raise TypeError(f"ParallelLLMExecutor: {name} is {flag!r}; give True or False")
         self.stop_on_auth_error = stop_on_auth_error
+        self.prices = None if prices is None else check_prices(prices, "ParallelLLMExecutor")
+        self._spend: SpendCap | None = None
+        # What calls go to: the provider, traced with telemetry, under the spend cap.
+        self._llm: AsyncLLMProvider = provider
+        if max_cost_usd is not None:
+            if not self.prices:
+                raise ValueError(
+                    "ParallelLLMExecutor: max_cost_usd needs prices= (a price table) to "
+                    "count what calls cost"
+                )
+            self._spend = SpendCap(max_cost_usd, self.prices)
+            self._llm = CappedProvider(provider, self._spend)
         self._governor = (
             Governor(
                 provider,
@@ -335,8 +358,6 @@ class ParallelLLMExecutor:
         self._threads_per_loop = PerLoop[anyio.CapacityLimiter]()
         cache = check_cache(cache, "ParallelLLMExecutor")
         self._cache = None if cache is None else CacheFront(cache, provider)
-        # What the attempts call: the provider, or with telemetry its traced wrapper.
-        self._target: AsyncLLMProvider = provider
         self._telemetry: Telemetry | None = None
         if telemetry:
             self._instrument(capture_content)
@@ -358,8 +379,12 @@ class ParallelLLMExecutor:
             self.provider, capture_content=capture_content, concurrency=lambda: self.concurrency
         )
         self._telemetry = hook
-        self._target = hook.provider(self.provider)
-        self._run_task = hook.tasks(self._run_task)  # type: ignore[method-assign]
+        traced = hook.provider(self.provider)
+        # The cap outermost: a call it refuses was never sent, so it is no attempt span.
+        self._llm = traced if self._spend is None else CappedProvider(traced, self._spend)
+        self._run_task = hook.tasks(  # type: ignore[method-assign]
+            self._run_task, runs_code=(DeterministicTask,)
+        )
 
     def _threads(self) -> anyio.CapacityLimiter:
         threads = self._threads_per_loop.get(None)
@@ -378,6 +403,20 @@ class ParallelLLMExecutor:
         while the server answers overload (see ``adaptive``)."""
         governor = self._governor
         return self.max_concurrency if governor is None else governor.current
+
+    @property
+    def spent_usd(self) -> float | None:
+        """USD spent under ``max_cost_usd`` so far (None without a cap)."""
+        return None if self._spend is None else self._spend.spent
+
+    @property
+    def cost_cap_reached(self) -> bool:
+        """Whether ``max_cost_usd`` refused a call: nothing more will be sent."""
+        return self._spend is not None and self._spend.reached
+
+    def _cost(self, model: str, usage: Mapping[str, int] | None) -> float | None:
+        price = price_for(model, self.prices) if self.prices else None
+        return None if price is None or not usage else price.cost(usage)
 
     def __repr__(self) -> str:
         return (
@@ -625,7 +664,7 @@ class ParallelLLMExecutor:
         direct = self._direct and self.rate_limit is None and self.default_timeout is None
         if direct and self.default_retry is not None:
             direct = self.default_retry.retry_on_result is None
-        governor, target, defaults = self._governor, self._target, self.default_config_overrides
+        governor, target, defaults = self._governor, self._llm, self.default_config_overrides
         try:
             await take(lease)
             while True:
@@ -633,6 +672,9 @@ class ParallelLLMExecutor:
                 if item is None:
                     return
                 tag, task = item
+                if self._spend is not None and self._spend.reached and not run.aborted:
+                    # Start nothing more; the calls in flight finish (their cost is counted).
+                    run.aborted, run.reason = True, self._spend.reason
                 if run.guarded:
                     result = await self._run_guarded(run, index, tag, task)
                 elif run.aborted:
@@ -640,6 +682,7 @@ class ParallelLLMExecutor:
                 elif (
                     direct
                     and type(task) is LLMTask
+                    and task.structured is None
                     and task.timeout is None
                     and (task.retry is None or task.retry.retry_on_result is None)
                     and (governor is None or governor.quiet)
@@ -662,6 +705,7 @@ class ParallelLLMExecutor:
                     else:
                         if governor is not None:
                             governor.unpaced -= 1
+                            governor.pause.success()
                             if getattr(response, "rate_limits", None) is not None:
                                 governor.learn(overrides, response)
                         result = answered(tag, response, (perf_counter() - start) * 1000, 1)
@@ -719,6 +763,22 @@ class ParallelLLMExecutor:
         False when the cache has been asked already (or must not be).
         """
         start = perf_counter()
+        if type(task) is LLMTask and task.structured is not None:
+            done = await run_checked(
+                self._llm,
+                tag,
+                task,
+                self._overrides(task),
+                task.retry or self.default_retry or NO_RETRY,
+                task.timeout or self.default_timeout,
+                self.rate_limit,
+                self._governor,
+                self._cost if self.prices else None,
+            )
+            ms = (perf_counter() - start) * 1000
+            ok = done.error is None
+            reasks = done.reasks
+            return TaskResult(tag, ok, done.value, done.error, ms, done.attempts, reasks=reasks)
         if type(task) is LLMTask:
             if self._cache is not None and cached and task.cache:
                 return await self._through_cache(tag, task, threads)
@@ -731,7 +791,7 @@ class ParallelLLMExecutor:
                 if governor is not None:
                     governor.unpaced += 1  # for the first answer that reports limits
                 try:
-                    response = await self._target.complete(
+                    response = await self._llm.complete(
                         task.messages,
                         config_overrides=None if overrides is None else dict(overrides),
                     )
@@ -743,7 +803,7 @@ class ParallelLLMExecutor:
                     raise
                 return self._first_answered(tag, response, overrides, start)
             outcome = await run_llm(
-                self._target,
+                self._llm,
                 task,
                 self._overrides(task),
                 task.retry or self.default_retry or NO_RETRY,
@@ -783,6 +843,7 @@ class ParallelLLMExecutor:
         governor = self._governor
         if governor is not None:
             governor.unpaced -= 1
+            governor.pause.success()
             if getattr(response, "rate_limits", None) is not None:
                 governor.learn(overrides, response)
         return answered(tag, response, (perf_counter() - start) * 1000, 1)
@@ -798,13 +859,22 @@ class ParallelLLMExecutor:
         """A plain first attempt raised ``exc``: the retry machinery takes over."""
         retry = task.retry or self.default_retry
         governor = self._governor
+        held = True  # the first refusal's Retry-After: a pause the pacer keeps
         if governor is not None:
             governor.unpaced -= 1
-            governor.learn(overrides, exc, cooldown=shared_cooldown(exc, retry))
+            held = governor.learn(overrides, exc, cooldown=shared_cooldown(exc, retry))
         if retry is None or retry.trivial:
             return _failed(tag, exc, start, 1)
         outcome = await run_llm(
-            self._target, task, overrides, retry, None, None, first_error=exc, governor=governor
+            self._llm,
+            task,
+            overrides,
+            retry,
+            None,
+            None,
+            first_error=exc,
+            first_held=held,
+            governor=governor,
         )
         return _settled(tag, outcome, start)
 

@@ -195,7 +195,7 @@ async def retrying(
     call: Callable[[], Awaitable[Any]],
     *,
     first_error: Exception | None = None,
-    queued: bool = False,
+    queued: bool | Callable[[], bool] = False,
     patience: Patience | None = None,
 ) -> Outcome:
     """Run ``call`` under ``config``: :class:`Ok` with the value or :class:`Failed`.
@@ -211,7 +211,8 @@ async def retrying(
 
     ``queued``: each attempt waits in a limiter's queue, which a Retry-After pauses for
     every caller; an overload answer that says when to come back then goes straight back
-    to that queue (in arrival order) rather than sleeping on a timer of its own.
+    to that queue (in arrival order) rather than sleeping on a timer of its own. A
+    callable says so per answer (asked right after the attempt that got it).
     """
     n = 1
     error = first_error
@@ -248,7 +249,8 @@ async def retrying(
                     if TESTING.instant:
                         waited += nominal
                     delay = nominal
-                    if queued and getattr(error, "retry_after", None) is not None:
+                    held = queued() if callable(queued) else queued
+                    if held and getattr(error, "retry_after", None) is not None:
                         delay = 0.0  # the limiter's queue holds the call until then
                     await _hook(config.on_retry, n, error)
                     logger.debug("attempt %d: overloaded (%r); next in %.3fs", n, error, delay)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from .._base._checks import need_backend
 from .._base._types import LoopBound
 
 T = TypeVar("T")
@@ -31,6 +32,7 @@ def check_backend(backend: object, owner: str) -> str:
     """``backend`` if anyio can run it; ``ValueError`` naming the choices otherwise."""
     if backend not in BACKENDS:
         raise ValueError(f"{owner}: backend is {backend!r}; use 'asyncio' or 'trio'")
+    need_backend(str(backend), owner)
     return str(backend)
 
 

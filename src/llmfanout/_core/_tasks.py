@@ -11,6 +11,7 @@ from .._base._calls import callable_is_async
 from .._base._checks import positive, whole_number
 from .._base._messages import only_messages
 from .._base._types import LLMMessage, a_kind, to_message
+from .._structured._spec import DEFAULT_MAX_REASKS, Structured, structured_for
 from ._retry import RetryConfig
 
 
@@ -109,6 +110,15 @@ class LLMTask:
     ``estimated_tokens`` feeds a token rate limit (else it is estimated from the text);
     ``cache=False`` keeps the call out of the executor's cache (never read, never filled).
     ``tag`` is filled from the mapping key when the task is given in a mapping.
+
+    Structured output (see ``docs/structured-outputs.md``): ``response_model`` (a pydantic
+    model, a type pydantic validates, or a callable taking the decoded JSON) or
+    ``response_schema`` (a JSON Schema dict, validated with jsonschema) asks the server
+    for JSON of that shape and validates the answer into ``TaskResult.value.parsed``; an
+    answer that fails is re-asked with its errors up to ``max_reasks`` times (default 2),
+    while the task's tokens stay within ``token_budget`` and its cost (by the executor's
+    ``prices``) within ``cost_budget``; then the task fails with
+    :class:`~llmfanout.errors.ValidationFailed`.
     Raises ``ValueError``/``TypeError`` naming the field when a value is unusable.
     """
 
@@ -122,6 +132,32 @@ class LLMTask:
     estimated_tokens: int | None = attrs.field(default=None, validator=_check_tokens, kw_only=True)
     cache: bool = attrs.field(default=True, validator=_check_cache, kw_only=True)
     """False: this call never reads nor fills the executor's cache."""
+    response_model: Any = attrs.field(default=None, kw_only=True)
+    response_schema: Mapping[str, Any] | None = attrs.field(default=None, kw_only=True)
+    max_reasks: int = attrs.field(default=DEFAULT_MAX_REASKS, kw_only=True)
+    token_budget: int | None = attrs.field(default=None, kw_only=True)
+    cost_budget: float | None = attrs.field(default=None, kw_only=True)
+    structured: Structured | None = attrs.field(init=False, repr=False, eq=False)
+    """The schema and re-ask budget read from the fields above (None: plain text)."""
+
+    @structured.default
+    def _structured(self) -> Structured | None:
+        if (
+            self.response_model is None
+            and self.response_schema is None
+            and self.max_reasks == DEFAULT_MAX_REASKS
+            and self.token_budget is None
+            and self.cost_budget is None
+        ):
+            return None  # the common case, a few comparisons
+        return structured_for(
+            _where(self),
+            self.response_model,
+            self.response_schema,
+            self.max_reasks,
+            self.token_budget,
+            self.cost_budget,
+        )
 
 
 def _check_fn(instance: Any, attribute: Any, value: Any) -> None:
@@ -175,6 +211,8 @@ class TaskResult:
     None on success; on failure ``value`` is None and ``error`` the last exception.
     ``duration_ms`` runs from the first attempt's start to the last one's end, retry
     waits included; ``attempts`` counts the attempts made (0 for a task that never ran).
+    ``reasks`` counts the follow-up turns sent because an answer failed its schema (each
+    re-ask's transport retries are in ``attempts``).
     """
 
     tag: str
@@ -183,6 +221,7 @@ class TaskResult:
     error: Exception | None
     duration_ms: float
     attempts: int = 1
+    reasks: int = attrs.field(default=0, kw_only=True)
 
 
 _new = object.__new__
@@ -196,11 +235,12 @@ def answered(tag: str, value: Any, duration_ms: float, attempts: int) -> TaskRes
     through ``object.__setattr__`` by name; this sets the slots directly (a third less).
     """
     result = _new(TaskResult)
-    tag_, success, value_, error, duration, attempts_ = _SETTERS
+    tag_, success, value_, error, duration, attempts_, reasks = _SETTERS
     tag_(result, tag)
     success(result, True)
     value_(result, value)
     error(result, None)
     duration(result, duration_ms)
     attempts_(result, attempts)
+    reasks(result, 0)
     return result

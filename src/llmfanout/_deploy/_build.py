@@ -3,10 +3,10 @@ from the environment where the job runs, each deployment its own provider and bu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
+from .._base._checks import env_key
 from .._base._types import AsyncLLMProvider
 from .._flow._limiter import Limiter
 from ._pool import Pool
@@ -23,14 +23,7 @@ def deployment_keys(specs: Sequence[DeploymentSpec]) -> dict[str, str]:
         variable = spec.key_variable
         if variable is None:
             continue
-        key = os.environ.get(variable, "").strip()
-        if not key:
-            raise ValueError(
-                f"deployment {spec.name!r} needs an API key in the {variable} environment "
-                "variable where the job runs; set it (a local server that needs no key "
-                "accepts any value, e.g. none)"
-            )
-        keys[spec.name] = key
+        keys[spec.name] = env_key(variable, f"deployment {spec.name!r}")
     return keys
 
 

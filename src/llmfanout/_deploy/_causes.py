@@ -9,8 +9,6 @@ is for (those are retried, or fail the call, as usual).
 
 from __future__ import annotations
 
-from typing import Any
-
 __all__ = ["CAUSES", "CONTENT_FILTER", "CONTEXT_WINDOW", "MODEL_NOT_FOUND", "cause_of"]
 
 CONTEXT_WINDOW = "context_window"
@@ -68,8 +66,3 @@ def cause_of(exc: BaseException) -> str | None:
     if status == 404:
         return MODEL_NOT_FOUND
     return None
-
-
-def filtered(response: Any) -> bool:
-    """A 2xx answer the provider's content filter cut (``finish_reason`` says so)."""
-    return getattr(response, "finish_reason", None) == CONTENT_FILTER

@@ -26,11 +26,14 @@ connection pool (its provider's), its own ``rpm``/``tpm``. The pool adds three t
 ``hedge_after`` (seconds, off by default: it costs money) sends a second copy of a call
 that has not answered by then to another deployment; the first whole answer wins and
 the other copy is cancelled.
+
+The module is long (about 650 lines) because ``Pool`` is one piece: routing, failover,
+fallbacks and hedging all read and write the same slots within one call's attempts; the
+bookkeeping they share (slots, stats, the stamped answer) is in ``_slots``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -42,128 +45,24 @@ import attrs
 
 from .._base._types import AsyncLLMProvider, LLMMessage, LLMResponse, LoopBound, to_messages
 from .._core._retry import TESTING
-from .._flow._governor import Governor
-from .._flow._limiter import Limiter
 from .._flow._patience import is_overload
-from .._flow._ratelimit import RateLimit, estimate_tokens
+from .._flow._ratelimit import estimate_tokens
 from ..errors import BadRequestError, ProviderError
-from ._causes import CONTENT_FILTER, CONTEXT_WINDOW, cause_of, filtered
+from ._causes import CONTENT_FILTER, CONTEXT_WINDOW, cause_of
+from ._slots import (
+    _DEFAULT_COOL,
+    _STAMPABLE,
+    DeploymentStats,
+    _fits,
+    _load,
+    _Prompt,
+    _Slot,
+    _stamped,
+    _with_retry_after,
+)
 from ._spec import Deployment, check_roster
 
 __all__ = ["DeploymentStats", "Pool"]
-
-_DEFAULT_COOL = 1.0  # seconds a 429 without Retry-After keeps a deployment last in line
-
-
-@attrs.frozen
-class DeploymentStats:
-    """What one deployment of a :class:`Pool` did so far (see :meth:`Pool.stats`).
-
-    ``calls``: requests sent; ``succeeded``, ``failed``; ``rate_limited``: answers 429
-    (or 529, or 503 with Retry-After); ``fallbacks``: calls it refused that went on to a
-    fallback; ``hedges``: second copies sent to it; ``prompt_tokens``,
-    ``completion_tokens``: from its answers' usage; ``state``: ``"ok"``, ``"out"`` (taken
-    out after failing, probed back later) or ``"refused"`` (it refused its key).
-    """
-
-    name: str
-    model: str | None
-    calls: int
-    succeeded: int
-    failed: int
-    rate_limited: int
-    fallbacks: int
-    hedges: int
-    prompt_tokens: int
-    completion_tokens: int
-    state: str
-
-
-class _Slot:
-    """A deployment and its state in the pool."""
-
-    __slots__ = (
-        "calls",
-        "calm",
-        "completion_tokens",
-        "cool_until",
-        "deployment",
-        "disabled",
-        "failed",
-        "failures",
-        "fallbacks",
-        "governor",
-        "hedges",
-        "in_flight",
-        "index",
-        "limit",
-        "open_for",
-        "open_until",
-        "probing",
-        "prompt_tokens",
-        "rate_limited",
-        "succeeded",
-        "weight",
-    )
-
-    def __init__(self, index: int, deployment: Deployment, max_concurrency: int) -> None:
-        self.index = index
-        self.deployment = deployment
-        self.weight = deployment.weight
-        # Its own pacer (by the headers its answers carry), AIMD window and cooldowns.
-        self.governor = Governor(
-            deployment.provider, max_concurrency, pacing=True, adaptive=True, stop_on_auth=False
-        )
-        limit = deployment.limit
-        if limit is None and (deployment.rpm or deployment.tpm):
-            limit = RateLimit(deployment.rpm, deployment.tpm)
-        self.limit: Limiter | None = limit
-        self.in_flight = 0
-        self.cool_until = -math.inf
-        self.failures = 0  # transient failures in a row
-        self.open_until: float | None = None  # taken out until then (None: in)
-        self.open_for = 0.0
-        self.probing = False
-        self.disabled = False  # refused its key: out for good
-        self.calm = self.quiet()  # quiet() as of its last answer: what routing reads
-        self.calls = self.succeeded = self.failed = self.rate_limited = 0
-        self.fallbacks = self.hedges = self.prompt_tokens = self.completion_tokens = 0
-
-    def quiet(self) -> bool:
-        """Nothing to wait for: no cooldown, not out, no budget of its own, nothing
-        reported by its server yet (it can start a call now, and cheaply)."""
-        return (
-            self.cool_until == -math.inf
-            and self.open_until is None
-            and self.limit is None
-            and self.governor.idle()
-        )
-
-    def rate(self, model: Any) -> float | None:
-        """Requests per second it may start: its ``rpm``, else its server's advertised
-        limit (None while neither is known)."""
-        rpm = getattr(self.limit, "requests_per_minute", None)
-        if not rpm:
-            model = self.deployment.model or model
-            pacer = self.governor.pacer({"model": model} if model is not None else None)
-            rpm = pacer.limits[0] if pacer is not None else None
-        return rpm / 60 if rpm else None
-
-    def ready_at(self, now: float, tokens: int, model: Any) -> float:
-        """When this deployment could start a call of ``tokens`` (``now`` if at once)."""
-        when = max(now, self.cool_until)
-        if self.open_until is not None:
-            when = max(when, self.open_until)
-        limit = self.limit
-        if limit is not None:
-            ready = getattr(limit, "ready_at", None)
-            if ready is not None:
-                when = max(when, ready(now, tokens))
-        model = self.deployment.model or model
-        pacer = self.governor.pacer({"model": model} if model is not None else None)
-        if pacer is not None:
-            when = max(when, pacer.ready_at(now, tokens))
-        return when
 
 
 class _Call:
@@ -212,22 +111,12 @@ class _Call:
 
 
 _NONE: frozenset[int] = frozenset()
-_RESPONSE_FIELDS = tuple(f.name for f in attrs.fields(LLMResponse) if f.name != "metadata")
-_new_response = object.__new__
-_set = object.__setattr__
+
 
 # The call in progress in this task: the executor makes a call's attempts one after the
 # other in one task, so what an attempt learnt (a deployment that failed it, a context
 # window too small) is here for the next. Keyed by the messages object, held alive.
 _CALL: ContextVar[_Call | None] = ContextVar("llmfanout_pool_call", default=None)
-
-
-class _Prompt:
-    __slots__ = ("estimated_tokens", "messages")
-
-    def __init__(self, messages: Sequence[LLMMessage]) -> None:
-        self.messages = messages
-        self.estimated_tokens: int | None = None
 
 
 class Pool:
@@ -299,6 +188,7 @@ class Pool:
         self.max_cooldown = float(max_cooldown)
         self._slots = tuple(_Slot(i, d, max_concurrency) for i, d in enumerate(items))
         self._primary = tuple(s for s in self._slots if not s.deployment.fallback_for)
+        self._only = self._primary[0] if len(self._primary) == 1 else None
         self._sized = any(d.context_window is not None for d in items)
         self._refused = False  # some deployment refused its key
         self._fallbacks = {
@@ -371,16 +261,30 @@ class Pool:
         Cancellation propagates, and cancels a hedge's copies.
         """
         call = _CALL.get()
-        if call is None or call.done or call.messages is not messages or call.pool is not self:
-            call = _Call(self, messages, config_overrides)
-            _CALL.set(call)
+        if call is not None and (
+            call.done or call.messages is not messages or call.pool is not self
+        ):
+            call = None  # a call's first attempt: its state is made only if it needs one
         model = config_overrides.get("model") if config_overrides else None
         if self.hedge_after is None:
-            response = await self._route(call, messages, config_overrides, model, None)
-        else:
-            response = await self._hedged(call, messages, config_overrides, model)
-        call.done = True
-        return response
+            return await self._route(call, messages, config_overrides, model, None)
+        if call is None:
+            call = self._open(messages, config_overrides)
+        return await self._hedged(call, messages, config_overrides, model)
+
+    def _open(
+        self,
+        messages: Sequence[LLMMessage],
+        overrides: Mapping[str, Any] | None,
+        sent_to: str | None = None,
+    ) -> _Call:
+        """The state of a call that needs one from now on, for its next attempts too
+        (``sent_to``: the deployment its one request so far went to)."""
+        call = _Call(self, messages, overrides)
+        if sent_to is not None:
+            call.sends[sent_to] = 1
+        _CALL.set(call)
+        return call
 
     async def _hedged(
         self,
@@ -429,17 +333,30 @@ class Pool:
 
     async def _route(
         self,
-        call: _Call,
+        call: _Call | None,
         messages: Sequence[LLMMessage],
         overrides: Mapping[str, Any] | None,
         model: Any,
         avoid: _Slot | None,
         chose: Callable[[_Slot], None] | None = None,
     ) -> LLMResponse:
-        """Send the call to the best deployment; on to a fallback while one is due."""
+        """Send the call to the best deployment; on to a fallback while one is due.
+
+        ``call`` is None for a first attempt while routing has nothing to remember: the
+        call's state is made only when a deployment must wait, sizes or refusals count,
+        or the attempt fails (its next attempt reads it)."""
+        if call is None and (
+            self._sized
+            or self._refused
+            or not (self._only.calm if self._only else all(s.calm for s in self._primary))
+        ):
+            call = self._open(messages, overrides)
         hedge = avoid is not None
         while True:
-            slot = self._choose(call, model, avoid)
+            if call is None and self._only is not None:
+                slot = self._only  # what _choose would say, without asking
+            else:
+                slot = self._choose(call, model, avoid)
             if chose is not None:
                 chose(slot)
             if slot.open_until is not None:
@@ -450,16 +367,64 @@ class Pool:
             if hedge:
                 slot.hedges += 1
                 hedge = False
+            deployment = slot.deployment
+            sent = overrides
+            if deployment.model is not None:
+                sent = {**(overrides or {}), "model": deployment.model}
+            elif overrides is not None:
+                sent = dict(overrides)
+            slot.in_flight += 1
+            slot.calls += 1
+            if call is not None:
+                sends = call.sends
+                sends[deployment.name] = sends.get(deployment.name, 0) + 1
+            governor = slot.governor
+            quick = slot.calm or (slot.limit is None and governor.idle())
+            outcome: object = None
             try:
-                response = await self._send(slot, call, messages, overrides, model)
+                if quick:
+                    # Nothing reported, nothing to pace by yet: straight out (the
+                    # executor's fast path), the answer taught to the governor after.
+                    governor.unpaced += 1
+                    try:
+                        response = await deployment.provider.complete(
+                            messages, config_overrides=sent
+                        )
+                    finally:
+                        slot.in_flight -= 1
+                        governor.unpaced -= 1
+                else:
+                    assert call is not None  # made above: this deployment may have to wait
+                    response = await self._governed(slot, call, messages, sent)
+                outcome = response
             except Exception as exc:
+                outcome = exc
+                if quick:
+                    governor.learn(sent, exc, cooldown=self._cooldown(exc))
+                if call is None:
+                    call = self._open(messages, overrides, deployment.name)
                 error = self._failed(call, slot, exc, model)
                 if error is None:
                     continue
                 raise error from None
-            if filtered(response) and self._reroute(call, slot, CONTENT_FILTER):
-                continue
-            return response
+            finally:
+                if outcome is None and quick:
+                    slot.probing = False  # cancelled: another call may probe
+            limits = getattr(response, "rate_limits", None)
+            if quick:
+                if limits is not None:
+                    governor.learn(sent, response)  # counts the answer too
+                else:
+                    governor.pause.success()  # as the executor's own quick path does
+            answer = self._answered(slot, call, response, limits is not None)
+            if getattr(response, "finish_reason", None) == CONTENT_FILTER:  # a 2xx filter cut
+                if call is None:
+                    call = self._open(messages, overrides, deployment.name)
+                if self._reroute(call, slot, CONTENT_FILTER):
+                    continue
+            if call is not None:
+                call.done = True  # the next call with the same messages starts afresh
+            return answer
 
     def _candidates(self, call: _Call) -> tuple[_Slot, ...]:
         cause = call.cause
@@ -471,13 +436,19 @@ class Pool:
             return self._fallbacks.get(CONTEXT_WINDOW, ())
         return self._fallbacks.get(cause, ())
 
-    def _choose(self, call: _Call, model: Any, avoid: _Slot | None) -> _Slot:
-        """The deployment for the call's next request (raises if none can take it)."""
+    def _choose(self, call: _Call | None, model: Any, avoid: _Slot | None) -> _Slot:
+        """The deployment for the call's next request (raises if none can take it).
+
+        ``call`` None: a first attempt while every primary is calm (see ``_route``)."""
         candidates: Sequence[_Slot]
-        if call.cause is None and not call.tried and not self._sized and not self._refused:
+        if call is None or (
+            call.cause is None and not call.tried and not self._sized and not self._refused
+        ):
             candidates = self._primary  # the common case: every primary may take it
             if len(candidates) == 1:
                 return candidates[0]
+            if call is None:  # every one calm, none failed it: the least loaded
+                return min(candidates, key=_load)
         else:
             need = call.need
             candidates = [
@@ -492,11 +463,12 @@ class Pool:
         best = candidates[0]
         best_key: tuple[bool, bool, float, float] = (True, True, math.inf, math.inf)
         now = -math.inf  # read from the clock only if some deployment has to wait
-        failed = call.failed
+        failed = _NONE if call is None else call.failed
         for slot in candidates:
             if slot.calm:
                 delay = 0.0
             else:
+                assert call is not None  # _route made it: a deployment has to wait
                 if now == -math.inf:
                     now = anyio.current_time()
                 if slot.open_until is not None and (slot.probing or slot.open_until > now):
@@ -533,50 +505,6 @@ class Pool:
             f'"fallback_for": ["{call.cause}"] or fix the keys',
             provider="pool",
         )
-
-    async def _send(
-        self,
-        slot: _Slot,
-        call: _Call,
-        messages: Sequence[LLMMessage],
-        overrides: Mapping[str, Any] | None,
-        model: Any,
-    ) -> LLMResponse:
-        """One request to ``slot``, through its limiter and its governor."""
-        deployment = slot.deployment
-        if deployment.model is not None:
-            overrides = {**(overrides or {}), "model": deployment.model}
-        elif overrides is not None:
-            overrides = dict(overrides)
-        slot.in_flight += 1
-        slot.calls += 1
-        name = deployment.name
-        sends = call.sends
-        sends[name] = sends.get(name, 0) + 1
-        governor = slot.governor
-        if slot.limit is None and governor.idle():
-            # Nothing reported, nothing to pace by yet: straight out (the executor's fast
-            # path), the answer taught to the governor afterwards.
-            outcome: object = None
-            governor.unpaced += 1
-            try:
-                response = await deployment.provider.complete(messages, config_overrides=overrides)
-                outcome = response
-            except Exception as exc:
-                outcome = exc
-                raise
-            finally:
-                slot.in_flight -= 1
-                governor.unpaced -= 1
-                if outcome is None:
-                    slot.probing = False  # cancelled: another call may probe
-                elif isinstance(outcome, Exception):
-                    governor.learn(overrides, outcome, cooldown=self._cooldown(outcome))
-                elif getattr(outcome, "rate_limits", None) is not None:
-                    governor.learn(overrides, outcome)
-        else:
-            response = await self._governed(slot, call, messages, overrides)
-        return self._answered(slot, call, response)
 
     async def _governed(
         self,
@@ -631,32 +559,40 @@ class Pool:
             return min(float(retry_after), self.max_cooldown)
         return None
 
-    def _answered(self, slot: _Slot, call: _Call, response: LLMResponse) -> LLMResponse:
-        """Count the answer, bring its deployment back in, stamp it with its name."""
+    def _answered(
+        self, slot: _Slot, call: _Call | None, response: LLMResponse, reported: bool
+    ) -> LLMResponse:
+        """Count the answer, bring its deployment back in, stamp it with its name
+        (``reported``: the answer carried rate limits)."""
         usage = response.usage
         if usage:
             slot.prompt_tokens += usage.get("prompt_tokens", 0) or 0
             slot.completion_tokens += usage.get("completion_tokens", 0) or 0
         slot.succeeded += 1
-        slot.failures = 0
-        slot.cool_until = -math.inf
-        if slot.open_until is not None:  # probed back in
-            slot.open_until, slot.probing, slot.open_for = None, False, 0.0
-        slot.calm = slot.quiet()
-        metadata = dict(response.metadata)
-        metadata["deployment"] = slot.deployment.name
-        sends = call.sends
-        if len(sends) > 1 or call.hedged or sends[slot.deployment.name] > 1:
-            metadata["deployment_attempts"] = dict(sends)
-        if type(response) is not LLMResponse:
-            return attrs.evolve(response, metadata=metadata)
-        # What attrs.evolve does, without re-checking fields an LLMResponse already holds
-        # checked (its __init__ is most of the pool's cost per call otherwise).
-        stamped = _new_response(LLMResponse)
-        for name in _RESPONSE_FIELDS:
-            _set(stamped, name, getattr(response, name))
-        _set(stamped, "metadata", metadata)
-        return stamped
+        if reported or not slot.calm:
+            # (A calm deployment has no failures in a row, no cooldown, is not out, and
+            # its governor learnt nothing from an answer that reported no limits.)
+            slot.failures = 0
+            slot.cool_until = -math.inf
+            if slot.open_until is not None:  # probed back in
+                slot.open_until, slot.probing, slot.open_for = None, False, 0.0
+            slot.calm = slot.quiet()
+        # An answer its provider made for this call alone is stamped in place (the pool
+        # hands it on, nobody else holds it); any other is copied.
+        own = response.metadata
+        fresh = slot.fresh and type(own) is dict
+        metadata: dict[str, Any] = own if fresh else dict(own)  # type: ignore[assignment]
+        name = slot.deployment.name
+        metadata["deployment"] = name
+        if call is not None:
+            sends = call.sends
+            if len(sends) > 1 or call.hedged or sends[name] > 1:
+                metadata["deployment_attempts"] = dict(sends)
+        if fresh:
+            return response
+        if type(response) is LLMResponse and _STAMPABLE:
+            return _stamped(response, metadata)
+        return attrs.evolve(response, metadata=metadata)
 
     def _failed(self, call: _Call, slot: _Slot, exc: Exception, model: Any) -> Exception | None:
         """Account for ``exc`` from ``slot``: None to send the call on now, else the
@@ -731,18 +667,3 @@ class Pool:
             slot.fallbacks += 1
             return True
         return False
-
-
-def _fits(slot: _Slot, need: int) -> bool:
-    window = slot.deployment.context_window
-    return window is None or need <= window
-
-
-def _with_retry_after(exc: Exception, seconds: float) -> Exception:
-    """A copy of ``exc`` that asks for ``seconds`` of wait (the original is left as is)."""
-    changed = copy.copy(exc)
-    try:
-        changed.retry_after = seconds  # type: ignore[attr-defined]
-    except AttributeError:
-        return exc
-    return changed

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["AIMD"]
+__all__ = ["AIMD", "SharedPause"]
 
 
 class AIMD:
@@ -61,3 +61,40 @@ class AIMD:
         self._window = max(float(self.minimum), self.current * self.decrease)
         self.cuts += 1
         return True
+
+
+class SharedPause:
+    """Whether an overload answer's ``Retry-After`` should pause every call, or only its own.
+
+    A refusal that comes from a budget the server advertises (trusted rate-limit headers)
+    is the whole key's: everyone pauses, then one call probes alone. A bare 429/503 with
+    ``Retry-After`` may be that too (a quota used up, no headers to say so) or a proxy
+    refusing a share of requests at random, whatever the load; sharing its pause then
+    holds the whole run near one call in flight. So such a refusal pauses everyone only
+    while the server is refusing everything: before any call has succeeded, or after
+    ``streak`` refusals in a row. Otherwise the refused call waits its ``Retry-After``
+    alone and the others go on (adaptive concurrency still cuts if load is the cause).
+    """
+
+    __slots__ = ("_refusals", "_succeeded", "streak")
+
+    def __init__(self, streak: int = 8) -> None:
+        if not (isinstance(streak, int) and streak >= 1):
+            raise ValueError(f"SharedPause: streak is {streak!r}; give a whole number >= 1")
+        self.streak = streak
+        self._succeeded = False
+        self._refusals = 0  # overload answers since the last success
+
+    def success(self) -> None:
+        """A call was answered."""
+        self._succeeded = True
+        self._refusals = 0
+
+    def refused(self) -> None:
+        """A call got an overload answer (429, 529, 503 with ``Retry-After``)."""
+        self._refusals += 1
+
+    def share(self, trusted: bool) -> bool:
+        """Whether the latest refusal's pause is everyone's (``trusted``: it comes from an
+        advertised budget)."""
+        return trusted or not self._succeeded or self._refusals >= self.streak

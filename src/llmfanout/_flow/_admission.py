@@ -12,7 +12,7 @@ nothing behind, and its place passes to the next one.
 
 The same line serves a core that is asked over the network (``RedisRateLimit``): there
 the head joins the line, waits for its turn with :meth:`AdmissionQueue.turn`, and may
-admit waiters behind it in one round trip with :meth:`AdmissionQueue.grant`.
+admit waiters behind it in one round trip with :meth:`AdmissionQueue.grant_in_order`.
 """
 
 from __future__ import annotations
@@ -81,13 +81,23 @@ class Core(Protocol[T_co]):
 class Waiter:
     """One caller in the line: its cost, and what the head decided for it."""
 
-    __slots__ = ("_turn", "cost", "error", "granted")
+    __slots__ = ("_next", "_turn", "cost", "error", "granted")
 
     def __init__(self, cost: int) -> None:
         self.cost = cost
-        self.granted = False  # admitted by the head on its behalf (see AdmissionQueue.grant)
+        self.granted = False  # admitted by the head on its behalf (see grant_in_order)
         self.error: Exception | None = None  # or failed by the head on its behalf
         self._turn: anyio.Event | None = None  # made only if it has to wait for a turn
+        self._next: Waiter | None = None  # granted with it, to wake once it is awake
+
+
+def _wake_next(waiter: Waiter) -> None:
+    """``waiter`` is awake (or gone): the next caller granted with it wakes."""
+    after = waiter._next
+    if after is not None:
+        waiter._next = None
+        if after._turn is not None:
+            after._turn.set()
 
 
 class AdmissionQueue:
@@ -135,13 +145,15 @@ class AdmissionQueue:
         finally:
             self.leave(waiter)
 
-    async def turn(self, cost: int) -> Waiter:
+    async def turn(self, cost: int, waiter: Waiter | None = None) -> Waiter:
         """Join the line and wait to be its head (or to be granted or failed by the head).
 
         The caller must :meth:`leave` once done, whatever happens (a ``finally``).
-        Cancelled while waiting, it has left already.
+        Cancelled while waiting, it has left already; a caller that passes its own
+        ``waiter`` can then still see whether the head had granted it meanwhile.
         """
-        waiter = Waiter(cost)
+        if waiter is None:
+            waiter = Waiter(cost)
         self._line.append(waiter)
         if self._line[0] is waiter:
             return waiter
@@ -150,7 +162,9 @@ class AdmissionQueue:
             await waiter._turn.wait()
         except BaseException:  # cancelled: give the place up, and re-raise (noqa: cancellation-ok)
             self.leave(waiter)
+            _wake_next(waiter)
             raise
+        _wake_next(waiter)
         return waiter
 
     def leave(self, waiter: Waiter) -> None:
@@ -174,6 +188,29 @@ class AdmissionQueue:
         waiter.error = error
         if waiter._turn is not None:
             waiter._turn.set()
+
+    def grant_in_order(self, waiters: list[Waiter]) -> list[Waiter]:
+        """The head admits ``waiters``, callers behind it in line order, all at once.
+
+        They wake in that order, each once the one before it has (as if admitted one
+        by one). Returns those of ``waiters`` that had left the line already (cancelled),
+        for which nothing is done.
+        """
+        granted: list[Waiter] = []
+        gone: list[Waiter] = []
+        for waiter in waiters:
+            try:
+                self._line.remove(waiter)  # near the front of the line: cheap
+            except ValueError:
+                gone.append(waiter)
+                continue
+            waiter.granted = True
+            if granted:
+                granted[-1]._next = waiter
+            granted.append(waiter)
+        if granted and granted[0]._turn is not None:
+            granted[0]._turn.set()
+        return gone
 
     async def nap(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if :meth:`wake` is called meanwhile."""

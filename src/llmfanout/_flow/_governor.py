@@ -25,7 +25,7 @@ import anyio
 
 from .._base._perloop import PerLoop
 from ..errors import TaskAborted
-from ._adaptive import AIMD
+from ._adaptive import AIMD, SharedPause
 from ._pacing import HeaderPacer, trusted
 from ._patience import is_overload
 
@@ -88,6 +88,7 @@ class Governor:
         "adaptive",
         "aimd",
         "pacing",
+        "pause",
         "quiet",
         "refused",
         "stop_on_auth",
@@ -111,6 +112,8 @@ class Governor:
         is sent."""
         self.adaptive = adaptive
         self.aimd = AIMD(max_concurrency)
+        self.pause = SharedPause()
+        """Whether a bare refusal's Retry-After pauses every call or only its own."""
         self._pacers = _pacers_for(provider) if pacing else None
         self._gates = PerLoop[anyio.CapacityLimiter]()
         self._engaged = False  # AIMD gates calls after the first overload answer only
@@ -158,12 +161,14 @@ class Governor:
 
     def learn(
         self, overrides: Mapping[str, Any] | None, outcome: object, *, cooldown: float | None = None
-    ) -> None:
+    ) -> bool:
         """A call made without :meth:`admit` ended with ``outcome`` (an answer or an error).
 
-        ``cooldown``: as for :meth:`release`.
+        ``cooldown``: as for :meth:`release`; returns whether it was shared.
         """
+        self._tally(outcome)
         info = getattr(outcome, "rate_limits", None)
+        shared = False
         if info is not None or cooldown is not None:
             pacer = self._pacer_for(overrides.get("model") if overrides else None)
             if pacer is not None:
@@ -171,12 +176,29 @@ class Governor:
                     pacer.observe(
                         info, 0, uncounted=self.unpaced, uncounted_tokens=self.unpaced_tokens
                     )
-                if cooldown is not None:
-                    pacer.cooldown(cooldown)
+                shared = self._cool(pacer, outcome, cooldown)
         if isinstance(outcome, Exception) and self._overloaded(outcome):
             self.aimd.overload(self.aimd.cuts)
             self._engaged = True
             self.quiet = False
+        return shared
+
+    def _tally(self, outcome: object) -> None:
+        if isinstance(outcome, Exception):
+            if is_overload(outcome):
+                self.pause.refused()
+        elif outcome is not None:
+            self.pause.success()
+
+    def _cool(self, pacer: HeaderPacer, outcome: object, cooldown: float | None) -> bool:
+        """Pause every call for ``cooldown`` if the refusal is everyone's; whether it was."""
+        if cooldown is None:
+            return False
+        budgeted = trusted(getattr(outcome, "rate_limits", None)) or pacer.limits != (None, None)
+        if not self.pause.share(budgeted):
+            return False
+        pacer.cooldown(cooldown)
+        return True
 
     def _overloaded(self, exc: Exception) -> bool:
         # An answer whose advertised limits the pacer goes by is paced; one with none (or
@@ -226,12 +248,17 @@ class Governor:
             raise
         return pass_
 
-    def release(self, pass_: Pass, outcome: object, *, cooldown: float | None = None) -> None:
+    def release(self, pass_: Pass, outcome: object, *, cooldown: float | None = None) -> bool:
         """The call ended with ``outcome``: an answer, an error, or None (cancelled).
 
-        ``cooldown``: seconds the server asked every call to wait (a 429's Retry-After):
-        the model's pacer starts nothing new until then, and then one call alone.
+        ``cooldown``: seconds the server asked the call to wait (a 429's Retry-After). If
+        the refusal is everyone's (an advertised budget's, or the server refuses every
+        call: :class:`~llmfanout._flow._adaptive.SharedPause`), the model's pacer starts
+        nothing new until then, and then one call alone. Returns whether it did (else the
+        call waits on its own).
         """
+        self._tally(outcome)
+        shared = False
         info = getattr(outcome, "rate_limits", None)
         pacer = pass_.pacer
         if pacer is None:
@@ -247,8 +274,8 @@ class Governor:
             pacer = self._pacer_for(pass_.model)
             if pacer is not None and info is not None:
                 pacer.observe(info, 0, uncounted=self.unpaced, uncounted_tokens=self.unpaced_tokens)
-        if pacer is not None and cooldown is not None:
-            pacer.cooldown(cooldown)
+        if pacer is not None:
+            shared = self._cool(pacer, outcome, cooldown)
         if isinstance(outcome, Exception):
             if self.stop_on_auth and getattr(outcome, "status_code", None) in (401, 403):
                 self.refused = self.refused or outcome
@@ -269,6 +296,7 @@ class Governor:
             gate = self._gate()
             if gate.total_tokens != self.aimd.current:
                 gate.total_tokens = self.aimd.current
+        return shared
 
     def _unpace(self, model: Any, pacer: HeaderPacer) -> None:
         """An answer with no limits from a pacer that never saw any (the probe of a

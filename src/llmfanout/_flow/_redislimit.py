@@ -8,9 +8,13 @@ token estimates corrected with the usage a response reports, a cooldown after a 
 that every worker honours.
 
 Within a process callers queue in arrival order and only the one at the head talks to
-Redis: the script either admits it or says how long until the buckets could, and the
-head sleeps that long (at most :data:`_MAX_NAP`) and asks again. ``settle`` and
-``cooldown`` must not block, so they are queued and ride along with the next call.
+Redis, for itself and the callers behind it: the call carries their costs, the script
+admits as many of them, in order, as the budget allows now and says how long the next
+one must wait, and the head lets the admitted through at once (or, if none, sleeps that
+long, at most :data:`_MAX_NAP`, and asks again). So one round trip admits what the
+budget allows however long it takes: a Redis 0.3 s away still gives the whole rate.
+``settle`` and ``cooldown`` must not block, so they are queued and ride along with the
+next call.
 
 redis-py's asyncio client serves asyncio only and binds its connections to one event
 loop, so the synchronous client runs in a worker thread on both backends: one code path,
@@ -19,10 +23,14 @@ cancelled (measured cost in docs/benchmarks.md).
 
 Each call also records this worker in a sorted set of live workers (a heartbeat that
 lapses after :data:`_LIVE_FOR` seconds without a call) and returns how many there are.
-When Redis cannot be reached, the worker falls back to a local :class:`RateLimit` with
-its share of the budget (the budget divided by the last count Redis gave) and tries
-Redis again every :data:`_PROBE_EVERY` seconds; a worker that has never reached Redis
-does not know its share and raises :class:`SharedLimitError` instead.
+A slow Redis gets :data:`_TIMEOUT` to answer. When Redis cannot be reached, the worker
+falls back to a local :class:`RateLimit` with its share of the budget (the budget
+divided by the last count Redis gave) and tries Redis again every :data:`_PROBE_EVERY`
+seconds (or twice as long as the failed try took, so that tries do not hold up most of
+the time); a worker
+that has never reached Redis does not know its share and raises
+:class:`SharedLimitError` instead, to every caller waiting at once, and to new callers
+for :data:`_PROBE_EVERY` seconds without asking again.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import socket
 import threading
 import time
 import uuid
+from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -41,24 +50,29 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._base._perloop import PerLoop
-from ._admission import AdmissionQueue
+from ._admission import AdmissionQueue, Waiter
 from ._ratelimit import RateLimit
 
 _MAX_NAP = 1.0  # seconds a waiting head sleeps at most before asking again
 _LIVE_FOR = 30.0  # seconds a worker counts as live after its last call
 _PROBE_EVERY = 2.0  # seconds between tries to reach Redis again while falling back
 _PATIENCE = _MAX_NAP + 2.0  # seconds a waiting worker keeps its turn without asking
-_TIMEOUT = 1.0  # seconds to connect or to get an answer before Redis counts as unreachable
+# Seconds to connect, or to get an answer, before Redis counts as unreachable: a slow
+# one (a round trip of a second or two, across a region) still counts as working.
+_TIMEOUT = 5.0
+_BATCH = 64  # callers in line whose costs one call to Redis carries at most
 _SCHEMES = ("redis", "rediss", "unix")
 
 # KEYS: the budget (a hash), the live workers (a sorted set scored by last call), the
 # workers waiting their turn (a sorted set scored by when they began to wait).
-# ARGV: rpm, tpm (0: none), tokens (-1: corrections only), requests refunded, tokens
+# ARGV: rpm, tpm (0: none), the token costs of the callers waiting in this process, in
+# their order, separated by spaces (none: corrections only), requests refunded, tokens
 # to debit (negative refunds), cooldown seconds, worker id, seconds a worker stays
 # live, seconds a waiting worker keeps its turn without asking again, and (tests
 # only) the time to use instead of the server's.
-# Returns {1 admitted | 0 not | -1 limits differ, microseconds to wait, live workers};
-# on -1 the stored rpm and tpm instead of the last two.
+# Returns {how many of the callers are admitted (the first ones) | -1 limits differ,
+# microseconds the first caller not admitted must wait, live workers}; on -1 the
+# stored rpm and tpm instead of the last two.
 _SCRIPT = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local now
@@ -99,7 +113,8 @@ end
 local req = bucket(ARGV[1], s[3], s[4])
 local tok = bucket(ARGV[2], s[5], s[6])
 local resume = tonumber(s[7]) or 0
-local tokens = tonumber(ARGV[3])
+local costs = {}
+for cost in string.gmatch(ARGV[3], '%S+') do costs[#costs + 1] = tonumber(cost) end
 local refund, debit, cool = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if req and refund > 0 then take(req, -refund) end
 if tok and debit ~= 0 then take(tok, debit) end
@@ -108,7 +123,7 @@ redis.call('ZADD', KEYS[2], now, me)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - live)
 redis.call('PEXPIRE', KEYS[2], math.ceil(live * 2000))
 local admitted, wait = 0, 0
-if tokens >= 0 then
+if #costs > 0 then
   -- Workers take turns: one that waits earlier goes first, so a worker that is quicker
   -- to ask does not win every slot. Count those ahead that still ask.
   local ahead = 0
@@ -122,22 +137,29 @@ if tokens >= 0 then
       redis.call('ZREM', KEYS[3], other)
     end
   end
+  -- The callers in order, as many as the buckets allow now; the first that must wait
+  -- stops the batch (arrival order), and its wait is the answer.
   -- With nobody ahead, as RateLimit: a cost over the burst waits for a full bucket.
   -- Else leave one request (and as many tokens as this call's) for each worker ahead.
-  local when = math.max(now, resume)
-  if req then
-    when = ready_at(req, when, ahead == 0 and 1 or ahead + 1)
-  end
-  if tok and tokens > 0 then
-    when = ready_at(tok, when, ahead == 0 and math.min(tokens, tok.cap) or tokens * (ahead + 1))
-  end
-  if when <= now then
-    admitted = 1
+  for _, tokens in ipairs(costs) do
+    local when = math.max(now, resume)
+    if req then
+      when = ready_at(req, when, ahead == 0 and 1 or ahead + 1)
+    end
+    if tok and tokens > 0 then
+      when = ready_at(tok, when, ahead == 0 and math.min(tokens, tok.cap) or tokens * (ahead + 1))
+    end
+    if when > now then
+      wait = when - now
+      break
+    end
+    admitted = admitted + 1
     if req then take(req, 1) end
     if tok and tokens > 0 then take(tok, tokens) end
+  end
+  if admitted > 0 then
     redis.call('ZREM', KEYS[3], me)
   else
-    wait = when - now
     redis.call('ZADD', KEYS[3], 'NX', now, me)
     redis.call('PEXPIRE', KEYS[3], math.ceil(patience * 2000))
   end
@@ -282,6 +304,8 @@ class RedisRateLimit:
         self._queues: PerLoop[AdmissionQueue] = PerLoop()
         self._threads: PerLoop[anyio.CapacityLimiter] = PerLoop()
         self._workers: int | None = None
+        self._loaded = False  # the script known to this worker's Redis (see _call)
+        self._unreached: tuple[float, str] | None = None  # (until, message): fail at once
         self._fallback: RateLimit | None = None
         self._probe_at = 0.0
 
@@ -309,41 +333,84 @@ class RedisRateLimit:
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until one call of ``tokens`` tokens may start, and count it as started.
 
-        Callers in this process are admitted in arrival order. Cancellation while waiting
-        takes nothing from the shared budget. Raises :class:`SharedLimitError` if Redis
-        has never answered this worker, or if other workers use the key with other limits.
+        Callers in this process are admitted in arrival order, as many per round trip to
+        Redis as the budget allows. Cancellation while waiting takes nothing from the
+        shared budget. Raises :class:`SharedLimitError` if Redis has never answered this
+        worker (every caller waiting then fails at once), or if other workers use the
+        key with other limits.
         """
+        unreached = self._unreached
+        if unreached is not None and time.monotonic() < unreached[0]:
+            raise SharedLimitError(unreached[1])
         queue = self._queues.get(None)
         if queue is None:
             queue = AdmissionQueue()
             self._queues.set(queue)
-        waiter = await queue.turn(tokens)
+        waiter = Waiter(tokens)
         try:
-            while True:
-                fallback = self._fallback
-                if fallback is not None and time.monotonic() < self._probe_at:
-                    await fallback.acquire(tokens)
-                    return
-                try:
-                    wait = await self._ask(tokens)
-                except Exception as exc:
-                    if not _unreachable(exc):
-                        raise
-                    await self._fall_back(exc).acquire(tokens)
-                    return
-                if wait is None:
-                    break
-                await queue.nap(min(wait, _MAX_NAP))
-        finally:
-            queue.leave(waiter)
+            await queue.turn(tokens, waiter)
+        except BaseException:  # re-raised (noqa: cancellation-ok)
+            if waiter.granted:  # admitted by the head, but the caller is gone
+                self._refund(tokens)
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        if not waiter.granted:  # the head: ask for itself and those behind it
+            try:
+                await self._lead(queue)
+            finally:
+                queue.leave(waiter)
         try:
             await anyio.lowlevel.checkpoint_if_cancelled()
         except anyio.get_cancelled_exc_class():
-            # Admitted, but the caller is gone: give the request back.
-            with self._mutex:
-                self._pending.refunds += 1
-                self._pending.debit -= tokens if self.tokens_per_minute else 0
+            self._refund(tokens)  # admitted, but the caller is gone: give it back
             raise
+
+    async def _lead(self, queue: AdmissionQueue) -> None:
+        """At the head of ``queue``: ask Redis until the head is admitted.
+
+        Each ask carries the costs of the first :data:`_BATCH` callers in line; those
+        Redis admits are let through at once (the head included).
+        """
+        while True:
+            fallback = self._fallback
+            head = next(iter(queue))
+            if fallback is not None and time.monotonic() < self._probe_at:
+                await fallback.acquire(head.cost)
+                return
+            batch = list(islice(queue, _BATCH))
+            asked = time.monotonic()
+            try:
+                count, wait = await self._ask([waiter.cost for waiter in batch])
+            except SharedLimitError as exc:
+                self._fail_waiting(queue, head, str(exc))
+                raise
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                workers = self._workers
+                if workers is None:
+                    message = self._never_reached(exc)
+                    self._fail_waiting(queue, head, message)
+                    raise SharedLimitError(message) from None
+                await self._fall_back(workers, time.monotonic() - asked).acquire(head.cost)
+                return
+            if count:
+                for gone in queue.grant_in_order(batch[1:count]):
+                    self._refund(gone.cost)  # cancelled while Redis admitted it
+                return
+            await queue.nap(min(wait, _MAX_NAP))
+
+    def _fail_waiting(self, queue: AdmissionQueue, head: Waiter, message: str) -> None:
+        """Fail every caller behind ``head`` at once: none of them would fare better."""
+        for waiter in [waiter for waiter in queue if waiter is not head]:
+            queue.grant(waiter, SharedLimitError(message))
+
+    def _refund(self, tokens: int) -> None:
+        """A request (and its ``tokens``) admitted to a caller that is gone: give it back."""
+        with self._mutex:
+            self._pending.refunds += 1
+            self._pending.debit -= tokens if self.tokens_per_minute else 0
 
     def settle(self, booked: int, used: int | None) -> None:
         """Correct a call's ``booked`` token estimate once it reports ``used`` tokens.
@@ -372,14 +439,18 @@ class RedisRateLimit:
             pending = self._pending
             pending.resume_at = max(pending.resume_at, time.monotonic() + seconds)
 
-    async def _ask(self, tokens: int) -> float | None:
-        """One call to Redis: None if admitted, else the seconds to wait."""
+    async def _ask(self, costs: list[int]) -> tuple[int, float]:
+        """One call to Redis for callers of ``costs`` tokens, in line order.
+
+        Returns how many of them (the first ones) are admitted, and the seconds the
+        first one not admitted must wait.
+        """
         with self._mutex:
             pending, self._pending = self._pending, _Pending()
         cool = pending.resume_at - time.monotonic()
         args = (
             *self._limits,
-            tokens if self.tokens_per_minute else 0,
+            " ".join(str(cost) for cost in costs) if self.tokens_per_minute else "0 " * len(costs),
             pending.refunds,
             pending.debit,
             repr(cool) if cool > 0 else "0",
@@ -409,12 +480,11 @@ class RedisRateLimit:
                 "give every worker the same limits, or another key"
             )
         self._workers = int(workers)
+        self._unreached = None
         if self._fallback is not None:
             self._fallback = None
-        if admitted:
-            return None
         # The cooldown this worker heard of holds here even before Redis says so.
-        return max(int(wait_us) / 1e6, cool)
+        return int(admitted), max(int(wait_us) / 1e6, cool)
 
     def _call(self, args: tuple[object, ...]) -> list[Any]:
         """Run the script (in a worker thread): the only place that touches the client."""
@@ -422,37 +492,49 @@ class RedisRateLimit:
             if self._client is None:
                 import redis
                 from redis.backoff import NoBackoff
+                from redis.exceptions import ConnectionError as BrokenConnection
                 from redis.retry import Retry
 
-                # One quick retry on a broken connection (a restarted server); more, and
-                # an unreachable Redis would hold up every admission.
+                # One quick retry on a broken connection (a restarted server), none on a
+                # timeout: a Redis that does not answer would hold up every admission.
                 self._client = redis.Redis.from_url(
                     self._client_url,
                     socket_timeout=_TIMEOUT,
                     socket_connect_timeout=_TIMEOUT,
-                    retry=Retry(NoBackoff(), 1),
+                    retry=Retry(NoBackoff(), 1, supported_errors=(BrokenConnection,)),
                 )
                 self._script = self._client.register_script(_SCRIPT)
-            script = self._script
-        return list(script(keys=self._keys, args=args))
+            client, script, loaded = self._client, self._script, self._loaded
+        if loaded:
+            return list(script(keys=self._keys, args=args))
+        # EVAL loads the script as it runs it: one round trip, where EVALSHA, NOSCRIPT,
+        # SCRIPT LOAD and EVALSHA again take three (1.8 s on a Redis 0.3 s away).
+        reply = list(client.eval(_SCRIPT, len(self._keys), *self._keys, *args))
+        self._loaded = True
+        return reply
 
-    def _fall_back(self, exc: Exception) -> RateLimit:
-        """Redis did not answer: go on alone with this worker's share, or raise."""
-        if self._workers is None:
-            raise SharedLimitError(
-                f"RedisRateLimit: cannot reach Redis at {redact(self.url)} ({_describe(exc)}); "
-                "start Redis there or fix the URL. This worker has never heard from it, so "
-                "it does not know its share of the budget and will not guess."
-            ) from None
+    def _never_reached(self, exc: Exception) -> str:
+        """What to tell callers when Redis has never answered; said at once for a while."""
+        message = (
+            f"RedisRateLimit: cannot reach Redis at {redact(self.url)} ({_describe(exc)}); "
+            "start Redis there or fix the URL. This worker has never heard from it, so "
+            "it does not know its share of the budget and will not guess."
+        )
+        self._unreached = (time.monotonic() + _PROBE_EVERY, message)
+        return message
+
+    def _fall_back(self, workers: int, took: float) -> RateLimit:
+        """Redis did not answer within ``took`` seconds (but has before, counting
+        ``workers``): go on alone with this worker's share."""
         if self._fallback is None:
-            share = 1 / self._workers
+            share = 1 / workers
             rpm, tpm = self.requests_per_minute, self.tokens_per_minute
             self._fallback = RateLimit(rpm and rpm * share, tpm and tpm * share)
             with self._mutex:
                 resume_at = self._pending.resume_at
             if resume_at > time.monotonic():
                 self._fallback.cooldown(resume_at - time.monotonic())
-        self._probe_at = time.monotonic() + _PROBE_EVERY
+        self._probe_at = time.monotonic() + max(_PROBE_EVERY, 2 * took)
         return self._fallback
 
 

@@ -200,7 +200,7 @@ def parse_row(raw: bytes, *, check_only: bool = False) -> ParsedRow:
     return row_parts(row, check_only=check_only)
 
 
-def _lines(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+def numbered_lines(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     """``(line number, text)`` for each non-blank line, read lazily from the start."""
     file.seek(0)
     for number, raw in enumerate(file, 1):
@@ -235,7 +235,7 @@ def scan(file: IO[bytes], recorded: Recorded | None = None) -> Scan:
     result = Scan()
     seen: set[str] = set()
     duplicates: dict[str, list[int]] = {}
-    for number, raw in _lines(file):
+    for number, raw in numbered_lines(file):
         try:
             key, _, _, params = parse_row(raw, check_only=True)
         except BadRow as exc:
@@ -272,7 +272,7 @@ def scan(file: IO[bytes], recorded: Recorded | None = None) -> Scan:
 
 def _first_lines(file: IO[bytes], keys: Iterable[str]) -> dict[str, int]:
     wanted, found = set(keys), {}
-    for number, raw in _lines(file):
+    for number, raw in numbered_lines(file):
         try:
             key = parse_row(raw, check_only=True).key
         except BadRow as exc:
@@ -288,7 +288,7 @@ def read_rows(
     file: IO[bytes], bad: Mapping[int, Bad], recorded: Recorded | None
 ) -> Iterator[ParsedRow | Bad]:
     """The second pass: each valid row, a :class:`Bad` per bad line, skipping recorded ones."""
-    for number, raw in _lines(file):
+    for number, raw in numbered_lines(file):
         failed = bad.get(number)
         if failed is not None:
             if recorded is None or not is_recorded(recorded, failed):

@@ -10,26 +10,21 @@ of its own. The ``llmfanout run`` command is argument parsing and display over
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import urllib.parse
 from collections import deque
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
-    Callable,
     Iterable,
     Iterator,
     Mapping,
 )
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
 import anyio.from_thread
-import attrs
 
+from .._base._checks import need_backend
 from .._base._types import AsyncLLMProvider
 from .._cache._front import Cache
 from .._cache._open import open_cache
@@ -37,235 +32,23 @@ from .._core._executor import ParallelLLMExecutor, ResultStream
 from .._core._retry import BackoffStrategy, RetryConfig
 from .._core._tasks import LLMTask, TaskResult
 from .._deploy._build import build_pool, deployment_keys
-from .._deploy._spec import DeploymentSpec, parse_deployments
 from .._flow._limiter import Limiter
 from .._flow._ratelimit import RateLimit
-from .._flow._redislimit import redact
-from .._report._cost import Price, check_prices
 from .._report._stats import RunStats, pricer
 from .._report._summary import SummaryAccumulator
 from ..providers._echo import EchoProvider
 from ._input_rows import Bad, ParsedRow, aparse_rows, parse_rows
 from ._output_rows import bad_row, result_row
+from ._spec import (
+    JobError,
+    JobSpec,
+    read_key,
+    scrubber,
+)
+from ._structured_rows import row_schema, structured_fields
+from ._tasks import task_for
 
-PROVIDERS = ("echo", "openai", "anthropic")
-BACKENDS = ("asyncio", "trio")
-KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _PER_ROW = "(per row)"  # the provider's model when every row names its own
-
-
-class JobError(ValueError):
-    """A job that cannot start: a missing key, an unusable option. Nothing was sent."""
-
-
-def _whole(name: str, *, none: bool = False) -> Callable[[Any, Any, object], None]:
-    def check(instance: Any, attribute: Any, value: object) -> None:
-        if value is None and none:
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            wanted = "a whole number >= 1" + (", or None" if none else "")
-            raise ValueError(f"JobSpec: {name} is {value!r}; give {wanted}")
-
-    return check
-
-
-def _seconds(name: str, *, zero: bool = False) -> Callable[[Any, Any, object], None]:
-    def check(instance: Any, attribute: Any, value: object) -> None:
-        if value is None and not zero:
-            return
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not (value >= 0 if zero else value > 0)
-            or not math.isfinite(value)
-        ):
-            wanted = "a number >= 0" if zero else "a number > 0, or None"
-            raise ValueError(f"JobSpec: {name} is {value!r}; give {wanted}")
-
-    return check
-
-
-def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[Any, Any, object], None]:
-    def check(instance: Any, attribute: Any, value: object) -> None:
-        if value not in choices:
-            raise ValueError(f"JobSpec: {name} is {value!r}; give one of {', '.join(choices)}")
-
-    return check
-
-
-def _text(name: str) -> Callable[[Any, Any, object], None]:
-    def check(instance: Any, attribute: Any, value: object) -> None:
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ValueError(f"JobSpec: {name} is {value!r}; give a non-empty string, or None")
-
-    return check
-
-
-def _params(value: object) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ValueError(
-            f"JobSpec: params is {type(value).__name__}; give a mapping of parameter names "
-            "to values (temperature, max_tokens, ...), or None"
-        )
-    return dict(value) or None
-
-
-def _prices(value: object) -> dict[str, Price] | None:
-    return None if value is None else check_prices(value, "JobSpec.prices")
-
-
-def _place(value: object) -> object:
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-
-def _shown_place(value: str | None) -> str:
-    return repr(redact(value) if value and "://" in value else value)
-
-
-def _deployments(value: object) -> tuple[DeploymentSpec, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, tuple) and all(isinstance(v, DeploymentSpec) for v in value) and value:
-        return value
-    try:
-        return parse_deployments(value, "JobSpec.deployments")
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-
-
-@attrs.frozen(kw_only=True)
-class JobSpec:
-    """What a batch job does: one field per ``llmfanout run`` flag. Frozen and picklable.
-
-    - ``provider``: ``"echo"`` (local, no network), ``"openai"`` or ``"anthropic"``.
-    - ``model``: the model; a row's own (``params.model``) wins. Without it, every row
-      of an HTTP provider must name one (rows that do not become failed rows).
-    - ``base_url``: the provider's API base URL (an OpenAI-compatible server, a proxy).
-    - ``api_key_env``: the name of the environment variable holding the key (default
-      ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``). The key is read where the job runs and
-      is never stored in the spec.
-    - ``params``: default request parameters, under each row's own.
-    - ``concurrency``: calls in flight at once; ``max_attempts``: attempts per row;
-      ``timeout``: seconds per attempt (None: the provider's default).
-    - ``rpm``, ``tpm``: requests and tokens per minute; ``shared_limit``: a URL
-      (``redis://host:port/db``) of a budget shared by every worker, with ``rpm``/``tpm``.
-    - ``patience``: seconds a row keeps waiting out rate-limit and overload answers (429,
-      529, 503 with Retry-After) before it fails, apart from ``max_attempts``; 0: no
-      patience (such an answer is an attempt like any other).
-    - ``pacing``: pace by the rate limits the server advertises in its headers, and keep
-      fewer calls in flight while it answers overload (False: only ``rpm``/``tpm``).
-    - ``max_errors``: stop after this many failed rows (None: never); rows not sent then
-      come out as failed with ``TaskAborted``. An answer refusing the key (401, 403) always
-      stops the run.
-    - ``backend``: the event loop :func:`run_rows` starts (``"asyncio"`` or ``"trio"``).
-    - ``echo_latency``: seconds the echo provider waits per call (demos, benchmarks).
-    - ``prices``: a price table (model -> :class:`~llmfanout.Price` or its mapping), for
-      the summary's ``cost_usd``.
-    - ``cache``: where answers are cached: the path of a SQLite file, or a Redis URL
-      (``redis://host:port/db``) shared by every worker; each output row then says
-      whether it was ``cached``. ``cache_namespace`` is mixed into every key: a new one
-      starts afresh. See docs/cache.md.
-    - ``telemetry``: OpenTelemetry spans and metrics (``ParallelLLMExecutor(telemetry=True)``,
-      with ``llmfanout.client.cost`` from ``prices``); ``capture_content``: record the
-      messages and answers on the spans too (needs ``telemetry``).
-    - ``deployments``: a list of deployments (the objects of a deployments file) to send
-      to as one :class:`~llmfanout.Pool` instead of ``provider``; each names its key's
-      environment variable. With ``shared_limit``, each one's ``rpm``/``tpm`` budget is
-      its own key in Redis. ``hedge_after``: the pool's (seconds; None: no hedging).
-
-    Raises ``ValueError`` naming the field for a value that cannot work.
-    """
-
-    provider: str = attrs.field(default="echo", validator=_one_of("provider", PROVIDERS))
-    model: str | None = attrs.field(default=None, validator=_text("model"))
-    base_url: str | None = attrs.field(default=None, validator=_text("base_url"))
-    api_key_env: str | None = attrs.field(default=None, validator=_text("api_key_env"))
-    params: dict[str, Any] | None = attrs.field(default=None, converter=_params)
-    concurrency: int = attrs.field(default=16, validator=_whole("concurrency"))
-    max_attempts: int = attrs.field(default=3, validator=_whole("max_attempts"))
-    timeout: float | None = attrs.field(default=None, validator=_seconds("timeout"))
-    rpm: float | None = attrs.field(default=None, validator=_seconds("rpm"))
-    tpm: float | None = attrs.field(default=None, validator=_seconds("tpm"))
-    shared_limit: str | None = attrs.field(default=None, validator=_text("shared_limit"))
-    patience: float = attrs.field(default=600.0, validator=_seconds("patience", zero=True))
-    pacing: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    max_errors: int | None = attrs.field(default=None, validator=_whole("max_errors", none=True))
-    backend: str = attrs.field(default="asyncio", validator=_one_of("backend", BACKENDS))
-    echo_latency: float = attrs.field(default=0.0, validator=_seconds("echo_latency", zero=True))
-    prices: dict[str, Price] | None = attrs.field(default=None, converter=_prices)
-    cache: str | None = attrs.field(
-        default=None, converter=_place, validator=_text("cache"), repr=_shown_place
-    )
-    cache_namespace: str | None = attrs.field(default=None, validator=_text("cache_namespace"))
-    telemetry: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    capture_content: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    deployments: tuple[DeploymentSpec, ...] | None = attrs.field(
-        default=None, converter=_deployments
-    )
-    hedge_after: float | None = attrs.field(default=None, validator=_seconds("hedge_after"))
-
-    def __attrs_post_init__(self) -> None:
-        if self.echo_latency and self.provider != "echo":
-            raise ValueError(
-                f"JobSpec: echo_latency applies to provider 'echo' only, not {self.provider!r}"
-            )
-        if self.deployments is not None:
-            if self.shared_limit is not None and not any(d.rpm or d.tpm for d in self.deployments):
-                raise ValueError(
-                    "JobSpec: shared_limit needs an rpm or tpm on some deployment: the budget "
-                    "to share"
-                )
-        elif self.hedge_after is not None:
-            raise ValueError("JobSpec: hedge_after applies to deployments only")
-        elif self.shared_limit is not None and self.rpm is None and self.tpm is None:
-            raise ValueError("JobSpec: shared_limit needs rpm or tpm: the budget to share")
-        if self.capture_content and not self.telemetry:
-            raise ValueError("JobSpec: capture_content needs telemetry=True")
-
-    @property
-    def key_variable(self) -> str | None:
-        """The environment variable the key is read from (None for the echo provider)."""
-        if self.provider == "echo":
-            return None
-        return self.api_key_env or KEY_VARIABLES[self.provider]
-
-
-def read_key(spec: JobSpec) -> str | None:
-    """The API key from the environment; raises :class:`JobError` when it is missing."""
-    variable = spec.key_variable
-    if variable is None or spec.deployments is not None:
-        return None
-    key = os.environ.get(variable, "").strip()
-    if not key:
-        raise JobError(
-            f"provider {spec.provider!r} needs an API key in the {variable} environment "
-            "variable where the job runs; set it (a local server that needs no key accepts "
-            "any value, e.g. none)"
-        )
-    return key
-
-
-def scrubber(secret: str | None) -> Callable[[str], str]:
-    """A function blanking ``secret`` out of a text: raw, JSON-escaped or URL-encoded."""
-    if not secret:
-        return _same
-    forms = {secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe="")}
-    forms.add(json.dumps(secret, ensure_ascii=True).replace("/", "\\/")[1:-1])
-    ordered = sorted(forms, key=len, reverse=True)
-
-    def scrub(text: str) -> str:
-        for form in ordered:
-            if form in text:
-                text = text.replace(form, "[redacted]")
-        return text
-
-    return scrub
-
-
-def _same(text: str) -> str:
-    return text
 
 
 def _provider_for(spec: JobSpec, model: str, key: str | None) -> AsyncLLMProvider:
@@ -276,18 +59,19 @@ def _provider_for(spec: JobSpec, model: str, key: str | None) -> AsyncLLMProvide
     # could time out before its request left. Pay for the import here, before any clock.
     import httpcore  # noqa: F401
 
-    from ..providers import AnthropicProvider, OpenAIProvider
+    from ..providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 
     options: dict[str, Any] = {"max_connections": spec.concurrency, "api_key": key}
     if spec.base_url:
         options["base_url"] = spec.base_url
     if spec.timeout:
         options["timeout"] = spec.timeout
-    cls = OpenAIProvider if spec.provider == "openai" else AnthropicProvider
+    classes = {"openai": OpenAIProvider, "anthropic": AnthropicProvider, "gemini": GeminiProvider}
     try:
-        return cls(model, **options)
+        provider: AsyncLLMProvider = classes[spec.provider](model, **options)
     except (ValueError, TypeError) as exc:  # a bad base_url or model, or an unusable key
         raise JobError(str(exc)) from None
+    return provider
 
 
 def _pool_for(job: Job, spec: JobSpec) -> AsyncLLMProvider:
@@ -393,6 +177,7 @@ class Job:
         self._tagged = 0  # tasks handed to the executor
         self._started = False
         self._running: ParallelLLMExecutor | None = None
+        self._structured = spec.schema is not None  # rows carry "parsed"
 
     def executor(self) -> ParallelLLMExecutor:
         """A new executor for this job's spec: its cap, retries, timeout and limiter."""
@@ -416,6 +201,8 @@ class Job:
             cache=self.cache,
             telemetry=spec.telemetry,
             capture_content=spec.capture_content,
+            prices=spec.prices,
+            max_cost_usd=spec.max_cost_usd,
         )
         if executor._telemetry is not None and spec.prices:
             executor._telemetry.price = pricer(spec.prices)
@@ -428,6 +215,11 @@ class Job:
         executor = self._running
         return self.spec.concurrency if executor is None else executor.concurrency
 
+    @property
+    def cost_cap_reached(self) -> bool:
+        """Whether ``max_cost_usd`` stopped the run (rows not sent are left for resume)."""
+        return self._running is not None and self._running.cost_cap_reached
+
     # -- per row: keep this short ----------------------------------------------------------
 
     def _task(self, row: ParsedRow) -> LLMTask | None:
@@ -439,13 +231,23 @@ class Job:
                 Bad(self._position, row.key, 'no model; give "model" in params, or a JobSpec model')
             )
             return None
+        schema = row_schema(params, self.spec.schema)
+        if schema is None:
+            task = task_for(row)
+        else:
+            try:
+                task = task_for(row, schema=schema, max_reasks=self.spec.max_reasks)
+            except (TypeError, ValueError) as exc:
+                self._bad.append(Bad(self._position, row.key, f"params.response_schema: {exc}"))
+                return None
+            self._structured = True
         # The executor tags untagged tasks by position: only rows in flight are remembered.
         tag = str(self._tagged)
         self._tagged += 1
         self._ids[tag] = row.id
         if model:
             self._models[tag] = model
-        return LLMTask(row.messages, params)
+        return task
 
     def _take(self, row: ParsedRow | Bad) -> LLMTask | None:
         """Count one input row: its task, or None for a bad row (kept to be handed out)."""
@@ -481,7 +283,7 @@ class Job:
             row["cached"] = result.success and result.value.metadata.get("cached") is True
         if self._pooled:  # which deployment answered
             row["deployment"] = getattr(result.value, "metadata", {}).get("deployment")
-        return row
+        return structured_fields(row, result, self.scrub) if self._structured else row
 
     def bad(self) -> dict[str, Any] | None:
         """The output row for the next bad input row not yet handed out, if any."""
@@ -570,10 +372,9 @@ class RowStream:
         return rows
 
 
-@asynccontextmanager
-async def arun_rows(
+def arun_rows(
     rows: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]], spec: JobSpec
-) -> AsyncIterator[RowStream]:
+) -> AbstractAsyncContextManager[RowStream]:
     """Run a job in this event loop, handing out output rows as they complete.
 
     ``async with arun_rows(rows, spec) as out: async for row in out: ...``
@@ -588,12 +389,44 @@ async def arun_rows(
     Works on asyncio and trio (``spec.backend`` is for :func:`run_rows`). Raises
     :class:`JobError` on entry when the job cannot start (no API key, say). Leaving the
     block early (``break``, an exception, cancellation) cancels the calls in flight and
-    leaves nothing running.
+    leaves nothing running. ``async for row in arun_rows(...)`` without the ``async with``
+    raises a ``TypeError`` showing this form: the block is what owns the calls in flight.
     """
+    return _RowsRun(_arun_rows(rows, spec))
+
+
+@asynccontextmanager
+async def _arun_rows(
+    rows: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]], spec: JobSpec
+) -> AsyncIterator[RowStream]:
     job = Job(spec)
     parsed = aparse_rows(rows) if isinstance(rows, AsyncIterable) else parse_rows(rows)
     async with job.run(parsed) as stream:
         yield stream
+
+
+class _RowsRun(AbstractAsyncContextManager[RowStream]):
+    """What :func:`arun_rows` returns: an async context manager that says how to iterate."""
+
+    __slots__ = ("_manager",)
+
+    def __init__(self, manager: AbstractAsyncContextManager[RowStream]) -> None:
+        self._manager = manager
+
+    async def __aenter__(self) -> RowStream:
+        return await self._manager.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._manager.__aexit__(*exc_info)
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        # An async for alone could not cancel the calls in flight when the loop is left
+        # early (an abandoned async generator is closed whenever the collector gets to it).
+        raise TypeError(
+            "arun_rows(...) is an async context manager, so that leaving early cancels the "
+            "calls in flight; write: async with arun_rows(rows, spec) as out: "
+            "async for row in out: ..."
+        )
 
 
 def run_rows(rows: Iterable[Mapping[str, Any]], spec: JobSpec) -> Iterator[dict[str, Any]]:
@@ -613,6 +446,7 @@ def run_rows(rows: Iterable[Mapping[str, Any]], spec: JobSpec) -> Iterator[dict[
             f"run_rows: rows must be an iterable of mappings, not {type(rows).__name__}"
             + ("; use arun_rows for an async iterable" if isinstance(rows, AsyncIterable) else "")
         )
+    need_backend(spec.backend, "run_rows")
     read_key(spec)  # fail here, not at the first next()
     if spec.shared_limit is not None:
         _limiter_for(spec)  # a bad URL or a missing redis client fails here, not mid-run

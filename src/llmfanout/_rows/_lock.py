@@ -7,8 +7,10 @@ process dies however it dies (``kill -9`` included), so a stale file never block
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,6 +31,32 @@ def lock_path(output: str) -> str:
     return os.path.join(folder, f".{name}.lock")
 
 
+def _open_lock(path: str) -> int:
+    """The lock file, made anew (never through a link), or one a dead process left.
+
+    A link planted at the lock's path is refused (``OSError``), never followed: we would
+    truncate and write its target. So is anything there that is not a regular file.
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDWR | nofollow | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        fd = -1
+    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd >= 0:
+            os.close(fd)
+        raise OSError(
+            errno.EINVAL, f"the lock file {path} is a link or not a regular file; remove it"
+        )
+    return fd
+
+
 @contextmanager
 def hold(output: str, what: str) -> Iterator[None]:
     """Hold the lock on ``output`` while the block runs; raise :class:`Busy` at once if taken.
@@ -43,7 +71,7 @@ def hold(output: str, what: str) -> Iterator[None]:
         return
     path = lock_path(output)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -59,6 +87,7 @@ def hold(output: str, what: str) -> Iterator[None]:
         # The run before us unlinked this file as it finished: lock the new one instead.
         os.close(fd)
     try:
+        os.fchmod(fd, 0o600)  # a lock left by an older release may be readable by all
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()} ({what})\n".encode())
         yield

@@ -9,11 +9,13 @@ and :func:`merge` compacts them into one file with each id once.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -21,6 +23,9 @@ from .._core._tasks import TaskResult
 from ._input_rows import Bad, key_of, load_json
 
 SHARD_SUFFIX = ".jsonl"
+MAX_LINE_BYTES = 256 * 1024 * 1024
+"""The longest output line read back: far above any row we write, far below a memory
+error (a file that never ends a line is not an output of ours)."""
 
 
 class OutputCorrupt(ValueError):
@@ -53,6 +58,52 @@ class Recovered:
         self.rerunnable = set()
 
 
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a file to read back, refusing what is not a regular file (:class:`OutputCorrupt`).
+
+    A FIFO would block, a device (``/dev/zero``) never end: neither is an output we wrote.
+    Links are followed to what they name, and that is checked on the open file itself.
+    """
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OutputCorrupt(
+                f"{path} is {_kind(mode)}, not a regular file; llmfanout reads back and "
+                "resumes only regular files: give a file (or a directory of shard files)"
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_lines(file: BinaryIO, path: str) -> Iterator[bytes]:
+    """The lines of ``file``, each at most :data:`MAX_LINE_BYTES` (else :class:`OutputCorrupt`)."""
+    number = 0
+    while raw := file.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise OutputCorrupt(
+                f"{path}:{number}: a line longer than {MAX_LINE_BYTES} bytes; not a row written "
+                "by llmfanout. Write to a new output file"
+            )
+        yield raw
+
+
 def shard_files(directory: str | os.PathLike[str]) -> list[str]:
     """The shard files of an output directory (``*.jsonl``, hidden ones aside), sorted."""
     names = sorted(
@@ -69,8 +120,8 @@ def _rows(path: str) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
     A torn last line (no newline: a crash mid-write) ends the iteration with ``row``
     None and its size negated. Raises :class:`OutputCorrupt` naming a bad complete line.
     """
-    with open(path, "rb") as file:
-        for number, raw in enumerate(file, 1):
+    with open_regular(path) as file:
+        for number, raw in enumerate(read_lines(file, path), 1):
             if not raw.endswith(b"\n"):
                 yield number, -len(raw), None
                 return
@@ -157,8 +208,8 @@ def drop_failed(path: str | os.PathLike[str]) -> None:
     """
     path = os.fspath(path)
     temporary = path + ".llmfanout-tmp"
-    with open(path, "rb") as source, open(temporary, "wb") as target:
-        for raw in source:
+    with open_regular(path) as source, open(temporary, "wb") as target:
+        for raw in read_lines(source, path):
             if not raw.endswith(b"\n"):
                 break
             if raw.strip() and _rerunnable(json.loads(raw)):
@@ -210,8 +261,8 @@ def merge(directory: str | os.PathLike[str], output: str | os.PathLike[str]) -> 
             lines = wanted.get(index)
             if not lines:
                 continue
-            with open(shard, "rb") as source:
-                for number, raw in enumerate(source, 1):
+            with open_regular(shard) as source:
+                for number, raw in enumerate(read_lines(source, shard), 1):
                     if number in lines:
                         target.write(raw)
         target.flush()
@@ -237,6 +288,9 @@ class RowWriter:
         sync_seconds: float = 1.0,
     ) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # A pipe or a terminal (-o FIFO, -o /dev/stdout) has nothing to make durable, and
+        # fsync fails there (EINVAL): rows go straight through, unsynced.
+        self._durable = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._sync_rows = sync_rows
         self._sync_seconds = sync_seconds
         self._unsynced = 0
@@ -258,9 +312,14 @@ class RowWriter:
 
     def sync(self) -> None:
         """Make every row written so far durable."""
-        if self._unsynced:
-            os.fsync(self._fd)
-            self._unsynced = 0
+        if self._unsynced and self._durable:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+                    raise
+                self._durable = False  # a file system that cannot sync this file
+        self._unsynced = 0
         self._synced_at = time.monotonic()
 
     def close(self) -> None:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._checkpoint import Checkpoint
 from ._input_rows import parse_rows
-from ._job import Job, JobSpec
+from ._job import Job
+from ._spec import JobSpec
 
 if TYPE_CHECKING:
     import pyarrow

@@ -107,16 +107,16 @@ def response(answer: object, redact: Callable[[str], str]) -> Attributes:
     """The answer's model, finish reason and token usage."""
     attributes: Attributes = {}
     model = getattr(answer, "model", None)
-    if isinstance(model, str) and model:
+    if model and isinstance(model, str):
         attributes["gen_ai.response.model"] = redact(model)
     reason = getattr(answer, "finish_reason", None)
-    if isinstance(reason, str) and reason:
+    if reason and isinstance(reason, str):
         attributes["gen_ai.response.finish_reasons"] = (redact(reason),)
     usage = getattr(answer, "usage", None)
-    if isinstance(usage, Mapping):
+    if usage and isinstance(usage, dict | Mapping):  # a dict first: the ABC check is slow
         for key, name in _USAGE:
             value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
+            if type(value) is int:  # (not a bool)
                 attributes[name] = value
     return attributes
 

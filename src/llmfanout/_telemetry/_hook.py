@@ -11,10 +11,17 @@ executor was made still receives everything).
 Parenting: OpenTelemetry keeps the current span in a ``contextvars`` context. Every
 task anyio starts (``start_soon`` on asyncio and on trio) and every thread
 ``anyio.to_thread`` runs gets a copy of its starter's context, so the workers a run
-starts see the caller's current span: each task span is its child. The task span is made
-current in the worker (attached and detached in that same task) while its attempts
-run, so each attempt span is the task span's child, and whatever the provider itself
-traces (an HTTP client's instrumentation) is the attempt's.
+starts see the caller's current span: each task span is its child. The task's state (a
+contextvar set in the worker) carries the task span's context, which each attempt span
+names as its parent; the task span itself is made current (attached and detached in
+that same task) only around a function task, whose own code may trace. The attempt
+span is current while the provider runs, so whatever the provider itself traces (an
+HTTP client's instrumentation) is the attempt's.
+
+Cost: what every attempt at a model shares is made once (:class:`_Model`: the span
+name, the span and metric attributes, the counters' series), so an attempt builds no
+dict it can reuse and a counter is a float addition; what is left per attempt is
+mostly the SDK's (see benchmarks/bench_telemetry.py).
 """
 
 from __future__ import annotations
@@ -57,11 +64,13 @@ WAIT_FLOOR = 0.001
 
 
 class _TaskState:
-    """One task's attempts so far, for the attempt spans (per worker, in a contextvar)."""
+    """One task's attempts so far, for the attempt spans (per worker, in a contextvar);
+    ``context``: the task span's, which parents them."""
 
-    __slots__ = ("attempts", "failed", "last_end")
+    __slots__ = ("attempts", "context", "failed", "last_end")
 
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, context: otel_context.Context) -> None:
+        self.context = context
         self.attempts = 0
         self.last_end = start  # when the previous attempt ended (the task's start at first)
         self.failed: str | None = None  # error.type of the previous attempt, if it failed
@@ -101,8 +110,9 @@ class _Instruments:
             "before its first (admission), for backoff and Retry-After before a retry "
             "(backoff). Waits under 1 ms are not recorded.",
         )
-        # The counters are observed at collection time from plain tallies (a dict increment
-        # per attempt, not an SDK measurement): only the histograms are recorded per call.
+        # The counters are observed at collection time from plain running totals (_Series:
+        # a float addition per attempt, not an SDK measurement): only the histograms are
+        # recorded per call.
         for name, unit, description in _COUNTERS:
             meter.create_observable_counter(
                 name, callbacks=[_observer(name)], unit=unit, description=description
@@ -152,22 +162,40 @@ _COUNTERS = (
 )
 
 Key = tuple[tuple[str, Any], ...]
-_TALLIES: dict[str, dict[Key, float]] = {
+
+
+class _Series:
+    """One counter's running total for one attribute set, observed at collection."""
+
+    __slots__ = ("attributes", "value")
+
+    def __init__(self, attributes: Mapping[str, Any]) -> None:
+        self.attributes = dict(attributes)
+        self.value: float = 0
+
+
+_SERIES: dict[str, dict[Key, _Series]] = {
     name: {} for name in (*(c[0] for c in _COUNTERS), "llmfanout.client.active_requests")
 }
 """Cumulative counts per metric and attribute set, for every executor of the process."""
 
 
-def _tally(name: str, key: Key, amount: float = 1) -> None:
-    tally = _TALLIES[name]
-    tally[key] = tally.get(key, 0) + amount
+def _series(name: str, attributes: Mapping[str, Any]) -> _Series:
+    """The running total of ``name`` for ``attributes`` (made at its first use: a hot
+    path holds it and adds to ``.value``, a float addition)."""
+    table = _SERIES[name]
+    key = tuple(attributes.items())
+    found = table.get(key)
+    if found is None:
+        found = table[key] = _Series(attributes)
+    return found
 
 
 def _observer(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-    tally = _TALLIES[name]
+    table = _SERIES[name]
 
     def observe(options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(value, dict(key)) for key, value in list(tally.items())]
+        return [Observation(series.value, series.attributes) for series in list(table.values())]
 
     return observe
 
@@ -196,6 +224,73 @@ def _observe_limits(options: CallbackOptions) -> Iterable[Observation]:
             yield Observation(limit, {**hook.base, "gen_ai.request.model": model})
 
 
+class _Model:
+    """What every attempt at one model shares, made at its first attempt: the span name,
+    the span and metric attributes, the counters' series (so an attempt builds no dict
+    it can reuse, and adds to counters by a float addition)."""
+
+    __slots__ = ("_answers", "_attempts", "_errors", "active", "name", "point", "series")
+
+    def __init__(self, hook: Telemetry, model: str) -> None:
+        self.name = f"{attrs_.OPERATION} {model}"
+        self.point: dict[str, Any] = {**hook.base, "gen_ai.request.model": model}
+        self.active = _series(ACTIVE, self.point)
+        self.series = {name: _series(name, self.point) for name in _PER_MODEL}
+        self._attempts: dict[int, dict[str, Any]] = {}
+        self._answers: dict[str | None, _Labels] = {}
+        self._errors: dict[str, tuple[_Series, dict[str, Any]]] = {}
+
+    def attempt(self, number: int) -> dict[str, Any]:
+        """The attempt span's attributes at its start (``llmfanout.attempt`` = number)."""
+        found = self._attempts.get(number)
+        if found is None:
+            found = {**self.point, "llmfanout.attempt": number}
+            if number <= _KEPT_ATTEMPTS:
+                self._attempts[number] = found
+        return found
+
+    def answered(self, response_model: str | None) -> _Labels:
+        """The metric attributes of an answer: duration, input tokens, output tokens."""
+        found = self._answers.get(response_model)
+        if found is None:
+            labels = self.point
+            if response_model is not None:
+                labels = {**labels, "gen_ai.response.model": response_model}
+            found = (
+                labels,
+                {**labels, "gen_ai.token.type": "input"},
+                {**labels, "gen_ai.token.type": "output"},
+            )
+            if len(self._answers) < _KEPT_LABELS:
+                self._answers[response_model] = found
+        return found
+
+    def failed(self, kind: str) -> tuple[_Series, dict[str, Any]]:
+        """The requests counter's series and the duration's attributes of a failure."""
+        found = self._errors.get(kind)
+        if found is None:
+            labels = {**self.point, "error.type": kind}
+            found = (_series(REQUESTS, labels), labels)
+            if len(self._errors) < _KEPT_LABELS:
+                self._errors[kind] = found
+        return found
+
+
+_Labels = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+ACTIVE = "llmfanout.client.active_requests"
+REQUESTS = "llmfanout.client.requests"
+_PER_MODEL = (
+    REQUESTS,
+    "llmfanout.client.retries",
+    "llmfanout.client.prompt_cache_hits",
+    "llmfanout.client.cost",
+)
+_KEPT_ATTEMPTS = 16
+_KEPT_LABELS = 256
+"""Bounds on what a model keeps made (attempt numbers, response models, error types):
+past them the attributes are made per attempt, as they would be without the cache."""
+
+
 class Telemetry:
     """Spans and metrics for one executor (see the module's docstring).
 
@@ -209,12 +304,13 @@ class Telemetry:
     __slots__ = (
         "__weakref__",
         "_instruments",
+        "_labels",
         "_tracer",
         "base",
         "capture_content",
         "concurrency",
         "limits",
-        "points",
+        "models",
         "price",
         "redact",
     )
@@ -232,69 +328,85 @@ class Telemetry:
         self.redact = attrs_.redactor(provider)
         self.price: Callable[[LLMResponse], float | None] | None = None
         self.limits: dict[str, int] = {}
-        self.points: dict[str, tuple[dict[str, Any], Key]] = {}
+        self.models: dict[str, _Model] = {}
+        self._labels: dict[str, str] = {}
         self._tracer = trace.get_tracer(SCOPE, VERSION, schema_url=SCHEMA_URL)
         self._instruments = _instruments()
         _LIVE.add(self)
 
-    def point(self, model: str) -> tuple[dict[str, Any], Key]:
-        """The metric attributes of a call to ``model`` (made once per model)."""
-        found = self.points.get(model)
+    def model(self, model: str) -> _Model:
+        """What the attempts at ``model`` share (made once per model)."""
+        found = self.models.get(model)
         if found is None:
-            attributes = {**self.base, "gen_ai.request.model": model}
-            found = self.points[model] = (attributes, tuple(attributes.items()))
+            found = self.models[model] = _Model(self, model)
+        return found
+
+    def label(self, text: str) -> str:
+        """``text`` (a model name, a finish reason: few distinct values) through the
+        provider's redactor, remembered."""
+        found = self._labels.get(text)
+        if found is None:
+            found = self.redact(text)
+            if len(self._labels) < _KEPT_LABELS:
+                self._labels[text] = found
         return found
 
     def provider(self, provider: Any) -> TracedProvider:
         """``provider`` with a span and the metrics around each ``complete()``."""
         return TracedProvider(provider, self)
 
-    def tasks(self, run_task: RunTask) -> RunTask:
-        """The executor's ``_run_task(tag, task, threads)`` in a span per task."""
+    def tasks(self, run_task: RunTask, *, runs_code: tuple[type, ...] = ()) -> RunTask:
+        """The executor's ``_run_task(tag, task, threads)`` in a span per task.
+
+        ``runs_code``: the task types that run the caller's code (a function task), for
+        which the task span is made current, so what that code traces is its child."""
         tracer = self._tracer
-        base = tuple(self.base.items())
+        tasks = {
+            outcome: _series("llmfanout.tasks", {**self.base, "llmfanout.task.outcome": outcome})
+            for outcome in ("ok", "failed", "aborted")
+        }
+        cache_hits = _series("llmfanout.client.cache_hits", self.base)
 
         async def traced(tag: str, task: object, threads: object = None) -> Any:
             span = tracer.start_span(
                 "llmfanout.task", kind=SpanKind.INTERNAL, attributes={"llmfanout.task.tag": tag}
             )
-            token = otel_context.attach(trace.set_span_in_context(span))
-            attempts = _TaskState(perf_counter())
+            # The task span parents its attempts through the task's state (no need to
+            # make it current for them: attach and detach cost every task).
+            context = trace.set_span_in_context(span)
+            token = otel_context.attach(context) if type(task) in runs_code else None
+            attempts = _TaskState(perf_counter(), context)
             state = _STATE.set(attempts)
             outcome = "aborted"
+            ended: dict[str, Any] = {}
             try:
                 result = await run_task(tag, task, threads)
                 outcome = "ok" if result.success else "failed"
                 attempts.attempts = result.attempts
                 if not result.success:
-                    kind = attrs_.error_type(result.error)
-                    span.set_attribute("error.type", kind)
+                    kind = ended["error.type"] = attrs_.error_type(result.error)
                     span.set_status(Status(StatusCode.ERROR, kind))
-                elif getattr(getattr(result.value, "metadata", None), "get", _none)("cached"):
-                    span.set_attribute("llmfanout.cache_hit", True)
-                    _tally("llmfanout.client.cache_hits", base)
+                else:
+                    metadata = getattr(result.value, "metadata", None)
+                    if metadata and metadata.get("cached"):
+                        ended["llmfanout.cache_hit"] = True
+                        cache_hits.value += 1
                 return result
             except BaseException:  # cancelled (noqa: cancellation-ok): recorded, re-raised
-                span.set_attribute("error.type", "cancelled")
+                ended["error.type"] = "cancelled"
                 span.set_status(Status(StatusCode.ERROR, "cancelled"))
                 raise
             finally:
-                span.set_attributes(
-                    {
-                        "llmfanout.task.outcome": outcome,
-                        "llmfanout.task.attempts": attempts.attempts,
-                    }
-                )
+                ended["llmfanout.task.outcome"] = outcome
+                ended["llmfanout.task.attempts"] = attempts.attempts
+                span.set_attributes(ended)
                 _STATE.reset(state)
-                otel_context.detach(token)
+                if token is not None:
+                    otel_context.detach(token)
                 span.end()
-                _tally("llmfanout.tasks", (*base, ("llmfanout.task.outcome", outcome)))
+                tasks[outcome].value += 1
 
         return cast(RunTask, traced)
-
-
-def _none(key: str) -> None:
-    return None
 
 
 class TracedProvider:
@@ -323,26 +435,35 @@ class TracedProvider:
     ) -> LLMResponse:
         hook = self._hook
         provider = self._provider
-        model = attrs_.request_model(provider, config_overrides)
-        point, key = hook.point(model)  # the metric attributes, as a dict and a tally key
-        attributes = {**point, **attrs_.request(config_overrides)} if config_overrides else point
+        requested = attrs_.request_model(provider, config_overrides)
+        model = hook.models.get(requested) or hook.model(requested)
         state = _STATE.get()
         start = perf_counter()
         if state is not None:
             state.attempts += 1
-            attributes = {**attributes, "llmfanout.attempt": state.attempts}
+            attributes = model.attempt(state.attempts)
+            parent: otel_context.Context | None = state.context
+        else:  # called outside a task's span: the current span is the parent
+            attributes = model.point
+            parent = None
+        if config_overrides:
+            asked = attrs_.request(config_overrides)
+            if asked:
+                attributes = {**attributes, **asked}
         if hook.capture_content:
             attributes = {
                 **attributes,
                 "gen_ai.input.messages": attrs_.input_messages(messages, hook.redact),
             }
         span = hook._tracer.start_span(
-            f"{attrs_.OPERATION} {model}", kind=SpanKind.CLIENT, attributes=attributes
+            model.name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
         )
-        if state is not None:
-            _record_wait(span, hook._instruments, state, start, point, key)
-        token = otel_context.attach(trace.set_span_in_context(span))
-        _tally(ACTIVE, key)
+        if state is not None and (state.attempts > 1 or start - state.last_end >= WAIT_FLOOR):
+            _record_wait(span, hook._instruments, state, start, model)
+        # Current while the provider runs, so what it traces itself (an HTTP client's
+        # instrumentation) is this attempt's child.
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        model.active.value += 1
         failed: str | None = "cancelled"
         try:
             answer: LLMResponse = await provider.complete(
@@ -359,7 +480,7 @@ class TracedProvider:
             if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
                 found["llmfanout.retry_after_s"] = float(retry_after)
             span.set_attributes(found)
-            _note_limits(hook, model, getattr(exc, "rate_limits", None))
+            _note_limits(hook, requested, getattr(exc, "rate_limits", None))
             span.set_status(Status(StatusCode.ERROR, failed))
             raise
         except BaseException:  # cancelled (noqa: cancellation-ok): recorded, re-raised
@@ -367,39 +488,31 @@ class TracedProvider:
             span.set_status(Status(StatusCode.ERROR, "cancelled"))
             raise
         else:
-            _record_answer(hook, span, point, key, answer, perf_counter() - start)
+            _record_answer(hook, span, model, answer, perf_counter() - start)
             return answer
         finally:
             end = perf_counter()
             otel_context.detach(token)
-            _tally(ACTIVE, key, -1)
+            model.active.value -= 1
             if failed is None:
-                _tally(REQUESTS, key)
+                model.series[REQUESTS].value += 1
             else:
-                _tally(REQUESTS, (*key, ("error.type", failed)))
+                requests, labels = model.failed(failed)
+                requests.value += 1
                 if failed != "cancelled":
-                    hook._instruments.duration.record(end - start, {**point, "error.type": failed})
+                    hook._instruments.duration.record(end - start, labels)
             span.end()
             if state is not None:
                 state.last_end = end
                 state.failed = failed
 
 
-ACTIVE = "llmfanout.client.active_requests"
-REQUESTS = "llmfanout.client.requests"
-
-
 def _record_wait(
-    span: trace.Span,
-    instruments: _Instruments,
-    state: _TaskState,
-    start: float,
-    point: Mapping[str, Any],
-    key: Key,
+    span: trace.Span, instruments: _Instruments, state: _TaskState, start: float, model: _Model
 ) -> None:
     """The wait before this attempt: an event on its span, a point in the histogram."""
     if state.attempts > 1:
-        _tally("llmfanout.client.retries", key)
+        model.series["llmfanout.client.retries"].value += 1
     waited = start - state.last_end
     if waited < WAIT_FLOOR:
         return
@@ -408,45 +521,42 @@ def _record_wait(
     if state.failed is not None:
         event["llmfanout.wait.after"] = state.failed  # the previous attempt's error.type
     span.add_event("llmfanout.wait", event)
-    instruments.waits.record(waited, {**point, "llmfanout.wait.reason": reason})
+    instruments.waits.record(waited, {**model.point, "llmfanout.wait.reason": reason})
 
 
 def _record_answer(
-    hook: Telemetry,
-    span: trace.Span,
-    point: dict[str, Any],
-    key: Key,
-    answer: LLMResponse,
-    seconds: float,
+    hook: Telemetry, span: trace.Span, model: _Model, answer: LLMResponse, seconds: float
 ) -> None:
     instruments = hook._instruments
-    found = attrs_.response(answer, hook.redact)
+    found = attrs_.response(answer, hook.label)
     if hook.capture_content:
         found["gen_ai.output.messages"] = attrs_.output_messages(answer, hook.redact)
     metadata = getattr(answer, "metadata", None)
-    first = metadata.get("time_to_first_token_s") if isinstance(metadata, Mapping) else None
+    first = metadata.get("time_to_first_token_s") if metadata else None
     if isinstance(first, int | float) and not isinstance(first, bool):
         found["gen_ai.response.time_to_first_chunk"] = float(first)
+    else:
+        first = None
     span.set_attributes(found)
-    response_model = found.get("gen_ai.response.model")
-    labels = point if response_model is None else {**point, "gen_ai.response.model": response_model}
+    labels, inputs, outputs = model.answered(found.get("gen_ai.response.model"))
     instruments.duration.record(seconds, labels)
     if first is not None:
         instruments.first_chunk.record(float(first), labels)
-    for name, kind in _TOKEN_TYPES:
-        count = found.get(name)
-        if count is not None:
-            instruments.tokens.record(count, {**labels, "gen_ai.token.type": kind})
+    count = found.get("gen_ai.usage.input_tokens")
+    if count is not None:
+        instruments.tokens.record(count, inputs)
+    count = found.get("gen_ai.usage.output_tokens")
+    if count is not None:
+        instruments.tokens.record(count, outputs)
     if found.get("gen_ai.usage.cache_read.input_tokens"):
-        _tally("llmfanout.client.prompt_cache_hits", key)
+        model.series["llmfanout.client.prompt_cache_hits"].value += 1
     if hook.price is not None:
         usd = hook.price(answer)
         if usd:
-            _tally("llmfanout.client.cost", key, usd)
-    _note_limits(hook, point["gen_ai.request.model"], getattr(answer, "rate_limits", None))
-
-
-_TOKEN_TYPES = (("gen_ai.usage.input_tokens", "input"), ("gen_ai.usage.output_tokens", "output"))
+            model.series["llmfanout.client.cost"].value += usd
+    limits = getattr(answer, "rate_limits", None)
+    if limits is not None:
+        _note_limits(hook, model.point["gen_ai.request.model"], limits)
 
 
 def _note_limits(hook: Telemetry, model: str, limits: object) -> None:

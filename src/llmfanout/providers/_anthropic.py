@@ -10,6 +10,7 @@ from ..errors import BadRequestError, ProviderError
 from ._anthropic_format import (
     AnthropicStream,
     messages_to_wire,
+    response_format_to_wire,
     text_and_tool_calls,
     tool_choice_to_wire,
     tools_to_wire,
@@ -18,7 +19,7 @@ from ._anthropic_format import (
 from ._config import HTTPOptions, check_positive_int
 from ._http import HTTPProvider
 from ._streaming import Accumulator
-from ._transports._pool import Response
+from ._transports._base import Response
 
 ANTHROPIC_VERSION = "2023-06-01"
 """The ``anthropic-version`` header sent unless ``headers=`` gives another."""
@@ -40,7 +41,10 @@ class AnthropicProvider(HTTPProvider):
     ``docs/messages-and-tools.md``), and a part it cannot express is refused with a
     ``BadRequestError`` before anything is sent; ``tools`` and ``tool_choice`` in OpenAI's
     format are rewritten in Anthropic's (its own format passes unchanged);
-    ``max_tokens`` (which the API requires) defaults to 1024. Per call,
+    ``max_tokens`` (which the API requires) defaults to 1024. OpenAI's
+    ``response_format`` is rewritten too: a ``json_schema`` one becomes a single tool
+    with that input schema, forced by ``tool_choice`` (its input is the object), a
+    ``json_object`` one a line of the system prompt. Per call,
     ``config_overrides`` are merged over ``default_params`` into the JSON body (a None
     value drops the key; ``stop`` is sent as ``stop_sequences``).
 
@@ -98,6 +102,10 @@ class AnthropicProvider(HTTPProvider):
             payload["tools"] = tools_to_wire(payload["tools"])
         if "tool_choice" in payload:
             payload["tool_choice"] = tool_choice_to_wire(payload["tool_choice"])
+        if "response_format" in payload:  # OpenAI's structured output: a forced tool
+            line = response_format_to_wire(payload)
+            if line is not None:
+                system = [*system, line]
         if system:
             given = payload.get("system")
             if isinstance(given, list):  # content blocks (prompt caching): add ours after
@@ -115,20 +123,8 @@ class AnthropicProvider(HTTPProvider):
             error: ProviderError = self._format_error(response, "has no content list")
             raise error
         content, tool_calls = text_and_tool_calls(blocks)
-        stop_reason = body.get("stop_reason")
-        reported_model = body.get("model")
-        request_id = self._request_id(response)
-        metadata: dict[str, Any] = {"raw": body}
-        if request_id:
-            metadata["request_id"] = request_id
-        return LLMResponse(
-            content,
-            model=reported_model if isinstance(reported_model, str) else str(model),
-            finish_reason=stop_reason if isinstance(stop_reason, str) else None,
-            usage=usage_from(body.get("usage")),
-            metadata=metadata,
-            tool_calls=tool_calls,
-        )
+        usage, finish = usage_from(body.get("usage")), body.get("stop_reason")
+        return self._answer(body, response, model, content, finish, usage, tool_calls)
 
 
 def _stop_sequences(stop: object) -> list[Any]:

@@ -5,6 +5,11 @@ an image is a block with a ``url`` or ``base64`` source; an assistant's tool cal
 ``tool_use`` blocks; tool answers are ``tool_result`` blocks at the start of the next
 ``user`` message (consecutive tool messages share one). A part the API cannot express
 is refused with a :class:`~llmfanout.errors.BadRequestError` naming it.
+
+Structured output: OpenAI's ``response_format`` (the one spelling the rest of the library
+sends) becomes what the Messages API offers for it: a ``json_schema`` one a single tool
+whose ``input_schema`` is the schema, forced with ``tool_choice``, so the tool's input is
+the object; a ``json_object`` one a line of the system prompt.
 """
 
 from __future__ import annotations
@@ -158,6 +163,41 @@ def tools_to_wire(tools: object) -> object:
         else:
             wire.append(tool)
     return wire
+
+
+JSON_ONLY = "Answer with a single JSON object and nothing else."
+TOOL_DESCRIPTION = "Give your answer as this tool's input, matching its schema exactly."
+
+
+def response_format_to_wire(payload: dict[str, Any]) -> str | None:
+    """Turn ``payload["response_format"]`` into a forced tool, in place; return a line to
+    add to the system prompt, if any. Refuses a schema whose root is not an object (the
+    API's tool input is one) with a :class:`~llmfanout.errors.BadRequestError`."""
+    given = payload.pop("response_format")
+    kind = given.get("type") if isinstance(given, dict) else None
+    if kind == "json_object":
+        return JSON_ONLY
+    if kind != "json_schema":
+        if kind == "text":
+            return None
+        raise _refuse("response_format", f"is {given!r}; give a json_schema or json_object one")
+    spec = given.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise _refuse("response_format", "has no json_schema.schema object")
+    schema = spec["schema"]
+    if schema.get("type", "object") != "object":
+        raise _refuse(
+            "response_format",
+            f"has a schema of type {schema.get('type')!r}; a tool's input is a JSON object, "
+            "so give a schema whose root is an object",
+        )
+    name = spec.get("name") or "response"
+    tool = {"name": name, "description": spec.get("description", TOOL_DESCRIPTION)}
+    tool["input_schema"] = schema
+    tools = payload.get("tools")
+    payload["tools"] = [*(tools if isinstance(tools, list) else ()), tool]
+    payload["tool_choice"] = {"type": "tool", "name": name}
+    return None
 
 
 _CHOICES = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}

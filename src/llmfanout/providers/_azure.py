@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import os
 import re
-import ssl
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import attrs
-import httpx
 
 from .._base._advertised import RateLimitInfo
 from .._base._types import LLMMessage, LLMResponse
 from ..errors import RateLimitError
-from ._config import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT
+from ._config import HTTPOptions
 from ._openai import OpenAIProvider
 
 __all__ = ["DEFAULT_API_VERSION", "AzureOpenAIProvider"]
@@ -68,22 +66,14 @@ class AzureOpenAIProvider(OpenAIProvider):
         deployment: str,
         *,
         azure_endpoint: str | None = None,
-        base_url: str | None = None,
         api_version: str | None = None,
-        api_key: str | None = None,
         azure_ad_token: str | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        total_timeout: float | None = DEFAULT_TOTAL_TIMEOUT,
-        max_connections: int = 100,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        default_params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        verify: bool | str | ssl.SSLContext = True,
-        http_client: httpx.AsyncClient | None = None,
+        **options: Unpack[HTTPOptions],
     ) -> None:
         owner = type(self).__name__
         if not isinstance(deployment, str) or not deployment.strip():
             raise ValueError(f"{owner}: deployment is {deployment!r}; give the deployment's name")
+        base_url = options.pop("base_url", None)
         endpoint = azure_endpoint or base_url or os.environ.get(self.base_url_env, "").strip()
         if not endpoint:
             raise ValueError(
@@ -92,6 +82,7 @@ class AzureOpenAIProvider(OpenAIProvider):
             )
         version = api_version or os.environ.get("OPENAI_API_VERSION", "").strip()
         self.api_version = version or DEFAULT_API_VERSION
+        api_key = options.pop("api_key", None)
         if api_key is None and azure_ad_token is None and not os.environ.get(self.api_key_env):
             azure_ad_token = os.environ.get("AZURE_OPENAI_AD_TOKEN", "").strip() or None
         self._bearer = azure_ad_token is not None and api_key is None
@@ -100,19 +91,9 @@ class AzureOpenAIProvider(OpenAIProvider):
         query = urllib.parse.urlencode({"api-version": self.api_version})
         # The path and query are per deployment, not per class.
         self.endpoint = f"/chat/completions?{query}"  # type: ignore[misc]
-        super().__init__(
-            deployment,
-            base_url=f"{endpoint.rstrip('/')}/openai/deployments/{quoted}",
-            api_key=azure_ad_token if self._bearer else api_key,
-            timeout=timeout,
-            total_timeout=total_timeout,
-            max_connections=max_connections,
-            max_response_bytes=max_response_bytes,
-            default_params=default_params,
-            headers=headers,
-            verify=verify,
-            http_client=http_client,
-        )
+        options["base_url"] = f"{endpoint.rstrip('/')}/openai/deployments/{quoted}"
+        options["api_key"] = azure_ad_token if self._bearer else api_key
+        super().__init__(deployment, **options)
 
     def __repr__(self) -> str:
         return (

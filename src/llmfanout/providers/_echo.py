@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+import hashlib
 import inspect
 import math
 import re
@@ -13,6 +15,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from .._base._embeddings import EmbeddingCaps, EmbeddingResponse
 from .._base._types import LLMMessage, LLMResponse, to_messages
 
 
@@ -129,6 +132,33 @@ class EchoProvider:
             return item
         return self._queue.popleft() if self._queue else None
 
+    embedding_caps = EmbeddingCaps(max_inputs=2048, max_tokens=300_000)
+    """Per-request caps for ``embed``, OpenAI's by default (set it to try others)."""
+
+    async def embed(
+        self, texts: Sequence[str], *, model: str | None = None, dimensions: int | None = None
+    ) -> EmbeddingResponse:
+        """Deterministic vectors (:func:`echo_vector`, 8 dimensions unless asked), no network.
+
+        Counts as a call (``call_count``); waits ``latency``; a scripted
+        :class:`ErrorResponse` next in the queue is raised, as for ``complete``.
+        """
+        self._call_count += 1
+        if self._queue and isinstance(first := self._queue[0], ErrorResponse):
+            self._queue.popleft()
+            raise first.exception
+        if self.latency:
+            await anyio.sleep(self.latency)
+        else:
+            await anyio.lowlevel.checkpoint()
+        size = dimensions or ECHO_DIMENSIONS
+        tokens = sum(len(text) // 4 + 1 for text in texts)
+        return EmbeddingResponse(
+            [echo_vector(text, size) for text in texts],
+            model=model or self.model,
+            usage={"prompt_tokens": tokens, "total_tokens": tokens},
+        )
+
     async def complete(
         self,
         messages: Sequence[LLMMessage],
@@ -183,6 +213,19 @@ class EchoProvider:
                     if inspect.isawaitable(outcome):
                         await outcome
         return response
+
+
+ECHO_DIMENSIONS = 8
+
+
+def echo_vector(text: str, dimensions: int = ECHO_DIMENSIONS) -> array.array[float]:
+    """The echo provider's vector for ``text``: the same text, the same vector, anywhere.
+
+    Floats in [-1, 1) from the text's BLAKE2b digest (repeated for long vectors).
+    """
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=64).digest()
+    raw = (digest * (dimensions // 64 + 1))[:dimensions]
+    return array.array("f", [(b - 128) / 128 for b in raw])
 
 
 def _check_scripted(item: object) -> None:

@@ -33,8 +33,9 @@ from ..errors import (
     ServerError,
 )
 from ._secrets import Redactor
-from ._transports._pool import (
+from ._transports._base import (
     ConnectFailed,
+    HeadersTooLarge,
     Phase,
     Refused,
     Response,
@@ -42,10 +43,14 @@ from ._transports._pool import (
     Timeouts,
     TooLarge,
     TransportError,
+    Unusable,
 )
 
 BODY_KEEP = 2000  # characters of a response body kept on an error, for debugging
-_MESSAGE_KEEP = 500  # characters of the server's error message quoted in ours
+# Characters of the server's error message quoted in ours: enough for a validation error
+# whose reason comes after a long preamble (llama.cpp's server: ~1.5 KB before it).
+_MESSAGE_KEEP = BODY_KEEP
+_TEXT_KEEP = 1000  # of a body that is not JSON (an HTML page from a proxy, say)
 
 # -- Retry-After and the retry decision -------------------------------------------------
 
@@ -126,6 +131,8 @@ def _error_details(body: Any) -> tuple[str | None, str | None]:
     error = body.get("error")
     if isinstance(error, dict):  # {"error": {"type"|"code", "message"}} (both providers)
         kind = error.get("type") or error.get("code")
+        if not isinstance(kind, str):  # Google: {"error": {"code": 429, "status", "message"}}
+            kind = error.get("status")
         message = error.get("message")
     else:  # {"error": "..."}, {"message": ...}, {"detail": ...}: compatible servers
         kind = body.get("type") if body.get("type") != "error" else None
@@ -134,6 +141,30 @@ def _error_details(body: Any) -> tuple[str | None, str | None]:
         kind if isinstance(kind, str) and kind else None,
         message if isinstance(message, str) and message else None,
     )
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)s", re.ASCII)
+
+
+def retry_info_delay(body: Any) -> float | None:
+    """The ``retryDelay`` of a Google error body's ``google.rpc.RetryInfo`` detail, in seconds.
+
+    Google APIs (Gemini) say when to come back in the body, not in a header:
+    ``{"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+    "retryDelay": "7s"}]}}`` (a protobuf Duration: seconds with an ``s``).
+    """
+    error = body.get("error") if isinstance(body, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        if (
+            isinstance(detail, dict)
+            and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo")
+            and isinstance(delay := detail.get("retryDelay"), str)
+            and (match := _DURATION.fullmatch(delay.strip()))
+        ):
+            seconds = float(match.group(1))
+            return seconds if math.isfinite(seconds) else None
+    return None
 
 
 def one_line(text: str, limit: int) -> str:
@@ -171,8 +202,10 @@ def status_error(
     error_type, error_message = _error_details(parsed)
     error_type, error_message = redactor.optional(error_type), redactor.optional(error_message)
     if error_message is None and text.strip() and parsed is None:
-        error_message = one_line(text, 200)  # an HTML page from a proxy, say
+        error_message = one_line(text, _TEXT_KEEP)
     retry_after = parse_retry_after(headers)
+    if retry_after is None:
+        retry_after = retry_info_delay(parsed)
     rid = request_id(headers)
     cls = status_error_class(status)
 
@@ -244,38 +277,50 @@ def format_error(
 # -- no usable response ------------------------------------------------------------------
 
 
+_TIMED_OUT = {
+    Phase.CONNECT: "could not connect to {url} within {s}",
+    Phase.POOL: (
+        "no free connection within {s}; set max_connections to at least the executor's "
+        "max_concurrency"
+    ),
+    Phase.WRITE: "could not send the request within {s}",
+    Phase.TOTAL: (
+        "no complete response within {s} (total_timeout, from connecting to the last byte); "
+        "raise total_timeout if answers take longer"
+    ),
+    Phase.READ: (
+        "the server sent nothing for {s} (read timeout); raise timeout= if answers take longer"
+    ),
+}
+
+
 def transport_error(
     provider: str, failure: TransportError, url: str, timeouts: Timeouts, redactor: Redactor
 ) -> ProviderError:
     """The error for a request that got no usable response (timeout, refused, dropped)."""
     detail = redactor.text(failure.detail)
     if isinstance(failure, Timeout):
-        phase = failure.phase
-        if phase is Phase.CONNECT:
-            what = f"could not connect to {url} within {failure.seconds:g}s"
-        elif phase is Phase.POOL:
-            what = (
-                f"no free connection within {failure.seconds:g}s; set max_connections to at "
-                "least the executor's max_concurrency"
-            )
-        elif phase is Phase.WRITE:
-            what = f"could not send the request within {failure.seconds:g}s"
-        elif phase is Phase.TOTAL:
-            what = (
-                f"no complete response within {failure.seconds:g}s (total_timeout, from "
-                "connecting to the last byte); raise total_timeout if answers take longer"
-            )
-        else:
-            what = (
-                f"the server sent nothing for {failure.seconds:g}s (read timeout); raise "
-                "timeout= if answers take longer"
-            )
+        what = _TIMED_OUT[failure.phase].format(url=url, s=f"{failure.seconds:g}s")
         return APITimeoutError(f"{provider}: {what}", provider=provider, error_message=detail)
     if isinstance(failure, TooLarge):
         return ResponseFormatError(
             f"{provider}: the response from {url} is larger than max_response_bytes="
             f"{failure.limit}; raise max_response_bytes if the answer is meant to be this big",
             provider=provider,
+            error_message=detail,
+        )
+    if isinstance(failure, HeadersTooLarge):
+        return ResponseFormatError(
+            f"{provider}: the response from {url} is not usable ({detail}); check that "
+            "base_url points at the API",
+            provider=provider,
+            error_message=detail,
+        )
+    if isinstance(failure, Unusable):
+        return ProviderError(
+            f"{provider}: the response from {url} is not usable ({detail})",
+            provider=provider,
+            retryable=False,
             error_message=detail,
         )
     if isinstance(failure, Refused):

@@ -10,6 +10,10 @@ subclass says only how its API's JSON looks: ``_auth_headers``, ``_payload`` and
 The API key lives in one private header block. Nothing built here formats it: errors
 carry no request, chain no exception that holds one, and any text that comes from
 outside (a body, a header, a socket error) passes through the provider's redactor.
+
+About 600 lines, on purpose: one class, the base every HTTP provider shares (options,
+lifecycle, the whole and the streamed call, the request and stream primitives); the
+transports, errors, secrets, SSE and stream folding it uses live in their own modules.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import httpx
 
 from .._base._advertised import parse_rate_limit_headers
 from .._base._perloop import PerLoop
-from .._base._types import LLMMessage, LLMResponse
+from .._base._types import LLMMessage, LLMResponse, ToolCall
 from ..errors import APIConnectionError, BadRequestError, ProviderError, ResponseFormatError
 from ._config import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -56,7 +60,7 @@ from ._errors import (
     transport_error,
 )
 from ._secrets import Redactor, Secret, SecretHeaders, resolve_api_key
-from ._sse import Event, SSEDecoder
+from ._sse import Event, LineTooLong, SSEDecoder
 from ._streaming import (
     ERROR_STATUS,
     ON_TEXT,
@@ -64,18 +68,16 @@ from ._streaming import (
     StreamEventError,
     StreamFormatError,
 )
-from ._transports._httpx import HTTPXTransport
-from ._transports._pool import (
-    Origin,
-    Pool,
+from ._transports._base import (
+    BodyStream,
+    Request,
     Response,
-    StreamResponse,
     Timeouts,
     Transport,
     TransportError,
-    proxy_for,
-    ssl_context,
 )
+from ._transports._choose import new_transport
+from ._transports._origin import Origin
 
 logger = logging.getLogger("llmfanout")
 
@@ -117,6 +119,10 @@ class HTTPProvider:
     reports_rate_limits: ClassVar[bool] = True
     """Answers carry the server's rate-limit headers (``LLMResponse.rate_limits``), if it
     sends any: the executor sends one call first and paces the rest by its answer."""
+    fresh_answers: ClassVar[bool] = True
+    """Each ``complete()`` returns an answer made for that call alone (its ``metadata`` a
+    dict of its own): a :class:`~llmfanout.Pool` writes the deployment's name into it
+    instead of copying the answer."""
 
     def __init__(
         self,
@@ -198,6 +204,32 @@ class HTTPProvider:
         """
         raise NotImplementedError
 
+    def _answer(
+        self,
+        body: dict[str, Any],
+        response: Response,
+        model: Any,
+        content: str,
+        finish_reason: Any,
+        usage: dict[str, int] | None,
+        tool_calls: tuple[ToolCall, ...],
+    ) -> LLMResponse:
+        """The ``LLMResponse`` for a body a subclass has read: the model the body names
+        (else the one asked for), the raw body and the server's request id in metadata."""
+        reported = body.get("model")
+        metadata: dict[str, Any] = {"raw": body}
+        rid = self._request_id(response)
+        if rid:
+            metadata["request_id"] = rid
+        return LLMResponse(
+            content,
+            model=reported if isinstance(reported, str) else str(model),
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            usage=usage,
+            metadata=metadata,
+            tool_calls=tool_calls,
+        )
+
     def _accumulator(self) -> Accumulator:
         """A fresh folder of this API's stream events into a whole answer's body."""
         raise NotImplementedError
@@ -205,6 +237,10 @@ class HTTPProvider:
     def _stream_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The request body for a streamed call (``stream`` already set)."""
         return payload
+
+    def _path(self, params: Mapping[str, Any], *, stream: bool) -> str:
+        """The path under ``base_url`` a call goes to (``endpoint``; Gemini's names the model)."""
+        return self.endpoint
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -238,26 +274,13 @@ class HTTPProvider:
             await transport.aclose()
 
     def _new_transport(self) -> Transport:
-        if self._given_client is not None:
-            return HTTPXTransport(self._given_client, self._origin.url, self._headers, owned=False)
-        context = ssl_context(self.verify) if self._origin.tls else None
-        proxy = proxy_for(httpx.URL(self.base_url))
-        if proxy is not None:
-            # httpx speaks HTTP and SOCKS proxies and reads NO_PROXY as it always has.
-            client = httpx.AsyncClient(
-                timeout=self.timeout,
-                limits=httpx.Limits(
-                    max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_connections,
-                ),
-                # Never follow redirects: a key header such as x-api-key would go along.
-                follow_redirects=False,
-                verify=context or True,
-                trust_env=True,
-            )
-            return HTTPXTransport(client, self._origin.url, self._headers, owned=True)
-        return Pool(
-            self._origin, self._headers, context=context, max_connections=self.max_connections
+        return new_transport(
+            httpx.URL(self.base_url),
+            self._headers,
+            verify=self.verify,
+            timeout=self.timeout,
+            max_connections=self.max_connections,
+            client=self._given_client,
         )
 
     def _transport(self) -> Transport:
@@ -296,8 +319,9 @@ class HTTPProvider:
         if params.get("stream") or ON_TEXT in params:
             return await self._complete_streamed(messages, dict(params), self._accumulator())
         payload = self._payload(messages, params)
-        response = await self._send("POST", self._target, self._encode(payload), None)
-        answer = self._response(self._json(response), response, payload["model"])
+        target = self._prefix + self._path(params, stream=False)
+        response = await self._send("POST", target, self._encode(payload), None)
+        answer = self._response(self._json(response), response, params.get("model"))
         limits = parse_rate_limit_headers(response.headers)
         return answer if limits is None else attrs.evolve(answer, rate_limits=limits)
 
@@ -338,14 +362,14 @@ class HTTPProvider:
         start = anyio.current_time()
         first: float | None = None
         error: ProviderError | None = None
-        async with self.stream("POST", self.endpoint, json=payload) as response:
+        async with self.stream("POST", self._path(params, stream=True), json=payload) as response:
             head = Response(response.status, response.reason, response.headers, b"")
             if response.headers.get("content-type", "").startswith("application/json"):
                 # A server that does not stream answers whole: take it as it is.
                 whole = Response(
                     response.status, response.reason, response.headers, await response.read()
                 )
-                answer = self._response(self._json(whole), whole, payload.get("model"))
+                answer = self._response(self._json(whole), whole, params.get("model"))
                 return attrs.evolve(
                     answer,
                     metadata={**answer.metadata, "streamed": False, "time_to_first_token_s": None},
@@ -354,7 +378,7 @@ class HTTPProvider:
                 async for chunk in response:
                     for event in decoder.feed(chunk):
                         if accumulator.done:
-                            continue  # read on to the body's end, so the connection is reused
+                            break  # events past the terminal one are not read
                         if redact:
                             event = Event(self._redactor.text(event.data), event.event)
                         text = accumulator.feed(event)
@@ -366,15 +390,16 @@ class HTTPProvider:
                             outcome = on_text(text)
                             if inspect.isawaitable(outcome):
                                 await outcome
+                    if accumulator.done:
+                        break
             except StreamEventError as exc:
                 error = self._event_error(head, exc.data)
-            except StreamFormatError as exc:
+            except (StreamFormatError, LineTooLong) as exc:
                 error = self._format_error(head, str(exc))
-            except ProviderError:
-                # The body broke after the terminal event: the answer is whole, only the
-                # connection's end was not clean (it is closed, not reused).
-                if not accumulator.done:
-                    raise
+            if accumulator.done:
+                # The answer is whole: the call ends now, whatever the body does next. What
+                # of it has arrived is taken in; if that ends it, the connection is reused.
+                await response.settle()
         if error is None and not accumulator.done:
             error = APIConnectionError(
                 f"{self.provider_name}: the answer stream from {self._url} ended before "
@@ -386,7 +411,7 @@ class HTTPProvider:
         if error is not None:
             logger.debug("%s", error)
             raise error
-        answer = self._response(accumulator.body(), head, payload.get("model"))
+        answer = self._response(accumulator.body(), head, params.get("model"))
         metadata = {**answer.metadata, "streamed": True, "time_to_first_token_s": first}
         return attrs.evolve(answer, metadata=metadata)
 
@@ -439,6 +464,8 @@ class HTTPProvider:
         target, content, extra = self._request_parts(path, json, content, content_type, headers)
         return await self._send(method.upper(), target, content, extra, max_response_bytes)
 
+    # The same parameters as request(), written out again on purpose (duplicates lists the
+    # pair): each public signature reads whole in help() and in an editor's hints.
     @asynccontextmanager
     async def stream(
         self,
@@ -450,7 +477,7 @@ class HTTPProvider:
         content_type: str | None = None,
         headers: Mapping[str, str] | None = None,
         max_response_bytes: int | None = None,
-    ) -> AsyncIterator[StreamResponse]:
+    ) -> AsyncIterator[_ProviderStream]:
         """Send a request as :meth:`request` does; yield a 2xx response to read in chunks.
 
         ``async with provider.stream("POST", "/chat/completions", json=body) as r:`` then
@@ -465,9 +492,8 @@ class HTTPProvider:
         limit = max_response_bytes or self.max_response_bytes
         error: ProviderError | None = None
         try:
-            async with transport.stream(
-                method.upper(), target, content, extra, self._timeouts, limit
-            ) as raw:
+            request = Request(method.upper(), target, content, extra, self._timeouts, limit)
+            async with transport.stream(request) as raw:
                 if 200 <= raw.status < 300:
                     yield _ProviderStream(self, raw)
                     return
@@ -527,12 +553,14 @@ class HTTPProvider:
         error: ProviderError
         try:
             response = await transport.send(
-                method,
-                target,
-                content,
-                headers,
-                self._timeouts,
-                max_bytes or self.max_response_bytes,
+                Request(
+                    method,
+                    target,
+                    content,
+                    headers,
+                    self._timeouts,
+                    max_bytes or self.max_response_bytes,
+                )
             )
         except TransportError as exc:
             error = self._transport_error(exc)
@@ -593,7 +621,7 @@ class HTTPProvider:
 class _ProviderStream:
     """A 2xx response read chunk by chunk, its failures raised as ``ProviderError``."""
 
-    def __init__(self, provider: HTTPProvider, raw: StreamResponse) -> None:
+    def __init__(self, provider: HTTPProvider, raw: BodyStream) -> None:
         self._provider = provider
         self._raw = raw
         self.status = raw.status
@@ -615,3 +643,8 @@ class _ProviderStream:
     async def read(self) -> bytes:
         """The rest of the body (at most ``max_response_bytes``)."""
         return b"".join([chunk async for chunk in self])
+
+    async def settle(self) -> None:
+        """Take in what of the body has arrived, without waiting; leaving the block then
+        closes the connection unless that was the body's end."""
+        await self._raw.settle()

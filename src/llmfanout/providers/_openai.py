@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._base._embeddings import EmbeddingCaps, EmbeddingResponse
 from .._base._types import LLMMessage, LLMResponse, to_messages
-from ..errors import ProviderError
+from ..errors import BadRequestError, ProviderError
+from ._embeddings_format import OPENAI_CAPS, openai_body, openai_usage, openai_vectors
 from ._http import HTTPProvider
-from ._openai_format import OpenAIStream, messages_to_wire, tool_calls_from, usage_from
+from ._openai_format import (
+    OpenAIStream,
+    json_object_request,
+    messages_to_wire,
+    refuses_json_schema,
+    tool_calls_from,
+    usage_from,
+    wants_json_schema,
+)
 from ._streaming import Accumulator
-from ._transports._pool import Response
+from ._transports._base import Response
 
 
 class OpenAIProvider(HTTPProvider):
@@ -52,6 +62,12 @@ class OpenAIProvider(HTTPProvider):
 
     Redirects are never followed (the key would go along).
 
+    Structured output: ``response_format`` goes into the body as given. When a call asks
+    for ``{"type": "json_schema", ...}`` and the server refuses it (a 400 or 422 naming
+    ``response_format`` or ``json_schema``, as many compatible servers answer), the call
+    is sent again at once as ``{"type": "json_object"}`` with the schema in a system
+    message, and every later call to that model on this provider goes that way directly.
+
     ``complete`` raises :class:`~llmfanout.errors.ProviderError` subclasses, retryable as
     the official SDK decides; it never retries on its own (give the executor a
     ``RetryConfig``). The key never appears in a repr, an error or a log line.
@@ -63,8 +79,68 @@ class OpenAIProvider(HTTPProvider):
     default_base_url = "https://api.openai.com/v1"
     endpoint = "/chat/completions"
 
+    embedding_caps: EmbeddingCaps = OPENAI_CAPS
+    """The most one ``embed`` request carries (OpenAI's 2048 inputs, 300,000 tokens); set
+    it on the provider for a compatible server with other caps."""
+    embedding_encoding: str = "base64"
+    """``encoding_format`` asked of ``/embeddings``: base64 decodes faster than JSON numbers;
+    set ``"float"`` on the provider for a compatible server that cannot send base64."""
+
+    _json_object_models: frozenset[str] = frozenset()
+    """Models whose server refused ``json_schema``: they get ``json_object`` instead."""
+
+    async def complete(
+        self,
+        messages: Sequence[LLMMessage],
+        config_overrides: Mapping[str, Any] | None = None,
+    ) -> LLMResponse:
+        if not wants_json_schema(config_overrides):
+            return await super().complete(messages, config_overrides)
+        assert config_overrides is not None
+        model = str(config_overrides.get("model") or self.model)
+        if model not in self._json_object_models:
+            try:
+                return await super().complete(messages, config_overrides)
+            except BadRequestError as exc:
+                if not refuses_json_schema(exc):
+                    raise
+                # A set replaced, never changed in place: calls on other loops read it.
+                self._json_object_models = self._json_object_models | {model}
+        fallback, params = json_object_request(
+            to_messages(messages, "OpenAIProvider"), config_overrides
+        )
+        return await super().complete(fallback, params)
+
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
+
+    async def embed(
+        self, texts: Sequence[str], *, model: str | None = None, dimensions: int | None = None
+    ) -> EmbeddingResponse:
+        """Embed ``texts`` in one ``POST {base_url}/embeddings``; one vector per text, in order.
+
+        ``model`` defaults to the provider's. Raises a
+        :class:`~llmfanout.errors.ProviderError` subclass as ``complete`` does (a request
+        over the caps is a ``BadRequestError``), and ``ResponseFormatError`` for an answer
+        without one vector per text.
+        """
+        name = model or self.model
+        body = openai_body(texts, name, dimensions, self.embedding_encoding)
+        response = await self.request("POST", "/embeddings", json=body)
+        answer = self._json(response)
+        try:
+            vectors = openai_vectors(answer, len(texts))
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            reported = answer.get("model")
+            return EmbeddingResponse(
+                vectors,
+                model=reported if isinstance(reported, str) else name,
+                usage=openai_usage(answer),
+            )
+        error: ProviderError = self._format_error(response, problem)
+        raise error
 
     def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
         return {**params, "messages": messages_to_wire(to_messages(messages, "OpenAIProvider"))}
@@ -98,18 +174,7 @@ class OpenAIProvider(HTTPProvider):
         if problem is not None:
             error: ProviderError = self._format_error(response, problem)
             raise error
-        finish_reason = choice.get("finish_reason")
-        reported_model = body.get("model")
-        counts = usage_from(body.get("usage"))
-        request_id = self._request_id(response)
-        metadata: dict[str, Any] = {"raw": body}
-        if request_id:
-            metadata["request_id"] = request_id
-        return LLMResponse(
-            content,
-            model=reported_model if isinstance(reported_model, str) else str(model),
-            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-            usage=counts,
-            metadata=metadata,
-            tool_calls=tool_calls_from(choice["message"].get("tool_calls")),
-        )
+        usage = usage_from(body.get("usage"))
+        calls = tool_calls_from(choice["message"].get("tool_calls"))
+        finish = choice.get("finish_reason")
+        return self._answer(body, response, model, content, finish, usage, calls)

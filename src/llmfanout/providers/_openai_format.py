@@ -1,12 +1,18 @@
-"""Our messages in OpenAI's Chat Completions JSON, and tool calls and usage back out of it."""
+"""Our messages in OpenAI's Chat Completions JSON, and tool calls and usage back out of it.
+
+Structured output is OpenAI's own ``response_format`` (``json_schema``, strict), passed
+through as given; for a server that refuses ``json_schema`` the provider falls back to
+``json_object`` with the schema in the prompt (:func:`json_object_request`).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._base._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall
+from ..errors import ProviderError
 from ._sse import Event
 from ._streaming import StreamEventError, StreamFormatError, parse
 
@@ -46,8 +52,10 @@ def message_to_wire(message: LLMMessage) -> dict[str, Any]:
         wire["name"] = message.name
     if message.tool_calls:
         wire["tool_calls"] = [tool_call_to_wire(c) for c in message.tool_calls]
-        if not content:  # what OpenAI itself sends for an answer that is only tool calls
-            wire["content"] = None
+        if not content:
+            # An answer that is only tool calls: "" rather than the null OpenAI sends, which
+            # llama.cpp's server refuses (500); OpenAI, vLLM, Ollama and LiteLLM take "".
+            wire["content"] = ""
     if message.tool_call_id is not None:
         wire["tool_call_id"] = message.tool_call_id
     return wire
@@ -170,3 +178,38 @@ class OpenAIStream:
         if self._usage is not None:
             body["usage"] = self._usage
         return body
+
+
+# -- structured output -----------------------------------------------------------------------
+
+SCHEMA_PROMPT = (
+    "Answer with a single JSON object, and nothing else, that matches this JSON Schema:\n"
+)
+
+
+def wants_json_schema(params: Mapping[str, Any] | None) -> bool:
+    """Whether the call asks for ``response_format`` of type ``json_schema``."""
+    given = params.get("response_format") if params else None
+    return isinstance(given, dict) and given.get("type") == "json_schema"
+
+
+def refuses_json_schema(error: ProviderError) -> bool:
+    """Whether a 400/422 answer says the server does not take ``json_schema`` (many
+    OpenAI-compatible servers do not): its message names ``response_format`` or it."""
+    if error.status_code not in (400, 422):
+        return False
+    said = " ".join(
+        str(part) for part in (error.error_message, error.body, error.message) if part
+    ).lower()
+    return "json_schema" in said or "response_format" in said
+
+
+def json_object_request(
+    messages: Sequence[LLMMessage], params: Mapping[str, Any]
+) -> tuple[list[LLMMessage], dict[str, Any]]:
+    """The fallback for a server that refuses ``json_schema``: ``json_object`` mode, with
+    the schema in a system message first (JSON mode wants "JSON" said in the prompt)."""
+    spec = params["response_format"].get("json_schema") or {}
+    schema = json.dumps(spec.get("schema", {}), ensure_ascii=False, separators=(",", ":"))
+    prompt = LLMMessage("system", SCHEMA_PROMPT + schema)
+    return [prompt, *messages], {**params, "response_format": {"type": "json_object"}}

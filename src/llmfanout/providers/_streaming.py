@@ -51,6 +51,16 @@ ERROR_STATUS = {
     "server_error": 500,
     "timeout_error": 504,
     "overloaded_error": 529,
+    # Google's status names (Gemini), as its error bodies and error events carry them
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
 }
 
 

@@ -1,35 +1,25 @@
 """The providers' calls over an ``httpx.AsyncClient``: a user's ``http_client=``, or ours
 when an environment proxy applies (httpx speaks HTTP and SOCKS proxies).
 
-It serves the same :class:`~._transport.Transport` interface as the pool, with the same
-total deadline, size cap and errors; httpx's own exceptions (which hold the request, and
-so the key) are turned into ours outside their ``except`` blocks, so none is chained.
+The second implementation of :class:`~._base.BaseTransport`: it opens the exchange with
+httpx and reads the body as sent (``aiter_raw``), so the :class:`~._base.BodyStream`
+decompresses and caps it exactly as for the pool, under the same total deadline. httpx's
+own exceptions (which hold the request, and so the key) are turned into ours outside
+their ``except`` blocks, so none is chained.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 
 import anyio
 import httpx
 
-from ._pool import (
-    ConnectFailed,
-    Dropped,
-    Phase,
-    Refused,
-    Response,
-    StreamResponse,
-    Timeout,
-    Timeouts,
-    TooLarge,
-    TransportError,
-)
+from . import _base as failures  # the errors, by their module: what httpx's map to
+from ._base import BaseTransport, BodyStream, Inflow, Phase, Request, Timeout, Timeouts
 
 
-def _httpx_failure(exc: httpx.HTTPError) -> TransportError:
+def _httpx_failure(exc: httpx.HTTPError, timeouts: Timeouts) -> failures.TransportError:
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         phase = {
@@ -37,15 +27,19 @@ def _httpx_failure(exc: httpx.HTTPError) -> TransportError:
             httpx.WriteTimeout: Phase.WRITE,
             httpx.PoolTimeout: Phase.POOL,
         }.get(type(exc), Phase.READ)
-        return Timeout(phase, math.nan)
+        return Timeout(phase, timeouts.of(phase))
     if isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol):
-        return Refused(detail)
+        return failures.Refused(detail)
+    if isinstance(exc, httpx.RemoteProtocolError) and "_SWITCH_UPGRADE" in detail:
+        return failures.Unusable(
+            "the server switched protocols (101 Switching Protocols), which was not asked for"
+        )
     if isinstance(exc, httpx.ConnectError):
-        return ConnectFailed(detail, tls="CERTIFICATE_VERIFY_FAILED" in detail)
-    return Dropped(detail)
+        return failures.ConnectFailed(detail, tls="CERTIFICATE_VERIFY_FAILED" in detail)
+    return failures.Dropped(detail)
 
 
-class HTTPXTransport:
+class HTTPXTransport(BaseTransport):
     """Requests over an ``httpx.AsyncClient`` (yours, or ours when a proxy applies)."""
 
     def __init__(
@@ -64,122 +58,66 @@ class HTTPXTransport:
         if self._owned:
             await self.client.aclose()
 
-    @asynccontextmanager
-    async def _open(
-        self,
-        method: str,
-        target: str,
-        content: bytes,
-        headers: Mapping[str, str] | None,
-        timeouts: Timeouts,
-    ) -> AsyncIterator[httpx.Response]:
+    async def _begin(self, request: Request) -> BodyStream:
+        """Send one request; the response once its headers are in."""
         client = self.client
         if client.is_closed:
-            raise Refused("the http_client is closed")
-        request = client.build_request(
+            raise failures.Refused("the http_client is closed")
+        method, target, content, headers, timeouts, max_bytes = request
+        outgoing = client.build_request(
             method,
             self._base_url + target,
             content=content or None,
             headers={**self._headers, **headers} if headers else self._headers,
             timeout=timeouts.as_httpx(),
         )
-        failure: TransportError | None = None
-        try:
-            response = await client.send(request, stream=True, follow_redirects=False)
-        except httpx.HTTPError as exc:
-            failure = _httpx_failure(exc)
-        if failure is not None:  # raised outside the except: an httpx error holds the request
-            raise _with_seconds(failure, timeouts)
-        try:
-            yield response
-        finally:
-            await response.aclose()
-
-    async def send(
-        self,
-        method: str,
-        target: str,
-        content: bytes,
-        headers: Mapping[str, str] | None,
-        timeouts: Timeouts,
-        max_bytes: int,
-    ) -> Response:
-        """Send one request; return the whole response (see :class:`Transport`)."""
-        with anyio.move_on_after(timeouts.total):
-            async with self.stream(method, target, content, headers, timeouts, max_bytes) as r:
-                return Response(r.status, r.reason, r.headers, await r.read())
-        raise Timeout(Phase.TOTAL, timeouts.total)
-
-    @asynccontextmanager
-    async def stream(
-        self,
-        method: str,
-        target: str,
-        content: bytes,
-        headers: Mapping[str, str] | None,
-        timeouts: Timeouts,
-        max_bytes: int,
-    ) -> AsyncIterator[StreamResponse]:
-        """Send one request; yield the response once its headers are in."""
         end = anyio.current_time() + timeouts.total
-        with anyio.CancelScope(deadline=end) as scope:
-            opening = self._open(method, target, content, headers, timeouts)
-            response = await opening.__aenter__()
-        if scope.cancelled_caught:
-            raise Timeout(Phase.TOTAL, timeouts.total)
-        stream = _HTTPXStream(response, max_bytes, timeouts, end)
-        try:
-            yield stream
-        except BaseException as exc:  # cleanup, then re-raised (noqa: cancellation-ok)
-            await stream.aclose()
-            await opening.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        await stream.aclose()
-        await opening.__aexit__(None, None, None)
+        failure: failures.TransportError | None = None
+        with anyio.CancelScope(deadline=end):
+            try:
+                response = await client.send(outgoing, stream=True, follow_redirects=False)
+            except httpx.HTTPError as exc:
+                failure = _httpx_failure(exc, timeouts)
+            else:
+                return _HTTPXBody(response, max_bytes, timeouts, end)
+        # Raised outside the except: an httpx error holds the request, and so the key.
+        raise failure or Timeout(Phase.TOTAL, timeouts.total)
 
 
-def _with_seconds(failure: TransportError, timeouts: Timeouts) -> TransportError:
-    if isinstance(failure, Timeout) and math.isnan(failure.seconds):
-        return Timeout(failure.phase, timeouts.of(failure.phase))
-    return failure
+class _HTTPXBody(BodyStream):
+    """A response from :class:`HTTPXTransport`: the body as sent, decoded here."""
 
+    __slots__ = ("_chunks", "_inflow", "_response", "_timeouts")
 
-class _HTTPXStream:
     def __init__(
         self, response: httpx.Response, max_bytes: int, timeouts: Timeouts, end: float
     ) -> None:
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        super().__init__(response.status_code, response.reason_phrase, headers, end, timeouts.total)
         self._response = response
-        self._chunks = response.aiter_bytes()
-        self._size = 0
-        self._end = end
-        self._max = max_bytes
+        if response.is_stream_consumed:  # a body given whole (httpx.MockTransport): decoded
+            self._chunks, encoding = response.aiter_bytes(), ""
+        else:
+            self._chunks, encoding = response.aiter_raw(), headers.get("content-encoding", "")
+        self._inflow = Inflow(max_bytes, encoding)
         self._timeouts = timeouts
-        self.status = response.status_code
-        self.reason = response.reason_phrase
-        self.headers: Mapping[str, str] = {k.lower(): v for k, v in response.headers.items()}
 
-    def __aiter__(self) -> _HTTPXStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        failure: TransportError | None = None
-        with anyio.CancelScope(deadline=self._end) as scope:
-            try:
-                chunk = await anext(self._chunks)
-            except httpx.HTTPError as exc:
-                failure = _httpx_failure(exc)
-        if scope.cancelled_caught:
-            raise Timeout(Phase.TOTAL, self._timeouts.total)
+    async def _pull(self) -> bytes | None:
+        failure: failures.TransportError | None = None
+        try:
+            raw = await anext(self._chunks)
+        except StopAsyncIteration:
+            self._ended = True
+            return None
+        except httpx.HTTPError as exc:
+            failure = _httpx_failure(exc, self._timeouts)
         if failure is not None:  # raised outside the except: an httpx error holds the request
-            raise _with_seconds(failure, self._timeouts)
-        self._size += len(chunk)
-        if self._size > self._max:
-            raise TooLarge(self._max)
-        return chunk
+            raise failure
+        return self._inflow.take(raw)
 
-    async def read(self) -> bytes:
-        """The rest of the body (bounded by the request's ``max_bytes``)."""
-        return b"".join([chunk async for chunk in self])
+    async def finish(self) -> None:
+        await self.abort()  # httpx keeps the connection if the body was read to its end
 
-    async def aclose(self) -> None:
+    async def abort(self) -> None:
         await self._chunks.aclose()  # type: ignore[attr-defined]
+        await self._response.aclose()

@@ -20,419 +20,49 @@ been written, a failure is reported (the server may have acted on it).
 Cancellation closes the request's connection at once (``aclose_forcefully``): a pool
 never holds a connection in an unknown state.
 
+The pool is one of the two implementations of :class:`~._base.BaseTransport`: it opens
+the exchange (``_begin``) and reads the socket for a :class:`~._base.BodyStream`
+(``_PoolBody``), which owns the rest (the body, its cap, the total deadline).
 :class:`~._httpx.HTTPXTransport` serves the same calls over an ``httpx.AsyncClient``: the
 one a user passes as ``http_client=``, or ours when an environment proxy applies to the
-address (httpx speaks HTTP and SOCKS proxies; this module does not).
+address (httpx speaks HTTP and SOCKS proxies; this module does not). The response parser
+is :mod:`._h1`; origins, TLS contexts and proxies are :mod:`._origin`.
 """
 
 from __future__ import annotations
 
-import enum
-import functools
-import math
-import os
 import select
 import ssl
-import urllib.request
-import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from collections.abc import Mapping
 
 import anyio
 import anyio.abc
-import attrs
 import httptools
-import httpx
 from anyio.abc import SocketAttribute
 
+from ._base import (
+    BaseTransport,
+    BodyStream,
+    ConnectFailed,
+    Dropped,
+    HeadersTooLarge,
+    Phase,
+    Refused,
+    Request,
+    Timeout,
+    Timeouts,
+    TransportError,
+    Unusable,
+)
+from ._h1 import MAX_HEAD_BYTES, Exchange, encode_headers
+from ._origin import Origin
+
 _READ_SIZE = 65536
-_HEADERS, _CHUNK, _END = range(3)  # how far Pool._read reads
+_HEADERS, _CHUNK = range(2)  # how far Pool._read reads
 _SMALL_WRITE = 65536  # a request this small goes into the socket buffer without waiting
 _KEEPALIVE_EXPIRY = 5.0  # httpx's default: servers commonly drop idle connections at 5 s+
 _STREAM_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-
-
-# -- values ------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Timeouts:
-    """Seconds each phase of an attempt may take; ``math.inf`` for no limit.
-
-    ``read`` bounds each wait for bytes from the server, ``total`` the whole attempt,
-    from asking for a connection to the last byte of the response.
-    """
-
-    connect: float
-    read: float
-    write: float
-    pool: float
-    total: float
-
-    @classmethod
-    def from_httpx(cls, timeout: httpx.Timeout, total: float | None) -> Timeouts:
-        """Our timeouts from an ``httpx.Timeout`` (None meaning no limit) and a total."""
-
-        def seconds(value: float | None) -> float:
-            return math.inf if value is None else float(value)
-
-        return cls(
-            connect=seconds(timeout.connect),
-            read=seconds(timeout.read),
-            write=seconds(timeout.write),
-            pool=seconds(timeout.pool),
-            total=seconds(total),
-        )
-
-    def of(self, phase: Phase) -> float:
-        """The limit for ``phase``."""
-        return {
-            Phase.POOL: self.pool,
-            Phase.CONNECT: self.connect,
-            Phase.WRITE: self.write,
-            Phase.READ: self.read,
-        }.get(phase, self.total)
-
-    def as_httpx(self) -> httpx.Timeout:
-        """The same per-phase limits as an ``httpx.Timeout``."""
-
-        def value(seconds: float) -> float | None:
-            return None if math.isinf(seconds) else seconds
-
-        return httpx.Timeout(
-            connect=value(self.connect),
-            read=value(self.read),
-            write=value(self.write),
-            pool=value(self.pool),
-        )
-
-
-@attrs.frozen
-class Response:
-    """A whole response: status, reason phrase, headers (names in lower case) and body.
-
-    The body is decoded (gzip, deflate) and at most the ``max_bytes`` the request allowed.
-    """
-
-    status: int
-    reason: str
-    headers: Mapping[str, str]
-    content: bytes
-
-    @property
-    def status_code(self) -> int:
-        """The status, under httpx's name."""
-        return self.status
-
-    @property
-    def reason_phrase(self) -> str:
-        """The reason phrase, under httpx's name."""
-        return self.reason
-
-
-class Phase(enum.Enum):
-    """Where an attempt was when it failed."""
-
-    POOL = "pool"
-    CONNECT = "connect"
-    WRITE = "write"
-    READ = "read"
-    TOTAL = "total"
-
-
-class TransportError(Exception):
-    """A request got no usable response. ``detail`` is the underlying cause, as text."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class ConnectFailed(TransportError):
-    """The connection could not be opened (refused, no such host, TLS refused)."""
-
-    def __init__(self, detail: str, *, tls: bool = False) -> None:
-        super().__init__(detail)
-        self.tls = tls
-
-
-class Dropped(TransportError):
-    """The connection broke, or the response was not HTTP, after the request may have left."""
-
-
-class Refused(TransportError):
-    """Our side cannot form the request (a bad header, an unsupported URL)."""
-
-
-class Timeout(TransportError):
-    """A phase (or the whole attempt) ran out of time."""
-
-    def __init__(self, phase: Phase, seconds: float) -> None:
-        super().__init__(f"{phase.value} timeout after {seconds:g}s")
-        self.phase = phase
-        self.seconds = seconds
-
-
-class TooLarge(TransportError):
-    """The response body (after decompression) passed the request's ``max_bytes``."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the response body is larger than {limit} bytes")
-        self.limit = limit
-
-
-class StreamResponse(Protocol):
-    """A response whose body is read chunk by chunk (``async for chunk in response``)."""
-
-    status: int
-    reason: str
-    headers: Mapping[str, str]
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    async def __anext__(self) -> bytes: ...
-
-    async def read(self) -> bytes:
-        """The rest of the body (bounded by the request's ``max_bytes``)."""
-        ...
-
-
-class Transport(Protocol):
-    """What a provider needs from an HTTP client: one origin, a fixed set of headers."""
-
-    async def send(
-        self,
-        method: str,
-        target: str,
-        content: bytes,
-        headers: Mapping[str, str] | None,
-        timeouts: Timeouts,
-        max_bytes: int,
-    ) -> Response:
-        """Send one request to ``target`` (a path); return the whole response.
-
-        Raises :class:`TransportError` subclasses; cancellation closes the connection.
-        """
-        ...
-
-    def stream(
-        self,
-        method: str,
-        target: str,
-        content: bytes,
-        headers: Mapping[str, str] | None,
-        timeouts: Timeouts,
-        max_bytes: int,
-    ) -> AbstractAsyncContextManager[StreamResponse]:
-        """An async context manager yielding a :class:`StreamResponse` once headers arrive.
-
-        Leaving it returns the connection to the pool when the body was read to its end,
-        and closes it otherwise (a break, an error, a cancellation).
-        """
-        ...
-
-    async def aclose(self) -> None:
-        """Close every connection; later requests raise ``TransportError``."""
-        ...
-
-
-# -- TLS, proxies, origins ---------------------------------------------------------------
-
-
-@functools.cache
-def default_ssl_context() -> ssl.SSLContext:
-    """httpx's default TLS context (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``), built once.
-
-    Loading the CA bundle costs ~20 ms, so every provider shares one context.
-    """
-    context = httpx.create_ssl_context()
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
-def ssl_context(verify: bool | str | ssl.SSLContext) -> ssl.SSLContext:
-    """The TLS context for ``verify``: True (the default CAs), a CA file or directory, a
-    context of your own, or False (no verification: for a throwaway local server only)."""
-    if verify is True:
-        return default_ssl_context()
-    if isinstance(verify, ssl.SSLContext):
-        return verify
-    if verify is False:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    if os.path.isdir(verify):
-        return ssl.create_default_context(capath=verify)
-    return ssl.create_default_context(cafile=verify)
-
-
-def proxy_for(url: httpx.URL) -> str | None:
-    """The proxy the environment (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``...) sets for
-    ``url``, as httpx with ``trust_env`` would use it; None for a direct connection."""
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    if not proxy:
-        return None
-    host = url.host if url.port is None else f"{url.host}:{url.port}"
-    if urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
-        return None
-    return proxy
-
-
-@attrs.frozen
-class Origin:
-    """Where requests go: scheme, host and port, and the ``host`` header for them."""
-
-    scheme: str
-    host: str
-    port: int
-    host_header: str
-
-    @classmethod
-    def of(cls, url: httpx.URL) -> Origin:
-        """The origin of an http(s) URL."""
-        default = 443 if url.scheme == "https" else 80
-        port = url.port or default
-        host = url.host
-        shown = f"[{host}]" if ":" in host else host
-        header = shown if port == default else f"{shown}:{port}"
-        return cls(scheme=url.scheme, host=host, port=port, host_header=header)
-
-    @property
-    def tls(self) -> bool:
-        """Whether connections speak TLS."""
-        return self.scheme == "https"
-
-    @property
-    def url(self) -> str:
-        """``scheme://host[:port]``."""
-        return f"{self.scheme}://{self.host_header}"
-
-
-def _encode_headers(headers: Mapping[str, str]) -> bytes:
-    return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1")
-
-
-# -- one exchange's parser state ---------------------------------------------------------
-
-
-class _Decoder:
-    """A gzip or deflate body, decompressed chunk by chunk, never past ``max_bytes``."""
-
-    __slots__ = ("_inner", "_raw_deflate")
-
-    def __init__(self, encoding: str) -> None:
-        self._raw_deflate = encoding == "deflate"
-        wbits = zlib.MAX_WBITS | 16 if encoding != "deflate" else zlib.MAX_WBITS
-        self._inner = zlib.decompressobj(wbits)
-
-    def decode(self, data: bytes, room: int) -> bytes:
-        try:
-            return self._inner.decompress(data, room + 1)
-        except zlib.error:
-            if not self._raw_deflate:
-                raise
-            # Some servers send raw deflate under "deflate" (httpx reads both too).
-            self._raw_deflate = False
-            self._inner = zlib.decompressobj(-zlib.MAX_WBITS)
-            return self._inner.decompress(data, room + 1)
-
-
-class _Exchange:
-    """httptools callbacks for one response: status, headers, body chunks, completion."""
-
-    __slots__ = (
-        "chunks",
-        "complete",
-        "decoder",
-        "error",
-        "headers",
-        "headers_done",
-        "keep_alive",
-        "length_known",
-        "max_bytes",
-        "messages",
-        "parser",
-        "reason",
-        "size",
-        "status",
-    )
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.status = 0
-        self.reason = ""
-        self.headers: dict[str, str] = {}
-        self.headers_done = False
-        self.complete = False
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.decoder: _Decoder | None = None
-        self.error: TransportError | None = None
-        self.length_known = False
-        self.messages = 0
-        self.keep_alive = False
-        self.parser: httptools.HttpResponseParser | None = None
-
-    def on_message_begin(self) -> None:
-        self.messages += 1
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason.decode("latin-1")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        headers = self.headers
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-
-    def on_headers_complete(self) -> None:
-        if self.parser is not None:
-            self.status = self.parser.get_status_code()
-        headers = self.headers
-        self.length_known = "content-length" in headers or "chunked" in headers.get(
-            "transfer-encoding", ""
-        )
-        encoding = headers.get("content-encoding", "").strip().lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            self.decoder = _Decoder(encoding)
-        self.headers_done = True
-
-    def on_body(self, body: bytes) -> None:
-        if self.error is not None:
-            return
-        room = self.max_bytes - self.size
-        if self.decoder is not None:
-            try:
-                body = self.decoder.decode(body, room)
-            except zlib.error as exc:
-                self.error = Dropped(f"the response body is not valid compressed data ({exc})")
-                return
-        self.size += len(body)
-        if self.size > self.max_bytes:
-            self.error = TooLarge(self.max_bytes)
-            self.chunks.clear()
-            return
-        self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        if 100 <= self.status < 200:  # an informational answer (103): the real one follows
-            self.reason, self.headers, self.headers_done, self.messages = "", {}, False, 0
-            return
-        # Asked here: llhttp forgets the connection's fate once the message is done.
-        self.keep_alive = self.parser is not None and self.parser.should_keep_alive()
-        self.complete = True
-
-    def body(self) -> bytes:
-        chunks = self.chunks
-        if len(chunks) == 1:
-            return chunks.pop()
-        data = b"".join(chunks)
-        chunks.clear()
-        return data
 
 
 def _readable(fd: int) -> bool:
@@ -504,7 +134,7 @@ class _Attempt:
 # -- the pool ----------------------------------------------------------------------------
 
 
-class Pool:
+class Pool(BaseTransport):
     """Connections to one origin, for one event loop: a free list and a count.
 
     ``headers`` are sent with every request (host, auth, user agent...); give them
@@ -522,7 +152,7 @@ class Pool:
     ) -> None:
         self.origin = origin
         self._headers = dict(headers)
-        self._head = _encode_headers({"host": origin.host_header, **headers})
+        self._head = encode_headers({"host": origin.host_header, **headers})
         self._context = context
         self._max = max_connections
         self._expiry = keepalive_expiry
@@ -540,12 +170,11 @@ class Pool:
         """Connections open or being opened."""
         return self._open
 
-    def _encode(
-        self, method: str, target: str, content: bytes, headers: Mapping[str, str] | None
-    ) -> bytes:
+    def _encode(self, request: Request) -> bytes:
+        method, target, content, headers, _, _ = request
         if headers:
             merged = {**self._headers, **headers}
-            head = _encode_headers({"host": self.origin.host_header, **merged})
+            head = encode_headers({"host": self.origin.host_header, **merged})
         else:
             head = self._head
         line = f"{method} {target} HTTP/1.1\r\n".encode("latin-1")
@@ -704,16 +333,24 @@ class Pool:
 
     # -- one request ---------------------------------------------------------------------
 
-    def _start(self, timeouts: Timeouts, data: bytes) -> tuple[_Attempt, _Connection | None]:
-        """The attempt's state, and an idle connection to use if there is one at hand."""
+    async def _begin(self, request: Request) -> BodyStream:
+        """Send one request; the response once its headers are in (see
+        :class:`~._base.Transport`)."""
+        data = self._encode(request)
+        timeouts, max_bytes = request.timeouts, request.max_bytes
         now = anyio.current_time()
         connection = self._idle_connection(now)
+        # On an idle connection a small request starts with the read deadline set.
         reading = connection is not None and len(data) <= _SMALL_WRITE
-        return _Attempt(timeouts, now, reading=reading), connection
+        attempt = _Attempt(timeouts, now, reading=reading)
+        with attempt.scope:
+            connection, exchange = await self._exchange(attempt, data, max_bytes, connection)
+            return _PoolBody(self, attempt, connection, exchange)
+        raise attempt.timeout()
 
     async def _exchange(
         self, attempt: _Attempt, data: bytes, max_bytes: int, connection: _Connection | None
-    ) -> tuple[_Connection, _Exchange, httptools.HttpResponseParser]:
+    ) -> tuple[_Connection, Exchange]:
         """Send ``data`` and read up to the end of the response headers."""
         new = False
         while True:
@@ -735,26 +372,20 @@ class Pool:
             except BaseException:  # cleanup, then re-raised (noqa: cancellation-ok)
                 await self._discard(connection)
                 raise
-            exchange = _Exchange(max_bytes)
-            parser = httptools.HttpResponseParser(exchange)
-            exchange.parser = parser
+            exchange = Exchange(max_bytes)
+            exchange.parser = httptools.HttpResponseParser(exchange)
             try:
-                await self._read(attempt, connection, exchange, parser, _HEADERS)
+                await self._read(attempt, connection, exchange, _HEADERS)
             except BaseException:  # cleanup, then re-raised (noqa: cancellation-ok)
                 await self._discard(connection)
                 raise
-            return connection, exchange, parser
+            return connection, exchange
 
     async def _read(
-        self,
-        attempt: _Attempt,
-        connection: _Connection,
-        exchange: _Exchange,
-        parser: httptools.HttpResponseParser,
-        until: int,
+        self, attempt: _Attempt, connection: _Connection, exchange: Exchange, until: int
     ) -> None:
-        """Read until the headers are in (``_HEADERS``), a body chunk is (``_CHUNK``), or
-        the whole response is (``_END``)."""
+        """Read until the headers are in (``_HEADERS``), or a body chunk is (``_CHUNK``),
+        or the whole response is."""
         receive = connection.stream.receive
         while not exchange.complete:
             if until == _HEADERS and exchange.headers_done:
@@ -766,148 +397,117 @@ class Pool:
                 data = await receive(_READ_SIZE)
             except _STREAM_GONE:
                 data = b""
-            if not data:
-                if exchange.headers_done and not exchange.length_known:
-                    exchange.complete = True  # the body ends when the connection does
-                    return
-                raise Dropped("the server closed the connection before a complete response")
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                raise Dropped(f"the response is not valid HTTP/1.1 ({exc})") from None
-            if exchange.error is not None:
-                raise exchange.error
+            self._feed(exchange, data)
 
-    def _reusable(self, exchange: _Exchange, parser: httptools.HttpResponseParser) -> bool:
-        return (
+    def _feed(self, exchange: Exchange, data: bytes) -> None:
+        """Parse ``data`` (``b""``: the server closed the connection)."""
+        if not data:
+            if exchange.headers_done and not exchange.length_known:
+                exchange.complete = True  # the body ends when the connection does
+                return
+            raise Dropped("the server closed the connection before a complete response")
+        assert exchange.parser is not None
+        heading = not exchange.headers_done
+        try:
+            exchange.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise Unusable(
+                "the server switched protocols (101 Switching Protocols), which was not asked "
+                "for; check base_url points at the HTTP API"
+            ) from None
+        except httptools.HttpParserError as exc:
+            if exchange.error is None and not exchange.complete:
+                raise Dropped(f"the response is not valid HTTP/1.1 ({exc})") from None
+            # Bytes past the end of our response (a second response in the same read, or
+            # junk): the response stands, the connection is not reused (``_finish``).
+            exchange.keep_alive = False
+        if exchange.error is not None:
+            raise exchange.error
+        if heading and not exchange.headers_done:
+            exchange.head_bytes += len(data)
+            if exchange.head_bytes > MAX_HEAD_BYTES:
+                raise HeadersTooLarge(f"its headers are longer than {MAX_HEAD_BYTES} bytes")
+
+    async def _finish(self, connection: _Connection, exchange: Exchange) -> None:
+        """Return the connection if its exchange ended cleanly, else close it."""
+        exchange.parser = None  # the parser and the exchange refer to each other
+        if (
             exchange.complete
             and exchange.error is None
             and exchange.length_known
             and exchange.messages == 1
             and exchange.keep_alive
-        )
-
-    async def _finish(
-        self,
-        connection: _Connection,
-        exchange: _Exchange,
-        parser: httptools.HttpResponseParser,
-    ) -> None:
-        if self._reusable(exchange, parser):
+        ):
             await self.release(connection)
         else:
             await self._discard(connection)
         if self._stale:  # idle connections found dead on the way
             await self._close_stale()
 
-    async def send(
-        self,
-        method: str,
-        target: str,
-        content: bytes,
-        headers: Mapping[str, str] | None,
-        timeouts: Timeouts,
-        max_bytes: int,
-    ) -> Response:
-        """Send one request; return the whole response (see :class:`Transport`)."""
-        data = self._encode(method, target, content, headers)
-        attempt, idle = self._start(timeouts, data)
-        with attempt.scope:
-            connection, exchange, parser = await self._exchange(attempt, data, max_bytes, idle)
-            try:
-                await self._read(attempt, connection, exchange, parser, _END)
-            except BaseException:  # cleanup, then re-raised (noqa: cancellation-ok)
-                await self._discard(connection)
-                raise
-            exchange.parser = None
-            await self._finish(connection, exchange, parser)
-            return Response(exchange.status, exchange.reason, exchange.headers, exchange.body())
-        raise attempt.timeout()
 
-    @asynccontextmanager
-    async def stream(
-        self,
-        method: str,
-        target: str,
-        content: bytes,
-        headers: Mapping[str, str] | None,
-        timeouts: Timeouts,
-        max_bytes: int,
-    ) -> AsyncIterator[StreamResponse]:
-        """Send one request; yield the response once its headers are in (see
-        :class:`Transport`). Leaving the block returns the connection to the pool when the
-        body was read to its end, and closes it otherwise."""
-        data = self._encode(method, target, content, headers)
-        attempt, idle = self._start(timeouts, data)
-        opened = None
-        with attempt.scope:
-            opened = await self._exchange(attempt, data, max_bytes, idle)
-        if opened is None:
-            raise attempt.timeout()
-        connection, exchange, parser = opened
-        response = _PoolStream(self, attempt, connection, exchange, parser)
-        try:
-            yield response
-        except BaseException:  # cleanup, then re-raised (noqa: cancellation-ok)
-            await self._discard(connection)
-            raise
-        await response.finish()
+class _PoolBody(BodyStream):
+    """A response from :class:`Pool`: the body read off its connection."""
 
-
-class _PoolStream:
-    """A response from :class:`Pool` read chunk by chunk."""
+    __slots__ = ("_attempt", "_connection", "_exchange", "_pool")
 
     def __init__(
-        self,
-        pool: Pool,
-        attempt: _Attempt,
-        connection: _Connection,
-        exchange: _Exchange,
-        parser: httptools.HttpResponseParser,
+        self, pool: Pool, attempt: _Attempt, connection: _Connection, exchange: Exchange
     ) -> None:
+        # BodyStream's fields set here, not through super().__init__: once per request.
+        self.status, self.reason, self.headers = exchange.status, exchange.reason, exchange.headers
+        self._end, self._total, self._ended = attempt.end, attempt.timeouts.total, False
         self._pool = pool
         self._attempt = attempt
         self._connection = connection
         self._exchange = exchange
-        self._parser = parser
-        self.status = exchange.status
-        self.reason = exchange.reason
-        self.headers: Mapping[str, str] = exchange.headers
 
-    def __aiter__(self) -> _PoolStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        # A class, not an async generator: one left half-read must need no finalizer.
-        while (chunk := await self._next()) is not None:
-            if chunk:
-                return chunk
-        raise StopAsyncIteration
-
-    async def _next(self) -> bytes | None:
-        """The next chunk of the body, or None at its end."""
+    def _ready(self) -> bytes | None:
         exchange = self._exchange
-        if not exchange.chunks and not exchange.complete:
-            attempt = self._attempt
-            # A scope per read: a scope must not span the caller's code between chunks.
-            attempt.scope = scope = anyio.CancelScope()
-            attempt.armed = False
-            with scope:
-                await self._pool._read(attempt, self._connection, exchange, self._parser, _CHUNK)
-            if scope.cancelled_caught:
-                raise attempt.timeout()
         if exchange.chunks:
             return exchange.body()
+        self._ended = exchange.complete
         return None
 
-    async def read(self) -> bytes:
-        """The rest of the body (bounded by the request's ``max_bytes``)."""
-        parts = []
-        while (chunk := await self._next()) is not None:
-            parts.append(chunk)
-        return b"".join(parts)
+    def _scope(self) -> anyio.CancelScope:
+        # A scope per read (a scope must not span the caller's code between chunks); its
+        # deadline is the read timeout's, never past the attempt's total.
+        attempt = self._attempt
+        attempt.scope = scope = anyio.CancelScope()
+        attempt.armed = False
+        return scope
+
+    def _timed_out(self) -> Timeout:
+        return self._attempt.timeout()
+
+    async def _pull(self) -> bytes | None:
+        exchange = self._exchange
+        await self._pool._read(self._attempt, self._connection, exchange, _CHUNK)
+        return exchange.body() if exchange.chunks else None
+
+    async def settle(self) -> None:
+        # Only what the socket already holds (a zero-time poll), each read under the read
+        # timeout: a server that leaves the body open costs nothing, one that ends it in the
+        # same breath keeps its connection. (Bytes anyio has already taken off the socket
+        # are not seen: the connection is then closed, which is always safe.)
+        exchange, connection = self._exchange, self._connection
+        try:
+            while not exchange.complete and _readable(connection.fd):
+                with self._scope() as scope:
+                    self._attempt.reading()
+                    try:
+                        data = await connection.stream.receive(_READ_SIZE)
+                    except _STREAM_GONE:
+                        data = b""
+                    self._pool._feed(exchange, data)
+                exchange.chunks.clear()  # past the terminal event: nothing the caller wants
+                if scope.cancelled_caught:
+                    return
+        except TransportError:
+            exchange.keep_alive = False  # the answer stands; the connection is closed
 
     async def finish(self) -> None:
-        """Return the connection when the body was read to its end, else close it."""
+        await self._pool._finish(self._connection, self._exchange)
+
+    async def abort(self) -> None:
         self._exchange.parser = None
-        await self._pool._finish(self._connection, self._exchange, self._parser)
+        await self._pool._discard(self._connection)

@@ -1,0 +1,463 @@
+"""The embedding job: ``{"id", "text"}`` rows in, one vector per id out, crash-safe.
+
+The engine is :func:`~llmfanout._core._embed.embed_items` (packing, pacing, retries,
+splits). Here: reading and checking input rows, and the outputs, each written so that a
+killed run leaves only what a resumed run can trust:
+
+- JSONL (the default): one row per id, ``{"id", "success", "embedding", "error",
+  "model"}``, the vector a list of floats or (``vectors="base64"``) the base64 of its
+  little-endian float32s, appended by :class:`~._output_rows.RowWriter` exactly as
+  ``llmfanout run`` writes, so :func:`~._output_rows.recover` reads it back the same way.
+- A directory of shards (``npy`` or ``parquet``): vectors are buffered and written
+  ``shard_rows`` at a time to a new file, renamed into place once durable; only then is
+  each of its ids appended to ``index.jsonl`` (``{"id", "success", "shard", "row"}``),
+  which is the output's record: a shard it does not name (the run was killed between the
+  rename and the index) is deleted on resume, and its rows run again. Failures go to
+  the index at once, with no shard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable, Container, Iterator, Sequence
+from contextlib import AsyncExitStack
+from typing import IO, Any
+
+import attrs
+
+from .._base._embeddings import EmbeddingResponse
+from .._core._embed import embed_items
+from .._core._packing import Item
+from .._core._retry import BackoffStrategy, RetryConfig
+from .._flow._ratelimit import RateLimit
+from ..providers._embeddings_format import encode_base64
+from ._input_rows import key_of, load_json, numbered_lines
+from ._output_rows import RowWriter, encode
+
+EMBED_PROVIDERS = ("echo", "openai", "gemini")
+FORMATS = ("jsonl", "npy", "parquet")
+VECTORS = ("float", "base64")
+INDEX = "index.jsonl"
+
+
+def _choice(name: str, options: Sequence[str]) -> Callable[[Any, Any, object], None]:
+    def check(instance: Any, attribute: Any, value: object) -> None:
+        if value not in options:
+            raise ValueError(f"EmbedSpec: {name} is {value!r}; give one of {', '.join(options)}")
+
+    return check
+
+
+def _whole(name: str, *, none: bool = False) -> Callable[[Any, Any, object], None]:
+    def check(instance: Any, attribute: Any, value: object) -> None:
+        if value is None and none:
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"EmbedSpec: {name} is {value!r}; give a whole number >= 1")
+
+    return check
+
+
+def _rate(name: str) -> Callable[[Any, Any, object], None]:
+    def check(instance: Any, attribute: Any, value: object) -> None:
+        if value is None:
+            return
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"EmbedSpec: {name} is {value!r}; give a number > 0, or None")
+
+    return check
+
+
+@attrs.frozen
+class EmbedSpec:
+    """An embedding job: one field per ``llmfanout embed`` flag. Holds no secret."""
+
+    provider: str = attrs.field(default="echo", validator=_choice("provider", EMBED_PROVIDERS))
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    dimensions: int | None = attrs.field(default=None, validator=_whole("dimensions", none=True))
+    concurrency: int = attrs.field(default=8, validator=_whole("concurrency"))
+    max_inputs: int | None = attrs.field(default=None, validator=_whole("max_inputs", none=True))
+    max_tokens: int | None = attrs.field(default=None, validator=_whole("max_tokens", none=True))
+    rpm: float | None = attrs.field(default=None, validator=_rate("rpm"))
+    tpm: float | None = attrs.field(default=None, validator=_rate("tpm"))
+    max_attempts: int = attrs.field(default=5, validator=_whole("max_attempts"))
+    timeout: float | None = attrs.field(default=None, validator=_rate("timeout"))
+    vectors: str = attrs.field(default="float", validator=_choice("vectors", VECTORS))
+    format: str = attrs.field(default="jsonl", validator=_choice("format", FORMATS))
+    shard_rows: int = attrs.field(default=10_000, validator=_whole("shard_rows"))
+
+
+def embedding_provider(spec: EmbedSpec, key: str | None) -> Any:
+    """The provider the spec names (``ValueError`` for a bad base URL or model)."""
+    from ..providers._echo import EchoProvider
+
+    if spec.provider == "echo":
+        return EchoProvider(model=spec.model or "echo", record_calls=False)
+    from ..providers import GeminiProvider, OpenAIProvider
+
+    options: dict[str, Any] = {"max_connections": spec.concurrency, "api_key": key}
+    if spec.base_url:
+        options["base_url"] = spec.base_url
+    if spec.timeout:
+        options["timeout"] = spec.timeout
+    cls = OpenAIProvider if spec.provider == "openai" else GeminiProvider
+    return cls(spec.model or "", **options)
+
+
+# -- input rows --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class BadLine:
+    """An input line that cannot be embedded, and why."""
+
+    line: int
+    reason: str
+    id: object = None
+
+
+def parse_line(raw: bytes, line: int) -> tuple[object, str] | BadLine:
+    """``(id, text)`` of one input line, or why it cannot run."""
+    try:
+        row = load_json(raw.decode("utf-8"))  # a str parses faster than bytes
+    except ValueError:  # UnicodeDecodeError too
+        return BadLine(line, "not JSON (or not UTF-8)")
+    if not isinstance(row, dict):
+        return BadLine(line, f"a JSON {type(row).__name__}, not an object with id and text")
+    row_id = row.get("id")
+    if row_id is None or isinstance(row_id, bool) or not isinstance(row_id, str | int):
+        return BadLine(line, 'no "id" (a string or a whole number)')
+    text = row.get("text")
+    if not isinstance(text, str) or not text:
+        return BadLine(line, '"text" is missing, empty or not a string', row_id)
+    return row_id, text
+
+
+@attrs.define
+class EmbedScan:
+    """What a first pass over the input found: bad lines, repeated ids, rows to embed."""
+
+    bad: list[BadLine] = attrs.Factory(list)
+    to_run: int = 0
+    duplicates: dict[int, object] = attrs.Factory(dict)  # line -> the id it repeats
+
+
+def scan(file: IO[bytes], done: set[str]) -> EmbedScan:
+    """Check every line before anything is sent; count the rows not yet recorded.
+
+    Holds the set of ids while it reads (as ``run``'s first pass does), to find repeats;
+    the second pass (:func:`read_rows`) holds nothing that grows with the input.
+    """
+    found = EmbedScan()
+    seen: set[str] = set()
+    for number, raw in numbered_lines(file):
+        parsed = parse_line(raw, number)
+        if isinstance(parsed, BadLine):
+            found.bad.append(parsed)
+            continue
+        key = key_of(parsed[0])
+        if key in seen:
+            found.duplicates[number] = parsed[0]
+            continue
+        seen.add(key)
+        if key not in done:
+            found.to_run += 1
+    return found
+
+
+def read_rows(
+    file: IO[bytes], done: set[str], skip: Container[int] = ()
+) -> Iterator[tuple[object, str]]:
+    """``(id, text)`` of every good row not yet recorded, lazily; lines in ``skip`` (the
+    repeats :func:`scan` found) are passed over, so a repeated id runs once."""
+    for number, raw in numbered_lines(file):
+        if number in skip:
+            continue
+        parsed = parse_line(raw, number)
+        if isinstance(parsed, BadLine):
+            continue
+        if done and key_of(parsed[0]) in done:
+            continue
+        yield parsed
+
+
+def bad_row(bad: BadLine) -> dict[str, Any]:
+    """The output row recording a bad input line (never run again: it cannot succeed)."""
+    return {
+        "id": bad.id,
+        "success": False,
+        "embedding": None,
+        "error": {"type": "InvalidInput", "message": bad.reason},
+        "model": None,
+        "line": bad.line,
+    }
+
+
+# -- outputs -----------------------------------------------------------------------------
+
+
+def failed_rows(
+    items: Sequence[Item[Any]], error: Exception | None, scrub: Callable[[str], str]
+) -> list[dict[str, Any]]:
+    """The rows of a request that failed for good: each of its ids, with the error."""
+    assert error is not None
+    failure = {"type": type(error).__name__, "message": scrub(str(error))}
+    return [
+        {"id": i.key, "success": False, "embedding": None, "error": failure, "model": None}
+        for i in items
+    ]
+
+
+class JsonlSink:
+    """Output rows appended to one JSONL file (or a new shard of a directory of them)."""
+
+    def __init__(self, path: str, vectors: str, scrub: Callable[[str], str]) -> None:
+        self.path = path
+        self._writer = RowWriter(path)
+        self._base64 = vectors == "base64"
+        self._scrub = scrub
+        self.written = 0
+        self.failed = 0
+
+    def add(
+        self,
+        items: Sequence[Item[Any]],
+        response: EmbeddingResponse | None,
+        error: Exception | None,
+    ) -> None:
+        """Write the rows of one finished request."""
+        if response is None:
+            rows = failed_rows(items, error, self._scrub)
+            self.failed += len(rows)
+        else:
+            model = response.model
+            pack = encode_base64 if self._base64 else _floats
+            rows = [
+                {"id": i.key, "success": True, "embedding": pack(v), "error": None, "model": model}
+                for i, v in zip(items, response.vectors, strict=True)
+            ]
+        self._writer.write(encode(rows), len(rows))
+        self.written += len(rows)
+
+    def flush(self) -> None:
+        """Nothing to do: every row is written as it comes."""
+
+    def bad(self, rows: list[dict[str, Any]]) -> None:
+        """Write rows for bad input lines."""
+        self._writer.write(encode(rows), len(rows))
+        self.written += len(rows)
+        self.failed += len(rows)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _floats(vector: Sequence[float]) -> list[float]:
+    if isinstance(vector, list):
+        return vector
+    tolist = getattr(vector, "tolist", None)  # an array('f'): each float32 exactly, fast
+    return list(vector) if tolist is None else tolist()
+
+
+class ShardSink:
+    """Vectors in ``.npy`` or Parquet shards of a directory, recorded in ``index.jsonl``."""
+
+    def __init__(
+        self, directory: str, fmt: str, shard_rows: int, scrub: Callable[[str], str]
+    ) -> None:
+        self.directory = directory
+        self._write_shard = _npy_writer() if fmt == "npy" else _parquet_writer()
+        self._suffix = ".npy" if fmt == "npy" else ".parquet"
+        self._shard_rows = shard_rows
+        self._scrub = scrub
+        self._index = RowWriter(os.path.join(directory, INDEX))
+        self._ids: list[object] = []
+        self._vectors: list[Sequence[float]] = []
+        self._model = ""
+        self.written = 0
+        self.failed = 0
+
+    def add(
+        self,
+        items: Sequence[Item[Any]],
+        response: EmbeddingResponse | None,
+        error: Exception | None,
+    ) -> None:
+        if response is None:
+            self.bad(failed_rows(items, error, self._scrub))
+            return
+        self._model = response.model
+        self._ids.extend(item.key for item in items)
+        self._vectors.extend(response.vectors)
+        if len(self._ids) >= self._shard_rows:
+            self.flush()
+
+    def bad(self, rows: list[dict[str, Any]]) -> None:
+        self._index.write(encode(rows), len(rows))
+        self.written += len(rows)
+        self.failed += len(rows)
+
+    def flush(self) -> None:
+        """Write the buffered vectors as a shard, durable, then record its ids."""
+        if not self._ids:
+            return
+        name = f"part-{uuid.uuid4().hex[:12]}{self._suffix}"
+        final = os.path.join(self.directory, name)
+        temporary = os.path.join(self.directory, f".{name}.tmp")
+        self._write_shard(temporary, self._ids, self._vectors)
+        os.replace(temporary, final)
+        rows = [
+            {"id": row_id, "success": True, "shard": name, "row": n, "model": self._model}
+            for n, row_id in enumerate(self._ids)
+        ]
+        self._index.write(encode(rows), len(rows))
+        self._index.sync()
+        self.written += len(rows)
+        self._ids, self._vectors = [], []
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._index.close()
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+ShardWriter = Callable[[str, list[object], list[Sequence[float]]], None]
+
+
+def _npy_writer() -> ShardWriter:
+    try:
+        import numpy as np
+    except ImportError:
+        raise ImportError("--format npy needs numpy: pip install 'llmfanout[embed]'") from None
+
+    def write(path: str, ids: list[object], vectors: list[Sequence[float]]) -> None:
+        matrix = np.asarray(vectors, dtype=np.float32)
+        with open(path, "wb") as file:
+            np.save(file, matrix)
+        _fsync(path)
+
+    return write
+
+
+def _parquet_writer() -> ShardWriter:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(
+            "--format parquet needs pyarrow: pip install 'llmfanout[parquet]'"
+        ) from None
+
+    def write(path: str, ids: list[object], vectors: list[Sequence[float]]) -> None:
+        table = pa.table(
+            {
+                "id": pa.array([json.dumps(i) if not isinstance(i, str) else i for i in ids]),
+                "embedding": pa.array([list(v) for v in vectors], type=pa.list_(pa.float32())),
+            }
+        )
+        pq.write_table(table, path)
+        _fsync(path)
+
+    return write
+
+
+def clean_orphans(directory: str, recorded_shards: set[str]) -> int:
+    """Delete shard files the index does not name (written, never recorded); how many."""
+    removed = 0
+    for name in os.listdir(directory):
+        orphan = name.startswith("part-") and name not in recorded_shards
+        if orphan or (name.startswith(".part-") and name.endswith(".tmp")):
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+    return removed
+
+
+def recorded_shards(index: str) -> set[str]:
+    """The shard files ``index.jsonl`` names (complete lines only)."""
+    names: set[str] = set()
+    if not os.path.exists(index):
+        return names
+    with open(index, "rb") as file:
+        for raw in file:
+            if not raw.endswith(b"\n") or not raw.strip():
+                continue
+            row = load_json(raw)
+            if isinstance(row, dict) and isinstance(row.get("shard"), str):
+                names.add(row["shard"])
+    return names
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class EmbedSummary:
+    """What a run did: rows written (failed among them), requests sent, seconds."""
+
+    written: int
+    failed: int
+    requests: int
+    split: int
+
+
+Sink = JsonlSink | ShardSink
+
+
+async def run_embed(
+    spec: EmbedSpec,
+    provider: Any,
+    rows: Iterator[tuple[object, str]],
+    sink: Sink,
+    *,
+    on_progress: Callable[[int], Any] | None = None,
+) -> EmbedSummary:
+    """Embed ``rows`` into ``sink``; the provider is entered and closed here."""
+    retry = RetryConfig(max_attempts=spec.max_attempts, backoff_strategy=BackoffStrategy.JITTER)
+    limiter = None
+    if spec.rpm is not None or spec.tpm is not None or spec.provider != "echo":
+        limiter = RateLimit(spec.rpm, spec.tpm)  # a 429's Retry-After pauses every request
+
+    def deliver(
+        items: Sequence[Item[Any]], response: EmbeddingResponse | None, error: Exception | None
+    ) -> None:
+        sink.add(items, response, error)
+        if on_progress is not None:
+            on_progress(len(items))
+
+    async with AsyncExitStack() as stack:
+        if hasattr(provider, "__aenter__"):
+            await stack.enter_async_context(provider)
+        sent, split = await embed_items(
+            provider,
+            rows,
+            deliver,
+            model=spec.model,
+            dimensions=spec.dimensions,
+            max_concurrency=spec.concurrency,
+            max_inputs=spec.max_inputs,
+            max_tokens=spec.max_tokens,
+            limiter=limiter,
+            retry=retry,
+            timeout=spec.timeout,
+        )
+    sink.flush()
+    return EmbedSummary(sink.written, sink.failed, sent, split)
+
+
+def rate(rows: int, seconds: float) -> str:
+    """Rows per second, for the summary line."""
+    return f"{rows / seconds:,.0f}" if seconds > 0 and math.isfinite(seconds) else "-"

@@ -1,0 +1,1 @@
+"""Structured outputs: schemas (pydantic, JSON Schema, callables), their errors, re-ask turns."""

@@ -1,0 +1,186 @@
+"""A quick yes for the JSON Schemas answers usually meet, before jsonschema's slow walk.
+
+jsonschema builds a new validator at every level it descends, which costs tens of
+microseconds a node: more than a whole HTTP call's CPU for a 1 KB answer. The common
+keywords (``type``, ``properties``, ``required``, ``additionalProperties``, ``items``,
+``enum``, ``const``, ``anyOf``, bounds on numbers, strings and arrays) are compiled here
+into plain closures that answer "valid" in a few microseconds. Anything else, and every
+answer the closures refuse, goes to jsonschema, whose errors are the ones reported: the
+quick check only ever skips the walk for an answer jsonschema would accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Check = Callable[[Any], bool]
+
+_IGNORED = frozenset(
+    {"title", "description", "default", "examples", "$schema", "$id", "$comment", "format"}
+)
+_TYPES: dict[str, Check] = {
+    # One call a node: the cheapest test that says it (bool is not an int here).
+    "object": lambda v: type(v) is dict,
+    "array": lambda v: type(v) is list,
+    "string": lambda v: type(v) is str,
+    "boolean": lambda v: type(v) is bool,
+    "null": lambda v: v is None,
+    "number": lambda v: type(v) is float or type(v) is int,
+    "integer": lambda v: type(v) is int or (type(v) is float and v.is_integer()),
+}
+
+
+class Unsupported(Exception):
+    """A keyword the quick check does not know: jsonschema checks every answer."""
+
+
+def compile_check(schema: Any) -> Check | None:
+    """A predicate that is True only for instances ``schema`` accepts (None: unsupported)."""
+    try:
+        return _compile(schema)
+    except Unsupported:
+        return None
+
+
+def _compile(schema: Any) -> Check:
+    if schema is True or schema == {}:
+        return lambda v: True
+    if not isinstance(schema, dict):
+        raise Unsupported
+    checks: list[Check] = []
+    for key, rule in schema.items():
+        if key in _IGNORED:
+            continue
+        maker = _KEYWORDS.get(key)
+        if maker is None:
+            raise Unsupported
+        checks.append(maker(rule, schema))
+    if not checks:
+        return lambda v: True
+    if len(checks) == 1:
+        return checks[0]
+    first, *others = checks
+
+    def every(v: Any) -> bool:  # a loop, not all(genexpr): this runs once a node
+        if not first(v):
+            return False
+        for check in others:  # noqa: SIM110
+            if not check(v):
+                return False
+        return True
+
+    return every
+
+
+def _type(rule: Any, schema: dict[str, Any]) -> Check:
+    names = rule if isinstance(rule, list) else [rule]
+    if not all(isinstance(n, str) and n in _TYPES for n in names):
+        raise Unsupported
+    tests = [_TYPES[n] for n in names]
+    if len(tests) == 1:
+        return tests[0]
+    return lambda v: any(test(v) for test in tests)
+
+
+def _properties(rule: Any, schema: dict[str, Any]) -> Check:
+    if not isinstance(rule, dict):
+        raise Unsupported
+    children = {name: _compile(sub) for name, sub in rule.items()}
+
+    pairs = tuple(children.items())
+
+    def check(v: Any) -> bool:
+        if type(v) is not dict:
+            return True
+        for name, child in pairs:  # noqa: SIM110 (a loop is cheaper than all(genexpr))
+            if name in v and not child(v[name]):
+                return False
+        return True
+
+    return check
+
+
+def _required(rule: Any, schema: dict[str, Any]) -> Check:
+    names = list(rule)
+    return lambda v: type(v) is not dict or all(name in v for name in names)
+
+
+def _additional(rule: Any, schema: dict[str, Any]) -> Check:
+    if "patternProperties" in schema:
+        raise Unsupported
+    known = frozenset(schema.get("properties", {}))
+    child = _compile(rule) if rule is not False else None
+
+    def check(v: Any) -> bool:
+        if type(v) is not dict:
+            return True
+        for name, value in v.items():
+            if name not in known and (child is None or not child(value)):
+                return False
+        return True
+
+    return check
+
+
+def _items(rule: Any, schema: dict[str, Any]) -> Check:
+    child = _compile(rule)
+
+    def check(v: Any) -> bool:
+        if type(v) is not list:
+            return True
+        for item in v:  # noqa: SIM110 (a loop is cheaper than all(genexpr))
+            if not child(item):
+                return False
+        return True
+
+    return check
+
+
+def _enum(rule: Any, schema: dict[str, Any]) -> Check:
+    # Equal and of the same JSON type: 1 is not true, 1.0 is 1 (as jsonschema decides).
+    if not isinstance(rule, list) or any(isinstance(o, list | dict) for o in rule):
+        raise Unsupported  # containers compare by jsonschema's own rules
+    options = [(type(o) is bool, o) for o in rule]
+    return lambda v: any(flag == (type(v) is bool) and o == v for flag, o in options)
+
+
+def _const(rule: Any, schema: dict[str, Any]) -> Check:
+    return _enum([rule], schema)
+
+
+def _any_of(rule: Any, schema: dict[str, Any]) -> Check:
+    options = [_compile(sub) for sub in rule]
+    return lambda v: any(option(v) for option in options)
+
+
+def _bound(
+    kind: str, compare: Callable[[Any, Any], bool]
+) -> Callable[[Any, dict[str, Any]], Check]:
+    def make(rule: Any, schema: dict[str, Any]) -> Check:
+        if kind == "number":
+            return lambda v: type(v) not in (int, float) or compare(v, rule)
+        size_of = str if kind == "string" else list
+        return lambda v: type(v) is not size_of or compare(len(v), rule)
+
+    return make
+
+
+_KEYWORDS: dict[str, Callable[[Any, dict[str, Any]], Check]] = {
+    "type": _type,
+    "properties": _properties,
+    "required": _required,
+    "additionalProperties": _additional,
+    "items": _items,
+    "enum": _enum,
+    "const": _const,
+    "anyOf": _any_of,
+    "minimum": _bound("number", lambda v, r: v >= r),
+    "maximum": _bound("number", lambda v, r: v <= r),
+    "exclusiveMinimum": _bound("number", lambda v, r: v > r),
+    "exclusiveMaximum": _bound("number", lambda v, r: v < r),
+    "minLength": _bound("string", lambda n, r: n >= r),
+    "maxLength": _bound("string", lambda n, r: n <= r),
+    "minItems": _bound("array", lambda n, r: n >= r),
+    "maxItems": _bound("array", lambda n, r: n <= r),
+}

@@ -1,0 +1,160 @@
+"""``llmfanout embed`` end to end in subprocesses: outputs, bad input, kill -9 and resume.
+
+The fake server runs in a thread; a kill happens while the server holds a request
+(``hold_after``), so rows are on disk and more are in flight. Waits are for conditions
+with a deadline; every subprocess is reaped in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmfanout.providers._echo import echo_vector
+
+from support.fake_gemini_server import FakeGemini, fake_vector, gemini_server_in_thread
+from support.processes import run_cli, wait_until
+from support.processes import started as start_cli
+
+KEY = "sk-embed-cli-secret-0123456789"
+VARIABLES = ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeGemini]:
+    with gemini_server_in_thread() as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def fresh(server: FakeGemini) -> None:
+    server.requests.clear()
+    server.script.clear()
+    server.hold_after = None
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    env["OPENAI_API_KEY"] = env["GEMINI_API_KEY"] = KEY
+    return env
+
+
+def llmfanout(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli(["embed", *args], cwd, environment())
+
+
+def started(*args: str, cwd: Path) -> AbstractContextManager[subprocess.Popen[str]]:
+    return start_cli(["embed", *args], cwd, environment())
+
+
+def write_input(path: Path, count: int) -> dict[str, str]:
+    texts = {f"row-{i}": f"text {i} " + "x" * (i % 13) for i in range(count)}
+    path.write_text("".join(json.dumps({"id": k, "text": t}) + "\n" for k, t in texts.items()))
+    return texts
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_echo_rows_one_per_id(tmp_path: Path, backend: str) -> None:
+    texts = write_input(tmp_path / "in.jsonl", 50)
+    done = llmfanout("in.jsonl", "-o", "out.jsonl", "--backend", backend, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = rows(tmp_path / "out.jsonl")
+    assert sorted(r["id"] for r in out) == sorted(texts)
+    for row in out:
+        assert set(row) == {"id", "success", "embedding", "error", "model"}
+        assert row["success"] and row["error"] is None
+        assert row["embedding"] == list(echo_vector(texts[row["id"]]))
+    assert "embedded 50 of 50 rows in 1 requests" in done.stderr
+
+
+def test_bad_input_is_refused_before_anything_is_sent(tmp_path: Path, server: FakeGemini) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "text": "ok"}\n{"id": 2}\n[3]\n')
+    args = ["in.jsonl", "-o", "out.jsonl", "--provider", "openai", "--model", "m"]
+    done = llmfanout(*args, "--base-url", server.openai_url, cwd=tmp_path)
+    assert done.returncode == 2
+    assert 'in.jsonl:2: "text" is missing' in done.stderr
+    assert "in.jsonl:3: a JSON list" in done.stderr
+    assert server.requests == []
+    skipped = llmfanout(*args, "--base-url", server.openai_url, "--skip-invalid", cwd=tmp_path)
+    assert skipped.returncode == 1
+    out = {r.get("line"): r for r in rows(tmp_path / "out.jsonl")}
+    assert out[None]["success"] and out[2]["error"]["type"] == "InvalidInput"
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+def test_kill_9_then_resume_embeds_each_id_once(
+    tmp_path: Path, server: FakeGemini, backend: str, provider: str
+) -> None:
+    texts = write_input(tmp_path / "in.jsonl", 1000)
+    url = server.openai_url if provider == "openai" else server.gemini_url
+    args = ["in.jsonl", "-o", "out.jsonl", "--provider", provider, "--model", "emb"]
+    args += ["--base-url", url, "--max-inputs", "100", "--backend", backend]
+    args += ["--vectors", "base64"] if provider == "openai" else []
+    server.hold_after = 3
+    with started(*args, "--concurrency", "2", cwd=tmp_path) as process:
+        wait_until(lambda: lines(tmp_path / "out.jsonl") >= 300, process)
+        wait_until(lambda: len(server.embedding_requests()) == 5, process)  # 2 held
+        process.kill()
+    assert lines(tmp_path / "out.jsonl") < 1000
+    again = llmfanout(*args, cwd=tmp_path)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    server.hold_after = None
+    resumed = llmfanout(*args, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    out = rows(tmp_path / "out.jsonl")
+    assert Counter(r["id"] for r in out) == Counter(list(texts))  # each id once
+    for row in out:
+        assert row["success"]
+        if provider == "openai":
+            from llmfanout.providers._embeddings_format import decode_base64
+
+            assert list(decode_base64(row["embedding"])) == fake_vector(texts[row["id"]])
+        else:
+            assert row["embedding"] == fake_vector(texts[row["id"]])
+    for request in server.requests:
+        assert KEY not in request.target
+    assert KEY not in (tmp_path / "out.jsonl").read_text()
+
+
+def test_npy_shards_survive_a_kill(tmp_path: Path, server: FakeGemini, backend: str) -> None:
+    np = pytest.importorskip("numpy")
+    texts = write_input(tmp_path / "in.jsonl", 700)
+    args = ["in.jsonl", "-o", "vectors", "--format", "npy", "--provider", "openai"]
+    args += ["--model", "emb", "--base-url", server.openai_url, "--max-inputs", "100"]
+    args += ["--shard-rows", "200", "--concurrency", "1", "--backend", backend]
+    server.hold_after = 3
+    index = tmp_path / "vectors" / "index.jsonl"
+    with started(*args, cwd=tmp_path) as process:
+        wait_until(lambda: lines(index) >= 200, process)
+        wait_until(lambda: len(server.embedding_requests()) == 4, process)
+        process.kill()
+    server.hold_after = None
+    resumed = llmfanout(*args, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    recorded = rows(index)
+    assert Counter(r["id"] for r in recorded) == Counter(list(texts))
+    shards = {name: np.load(tmp_path / "vectors" / name) for name in {r["shard"] for r in recorded}}
+    assert set(os.listdir(tmp_path / "vectors")) == {"index.jsonl", *shards}
+    for row in recorded:
+        vector = shards[row["shard"]][row["row"]]
+        assert vector.tolist() == fake_vector(texts[row["id"]])
