@@ -703,12 +703,7 @@ class ParallelLLMExecutor:
                             governor.unpaced -= 1
                         raise
                     else:
-                        if governor is not None:
-                            governor.unpaced -= 1
-                            governor.pause.success()
-                            if getattr(response, "rate_limits", None) is not None:
-                                governor.learn(overrides, response)
-                        result = answered(tag, response, (perf_counter() - start) * 1000, 1)
+                        result = self._first_answered(tag, response, overrides, start)
                     if not result.success and run.stop_on_auth:
                         run.count_failure(result)
                 else:
