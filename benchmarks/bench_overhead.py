@@ -18,6 +18,8 @@ Contenders (ratios are against ``bare pool`` measured in the same process):
   design), at N and N/10 to show its per-task cost growing with N. Run once, not best
   of k: it is far off the pace and the slowest row.
 - ``asyncio.gather + Semaphore``: the usual hand-rolled asyncio answer (asyncio only).
+- ``stream``: ``ParallelLLMExecutor.stream`` over a generator of tagged tasks (as the
+  CLI feeds it), results taken in completion order.
 - ``execute``: ``ParallelLLMExecutor.execute`` with no retry, timeout or rate limit;
   then with ``max_errors`` set (never reached) and with a sync ``on_result``, the two
   options that add work to every task; then with a 3-attempt retry policy (the CLI's
@@ -28,7 +30,8 @@ Then the pieces are timed alone in a tight loop (nanoseconds per call, best of k
 Run: ``python benchmarks/bench_overhead.py`` (a few minutes on 2 cores), ``--quick`` for
 a smoke run, ``--n``, ``--concurrency``, ``--repeats`` to change the sizes, ``--only
 TEXT`` to run only the rows whose label has TEXT (and the baselines), ``--cpu`` to time
-by CPU time on a busy machine, ``--no-pieces`` to skip the pieces in isolation.
+by CPU time on a busy machine, ``--median`` for the median of k instead of the best,
+``--no-pieces`` to skip the pieces in isolation.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import asyncio
 import gc
 import os
 import platform
+import statistics
 import sys
 import time
 import timeit
@@ -214,6 +218,17 @@ async def execute(provider: Any, tasks: Tasks, concurrency: int) -> Results:
     return await executor.execute(tasks)
 
 
+async def stream(provider: Any, tasks: Tasks, concurrency: int) -> Results:
+    """``stream``: the same tasks, results taken in completion order."""
+    executor = ParallelLLMExecutor(provider, max_concurrency=concurrency)
+    results: Results = {}
+    # A generator, as the CLI gives: read lazily, each task tagged by its own tag.
+    async with executor.stream(task for task in tasks.values()) as out:
+        async for result in out:
+            results[result.tag] = result
+    return results
+
+
 async def execute_max_errors(provider: Any, tasks: Tasks, concurrency: int) -> Results:
     """``max_errors`` set (never reached): each task runs in its own cancel scope."""
     executor = ParallelLLMExecutor(provider, max_concurrency=concurrency)
@@ -252,7 +267,10 @@ async def execute_on_result(provider: Any, tasks: Tasks, concurrency: int) -> Re
 
 
 def make_tasks(n: int) -> Tasks:
-    return {f"t{i}": LLMTask(messages=[LLMMessage("user", f"question {i}")]) for i in range(n)}
+    return {
+        f"t{i}": LLMTask(messages=[LLMMessage("user", f"question {i}")], tag=f"t{i}")
+        for i in range(n)
+    }
 
 
 def _check(name: str, results: Results, tasks: Tasks) -> None:
@@ -271,6 +289,8 @@ def _check(name: str, results: Results, tasks: Tasks) -> None:
 # Wall time by default; ``--cpu`` reads this process's CPU time instead, which other jobs
 # on a shared machine disturb far less (the work here never waits on anything outside).
 CLOCK: list[Callable[[], float]] = [perf_counter]
+# Best of k by default; ``--median`` takes the median instead (steadier on a noisy machine).
+STATISTIC: list[Callable[[list[float]], float]] = [min]
 
 
 async def _time_once(contender: Contender, provider: Any, tasks: Tasks, c: int) -> float:
@@ -293,15 +313,16 @@ RUN_ONCE: frozenset[Contender] = frozenset({spawn_per_task})
 async def _measure(
     rows: list[Row], provider: Callable[[], Any], concurrency: int, repeats: int
 ) -> dict[str, float]:
-    """Best-of-``repeats`` microseconds per task for each row, repeats interleaved."""
-    best = {label: float("inf") for label, _, _ in rows}
+    """Microseconds per task for each row (best or median of ``repeats``, see
+    ``STATISTIC``), repeats interleaved."""
+    runs: dict[str, list[float]] = {label: [] for label, _, _ in rows}
     for repeat in range(repeats):
         for label, contender, tasks in rows:
             if repeat and contender in RUN_ONCE:
                 continue
             seconds = await _time_once(contender, provider(), tasks, concurrency)
-            best[label] = min(best[label], seconds / len(tasks) * 1e6)
-    return best
+            runs[label].append(seconds / len(tasks) * 1e6)
+    return {label: STATISTIC[0](times) for label, times in runs.items()}
 
 
 def _rows(backend: str, big: Tasks, little: Tasks) -> list[Row]:
@@ -314,6 +335,7 @@ def _rows(backend: str, big: Tasks, little: Tasks) -> list[Row]:
         ("+ emit coroutine", with_emit, big),
         ("+ limiter per item", with_limiter, big),
         ("execute", execute, big),
+        ("stream", stream, big),
         ("execute(max_errors=N)", execute_max_errors, big),
         ("execute(on_result=list.append)", execute_on_result, big),
         ("execute, 3-attempt retry", execute_retry, big),
@@ -350,7 +372,7 @@ def bench_backend(
     }
     baseline = {len(tasks): label for label, _, tasks in reversed(rows)}  # first row per size
 
-    print(f"\n### {backend}: µs per task (best of {repeats}), ratio to the bare pool\n")
+    print(f"\n### {backend}: µs per task ({_stat(repeats)}), ratio to the bare pool\n")
     print("| contender | " + " | ".join(f"{name} µs | ratio" for name in tables) + " |")
     print("|---|" + "---:|---:|" * len(tables))
     for label, _, tasks in rows:
@@ -365,6 +387,8 @@ def bench_backend(
         if "execute" not in table:
             continue
         verdict = f"{name}: execute is {table['execute'] / pool:.2f}x the bare pool (target <= 2x)"
+        if "stream" in table:
+            verdict += f", stream {table['stream'] / pool:.2f}x"
         if "execute, 3-attempt retry" in table:
             retry = table["execute, 3-attempt retry"]
             verdict += f"; a 3-attempt policy is {retry / table['execute']:.2f}x execute"
@@ -456,6 +480,10 @@ def bench_pieces(repeats: int) -> None:
             print(f"| {label} | {ns:.0f} |")
 
 
+def _stat(repeats: int) -> str:
+    return f"{'median' if STATISTIC[0] is statistics.median else 'best'} of {repeats}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="tasks per run (default 100k)")
@@ -469,6 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cpu", action="store_true", help="time rows by process CPU time (a busy machine)"
     )
+    parser.add_argument("--median", action="store_true", help="median of k instead of best")
     args = parser.parse_args(argv)
     for name in ("n", "concurrency", "repeats"):
         if getattr(args, name) < 1:
@@ -476,11 +505,13 @@ def main(argv: list[str] | None = None) -> None:
     n, repeats = (2_000, 1) if args.quick else (args.n, args.repeats)
     if args.cpu:
         CLOCK[0] = time.process_time
+    if args.median:
+        STATISTIC[0] = statistics.median
     small = max(n // 10, 1)
     print(
         f"bench_overhead: N={n:,} (and N/10={small:,}), C={args.concurrency}, "
-        f"best of {repeats}; Python {platform.python_version()} on {sys.platform}, "
-        f"{os.cpu_count()} CPUs"
+        f"{_stat(repeats)}, {'CPU' if args.cpu else 'wall'} time; "
+        f"Python {platform.python_version()} on {sys.platform}, {os.cpu_count()} CPUs"
     )
     started = perf_counter()
     for backend in BACKENDS:

@@ -12,8 +12,9 @@ time (after a warm-up that opens the connections), each parsing the JSON answer:
 - ``llmfanout stream``: ``ParallelLLMExecutor.stream`` over an endless input, the whole
   library path (retry policy on), on asyncio and on trio.
 
-Printed per C: requests/s, share of the ideal (C / latency), client CPU per request,
-the ratio to aiohttp in the same run, and for llmfanout the time (and CPU time) to cancel
+Printed per C: requests/s, share of the ideal (C / latency), client CPU per request
+(microseconds), the ratios to aiohttp measured in the same run (of requests/s, higher
+is better; of CPU per request, lower is better), and for llmfanout the time (and CPU time) to cancel
 the run with C calls in flight (every socket closed). ``--latency 1000`` makes a server
 that never answers in time: what is left to measure is the cancellation. The machine may
 be shared: the load average is printed with each table, and the ratios (same run, same
@@ -392,16 +393,19 @@ def main() -> None:
                 f"answers), load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
             )
             print(
-                f"  {'contender':<28} {'req/s':>7} {'of ideal':>8} {'CPU ms/req':>10} "
-                f"{'x aiohttp':>9} {'cancel ms (CPU)':>15}"
+                f"  {'contender':<28} {'req/s':>7} {'of ideal':>8} {'CPU us/req':>10} "
+                f"{'req/s x aiohttp':>15} {'CPU x aiohttp':>13} {'cancel ms (CPU)':>15}"
             )
             figures = {
                 name: _measure(name, url, concurrency, args.warmup, args.seconds)
                 for name in args.contenders
             }
-            yardstick = figures.get("aiohttp", {}).get("rate")
+            yardstick = figures.get("aiohttp")
             for name, row in figures.items():
-                ratio = f"{row['rate'] / yardstick:9.2f}" if yardstick else f"{'-':>9}"
+                rate = cpu = f"{'-':>13}"
+                if yardstick:  # aiohttp in the same run: the ratios (CPU: lower is better)
+                    rate = f"{row['rate'] / yardstick['rate']:13.2f}"
+                    cpu = f"{row['cpu_ms'] / yardstick['cpu_ms']:13.2f}"
                 cancel = (
                     f"{row['cancel_ms']:9.0f} ({row['cancel_cpu_ms']:3.0f})"
                     if name.startswith("llmfanout")
@@ -409,7 +413,7 @@ def main() -> None:
                 )
                 print(
                     f"  {name:<28} {row['rate']:7.0f} {row['rate'] / ideal:8.2f} "
-                    f"{row['cpu_ms']:10.3f} {ratio} {cancel}"
+                    f"{row['cpu_ms'] * 1000:10.0f}   {rate} {cpu} {cancel}"
                 )
     finally:
         server.terminate()

@@ -189,3 +189,34 @@ def test_messages_name_types_with_the_right_article(value: object, words: str) -
     from llmfanout._base._types import a_kind
 
     assert a_kind(value) == words
+
+
+@given(
+    tag=st.text(),
+    value=st.one_of(st.none(), st.integers(), st.text()),
+    duration=st.floats(allow_nan=False),
+    attempts=st.integers(min_value=1, max_value=10),
+)
+def test_answered_builds_the_same_frozen_result(
+    tag: str, value: object, duration: float, attempts: int
+) -> None:
+    from llmfanout._core._tasks import answered
+
+    fast = answered(tag, value, duration, attempts)
+    assert fast == TaskResult(tag, True, value, None, duration, attempts)
+    assert attrs.asdict(fast) == attrs.asdict(
+        TaskResult(tag, True, value, None, duration, attempts)
+    )
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        fast.tag = "other"  # type: ignore[misc]
+
+
+@given(st.lists(st.builds(LLMMessage, st.sampled_from(["user", "system"]), st.text()), max_size=4))
+def test_messages_already_read_are_taken_as_they_are(messages: list[LLMMessage]) -> None:
+    from llmfanout._base._messages import only_messages, to_messages
+
+    read = only_messages(messages)
+    assert read == tuple(messages)
+    assert only_messages(tuple(messages)) == tuple(messages)
+    assert to_messages(messages, "here") == tuple(messages)
+    assert only_messages([*messages, {"role": "user", "content": "x"}]) is None

@@ -88,6 +88,26 @@ async def test_no_limit_headers_no_rate_limits(server: FakeLLMServer) -> None:
     assert failed.value.rate_limits is None
 
 
+async def test_a_server_that_reports_no_limits_leaves_calls_unpaced(
+    server: FakeLLMServer,
+) -> None:
+    # OpenAIProvider may report limits: its first call goes alone, as a probe. Its answer
+    # carries none, so the executor goes back to the plain path (nothing around a call)
+    # until an answer reports limits; then it paces again.
+    async with OpenAIProvider("m", base_url=server.openai_base_url, api_key="k") as provider:
+        executor = ParallelLLMExecutor(provider, max_concurrency=4)
+        governor = executor._governor
+        assert governor is not None and not governor.idle()  # the probe is due
+        first = await executor.execute(tasks(3))
+        assert all(r.success for r in first.values())
+        assert governor.idle() and governor.unpaced == 0
+        server.limit = ServerLimit(requests_per_minute=6000)
+        second = await executor.execute(tasks(3, "r"))
+        assert all(r.success for r in second.values())
+        assert not governor.idle()
+        assert governor.pacer(None) is not None
+
+
 @pytest.mark.parametrize("pacing", [True, False])
 async def test_pacing_by_default_spares_the_server_429s(
     server: FakeLLMServer, pacing: bool

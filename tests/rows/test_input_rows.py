@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmfanout import LLMMessage
 from llmfanout._base._messages import ImagePart, TextPart, ToolCall
-from llmfanout._rows._input_rows import Bad, BadRow, ParsedRow, parse_row, read_rows, scan
+from llmfanout._rows._input_rows import (
+    Bad,
+    BadRow,
+    ParsedRow,
+    key_of,
+    load_json,
+    parse_row,
+    read_rows,
+    scan,
+)
 from llmfanout._rows._output_rows import Recovered
 
 
@@ -197,3 +209,24 @@ def test_read_rows_survives_an_input_changed_since_the_first_pass() -> None:
     assert isinstance(rows[0], ParsedRow)
     assert isinstance(rows[1], Bad) and rows[1].line == 2
     assert rows[1].reason.endswith("(the input changed during the run)")
+
+
+@given(
+    st.one_of(
+        st.text(),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.booleans(),
+        st.none(),
+        st.lists(st.integers(), max_size=3),
+    )
+)
+def test_a_row_id_is_keyed_by_its_json_text(value: object) -> None:
+    assert key_of(value) == json.dumps(value)
+
+
+def test_lines_are_read_as_json_reads_bytes() -> None:
+    for raw in (b'{"a": "\xc3\xa9"}', codecs.BOM_UTF8 + b"{}", b'"\xed\xa0\x80"', b"[1, 2]"):
+        assert load_json(raw) == json.loads(raw)
+    with pytest.raises(UnicodeDecodeError, match="utf-8"):
+        load_json(b'{"a": "\xff"}')

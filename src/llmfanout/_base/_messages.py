@@ -409,8 +409,26 @@ def to_message(value: object, where: str) -> LLMMessage:
     )
 
 
+def only_messages(value: object) -> tuple[LLMMessage, ...] | None:
+    """``value`` as a tuple if it is a tuple or list of LLMMessage alone, else None.
+
+    The common case, checked without the ABC ``isinstance`` checks and the generator
+    that the general path costs: every call and every task goes through here.
+    """
+    kind = type(value)
+    if kind is not tuple and kind is not list:
+        return None
+    for message in value:  # type: ignore[attr-defined]
+        if type(message) is not LLMMessage:
+            return None
+    return value if kind is tuple else tuple(value)  # type: ignore[return-value,arg-type]
+
+
 def to_messages(value: object, owner: str) -> tuple[LLMMessage, ...]:
     """A sequence of messages or mappings as a tuple of LLMMessage (errors start ``owner``)."""
+    messages = only_messages(value)
+    if messages is not None:
+        return messages
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
         raise TypeError(
             f"{owner}: messages must be a list of LLMMessage or mappings, not {a_kind(value)}"

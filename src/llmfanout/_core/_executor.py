@@ -9,6 +9,7 @@ item whenever another worker is queued for one, so no call starves.
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import logging
@@ -32,7 +33,7 @@ from .._flow._governor import Governor
 from .._flow._limiter import Limiter, check_limiter
 from .._flow._spend import CappedProvider, SpendCap
 from ..errors import TaskAborted
-from ._attempt import NO_RETRY, fresh, run_function, run_llm, shared_cooldown
+from ._attempt import NO_RETRY, run_function, run_llm, shared_cooldown
 from ._cap import Cap, Lease, give_back, holding, lend, release_context, take
 from ._checked import run_checked
 from ._inputs import (
@@ -47,7 +48,7 @@ from ._inputs import (
 from ._outcome import Failed, Ok
 from ._retry import RetryConfig
 from ._sync import run_sync
-from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, check_timeout
+from ._tasks import DeterministicTask, LLMTask, Task, TaskResult, answered, check_timeout
 
 if TYPE_CHECKING:
     from .._telemetry._hook import Telemetry
@@ -68,7 +69,9 @@ class _Run:
         "items",
         "max_errors",
         "notify",
+        "put",
         "reason",
+        "results",
         "scopes",
         "stop_on_auth",
         "threads",
@@ -77,13 +80,18 @@ class _Run:
     def __init__(
         self,
         items: Iterator[Item] | AsyncItems,
+        put: Callable[[TaskResult], bool],
         emit: Callable[[TaskResult], Awaitable[None]],
         max_errors: int | None,
         on_result: OnResult | None,
         stop_on_auth: bool = False,
     ) -> None:
         self.items = items
+        # Where results go: ``put`` hands one on at once if it can (True), else the
+        # worker awaits ``emit``, which waits for room.
+        self.put = put
         self.emit = emit
+        self.results: dict[str, Any] | None = None  # execute's: results stored right here
         self.max_errors = max_errors
         self.guarded = max_errors is not None
         self.stop_on_auth = stop_on_auth
@@ -355,6 +363,9 @@ class ParallelLLMExecutor:
             self._instrument(capture_content)
         elif capture_content:
             raise ValueError("ParallelLLMExecutor: capture_content=True needs telemetry=True")
+        # The worker may make a plain call itself, sparing _run_task's coroutine: not
+        # with the cache (asked first) nor telemetry (which wraps _run_task).
+        self._direct = self._cache is None and self._telemetry is None
 
     def _instrument(self, capture_content: bool) -> None:
         """Telemetry on: a span per task and per attempt, the metrics (``_telemetry``).
@@ -512,17 +523,23 @@ class ParallelLLMExecutor:
         items, count = prepare(tasks, failure)
         send, receive = anyio.create_memory_object_stream[TaskResult](self.max_concurrency)
 
+        def put(result: TaskResult) -> bool:
+            if tg.cancel_scope.cancel_called:
+                return False  # see emit
+            try:
+                send.send_nowait(result)  # room in the buffer: no need to yield here
+            except anyio.WouldBlock:
+                return False
+            return True
+
         async def emit(result: TaskResult) -> None:
             if tg.cancel_scope.cancel_called:
                 # The consumer has left; this worker's call ended before the cancellation
                 # reached it. Stop here rather than read more input.
                 await anyio.lowlevel.checkpoint()
-            try:
-                send.send_nowait(result)  # room in the buffer: no need to yield here
-            except anyio.WouldBlock:
-                await send.send(result)
+            await send.send(result)
 
-        run = _Run(items, emit, max_errors, on_result, self.stop_on_auth_error)
+        run = _Run(items, put, emit, max_errors, on_result, self.stop_on_auth_error)
 
         async def drive() -> None:
             async with send:
@@ -611,12 +628,10 @@ class ParallelLLMExecutor:
     ) -> dict[str, TaskResult]:
         max_errors = _check_max_errors(max_errors)
         items = check_mapping(tasks, method, llm_only=llm_only)
-        results: dict[str, Any] = dict.fromkeys(tag for tag, _ in items)  # the input's order
+        results: dict[str, Any] = dict.fromkeys(tasks)  # the input's order
 
-        async def store(result: TaskResult) -> None:
-            results[result.tag] = result
-
-        run = _Run(iter(items), store, max_errors, on_result, self.stop_on_auth_error)
+        run = _Run(iter(items), _never, _never, max_errors, on_result, self.stop_on_auth_error)
+        run.results = results
         await self._drive(run, len(items))
         return results
 
@@ -635,40 +650,77 @@ class ParallelLLMExecutor:
             raise unwrap_group(group) from None
 
     async def _worker(self, run: _Run, index: int) -> None:
+        """The per-task path: take an item, run it, hand the result on, maybe give the
+        slot away; until the input ends."""
         lease = Lease(self._cap)
         holding(lease)  # this task's own context: nested calls find it
+        # An async source is read under its lock; a plain iterator needs none.
+        source = run.items if isinstance(run.items, AsyncItems) else None
+        items: Iterator[Item] = iter(()) if isinstance(run.items, AsyncItems) else run.items
+        results = run.results
+        # Nothing the executor wraps around a call (cache, telemetry, rate limit, time
+        # limit, answer check): the worker makes a plain first attempt itself, as
+        # _run_task's fast path does, sparing a coroutine per task.
+        direct = self._direct and self.rate_limit is None and self.default_timeout is None
+        if direct and self.default_retry is not None:
+            direct = self.default_retry.retry_on_result is None
+        governor, target, defaults = self._governor, self._llm, self.default_config_overrides
         try:
             await take(lease)
-            items = run.items
-            if isinstance(items, AsyncItems):
-                while (item := await items.next()) is not None:
-                    await self._one(run, index, item, lease)
-            else:
-                for item in items:
-                    await self._one(run, index, item, lease)
+            while True:
+                item = next(items, None) if source is None else await source.next()
+                if item is None:
+                    return
+                tag, task = item
+                if self._spend is not None and self._spend.reached and not run.aborted:
+                    # Start nothing more; the calls in flight finish (their cost is counted).
+                    run.aborted, run.reason = True, self._spend.reason
+                if run.guarded:
+                    result = await self._run_guarded(run, index, tag, task)
+                elif run.aborted:
+                    result = _aborted(tag, run.reason)
+                elif (
+                    direct
+                    and type(task) is LLMTask
+                    and task.structured is None
+                    and task.timeout is None
+                    and (task.retry is None or task.retry.retry_on_result is None)
+                    and (governor is None or governor.quiet)
+                ):
+                    start = perf_counter()
+                    overrides = self._overrides(task) if task.config_overrides else defaults
+                    if governor is not None:
+                        governor.unpaced += 1
+                    try:
+                        response = await target.complete(
+                            task.messages,
+                            config_overrides=None if overrides is None else dict(overrides),
+                        )
+                    except Exception as exc:
+                        result = await self._first_failed(tag, task, overrides, exc, start)
+                    except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
+                        if governor is not None:
+                            governor.unpaced -= 1
+                        raise
+                    else:
+                        result = self._first_answered(tag, response, overrides, start)
+                    if not result.success and run.stop_on_auth:
+                        run.count_failure(result)
+                else:
+                    result = await self._run_task(tag, task, run.threads)
+                    if not result.success and run.stop_on_auth:
+                        run.count_failure(result)
+                if results is not None:
+                    results[tag] = result
+                elif not run.put(result):
+                    await run.emit(result)
+                if run.notify is not None:
+                    await run.notify(result)
+                if lease.cap.waiters or not lease.held:  # another call waits: take turns
+                    give_back(lease)
+                    await take(lease)
         finally:
             give_back(lease)
-
-    async def _one(self, run: _Run, index: int, item: Item, lease: Lease) -> None:
-        """The per-task path: run it, hand the result on, maybe give the slot away."""
-        tag, task = item
-        if self._spend is not None and self._spend.reached and not run.aborted:
-            # Start nothing more; the calls in flight finish (their cost is counted).
-            run.aborted, run.reason = True, self._spend.reason
-        if run.guarded:
-            result = await self._run_guarded(run, index, tag, task)
-        elif run.aborted:
-            result = _aborted(tag, run.reason)
-        else:
-            result = await self._run_task(tag, task, run.threads)
-            if not result.success and run.stop_on_auth:
-                run.count_failure(result)
-        await run.emit(result)
-        if run.notify is not None:
-            await run.notify(result)
-        if lease.cap.waiters or not lease.held:  # another call waits for a slot: take turns
-            give_back(lease)
-            await take(lease)
 
     async def _run_guarded(
         self, run: _Run, index: int, tag: str, task: Task | Invalid
@@ -725,75 +777,101 @@ class ParallelLLMExecutor:
         if type(task) is LLMTask:
             if self._cache is not None and cached and task.cache:
                 return await self._through_cache(tag, task, threads)
-            retry = task.retry or self.default_retry
-            timeout = task.timeout or self.default_timeout
-            overrides = self._overrides(task)
-            governor = self._governor
-            if (
-                timeout is None
-                and self.rate_limit is None
-                and (retry is None or retry.retry_on_result is None)
-                and (governor is None or governor.idle())
-            ):
-                # The fast path: the first attempt is a plain call, nothing to wrap it in;
-                # the retry machinery is set up only if it fails.
-                held = True  # the first refusal's Retry-After: a pause the pacer keeps
+            overrides = self._plain(task)
+            if overrides is not _Wrapped.CALL:
+                # The fast path (the worker has its own copy of these lines, to spare a
+                # coroutine per task): the first attempt is a plain call; the retry
+                # machinery is set up only if it fails.
+                governor = self._governor
                 if governor is not None:
                     governor.unpaced += 1  # for the first answer that reports limits
                 try:
                     response = await self._llm.complete(
-                        task.messages, config_overrides=fresh(overrides)
+                        task.messages,
+                        config_overrides=None if overrides is None else dict(overrides),
                     )
                 except Exception as exc:
-                    if governor is not None:
-                        governor.unpaced -= 1
-                        cooldown = shared_cooldown(exc, retry)
-                        held = governor.learn(overrides, exc, cooldown=cooldown)
-                    if retry is None or retry.trivial:
-                        return _failed(tag, exc, start, 1)
-                    outcome = await run_llm(
-                        self._llm,
-                        task,
-                        overrides,
-                        retry,
-                        None,
-                        None,
-                        first_error=exc,
-                        first_held=held,
-                        governor=governor,
-                    )
+                    return await self._first_failed(tag, task, overrides, exc, start)
                 except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
                     if governor is not None:
                         governor.unpaced -= 1
                     raise
-                else:
-                    if governor is not None:
-                        governor.unpaced -= 1
-                        governor.pause.success()
-                        if getattr(response, "rate_limits", None) is not None:
-                            governor.learn(overrides, response)
-                    return TaskResult(tag, True, response, None, (perf_counter() - start) * 1000, 1)
-            else:
-                outcome = await run_llm(
-                    self._llm,
-                    task,
-                    overrides,
-                    retry or NO_RETRY,
-                    timeout,
-                    self.rate_limit,
-                    governor=governor,
-                )
+                return self._first_answered(tag, response, overrides, start)
+            outcome = await run_llm(
+                self._llm,
+                task,
+                self._overrides(task),
+                task.retry or self.default_retry or NO_RETRY,
+                task.timeout or self.default_timeout,
+                self.rate_limit,
+                governor=self._governor,
+            )
         elif type(task) is DeterministicTask:
             timeout = task.timeout or self.default_timeout
             outcome = await run_function(task, timeout, threads or self._threads())
         else:
             assert isinstance(task, Invalid)
             return _failed(tag, task.error, start, 0)
-        if type(outcome) is Ok:
-            ms = (perf_counter() - start) * 1000
-            return TaskResult(tag, True, outcome.value, None, ms, outcome.attempts)
-        assert isinstance(outcome, Failed)
-        return _failed(tag, outcome.error, start, outcome.attempts)
+        return _settled(tag, outcome, start)
+
+    def _plain(self, task: LLMTask) -> Mapping[str, Any] | _Wrapped | None:
+        """The call's overrides if its first attempt may be a plain call (no time limit,
+        rate limit, answer check, nor pacing yet), else ``_Wrapped.CALL``."""
+        if self.rate_limit is not None or (task.timeout or self.default_timeout) is not None:
+            return _Wrapped.CALL
+        retry = task.retry or self.default_retry
+        if retry is not None and retry.retry_on_result is not None:
+            return _Wrapped.CALL
+        governor = self._governor
+        if governor is not None and not governor.idle():
+            return _Wrapped.CALL
+        overrides = task.config_overrides
+        default = self.default_config_overrides
+        if not overrides:
+            return default
+        return overrides if default is None else {**default, **overrides}
+
+    def _first_answered(
+        self, tag: str, response: Any, overrides: Mapping[str, Any] | None, start: float
+    ) -> TaskResult:
+        """A plain first attempt answered."""
+        governor = self._governor
+        if governor is not None:
+            governor.unpaced -= 1
+            governor.pause.success()
+            if getattr(response, "rate_limits", None) is not None:
+                governor.learn(overrides, response)
+        return answered(tag, response, (perf_counter() - start) * 1000, 1)
+
+    async def _first_failed(
+        self,
+        tag: str,
+        task: LLMTask,
+        overrides: Mapping[str, Any] | None,
+        exc: Exception,
+        start: float,
+    ) -> TaskResult:
+        """A plain first attempt raised ``exc``: the retry machinery takes over."""
+        retry = task.retry or self.default_retry
+        governor = self._governor
+        held = True  # the first refusal's Retry-After: a pause the pacer keeps
+        if governor is not None:
+            governor.unpaced -= 1
+            held = governor.learn(overrides, exc, cooldown=shared_cooldown(exc, retry))
+        if retry is None or retry.trivial:
+            return _failed(tag, exc, start, 1)
+        outcome = await run_llm(
+            self._llm,
+            task,
+            overrides,
+            retry,
+            None,
+            None,
+            first_error=exc,
+            first_held=held,
+            governor=governor,
+        )
+        return _settled(tag, outcome, start)
 
     async def _through_cache(
         self,
@@ -829,6 +907,24 @@ class ParallelLLMExecutor:
         if default is None:
             return own
         return {**default, **own}
+
+
+class _Wrapped(enum.Enum):
+    """``_plain``'s answer for a call that cannot take the plain fast path."""
+
+    CALL = 0
+
+
+def _settled(tag: str, outcome: Ok | Failed, start: float) -> TaskResult:
+    if type(outcome) is Ok:
+        ms = (perf_counter() - start) * 1000
+        return TaskResult(tag, True, outcome.value, None, ms, outcome.attempts)
+    assert isinstance(outcome, Failed)
+    return _failed(tag, outcome.error, start, outcome.attempts)
+
+
+def _never(result: TaskResult) -> Any:
+    raise AssertionError("results go to the run's dict")
 
 
 def _failed(tag: str, exc: Exception, start: float, attempts: int) -> TaskResult:

@@ -75,24 +75,27 @@ class Tagger:
     def __call__(self, task: object) -> Item:
         position = self._position
         self._position = position + 1
-        if not isinstance(task, LLMTask | DeterministicTask):
+        kind = type(task)
+        if kind is not LLMTask and not isinstance(task, LLMTask | DeterministicTask):
             return str(position), Invalid(_kind_error("stream", f"#{position}", task, False))
-        tag = task.tag
+        tag = task.tag  # type: ignore[attr-defined]
         if not tag:
             tag = str(position)
             if tag in self._given:
                 return tag, Invalid(_duplicate(tag))
-            return tag, task
+            return tag, task  # type: ignore[return-value]
         # Marked even when the tag is refused below: position p's result carries this
         # tag, so str(p) stays free for a later task to use.
+        explicit = self._explicit
         byte = position >> 3
-        if byte >= len(self._explicit):
-            self._explicit.extend(bytes(byte + 1 - len(self._explicit)))
-        self._explicit[byte] |= 1 << (position & 7)
-        if tag in self._given or self._is_earlier_position(tag, position):
+        if byte >= len(explicit):  # grown by doubling: not a call every eighth task
+            explicit.extend(bytes(max(byte + 1 - len(explicit), len(explicit))))
+        explicit[byte] |= 1 << (position & 7)
+        given = self._given
+        if tag in given or (tag.isdigit() and self._is_earlier_position(tag, position)):
             return tag, Invalid(_duplicate(tag))
-        self._given.add(tag)
-        return tag, task
+        given.add(tag)
+        return tag, task  # type: ignore[return-value]
 
     def _is_earlier_position(self, tag: str, position: int) -> bool:
         # An explicit tag "7" clashes with task #7 if that one was tagged by its position.

@@ -89,6 +89,7 @@ class Governor:
         "aimd",
         "pacing",
         "pause",
+        "quiet",
         "refused",
         "stop_on_auth",
         "unpaced",
@@ -120,6 +121,8 @@ class Governor:
         # from its first call: that one goes alone, the others wait for its answer.
         self._probe_first = pacing and bool(getattr(provider, "reports_rate_limits", False))
         self._reported = self._probe_first  # some answer carried limits (or may)
+        self.quiet = not self._reported
+        """:meth:`idle` as a plain attribute, for the scheduler's check per task."""
         self.unpaced = 0
         """Calls in flight that no pacer admitted (sent before any limits were known)."""
         self.unpaced_tokens = 0  # their estimated tokens, where known
@@ -140,7 +143,7 @@ class Governor:
 
     def idle(self) -> bool:
         """Nothing to do around a call yet: no limits reported, no overload seen."""
-        return not (self._engaged or self._reported)
+        return self.quiet
 
     def _pacer_for(self, model: Any) -> HeaderPacer | None:
         """The model's pacer, made now if need be (None with pacing off)."""
@@ -151,6 +154,7 @@ class Governor:
         if pacer is None:
             pacer = pacers[model] = HeaderPacer()
         self._reported = True
+        self.quiet = False
         return pacer
 
     # -- a call the scheduler made on its own (the fast path) ---------------------------
@@ -176,6 +180,7 @@ class Governor:
         if isinstance(outcome, Exception) and self._overloaded(outcome):
             self.aimd.overload(self.aimd.cuts)
             self._engaged = True
+            self.quiet = False
         return shared
 
     def _tally(self, outcome: object) -> None:
@@ -277,8 +282,11 @@ class Governor:
             if self._overloaded(outcome):
                 self.aimd.overload(pass_.epoch)
                 self._engaged = True
+                self.quiet = False
         elif outcome is not None:
             self.aimd.success()
+            if info is None and pass_.pacer is not None and cooldown is None:
+                self._unpace(pass_.model, pass_.pacer)
         if pass_.gated:
             gate = self._gate()
             gate.release_on_behalf_of(pass_)
@@ -289,6 +297,20 @@ class Governor:
             if gate.total_tokens != self.aimd.current:
                 gate.total_tokens = self.aimd.current
         return shared
+
+    def _unpace(self, model: Any, pacer: HeaderPacer) -> None:
+        """An answer with no limits from a pacer that never saw any (the probe of a
+        provider that may report them): the server reports none, so calls go unpaced,
+        at no cost, until an answer reports limits (:meth:`learn` makes a pacer then)."""
+        if pacer.limits != (None, None) or self._pacers is None:
+            return
+        self._probe_first = False
+        pacers = self._pacers.mine()
+        if pacers.get(model) is pacer:
+            del pacers[model]
+        if not pacers:
+            self._reported = False
+            self.quiet = not self._engaged
 
     def _gate(self) -> anyio.CapacityLimiter:
         gate = self._gates.get(None)

@@ -13,8 +13,9 @@ id count. :func:`parse_rows` does the same for rows given as mappings, in one pa
 
 from __future__ import annotations
 
+import codecs
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, NamedTuple, Protocol
 
 import attrs
@@ -67,8 +68,18 @@ class Recorded(Protocol):
     lines: set[int]
 
 
+_quoted: Callable[[str], str] = json.encoder.encode_basestring_ascii
+# The byte order marks json.loads recognises on bytes (UTF-8, UTF-16 and UTF-32 ones).
+_BOMS = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
 def key_of(value: object) -> str:
     """The identity of a row id: its JSON text, so ``7`` and ``"7"`` stay distinct."""
+    kind = type(value)
+    if kind is str:  # what json.dumps does for a str, without its Python layers
+        return _quoted(value)  # type: ignore[arg-type]
+    if kind is int:
+        return int.__repr__(value)
     return json.dumps(value)
 
 
@@ -169,6 +180,10 @@ def _batch_parts(row: Mapping[str, Any]) -> ParsedRow:
 def load_json(raw: bytes | str) -> Any:
     """``json.loads``, raising ``ValueError`` (never ``RecursionError``) for any bad text."""
     try:
+        if type(raw) is bytes and not raw.startswith(_BOMS):
+            # UTF-8 (as JSON Lines is): decoded here, json.loads skips its guess of the
+            # encoding, a few Python calls per line. A BOM still goes to that guess.
+            raw = raw.decode("utf-8", "surrogatepass")  # as json.loads decodes bytes
         return json.loads(raw)
     except RecursionError:
         # Thousands of nested brackets: json's recursive parser gives up. No row we could
