@@ -29,8 +29,9 @@ from ._base._version import VERSION
 from ._batch._jobs import BatchJob
 from ._batch._submit import submit_batch
 from ._core._embed import EmbeddingResult, EmbeddingTask, aembed, embed
-from ._core._executor import ParallelLLMExecutor, ResultStream
+from ._core._executor import ParallelLLMExecutor
 from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor
+from ._core._run import ResultStream
 from ._core._tasks import DeterministicTask, LLMTask, TaskResult
 from ._deploy._pool import Pool
 from ._deploy._slots import DeploymentStats

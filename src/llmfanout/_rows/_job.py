@@ -28,8 +28,9 @@ from .._base._checks import need_backend
 from .._base._types import AsyncLLMProvider
 from .._cache._front import Cache
 from .._cache._open import open_cache
-from .._core._executor import ParallelLLMExecutor, ResultStream
+from .._core._executor import ParallelLLMExecutor
 from .._core._retry import BackoffStrategy, RetryConfig
+from .._core._run import ResultStream
 from .._core._tasks import LLMTask, TaskResult
 from .._deploy._build import build_pool, deployment_keys
 from .._flow._limiter import Limiter
