@@ -78,6 +78,7 @@ class RedisCache(BatchedStore):
                 removed += client.delete(*batch)
         return removed
 
+    # Alike in shape only with SQLiteCache.close: each closes its own kind of client.
     def close(self) -> None:
         """Close the connection pool (a later call opens another)."""
         with self._mutex:
