@@ -76,7 +76,7 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
-    except BaseException:
+    except BaseException:  # close the descriptor, then re-raise (noqa: cancellation-ok)
         os.close(fd)
         raise
 
