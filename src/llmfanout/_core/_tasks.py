@@ -44,6 +44,8 @@ def _read_message(index: int, message: object) -> LLMMessage | _Refused:
 
 
 def _to_tuple(value: object) -> tuple[LLMMessage, ...]:
+    # Alike in shape with _base's to_messages, which raises at the first bad message; here
+    # the message is kept (as _Refused) so the error can name the task, known only later.
     messages = only_messages(value)
     if messages is not None:
         return messages
