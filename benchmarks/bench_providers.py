@@ -9,6 +9,8 @@ time (after a warm-up that opens the connections), each parsing the JSON answer:
 - ``aiohttp``: one ``ClientSession`` (its C parser), the yardstick.
 - ``httpx``: one ``AsyncClient`` with its default pool sized to C.
 - ``llmfanout complete``: ``OpenAIProvider.complete`` on asyncio and on trio.
+- ``llmfanout complete httpx``: the same over a given ``httpx.AsyncClient``
+  (``http_client=``, the path proxies take), against ``httpx`` alone in the same run.
 - ``llmfanout stream``: ``ParallelLLMExecutor.stream`` over an endless input, the whole
   library path (retry policy on), on asyncio and on trio.
 
@@ -70,6 +72,8 @@ CONTENDERS = [
     "httpx",
     "llmfanout complete asyncio",
     "llmfanout complete trio",
+    "llmfanout complete httpx asyncio",
+    "llmfanout complete httpx trio",
     "llmfanout stream asyncio",
     "llmfanout stream trio",
 ]
@@ -233,11 +237,16 @@ async def _httpx(url: str, concurrency: int, meter: _Meter) -> None:
         await _workers(concurrency, meter, one)
 
 
-def _provider(url: str, concurrency: int) -> Any:
+def _provider(url: str, concurrency: int, client: Any = None) -> Any:
     from llmfanout.providers import OpenAIProvider
 
     return OpenAIProvider(
-        "bench", base_url=url + "/v1", api_key=KEY, max_connections=concurrency, timeout=600
+        "bench",
+        base_url=url + "/v1",
+        api_key=KEY,
+        max_connections=concurrency,
+        timeout=600,
+        http_client=client,
     )
 
 
@@ -246,6 +255,24 @@ async def _complete(url: str, concurrency: int, meter: _Meter) -> None:
 
     messages = [LLMMessage("system", "Be brief."), LLMMessage("user", "How are you today?")]
     async with _provider(url, concurrency) as provider:
+
+        async def one() -> None:
+            assert (await provider.complete(messages)).content
+
+        await _workers(concurrency, meter, one)
+
+
+async def _complete_httpx(url: str, concurrency: int, meter: _Meter) -> None:
+    import httpx
+
+    from llmfanout import LLMMessage
+
+    messages = [LLMMessage("system", "Be brief."), LLMMessage("user", "How are you today?")]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with (
+        httpx.AsyncClient(limits=limits) as client,
+        _provider(url, concurrency, client) as provider,
+    ):
 
         async def one() -> None:
             assert (await provider.complete(messages)).content
@@ -278,6 +305,8 @@ _RUNS: dict[str, tuple[Callable[[str, int, _Meter], Awaitable[None]], str]] = {
     "httpx": (_httpx, "asyncio"),
     "llmfanout complete asyncio": (_complete, "asyncio"),
     "llmfanout complete trio": (_complete, "trio"),
+    "llmfanout complete httpx asyncio": (_complete_httpx, "asyncio"),
+    "llmfanout complete httpx trio": (_complete_httpx, "trio"),
     "llmfanout stream asyncio": (_stream, "asyncio"),
     "llmfanout stream trio": (_stream, "trio"),
 }
