@@ -119,6 +119,27 @@ async def test_each_of_many_tasks_gets_its_own_answer() -> None:
     assert raw.connections == len(raw.requests) == len(tasks)
 
 
+async def test_through_an_environment_proxy_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The raw server as a forward proxy (HTTP_PROXY): our own httpx client, same rule."""
+
+    async def answer(stream: anyio.abc.SocketStream, request: bytes) -> None:
+        assert request.startswith(b"POST http://llm.invalid/v1/chat/completions ")
+        n = len(raw.requests)
+        await stream.send(response(body=answer_body(f"r{n}")) + response(body=b"smuggled"))
+
+    async with serve_raw(answer) as raw:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, raw.base_url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        provider = OpenAIProvider("m", base_url="http://llm.invalid/v1", api_key="k")
+        async with provider:
+            assert isinstance(provider._transport(), HTTPXTransport)
+            for n in (1, 2):
+                assert (await provider.complete([LLMMessage("user", "hi")])).content == f"r{n}"
+    assert raw.connections == 2
+
+
 async def test_a_clean_connection_is_still_reused() -> None:
     async def answer(stream: anyio.abc.SocketStream, request: bytes) -> None:
         await stream.send(response(body=answer_body("ok")))
