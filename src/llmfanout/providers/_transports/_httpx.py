@@ -2,8 +2,9 @@
 when an environment proxy applies (httpx speaks HTTP and SOCKS proxies).
 
 The second implementation of :class:`~._base.BaseTransport`: it opens the exchange with
-httpx and reads the body as sent (the response's raw stream), so the :class:`~._base.BodyStream`
-decompresses and caps it exactly as for the pool, under the same total deadline. httpx's
+httpx and reads the body as sent (the response's raw stream), so the
+:class:`~._base.BodyStream` decompresses and caps it exactly as for the pool, under the
+same total deadline. httpx's
 own exceptions (which hold the request, and so the key) are turned into ours outside
 their ``except`` blocks, so none is chained.
 
@@ -15,9 +16,10 @@ ended, and before httpx hands its connection back, :func:`_parser_of` follows ht
 httpcore's private attributes to the ``h11.Connection`` that read it; bytes in its buffer
 (``trailing_data``, public h11) make us mark it failed (``send_failed``, public h11), and
 httpcore then closes the connection instead of pooling it. The path is proved once per
-process on httpcore's mock network (:func:`_probe`); where it does not hold (a later
-httpx or httpcore, a transport wrapped out of sight), we cannot see the bytes, so every
-request of ours on that client asks for ``Connection: close`` (a warning says so).
+process on httpcore's mock network (:func:`_probe`). Where it does not hold, we cannot
+see the bytes, so our requests ask for ``Connection: close`` (a warning says so): all of
+them under a later httpx or httpcore the probe fails on; on a client whose own transport
+hides its connections, all after the first HTTP/1.1 response that shows us so.
 """
 
 from __future__ import annotations
@@ -154,8 +156,8 @@ class HTTPXTransport(BaseTransport):
         self._base_url = base_url
         self._headers = dict(headers)
         self._owned = owned
-        # Until we know we can see bytes past a response: every request asks for
-        # Connection: close (set once _sight has answered, and again by a blind response).
+        # Our headers and Connection: close, once we know we cannot see bytes past this
+        # client's responses (the probe failed, or a response hid its connection).
         self._closing: dict[str, str] | None = None
         self._sighted = False
 
