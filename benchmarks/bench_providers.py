@@ -9,8 +9,9 @@ time (after a warm-up that opens the connections), each parsing the JSON answer:
 - ``aiohttp``: one ``ClientSession`` (its C parser), the yardstick.
 - ``httpx``: one ``AsyncClient`` with its default pool sized to C.
 - ``llmfanout complete``: ``OpenAIProvider.complete`` on asyncio and on trio.
-- ``llmfanout complete httpx``: the same over a given ``httpx.AsyncClient``
-  (``http_client=``, the path proxies take), against ``httpx`` alone in the same run.
+- ``llmfanout complete httpx`` (only when named in ``--contenders``): the same over a
+  given ``httpx.AsyncClient`` (``http_client=``, the path proxies take), to set beside
+  ``httpx`` alone in the same run.
 - ``llmfanout stream``: ``ParallelLLMExecutor.stream`` over an endless input, the whole
   library path (retry policy on), on asyncio and on trio.
 
@@ -72,11 +73,11 @@ CONTENDERS = [
     "httpx",
     "llmfanout complete asyncio",
     "llmfanout complete trio",
-    "llmfanout complete httpx asyncio",
-    "llmfanout complete httpx trio",
     "llmfanout stream asyncio",
     "llmfanout stream trio",
 ]
+# On request (--contenders): the httpx path (http_client=, proxies), beside plain httpx.
+ON_REQUEST = ["llmfanout complete httpx asyncio", "llmfanout complete httpx trio"]
 
 
 # -- the server: a raw asyncio Protocol, so it is never the bottleneck -------------------
@@ -383,7 +384,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="server seconds per answer")
     parser.add_argument("--seconds", type=float, default=3.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=1.5, help="seconds before measuring")
-    parser.add_argument("--contenders", nargs="+", default=CONTENDERS, choices=CONTENDERS)
+    parser.add_argument(
+        "--contenders", nargs="+", default=CONTENDERS, choices=CONTENDERS + ON_REQUEST
+    )
     parser.add_argument("--quick", action="store_true", help="C=16 and 500, 1 s windows")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)
