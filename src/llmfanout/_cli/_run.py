@@ -38,6 +38,7 @@ from .._rows._output_rows import (
     RowWriter,
     cut_torn_line,
     drop_failed,
+    is_stream,
     recover,
 )
 from .._rows._spec import JobError, JobSpec, key_variable
@@ -52,7 +53,6 @@ from ._args import (
     check_backend,
     check_input,
     check_output,
-    is_stream,
     json_object,
     positive_float,
     positive_int,
