@@ -119,6 +119,7 @@ class FakeGemini:
         self.hold_uploads = False  # take an upload's bytes, then never answer (a kill)
         self.upload_origin: str | None = None  # the origin the upload URL names (default ours)
         self.foreign_results = False  # responses files also answer keys we never sent
+        self.signed: dict[str, str] = {}  # function call name -> the thoughtSignature sent
 
     def embedding_requests(self) -> list[Request]:
         return [r for r in self.requests if "embed" in r.path.lower()]
@@ -139,7 +140,15 @@ class FakeGemini:
         self.requests.append(request)
         if self.hold_after is not None and len(self.embedding_requests()) > self.hold_after:
             await anyio.sleep_forever()  # until the client goes (a kill)
+        path = request.path
+        if path.endswith(("generateContent", "GenerateContent")) and "batch" not in path:
+            problem = self._unsigned(request.body)
+            if problem is not None:  # as Gemini 3 does, before any scripted answer
+                await stream.send(_error(400, "INVALID_ARGUMENT", problem))
+                return
         scripted = self.script.popleft() if self.script else None
+        if isinstance(scripted, dict):
+            self._sign(scripted)
         if isinstance(scripted, Status):
             await stream.send(
                 response(
@@ -149,7 +158,6 @@ class FakeGemini:
                 )
             )
             return
-        path = request.path
         if path.startswith(("/upload/", "/download/")):
             await stream.send(await self._files_route(request))
             return
@@ -192,6 +200,31 @@ class FakeGemini:
         )
 
     # -- generate -------------------------------------------------------------------------
+
+    def _sign(self, answer: dict[str, Any]) -> None:
+        """Remember the thoughtSignatures a scripted answer gives its function calls."""
+        for candidate in answer.get("candidates") or ():
+            for part in (candidate.get("content") or {}).get("parts") or ():
+                if "functionCall" in part and "thoughtSignature" in part:
+                    self.signed[part["functionCall"]["name"]] = part["thoughtSignature"]
+
+    def _unsigned(self, body: Any) -> str | None:
+        """Gemini 3's check: a signed function call must come back with its signature."""
+        for content in (body or {}).get("contents") or ():
+            if content.get("role") != "model":
+                continue
+            for part in content.get("parts") or ():
+                call = part.get("functionCall")
+                if call is None or call.get("name") not in self.signed:
+                    continue
+                if part.get("thoughtSignature") != self.signed[call["name"]]:
+                    return (
+                        f"Function call is missing a thought_signature in functionCall parts. "
+                        f"This is required for tools to work correctly, and missing "
+                        f"thought_signature may lead to degraded model performance. "
+                        f"Additional data, function call `{call['name']}`"
+                    )
+        return None
 
     def _text(self, request: Request) -> str:
         contents = request.body.get("contents") or []
