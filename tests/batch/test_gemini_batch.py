@@ -88,6 +88,20 @@ def check_once(path: Path, ids: list[str]) -> list[dict[str, Any]]:
     return found
 
 
+def state_of(tmp_path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((tmp_path / "out.jsonl.batch.json").read_text())
+    return data
+
+
+def no_key_anywhere(server: FakeGemini, tmp_path: Path) -> None:
+    for request in server.requests:
+        assert request.headers["x-goog-api-key"] == KEY
+        assert KEY not in request.target
+    for name in os.listdir(tmp_path):
+        if (tmp_path / name).is_file():
+            assert KEY not in (tmp_path / name).read_text(errors="replace")
+
+
 def test_submit_and_wait(server: FakeGemini, backend: str, tmp_path: Path) -> None:
     ids = write_input(tmp_path / "in.jsonl", 30)
     done = llmfanout(*submit(server, backend, "--wait"), cwd=tmp_path)
@@ -101,35 +115,42 @@ def test_submit_and_wait(server: FakeGemini, backend: str, tmp_path: Path) -> No
     first = batch["inputConfig"]["requests"]["requests"][0]
     assert first["request"] == {"contents": [{"role": "user", "parts": [{"text": "p row-0"}]}]}
     assert first["metadata"]["key"].endswith("-0-0")
-    for request in server.requests:
-        assert request.headers["x-goog-api-key"] == KEY
-        assert KEY not in request.target
-    for name in os.listdir(tmp_path):
-        if (tmp_path / name).is_file():
-            assert KEY not in (tmp_path / name).read_text(errors="replace")
+    no_key_anywhere(server, tmp_path)
+
+
+@pytest.fixture(params=["inline", "file"])
+def mode(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """How the requests go: inlined (what auto does with a small job), or uploaded."""
+    return ("--gemini-input", str(request.param))
 
 
 def test_kill_during_the_create_then_submit_again(
-    server: FakeGemini, backend: str, tmp_path: Path
+    server: FakeGemini, backend: str, mode: tuple[str, ...], tmp_path: Path
 ) -> None:
     ids = write_input(tmp_path / "in.jsonl", 20)
     server.hold_creates = True
-    with started(*submit(server, backend), cwd=tmp_path) as process:
+    with started(*submit(server, backend, *mode), cwd=tmp_path) as process:
         wait_until(lambda: len(server.batches) == 1, process)
         process.kill()
+    (part,) = state_of(tmp_path)["parts"]
+    file_id = "files/f1" if mode[1] == "file" else None
+    assert (part["phase"], part["file_id"]) == ("creating", file_id)  # saved before create
     server.hold_creates = False
-    again = llmfanout(*submit(server, backend, "--wait"), cwd=tmp_path)
+    again = llmfanout(*submit(server, backend, "--wait", *mode), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert len(server.batches) == 1  # found again from the list, not created twice
+    uploads = sum(r.path.startswith("/upload/") for r in server.requests)
+    assert uploads == (2 if file_id else 0)  # start and finalize, once: not uploaded again
     check_once(tmp_path / "out.jsonl", ids)
+    no_key_anywhere(server, tmp_path)
 
 
 def test_kill_while_waiting_then_wait_again(
-    server: FakeGemini, backend: str, tmp_path: Path
+    server: FakeGemini, backend: str, mode: tuple[str, ...], tmp_path: Path
 ) -> None:
     ids = write_input(tmp_path / "in.jsonl", 20)
     server.hold_polls = True
-    with started(*submit(server, backend, "--wait"), cwd=tmp_path) as process:
+    with started(*submit(server, backend, "--wait", *mode), cwd=tmp_path) as process:
         wait_until(lambda: any(r.method == "GET" for r in server.requests), process)
         process.kill()
     server.hold_polls = False
@@ -141,25 +162,12 @@ def test_kill_while_waiting_then_wait_again(
     assert again.returncode == 0, again.stderr
     assert len(server.batches) == 1
     check_once(tmp_path / "out.jsonl", ids)
+    no_key_anywhere(server, tmp_path)
 
 
 # -- an uploaded input file ----------------------------------------------------------------
 
 FILE = ("--gemini-input", "file")
-
-
-def state_of(tmp_path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((tmp_path / "out.jsonl.batch.json").read_text())
-    return data
-
-
-def no_key_anywhere(server: FakeGemini, tmp_path: Path) -> None:
-    for request in server.requests:
-        assert request.headers["x-goog-api-key"] == KEY
-        assert KEY not in request.target
-    for name in os.listdir(tmp_path):
-        if (tmp_path / name).is_file():
-            assert KEY not in (tmp_path / name).read_text(errors="replace")
 
 
 def test_file_input_submit_and_wait(server: FakeGemini, backend: str, tmp_path: Path) -> None:
@@ -200,43 +208,6 @@ def test_kill_during_the_upload_then_submit_again(
     assert again.returncode == 0, again.stderr
     assert len(server.batches) == 1
     assert list(server.files) == ["files/f1", "files/batch-b1-responses"]
-    check_once(tmp_path / "out.jsonl", ids)
-    no_key_anywhere(server, tmp_path)
-
-
-def test_kill_during_the_file_create_then_submit_again(
-    server: FakeGemini, backend: str, tmp_path: Path
-) -> None:
-    ids = write_input(tmp_path / "in.jsonl", 20)
-    server.hold_creates = True
-    with started(*submit(server, backend, *FILE), cwd=tmp_path) as process:
-        wait_until(lambda: len(server.batches) == 1, process)
-        process.kill()
-    (part,) = state_of(tmp_path)["parts"]
-    assert (part["phase"], part["file_id"]) == ("creating", "files/f1")  # saved before create
-    server.hold_creates = False
-    again = llmfanout(*submit(server, backend, "--wait", *FILE), cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert len(server.batches) == 1  # found again by its display name: never two
-    assert sum(r.path.startswith("/upload/") for r in server.requests) == 2  # one upload
-    check_once(tmp_path / "out.jsonl", ids)
-
-
-def test_kill_while_waiting_on_a_file_batch_then_wait_again(
-    server: FakeGemini, backend: str, tmp_path: Path
-) -> None:
-    ids = write_input(tmp_path / "in.jsonl", 20)
-    server.hold_polls = True
-    with started(*submit(server, backend, "--wait", *FILE), cwd=tmp_path) as process:
-        wait_until(lambda: any(r.method == "GET" for r in server.requests), process)
-        process.kill()
-    server.hold_polls = False
-    where = ("--base-url", server.gemini_url)
-    again = llmfanout(
-        "batch", "wait", "out.jsonl", *where, "--backend", backend, *FAST, cwd=tmp_path
-    )
-    assert again.returncode == 0, again.stderr
-    assert len(server.batches) == 1
     check_once(tmp_path / "out.jsonl", ids)
     no_key_anywhere(server, tmp_path)
 

@@ -124,7 +124,8 @@ def add_parser(commands: Any) -> None:
             "few provider batches as its limits allow, and create them. Exit 0 once "
             "submitted; with --wait, go on as `llmfanout batch wait` does."
         ),
-        epilog="The API key comes from OPENAI_API_KEY or ANTHROPIC_API_KEY, never a flag.",
+        epilog="The API key comes from OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY "
+        "(else GOOGLE_API_KEY), never a flag.",
     )
     submit.add_argument("input", metavar="INPUT", help="the input JSONL file")
     add_output(submit, "the output file")
