@@ -21,7 +21,7 @@ from llmfanout._batch._gemini import INLINE_GROWTH, GeminiBatchAPI, inline_body
 from llmfanout._batch._jobs import Polling
 from llmfanout._batch._plan import plan_parts
 from llmfanout._batch._submit import submit_batch
-from llmfanout.errors import ProviderError
+from llmfanout.errors import BadRequestError, ProviderError
 from llmfanout.providers import GeminiProvider
 
 from support.fake_gemini_server import FakeGemini, serve_gemini
@@ -45,7 +45,9 @@ def tasks(count: int, size: int = 10) -> list[LLMTask]:
     ]
 
 
-async def run(server: FakeGemini, state: Path, work: list[LLMTask], **options: str) -> set[str]:
+async def run(
+    server: FakeGemini, state: Path, work: list[LLMTask], **options: str | int
+) -> set[str]:
     """Submit, wait, and read every result: the tags answered (each checked once)."""
     async with GeminiProvider("gemini-2.5-flash", base_url=server.gemini_url, api_key=KEY) as p:
         job = await submit_batch(p, work, state=state, polling=FAST, **options)  # type: ignore[arg-type]
@@ -117,6 +119,15 @@ async def test_a_finalize_answer_without_a_file_name_is_refused(
         server._upload_bytes = nameless  # type: ignore[method-assign]
         with pytest.raises(ProviderError, match="an uploaded file named files/"):
             await api.upload(str(path), "part.jsonl", path.stat().st_size, 1)
+
+
+async def test_an_inline_batch_over_the_cap_is_refused_before_sending(
+    server: FakeGemini, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_gemini, "INLINE_BYTES", 4_000)
+    with pytest.raises(BadRequestError, match="lower --max-bytes"):
+        await run(server, tmp_path / "s.json", tasks(60), gemini_input="inline", max_bytes=50_000)  # type: ignore[arg-type]
+    assert not server.batches and not server.files
 
 
 def test_gemini_input_must_be_known() -> None:

@@ -152,8 +152,19 @@ class GeminiBatchAPI(BatchAPI):
         return _encode({"key": custom_id, "request": body})
 
     def inlined(self, size: int, rows: int) -> bool:
-        """Whether a part of ``rows`` lines and ``size`` bytes is sent inlined."""
+        """Whether a part of ``rows`` lines and ``size`` bytes is sent inlined.
+
+        Raises ``BadRequestError`` for a part that must be inlined but cannot be (a
+        ``max_bytes`` above the cap with ``input="inline"``), before anything is sent.
+        """
         fits = size + INLINE_GROWTH * rows + _SLACK <= self.inline_bytes
+        if self.input == "inline" and not fits:
+            raise BadRequestError(
+                f"gemini: a batch of {size} bytes ({rows} requests) is over the "
+                f"{self.inline_bytes}-byte cap on inlined requests; lower --max-bytes "
+                "(max_bytes), or let it be uploaded (--gemini-input auto or file)",
+                provider="gemini",
+            )
         return self.input == "inline" or (self.input == "auto" and fits)
 
     def _path(self) -> str:
