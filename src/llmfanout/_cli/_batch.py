@@ -25,8 +25,8 @@ from typing import IO, Any
 import anyio
 
 from .._batch._api import BatchAPI
-from .._batch._apis import APIS, ENDPOINTS, api_class
-from .._batch._jobs import BatchJob, BatchPart
+from .._batch._apis import APIS, ENDPOINTS
+from .._batch._jobs import BatchJob, BatchPart, api_for
 from .._batch._plan import plan_parts
 from .._batch._state import BatchStateError, state_path
 from .._batch._submit import submit_batch
@@ -124,7 +124,8 @@ def add_parser(commands: Any) -> None:
             "few provider batches as its limits allow, and create them. Exit 0 once "
             "submitted; with --wait, go on as `llmfanout batch wait` does."
         ),
-        epilog="The API key comes from OPENAI_API_KEY or ANTHROPIC_API_KEY, never a flag.",
+        epilog="The API key comes from OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY "
+        "(else GOOGLE_API_KEY), never a flag.",
     )
     submit.add_argument("input", metavar="INPUT", help="the input JSONL file")
     add_output(submit, "the output file")
@@ -146,6 +147,13 @@ def add_parser(commands: Any) -> None:
         '/v1/embeddings; output rows then carry an "embedding"',
     )
     submit.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
+    submit.add_argument(
+        "--gemini-input",
+        choices=("auto", "file", "inline"),
+        default="auto",
+        help="Gemini only: auto (default) inlines a batch under the 20 MB request cap and "
+        "uploads a bigger one through the Files API; file always uploads; inline never does",
+    )
     submit.add_argument("--wait", action="store_true", help="then wait and write the results")
     submit.add_argument(
         "--dry-run",
@@ -162,7 +170,8 @@ def add_parser(commands: Any) -> None:
         "--max-bytes",
         type=positive_int,
         metavar="N",
-        help="bytes per batch (default: the provider's limit, 200 MB or 256 MB)",
+        help="bytes per batch (default: the provider's limit: 200 MB OpenAI, 256 MB "
+        "Anthropic, 2 GB Gemini (20 MB with --gemini-input inline))",
     )
     _polling(submit, positive_float)
     _prices(submit)
@@ -254,9 +263,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _api_for(args: argparse.Namespace, provider: HTTPProvider) -> BatchAPI:
+    if args.gemini_input != "auto" and args.provider != "gemini":
+        raise UsageError(f"--gemini-input is for --provider gemini, not {args.provider}")
     try:
-        return api_class(args.provider, args.endpoint)(provider)
-    except ValueError as exc:
+        return api_for(provider, None, args.endpoint, args.gemini_input)
+    except TypeError as exc:
         raise UsageError(f"--endpoint {args.endpoint}: {exc}") from None
 
 
@@ -356,7 +367,7 @@ def _dry_run(args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes]
     """Plan the batches as submit would, and say what they would be; nothing is sent."""
     api = _api_for(args, provider)
     requests = args.max_requests or api.max_requests
-    size = args.max_bytes or api.max_bytes
+    size = args.max_bytes or api.part_bytes()
     with tempfile.TemporaryDirectory() as folder:
         try:
             parts = plan_parts(
@@ -389,6 +400,7 @@ async def _do_submit(
             api_key_env=args.api_key_env,
             on_part=None if args.quiet else _created,
             endpoint=args.endpoint,
+            gemini_input=args.gemini_input,
         )
 
 
