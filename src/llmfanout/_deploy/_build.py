@@ -43,7 +43,8 @@ def _provider(spec: DeploymentSpec, key: str | None, options: dict[str, Any]) ->
             spec.model,
             azure_endpoint=spec.base_url,
             api_version=spec.api_version,
-            api_key=key,
+            api_key=None if spec.azure_ad_token_env else key,
+            azure_ad_token=key if spec.azure_ad_token_env else None,
             **options,
         )
     from ..providers import AnthropicProvider, OpenAIProvider
