@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
+import string
+import urllib.parse
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmfanout import LLMMessage
 from llmfanout._deploy._build import build_pool, deployment_keys
 from llmfanout._deploy._spec import parse_deployments
 from llmfanout.errors import AuthenticationError
 from llmfanout.providers import AzureOpenAIProvider
+from llmfanout.providers._secrets import TokenRedactor
 
 from support.fake_llm_server import FakeLLMServer, Fault, RecordedRequest, serve_fake_llm
 
@@ -237,3 +243,49 @@ def test_a_bad_token_variable_in_a_file_is_refused(entry: dict[str, str], proble
     with pytest.raises(ValueError, match="deployment 'east'") as caught:
         parse_deployments([{"name": "east", "model": "m", **entry}])
     assert problem in str(caught.value)
+
+
+def spellings(token: str) -> list[str]:
+    """The token as a server might echo it: raw, JSON-escaped, percent-encoded (twice)."""
+    once = urllib.parse.quote(token, safe="")
+    return [
+        token,
+        token.upper(),
+        token.replace("/", "\\/"),
+        "".join(f"\\u{ord(c):04x}" for c in token),
+        f"\\u{ord(token[0]):04x}{token[1:]}",
+        once,
+        urllib.parse.quote(once, safe=""),
+        json.dumps(token)[1:-1],
+    ]
+
+
+@given(
+    tokens=st.lists(
+        st.text(alphabet=string.ascii_letters + string.digits + "-_./+=~", min_size=1, max_size=40),
+        min_size=1,
+        max_size=3,
+    ),
+    before=st.text(max_size=20),
+    after=st.text(max_size=20),
+    data=st.data(),
+)
+def test_token_redactor_removes_every_spelling_of_every_token(
+    tokens: list[str], before: str, after: str, data: Any
+) -> None:
+    token = data.draw(st.sampled_from(tokens))
+    spelling = data.draw(st.sampled_from(spellings(token)))
+    redactor = TokenRedactor(*tokens)
+    text = f"{before} {spelling} {after}"
+    cleaned = redactor.text(text)
+    assert spelling not in cleaned or spelling in before + after
+    raw = text.encode("utf-8", "surrogateescape")
+    assert redactor.data(raw) == cleaned.encode("utf-8", "surrogateescape")
+
+
+@given(text=st.text(alphabet=st.characters(blacklist_characters="%\\"), max_size=60))
+def test_token_redactor_leaves_a_text_without_a_token_alone(text: str) -> None:
+    token = "eyJ" + "Q" * 30
+    if token.lower() not in text.lower():
+        assert TokenRedactor(token).text(text) == text
+        assert TokenRedactor(token).data(text.encode()) == text.encode()

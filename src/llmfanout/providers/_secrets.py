@@ -91,8 +91,7 @@ class Redactor:
 
 
 # A run of characters a bearer token may be written in, escapes and all (see TokenRedactor).
-_RUN = re.compile(r"[!-~]{16,}")
-_RUN_BYTES = re.compile(rb"[!-~]{16,}")
+_RUN = re.compile(r"[!-~]+")
 _UNICODE_ESCAPE = re.compile(r"\\+u([0-9a-fA-F]{4})")
 _BACKSLASHED = re.compile(r"\\+([/\"\\])")
 
@@ -114,16 +113,20 @@ class TokenRedactor(Redactor):
 
     :class:`Redactor` compiles one pattern per secret, which takes about half a second for
     a 2 kB Entra ID token: too slow to renew whenever a token rotates. Here nothing is
-    compiled per token: each run of printable characters is decoded (JSON escapes,
-    percent-encoding) and compared. A run holding a token raw loses the token; one holding
-    it in an escaped spelling is masked whole.
+    compiled per token. A text holding neither a token raw nor an escape that could spell
+    one is returned as it is (a substring test); otherwise each run of printable
+    characters is decoded (JSON escapes, percent-encoding, nested too) and compared. A run
+    holding a token raw loses the token; one holding it in an escaped spelling is masked
+    whole.
     """
 
-    __slots__ = ("_raws", "_tokens")
+    __slots__ = ("_escapes", "_tokens")
 
     def __init__(self, *tokens: str) -> None:  # Redactor's patterns are not compiled
         self._tokens = tuple(t.lower() for t in tokens if t)
-        self._raws = tuple(t.encode("ascii", "replace") for t in self._tokens)
+        # What could start an escaped spelling of a token's character.
+        escapes = ["\\u", "%"] + ["\\" + c for c in '/"\\' if any(c in t for t in tokens)]
+        self._escapes = tuple(escapes)
 
     def __repr__(self) -> str:
         return "TokenRedactor(***)"
@@ -132,16 +135,21 @@ class TokenRedactor(Redactor):
         run = found.group(0)
         lowered = run.lower()
         if not any(token in lowered for token in self._tokens):
-            if not any(token in _plain(run) for token in self._tokens):
-                return run
-            return MASK
+            plain = _plain(run)
+            return MASK if any(token in plain for token in self._tokens) else run
         for token in self._tokens:
             run = re.sub(re.escape(token), MASK, run, flags=re.IGNORECASE)
         return run
 
     def text(self, text: str) -> str:
         """``text`` with every spelling of a token replaced by ``***``."""
-        return _RUN.sub(self._mask, text) if self._tokens else text
+        if not self._tokens:
+            return text
+        if not any(e in text for e in self._escapes):
+            lowered = text.lower()
+            if not any(token in lowered for token in self._tokens):
+                return text
+        return _RUN.sub(self._mask, text)
 
     def optional(self, text: str | None) -> str | None:
         """As :meth:`text`, passing None through."""
@@ -149,13 +157,6 @@ class TokenRedactor(Redactor):
 
     def data(self, data: bytes) -> bytes:
         """``data`` with every spelling of a token replaced (no copy when there is none)."""
-        if b"\\" not in data and b"%" not in data:
-            lowered = data.lower()
-            for raw in self._raws:  # a loop, not any(): no generator on the hot path
-                if raw in lowered:
-                    break
-            else:
-                return data
         text = data.decode("utf-8", "surrogateescape")
         cleaned = self.text(text)
         return data if cleaned == text else cleaned.encode("utf-8", "surrogateescape")
