@@ -61,9 +61,13 @@ def _shared(url: str, spec: DeploymentSpec) -> Limiter | None:
         return None
     from .._flow._redislimit import RedisRateLimit, split_key
 
-    given = split_key(url)[1]
+    # The URL's own ?key= becomes the prefix: RedisRateLimit refuses a URL naming one key
+    # beside another given as key=.
+    client_url, given = split_key(url)
     key = f"{given}:{spec.name}" if given else f"deployment:{spec.name}"
-    return RedisRateLimit(url, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm, key=key)
+    return RedisRateLimit(
+        client_url, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm, key=key
+    )
 
 
 def build_pool(
