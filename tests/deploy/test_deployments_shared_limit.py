@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from llmfanout._deploy._build import build_pool
+from llmfanout._deploy._spec import parse_deployments
+
 from support.fake_llm_server import FakeLLMServer, fake_llm_server_in_thread
 from support.redis_server import RedisServer, running_redis
 
@@ -111,3 +114,26 @@ def test_two_runs_share_each_deployments_budget_in_redis(
         assert float(budgets[name][b"rpm"]) == rpm
     everything = "".join(out + err for out, err in outcomes) + listing.read_text()
     assert not any(key in everything for key in KEYS.values())
+
+
+@pytest.mark.parametrize(
+    ("query", "keys"),
+    [
+        ("", ["deployment:east", "deployment:west", None]),
+        ("?key=team", ["team:east", "team:west", None]),
+    ],
+)
+def test_each_deployment_with_limits_gets_a_budget_key_of_its_own(
+    query: str, keys: list[str | None]
+) -> None:
+    specs = parse_deployments(
+        [
+            {"name": "east", "provider": "echo", "rpm": 60},
+            {"name": "west", "provider": "echo", "tpm": 1000},
+            {"name": "free", "provider": "echo"},  # no limits: no budget in Redis
+        ]
+    )
+    pool = build_pool(specs, keys={}, shared_limit=f"redis://:hunter2@127.0.0.1:9/0{query}")
+    made = [d.limit for d in pool.deployments]
+    assert [getattr(limit, "key", None) for limit in made] == keys
+    assert "hunter2" not in repr(made)
