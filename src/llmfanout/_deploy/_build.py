@@ -77,7 +77,7 @@ def build_pool(
     max_connections: int = 100,
     timeout: float | None = None,
     shared_limit: str | None = None,
-    hedge_after: float | None = None,
+    hedge_after: float | str | None = None,
 ) -> Pool:
     """The pool for ``specs``; ``ValueError`` naming the deployment for one that cannot work.
 
