@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from hypothesis import given
@@ -305,3 +306,22 @@ def test_token_redactor_leaves_a_text_without_a_token_alone(text: str) -> None:
     if token.lower() not in text.lower():
         assert TokenRedactor(token).text(text) == text
         assert TokenRedactor(token).data(text.encode()) == text.encode()
+
+
+async def test_a_call_cancelled_while_the_callable_fetches_a_token_sends_nothing() -> None:
+    asked = anyio.Event()
+
+    async def slow_token() -> str:
+        asked.set()
+        await anyio.Event().wait()  # a token service that never answers
+        return TOKENS[0]
+
+    async with serve_fake_llm() as server:
+        provider = AzureOpenAIProvider(
+            "gpt-4o-east", azure_endpoint=server.base_url, azure_ad_token_provider=slow_token
+        )
+        async with provider, anyio.create_task_group() as tg:
+            tg.start_soon(provider.complete, QUESTION)
+            await asked.wait()
+            tg.cancel_scope.cancel()
+    assert server.requests == []

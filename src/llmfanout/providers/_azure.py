@@ -34,7 +34,7 @@ from .._base._types import LLMMessage, LLMResponse
 from ..errors import RateLimitError
 from ._config import HTTPOptions
 from ._openai import OpenAIProvider
-from ._secrets import Secret, SecretHeaders, TokenRedactor
+from ._secrets import Secret, SecretHeaders, TokenRedactor, header_safe
 
 __all__ = ["DEFAULT_API_VERSION", "AzureOpenAIProvider"]
 
@@ -161,7 +161,7 @@ class AzureOpenAIProvider(OpenAIProvider):
                 f"{'an empty str' if token == '' else 'a ' + type(token).__name__}; it must "
                 "return the token as a non-empty str"
             )
-        if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        if not header_safe(token):
             raise ValueError(
                 f"{owner}: the token azure_ad_token_provider returned holds a space, a "
                 "control or a non-ASCII character, which an HTTP header cannot carry"

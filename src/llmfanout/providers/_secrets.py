@@ -162,6 +162,11 @@ class TokenRedactor(Redactor):
         return data if cleaned == text else cleaned.encode("utf-8", "surrogateescape")
 
 
+def header_safe(secret: str) -> bool:
+    """Whether an HTTP header can carry ``secret``: printable ASCII, no space."""
+    return secret.isascii() and secret.isprintable() and not any(c.isspace() for c in secret)
+
+
 def redact(text: str, secret: str) -> str:
     """``text`` with every spelling of ``secret`` replaced by ``***``."""
     return Redactor(secret).text(text) if secret else text
@@ -185,7 +190,7 @@ def resolve_api_key(api_key: str | None, env_var: str, owner: str) -> str:
             f"{owner}: no API key; set the {env_var} environment variable or pass api_key=... "
             "(a local server that needs no key accepts any string, e.g. api_key='none')"
         )
-    if not (api_key.isascii() and api_key.isprintable()) or any(c.isspace() for c in api_key):
+    if not header_safe(api_key):
         raise ValueError(
             f"{owner}: the API key from {where} holds a space, a control or a non-ASCII "
             "character, which an HTTP header cannot carry; check that it was copied whole"
