@@ -156,8 +156,9 @@ def add_parser(commands: Any) -> None:
         metavar="FILE",
         help=(
             "send to several deployments as one pool (instead of --provider): a JSON list "
-            'of {"name", "provider", "model", "base_url", "api_key_env", "weight", "rpm", '
-            '"tpm", "context_window", "fallback_for"}; keys by environment variable name only'
+            'of {"name", "provider", "model", "base_url", "api_key_env" (or, for azure, '
+            '"azure_ad_token_env"), "weight", "rpm", "tpm", "context_window", '
+            '"fallback_for"}; keys by environment variable name only'
         ),
     )
     run.add_argument(
