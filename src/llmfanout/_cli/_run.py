@@ -132,8 +132,9 @@ def add_parser(commands: Any) -> None:
         "--no-pacing",
         dest="pacing",
         action="store_false",
-        help="do not pace by the rate limits the server advertises, nor send fewer calls "
-        "while it is overloaded (--rpm/--tpm still apply)",
+        help="turn off pacing by the rate limits the server advertises and adaptive "
+        "concurrency (fewer calls in flight while the server answers 429/503/529): "
+        "--concurrency calls go at once whatever it answers (--rpm/--tpm still apply)",
     )
     run.add_argument(
         "--patience",

@@ -458,7 +458,7 @@ class Pool:
                 if limits is not None:
                     governor.learn(sent, response)  # counts the answer too
                 else:
-                    governor.pause.success()  # as the executor's own quick path does
+                    governor.answered()  # as the executor's own quick path does
             answer = self._answered(slot, call, response, limits is not None)
             if getattr(response, "finish_reason", None) == CONTENT_FILTER:  # a 2xx filter cut
                 if call is None:
