@@ -33,15 +33,20 @@ from llmfanout import EchoProvider, EmbeddingCaps, aembed
 from llmfanout._core._packing import Packer, estimate_tokens
 from llmfanout.providers._embeddings_format import openai_vectors
 
+# The floor: the same read, parse and write of every row, with no embedding and nothing
+# the CLI adds (checks, packing, locking, fsync): each line decoded and parsed once as
+# the CLI does, each row encoded by the JSON encoder, written through a buffer, with a
+# constant vector of the same length and digits as the echo provider's.
 FLOOR = r"""
 import json, sys
 source, output = sys.argv[1], sys.argv[2]
-vector = [0.5] * 8
+dumps = json.JSONEncoder(ensure_ascii=False).encode
+vector = [-0.3359375, 0.796875, 0.1015625, -0.875, 0.4765625, -0.0625, 0.921875, -0.5078125]
 with open(source, "rb") as lines, open(output, "w") as out:
     for raw in lines:
-        row = json.loads(raw)
-        out.write(json.dumps({"id": row["id"], "success": True, "embedding": vector,
-                              "error": None, "model": "echo"}) + "\n")
+        row = json.loads(raw.decode())
+        out.write(dumps({"id": row["id"], "success": True, "embedding": vector,
+                         "error": None, "model": "echo"}) + "\n")
 """
 
 MEASURE = r"""

@@ -12,6 +12,7 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from functools import partial
@@ -171,7 +172,6 @@ def _key(args: argparse.Namespace) -> str | None:
 
 def _open_input(args: argparse.Namespace, stack: ExitStack) -> IO[bytes]:
     import shutil
-    import tempfile
 
     if args.input == "-":
         spool = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
@@ -229,7 +229,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
             ) from None
         source = _open_input(args, stack)
         done = _recover(args)
-        found = scan(source, done)
+        spool = stack.enter_context(tempfile.TemporaryFile())
+        found = scan(source, done, spool)
         bad = [b for b in found.bad if b.id is None or str(b.id) not in done]
         if bad and not args.skip_invalid:
             name = "<stdin>" if args.input == "-" else args.input
@@ -259,7 +260,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         stack.callback(sink.close)
         if args.skip_invalid and bad:
             sink.bad([bad_row(b) for b in bad if b.id is None or str(b.id) not in done])
-        rows = read_rows(source, done, found.duplicates)
+        rows = read_rows(spool)
         start = time.monotonic()
         try:
             summary = anyio.run(

@@ -27,7 +27,7 @@ from .._flow._limiter import Limiter, check_limiter
 from ..errors import ResponseFormatError
 from ._attempt import TimeLimit, shared_cooldown
 from ._outcome import Failed
-from ._packing import Item, Packer, TokenEstimator, estimate_tokens
+from ._packing import Batch, Packer, TokenEstimator, estimate_tokens
 from ._retry import BackoffStrategy, RetryConfig, retrying
 
 K = TypeVar("K")
@@ -105,8 +105,8 @@ class EmbeddingResult:
         return all(error is None for error in self.errors)
 
 
-Deliver = Callable[[Sequence[Item[K]], EmbeddingResponse | None, Exception | None], Any]
-"""Called once per finished request: its items and the response, or the error."""
+Deliver = Callable[[Batch[K], EmbeddingResponse | None, Exception | None], Any]
+"""Called once per finished request: its batch (keys, texts) and the response, or the error."""
 
 
 class _Run(Generic[K]):
@@ -140,16 +140,16 @@ class _Run(Generic[K]):
         for batch in self.packer:  # next() runs without a checkpoint: one worker at a time
             await self.send(batch)
 
-    async def send(self, batch: list[Item[K]]) -> None:
+    async def send(self, batch: Batch[K]) -> None:
         outcome = await retrying(self.retry, partial(self.attempt, batch))
         if isinstance(outcome, Failed):
             error = outcome.error
             if len(batch) > 1 and is_too_large(error):
                 self.split += 1
                 self.packer.shrink(batch)
-                half = len(batch) // 2
-                await self.send(batch[:half])
-                await self.send(batch[half:])
+                first, second = self.packer.split(batch)
+                await self.send(first)
+                await self.send(second)
                 return
             await self._deliver(batch, None, error)
             return
@@ -165,19 +165,20 @@ class _Run(Generic[K]):
         await self._deliver(batch, response, None)
 
     async def _deliver(
-        self, batch: list[Item[K]], response: EmbeddingResponse | None, error: Exception | None
+        self, batch: Batch[K], response: EmbeddingResponse | None, error: Exception | None
     ) -> None:
         outcome = self.deliver(batch, response, error)
         if outcome is not None and hasattr(outcome, "__await__"):
             await outcome
 
-    async def attempt(self, batch: list[Item[K]]) -> EmbeddingResponse:
-        texts = [item.text for item in batch]
-        call = partial(self.provider.embed, texts, model=self.model, dimensions=self.dimensions)
+    async def attempt(self, batch: Batch[K]) -> EmbeddingResponse:
+        call = partial(
+            self.provider.embed, batch.texts, model=self.model, dimensions=self.dimensions
+        )
         limiter = self.limiter
         if limiter is None:
             return await self._call(call)
-        tokens = sum(item.tokens for item in batch)
+        tokens = batch.tokens
         await limiter.acquire(tokens)
         used: int | None = None
         try:
@@ -300,14 +301,14 @@ async def aembed(
     models: list[str] = []
 
     def deliver(
-        items: Sequence[Item[int]], response: EmbeddingResponse | None, error: Exception | None
+        batch: Batch[int], response: EmbeddingResponse | None, error: Exception | None
     ) -> None:
         if response is None:
-            for item in items:
-                errors[item.key] = error
+            for key in batch.keys:
+                errors[key] = error
             return
-        for item, vector in zip(items, response.vectors, strict=True):
-            vectors[item.key] = vector
+        for key, vector in zip(batch.keys, response.vectors, strict=True):
+            vectors[key] = vector
         for name, value in (response.usage or {}).items():
             usage[name] = usage.get(name, 0) + value
         if response.model and not models:
