@@ -24,16 +24,18 @@ import math
 import os
 import struct
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import IO, Any
 
 import attrs
 
 from .._base._embeddings import EmbeddingResponse
+from .._base._prices import CostTally, Price
 from .._core._embed import embed_items
 from .._core._packing import Batch
 from .._core._retry import BackoffStrategy, RetryConfig
+from .._core._tasks import LLMTask
 from .._flow._ratelimit import RateLimit
 from ..providers._embeddings_format import encode_base64
 from ._input_rows import key_of, load_json, numbered_lines
@@ -200,6 +202,13 @@ def read_rows(spool: IO[bytes]) -> Iterator[tuple[object, str]]:
     while header := spool.read(_LENGTH.size):
         (length,) = _LENGTH.unpack(header)
         yield from marshal.loads(spool.read(length))
+
+
+def embedding_tasks(rows: Iterable[tuple[object, str]]) -> Iterator[LLMTask]:
+    """A provider batch's tasks for ``(id, text)`` rows (``llmfanout batch --endpoint
+    embeddings``): the text as the one user message, tagged with the id's key."""
+    for row_id, text in rows:
+        yield LLMTask(({"role": "user", "content": text},), tag=key_of(row_id))
 
 
 # Alike in shape only (_output_rows.bad_row): an embed output row has its own fields.
@@ -446,12 +455,14 @@ def recorded_shards(index: str) -> set[str]:
 
 @attrs.frozen
 class EmbedSummary:
-    """What a run did: rows written (failed among them), requests sent, seconds."""
+    """What a run did: rows written (failed among them), requests sent and split, cost."""
 
     written: int
     failed: int
     requests: int
     split: int
+    cost_usd: float | None = None  # with prices: what the requests cost
+    unpriced: dict[str, int] = attrs.Factory(dict)  # model -> requests left out of it
 
 
 Sink = JsonlSink | ShardSink
@@ -464,8 +475,13 @@ async def run_embed(
     sink: Sink,
     *,
     on_progress: Callable[[int], Any] | None = None,
+    prices: Mapping[str, Price] | None = None,
 ) -> EmbedSummary:
-    """Embed ``rows`` into ``sink``; the provider is entered and closed here."""
+    """Embed ``rows`` into ``sink``; the provider is entered and closed here.
+
+    With ``prices``, each successful request's usage is priced by its model.
+    """
+    cost = None if prices is None else CostTally(prices)
     retry = RetryConfig(max_attempts=spec.max_attempts, backoff_strategy=BackoffStrategy.JITTER)
     limiter = None
     if spec.rpm is not None or spec.tpm is not None or spec.provider != "echo":
@@ -475,6 +491,8 @@ async def run_embed(
         batch: Batch[Any], response: EmbeddingResponse | None, error: Exception | None
     ) -> None:
         sink.add(batch, response, error)
+        if cost is not None and response is not None:
+            cost.add(response.model, response.usage)
         if on_progress is not None:
             on_progress(len(batch))
 
@@ -495,7 +513,9 @@ async def run_embed(
             timeout=spec.timeout,
         )
     sink.flush()
-    return EmbedSummary(sink.written, sink.failed, sent, split)
+    if cost is None:
+        return EmbedSummary(sink.written, sink.failed, sent, split)
+    return EmbedSummary(sink.written, sink.failed, sent, split, cost.total, dict(cost.unpriced))
 
 
 def rate(rows: int, seconds: float) -> str:
