@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any
 
+import attrs
 import jsonschema
 import pydantic
 import pytest
@@ -170,3 +171,25 @@ def test_unknown_keywords_leave_every_answer_to_jsonschema() -> None:
     assert compile_check({"enum": [[1]]}) is None
     assert compile_check({"type": "integer"})(3.0)  # 3.0 is an integer to JSON Schema
     assert not compile_check({"type": "integer"})(True)
+
+
+def test_with_parsed_keeps_every_other_field_of_the_answer() -> None:
+    """``with_parsed`` builds the answer field by field (faster than attrs.evolve): a field
+    added to LLMResponse must be added there too, or this fails."""
+    from llmfanout._base._advertised import RateLimitInfo
+    from llmfanout._base._types import LLMResponse, ToolCall
+    from llmfanout._structured._loop import with_parsed
+
+    answer = LLMResponse(
+        "raw?",
+        model="m",
+        finish_reason="stop",
+        usage={"prompt_tokens": 1},
+        metadata={"raw": {}},
+        tool_calls=(ToolCall("c1", "f", "{}"),),
+        rate_limits=RateLimitInfo(),
+    )
+    made = with_parsed(answer, "raw", {"n": 1}, {"prompt_tokens": 2})
+    expected = {f.name: getattr(answer, f.name) for f in attrs.fields(LLMResponse)}
+    expected.update(content="raw", parsed={"n": 1}, usage={"prompt_tokens": 2})
+    assert {f.name: getattr(made, f.name) for f in attrs.fields(LLMResponse)} == expected
