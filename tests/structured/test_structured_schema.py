@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmfanout import LLMTask
-from llmfanout._structured._fastcheck import compile_check
+from llmfanout._structured._fastcheck import _compile, compile_check
 from llmfanout._structured._request import strict_schema
 from llmfanout._structured._schema import schema_for
 from llmfanout._structured._trim import trim_errors
@@ -164,6 +164,51 @@ def test_the_quick_check_accepts_only_what_jsonschema_accepts(
     stranger = other[1]  # usually invalid for ``schema``
     if quick(stranger):
         assert jsonschema.Draft202012Validator(schema).is_valid(stranger)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-5, 5) | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+RICH = [
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+    {"type": "object", "properties": {"a": {}}, "additionalProperties": {"type": "string"}},
+    {"properties": {"a": {"anyOf": [{"type": "string"}, {"type": "null"}]}}, "required": ["a"]},
+    {"type": ["number", "string"], "minimum": 0, "maxLength": 2},
+    {"type": "array", "items": {"const": 1}, "minItems": 1, "maxItems": 2},
+    {"items": {"type": "object", "required": ["b"], "properties": {"b": {"enum": [1, "x"]}}}},
+    {"type": "object", "properties": {"a": {"type": "object", "additionalProperties": {}}}},
+]
+
+
+@given(_schema_and_instances(2) | st.sampled_from(RICH).map(lambda s: (s, None)), JSON)
+def test_the_generated_check_says_what_the_closures_say(
+    pair: tuple[dict[str, Any], Any], instance: Any
+) -> None:
+    """The quick check is one generated function; the closures it replaces define it."""
+    schema, valid = pair
+    generated, closures = compile_check(schema), _compile(schema)
+    assert generated is not None and generated is not closures
+    for value in (instance, valid):
+        assert generated(value) == closures(value)
+        if generated(value):
+            assert jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+def test_a_schema_too_deep_for_one_function_keeps_the_closures() -> None:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(30):  # more nested loops than Python compiles in one function
+        schema = {"type": "array", "items": schema}
+    quick = compile_check(schema)
+    assert quick is not None
+    value: Any = 1
+    for _ in range(30):
+        value = [value]
+    assert quick(value) and not quick([[["x"]]])
 
 
 def test_unknown_keywords_leave_every_answer_to_jsonschema() -> None:
