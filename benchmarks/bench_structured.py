@@ -13,8 +13,9 @@ N calls (default 1000) at 100 in flight, each answered with the same ~1 KB JSON 
 Each is run without a schema (the baseline), with ``response_model=`` (pydantic), with
 ``response_schema=`` (jsonschema) and with a callable validator. The numbers are process
 CPU seconds, the median of ``--rounds`` rounds in which every kind runs once, in an order
-that turns each round (so a noisy neighbour on a shared machine falls on all of them),
-and the ratio against the baseline's median for the same provider and backend.
+that turns each round (so a noisy neighbour on a shared machine falls on all of them);
+the ratio is the median over rounds of each round's ratio against the baseline of the
+same provider and backend in that round.
 
 Run: ``python benchmarks/bench_structured.py`` (about a minute), ``--n``, ``--rounds``,
 ``--backend asyncio|trio``, ``--provider scripted|openai``.
@@ -169,12 +170,17 @@ def main() -> None:
                 turn = round_ % len(KINDS)
                 for kind in (*KINDS[turn:], *KINDS[:turn]):
                     spent[kind].append(_measure(provider, args.n, kind, backend))
-            baseline = statistics.median(spent["none"])
             for kind in KINDS:
                 median = statistics.median(spent[kind])
                 per_call = median / args.n * 1e6
+                # The ratio within each round (its contenders ran back to back), then the
+                # median of those: a load that drifts across rounds cancels out.
+                ratios = [
+                    mine / none for mine, none in zip(spent[kind], spent["none"], strict=True)
+                ]
+                ratio = statistics.median(ratios)
                 row = f"{backend:<8} {name:<9} {kind:<11} {median:>7.3f} {per_call:>8.1f}"
-                print(f"{row} {median / baseline:>7.2f}x")
+                print(f"{row} {ratio:>7.2f}x", flush=True)
 
 
 if __name__ == "__main__":
