@@ -30,32 +30,15 @@ SCHEMA = {
 def test_batch_sends_the_native_request_and_reports_invalid_answers(
     tmp_path: Path, wire: str, backend: str
 ) -> None:
-    (tmp_path / "s.json").write_text(json.dumps(SCHEMA))
-    lines = [
-        {"id": "good", "prompt": "JSON " + json.dumps({"label": "ham"})},
-        {"id": "bad", "prompt": "JSON " + json.dumps({"label": "eggs"})},
-    ]
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    env = {k: v for k, v in os.environ.items() if k not in VARIABLES.values()}
-    env[VARIABLES[wire]] = KEY
+    _inputs(tmp_path)
     with fake_batch_server_in_thread() as server:
         server.advance_on_poll = True
         base = server.openai_base_url if wire == "openai" else server.anthropic_base_url
-        command = [
-            sys.executable, "-m", "llmfanout", "batch", "submit", "in.jsonl", "-o",
-            "out.jsonl", "--provider", wire, "--model", "m", "--base-url", base,
-            "--poll-interval", "0.01", "--max-poll-interval", "0.05", "--wait",
-            "--schema", "s.json", "--backend", backend,
-        ]  # fmt: skip
-        done = subprocess.run(
-            command,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+        done = _cli(
+            tmp_path, wire, "submit", "in.jsonl", "-o", "out.jsonl", "--provider", wire,
+            "--model", "m", "--base-url", base, "--poll-interval", "0.01",
+            "--max-poll-interval", "0.05", "--wait", "--schema", "s.json", "--backend", backend,
+        )  # fmt: skip
         [batch] = server.batches.values()
         bodies = [body for _, body in batch.requests]
     assert done.returncode == 1, done.stderr

@@ -93,6 +93,13 @@ def _emit(
         count[0] += 1
         return f"v{count[0]}"
 
+    def block(sub: Any, child: str, inner: int) -> None:
+        """The checks of ``sub`` on ``child``, as the body of the line just written."""
+        before = len(lines)
+        _emit(sub, child, inner, lines, constants, count)
+        if len(lines) == before:
+            lines.append("    " * inner + "pass")
+
     if schema is True or schema == {}:
         return
     assert isinstance(schema, dict)
@@ -111,10 +118,7 @@ def _emit(
                 child = var()
                 lines.append(f"{pad}    {child} = {v}.get({name(prop)}, _MISSING)")
                 lines.append(f"{pad}    if {child} is not _MISSING:")
-                before = len(lines)
-                _emit(sub, child, depth + 2, lines, constants, count)
-                if len(lines) == before:
-                    lines.append(f"{pad}        pass")
+                block(sub, child, depth + 2)
         elif key == "required":
             needed = name(frozenset(rule))
             lines.append(f"{pad}if type({v}) is dict and not ({v}.keys() >= {needed}):")
@@ -129,18 +133,12 @@ def _emit(
                 lines.append(f"{pad}if type({v}) is dict:")
                 lines.append(f"{pad}    for {key_var}, {child} in {v}.items():")
                 lines.append(f"{pad}        if {key_var} not in {known}:")
-                before = len(lines)
-                _emit(rule, child, depth + 3, lines, constants, count)
-                if len(lines) == before:
-                    lines.append(f"{pad}            pass")
+                block(rule, child, depth + 3)
         elif key == "items":
             child = var()
             lines.append(f"{pad}if type({v}) is list:")
             lines.append(f"{pad}    for {child} in {v}:")
-            before = len(lines)
-            _emit(rule, child, depth + 2, lines, constants, count)
-            if len(lines) == before:
-                lines.append(f"{pad}        pass")
+            block(rule, child, depth + 2)
         else:  # enum, const, anyOf, bounds: their closure
             lines.append(f"{pad}if not {name(_KEYWORDS[key](rule, schema))}({v}): return False")
 
