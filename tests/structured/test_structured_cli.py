@@ -88,6 +88,9 @@ def test_schema_rows_carry_parsed_and_failures_their_errors(tmp_path: Path, back
     assert never["success"] is False and never["parsed"] is None
     assert never["error"]["type"] == "ValidationFailed"
     assert never["error"]["validation_errors"] == ["label: 'eggs' is not one of ['spam', 'ham']"]
+    # Named by the row's id, not by the executor's internal tag (its position, "2").
+    assert never["error"]["message"].startswith("row 'never': no answer matched the schema")
+    assert "task " not in never["error"]["message"]
     assert never["usage"]["total_tokens"] > 0 and never["attempts"] == 2
     by_prompt = {first_prompt(r): r.json["response_format"] for r in sent}
     assert by_prompt["own"]["json_schema"]["schema"]["properties"] == own["properties"]

@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any
 
+import attrs
 import jsonschema
 import pydantic
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmfanout import LLMTask
-from llmfanout._structured._fastcheck import compile_check
+from llmfanout._structured._fastcheck import _compile, compile_check
 from llmfanout._structured._request import strict_schema
 from llmfanout._structured._schema import schema_for
 from llmfanout._structured._trim import trim_errors
@@ -165,8 +166,75 @@ def test_the_quick_check_accepts_only_what_jsonschema_accepts(
         assert jsonschema.Draft202012Validator(schema).is_valid(stranger)
 
 
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-5, 5) | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+RICH = [
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+    {"type": "object", "properties": {"a": {}}, "additionalProperties": {"type": "string"}},
+    {"properties": {"a": {"anyOf": [{"type": "string"}, {"type": "null"}]}}, "required": ["a"]},
+    {"type": ["number", "string"], "minimum": 0, "maxLength": 2},
+    {"type": "array", "items": {"const": 1}, "minItems": 1, "maxItems": 2},
+    {"items": {"type": "object", "required": ["b"], "properties": {"b": {"enum": [1, "x"]}}}},
+    {"type": "object", "properties": {"a": {"type": "object", "additionalProperties": {}}}},
+]
+
+
+@given(_schema_and_instances(2) | st.sampled_from(RICH).map(lambda s: (s, None)), JSON)
+def test_the_generated_check_says_what_the_closures_say(
+    pair: tuple[dict[str, Any], Any], instance: Any
+) -> None:
+    """The quick check is one generated function; the closures it replaces define it."""
+    schema, valid = pair
+    generated, closures = compile_check(schema), _compile(schema)
+    assert generated is not None and generated is not closures
+    for value in (instance, valid):
+        assert generated(value) == closures(value)
+        if generated(value):
+            assert jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+def test_a_schema_too_deep_for_one_function_keeps_the_closures() -> None:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(30):  # more nested loops than Python compiles in one function
+        schema = {"type": "array", "items": schema}
+    quick = compile_check(schema)
+    assert quick is not None
+    value: Any = 1
+    for _ in range(30):
+        value = [value]
+    assert quick(value) and not quick([[["x"]]])
+
+
 def test_unknown_keywords_leave_every_answer_to_jsonschema() -> None:
     assert compile_check({"type": "string", "pattern": "^a"}) is None
     assert compile_check({"enum": [[1]]}) is None
     assert compile_check({"type": "integer"})(3.0)  # 3.0 is an integer to JSON Schema
     assert not compile_check({"type": "integer"})(True)
+
+
+def test_with_parsed_keeps_every_other_field_of_the_answer() -> None:
+    """``with_parsed`` builds the answer field by field (faster than attrs.evolve): a field
+    added to LLMResponse must be added there too, or this fails."""
+    from llmfanout._base._advertised import RateLimitInfo
+    from llmfanout._base._types import LLMResponse, ToolCall
+    from llmfanout._structured._loop import with_parsed
+
+    answer = LLMResponse(
+        "raw?",
+        model="m",
+        finish_reason="stop",
+        usage={"prompt_tokens": 1},
+        metadata={"raw": {}},
+        tool_calls=(ToolCall("c1", "f", "{}"),),
+        rate_limits=RateLimitInfo(),
+    )
+    made = with_parsed(answer, "raw", {"n": 1}, {"prompt_tokens": 2})
+    expected = {f.name: getattr(answer, f.name) for f in attrs.fields(LLMResponse)}
+    expected.update(content="raw", parsed={"n": 1}, usage={"prompt_tokens": 2})
+    assert {f.name: getattr(made, f.name) for f in attrs.fields(LLMResponse)} == expected

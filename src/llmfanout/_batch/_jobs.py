@@ -198,6 +198,16 @@ class BatchJob:
         return self._state.input
 
     @property
+    def schema(self) -> dict[str, Any] | None:
+        """The JSON Schema the tasks asked for, when the submit recorded one."""
+        return self._state.schema
+
+    @property
+    def schema_file(self) -> str | None:
+        """The file the recorded schema came from, when the submit named one."""
+        return self._state.schema_file
+
+    @property
     def run_id(self) -> str:
         """The job's id, in its metadata and custom ids."""
         return self._state.run_id

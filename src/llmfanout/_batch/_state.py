@@ -3,7 +3,8 @@
 Every change is written to a temporary file beside the state, fsynced, and renamed over
 it (then the folder is fsynced), so after a crash the file holds either the state before
 the change or the one after, never a mix. It holds no API key: the provider, base URL,
-model, and per part its ids, its batch id and how far it got.
+model, the JSON Schema the rows asked for (if any), and per part its ids, its batch id
+and how far it got.
 
 A part moves through these phases, each saved before the step that follows it::
 
@@ -88,6 +89,10 @@ class State:
     cancelled: bool = False  # cancel was asked: parts not yet created never will be
     api_key_env: str | None = None  # the variable the key is read from (never the key)
     endpoint: str = "chat"  # "chat", or "embeddings" (OpenAI's /v1/embeddings)
+    # The JSON Schema the rows asked for natively (the CLI's --schema), and the file it
+    # came from: answers are validated against it when collected, without --schema again.
+    schema: dict[str, Any] | None = None
+    schema_file: str | None = None
     version: int = VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -138,6 +143,10 @@ def _problem(state: State) -> str | None:
         return f"run_id {state.run_id!r} is not one of ours (letters and digits)"
     if not isinstance(state.model, str):
         return "model is not a string"
+    if state.schema is not None and not isinstance(state.schema, dict):
+        return "schema is not a JSON object"
+    if state.schema_file is not None and not isinstance(state.schema_file, str):
+        return "schema_file is not a string"
     for name in ("max_requests", "max_bytes"):
         value = getattr(state, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -13,14 +13,16 @@ again. A created part is saved with its batch id at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import aclosing
 from functools import partial
+from typing import Any
 
 import anyio
 
@@ -209,6 +211,8 @@ async def submit_batch(
     on_part: Callable[[BatchPart], None] | None = None,
     endpoint: str = "chat",
     gemini_input: str = "auto",
+    schema: Mapping[str, Any] | None = None,
+    schema_file: str | None = None,
 ) -> BatchJob:
     """Submit ``tasks`` as provider batches; the :class:`BatchJob` that tracks them.
 
@@ -226,6 +230,11 @@ async def submit_batch(
     recorded for later commands. ``on_part`` is called with each part once it exists at
     the provider (those created by an earlier, interrupted call included).
 
+    ``schema`` (a JSON Schema the tasks ask for natively; ``schema_file``, where it came
+    from) is recorded for whoever collects the results (``BatchJob.schema``): the CLI
+    validates each answer against it. Carrying on a submit with another schema raises
+    ``BatchStateError``.
+
     ``endpoint="embeddings"`` (OpenAI only) sends each task's one user text to
     ``/v1/embeddings``; each result's vector is in ``response.metadata["embedding"]``.
 
@@ -236,6 +245,8 @@ async def submit_batch(
     before the batch is created from it.
     """
     path = os.fspath(state)
+    # A plain copy, as it will read back from the file (and the caller's may change).
+    own_schema = None if schema is None else json.loads(json.dumps(schema))
     existing, api, requests, size = _open(
         provider, path, max_requests, max_bytes, endpoint, gemini_input
     )
@@ -261,10 +272,17 @@ async def submit_batch(
                 input=input_name,
                 api_key_env=api_key_env,
                 endpoint=endpoint,
+                schema=own_schema,
+                schema_file=schema_file,
             )
             save(record, path)  # recorded before anything is created
         else:
             record = existing
+            if existing.schema != own_schema:
+                raise BatchStateError(
+                    f"{path}: the schema differs from the one first submitted with this "
+                    "state file; give the same one, or choose another output file"
+                )
             old = [(p.rows, p.digest) for p in existing.parts]
             if old != [(p.rows, p.digest) for p in parts]:
                 raise BatchStateError(

@@ -98,9 +98,11 @@ def _schema(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--schema",
         metavar="FILE.json",
-        help="a JSON Schema: submit asks for it natively (response_format, a forced tool); "
-        "wait validates each answer (give it to both), writing parsed, and failing rows "
-        "that do not match with their errors (re-ask them with run --resume --retry-failed)",
+        help="a JSON Schema: submit asks for it natively (response_format, a forced tool) "
+        "and records it in the job's state file; wait validates each answer against it "
+        "(no need to give it again; a different one is refused), writing parsed, and "
+        "failing rows that do not match with their errors (re-ask them with run --resume "
+        "--retry-failed)",
     )
 
 
@@ -215,7 +217,10 @@ def main(args: argparse.Namespace) -> int:
         check_backend(args)
         command = args.batch_command
         args.price_table = price_table(args)  # a bad table stops us before any work
-        schema = load_schema(getattr(args, "schema", None))
+        given = getattr(args, "schema", None)
+        args.schema_json = load_schema(given)
+        args.schema_file = None if given is None else os.path.abspath(given)
+        schema = args.schema_json
         args.schema_object = None if schema is None else schema_for(schema=schema)
         if command == "status":  # reads only: fine beside a running wait
             return with_job(args)
@@ -445,6 +450,8 @@ async def _do_submit(
             on_part=None if args.quiet else _created,
             endpoint=args.endpoint,
             gemini_input=args.gemini_input,
+            schema=args.schema_json,
+            schema_file=args.schema_file,
         )
 
 

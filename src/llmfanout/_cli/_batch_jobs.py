@@ -36,7 +36,7 @@ from .._rows._output_rows import (
 )
 from .._rows._spec import FALLBACK_KEY_VARIABLES, KEY_VARIABLES, key_variable
 from .._rows._structured_rows import checked_result, structured_fields
-from .._structured._schema import Schema
+from .._structured._schema import Schema, schema_for
 from ..providers._http import HTTPProvider
 from ._args import EXIT_FAILED, EXIT_OK, UsageError, redact_command
 
@@ -123,8 +123,32 @@ def polling_of(args: argparse.Namespace) -> Polling:
 # -- wait, status, cancel ----------------------------------------------------------------
 
 
+def job_schema(args: argparse.Namespace, job: BatchJob) -> Schema | None:
+    """The schema answers are validated against: the one the submit recorded, else
+    ``--schema``; ``UsageError`` when ``--schema`` differs from the recorded one."""
+    given = getattr(args, "schema_json", None)
+    recorded = job.schema
+    if recorded is None:
+        return getattr(args, "schema_object", None)
+    if given is not None and given != recorded:
+        raise UsageError(
+            f"--schema {args.schema}: differs from the schema this job was submitted with "
+            f"({job.schema_file or 'recorded'}, kept in {state_path(args.output)}); leave "
+            "--schema out to validate against the recorded one, or give that same schema"
+        )
+    try:
+        return schema_for(schema=recorded)
+    except ImportError as exc:
+        raise UsageError(f"the job's schema: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"{state_path(args.output)}: its recorded schema {exc}; restore the file from a copy"
+        ) from None
+
+
 def with_job(args: argparse.Namespace, holder: str | None = None) -> int:
     job = BatchJob.load(state_path(args.output), polling=polling_of(args))
+    args.schema_object = job_schema(args, job)
     try:
         provider = job_provider(args, job)
     except UsageError as exc:
@@ -184,6 +208,9 @@ def _status_text(output: str, job: BatchJob, progress: BatchProgress) -> str:
             f"  {part.batch_id or '-':<36} {state:<13} {part.done:>7}/{part.rows:<7} "
             f"{part.succeeded} ok, {part.failed} failed"
         )
+    if job.schema is not None:
+        where = f" (from {job.schema_file})" if job.schema_file else ""
+        lines.append(f"  answers are validated against the schema recorded at submit{where}")
     if not job.submitted and not job.cancelled:
         lines.append("  the submit did not finish: run the same submit command again")
     elif not all(part.collected for part in job.parts):
@@ -399,6 +426,8 @@ class Waiter:
             command += ["--api-key-env", job.api_key_env]
         if job.model != PER_ROW:
             command += ["--model", job.model]
+        if job.schema_file:  # the re-asks need the schema the batch asked for
+            command += ["--schema", job.schema_file]
         return redact_command([*command, "--resume", "--retry-failed"])
 
     def _failed_in_output(self) -> int:

@@ -48,10 +48,18 @@ def structured_fields(
     row["reasks"] = result.reasks
     error = result.error
     if isinstance(error, ValidationFailed):
+        row["error"]["message"] = scrub(_naming_row(error, row["id"]))
         row["error"]["validation_errors"] = [scrub(e) for e in error.errors]
         if error.usage:
             row["usage"] = dict(error.usage)
     return row
+
+
+def _naming_row(error: ValidationFailed, row_id: object) -> str:
+    """``error``'s message naming the row by its id, where the executor's loop named the
+    task by its internal tag (a row job's tags are positions, meaningless to the user)."""
+    message = error.message.removeprefix(f"task {error.tag!r}: ")
+    return f"row {row_id!r}: {message}"
 
 
 def with_request(params: Mapping[str, Any] | None, default: Schema | None) -> dict[str, Any] | None:

@@ -36,11 +36,111 @@ class Unsupported(Exception):
 
 
 def compile_check(schema: Any) -> Check | None:
-    """A predicate that is True only for instances ``schema`` accepts (None: unsupported)."""
+    """A predicate that is True only for instances ``schema`` accepts (None: unsupported).
+
+    One generated function where it can be (straight-line code: a closure call a node
+    costs as much as the check itself), else the closures of :func:`_compile`.
+    """
     try:
-        return _compile(schema)
+        closures = _compile(schema)
     except Unsupported:
         return None
+    try:
+        return _generate(schema)
+    except (SyntaxError, RecursionError, MemoryError):  # too deep to compile as one function
+        return closures
+
+
+# -- generated code ------------------------------------------------------------------------
+# The structural keywords (type, properties, required, additionalProperties, items) become
+# statements that return False at the first failure; the others call their closure.
+
+
+def _generate(schema: Any) -> Check:
+    constants: dict[str, Any] = {"_MISSING": _MISSING}
+    lines = ["def check(v0):"]
+    _emit(schema, "v0", 1, lines, constants, [0])
+    lines.append("    return True")
+    code = compile("\n".join(lines), "<llmfanout quick check>", "exec")
+    exec(code, constants)  # the source holds keyword names and indices, never schema text
+    return constants["check"]  # type: ignore[no-any-return]
+
+
+_MISSING = object()
+_TYPE_TESTS = {
+    "object": "type({v}) is dict",
+    "array": "type({v}) is list",
+    "string": "type({v}) is str",
+    "boolean": "type({v}) is bool",
+    "null": "{v} is None",
+    "number": "(type({v}) is float or type({v}) is int)",
+    "integer": "(type({v}) is int or (type({v}) is float and {v}.is_integer()))",
+}
+
+
+def _emit(
+    schema: Any, v: str, depth: int, lines: list[str], constants: dict[str, Any], count: list[int]
+) -> None:
+    pad = "    " * depth
+
+    def name(value: Any) -> str:
+        count[0] += 1
+        label = f"c{count[0]}"
+        constants[label] = value
+        return label
+
+    def var() -> str:
+        count[0] += 1
+        return f"v{count[0]}"
+
+    def block(sub: Any, child: str, inner: int) -> None:
+        """The checks of ``sub`` on ``child``, as the body of the line just written."""
+        before = len(lines)
+        _emit(sub, child, inner, lines, constants, count)
+        if len(lines) == before:
+            lines.append("    " * inner + "pass")
+
+    if schema is True or schema == {}:
+        return
+    assert isinstance(schema, dict)
+    for key, rule in schema.items():
+        if key in _IGNORED:
+            continue
+        if key == "type":
+            names = rule if isinstance(rule, list) else [rule]
+            test = " or ".join(_TYPE_TESTS[n].format(v=v) for n in names)
+            lines.append(f"{pad}if not ({test}): return False")
+        elif key == "properties":
+            lines.append(f"{pad}if type({v}) is dict:")
+            for prop, sub in rule.items():
+                if sub is True or sub == {}:
+                    continue
+                child = var()
+                lines.append(f"{pad}    {child} = {v}.get({name(prop)}, _MISSING)")
+                lines.append(f"{pad}    if {child} is not _MISSING:")
+                block(sub, child, depth + 2)
+        elif key == "required":
+            needed = name(frozenset(rule))
+            lines.append(f"{pad}if type({v}) is dict and not ({v}.keys() >= {needed}):")
+            lines.append(f"{pad}    return False")
+        elif key == "additionalProperties":
+            known = name(frozenset(schema.get("properties", {})))
+            if rule is False:
+                lines.append(f"{pad}if type({v}) is dict and not ({v}.keys() <= {known}):")
+                lines.append(f"{pad}    return False")
+            else:
+                key_var, child = var(), var()
+                lines.append(f"{pad}if type({v}) is dict:")
+                lines.append(f"{pad}    for {key_var}, {child} in {v}.items():")
+                lines.append(f"{pad}        if {key_var} not in {known}:")
+                block(rule, child, depth + 3)
+        elif key == "items":
+            child = var()
+            lines.append(f"{pad}if type({v}) is list:")
+            lines.append(f"{pad}    for {child} in {v}:")
+            block(rule, child, depth + 2)
+        else:  # enum, const, anyOf, bounds: their closure
+            lines.append(f"{pad}if not {name(_KEYWORDS[key](rule, schema))}({v}): return False")
 
 
 def _compile(schema: Any) -> Check:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .._base._encoded import EncodedDict
+
 _NESTED = ("anyOf", "oneOf", "allOf", "prefixItems")
 _KEYED = ("properties", "$defs", "definitions", "patternProperties")
 
@@ -50,10 +52,12 @@ def _tighten(node: Any) -> bool:
     return ok
 
 
-def response_format(name: str, schema: dict[str, Any] | None) -> dict[str, Any]:
+def response_format(name: str, schema: dict[str, Any] | None) -> EncodedDict:
     """The ``response_format`` override for a schema: ``json_schema`` (strict where the
-    schema allows), or ``json_object`` for a callable with no schema."""
+    schema allows), or ``json_object`` for a callable with no schema; encoded once, as
+    every request that carries it splices it in (see ``_base/_encoded.py``)."""
     if schema is None:
-        return {"type": "json_object"}
+        return EncodedDict({"type": "json_object"})
     sent, strict = strict_schema(schema)
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": sent, "strict": strict}}
+    spec = {"name": name, "schema": sent, "strict": strict}
+    return EncodedDict({"type": "json_schema", "json_schema": spec})

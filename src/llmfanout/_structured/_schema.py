@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
 
+from .._base._encoded import EncodedDict
 from ._fastcheck import compile_check
 from ._request import response_format
 from ._trim import trim_errors
@@ -47,11 +49,17 @@ class Schema:
     name: str
     json_schema: dict[str, Any] | None
     _check: Callable[[str], Checked] = attrs.field(repr=False, alias="check")
-    request: dict[str, Any] = attrs.field(init=False, repr=False)
+    request: EncodedDict = attrs.field(init=False, repr=False)
+    alone: Mapping[str, Any] = attrs.field(init=False, repr=False)
+    """The overrides of a task that has none of its own: ``response_format`` alone."""
 
     @request.default
-    def _request(self) -> dict[str, Any]:
+    def _request(self) -> EncodedDict:
         return response_format(self.name, self.json_schema)
+
+    @alone.default
+    def _alone(self) -> Mapping[str, Any]:
+        return MappingProxyType({"response_format": self.request})
 
     def check(self, text: str) -> Checked:
         """``text`` parsed and validated; never raises for a bad answer."""

@@ -18,6 +18,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .._base._encoded import EncodedDict, EncodedList
 from .._base._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall, object_arguments
 from ..errors import BadRequestError
 from ._sse import Event
@@ -172,6 +173,28 @@ def response_format_to_wire(payload: dict[str, Any]) -> str | None:
     add to the system prompt, if any. Refuses a schema whose root is not an object (the
     API's tool input is one) with a :class:`~llmfanout.errors.BadRequestError`."""
     given = payload.pop("response_format")
+    shared = given.derived if type(given) is EncodedDict else None
+    made = None if shared is None else shared.get("anthropic")
+    if made is None:
+        made = _forced_tool(given)
+        if shared is not None:  # made and encoded once per schema, not per call
+            shared["anthropic"] = made
+    if isinstance(made, str) or made is None:
+        return made
+    tool, alone, choice = made
+    tools = payload.get("tools")
+    payload["tools"] = [*tools, tool] if isinstance(tools, list) and tools else alone
+    payload["tool_choice"] = choice
+    return None
+
+
+_Forced = tuple[EncodedDict, EncodedList, EncodedDict]
+
+
+def _forced_tool(given: Any) -> str | _Forced | None:
+    """What ``response_format`` ``given`` asks of the Messages API: a system line (or
+    None) for ``json_object`` or ``text``; for ``json_schema`` the tool, the tools list
+    of it alone, and the ``tool_choice`` forcing it."""
     kind = given.get("type") if isinstance(given, dict) else None
     if kind == "json_object":
         return JSON_ONLY
@@ -190,12 +213,9 @@ def response_format_to_wire(payload: dict[str, Any]) -> str | None:
             "so give a schema whose root is an object",
         )
     name = spec.get("name") or "response"
-    tool = {"name": name, "description": spec.get("description", TOOL_DESCRIPTION)}
-    tool["input_schema"] = schema
-    tools = payload.get("tools")
-    payload["tools"] = [*(tools if isinstance(tools, list) else ()), tool]
-    payload["tool_choice"] = {"type": "tool", "name": name}
-    return None
+    description = spec.get("description", TOOL_DESCRIPTION)
+    tool = EncodedDict({"name": name, "description": description, "input_schema": schema})
+    return tool, EncodedList([tool]), EncodedDict({"type": "tool", "name": name})
 
 
 _CHOICES = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}

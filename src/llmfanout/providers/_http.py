@@ -34,6 +34,7 @@ import attrs
 import httpx
 
 from .._base._advertised import parse_rate_limit_headers
+from .._base._encoded import dumps
 from .._base._perloop import PerLoop
 from .._base._types import LLMMessage, LLMResponse, ToolCall
 from ..errors import APIConnectionError, BadRequestError, ProviderError, ResponseFormatError
@@ -620,9 +621,7 @@ class HTTPProvider:
 
     def _encode(self, payload: Any) -> bytes:
         try:
-            return json.dumps(
-                payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-            ).encode()
+            return dumps(payload).encode()
         except (TypeError, ValueError) as exc:
             problem = str(exc)
         raise BadRequestError(

@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._base._encoded import EncodedDict
 from .._base._messages import ImagePart, LLMMessage, OtherPart, TextPart, ToolCall
 from ..errors import ProviderError
 from ._sse import Event
@@ -209,7 +210,13 @@ def json_object_request(
 ) -> tuple[list[LLMMessage], dict[str, Any]]:
     """The fallback for a server that refuses ``json_schema``: ``json_object`` mode, with
     the schema in a system message first (JSON mode wants "JSON" said in the prompt)."""
-    spec = params["response_format"].get("json_schema") or {}
-    schema = json.dumps(spec.get("schema", {}), ensure_ascii=False, separators=(",", ":"))
-    prompt = LLMMessage("system", SCHEMA_PROMPT + schema)
+    given = params["response_format"]
+    shared = given.derived if type(given) is EncodedDict else None
+    prompt = None if shared is None else shared.get("openai:json_object")
+    if prompt is None:
+        spec = given.get("json_schema") or {}
+        schema = json.dumps(spec.get("schema", {}), ensure_ascii=False, separators=(",", ":"))
+        prompt = LLMMessage("system", SCHEMA_PROMPT + schema)
+        if shared is not None:  # made once per schema, as the fragment itself
+            shared["openai:json_object"] = prompt
     return [prompt, *messages], {**params, "response_format": {"type": "json_object"}}
