@@ -7,6 +7,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmfanout import (
     DeterministicTask,
@@ -17,6 +19,7 @@ from llmfanout import (
     ParallelLLMExecutor,
     TaskResult,
 )
+from llmfanout._core._inputs import InputFailure, Invalid, Tagger
 
 from support.helpers import ask
 
@@ -163,6 +166,28 @@ async def test_a_refused_repeat_leaves_its_position_free_for_a_later_tag() -> No
     assert outcome == [("1", True), ("3", True), ("4", True), ("a", False), ("a", True)]
 
 
+# "" is no tag (tagged by position); None is not a task at all.
+_TAGS = st.sampled_from(["", "a", "b", "0", "1", "2", "3", "01", "٣", None])
+
+
+@given(st.lists(_TAGS, max_size=12))
+def test_tagging_a_stream_is_tagging_each_task(tags: list[str | None]) -> None:
+    """The stream's tagger (its common case inline) tags as the one-task-at-a-time rules
+    do; every task it lets run has a tag no other task has."""
+    tasks = ["not a task" if tag is None else ask("x", tag=tag) for tag in tags]
+
+    def seen(items: list[tuple[str, object]]) -> list[tuple[str, object]]:
+        return [(tag, str(t.error) if type(t) is Invalid else t) for tag, t in items]
+
+    one_by_one = Tagger()
+    expected = seen([one_by_one(task) for task in tasks])
+    failure = InputFailure()
+    assert seen(list(Tagger().tag_all(tasks, failure))) == expected
+    assert failure.error is None
+    ran = [tag for tag, task in expected if not isinstance(task, str)]
+    assert len(ran) == len(set(ran))
+
+
 async def test_a_bad_item_in_a_collection_is_refused_before_any_work() -> None:
     provider = EchoProvider()
     executor = ParallelLLMExecutor(provider)
@@ -268,13 +293,17 @@ async def test_a_slow_consumer_holds_the_workers_back() -> None:
     with anyio.fail_after(5):
         async with executor.stream(endless()) as results:
             await anyio.wait_all_tasks_blocked()
-            # The result buffer (max_concurrency) is full and every worker waits to hand
-            # its result on: nothing more is read from the endless input.
-            assert 4 < pulled <= 2 * 4
-            before = pulled
+            # The result buffer (twice max_concurrency) is full and every worker waits
+            # to hand its result on: nothing more is read from the endless input.
+            assert pulled == 3 * 4
             await anext(results)
             await anyio.wait_all_tasks_blocked()
-            assert before < pulled <= before + 2
+            assert pulled == 3 * 4 + 1  # room for one: one worker went on, took one task
+            # What is ready includes the results of the workers waiting for room, and
+            # taking it all makes room for as many again.
+            assert len(results.ready()) == 3 * 4
+            await anyio.wait_all_tasks_blocked()
+            assert pulled == 3 * 4 + 1 + 3 * 4
 
 
 # -- leaving early -----------------------------------------------------------------------

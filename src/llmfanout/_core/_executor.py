@@ -51,6 +51,7 @@ from ._outcome import Failed, Ok
 from ._retry import RetryConfig
 from ._run import (
     OnResult,
+    Results,
     ResultStream,
     _aborted,
     _check_max_errors,
@@ -354,40 +355,25 @@ class ParallelLLMExecutor:
         max_errors = _check_max_errors(max_errors)
         failure = InputFailure()
         items, count = prepare(tasks, failure)
-        send, receive = anyio.create_memory_object_stream[TaskResult](self.max_concurrency)
-
-        def put(result: TaskResult) -> bool:
-            if tg.cancel_scope.cancel_called:
-                return False  # see emit
-            try:
-                send.send_nowait(result)  # room in the buffer: no need to yield here
-            except anyio.WouldBlock:
-                return False
-            return True
-
-        async def emit(result: TaskResult) -> None:
-            if tg.cancel_scope.cancel_called:
-                # The consumer has left; this worker's call ended before the cancellation
-                # reached it. Stop here rather than read more input.
-                await anyio.lowlevel.checkpoint()
-            await send.send(result)
-
-        run = _Run(items, put, emit, max_errors, on_result, self.stop_on_auth_error)
+        # Room for two rounds of every worker finishing: the consumer may run last in
+        # the event loop's round after the one that woke it (trio shuffles a round), and
+        # a worker that finds the buffer full pays a wait of its own.
+        results = Results(2 * self.max_concurrency)
+        run = _Run(items, results.put, results.room, max_errors, on_result, self.stop_on_auth_error)
 
         async def drive() -> None:
-            async with send:
+            try:
                 await self._drive(run, count)
+            finally:
+                results.close()
 
         try:
-            # The receiving end closes only after every worker has ended: a worker whose
-            # call finished in the instant the consumer left (asyncio does not cancel a
-            # task whose wake-up is already due) hands its result to an open stream,
-            # never to a closed one (BrokenResourceError).
-            async with receive, anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(drive)
                 try:
-                    yield ResultStream(receive, failure)
+                    yield ResultStream(results, failure)
                 finally:
+                    results.left = True
                     tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
             raise unwrap_group(group) from None
@@ -460,12 +446,14 @@ class ParallelLLMExecutor:
         on_result: OnResult | None,
     ) -> dict[str, TaskResult]:
         max_errors = _check_max_errors(max_errors)
-        items = check_mapping(tasks, method, llm_only=llm_only)
-        results: dict[str, Any] = dict.fromkeys(tasks)  # the input's order
-
-        run = _Run(iter(items), _never, _never, max_errors, on_result, self.stop_on_auth_error)
+        # The run's copy of the input, in its order, becomes the results: each worker
+        # puts a task's result in place of the task, which it has read already (the
+        # values change under the iterator, the keys never do).
+        results: dict[str, Any] = check_mapping(tasks, method, llm_only=llm_only)
+        items = iter(results.items())
+        run = _Run(items, _never, _never, max_errors, on_result, self.stop_on_auth_error)
         run.results = results
-        await self._drive(run, len(items))
+        await self._drive(run, len(results))
         return results
 
     async def _drive(self, run: _Run, count: int | None) -> None:
@@ -498,6 +486,7 @@ class ParallelLLMExecutor:
         if direct and self.default_retry is not None:
             direct = self.default_retry.retry_on_result is None
         governor, target, defaults = self._governor, self._llm, self.default_config_overrides
+        spend, cap, notify, stop_on_auth = self._spend, lease.cap, run.notify, run.stop_on_auth
         try:
             await take(lease)
             while True:
@@ -505,9 +494,9 @@ class ParallelLLMExecutor:
                 if item is None:
                     return
                 tag, task = item
-                if self._spend is not None and self._spend.reached and not run.aborted:
+                if spend is not None and spend.reached and not run.aborted:
                     # Start nothing more; the calls in flight finish (their cost is counted).
-                    run.aborted, run.reason = True, self._spend.reason
+                    run.aborted, run.reason = True, spend.reason
                 if run.guarded:
                     result = await self._run_guarded(run, index, tag, task)
                 elif run.aborted:
@@ -531,25 +520,30 @@ class ParallelLLMExecutor:
                         )
                     except Exception as exc:
                         result = await self._first_failed(tag, task, overrides, exc, start)
+                        if stop_on_auth and not result.success:
+                            run.count_failure(result)
                     except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
                         if governor is not None:
                             governor.unpaced -= 1
                         raise
-                    else:
-                        result = self._first_answered(tag, response, overrides, start)
-                    if not result.success and run.stop_on_auth:
-                        run.count_failure(result)
+                    else:  # _first_answered, inline
+                        if governor is not None:
+                            governor.unpaced -= 1
+                            governor.pause.success()
+                            if getattr(response, "rate_limits", None) is not None:
+                                governor.learn(overrides, response)
+                        result = answered(tag, response, (perf_counter() - start) * 1000, 1)
                 else:
                     result = await self._run_task(tag, task, run.threads)
-                    if not result.success and run.stop_on_auth:
+                    if stop_on_auth and not result.success:
                         run.count_failure(result)
                 if results is not None:
                     results[tag] = result
                 elif not run.put(result):
                     await run.emit(result)
-                if run.notify is not None:
-                    await run.notify(result)
-                if lease.cap.waiters or not lease.held:  # another call waits: take turns
+                if notify is not None:
+                    await notify(result)
+                if cap.waiters or not lease.held:  # another call waits: take turns
                     give_back(lease)
                     await take(lease)
         finally:

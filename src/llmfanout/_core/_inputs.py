@@ -8,6 +8,7 @@ goes on (raising would throw away the work already done).
 
 from __future__ import annotations
 
+import bisect
 import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from collections.abc import Collection as CollectionABC
@@ -41,35 +42,50 @@ def _kind_error(method: str, where: str, task: object, llm_only: bool) -> TypeEr
     return TypeError(f"{method}: task {where} is {a_kind(task)}; give {wanted}")
 
 
-def check_mapping(tasks: object, method: str, *, llm_only: bool) -> list[Item]:
-    """Validate a tag -> task mapping whole; return its items in order."""
+def check_mapping(tasks: object, method: str, *, llm_only: bool) -> dict[str, Task]:
+    """Validate a tag -> task mapping whole; return a copy of it, in its order.
+
+    The copy is the run's own: the caller may change its mapping meanwhile.
+    """
     if not isinstance(tasks, Mapping):
         raise TypeError(
             f"{method}() takes a mapping of tag to task, not {type(tasks).__name__}"
             + ("; for a list or a generator use stream()" if isinstance(tasks, Iterable) else "")
         )
-    items = list(tasks.items())
-    for tag, task in items:
+    copy = dict(tasks) if type(tasks) is dict else dict(tasks.items())
+    # Checked a kind at a time in C (a cost per task, for every execute); the loop below
+    # runs only to name the first item that is wrong.
+    kinds = _LLM_ONLY if llm_only else _ANY_TASK
+    if set(map(type, copy)) <= _TAGS and set(map(type, copy.values())) <= kinds:
+        return copy
+    for tag, task in copy.items():
         if not isinstance(tag, str):
             raise TypeError(f"{method}: task key {tag!r} is {a_kind(tag)}; tags must be str")
         if not isinstance(task, LLMTask) and (llm_only or not isinstance(task, DeterministicTask)):
             raise _kind_error(method, repr(tag), task, llm_only)
-    return items
+    return copy
+
+
+_TAGS: frozenset[type] = frozenset((str,))
+_LLM_ONLY: frozenset[type] = frozenset((LLMTask,))
+_ANY_TASK: frozenset[type] = frozenset((LLMTask, DeterministicTask))
 
 
 class Tagger:
     """Gives each task from an iterable its tag: its own, else its position.
 
     A repeated tag makes that item :class:`Invalid`. Only explicitly given tags are
-    remembered (and one bit per position, up to the last of them), so a million
-    position-tagged tasks cost no memory here.
+    remembered, with the positions tagged by themselves as runs (``[start, end)``: a
+    million position-tagged tasks in a row cost two numbers here).
     """
 
-    __slots__ = ("_explicit", "_given", "_position")
+    __slots__ = ("_ends", "_given", "_position", "_starts")
 
     def __init__(self) -> None:
         self._given: set[str] = set()
-        self._explicit = bytearray()  # bit p: task #p has a tag of its own
+        # Positions whose result carries the position as its tag: runs [starts[i], ends[i]).
+        self._starts: list[int] = []
+        self._ends: list[int] = []
         self._position = 0
 
     def __call__(self, task: object) -> Item:
@@ -77,25 +93,59 @@ class Tagger:
         self._position = position + 1
         kind = type(task)
         if kind is not LLMTask and not isinstance(task, LLMTask | DeterministicTask):
+            self._by_position(position)
             return str(position), Invalid(_kind_error("stream", f"#{position}", task, False))
         tag = task.tag  # type: ignore[attr-defined]
         if not tag:
+            self._by_position(position)
             tag = str(position)
             if tag in self._given:
                 return tag, Invalid(_duplicate(tag))
             return tag, task  # type: ignore[return-value]
-        # Marked even when the tag is refused below: position p's result carries this
-        # tag, so str(p) stays free for a later task to use.
-        explicit = self._explicit
-        byte = position >> 3
-        if byte >= len(explicit):  # grown by doubling: not a call every eighth task
-            explicit.extend(bytes(max(byte + 1 - len(explicit), len(explicit))))
-        explicit[byte] |= 1 << (position & 7)
         given = self._given
         if tag in given or (tag.isdigit() and self._is_earlier_position(tag, position)):
             return tag, Invalid(_duplicate(tag))
         given.add(tag)
         return tag, task  # type: ignore[return-value]
+
+    def _by_position(self, position: int) -> None:
+        ends = self._ends
+        if ends and ends[-1] == position:
+            ends[-1] = position + 1
+        else:
+            self._starts.append(position)
+            ends.append(position + 1)
+
+    def tag_all(self, tasks: Iterable[Any], failure: InputFailure) -> Iterator[Item]:
+        """Each task of ``tasks`` tagged, as :meth:`__call__` does; an exception the
+        iterable raises ends the items and lands in ``failure``.
+
+        The common case (a task with a new tag of its own, not all digits) is handled
+        here without a call: this runs once per task of a stream.
+        """
+        given = self._given
+        position = self._position
+        # Until a task is tagged by its position, an explicit tag of digits cannot clash
+        # with one: no need to look.
+        any_by_position = bool(self._starts)
+        try:
+            for task in tasks:
+                kind = type(task)
+                if kind is LLMTask or kind is DeterministicTask:
+                    tag = task.tag
+                    if tag and tag not in given and not (any_by_position and tag.isdigit()):
+                        given.add(tag)
+                        position += 1
+                        yield tag, task
+                        continue
+                self._position = position
+                item = self(task)
+                position = self._position
+                any_by_position = bool(self._starts)
+                yield item
+        except Exception as exc:  # the user's iterator broke: end the input here
+            failure.error = exc
+        self._position = position
 
     def _is_earlier_position(self, tag: str, position: int) -> bool:
         # An explicit tag "7" clashes with task #7 if that one was tagged by its position.
@@ -104,7 +154,8 @@ class Tagger:
         earlier = int(tag)
         if earlier >= position:
             return False
-        return not self._explicit[earlier >> 3] & (1 << (earlier & 7))
+        run = bisect.bisect_right(self._starts, earlier) - 1
+        return run >= 0 and earlier < self._ends[run]
 
 
 def _duplicate(tag: str) -> ValueError:
@@ -122,15 +173,6 @@ class InputFailure:
 
     def __init__(self) -> None:
         self.error: Exception | None = None
-
-
-def iter_items(tasks: Iterable[Any], failure: InputFailure) -> Iterator[Item]:
-    tagger = Tagger()
-    try:
-        for task in tasks:
-            yield tagger(task)
-    except Exception as exc:  # the user's iterator broke: end the input here
-        failure.error = exc
 
 
 class AsyncItems:
@@ -177,7 +219,7 @@ def prepare(tasks: object, failure: InputFailure) -> tuple[Iterator[Item] | Asyn
     """
     if isinstance(tasks, Mapping):
         items = check_mapping(tasks, "stream", llm_only=False)
-        return iter(items), len(items)
+        return iter(items.items()), len(items)
     if isinstance(tasks, AsyncIterable):
         return AsyncItems(tasks, failure), None
     if isinstance(tasks, str | bytes) or not isinstance(tasks, Iterable):
@@ -190,5 +232,5 @@ def prepare(tasks: object, failure: InputFailure) -> tuple[Iterator[Item] | Asyn
             if not isinstance(task, LLMTask | DeterministicTask):
                 where = repr(task.tag) if isinstance(getattr(task, "tag", None), str) else ""
                 raise _kind_error("stream", where or f"#{position}", task, False)
-        return iter_items(tasks, failure), len(tasks)
-    return iter_items(tasks, failure), None
+        return Tagger().tag_all(tasks, failure), len(tasks)
+    return Tagger().tag_all(tasks, failure), None
