@@ -19,7 +19,7 @@ from llmfanout import (
     ParallelLLMExecutor,
     TaskResult,
 )
-from llmfanout._core._inputs import InputFailure, Invalid, Tagger
+from llmfanout._core._inputs import Invalid, Tagger
 
 from support.helpers import ask
 
@@ -172,20 +172,25 @@ _TAGS = st.sampled_from(["", "a", "b", "0", "1", "2", "3", "01", "٣", None])
 
 @given(st.lists(_TAGS, max_size=12))
 def test_tagging_a_stream_is_tagging_each_task(tags: list[str | None]) -> None:
-    """The stream's tagger (its common case inline) tags as the one-task-at-a-time rules
-    do; every task it lets run has a tag no other task has."""
+    """A stream of an iterable tags as the one-task-at-a-time rules do (the worker takes
+    the common case itself), on both backends; every task that runs has a tag of its
+    own; the iterable is read once and through."""
     tasks = ["not a task" if tag is None else ask("x", tag=tag) for tag in tags]
-
-    def seen(items: list[tuple[str, object]]) -> list[tuple[str, object]]:
-        return [(tag, str(t.error) if type(t) is Invalid else t) for tag, t in items]
-
     one_by_one = Tagger()
-    expected = seen([one_by_one(task) for task in tasks])
-    failure = InputFailure()
-    assert seen(list(Tagger().tag_all(tasks, failure))) == expected
-    assert failure.error is None
-    ran = [tag for tag, task in expected if not isinstance(task, str)]
+    expected = []
+    for tag, task in (one_by_one(task) for task in tasks):
+        expected.append((tag, str(task.error) if isinstance(task, Invalid) else None))
+    ran = [tag for tag, error in expected if error is None]
     assert len(ran) == len(set(ran))
+
+    async def run() -> list[tuple[str, str | None]]:
+        # One worker: results come out in the input's order.
+        executor = ParallelLLMExecutor(EchoProvider(), max_concurrency=1)
+        async with executor.stream(iter(tasks)) as results:
+            return [(r.tag, None if r.success else str(r.error)) async for r in results]
+
+    for backend in ("asyncio", "trio"):
+        assert anyio.run(run, backend=backend) == expected
 
 
 async def test_a_bad_item_in_a_collection_is_refused_before_any_work() -> None:

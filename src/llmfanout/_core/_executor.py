@@ -42,7 +42,7 @@ from ._inputs import (
     AsyncItems,
     InputFailure,
     Invalid,
-    Item,
+    Tagger,
     TaskSource,
     check_mapping,
     prepare,
@@ -477,7 +477,10 @@ class ParallelLLMExecutor:
         holding(lease)  # this task's own context: nested calls find it
         # An async source is read under its lock; a plain iterator needs none.
         source = run.items if isinstance(run.items, AsyncItems) else None
-        items: Iterator[Item] = iter(()) if isinstance(run.items, AsyncItems) else run.items
+        items = run.items if isinstance(run.items, Iterator) else iter(())
+        tagger = run.items if type(run.items) is Tagger else None
+        tasks: Iterator[Any] = iter(()) if tagger is None else tagger.tasks
+        given: set[str] = set() if tagger is None else tagger.given
         results = run.results
         # Nothing the executor wraps around a call (cache, telemetry, rate limit, time
         # limit, answer check): the worker makes a plain first attempt itself, as
@@ -490,10 +493,34 @@ class ParallelLLMExecutor:
         try:
             await take(lease)
             while True:
-                item = next(items, None) if source is None else await source.next()
-                if item is None:
-                    return
-                tag, task = item
+                if tagger is not None:  # stream() of an iterable: tagged here
+                    if tagger.ended:
+                        return
+                    try:
+                        read: Any = next(tasks, tagger)
+                    except Exception as exc:  # the user's iterator broke: end the input
+                        tagger.end(exc)
+                        return
+                    kind = type(read)
+                    if (
+                        (kind is LLMTask or kind is DeterministicTask)
+                        and (tag := read.tag)
+                        and tag not in given
+                        and not (tagger.starts and tag.isdigit())
+                    ):
+                        given.add(tag)  # Tagger.__call__'s common case, inline
+                        tagger.position += 1
+                        task = read
+                    elif read is tagger:
+                        tagger.end()
+                        return
+                    else:
+                        tag, task = tagger(read)
+                else:
+                    item = next(items, None) if source is None else await source.next()
+                    if item is None:
+                        return
+                    tag, task = item
                 if spend is not None and spend.reached and not run.aborted:
                     # Start nothing more; the calls in flight finish (their cost is counted).
                     run.aborted, run.reason = True, spend.reason

@@ -75,22 +75,31 @@ class Tagger:
     """Gives each task from an iterable its tag: its own, else its position.
 
     A repeated tag makes that item :class:`Invalid`. Only explicitly given tags are
-    remembered, with the positions tagged by themselves as runs (``[start, end)``: a
-    million position-tagged tasks in a row cost two numbers here).
+    remembered (``given``), with the positions tagged by themselves as runs (``[start,
+    end)``: a million position-tagged tasks in a row cost two numbers here).
+
+    For ``stream()``, it also holds the input (``tasks``, read by the workers) and where
+    an error the input raises goes (:meth:`end`). A worker tags the common case itself,
+    without a call per task (a new tag of its own, not all digits while no task was
+    tagged by its position: ``given``, ``starts``, ``position``), and calls the tagger
+    for the rest.
     """
 
-    __slots__ = ("_ends", "_given", "_position", "_starts")
+    __slots__ = ("_ends", "ended", "failure", "given", "position", "starts", "tasks")
 
-    def __init__(self) -> None:
-        self._given: set[str] = set()
+    def __init__(self, tasks: Iterable[Any] = (), failure: InputFailure | None = None) -> None:
+        self.tasks = iter(tasks)
+        self.failure = failure
+        self.ended = False  # the input ended, or raised
+        self.given: set[str] = set()
         # Positions whose result carries the position as its tag: runs [starts[i], ends[i]).
-        self._starts: list[int] = []
+        self.starts: list[int] = []
         self._ends: list[int] = []
-        self._position = 0
+        self.position = 0
 
     def __call__(self, task: object) -> Item:
-        position = self._position
-        self._position = position + 1
+        position = self.position
+        self.position = position + 1
         kind = type(task)
         if kind is not LLMTask and not isinstance(task, LLMTask | DeterministicTask):
             self._by_position(position)
@@ -99,53 +108,28 @@ class Tagger:
         if not tag:
             self._by_position(position)
             tag = str(position)
-            if tag in self._given:
+            if tag in self.given:
                 return tag, Invalid(_duplicate(tag))
             return tag, task  # type: ignore[return-value]
-        given = self._given
+        given = self.given
         if tag in given or (tag.isdigit() and self._is_earlier_position(tag, position)):
             return tag, Invalid(_duplicate(tag))
         given.add(tag)
         return tag, task  # type: ignore[return-value]
+
+    def end(self, error: Exception | None = None) -> None:
+        """The input has ended (``error``: it raised that): read no more of it."""
+        self.ended = True
+        if error is not None and self.failure is not None:
+            self.failure.error = error
 
     def _by_position(self, position: int) -> None:
         ends = self._ends
         if ends and ends[-1] == position:
             ends[-1] = position + 1
         else:
-            self._starts.append(position)
+            self.starts.append(position)
             ends.append(position + 1)
-
-    def tag_all(self, tasks: Iterable[Any], failure: InputFailure) -> Iterator[Item]:
-        """Each task of ``tasks`` tagged, as :meth:`__call__` does; an exception the
-        iterable raises ends the items and lands in ``failure``.
-
-        The common case (a task with a new tag of its own, not all digits) is handled
-        here without a call: this runs once per task of a stream.
-        """
-        given = self._given
-        position = self._position
-        # Until a task is tagged by its position, an explicit tag of digits cannot clash
-        # with one: no need to look.
-        any_by_position = bool(self._starts)
-        try:
-            for task in tasks:
-                kind = type(task)
-                if kind is LLMTask or kind is DeterministicTask:
-                    tag = task.tag
-                    if tag and tag not in given and not (any_by_position and tag.isdigit()):
-                        given.add(tag)
-                        position += 1
-                        yield tag, task
-                        continue
-                self._position = position
-                item = self(task)
-                position = self._position
-                any_by_position = bool(self._starts)
-                yield item
-        except Exception as exc:  # the user's iterator broke: end the input here
-            failure.error = exc
-        self._position = position
 
     def _is_earlier_position(self, tag: str, position: int) -> bool:
         # An explicit tag "7" clashes with task #7 if that one was tagged by its position.
@@ -154,7 +138,7 @@ class Tagger:
         earlier = int(tag)
         if earlier >= position:
             return False
-        run = bisect.bisect_right(self._starts, earlier) - 1
+        run = bisect.bisect_right(self.starts, earlier) - 1
         return run >= 0 and earlier < self._ends[run]
 
 
@@ -212,7 +196,9 @@ class AsyncItems:
             await self._iterator.aclose()
 
 
-def prepare(tasks: object, failure: InputFailure) -> tuple[Iterator[Item] | AsyncItems, int | None]:
+def prepare(
+    tasks: object, failure: InputFailure
+) -> tuple[Iterator[Item] | AsyncItems | Tagger, int | None]:
     """Items to run and, when known, how many: for ``stream()``'s any-shaped input.
 
     An exception the input raises while it is read lands in ``failure``.
@@ -232,5 +218,5 @@ def prepare(tasks: object, failure: InputFailure) -> tuple[Iterator[Item] | Asyn
             if not isinstance(task, LLMTask | DeterministicTask):
                 where = repr(task.tag) if isinstance(getattr(task, "tag", None), str) else ""
                 raise _kind_error("stream", where or f"#{position}", task, False)
-        return Tagger().tag_all(tasks, failure), len(tasks)
-    return Tagger().tag_all(tasks, failure), None
+        return Tagger(tasks, failure), len(tasks)
+    return Tagger(tasks, failure), None

@@ -20,6 +20,7 @@ from ._inputs import (
     AsyncItems,
     InputFailure,
     Item,
+    Tagger,
 )
 from ._tasks import TaskResult
 
@@ -49,7 +50,7 @@ class _Run:
 
     def __init__(
         self,
-        items: Iterator[Item] | AsyncItems,
+        items: Iterator[Item] | AsyncItems | Tagger,
         put: Callable[[TaskResult], bool],
         emit: Callable[[TaskResult], Awaitable[None]],
         max_errors: int | None,
