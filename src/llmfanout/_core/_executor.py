@@ -18,6 +18,7 @@ import enum
 import functools
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from time import perf_counter
@@ -360,6 +361,7 @@ class ParallelLLMExecutor:
         # a worker that finds the buffer full pays a wait of its own.
         results = Results(2 * self.max_concurrency)
         run = _Run(items, results.put, results.room, max_errors, on_result, self.stop_on_auth_error)
+        run.buffer = results
 
         async def drive() -> None:
             try:
@@ -482,6 +484,8 @@ class ParallelLLMExecutor:
         tasks: Iterator[Any] = iter(()) if tagger is None else tagger.tasks
         given: set[str] = set() if tagger is None else tagger.given
         results = run.results
+        buffer = run.buffer  # stream()'s
+        queue: deque[TaskResult] = deque() if buffer is None else buffer.buffer
         # Nothing the executor wraps around a call (cache, telemetry, rate limit, time
         # limit, answer check): the worker makes a plain first attempt itself, as
         # _run_task's fast path does, sparing a coroutine per task.
@@ -556,7 +560,8 @@ class ParallelLLMExecutor:
                     else:  # _first_answered, inline
                         if governor is not None:
                             governor.unpaced -= 1
-                            governor.pause.success()
+                            if not governor.pause.calm:
+                                governor.pause.success()
                             if getattr(response, "rate_limits", None) is not None:
                                 governor.learn(overrides, response)
                         result = answered(tag, response, (perf_counter() - start) * 1000, 1)
@@ -566,6 +571,12 @@ class ParallelLLMExecutor:
                         run.count_failure(result)
                 if results is not None:
                     results[tag] = result
+                elif buffer is not None and not buffer.left:  # Results.put, inline
+                    queue.append(result)
+                    if buffer.wake is not None:
+                        buffer.wake_up()
+                    if len(queue) > buffer.size:
+                        await buffer.room(result)
                 elif not run.put(result):
                     await run.emit(result)
                 if notify is not None:

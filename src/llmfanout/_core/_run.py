@@ -34,6 +34,7 @@ class _Run:
 
     __slots__ = (
         "aborted",
+        "buffer",
         "emit",
         "failures",
         "guarded",
@@ -63,6 +64,7 @@ class _Run:
         self.put = put
         self.emit = emit
         self.results: dict[str, Any] | None = None  # execute's: results stored right here
+        self.buffer: Results | None = None  # stream's: the worker puts results in itself
         self.max_errors = max_errors
         self.guarded = max_errors is not None
         self.stop_on_auth = stop_on_auth
@@ -180,11 +182,16 @@ class Results:
             return False  # see room
         buffer = self.buffer
         buffer.append(result)
+        if self.wake is not None:
+            self.wake_up()
+        return len(buffer) <= self.size
+
+    def wake_up(self) -> None:
+        """Wake the consumer asleep on an empty buffer."""
         wake = self.wake
         if wake is not None:
             self.wake = None
             wake.set()
-        return len(buffer) <= self.size
 
     async def room(self, result: TaskResult) -> None:
         """Wait until the result :meth:`put` refused is within the buffer's size."""
@@ -212,10 +219,7 @@ class Results:
     def close(self) -> None:
         """Every worker has ended."""
         self.closed = True
-        wake = self.wake
-        if wake is not None:
-            self.wake = None
-            wake.set()
+        self.wake_up()
 
 
 class ResultStream:

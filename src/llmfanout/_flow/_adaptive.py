@@ -76,7 +76,7 @@ class SharedPause:
     alone and the others go on (adaptive concurrency still cuts if load is the cause).
     """
 
-    __slots__ = ("_refusals", "_succeeded", "streak")
+    __slots__ = ("_refusals", "_succeeded", "calm", "streak")
 
     def __init__(self, streak: int = 8) -> None:
         if not (isinstance(streak, int) and streak >= 1):
@@ -84,15 +84,20 @@ class SharedPause:
         self.streak = streak
         self._succeeded = False
         self._refusals = 0  # overload answers since the last success
+        self.calm = False
+        """A call has succeeded since the last refusal: :meth:`success` changes nothing
+        (read by the scheduler per call, to spare the call)."""
 
     def success(self) -> None:
         """A call was answered."""
         self._succeeded = True
         self._refusals = 0
+        self.calm = True
 
     def refused(self) -> None:
         """A call got an overload answer (429, 529, 503 with ``Retry-After``)."""
         self._refusals += 1
+        self.calm = False
 
     def share(self, trusted: bool) -> bool:
         """Whether the latest refusal's pause is everyone's (``trusted``: it comes from an
