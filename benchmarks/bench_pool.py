@@ -84,6 +84,8 @@ async def routing(n: int, concurrency: int, repeats: int) -> None:
         "bare, fresh": lambda: FreshProvider(),
         "pool of one, fresh": lambda: Pool([FreshProvider()]),
         "pool of three, fresh": lambda: Pool([FreshProvider() for _ in range(3)]),
+        "hedge after 60 s": lambda: Pool([FreshProvider() for _ in range(3)], hedge_after=60),
+        "hedge after p99": lambda: Pool([FreshProvider() for _ in range(3)], hedge_after="p99"),
     }
     runs: dict[str, list[float]] = {label: [] for label in contenders}
     for _ in range(repeats):  # interleaved: a change in the machine's load touches each alike
@@ -96,6 +98,9 @@ async def routing(n: int, concurrency: int, repeats: int) -> None:
         line(label, us[label], us["bare provider"])
     print("  a new answer per call, fresh_answers (the pool writes the name into it):")
     for label in ("bare, fresh", "pool of one, fresh", "pool of three, fresh"):
+        line(label, us[label], us["bare, fresh"])
+    print("  pool of three, fresh, hedging on (a task group per call; p99 keeps a quantile):")
+    for label in ("hedge after 60 s", "hedge after p99"):
         line(label, us[label], us["bare, fresh"])
 
 

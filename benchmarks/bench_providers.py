@@ -9,6 +9,9 @@ time (after a warm-up that opens the connections), each parsing the JSON answer:
 - ``aiohttp``: one ``ClientSession`` (its C parser), the yardstick.
 - ``httpx``: one ``AsyncClient`` with its default pool sized to C.
 - ``llmfanout complete``: ``OpenAIProvider.complete`` on asyncio and on trio.
+- ``llmfanout complete httpx`` (only when named in ``--contenders``): the same over a
+  given ``httpx.AsyncClient`` (``http_client=``, the path proxies take), to set beside
+  ``httpx`` alone in the same run.
 - ``llmfanout stream``: ``ParallelLLMExecutor.stream`` over an endless input, the whole
   library path (retry policy on), on asyncio and on trio.
 
@@ -73,6 +76,8 @@ CONTENDERS = [
     "llmfanout stream asyncio",
     "llmfanout stream trio",
 ]
+# On request (--contenders): the httpx path (http_client=, proxies), beside plain httpx.
+ON_REQUEST = ["llmfanout complete httpx asyncio", "llmfanout complete httpx trio"]
 
 
 # -- the server: a raw asyncio Protocol, so it is never the bottleneck -------------------
@@ -233,11 +238,16 @@ async def _httpx(url: str, concurrency: int, meter: _Meter) -> None:
         await _workers(concurrency, meter, one)
 
 
-def _provider(url: str, concurrency: int) -> Any:
+def _provider(url: str, concurrency: int, client: Any = None) -> Any:
     from llmfanout.providers import OpenAIProvider
 
     return OpenAIProvider(
-        "bench", base_url=url + "/v1", api_key=KEY, max_connections=concurrency, timeout=600
+        "bench",
+        base_url=url + "/v1",
+        api_key=KEY,
+        max_connections=concurrency,
+        timeout=600,
+        http_client=client,
     )
 
 
@@ -246,6 +256,24 @@ async def _complete(url: str, concurrency: int, meter: _Meter) -> None:
 
     messages = [LLMMessage("system", "Be brief."), LLMMessage("user", "How are you today?")]
     async with _provider(url, concurrency) as provider:
+
+        async def one() -> None:
+            assert (await provider.complete(messages)).content
+
+        await _workers(concurrency, meter, one)
+
+
+async def _complete_httpx(url: str, concurrency: int, meter: _Meter) -> None:
+    import httpx
+
+    from llmfanout import LLMMessage
+
+    messages = [LLMMessage("system", "Be brief."), LLMMessage("user", "How are you today?")]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with (
+        httpx.AsyncClient(limits=limits) as client,
+        _provider(url, concurrency, client) as provider,
+    ):
 
         async def one() -> None:
             assert (await provider.complete(messages)).content
@@ -278,6 +306,8 @@ _RUNS: dict[str, tuple[Callable[[str, int, _Meter], Awaitable[None]], str]] = {
     "httpx": (_httpx, "asyncio"),
     "llmfanout complete asyncio": (_complete, "asyncio"),
     "llmfanout complete trio": (_complete, "trio"),
+    "llmfanout complete httpx asyncio": (_complete_httpx, "asyncio"),
+    "llmfanout complete httpx trio": (_complete_httpx, "trio"),
     "llmfanout stream asyncio": (_stream, "asyncio"),
     "llmfanout stream trio": (_stream, "trio"),
 }
@@ -354,7 +384,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="server seconds per answer")
     parser.add_argument("--seconds", type=float, default=3.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=1.5, help="seconds before measuring")
-    parser.add_argument("--contenders", nargs="+", default=CONTENDERS, choices=CONTENDERS)
+    parser.add_argument(
+        "--contenders", nargs="+", default=CONTENDERS, choices=CONTENDERS + ON_REQUEST
+    )
     parser.add_argument("--quick", action="store_true", help="C=16 and 500, 1 s windows")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)

@@ -147,6 +147,18 @@ def test_tool_calls_read_from_openai_and_flat_shapes() -> None:
     assert message.tool_calls[1].parsed_arguments() == {"a": 1}
 
 
+def test_a_tool_call_mapping_may_carry_a_signature() -> None:
+    given = {"id": "c1", "name": "f", "arguments": "{}", "signature": "c2ln"}
+    message = LLMMessage.from_mapping({"role": "assistant", "content": "", "tool_calls": [given]})
+    assert message.tool_calls == (ToolCall("c1", "f", "{}", "c2ln"),)
+    with pytest.raises(TypeError, match=r"tool_calls\[0\].signature must be a str"):
+        LLMMessage.from_mapping(
+            {"role": "assistant", "content": "", "tool_calls": [{**given, "signature": 7}]}
+        )
+    with pytest.raises(TypeError, match=r"ToolCall\.signature must be a str"):
+        ToolCall("c1", "f", "{}", 7)  # type: ignore[arg-type]
+
+
 def test_tool_fields_belong_to_their_roles() -> None:
     with pytest.raises(ValueError, match="only an 'assistant' message carries them"):
         LLMMessage("user", "x", tool_calls=[ToolCall("c", "f")])

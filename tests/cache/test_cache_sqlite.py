@@ -65,6 +65,15 @@ def test_any_text_round_trips(content: str, model: str, usage: dict[str, int]) -
     assert (back.content, back.model, back.usage) == (content, model, usage or None)
 
 
+@given(st.lists(st.tuples(st.text(min_size=1), st.none() | st.text(min_size=1)), max_size=3))
+def test_tool_calls_and_their_signatures_round_trip(calls: list[tuple[str, str | None]]) -> None:
+    from llmfanout._cache._codec import decode, encode
+
+    tool_calls = tuple(ToolCall(f"c{i}", name, "{}", sig) for i, (name, sig) in enumerate(calls))
+    back = decode(encode(LLMResponse("", tool_calls=tool_calls)))
+    assert back.tool_calls == tool_calls  # a Gemini signature survives a cache hit
+
+
 async def test_many_lookups_at_once_share_thread_hops(tmp_path: Path) -> None:
     cache = SQLiteCache(tmp_path / "c.db")
     hops = 0

@@ -520,26 +520,59 @@ def test_the_three_input_formats_reach_the_batch_as_run_sends_them(
     assert found["b-1"]["model"] == "row-model"
 
 
+def write_embed_input(path: Path, count: int) -> list[str]:
+    """``llmfanout embed``'s rows: ``{"id", "text"}``."""
+    ids = [f"doc-{i}" for i in range(count)]
+    with path.open("w") as file:
+        for i, key in enumerate(ids):
+            file.write(json.dumps({"id": key, "text": f"text {i}"}) + "\n")
+    return ids
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_openai_embeddings_batch(server: FakeBatchServer, backend: str, tmp_path: Path) -> None:
-    ids = write_input(tmp_path / "in.jsonl", 40)
+    ids = write_embed_input(tmp_path / "in.jsonl", 40)
+    with (tmp_path / "in.jsonl").open("a") as file:  # a repeated id is embedded once
+        file.write(json.dumps({"id": "doc-3", "text": "again"}) + "\n")
     server.advance_on_poll = True
     args = submit_args(server, "openai", "--endpoint", "embeddings", "--wait", "--backend", backend)
     done = llmfanout(*args, cwd=tmp_path, wire="openai")
     assert done.returncode == 0, done.stderr
+    assert "line 41 repeats id 'doc-3'" in done.stderr
     found = check_once(tmp_path / "out.jsonl", ids)
     for row in found:
-        text = f"prompt {int(row['id'].split('-')[1])}"
+        text = f"text {int(row['id'].split('-')[1])}"
         assert row["success"] and row["embedding"] == [float(len(text)), 0.5, -0.5]
         assert "content" not in row and row["usage"]["total_tokens"] > 0
     (batch,) = [b for b in server.batches.values() if b.wire == "openai"]
     _, body = batch.requests[0]
-    assert body == {"model": "m-test", "input": "prompt 0", "encoding_format": "base64"}
+    assert body == {"model": "m-test", "input": "text 0", "encoding_format": "base64"}
     state = json.loads((tmp_path / "out.jsonl.batch.json").read_text())
     assert state["endpoint"] == "embeddings"
     wrong = submit_args(server, "anthropic", "--endpoint", "embeddings")
     refused = llmfanout(*wrong, cwd=tmp_path, wire="anthropic")
     assert refused.returncode == 2 and "embeddings batches are OpenAI's" in refused.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_embeddings_batch_refuses_rows_embed_refuses(
+    server: FakeBatchServer, backend: str, tmp_path: Path
+) -> None:
+    write_embed_input(tmp_path / "in.jsonl", 3)
+    with (tmp_path / "in.jsonl").open("a") as file:
+        file.write(json.dumps({"id": "p", "prompt": "a run row"}) + "\n")
+        file.write(json.dumps({"id": "e", "text": ""}) + "\n")
+    args = submit_args(server, "openai", "--endpoint", "embeddings", "--backend", backend)
+    sent = len(server.requests)
+    refused = llmfanout(*args, cwd=tmp_path, wire="openai")
+    assert refused.returncode == 2
+    assert 'in.jsonl:4: "text" is missing, empty or not a string' in refused.stderr
+    assert "in.jsonl:5:" in refused.stderr and "2 bad input line(s)" in refused.stderr
+    assert batch_count(server, "openai") == 0 and len(server.requests) == sent
+    no_model = [a for a in args if a not in ("--model", "m-test")]
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": 1, "text": "t"}) + "\n")
+    refused = llmfanout(*no_model, cwd=tmp_path, wire="openai")
+    assert refused.returncode == 2 and "--endpoint embeddings needs --model" in refused.stderr
 
 
 # -- hostile state files and secrets in commands (issue 23, items 5 and 6) ---------------------

@@ -105,6 +105,29 @@ def test_a_lock_planted_as_a_link_is_never_followed(tmp_path: Path) -> None:
     assert target.read_text() == "keep me"
 
 
+def test_merge_into_a_fifo_writes_into_it_and_leaves_it_a_fifo(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    row = {"success": True, "content": "yes", "error": None}
+    (shards / "a.jsonl").write_text("".join(json.dumps({**row, "id": i}) + "\n" for i in (1, 2)))
+    (shards / "b.jsonl").write_text("".join(json.dumps({**row, "id": i}) + "\n" for i in (2, 3)))
+    os.mkfifo(tmp_path / "pipe")
+    # The read end held open (without blocking) across the run: whatever merge does to
+    # the path, the test never hangs, and reads what reached the pipe (a few rows fit in
+    # its buffer).
+    reader = os.open(tmp_path / "pipe", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        done = llmfanout("merge", "shards", "-o", "pipe", cwd=tmp_path)
+        received = os.read(reader, 1 << 16)
+    finally:
+        os.close(reader)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "into 3 rows in pipe" in done.stderr
+    assert sorted(json.loads(line)["id"] for line in received.splitlines()) == [1, 2, 3]
+    assert (tmp_path / "pipe").is_fifo()  # not replaced by a regular file
+    assert not list(tmp_path.glob("*.llmfanout-tmp"))
+
+
 def test_example_to_a_fifo_writes_without_reading_it(tmp_path: Path) -> None:
     done, received = through_a_fifo(tmp_path, "example", "-o", "pipe")
     assert done.returncode == 0, done.stderr

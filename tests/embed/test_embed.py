@@ -24,6 +24,7 @@ from llmfanout.providers._echo import echo_vector
 from llmfanout.testing import set_testing
 
 from support.fake_gemini_server import FakeGemini, Status, fake_vector, serve_gemini
+from support.fake_gemini_server import tokens as tokens_of
 
 pytestmark = pytest.mark.anyio
 KEY = "sk-test-embedding-key-0123456789"
@@ -194,3 +195,39 @@ def test_bad_input_is_refused_before_any_work() -> None:
 def test_embed_runs_from_sync_code(anyio_backend: str) -> None:
     result = embed(EchoProvider(), ["a", "b"], backend=anyio_backend)
     assert result.vectors == (echo_vector("a"), echo_vector("b"))
+
+
+async def test_prices_give_the_cost_of_the_input_tokens(server: FakeGemini) -> None:
+    texts = [f"text number {i}" for i in range(30)]
+    provider = OpenAIProvider("text-embedding-3-small", base_url=server.openai_url, api_key="k")
+    provider.embedding_caps = EmbeddingCaps(max_inputs=8)
+    prices = {"text-embedding-3-small": {"input": 0.02, "output": 0}}
+    async with provider:
+        result = await aembed(provider, texts, prices=prices)
+    assert result.requests == 4 and result.unpriced == {}
+    tokens = result.usage["prompt_tokens"]
+    assert tokens == sum(tokens_of(t) for t in texts)
+    assert result.cost_usd == pytest.approx(tokens * 0.02 / 1e6)
+    unpriced = await aembed(EchoProvider(), ["a", "b"], prices=prices)
+    assert unpriced.cost_usd == 0 and unpriced.unpriced == {"echo": 1}
+    assert (await aembed(EchoProvider(), ["a"])).cost_usd is None
+
+
+def test_a_bad_price_table_is_refused_before_any_work(anyio_backend: str) -> None:
+    provider = EchoProvider()
+    with pytest.raises(ValueError, match=r"aembed: prices\['m'\] has no 'input' price"):
+        embed(provider, ["a"], prices={"m": {"output": 1}}, backend=anyio_backend)
+    assert provider.call_count == 0
+
+
+def test_trio_without_trio_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trio" else real(name, *a)
+    )
+    provider = EchoProvider()
+    with pytest.raises(ImportError, match=r"embed: .*pip install 'llmfanout\[trio\]'"):
+        embed(provider, ["a"], backend="trio")
+    assert provider.call_count == 0

@@ -20,7 +20,7 @@ import pytest
 
 from llmfanout.providers._echo import echo_vector
 
-from support.fake_gemini_server import FakeGemini, fake_vector, gemini_server_in_thread
+from support.fake_gemini_server import FakeGemini, fake_vector, gemini_server_in_thread, tokens
 from support.processes import run_cli, wait_until
 from support.processes import started as start_cli
 
@@ -158,3 +158,46 @@ def test_npy_shards_survive_a_kill(tmp_path: Path, server: FakeGemini, backend: 
     for row in recorded:
         vector = shards[row["shard"]][row["row"]]
         assert vector.tolist() == fake_vector(texts[row["id"]])
+
+
+def test_prices_print_the_cost(tmp_path: Path, server: FakeGemini, backend: str) -> None:
+    texts = write_input(tmp_path / "in.jsonl", 30)
+    (tmp_path / "prices.json").write_text(json.dumps({"m-embed": {"input": 0.1, "output": 0}}))
+    args = ["in.jsonl", "-o", "out.jsonl", "--provider", "openai", "--model", "m-embed"]
+    args += ["--base-url", server.openai_url, "--prices", "prices.json", "--backend", backend]
+    done = llmfanout(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    cost = sum(tokens(t) for t in texts.values()) * 0.1 / 1e6
+    assert f"; cost: ${cost:.6f}".rstrip("0") in done.stderr
+    (tmp_path / "prices.json").write_text(json.dumps({"other": {"input": 0.1, "output": 0}}))
+    echo = llmfanout("in.jsonl", "-o", "echo.jsonl", "--prices", "prices.json", cwd=tmp_path)
+    assert "cost: $0.00 (not counted, no price or no usage: echo x1)" in echo.stderr
+
+
+def test_a_bad_price_table_stops_the_run_first(tmp_path: Path, server: FakeGemini) -> None:
+    write_input(tmp_path / "in.jsonl", 3)
+    (tmp_path / "prices.json").write_text('{"m": {"input": -1, "output": 0}}')
+    args = ["in.jsonl", "-o", "out.jsonl", "--provider", "openai", "--model", "m"]
+    done = llmfanout(
+        *args, "--base-url", server.openai_url, "--prices", "prices.json", cwd=tmp_path
+    )
+    assert done.returncode == 2 and "--prices: " in done.stderr and "input is -1" in done.stderr
+    assert server.requests == [] and not (tmp_path / "out.jsonl").exists()
+
+
+def test_trio_without_trio_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from llmfanout._cli._main import main
+
+    write_input(tmp_path / "in.jsonl", 3)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trio" else real(name, *a)
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["embed", "in.jsonl", "-o", "out.jsonl", "--backend", "trio"]) == 2
+    assert "pip install 'llmfanout[trio]'" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()

@@ -42,13 +42,13 @@ def test_packing_never_exceeds_the_caps_and_keeps_order(
 ) -> None:
     texts = ["x" * n for n in sizes]
     batches = list(Packer(enumerate(texts), cap))
-    assert [item.key for batch in batches for item in batch] == list(range(len(texts)))
+    assert [key for batch in batches for key in batch.keys] == list(range(len(texts)))
     for batch in batches:
-        assert 1 <= len(batch) <= cap.max_inputs
-        tokens = sum(item.tokens for item in batch)
+        assert 1 <= len(batch) == len(batch.texts) <= cap.max_inputs
+        assert batch.tokens == sum(estimate_tokens(text) for text in batch.texts)
         if cap.max_tokens is not None and len(batch) > 1:
-            assert tokens <= cap.max_tokens
-        assert [item.text for item in batch] == [texts[item.key] for item in batch]
+            assert batch.tokens <= cap.max_tokens
+        assert batch.texts == [texts[key] for key in batch.keys]
 
 
 @given(lengths, caps)
@@ -64,6 +64,16 @@ def test_shrinking_keeps_later_requests_under_the_refused_one() -> None:
     packer.shrink(first)
     assert [len(b) for b in packer] == [20, 20, 20]
     assert packer.max_tokens == 20
+
+
+@given(st.lists(st.integers(0, 50), min_size=2, max_size=30))
+def test_a_split_batch_keeps_its_inputs_in_order(sizes: list[int]) -> None:
+    texts = ["x" * n for n in sizes]
+    (batch,) = Packer(enumerate(texts), EmbeddingCaps(max_inputs=len(texts)))
+    first, second = Packer(iter(()), EmbeddingCaps(max_inputs=1)).split(batch)
+    assert first.keys + second.keys == batch.keys and len(first) == len(texts) // 2
+    assert first.texts + second.texts == batch.texts
+    assert first.tokens + second.tokens == batch.tokens
 
 
 def test_caps_are_checked() -> None:

@@ -1,13 +1,17 @@
 """Adaptive concurrency: the AIMD figure (pure, generated). The executor against an
-overloaded server: tests/flow/test_governor.py and tests/cli/test_pacing_cli.py."""
+overloaded server: tests/flow/test_governor.py, tests/flow/test_refusals.py and
+tests/cli/test_pacing_cli.py."""
 
 from __future__ import annotations
+
+import random
+import statistics
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmfanout._flow._adaptive import AIMD
+from llmfanout._flow._adaptive import AIMD, clearly_higher
 
 
 def test_overload_halves_and_successes_add_one_a_round() -> None:
@@ -65,6 +69,70 @@ def test_the_figure_stays_within_bounds(maximum: int, events: list[tuple[bool, i
             aimd.success()
             assert before <= aimd.current <= before + 1
         assert 1 <= aimd.current <= maximum
+
+
+# -- judged cuts: refusals at random against refusals from load ---------------------------
+
+
+def rounds(aimd: AIMD, refused: float | None, capacity: int, seed: int, calls: int) -> list[int]:
+    """Run ``calls`` calls in rounds: each round starts ``aimd.current`` calls, then they
+    answer in random order. A call is refused with chance ``refused`` (whatever the load),
+    or, with ``refused`` None, ``1 - capacity / n`` in a round of ``n`` (a server that
+    serves ``capacity`` at a time). Returns the figure after each round."""
+    chance = random.Random(seed)
+    figures: list[int] = []
+    while calls > 0:
+        n = aimd.current
+        batch = [(aimd.start(), aimd.cuts) for _ in range(n)]
+        chance.shuffle(batch)
+        share = refused if refused is not None else max(0.0, 1 - capacity / n)
+        for size, epoch in batch:
+            if chance.random() < share:
+                aimd.overload(epoch, size)
+            else:
+                aimd.success()
+        calls -= n
+        figures.append(aimd.current)
+    return figures
+
+
+@given(st.integers(4, 64), st.floats(0, 0.5), st.integers(0, 2**32))
+def test_refusals_at_random_do_not_collapse_the_figure(
+    maximum: int, share: float, seed: int
+) -> None:
+    """Plain AIMD settles near 1-2 here whatever the maximum: a cut a round, one call
+    back a round. Judged cuts stop once smaller figures are seen refused as often."""
+    figures = rounds(AIMD(maximum), share, 0, seed, 1000)
+    assert statistics.fmean(figures[len(figures) // 2 :]) >= maximum / 10
+
+
+@given(st.integers(4, 128), st.data())
+def test_refusals_from_load_still_bring_the_figure_to_the_capacity(
+    maximum: int, data: st.DataObject
+) -> None:
+    capacity = data.draw(st.integers(2, max(2, maximum // 2)), label="capacity")
+    aimd = AIMD(maximum)
+    figures = rounds(aimd, None, capacity, data.draw(st.integers(0, 2**32)), 1000)
+    assert capacity / 2 <= statistics.fmean(figures[len(figures) // 2 :]) <= 2 * capacity
+
+
+def test_once_smaller_figures_are_refused_as_often_refusals_stop_cutting() -> None:
+    aimd = AIMD(32)
+    rounds(aimd, 0.45, 0, seed=1, calls=2000)
+    cuts = aimd.cuts
+    figures = rounds(aimd, 0.45, 0, seed=2, calls=2000)  # ~900 more refusals
+    assert aimd.cuts - cuts < 10
+    assert statistics.fmean(figures) >= 16
+
+
+@given(st.integers(0, 100), st.integers(1, 100), st.integers(0, 100), st.integers(1, 100))
+def test_clearly_higher_means_higher_by_a_margin(
+    refused: int, started: int, other_refused: int, other_started: int
+) -> None:
+    refused, other_refused = min(refused, started), min(other_refused, other_started)
+    if clearly_higher(refused, started, other_refused, other_started):
+        assert refused / started > other_refused / other_started + 0.05
+        assert not clearly_higher(other_refused, other_started, refused, started)
 
 
 # -- SharedPause: whose is a bare refusal's Retry-After -----------------------------------

@@ -44,16 +44,13 @@ async def test_a_server_overloaded_past_n_sees_about_n_in_flight(pacing: bool) -
     assert len(server.limited) < len(server.requests) / 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 23 item 15, not fixed: AIMD still cuts on every round's refusal (~4 in flight)",
-)
 @pytest.mark.parametrize("pacing", [True, False])
 async def test_random_refusals_do_not_collapse_the_calls_in_flight(pacing: bool) -> None:
     async with serve_fake_llm() as server:
         server.refuse_at_random(share_429=0.3, share_503=0.15, seed=3)
         seen = await run(server, 300, pacing=pacing)
-    # Plain AIMD falls to about 2 here (a cut every round, one call back per round).
+    # Plain AIMD fell to about 2-4 here (a cut every round, one call back per round);
+    # judged cuts stop once the share refused at smaller figures is no lower.
     assert statistics.fmean(seen) >= CAP / 4
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import pytest
 
 from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor, RetryConfig, ToolCall
 from llmfanout.errors import (
     APIConnectionError,
     AuthenticationError,
+    BadRequestError,
     ContentBlockedError,
     RateLimitError,
     ServerError,
@@ -130,6 +132,47 @@ async def test_tool_calls_come_back_and_go_out_again(
         "parts": [{"functionResponse": {"name": "weather", "response": {"temp": 3}}}],
     }
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+
+
+SIGNATURE = "CiQB0e2Kb3RoZXItb3BhcXVlLXNpZ25hdHVyZQ=="
+
+
+async def test_a_thought_signature_goes_back_with_its_call(
+    server: FakeGemini, gemini: GeminiProvider
+) -> None:
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+    signed = {"functionCall": {"name": "weather", "args": {"city": "Oslo"}}}
+    server.script.append(answer({**signed, "thoughtSignature": SIGNATURE}))
+    first = await gemini.complete([LLMMessage("user", "Weather?")], {"tools": tools})
+    (call,) = first.tool_calls
+    assert call.signature == SIGNATURE
+    follow = [
+        LLMMessage("user", "Weather?"),
+        first.message(),  # the signature rides on the call
+        LLMMessage("tool", '{"temp": 3}', tool_call_id=call.id),
+    ]
+    done = await gemini.complete(follow, {"tools": tools})
+    assert done.content.startswith("Echo: ")
+    sent = server.requests[-1].body["contents"][1]["parts"]
+    assert sent == [{**signed, "thoughtSignature": SIGNATURE}]
+
+
+async def test_a_call_sent_back_without_its_signature_is_refused(
+    server: FakeGemini, gemini: GeminiProvider
+) -> None:
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+    part = {"functionCall": {"name": "weather", "args": {}}, "thoughtSignature": SIGNATURE}
+    server.script.append(answer(part))
+    first = await gemini.complete([LLMMessage("user", "Weather?")], {"tools": tools})
+    (call,) = first.tool_calls
+    bare = LLMMessage("assistant", "", tool_calls=[attrs.evolve(call, signature=None)])
+    follow = [
+        LLMMessage("user", "Weather?"),
+        bare,
+        LLMMessage("tool", "{}", tool_call_id=call.id),
+    ]
+    with pytest.raises(BadRequestError, match="thought_signature"):
+        await gemini.complete(follow, {"tools": tools})
 
 
 async def test_images_go_inline_or_by_address(server: FakeGemini, gemini: GeminiProvider) -> None:

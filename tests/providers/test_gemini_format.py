@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmfanout import ImagePart, LLMMessage, TextPart, ToolCall
+from llmfanout import ImagePart, LLMMessage, LLMResponse, TextPart, ToolCall
+from llmfanout.providers._anthropic_format import messages_to_wire as anthropic_messages
 from llmfanout.providers._gemini_format import (
     SYNTHETIC_ID,
     GeminiStream,
@@ -18,6 +19,7 @@ from llmfanout.providers._gemini_format import (
     tool_call_to_wire,
     usage_from,
 )
+from llmfanout.providers._openai_format import messages_to_wire as openai_messages
 from llmfanout.providers._sse import Event
 
 text = st.text(min_size=1, max_size=20)
@@ -30,6 +32,11 @@ json_values = st.recursive(
 )
 arguments = st.dictionaries(st.text(max_size=6), json_values, max_size=4)
 call_ids = st.text(alphabet="abcdef0123456789_-", min_size=1, max_size=10)
+signatures = st.none() | st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=",
+    min_size=1,
+    max_size=40,
+)  # Gemini's thoughtSignature: opaque base64
 images = st.sampled_from(
     [
         "data:image/png;base64,iVBORw0KGgo=",
@@ -49,7 +56,10 @@ def conversations(draw: st.DrawFn) -> list[LLMMessage]:
         messages.append(LLMMessage("user", draw(st.one_of(text, parts))))
         calls = tuple(
             ToolCall(
-                f"{draw(call_ids)}-{i}", draw(text), json.dumps(draw(arguments), ensure_ascii=False)
+                f"{draw(call_ids)}-{i}",
+                draw(text),
+                json.dumps(draw(arguments), ensure_ascii=False),
+                draw(signatures),
             )
             for i in range(draw(st.integers(0, 2)))
         )
@@ -104,12 +114,41 @@ def test_messages_round_trip(messages: list[LLMMessage]) -> None:
         assert content["role"] in ("user", "model")
 
 
-@given(call_ids, text, arguments)
-def test_a_tool_call_round_trips(call_id: str, name: str, args: dict[str, Any]) -> None:
-    call = ToolCall(call_id, name, json.dumps(args))
-    (back_again,) = text_and_tool_calls([tool_call_to_wire(call, "here")])[1]
-    assert back_again == ToolCall(call_id, name, json.dumps(args, ensure_ascii=False))
+@given(call_ids, text, arguments, signatures)
+def test_a_tool_call_round_trips(
+    call_id: str, name: str, args: dict[str, Any], signature: str | None
+) -> None:
+    call = ToolCall(call_id, name, json.dumps(args), signature)
+    wire = tool_call_to_wire(call, "here")
+    assert wire.get("thoughtSignature") == signature  # beside functionCall, in the same part
+    assert "thoughtSignature" not in wire["functionCall"]
+    (back_again,) = text_and_tool_calls([wire])[1]
+    assert back_again == ToolCall(call_id, name, json.dumps(args, ensure_ascii=False), signature)
     assert back_again.parsed_arguments() == args
+
+
+@given(st.lists(st.tuples(text, signatures), min_size=1, max_size=4), text)
+def test_signatures_go_back_on_their_own_calls_through_message(
+    calls: list[tuple[str, str | None]], content: str
+) -> None:
+    # Parallel calls: Gemini signs the first only; each signature stays on its own part.
+    parts: list[dict[str, Any]] = [{"text": content}]
+    for i, (name, signature) in enumerate(calls):
+        part: dict[str, Any] = {"functionCall": {"id": f"c{i}", "name": name, "args": {}}}
+        if signature is not None:
+            part["thoughtSignature"] = signature
+        parts.append(part)
+    text_out, tool_calls = text_and_tool_calls(parts)
+    message = LLMResponse(text_out, tool_calls=tool_calls).message()
+    _, contents = messages_to_wire([LLMMessage("user", "go"), message])
+    assert contents[1]["parts"] == parts
+
+
+def test_other_providers_leave_the_signature_out() -> None:
+    call = ToolCall("c1", "f", "{}", "c2lnbmF0dXJl")
+    message = LLMMessage("assistant", "", tool_calls=[call])
+    assert "c2lnbmF0dXJl" not in json.dumps(openai_messages([message]))
+    assert "c2lnbmF0dXJl" not in json.dumps(anthropic_messages([LLMMessage("user", "go"), message]))
 
 
 def test_a_call_without_an_id_gets_one_that_is_not_sent_back() -> None:
@@ -154,3 +193,20 @@ def test_a_stream_folds_to_the_whole_answer(pieces: list[str], prompt: int, out:
         "completion_tokens": out,
         "total_tokens": prompt + out,
     }
+
+
+@given(signatures, st.lists(text, max_size=3))
+def test_a_streamed_call_keeps_its_signature(signature: str | None, pieces: list[str]) -> None:
+    stream = GeminiStream()
+    for piece in pieces:
+        chunk = {"candidates": [{"content": {"role": "model", "parts": [{"text": piece}]}}]}
+        stream.feed(Event(json.dumps(chunk)))
+    part: dict[str, Any] = {"functionCall": {"name": "f", "args": {"a": 1}}}
+    if signature is not None:
+        part["thoughtSignature"] = signature
+    last = {"candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP"}]}
+    stream.feed(Event(json.dumps(last)))
+    assert stream.done
+    _, calls = text_and_tool_calls(stream.body()["candidates"][0]["content"]["parts"])
+    (call,) = calls
+    assert call.signature == signature

@@ -29,11 +29,6 @@ pytestmark = pytest.mark.anyio
 
 MESSAGES = [LLMMessage("user", "hi")]
 TRANSPORTS = ["pool", "httpx"]
-# h11 (under httpx) keeps bytes past a response in its buffer and reads them as the answer
-# to the next request on that connection; we cannot see them from outside httpx.
-H11_SMUGGLES = pytest.param(
-    "httpx", marks=pytest.mark.xfail(strict=True, reason="h11 answers the next request with them")
-)
 
 
 def answer_body(text: str) -> bytes:
@@ -65,7 +60,7 @@ async def run_once(provider: Any, overrides: dict[str, Any] | None = None) -> An
 # -- item 3: two responses in one read ---------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", ["pool", H11_SMUGGLES])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_an_error_followed_in_the_same_write_by_a_success_is_the_error(
     transport: str,
 ) -> None:
@@ -86,7 +81,7 @@ async def test_an_error_followed_in_the_same_write_by_a_success_is_the_error(
     assert raw.connections == 2
 
 
-@pytest.mark.parametrize("transport", ["pool", H11_SMUGGLES])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_two_successes_in_one_write_are_not_merged(transport: str) -> None:
     async def answer(stream: anyio.abc.SocketStream, request: bytes) -> None:
         first = response(body=answer_body("first"), headers=(("x-request-id", "one"),))

@@ -198,6 +198,13 @@ def _check_str_field(instance: object, attribute: attrs.Attribute[Any], value: o
         )
 
 
+def _check_optional_str_field(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is not None:
+        _check_str_field(instance, attribute, value)
+
+
 @attrs.frozen
 class ToolCall:
     """A tool (function) call the model asked for.
@@ -205,11 +212,17 @@ class ToolCall:
     ``id`` is what the tool's answer refers to (``tool_call_id``); ``arguments`` is the
     JSON text the model produced (a mapping given here is written as JSON). It may not be
     valid JSON: :meth:`parsed_arguments` raises ``ValueError`` then.
+
+    ``signature`` is an opaque token the provider gave with the call and wants back with
+    it on the next turn (Gemini's ``thoughtSignature``, which Gemini 3 requires in a tool
+    round trip); ``LLMResponse.message()`` keeps it, and providers without such a token
+    ignore it.
     """
 
     id: str = attrs.field(validator=_check_str_field)
     name: str = attrs.field(validator=_check_str_field)
     arguments: str = attrs.field(default="{}", converter=_arguments, validator=_check_str_field)
+    signature: str | None = attrs.field(default=None, validator=_check_optional_str_field)
 
     def parsed_arguments(self) -> Any:
         """``arguments`` parsed as JSON (an empty string reads as ``{}``)."""
@@ -247,7 +260,10 @@ def to_tool_call(value: object, where: str) -> ToolCall:
         raise TypeError(
             f"{where}.arguments must be JSON text or an object, not {type(arguments).__name__}"
         )
-    return ToolCall(call_id, name, arguments)  # type: ignore[arg-type]
+    signature = value.get("signature")
+    if signature is not None and not isinstance(signature, str):
+        raise TypeError(f"{where}.signature must be a str, not {type(signature).__name__}")
+    return ToolCall(call_id, name, arguments, signature)  # type: ignore[arg-type]
 
 
 def _to_tool_calls(value: object) -> tuple[ToolCall, ...]:

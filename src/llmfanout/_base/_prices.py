@@ -5,7 +5,8 @@ without saying so. A table maps a model name to USD per million tokens for input
 cached input, cache writes and output. A response's model is looked up as the server
 reported it (``gpt-4o-mini-2024-07-18``), then without a trailing date
 (``gpt-4o-mini``), so a table keyed by the names users type matches dated snapshots.
-The vocabulary of the run's cost (``_report``) and of its spend cap (``_flow``).
+The vocabulary of the run's cost (``_report``), of its spend cap (``_flow``) and of
+embeddings' cost (``_core``): :class:`CostTally` adds responses' costs up.
 """
 
 from __future__ import annotations
@@ -126,3 +127,26 @@ def load_prices(path: str | Path) -> dict[str, Price]:
     except ValueError as exc:
         raise ValueError(f"{where}: not JSON ({exc})") from None
     return check_prices(data, where)
+
+
+class CostTally:
+    """Adds up the cost of responses; counts those it cannot price, by model."""
+
+    __slots__ = ("_cache", "_table", "total", "unpriced")
+
+    def __init__(self, table: Mapping[str, Price]) -> None:
+        self._table = table
+        self._cache: dict[str, Price | None] = {}
+        self.total = 0.0
+        self.unpriced: dict[str, int] = {}  # model -> responses without a price or usage
+
+    def add(self, model: str, usage: Mapping[str, int] | None) -> None:
+        """Count one successful response."""
+        try:
+            price = self._cache[model]
+        except KeyError:
+            price = self._cache[model] = price_for(model, self._table)
+        if price is None or not usage:
+            self.unpriced[model] = self.unpriced.get(model, 0) + 1
+            return
+        self.total += price.cost(usage)

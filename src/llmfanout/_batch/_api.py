@@ -139,8 +139,16 @@ class BatchAPI:
 
     # -- batches -----------------------------------------------------------------------
 
-    async def upload(self, path: str, name: str, size: int) -> str | None:
-        """Send the request file ahead of creating (OpenAI); the file's id, or None."""
+    line_overhead = 0
+    """Bytes each request line grows by on the wire beyond its line in the part's file
+    (Gemini's inlined requests); the plan counts them against the size limit."""
+
+    def part_bytes(self) -> int:
+        """The default size limit of a part (``max_bytes`` unless the API says otherwise)."""
+        return self.max_bytes
+
+    async def upload(self, path: str, name: str, size: int, rows: int) -> str | None:
+        """Send the request file ahead of creating (OpenAI, Gemini); its id, or None."""
         return None
 
     async def create(
@@ -248,7 +256,7 @@ class OpenAIBatchAPI(BatchAPI):
         ).encode()
         return head, f"\r\n--{boundary}--\r\n".encode()
 
-    async def upload(self, path: str, name: str, size: int) -> str | None:
+    async def upload(self, path: str, name: str, size: int, rows: int) -> str | None:
         # The provider's request primitive takes a whole body: one file (at most 200 MB).
         answer = await self.http.call(
             "POST",

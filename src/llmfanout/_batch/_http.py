@@ -7,13 +7,14 @@ and key redaction. Nothing here touches a socket or a header holding the key.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, TypedDict, Unpack
 
 import httpx
 
 from ..errors import BadRequestError, ResponseFormatError
 from ..providers._http import HTTPProvider
+from ..providers._transports._base import Response
 from ..providers._transports._origin import Origin
 
 MAX_DOWNLOAD_BYTES = 1 << 40
@@ -30,6 +31,7 @@ class Body(TypedDict, total=False):
     json: Any
     content: bytes
     content_type: str
+    headers: Mapping[str, str]
 
 
 class BatchHTTP:
@@ -81,8 +83,11 @@ class BatchHTTP:
 
     async def call(self, method: str, path: str, **body: Unpack[Body]) -> Any:
         """Send one request; the parsed JSON of a 2xx answer, else a ``ProviderError``."""
-        provider = self.provider
-        return provider._json(await provider.request(method, self.url(path), **body))
+        return self.provider._json(await self.send(method, path, **body))
+
+    async def send(self, method: str, path: str, **body: Unpack[Body]) -> Response:
+        """Send one request; the whole 2xx answer (headers too), else a ``ProviderError``."""
+        return await self.provider.request(method, self.url(path), **body)
 
     async def lines(self, path: str) -> AsyncGenerator[bytes, None]:
         """The non-blank lines of a JSONL download, as they arrive (nothing held whole).

@@ -30,6 +30,7 @@ from ._api import (
     RemoteBatch,
 )
 from ._apis import APIS, api_class
+from ._gemini import GeminiBatchAPI
 from ._state import BatchStateError, Part, State, load, save
 
 logger = logging.getLogger("llmfanout")
@@ -115,7 +116,12 @@ def view(part: Part) -> BatchPart:
     )
 
 
-def api_for(provider: object, state: State | None = None, endpoint: str = "chat") -> BatchAPI:
+def api_for(
+    provider: object,
+    state: State | None = None,
+    endpoint: str = "chat",
+    gemini_input: str = "auto",
+) -> BatchAPI:
     name = getattr(provider, "provider_name", None)
     if not isinstance(provider, HTTPProvider) or name not in APIS:
         raise TypeError(
@@ -131,6 +137,10 @@ def api_for(provider: object, state: State | None = None, endpoint: str = "chat"
         cls = api_class(name, state.endpoint if state is not None else endpoint)
     except ValueError as exc:
         raise TypeError(str(exc)) from None
+    if issubclass(cls, GeminiBatchAPI):
+        return cls(provider, gemini_input)
+    if gemini_input != "auto":
+        raise ValueError(f"gemini_input={gemini_input!r} is for Gemini batches, not {name}'s")
     return cls(provider)
 
 

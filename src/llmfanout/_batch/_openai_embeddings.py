@@ -18,7 +18,8 @@ from ._api import OpenAIBatchAPI
 
 
 class OpenAIEmbeddingsBatchAPI(OpenAIBatchAPI):
-    """OpenAI's Batch API on ``/v1/embeddings``: a row's text (its prompt) is the input."""
+    """OpenAI's Batch API on ``/v1/embeddings``: a task's one user text is the input
+    (``llmfanout batch --endpoint embeddings`` makes one per ``{"id", "text"}`` row)."""
 
     endpoint = "/v1/embeddings"
 
@@ -30,8 +31,8 @@ class OpenAIEmbeddingsBatchAPI(OpenAIBatchAPI):
         texts = [m.text for m in messages if m.role == "user"]
         if len(texts) != 1 or not texts[0]:
             raise BadRequestError(
-                'openai: an embeddings batch takes one text per row (a "prompt", or one '
-                "user message); this row has "
+                "openai: an embeddings batch takes one text per request (one user "
+                "message); this one has "
                 + (f"{len(texts)} user messages" if len(texts) != 1 else "an empty one"),
                 provider="openai",
             )

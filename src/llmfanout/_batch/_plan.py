@@ -39,6 +39,7 @@ def plan_parts(
     part: Part | None = None
     limit = max_bytes - BODY_OVERHEAD
     separator = api.separator
+    grows = api.line_overhead
     try:
         for number, task in enumerate(tasks):
             if not isinstance(task, LLMTask):
@@ -65,7 +66,8 @@ def plan_parts(
             line = b""
             if part is not None and part.rows < max_requests:
                 line = api.line(f"{run_id}-{part.index}-{part.rows}", body)
-            if part is None or not line or part.size + len(separator) + len(line) > limit:
+            wire = part.size + len(separator) + len(line) + grows * (part.rows + 1) if part else 0
+            if part is None or not line or wire > limit:
                 if part is not None and file is not None:
                     file.write(tail)
                     file.close()
@@ -78,7 +80,7 @@ def plan_parts(
                 file = open(path, "wb")  # noqa: SIM115  (closed below, or in finally)
                 file.write(head)
                 line = api.line(f"{run_id}-{part.index}-0", body)
-                if len(line) > limit:
+                if len(line) + grows > limit:
                     raise ValueError(
                         f"task {tag!r}: its request is {len(line)} bytes, more than the "
                         f"{limit} bytes a batch may hold"

@@ -68,7 +68,8 @@ class _Submitter:
         path = part_file(self.folder, self.state.run_id, part.index)
         if part.file_id is None:
             name = os.path.basename(path)
-            part.file_id = await self.job._call(partial(self.api.upload, path, name, part.size))
+            upload = partial(self.api.upload, path, name, part.size, part.rows)
+            part.file_id = await self.job._call(upload)
         part.phase = "creating"
         part.intent_at = time.time()
         self.job._save()
@@ -177,9 +178,10 @@ def _open(
     max_requests: int | None,
     max_bytes: int | None,
     endpoint: str = "chat",
+    gemini_input: str = "auto",
 ) -> tuple[State | None, BatchAPI, int, int]:
     existing = load(path) if os.path.exists(path) else None
-    api = api_for(provider, existing, endpoint)
+    api = api_for(provider, existing, endpoint, gemini_input)
     if existing is not None:  # carry on with the limits the parts were planned with
         if existing.cancelled:
             raise BatchStateError(
@@ -187,7 +189,7 @@ def _open(
             )
         max_requests, max_bytes = existing.max_requests, existing.max_bytes
     requests = max_requests or api.max_requests
-    size = max_bytes or api.max_bytes
+    size = max_bytes or api.part_bytes()
     for name, value, least in (("max_requests", requests, 1), ("max_bytes", size, 1024)):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"submit_batch: {name} is {value!r}; give a whole number >= {least}")
@@ -206,6 +208,7 @@ async def submit_batch(
     api_key_env: str | None = None,
     on_part: Callable[[BatchPart], None] | None = None,
     endpoint: str = "chat",
+    gemini_input: str = "auto",
 ) -> BatchJob:
     """Submit ``tasks`` as provider batches; the :class:`BatchJob` that tracks them.
 
@@ -213,7 +216,7 @@ async def submit_batch(
     the provider can take, within the size limit): a bad one raises ``ValueError`` naming
     its tag, with nothing sent. The tasks are split into as few batches as the limits
     allow (default: the provider's own, 50,000 requests and 200 MB on OpenAI, 100,000
-    and 256 MB on Anthropic).
+    and 256 MB on Anthropic, 100,000 and 2 GB on Gemini, 20 MB with ``gemini_input="inline"``).
 
     When ``state`` already records this job (a submit that was interrupted), give the
     same tasks again: the submit carries on where it stopped, never creating a batch
@@ -225,9 +228,17 @@ async def submit_batch(
 
     ``endpoint="embeddings"`` (OpenAI only) sends each task's one user text to
     ``/v1/embeddings``; each result's vector is in ``response.metadata["embedding"]``.
+
+    ``gemini_input`` (Gemini only) says how a part's requests are sent: ``"auto"`` (the
+    default) inlines a part under Gemini's 20 MB request cap and uploads a bigger one
+    through the Files API (parts up to 2 GB); ``"file"`` always uploads; ``"inline"``
+    plans parts small enough to inline. An uploaded file's name is saved in ``state``
+    before the batch is created from it.
     """
     path = os.fspath(state)
-    existing, api, requests, size = _open(provider, path, max_requests, max_bytes, endpoint)
+    existing, api, requests, size = _open(
+        provider, path, max_requests, max_bytes, endpoint, gemini_input
+    )
     run_id = existing.run_id if existing is not None else secrets.token_hex(4)
     # The request files go beside the state, in a folder of a fixed name: one a killed
     # submit left behind is cleared by the next, not left to pile up.

@@ -27,7 +27,10 @@ def encode(response: LLMResponse) -> bytes:
     if response.usage:
         record["u"] = dict(response.usage)
     if response.tool_calls:
-        record["t"] = [[c.id, c.name, c.arguments] for c in response.tool_calls]
+        record["t"] = [
+            [c.id, c.name, c.arguments] + ([c.signature] if c.signature is not None else [])
+            for c in response.tool_calls
+        ]
     if metadata:
         record["d"] = metadata
     try:

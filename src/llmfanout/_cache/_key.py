@@ -94,8 +94,19 @@ def _other(value: Any) -> Any:
             tuple(a.name for a in attrs.fields(kind)),
         )
     tag, names = described
-    return {tag: {name: canonical(getattr(value, name)) for name in names}}
+    return {
+        tag: {
+            name: canonical(field)
+            for name in names
+            # a field added after keys were fixed, left out while None: old keys stay
+            if (field := getattr(value, name)) is not None or name not in _LATE
+        }
+    }
 
+
+_LATE = frozenset({"signature"})
+"""Fields added to a keyed class after its keys were fixed (``ToolCall.signature``): left
+out of the key while None, so every key made before them is the same."""
 
 _encoder = json.JSONEncoder(
     sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False

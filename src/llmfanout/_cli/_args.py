@@ -9,12 +9,12 @@ import json
 import os
 import re
 import shlex
-import stat
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from .._base._checks import TRIO_HINT
+from .._rows._output_rows import is_stream
 from . import _log
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
@@ -154,15 +154,6 @@ def check_input(path: str) -> None:
         raise UsageError(f"input {path!r} is not a regular file")
     if not os.access(path, os.R_OK):
         raise UsageError(f"input file {path!r} cannot be read (permission denied)")
-
-
-def is_stream(path: str) -> bool:
-    """Whether ``path`` is a pipe, a terminal or another device: written to, never read back."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def check_output(path: str, *, directory_ok: bool) -> None:

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from functools import partial
 from typing import IO, Any
@@ -25,12 +25,15 @@ from typing import IO, Any
 import anyio
 
 from .._batch._api import BatchAPI
-from .._batch._apis import APIS, ENDPOINTS, api_class
-from .._batch._jobs import BatchJob, BatchPart
+from .._batch._apis import APIS, ENDPOINTS
+from .._batch._jobs import BatchJob, BatchPart, api_for
 from .._batch._plan import plan_parts
 from .._batch._state import BatchStateError, state_path
 from .._batch._submit import submit_batch
 from .._core._tasks import LLMTask
+from .._rows._embed import embedding_tasks
+from .._rows._embed import read_rows as spooled_rows
+from .._rows._embed import scan as scan_embed_rows
 from .._rows._input_rows import BadRow, numbered_lines, parse_row, read_rows, scan
 from .._rows._lock import Busy, hold
 from .._rows._structured_rows import with_request
@@ -124,7 +127,8 @@ def add_parser(commands: Any) -> None:
             "few provider batches as its limits allow, and create them. Exit 0 once "
             "submitted; with --wait, go on as `llmfanout batch wait` does."
         ),
-        epilog="The API key comes from OPENAI_API_KEY or ANTHROPIC_API_KEY, never a flag.",
+        epilog="The API key comes from OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY "
+        "(else GOOGLE_API_KEY), never a flag.",
     )
     submit.add_argument("input", metavar="INPUT", help="the input JSONL file")
     add_output(submit, "the output file")
@@ -142,10 +146,18 @@ def add_parser(commands: Any) -> None:
         "--endpoint",
         choices=ENDPOINTS,
         default="chat",
-        help="chat (default), or embeddings: each row's prompt embedded through OpenAI's "
-        '/v1/embeddings; output rows then carry an "embedding"',
+        help='chat (default), or embeddings: rows are {"id", "text"} (as for llmfanout '
+        "embed), each text embedded through OpenAI's /v1/embeddings; output rows carry an "
+        '"embedding"',
     )
     submit.add_argument("--base-url", metavar="URL", help="the provider's API base URL")
+    submit.add_argument(
+        "--gemini-input",
+        choices=("auto", "file", "inline"),
+        default="auto",
+        help="Gemini only: auto (default) inlines a batch under the 20 MB request cap and "
+        "uploads a bigger one through the Files API; file always uploads; inline never does",
+    )
     submit.add_argument("--wait", action="store_true", help="then wait and write the results")
     submit.add_argument(
         "--dry-run",
@@ -162,7 +174,8 @@ def add_parser(commands: Any) -> None:
         "--max-bytes",
         type=positive_int,
         metavar="N",
-        help="bytes per batch (default: the provider's limit, 200 MB or 256 MB)",
+        help="bytes per batch (default: the provider's limit: 200 MB OpenAI, 256 MB "
+        "Anthropic, 2 GB Gemini (20 MB with --gemini-input inline))",
     )
     _polling(submit, positive_float)
     _prices(submit)
@@ -254,9 +267,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _api_for(args: argparse.Namespace, provider: HTTPProvider) -> BatchAPI:
+    if args.gemini_input != "auto" and args.provider != "gemini":
+        raise UsageError(f"--gemini-input is for --provider gemini, not {args.provider}")
     try:
-        return api_class(args.provider, args.endpoint)(provider)
-    except ValueError as exc:
+        return api_for(provider, None, args.endpoint, args.gemini_input)
+    except TypeError as exc:
         raise UsageError(f"--endpoint {args.endpoint}: {exc}") from None
 
 
@@ -281,20 +296,45 @@ def _check_rows(args: argparse.Namespace, source: IO[bytes], provider: HTTPProvi
             bad[number] = f"params.response_schema: {exc}"
         except ProviderError as exc:
             bad[number] = str(exc)
-    name = args.input
-    if bad:
-        for shown, number in enumerate(sorted(bad)):
-            if shown == MAX_BAD_SHOWN:
-                print(f"... and {len(bad) - shown} more bad lines", file=sys.stderr)
-                break
-            print(f"{name}:{number}: {bad[number]}", file=sys.stderr)
-        raise UsageError(f"{len(bad)} bad input line(s); nothing was sent. Fix them and run again")
+    _refuse(args.input, bad)
     if missing_model is not None:
         raise UsageError(
             f"--model is not given and input line {missing_model} names no model; pass "
             "--model, or give every row a model in its params (or batch body)"
         )
     return found.rows
+
+
+def _refuse(name: str, bad: dict[int, str]) -> None:
+    """Say which lines are bad and raise ``UsageError``, if any is."""
+    if not bad:
+        return
+    for shown, number in enumerate(sorted(bad)):
+        if shown == MAX_BAD_SHOWN:
+            print(f"... and {len(bad) - shown} more bad lines", file=sys.stderr)
+            break
+        print(f"{name}:{number}: {bad[number]}", file=sys.stderr)
+    raise UsageError(f"{len(bad)} bad input line(s); nothing was sent. Fix them and run again")
+
+
+def _check_embedding_rows(args: argparse.Namespace, source: IO[bytes], spool: IO[bytes]) -> int:
+    """Check ``llmfanout embed``'s ``{"id", "text"}`` rows, spooled for the submit; how many.
+
+    A repeated id is embedded once (its first row), as ``llmfanout embed`` does.
+    """
+    if not args.model:
+        raise UsageError("--endpoint embeddings needs --model (embedding rows name no model)")
+    if args.schema_object is not None:
+        raise UsageError("--schema goes with --endpoint chat; embeddings have no schema")
+    found = scan_embed_rows(source, set(), spool)
+    _refuse(args.input, {b.line: b.reason for b in found.bad})
+    for line, row_id in list(found.duplicates.items())[:MAX_BAD_SHOWN]:
+        print(f"note: line {line} repeats id {row_id!r}; it is embedded once", file=sys.stderr)
+    return found.to_run
+
+
+def _embedding_tasks(spool: IO[bytes]) -> Iterator[LLMTask]:
+    return embedding_tasks(spooled_rows(spool))
 
 
 def _tasks(source: IO[bytes], schema: Schema | None) -> Iterator[LLMTask]:
@@ -323,11 +363,19 @@ def _submit(args: argparse.Namespace) -> int:
     )
     with ExitStack() as stack:
         source = stack.enter_context(open(args.input, "rb"))
-        rows = _check_rows(args, source, provider)
+        tasks: Callable[[], Iterator[LLMTask]]
+        if args.endpoint == "embeddings":  # llmfanout embed's rows
+            _api_for(args, provider)  # embeddings batches are OpenAI's only
+            spool = stack.enter_context(tempfile.TemporaryFile())
+            rows = _check_embedding_rows(args, source, spool)
+            tasks = partial(_embedding_tasks, spool)
+        else:
+            rows = _check_rows(args, source, provider)
+            tasks = partial(_tasks, source, args.schema_object)
         if not rows:
             raise UsageError(f"{args.input} holds no rows")
         if args.dry_run:
-            return _dry_run(args, provider, source, rows)
+            return _dry_run(args, provider, tasks, rows)
         if not args.quiet:
             what = "carrying on with" if resuming else "submitting"
             print(
@@ -337,7 +385,7 @@ def _submit(args: argparse.Namespace) -> int:
                 flush=True,
             )
         job = anyio.run(
-            partial(_do_submit, args, provider, source, path, os.path.abspath(args.input)),
+            partial(_do_submit, args, provider, tasks, path, os.path.abspath(args.input)),
             backend=args.backend,
         )
     if not args.quiet:
@@ -352,16 +400,19 @@ def _submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _dry_run(args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes], rows: int) -> int:
+def _dry_run(
+    args: argparse.Namespace,
+    provider: HTTPProvider,
+    tasks: Callable[[], Iterator[LLMTask]],
+    rows: int,
+) -> int:
     """Plan the batches as submit would, and say what they would be; nothing is sent."""
     api = _api_for(args, provider)
     requests = args.max_requests or api.max_requests
-    size = args.max_bytes or api.max_bytes
+    size = args.max_bytes or api.part_bytes()
     with tempfile.TemporaryDirectory() as folder:
         try:
-            parts = plan_parts(
-                api, _tasks(source, args.schema_object), "dry00run", folder, requests, size
-            )
+            parts = plan_parts(api, tasks(), "dry00run", folder, requests, size)
         except ValueError as exc:  # a row larger than a whole batch
             raise UsageError(str(exc)) from None
     print(
@@ -375,12 +426,16 @@ def _dry_run(args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes]
 
 
 async def _do_submit(
-    args: argparse.Namespace, provider: HTTPProvider, source: IO[bytes], path: str, name: str
+    args: argparse.Namespace,
+    provider: HTTPProvider,
+    tasks: Callable[[], Iterator[LLMTask]],
+    path: str,
+    name: str,
 ) -> BatchJob:
     async with provider:
         return await submit_batch(
             provider,
-            _tasks(source, args.schema_object),
+            tasks(),
             state=path,
             max_requests=args.max_requests,
             max_bytes=args.max_bytes,
@@ -389,6 +444,7 @@ async def _do_submit(
             api_key_env=args.api_key_env,
             on_part=None if args.quiet else _created,
             endpoint=args.endpoint,
+            gemini_input=args.gemini_input,
         )
 
 

@@ -12,6 +12,7 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from functools import partial
@@ -19,6 +20,7 @@ from typing import IO, Any
 
 import anyio
 
+from .._report._summary import format_usd, unpriced_note
 from .._rows._embed import (
     EMBED_PROVIDERS,
     FORMATS,
@@ -43,14 +45,17 @@ from ._args import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    add_backend,
     add_output,
     add_rate_caps,
+    check_backend,
     check_input,
     check_output,
     positive_float,
     positive_int,
     same_file,
 )
+from ._batch_jobs import price_table
 
 MAX_BAD_SHOWN = 20
 
@@ -121,10 +126,17 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="record bad input lines as failed rows and embed the rest",
     )
-    embed.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    embed.add_argument(
+        "--prices",
+        metavar="FILE",
+        help='a JSON price table as `llmfanout run --prices` takes ({"model": {"input": '
+        '0.02, "output": 0}}, USD per million tokens), to print the cost in the summary',
+    )
+    add_backend(embed)
 
 
 def _spec(args: argparse.Namespace) -> EmbedSpec:
+    check_backend(args)
     check_input(args.input)
     check_output(args.output, directory_ok=args.format != "jsonl")
     if args.input != "-" and same_file(args.input, args.output):
@@ -171,7 +183,6 @@ def _key(args: argparse.Namespace) -> str | None:
 
 def _open_input(args: argparse.Namespace, stack: ExitStack) -> IO[bytes]:
     import shutil
-    import tempfile
 
     if args.input == "-":
         spool = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
@@ -217,6 +228,7 @@ def _recover(args: argparse.Namespace) -> set[str]:
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
     spec = _spec(args)
+    prices = price_table(args)  # a bad table stops us before any work
     if spec.format != "jsonl":
         os.makedirs(args.output, exist_ok=True)
     with ExitStack() as stack:
@@ -229,7 +241,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
             ) from None
         source = _open_input(args, stack)
         done = _recover(args)
-        found = scan(source, done)
+        spool = stack.enter_context(tempfile.TemporaryFile())
+        found = scan(source, done, spool)
         bad = [b for b in found.bad if b.id is None or str(b.id) not in done]
         if bad and not args.skip_invalid:
             name = "<stdin>" if args.input == "-" else args.input
@@ -259,11 +272,12 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         stack.callback(sink.close)
         if args.skip_invalid and bad:
             sink.bad([bad_row(b) for b in bad if b.id is None or str(b.id) not in done])
-        rows = read_rows(source, done, found.duplicates)
+        rows = read_rows(spool)
         start = time.monotonic()
         try:
             summary = anyio.run(
-                partial(run_embed, spec, provider, rows, sink), backend=args.backend
+                partial(run_embed, spec, provider, rows, sink, prices=prices),
+                backend=args.backend,
             )
         except KeyboardInterrupt:
             sink.close()
@@ -277,7 +291,12 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         print(
             f"embedded {summary.written - summary.failed} of {found.to_run} rows in "
             f"{summary.requests} requests ({rate(summary.written, seconds)} rows/s); "
-            f"{summary.failed} failed",
+            f"{summary.failed} failed"
+            + (
+                ""
+                if summary.cost_usd is None
+                else f"; cost: {format_usd(summary.cost_usd)}{unpriced_note(summary.unpriced)}"
+            ),
             file=sys.stderr,
         )
         return EXIT_FAILED if summary.failed else EXIT_OK

@@ -10,7 +10,8 @@ import shlex
 import sys
 from typing import Any
 
-from ._args import EXIT_OK, UsageError, check_output, is_stream
+from .._rows._output_rows import is_stream
+from ._args import EXIT_OK, UsageError, check_output
 
 EXAMPLE_FILE = "llmfanout example -o prompts.jsonl"
 EXAMPLE = "llmfanout run prompts.jsonl -o results.jsonl --resume"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import importlib.util
+import math
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ from typing import IO, Any
 
 import anyio
 
+from .._deploy._latency import parse_quantile
 from .._deploy._spec import load_deployments
 from .._report._cost import load_prices
 from .._rows._input_rows import Scan, read_rows, scan
@@ -38,6 +40,7 @@ from .._rows._output_rows import (
     RowWriter,
     cut_torn_line,
     drop_failed,
+    is_stream,
     recover,
 )
 from .._rows._spec import JobError, JobSpec, key_variable
@@ -52,7 +55,6 @@ from ._args import (
     check_backend,
     check_input,
     check_output,
-    is_stream,
     json_object,
     positive_float,
     positive_int,
@@ -130,8 +132,9 @@ def add_parser(commands: Any) -> None:
         "--no-pacing",
         dest="pacing",
         action="store_false",
-        help="do not pace by the rate limits the server advertises, nor send fewer calls "
-        "while it is overloaded (--rpm/--tpm still apply)",
+        help="turn off pacing by the rate limits the server advertises and adaptive "
+        "concurrency (fewer calls in flight while the server answers 429/503/529): "
+        "--concurrency calls go at once whatever it answers (--rpm/--tpm still apply)",
     )
     run.add_argument(
         "--patience",
@@ -154,16 +157,17 @@ def add_parser(commands: Any) -> None:
         metavar="FILE",
         help=(
             "send to several deployments as one pool (instead of --provider): a JSON list "
-            'of {"name", "provider", "model", "base_url", "api_key_env", "weight", "rpm", '
-            '"tpm", "context_window", "fallback_for"}; keys by environment variable name only'
+            'of {"name", "provider", "model", "base_url", "api_key_env" (or, for azure, '
+            '"azure_ad_token_env"), "weight", "rpm", "tpm", "context_window", '
+            '"fallback_for"}; keys by environment variable name only'
         ),
     )
     run.add_argument(
         "--hedge-after",
-        type=float,
-        metavar="SECONDS",
-        help="with --deployments: send a second copy of a call unanswered after SECONDS to "
-        "another deployment; the first answer wins (off by default: it costs money)",
+        metavar="SECONDS|pNN",
+        help="with --deployments: send a second copy of a call unanswered after SECONDS, "
+        "or past a latency quantile of the recent answers (p95), to another deployment; "
+        "the first answer wins (off by default: it costs money)",
     )
     run.add_argument(
         "--shared-limit",
@@ -252,8 +256,8 @@ def _check_options(args: argparse.Namespace) -> None:
             raise UsageError(f"--deployments {exc}") from None
     elif args.hedge_after is not None:
         raise UsageError("--hedge-after goes with --deployments")
-    if args.hedge_after is not None and not args.hedge_after > 0:
-        raise UsageError(f"--hedge-after is {args.hedge_after:g}; give seconds > 0")
+    if args.hedge_after is not None:
+        args.hedge_after = _hedge_after(args.hedge_after)
     if args.shared_limit is not None and args.deployment_specs is not None:
         if not any(d.rpm or d.tpm for d in args.deployment_specs):
             raise UsageError(
@@ -276,6 +280,21 @@ def _check_options(args: argparse.Namespace) -> None:
     check_output(args.output, directory_ok=args.resume)
     if args.input != "-" and same_file(args.input, args.output):
         raise UsageError(f"the output {args.output!r} is the input file; choose another output")
+
+
+def _hedge_after(given: str) -> float | str:
+    """``--hedge-after``'s value: seconds, or a quantile (p95); ``UsageError`` otherwise."""
+    if parse_quantile(given) is not None:
+        return given
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(
+            f"--hedge-after is {given!r}; give seconds > 0 (2.5) or a latency quantile (p95)"
+        )
+    return seconds
 
 
 def _check_shared_limit(url: str) -> None:

@@ -60,7 +60,7 @@ async def run_checked(
             else:
                 if governor is not None:
                     governor.unpaced -= 1
-                    governor.pause.success()
+                    governor.answered()
                     if answer.rate_limits is not None:
                         governor.learn(sent, answer)
                 return answer, None, 1

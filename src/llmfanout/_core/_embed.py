@@ -22,13 +22,14 @@ import anyio
 import attrs
 
 from .._base._embeddings import AsyncEmbeddingProvider, EmbeddingCaps, EmbeddingResponse
-from .._base._types import LoopBound
+from .._base._prices import CostTally, Price, check_prices
 from .._flow._limiter import Limiter, check_limiter
 from ..errors import ResponseFormatError
 from ._attempt import TimeLimit, shared_cooldown
 from ._outcome import Failed
-from ._packing import Item, Packer, TokenEstimator, estimate_tokens
+from ._packing import Batch, Packer, TokenEstimator, estimate_tokens
 from ._retry import BackoffStrategy, RetryConfig, retrying
+from ._sync import run_sync
 
 K = TypeVar("K")
 
@@ -91,6 +92,9 @@ class EmbeddingResult:
 
     ``vectors[i]`` is None where ``errors[i]`` says why that text has none. ``usage``
     sums what the provider reported; ``requests`` counts the requests that succeeded.
+    With ``prices``, ``cost_usd`` is what they cost (input tokens at the model's
+    ``input`` price) and ``unpriced`` counts, by model, the requests left out of it (no
+    price for the model, or no usage reported); without, ``cost_usd`` is None.
     """
 
     vectors: tuple[Sequence[float] | None, ...]
@@ -98,6 +102,8 @@ class EmbeddingResult:
     usage: Mapping[str, int]
     requests: int
     model: str = ""
+    cost_usd: float | None = None
+    unpriced: Mapping[str, int] = attrs.field(factory=dict)
 
     @property
     def success(self) -> bool:
@@ -105,8 +111,8 @@ class EmbeddingResult:
         return all(error is None for error in self.errors)
 
 
-Deliver = Callable[[Sequence[Item[K]], EmbeddingResponse | None, Exception | None], Any]
-"""Called once per finished request: its items and the response, or the error."""
+Deliver = Callable[[Batch[K], EmbeddingResponse | None, Exception | None], Any]
+"""Called once per finished request: its batch (keys, texts) and the response, or the error."""
 
 
 class _Run(Generic[K]):
@@ -140,16 +146,16 @@ class _Run(Generic[K]):
         for batch in self.packer:  # next() runs without a checkpoint: one worker at a time
             await self.send(batch)
 
-    async def send(self, batch: list[Item[K]]) -> None:
+    async def send(self, batch: Batch[K]) -> None:
         outcome = await retrying(self.retry, partial(self.attempt, batch))
         if isinstance(outcome, Failed):
             error = outcome.error
             if len(batch) > 1 and is_too_large(error):
                 self.split += 1
                 self.packer.shrink(batch)
-                half = len(batch) // 2
-                await self.send(batch[:half])
-                await self.send(batch[half:])
+                first, second = self.packer.split(batch)
+                await self.send(first)
+                await self.send(second)
                 return
             await self._deliver(batch, None, error)
             return
@@ -165,19 +171,20 @@ class _Run(Generic[K]):
         await self._deliver(batch, response, None)
 
     async def _deliver(
-        self, batch: list[Item[K]], response: EmbeddingResponse | None, error: Exception | None
+        self, batch: Batch[K], response: EmbeddingResponse | None, error: Exception | None
     ) -> None:
         outcome = self.deliver(batch, response, error)
         if outcome is not None and hasattr(outcome, "__await__"):
             await outcome
 
-    async def attempt(self, batch: list[Item[K]]) -> EmbeddingResponse:
-        texts = [item.text for item in batch]
-        call = partial(self.provider.embed, texts, model=self.model, dimensions=self.dimensions)
+    async def attempt(self, batch: Batch[K]) -> EmbeddingResponse:
+        call = partial(
+            self.provider.embed, batch.texts, model=self.model, dimensions=self.dimensions
+        )
         limiter = self.limiter
         if limiter is None:
             return await self._call(call)
-        tokens = sum(item.tokens for item in batch)
+        tokens = batch.tokens
         await limiter.acquire(tokens)
         used: int | None = None
         try:
@@ -280,6 +287,7 @@ async def aembed(
     rate_limit: Limiter | None = None,
     retry: RetryConfig | None = None,
     timeout: float | None = None,  # noqa: ASYNC109  (per request, not for the whole)
+    prices: Mapping[str, Price | Mapping[str, float]] | None = None,
 ) -> EmbeddingResult:
     """Embed every text of ``task`` (or a list of texts); the vectors in input order.
 
@@ -289,10 +297,13 @@ async def aembed(
     (default: 5 attempts with jittered backoff) and paced by ``rate_limit`` (a
     ``RateLimit(tokens_per_minute=...)`` paces by tokens). A request refused as too large
     is split. A text whose request failed for good has ``vectors[i]`` None and its error
-    in ``errors[i]``; nothing raises for it. Cancellation propagates.
+    in ``errors[i]``; nothing raises for it. ``prices`` (a table as :func:`summarize`
+    takes, checked before anything is sent) gives the result's ``cost_usd``.
+    Cancellation propagates.
     """
     if not isinstance(task, EmbeddingTask):
         task = EmbeddingTask(task)
+    cost = None if prices is None else CostTally(check_prices(prices, "aembed"))
     count = len(task.texts)
     vectors: list[Sequence[float] | None] = [None] * count
     errors: list[Exception | None] = [None] * count
@@ -300,18 +311,20 @@ async def aembed(
     models: list[str] = []
 
     def deliver(
-        items: Sequence[Item[int]], response: EmbeddingResponse | None, error: Exception | None
+        batch: Batch[int], response: EmbeddingResponse | None, error: Exception | None
     ) -> None:
         if response is None:
-            for item in items:
-                errors[item.key] = error
+            for key in batch.keys:
+                errors[key] = error
             return
-        for item, vector in zip(items, response.vectors, strict=True):
-            vectors[item.key] = vector
+        for key, vector in zip(batch.keys, response.vectors, strict=True):
+            vectors[key] = vector
         for name, value in (response.usage or {}).items():
             usage[name] = usage.get(name, 0) + value
         if response.model and not models:
             models.append(response.model)
+        if cost is not None:
+            cost.add(response.model or task.model or "", response.usage)
 
     # Alike in shape only: arguments passed on by keyword.
     sent, _ = await embed_items(
@@ -328,7 +341,13 @@ async def aembed(
         timeout=timeout,
     )
     return EmbeddingResult(
-        tuple(vectors), tuple(errors), usage, sent, models[0] if models else task.model or ""
+        tuple(vectors),
+        tuple(errors),
+        usage,
+        sent,
+        models[0] if models else task.model or "",
+        cost_usd=None if cost is None else cost.total,
+        unpriced={} if cost is None else dict(cost.unpriced),
     )
 
 
@@ -339,16 +358,13 @@ def embed(
     backend: str = "asyncio",
     **options: Any,
 ) -> EmbeddingResult:
-    """:func:`aembed` from synchronous code (an event loop of ``backend`` in this thread).
+    """:func:`aembed` from synchronous code (an event loop of ``backend`` of its own).
 
-    A provider's connections (its per-loop pool) are closed as that loop ends.
+    A provider's connections (its per-loop pool) are closed as that loop ends. Called
+    where a loop already runs (a notebook), it runs on a thread of its own. Raises
+    ``ValueError`` for an unknown ``backend``, ``ImportError`` naming the extra when it
+    is ``"trio"`` and trio is not installed.
     """
-
-    async def run() -> EmbeddingResult:
-        try:
-            return await aembed(provider, task, **options)
-        finally:
-            if isinstance(provider, LoopBound):
-                await provider.release_loop()
-
-    return anyio.run(run, backend=backend)
+    return run_sync(
+        partial(aembed, provider, task, **options), backend=backend, owner="embed", close=provider
+    )

@@ -703,7 +703,7 @@ class ParallelLLMExecutor:
         governor = self._governor
         if governor is not None:
             governor.unpaced -= 1
-            governor.pause.success()
+            governor.answered()
             if getattr(response, "rate_limits", None) is not None:
                 governor.learn(overrides, response)
         return answered(tag, response, (perf_counter() - start) * 1000, 1)

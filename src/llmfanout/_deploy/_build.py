@@ -43,7 +43,8 @@ def _provider(spec: DeploymentSpec, key: str | None, options: dict[str, Any]) ->
             spec.model,
             azure_endpoint=spec.base_url,
             api_version=spec.api_version,
-            api_key=key,
+            api_key=None if spec.azure_ad_token_env else key,
+            azure_ad_token=key if spec.azure_ad_token_env else None,
             **options,
         )
     from ..providers import AnthropicProvider, OpenAIProvider
@@ -60,9 +61,13 @@ def _shared(url: str, spec: DeploymentSpec) -> Limiter | None:
         return None
     from .._flow._redislimit import RedisRateLimit, split_key
 
-    given = split_key(url)[1]
+    # The URL's own ?key= becomes the prefix: RedisRateLimit refuses a URL naming one key
+    # beside another given as key=.
+    client_url, given = split_key(url)
     key = f"{given}:{spec.name}" if given else f"deployment:{spec.name}"
-    return RedisRateLimit(url, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm, key=key)
+    return RedisRateLimit(
+        client_url, requests_per_minute=spec.rpm, tokens_per_minute=spec.tpm, key=key
+    )
 
 
 def build_pool(
@@ -72,7 +77,7 @@ def build_pool(
     max_connections: int = 100,
     timeout: float | None = None,
     shared_limit: str | None = None,
-    hedge_after: float | None = None,
+    hedge_after: float | str | None = None,
 ) -> Pool:
     """The pool for ``specs``; ``ValueError`` naming the deployment for one that cannot work.
 

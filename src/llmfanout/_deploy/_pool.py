@@ -23,9 +23,9 @@ connection pool (its provider's), its own ``rpm``/``tpm``. The pool adds three t
   whose ``context_window`` holds it. A key a deployment refuses (401, 403) takes that
   deployment out for good and the call on to another.
 
-``hedge_after`` (seconds, off by default: it costs money) sends a second copy of a call
-that has not answered by then to another deployment; the first whole answer wins and
-the other copy is cancelled.
+``hedge_after`` (seconds, or a latency quantile such as ``"p95"``; off by default: it
+costs money) sends a second copy of a call that has not answered by then to another
+deployment; the first whole answer wins and the other copy is cancelled.
 
 The module is long (about 650 lines) because ``Pool`` is one piece: routing, failover,
 fallbacks and hedging all read and write the same slots within one call's attempts; the
@@ -49,6 +49,7 @@ from .._flow._patience import is_overload
 from .._flow._ratelimit import estimate_tokens
 from ..errors import BadRequestError, ProviderError
 from ._causes import CONTENT_FILTER, CONTEXT_WINDOW, cause_of
+from ._latency import LatencyWindow, parse_quantile
 from ._slots import (
     _DEFAULT_COOL,
     _STAMPABLE,
@@ -127,7 +128,9 @@ class Pool:
     see the module for failover, fallbacks and hedging.
 
     - ``hedge_after``: seconds after which a call that has not answered is sent again to
-      another deployment (None, the default: never).
+      another deployment; or a latency quantile, ``"p95"`` (``"p50"`` to ``"p99.9"``): a
+      call is hedged once it has waited longer than that quantile of the pool's recent
+      answers (the last 256), and only once 20 have come in. None, the default: never.
     - ``max_concurrency``: the most calls each deployment's AIMD window allows in flight.
     - ``trip_after``: transient failures in a row that take a deployment out;
       ``reopen_after``: seconds it stays out the first time (doubling while it keeps
@@ -147,7 +150,7 @@ class Pool:
         self,
         deployments: Sequence[Deployment | AsyncLLMProvider],
         *,
-        hedge_after: float | None = None,
+        hedge_after: float | str | None = None,
         max_concurrency: int = 256,
         trip_after: int = 3,
         reopen_after: float = 5.0,
@@ -169,12 +172,20 @@ class Pool:
                     "Deployment or a provider (an object with complete())"
                 )
         check_roster([(d.name, bool(d.fallback_for)) for d in items], "Pool")
-        if hedge_after is not None and (
-            isinstance(hedge_after, bool)
-            or not isinstance(hedge_after, int | float)
-            or not hedge_after > 0
+        quantile = parse_quantile(hedge_after) if isinstance(hedge_after, str) else None
+        if (
+            hedge_after is not None
+            and quantile is None
+            and (
+                isinstance(hedge_after, bool | str)
+                or not isinstance(hedge_after, int | float)
+                or not hedge_after > 0
+            )
         ):
-            raise ValueError(f"Pool: hedge_after is {hedge_after!r}; give seconds > 0, or None")
+            raise ValueError(
+                f"Pool: hedge_after is {hedge_after!r}; give seconds > 0, a latency quantile "
+                "such as 'p95' (from 'p1' to 'p99.9'), or None"
+            )
         for label, value in (("reopen_after", reopen_after), ("max_cooldown", max_cooldown)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"Pool: {label} is {value!r}; give seconds > 0")
@@ -182,7 +193,15 @@ class Pool:
             if isinstance(whole, bool) or not isinstance(whole, int) or whole < 1:
                 raise ValueError(f"Pool: {label} is {whole!r}; give a whole number >= 1")
         self.deployments = tuple(items)
-        self.hedge_after = None if hedge_after is None else float(hedge_after)
+        self.hedge_after: float | str | None = (
+            None
+            if hedge_after is None
+            else hedge_after.strip().lower()
+            if isinstance(hedge_after, str)
+            else float(hedge_after)
+        )
+        # The pool's recent latencies, kept only to hedge by a quantile of them.
+        self._latency = None if quantile is None else LatencyWindow(quantile)
         self.trip_after = trip_after
         self.reopen_after = float(reopen_after)
         self.max_cooldown = float(max_cooldown)
@@ -227,6 +246,15 @@ class Pool:
                 await deployment.provider.release_loop()
 
     # -- what it did ---------------------------------------------------------------------
+
+    @property
+    def hedge_delay(self) -> float | None:
+        """Seconds after which an unanswered call is hedged now: ``hedge_after``, or the
+        quantile of the recent answers it names (None: no hedging, or too few answers yet
+        to know the quantile)."""
+        if self._latency is not None:
+            return self._latency.threshold
+        return self.hedge_after if isinstance(self.hedge_after, float) else None
 
     def stats(self) -> dict[str, DeploymentStats]:
         """Per deployment name, what it did so far (requests, outcomes, tokens, state)."""
@@ -295,6 +323,14 @@ class Pool:
         model: Any,
     ) -> LLMResponse:
         """The call, and a second copy of it once ``hedge_after`` passes unanswered."""
+        window = self._latency
+        delay = self.hedge_after if window is None else window.threshold
+        if delay is None:  # a quantile, and too few answers yet to know it: no hedge
+            assert window is not None
+            start = anyio.current_time()
+            answer = await self._route(call, messages, overrides, model, None)
+            window.add(anyio.current_time() - start)
+            return answer
         answers: list[LLMResponse] = []
         errors: list[Exception] = []
         done = anyio.Event()
@@ -303,6 +339,7 @@ class Pool:
 
         async def copy_of(avoid: _Slot | None) -> None:
             nonlocal running
+            start = anyio.current_time()
             try:
                 answers.append(
                     await self._route(call, messages, overrides, model, avoid, chosen.append)
@@ -311,13 +348,18 @@ class Pool:
                 errors.append(exc)
             finally:
                 running -= 1
+                if window is not None and (answers or not errors):
+                    # An answer's latency; or, for a copy cancelled because the other won,
+                    # how long it had waited (a lower bound), so that hedging does not
+                    # pull the quantile down by hiding the slow answers it cut short.
+                    window.add(anyio.current_time() - start)
                 if answers or not running:
                     done.set()
 
         async with anyio.create_task_group() as tg:
             running = 1
             tg.start_soon(copy_of, None)
-            with anyio.move_on_after(self.hedge_after or 0):
+            with anyio.move_on_after(float(delay)):
                 await done.wait()
             if not done.is_set():
                 call.hedged = True
@@ -416,7 +458,7 @@ class Pool:
                 if limits is not None:
                     governor.learn(sent, response)  # counts the answer too
                 else:
-                    governor.pause.success()  # as the executor's own quick path does
+                    governor.answered()  # as the executor's own quick path does
             answer = self._answered(slot, call, response, limits is not None)
             if getattr(response, "finish_reason", None) == CONTENT_FILTER:  # a 2xx filter cut
                 if call is None:

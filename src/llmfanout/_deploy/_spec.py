@@ -127,6 +127,7 @@ _FIELDS = {
     "model",
     "base_url",
     "api_key_env",
+    "azure_ad_token_env",
     "api_version",
     "weight",
     "rpm",
@@ -142,7 +143,9 @@ class DeploymentSpec:
 
     ``api_key_env`` names the environment variable holding the key (default the
     provider's own: ``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``AZURE_OPENAI_API_KEY``);
-    ``api_version`` is Azure's (default ``OPENAI_API_VERSION``).
+    ``azure_ad_token_env`` (Azure only, instead of ``api_key_env``) names the variable
+    holding a Microsoft Entra ID token, sent as a bearer; ``api_version`` is Azure's
+    (default ``OPENAI_API_VERSION``).
     """
 
     name: str
@@ -150,6 +153,7 @@ class DeploymentSpec:
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
+    azure_ad_token_env: str | None = None
     api_version: str | None = None
     weight: float = 1.0
     rpm: float | None = None
@@ -162,7 +166,7 @@ class DeploymentSpec:
         """The environment variable its key is read from (None: it needs none)."""
         if self.provider == "echo":
             return None
-        return self.api_key_env or _KEY_VARIABLES[self.provider]
+        return self.azure_ad_token_env or self.api_key_env or _KEY_VARIABLES[self.provider]
 
 
 def _entry(index: int, raw: object, where: str) -> DeploymentSpec:
@@ -187,10 +191,21 @@ def _entry(index: int, raw: object, where: str) -> DeploymentSpec:
     kind = raw.get("provider")
     if kind not in KINDS:
         raise ValueError(f"{at}: provider is {kind!r}; give one of {', '.join(KINDS)}")
-    for text in ("model", "base_url", "api_key_env", "api_version"):
+    for text in ("model", "base_url", "api_key_env", "azure_ad_token_env", "api_version"):
         value = raw.get(text)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ValueError(f"{at}: {text} is {value!r}; give a non-empty string")
+    if raw.get("azure_ad_token_env") is not None:
+        if kind != "azure":
+            raise ValueError(
+                f'{at}: azure_ad_token_env is for provider "azure" only; for {kind!r} '
+                "name the key's variable in api_key_env"
+            )
+        if raw.get("api_key_env") is not None:
+            raise ValueError(
+                f"{at}: give api_key_env or azure_ad_token_env, not both (a token is sent "
+                "instead of a key)"
+            )
     fallback = raw.get("fallback_for") or ()
     if isinstance(fallback, str) or not isinstance(fallback, list | tuple):
         raise ValueError(
@@ -204,6 +219,7 @@ def _entry(index: int, raw: object, where: str) -> DeploymentSpec:
             model=raw.get("model"),
             base_url=raw.get("base_url"),
             api_key_env=raw.get("api_key_env"),
+            azure_ad_token_env=raw.get("azure_ad_token_env"),
             api_version=raw.get("api_version"),
             weight=raw.get("weight", 1.0),
             rpm=raw.get("rpm"),

@@ -6,7 +6,8 @@
   belong to the provider object (its key), shared by every executor using it, and are kept
   per model.
 - **Adaptive concurrency.** An overload answer with no limit headers (429, 529, 503 with
-  ``Retry-After``) halves the calls the executor keeps in flight; successes add them back
+  ``Retry-After``) halves the calls the executor keeps in flight, when the share refused
+  grows with them (refusals at random whatever the load do not); successes add them back
   (:mod:`llmfanout._flow._adaptive`).
 
 Neither costs anything until the server says something: before the first limit header
@@ -65,13 +66,14 @@ def _pacers_for(provider: object) -> _Pacers:
 class Pass:
     """One admitted attempt: what :meth:`Governor.release` needs to account for it."""
 
-    __slots__ = ("epoch", "gated", "model", "pacer", "ticket", "tokens")
+    __slots__ = ("epoch", "gated", "model", "pacer", "size", "ticket", "tokens")
 
     def __init__(self, model: Any, pacer: HeaderPacer | None, ticket: int, epoch: int) -> None:
         self.model = model
         self.pacer = pacer
         self.ticket = ticket
         self.epoch = epoch
+        self.size = 0  # the figure it started under (AIMD.start)
         self.gated = False
         self.tokens = 0  # its estimate (counted in Governor.unpaced_tokens without a pacer)
 
@@ -178,10 +180,19 @@ class Governor:
                     )
                 shared = self._cool(pacer, outcome, cooldown)
         if isinstance(outcome, Exception) and self._overloaded(outcome):
-            self.aimd.overload(self.aimd.cuts)
+            # The fast path runs only before the first overload answer: at the maximum,
+            # before any cut.
+            self.aimd.overload(0, self.aimd.start(self.aimd.maximum))
             self._engaged = True
             self.quiet = False
         return shared
+
+    def answered(self) -> None:
+        """A call made without :meth:`admit` (at the maximum, before any overload) was
+        answered."""
+        self.pause.success()
+        if self.adaptive:
+            self.aimd.start(self.aimd.maximum)
 
     def _tally(self, outcome: object) -> None:
         if isinstance(outcome, Exception):
@@ -222,6 +233,8 @@ class Governor:
             await self._gate().acquire_on_behalf_of(pass_)
             pass_.gated = True
             pass_.epoch = self.aimd.cuts
+        if self.adaptive:
+            pass_.size = self.aimd.start()
         try:
             # Until some answer reported limits, no pacer exists: skip the lookup.
             pacer = self.pacer(overrides) if self._reported else None
@@ -280,7 +293,7 @@ class Governor:
             if self.stop_on_auth and getattr(outcome, "status_code", None) in (401, 403):
                 self.refused = self.refused or outcome
             if self._overloaded(outcome):
-                self.aimd.overload(pass_.epoch)
+                self.aimd.overload(pass_.epoch, pass_.size or None)
                 self._engaged = True
                 self.quiet = False
         elif outcome is not None:

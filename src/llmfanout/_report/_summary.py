@@ -76,7 +76,7 @@ class RunSummary:
         if self.cached_prompt_tokens:
             lines.append(f"cached prompt tokens: {self.cached_prompt_tokens:,}")
         if self.cost_usd is not None:
-            lines.append(f"cost: {format_usd(self.cost_usd)}" + _unpriced_note(self.unpriced))
+            lines.append(f"cost: {format_usd(self.cost_usd)}" + unpriced_note(self.unpriced))
         if self.cache_hits or self.cache_misses:
             saved = self.cache_saved_usd
             lines.append(
@@ -241,7 +241,8 @@ def format_usd(amount: float) -> str:
     return f"${amount:.2g}" if amount < 1e-6 else f"${amount:.6f}".rstrip("0")
 
 
-def _unpriced_note(unpriced: Mapping[str, int]) -> str:
+def unpriced_note(unpriced: Mapping[str, int]) -> str:
+    """What a cost leaves out (``" (not counted, ...: model xN)"``), or nothing."""
     if not unpriced:
         return ""
     shown = ", ".join(f"{model or '(no model)'} x{n}" for model, n in unpriced.items())

@@ -19,23 +19,27 @@ killed run leaves only what a resumed run can trust:
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import os
+import struct
 import uuid
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import IO, Any
 
 import attrs
 
 from .._base._embeddings import EmbeddingResponse
+from .._base._prices import CostTally, Price
 from .._core._embed import embed_items
-from .._core._packing import Item
+from .._core._packing import Batch
 from .._core._retry import BackoffStrategy, RetryConfig
+from .._core._tasks import LLMTask
 from .._flow._ratelimit import RateLimit
 from ..providers._embeddings_format import encode_base64
 from ._input_rows import key_of, load_json, numbered_lines
-from ._output_rows import RowWriter, encode
+from ._output_rows import RowWriter, _dumps, encode
 
 EMBED_PROVIDERS = ("echo", "openai", "gemini")
 FORMATS = ("jsonl", "npy", "parquet")
@@ -147,14 +151,22 @@ class EmbedScan:
     duplicates: dict[int, object] = attrs.Factory(dict)  # line -> the id it repeats
 
 
-def scan(file: IO[bytes], done: set[str]) -> EmbedScan:
-    """Check every line before anything is sent; count the rows not yet recorded.
+SPOOL_CHUNK = 4096  # rows per spooled chunk: what the second pass holds at a time
+_LENGTH = struct.Struct("<Q")
 
-    Holds the set of ids while it reads (as ``run``'s first pass does), to find repeats;
-    the second pass (:func:`read_rows`) holds nothing that grows with the input.
+
+def scan(file: IO[bytes], done: set[str], spool: IO[bytes]) -> EmbedScan:
+    """Check every line before anything is sent; spool the rows to embed.
+
+    Each line is parsed once, here: the ``(id, text)`` of every good row not yet recorded
+    (a repeated id's first row only) is appended to ``spool`` (a temporary file) in
+    chunks of :data:`SPOOL_CHUNK` rows, which :func:`read_rows` reads back with no JSON
+    parse. Holds the set of ids while it reads (as ``run``'s first pass does), to find
+    repeats; nothing else grows with the input.
     """
     found = EmbedScan()
     seen: set[str] = set()
+    chunk: list[tuple[object, str]] = []
     for number, raw in numbered_lines(file):
         parsed = parse_line(raw, number)
         if isinstance(parsed, BadLine):
@@ -167,23 +179,36 @@ def scan(file: IO[bytes], done: set[str]) -> EmbedScan:
         seen.add(key)
         if key not in done:
             found.to_run += 1
+            chunk.append(parsed)
+            if len(chunk) == SPOOL_CHUNK:
+                _spool(spool, chunk)
+                chunk = []
+    _spool(spool, chunk)
     return found
 
 
-def read_rows(
-    file: IO[bytes], done: set[str], skip: Container[int] = ()
-) -> Iterator[tuple[object, str]]:
-    """``(id, text)`` of every good row not yet recorded, lazily; lines in ``skip`` (the
-    repeats :func:`scan` found) are passed over, so a repeated id runs once."""
-    for number, raw in numbered_lines(file):
-        if number in skip:
-            continue
-        parsed = parse_line(raw, number)
-        if isinstance(parsed, BadLine):
-            continue
-        if done and key_of(parsed[0]) in done:
-            continue
-        yield parsed
+def _spool(spool: IO[bytes], chunk: list[tuple[object, str]]) -> None:
+    if chunk:
+        # marshal: ids are str or int and texts str (surrogates too), which it writes
+        # and reads back exactly, many times faster than JSON; the file is our own.
+        blob = marshal.dumps(chunk)
+        spool.write(_LENGTH.pack(len(blob)))
+        spool.write(blob)
+
+
+def read_rows(spool: IO[bytes]) -> Iterator[tuple[object, str]]:
+    """``(id, text)`` of every row :func:`scan` spooled, lazily, a chunk at a time."""
+    spool.seek(0)
+    while header := spool.read(_LENGTH.size):
+        (length,) = _LENGTH.unpack(header)
+        yield from marshal.loads(spool.read(length))
+
+
+def embedding_tasks(rows: Iterable[tuple[object, str]]) -> Iterator[LLMTask]:
+    """A provider batch's tasks for ``(id, text)`` rows (``llmfanout batch --endpoint
+    embeddings``): the text as the one user message, tagged with the id's key."""
+    for row_id, text in rows:
+        yield LLMTask(({"role": "user", "content": text},), tag=key_of(row_id))
 
 
 # Alike in shape only (_output_rows.bad_row): an embed output row has its own fields.
@@ -203,14 +228,14 @@ def bad_row(bad: BadLine) -> dict[str, Any]:
 
 
 def failed_rows(
-    items: Sequence[Item[Any]], error: Exception | None, scrub: Callable[[str], str]
+    batch: Batch[Any], error: Exception | None, scrub: Callable[[str], str]
 ) -> list[dict[str, Any]]:
     """The rows of a request that failed for good: each of its ids, with the error."""
     assert error is not None
     failure = {"type": type(error).__name__, "message": scrub(str(error))}
     return [
-        {"id": i.key, "success": False, "embedding": None, "error": failure, "model": None}
-        for i in items
+        {"id": key, "success": False, "embedding": None, "error": failure, "model": None}
+        for key in batch.keys
     ]
 
 
@@ -227,23 +252,18 @@ class JsonlSink:
 
     def add(
         self,
-        items: Sequence[Item[Any]],
+        batch: Batch[Any],
         response: EmbeddingResponse | None,
         error: Exception | None,
     ) -> None:
         """Write the rows of one finished request."""
         if response is None:
-            rows = failed_rows(items, error, self._scrub)
+            rows = failed_rows(batch, error, self._scrub)
             self.failed += len(rows)
+            self._writer.write(encode(rows), len(rows))
         else:
-            model = response.model
-            pack = encode_base64 if self._base64 else _floats
-            rows = [
-                {"id": i.key, "success": True, "embedding": pack(v), "error": None, "model": model}
-                for i, v in zip(items, response.vectors, strict=True)
-            ]
-        self._writer.write(encode(rows), len(rows))
-        self.written += len(rows)
+            self._writer.write(success_lines(batch, response, base64=self._base64), len(batch))
+        self.written += len(batch)
 
     def flush(self) -> None:
         """Nothing to do: every row is written as it comes."""
@@ -256,6 +276,33 @@ class JsonlSink:
 
     def close(self) -> None:
         self._writer.close()
+
+
+_text = json.encoder.encode_basestring  # a str as JSON, non-ASCII kept (as encode() does)
+
+
+def success_lines(batch: Batch[Any], response: EmbeddingResponse, *, base64: bool = False) -> bytes:
+    """The output lines of a request's vectors: what :func:`encode` writes for rows
+    ``{"id", "success": true, "embedding", "error": null, "model"}``, byte for byte.
+
+    Rendered from parts rather than through a dict per row and the JSON encoder: the
+    model's text once per request, a float list as its ``repr`` (the same text as JSON
+    for finite floats; a NaN or an infinity goes through the encoder, as before).
+    """
+    tail = f', "error": null, "model": {_text(response.model)}}}'
+    lines = []
+    for key, vector in zip(batch.keys, response.vectors, strict=True):
+        kind = type(key)
+        ident = _text(key) if kind is str else int.__repr__(key) if kind is int else _dumps(key)
+        if base64:
+            shown = '"' + encode_base64(vector) + '"'
+        else:
+            shown = repr(vector if type(vector) is list else _floats(vector))
+            if "n" in shown:  # nan, inf: not JSON numbers
+                shown = _dumps(_floats(vector))
+        lines.append('{"id": ' + ident + ', "success": true, "embedding": ' + shown + tail)
+    lines.append("")
+    return "\n".join(lines).encode("utf-8", "backslashreplace")
 
 
 def _floats(vector: Sequence[float]) -> list[float]:
@@ -286,15 +333,15 @@ class ShardSink:
     # Alike in shape only (JsonlSink.add): the sink protocol's signature.
     def add(
         self,
-        items: Sequence[Item[Any]],
+        batch: Batch[Any],
         response: EmbeddingResponse | None,
         error: Exception | None,
     ) -> None:
         if response is None:
-            self.bad(failed_rows(items, error, self._scrub))
+            self.bad(failed_rows(batch, error, self._scrub))
             return
         self._model = response.model
-        self._ids.extend(item.key for item in items)
+        self._ids.extend(batch.keys)
         self._vectors.extend(response.vectors)
         if len(self._ids) >= self._shard_rows:
             self.flush()
@@ -408,12 +455,14 @@ def recorded_shards(index: str) -> set[str]:
 
 @attrs.frozen
 class EmbedSummary:
-    """What a run did: rows written (failed among them), requests sent, seconds."""
+    """What a run did: rows written (failed among them), requests sent and split, cost."""
 
     written: int
     failed: int
     requests: int
     split: int
+    cost_usd: float | None = None  # with prices: what the requests cost
+    unpriced: dict[str, int] = attrs.Factory(dict)  # model -> requests left out of it
 
 
 Sink = JsonlSink | ShardSink
@@ -426,19 +475,26 @@ async def run_embed(
     sink: Sink,
     *,
     on_progress: Callable[[int], Any] | None = None,
+    prices: Mapping[str, Price] | None = None,
 ) -> EmbedSummary:
-    """Embed ``rows`` into ``sink``; the provider is entered and closed here."""
+    """Embed ``rows`` into ``sink``; the provider is entered and closed here.
+
+    With ``prices``, each successful request's usage is priced by its model.
+    """
+    cost = None if prices is None else CostTally(prices)
     retry = RetryConfig(max_attempts=spec.max_attempts, backoff_strategy=BackoffStrategy.JITTER)
     limiter = None
     if spec.rpm is not None or spec.tpm is not None or spec.provider != "echo":
         limiter = RateLimit(spec.rpm, spec.tpm)  # a 429's Retry-After pauses every request
 
     def deliver(
-        items: Sequence[Item[Any]], response: EmbeddingResponse | None, error: Exception | None
+        batch: Batch[Any], response: EmbeddingResponse | None, error: Exception | None
     ) -> None:
-        sink.add(items, response, error)
+        sink.add(batch, response, error)
+        if cost is not None and response is not None:
+            cost.add(response.model, response.usage)
         if on_progress is not None:
-            on_progress(len(items))
+            on_progress(len(batch))
 
     async with AsyncExitStack() as stack:
         if hasattr(provider, "__aenter__"):
@@ -457,7 +513,9 @@ async def run_embed(
             timeout=spec.timeout,
         )
     sink.flush()
-    return EmbedSummary(sink.written, sink.failed, sent, split)
+    if cost is None:
+        return EmbedSummary(sink.written, sink.failed, sent, split)
+    return EmbedSummary(sink.written, sink.failed, sent, split, cost.total, dict(cost.unpriced))
 
 
 def rate(rows: int, seconds: float) -> str:

@@ -235,7 +235,8 @@ def merge(directory: str | os.PathLike[str], output: str | os.PathLike[str]) -> 
     Among several rows for one id, the first success wins, else the first row; rows for
     bad input lines (no id) are kept once per line. Torn last lines are skipped. The
     output is written beside its final name and renamed into place, so it is either
-    whole or absent. Raises :class:`OutputCorrupt` naming a bad line.
+    whole or absent; a pipe or a device (``-o FIFO``, ``-o /dev/stdout``) is written
+    into as it is, never replaced. Raises :class:`OutputCorrupt` naming a bad line.
     """
     shards = shard_files(directory)
     chosen: dict[object, tuple[int, int, bool]] = {}  # key -> (shard, line, success)
@@ -255,21 +256,41 @@ def merge(directory: str | os.PathLike[str], output: str | os.PathLike[str]) -> 
     for index, number, _ in chosen.values():
         wanted.setdefault(index, set()).add(number)
     output = os.fspath(output)
-    temporary = output + ".llmfanout-tmp"
-    with open(temporary, "wb") as target:
-        for index, shard in enumerate(shards):
-            lines = wanted.get(index)
-            if not lines:
-                continue
-            with open_regular(shard) as source:
-                for number, raw in enumerate(read_lines(source, shard), 1):
-                    if number in lines:
-                        target.write(raw)
-        target.flush()
-        os.fsync(target.fileno())
-    os.replace(temporary, output)
+    if is_stream(output):
+        # Renaming over a pipe would replace it with a file its reader never sees, and
+        # there is nothing to make durable: the rows go straight in, as run -o does.
+        with open(output, "ab") as target:
+            _copy_lines(shards, wanted, target)
+    else:
+        temporary = output + ".llmfanout-tmp"
+        with open(temporary, "wb") as target:
+            _copy_lines(shards, wanted, target)
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(temporary, output)
     failed = sum(not ok for _, _, ok in chosen.values())
     return Merged(read=read, written=len(chosen), failed=failed)
+
+
+def is_stream(path: str) -> bool:
+    """Whether ``path`` is a pipe, a terminal or another device: written to, never read back."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _copy_lines(shards: list[str], wanted: dict[int, set[int]], target: BinaryIO) -> None:
+    """Write the ``wanted`` lines (by number) of each shard (by index) to ``target``."""
+    for index, shard in enumerate(shards):
+        lines = wanted.get(index)
+        if not lines:
+            continue
+        with open_regular(shard) as source:
+            for number, raw in enumerate(read_lines(source, shard), 1):
+                if number in lines:
+                    target.write(raw)
 
 
 class RowWriter:

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from .._base._checks import env_key
+from .._deploy._latency import parse_quantile
 from .._deploy._spec import DeploymentSpec, parse_deployments
 from .._flow._redislimit import redact
 from .._report._cost import Price, check_prices
@@ -67,6 +68,17 @@ def _seconds(name: str, *, zero: bool = False) -> Callable[[Any, Any, object], N
             raise ValueError(f"JobSpec: {name} is {value!r}; give {wanted}")
 
     return check
+
+
+def _hedge_after(instance: Any, attribute: Any, value: object) -> None:
+    if isinstance(value, str) and parse_quantile(value) is not None:
+        return
+    if isinstance(value, str):
+        raise ValueError(
+            f"JobSpec: hedge_after is {value!r}; give seconds > 0, a latency quantile such "
+            "as 'p95' (from 'p1' to 'p99.9'), or None"
+        )
+    _seconds("hedge_after")(instance, attribute, value)
 
 
 def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[Any, Any, object], None]:
@@ -158,7 +170,8 @@ class JobSpec:
     - ``deployments``: a list of deployments (the objects of a deployments file) to send
       to as one :class:`~llmfanout.Pool` instead of ``provider``; each names its key's
       environment variable. With ``shared_limit``, each one's ``rpm``/``tpm`` budget is
-      its own key in Redis. ``hedge_after``: the pool's (seconds; None: no hedging).
+      its own key in Redis. ``hedge_after``: the pool's (seconds, or a latency quantile
+      such as ``"p95"``; None: no hedging).
     - ``schema``: a JSON Schema every answer must match (a row's ``params`` may carry its
       own as ``response_schema``); output rows then carry ``parsed``, the validated
       object. ``max_reasks``: follow-up turns for an answer that fails it (default 2).
@@ -196,7 +209,7 @@ class JobSpec:
     deployments: tuple[DeploymentSpec, ...] | None = attrs.field(
         default=None, converter=_deployments
     )
-    hedge_after: float | None = attrs.field(default=None, validator=_seconds("hedge_after"))
+    hedge_after: float | str | None = attrs.field(default=None, validator=_hedge_after)
     schema: dict[str, Any] | None = attrs.field(default=None, validator=check_job_schema)
     max_reasks: int = attrs.field(
         default=DEFAULT_MAX_REASKS, validator=_whole("max_reasks", zero=True)

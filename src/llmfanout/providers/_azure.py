@@ -20,11 +20,12 @@ provider's ``error_type``, which a :class:`~llmfanout.Pool` reads to choose a fa
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
-from typing import Any, Unpack
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeAlias, Unpack
 
 import attrs
 
@@ -33,12 +34,18 @@ from .._base._types import LLMMessage, LLMResponse
 from ..errors import RateLimitError
 from ._config import HTTPOptions
 from ._openai import OpenAIProvider
+from ._secrets import Secret, SecretHeaders, TokenRedactor, header_safe
 
 __all__ = ["DEFAULT_API_VERSION", "AzureOpenAIProvider"]
 
 DEFAULT_API_VERSION = "2024-10-21"
 """The API version used when neither ``api_version`` nor ``OPENAI_API_VERSION`` gives one
 (the newest generally available one when this was written)."""
+
+_TOKEN_VARIABLE = "AZURE_OPENAI_AD_TOKEN"
+
+TokenProvider: TypeAlias = Callable[[], "str | Awaitable[str]"]
+"""What ``azure_ad_token_provider`` is: a function, sync or async, returning the token."""
 
 _RETRY_IN_TEXT = re.compile(r"retry after (\d+(?:\.\d+)?) (second|millisecond)", re.IGNORECASE)
 
@@ -69,11 +76,18 @@ class AzureOpenAIProvider(OpenAIProvider):
         azure_endpoint: str | None = None,
         api_version: str | None = None,
         azure_ad_token: str | None = None,
+        azure_ad_token_provider: TokenProvider | None = None,
         **options: Unpack[HTTPOptions],
     ) -> None:
         owner = type(self).__name__
         if not isinstance(deployment, str) or not deployment.strip():
             raise ValueError(f"{owner}: deployment is {deployment!r}; give the deployment's name")
+        if azure_ad_token_provider is not None and not callable(azure_ad_token_provider):
+            raise TypeError(
+                f"{owner}: azure_ad_token_provider is a "
+                f"{type(azure_ad_token_provider).__name__}; give a function (sync or async) "
+                "that returns the token, e.g. azure.identity's get_bearer_token_provider(...)"
+            )
         base_url = options.pop("base_url", None)
         endpoint = azure_endpoint or base_url or os.environ.get(self.base_url_env, "").strip()
         if not endpoint:
@@ -84,28 +98,79 @@ class AzureOpenAIProvider(OpenAIProvider):
         version = api_version or os.environ.get("OPENAI_API_VERSION", "").strip()
         self.api_version = version or DEFAULT_API_VERSION
         api_key = options.pop("api_key", None)
-        if api_key is None and azure_ad_token is None and not os.environ.get(self.api_key_env):
-            azure_ad_token = os.environ.get("AZURE_OPENAI_AD_TOKEN", "").strip() or None
-        self._bearer = azure_ad_token is not None and api_key is None
+        # Which credential: one given beats the environment's; a token beats a key (as the
+        # openai SDK, which then sends the bearer and no api-key); a fixed token beats the
+        # callable.
+        if azure_ad_token is None and azure_ad_token_provider is None and api_key is None:
+            azure_ad_token = os.environ.get(_TOKEN_VARIABLE, "").strip() or None
+            if azure_ad_token is None and not os.environ.get(self.api_key_env, "").strip():
+                raise ValueError(
+                    f"{owner}: no credential; set the {self.api_key_env} (or "
+                    f"{_TOKEN_VARIABLE}) environment variable, or pass api_key=..., "
+                    "azure_ad_token=... or azure_ad_token_provider=..."
+                )
+        self._token_provider = None if azure_ad_token is not None else azure_ad_token_provider
+        self._bearer = azure_ad_token is not None or self._token_provider is not None
         self.deployment = deployment
         quoted = urllib.parse.quote(deployment, safe="")
         query = urllib.parse.urlencode({"api-version": self.api_version})
         # The path and query are per deployment, not per class.
         self.endpoint = f"/chat/completions?{query}"  # type: ignore[misc]
         options["base_url"] = f"{endpoint.rstrip('/')}/openai/deployments/{quoted}"
-        options["api_key"] = azure_ad_token if self._bearer else api_key
+        if self._token_provider is not None:
+            options["api_key"] = "none"  # no fixed credential: a token per request
+        else:
+            options["api_key"] = azure_ad_token if self._bearer else api_key
         super().__init__(deployment, **options)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(deployment={self.deployment!r}, "
-            f"base_url={self.base_url!r}, api_version={self.api_version!r})"
-        )
+        if self._token_provider is not None:
+            self._per_request = True
+            self._redactor = TokenRedactor()
+            self._redact_answers = False
+            # The token the headers carry; at first one no valid token equals.
+            self._token = Secret("\0")
+            self._recent: tuple[str, ...] = ()
+            self._bearer_headers = SecretHeaders()
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
+        if self._token_provider is not None:
+            return {}  # the bearer goes with each request (_request_headers)
         if self._bearer:
             return {"authorization": f"Bearer {api_key}"}
         return {"api-key": api_key}
+
+    async def _request_headers(self) -> Mapping[str, str]:
+        """The bearer header with the token ``azure_ad_token_provider`` gives now.
+
+        Called before each request, as the openai SDK does: the callable keeps its own
+        cache. A new token is checked, and taught to the redactor (with the two before it,
+        which requests still in flight may carry) before it is sent.
+        """
+        assert self._token_provider is not None
+        token = self._token_provider()
+        if inspect.isawaitable(token):
+            token = await token
+        if token is not self._token and token != self._token:
+            self._rotate(token)
+        return self._bearer_headers
+
+    def _rotate(self, token: object) -> None:
+        owner = type(self).__name__
+        if not isinstance(token, str) or not token:
+            raise TypeError(
+                f"{owner}: azure_ad_token_provider returned "
+                f"{'an empty str' if token == '' else 'a ' + type(token).__name__}; it must "
+                "return the token as a non-empty str"
+            )
+        if not header_safe(token):
+            raise ValueError(
+                f"{owner}: the token azure_ad_token_provider returned holds a space, a "
+                "control or a non-ASCII character, which an HTTP header cannot carry"
+            )
+        self._recent = (Secret(token), *self._recent)[:3]
+        self._redactor = TokenRedactor(*self._recent)
+        self._redact_answers = True
+        self._bearer_headers = SecretHeaders({"authorization": f"Bearer {token}"})
+        self._token = Secret(token)
 
     async def complete(
         self,

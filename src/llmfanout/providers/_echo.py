@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import array
 import hashlib
 import inspect
 import math
@@ -218,14 +217,18 @@ class EchoProvider:
 ECHO_DIMENSIONS = 8
 
 
-def echo_vector(text: str, dimensions: int = ECHO_DIMENSIONS) -> array.array[float]:
+_ECHO_FLOATS = tuple((b - 128) / 128 for b in range(256))  # exact in float32 too
+
+
+def echo_vector(text: str, dimensions: int = ECHO_DIMENSIONS) -> list[float]:
     """The echo provider's vector for ``text``: the same text, the same vector, anywhere.
 
-    Floats in [-1, 1) from the text's BLAKE2b digest (repeated for long vectors).
+    Floats in [-1, 1) from the text's BLAKE2b digest (repeated for long vectors), each
+    ``(byte - 128) / 128``: exact as a float32 too.
     """
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=64).digest()
-    raw = (digest * (dimensions // 64 + 1))[:dimensions]
-    return array.array("f", [(b - 128) / 128 for b in raw])
+    raw = digest if dimensions <= 64 else digest * (dimensions // 64 + 1)
+    return list(map(_ECHO_FLOATS.__getitem__, raw[:dimensions]))
 
 
 def _check_scripted(item: object) -> None:

@@ -139,7 +139,9 @@ def tool_call_to_wire(call: ToolCall, where: str) -> dict[str, Any]:
     function: dict[str, Any] = {"name": call.name, "args": arguments}
     if not call.id.startswith(SYNTHETIC_ID):
         function["id"] = call.id
-    return {"functionCall": function}
+    if call.signature is None:
+        return {"functionCall": function}
+    return {"functionCall": function, "thoughtSignature": call.signature}
 
 
 def _function_response(message: LLMMessage, name: str) -> dict[str, Any]:
@@ -284,7 +286,8 @@ def text_and_tool_calls(parts: object) -> tuple[str, tuple[ToolCall, ...]]:
     """The text parts joined (thoughts left out), and the ``functionCall`` parts as calls.
 
     A call without an id (Gemini often sends none) gets ``gemini-call-<index>``, which is
-    not sent back to Gemini, so its answer can still refer to it here.
+    not sent back to Gemini, so its answer can still refer to it here. A part's
+    ``thoughtSignature`` becomes the call's ``signature``, sent back with it.
     """
     texts: list[str] = []
     calls: list[ToolCall] = []
@@ -300,7 +303,9 @@ def text_and_tool_calls(parts: object) -> tuple[str, tuple[ToolCall, ...]]:
             if not isinstance(call_id, str) or not call_id:
                 call_id = f"{SYNTHETIC_ID}{len(calls)}"
             arguments = json.dumps(function.get("args") or {}, ensure_ascii=False)
-            calls.append(ToolCall(call_id, function["name"], arguments))
+            signature = part.get("thoughtSignature")
+            signature = signature if isinstance(signature, str) and signature else None
+            calls.append(ToolCall(call_id, function["name"], arguments, signature))
     return "".join(texts), tuple(calls)
 
 

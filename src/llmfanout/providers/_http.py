@@ -178,6 +178,9 @@ class HTTPProvider:
             }
         )
         self._given_client = http_client
+        # Headers made afresh for each request (a bearer token a callable renews); off
+        # unless a subclass turns it on, so other providers pay one test per request.
+        self._per_request = False
         # One transport per event loop: connections belong to the loop that opened them,
         # so a provider made at module level can serve successive anyio.run() calls.
         self._transports = PerLoop[Transport | None]()  # None: closed in that loop
@@ -190,6 +193,10 @@ class HTTPProvider:
         return {"model": self.model, **self.default_params}
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def _request_headers(self) -> Mapping[str, str]:
+        """Headers made for each request, over the fixed ones (only with ``_per_request``)."""
         raise NotImplementedError
 
     def _payload(self, messages: Sequence[LLMMessage], params: dict[str, Any]) -> dict[str, Any]:
@@ -488,6 +495,8 @@ class HTTPProvider:
         end, and closes it otherwise (a break, an exception, a cancellation).
         """
         target, content, extra = self._request_parts(path, json, content, content_type, headers)
+        if self._per_request:
+            extra = await self._with_request_headers(extra)
         transport = self._transport()
         limit = max_response_bytes or self.max_response_bytes
         error: ProviderError | None = None
@@ -514,7 +523,7 @@ class HTTPProvider:
         content: bytes | None,
         content_type: str | None,
         headers: Mapping[str, str] | None,
-    ) -> tuple[str, bytes, dict[str, str] | None]:
+    ) -> tuple[str, bytes, Mapping[str, str] | None]:
         owner = f"{type(self).__name__}.request"
         if path.startswith(("http://", "https://")):
             url = httpx.URL(path)
@@ -549,6 +558,8 @@ class HTTPProvider:
 
         Errors are raised outside ``except`` blocks, so they chain nothing.
         """
+        if self._per_request:
+            headers = await self._with_request_headers(headers)
         transport = self._transport()
         error: ProviderError
         try:
@@ -570,6 +581,13 @@ class HTTPProvider:
             error = status_error(self.provider_name, response, self._redactor, self.api_key_env)
         logger.debug("%s", error)
         raise error
+
+    async def _with_request_headers(
+        self, headers: Mapping[str, str] | None
+    ) -> Mapping[str, str] | None:
+        """The request's own headers over those made for each request."""
+        made = await self._request_headers()
+        return SecretHeaders({**made, **headers}) if headers else made
 
     def _transport_error(self, failure: TransportError) -> ProviderError:
         return transport_error(
