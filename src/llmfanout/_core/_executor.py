@@ -560,8 +560,7 @@ class ParallelLLMExecutor:
                     else:  # _first_answered, inline
                         if governor is not None:
                             governor.unpaced -= 1
-                            if not governor.pause.calm:
-                                governor.pause.success()
+                            governor.answered()
                             if getattr(response, "rate_limits", None) is not None:
                                 governor.learn(overrides, response)
                         result = answered(tag, response, (perf_counter() - start) * 1000, 1)

@@ -84,8 +84,10 @@ class AIMD:
 
     __slots__ = (
         "_ceiling",
+        "_halve_past",
         "_refused",
         "_started",
+        "_top",
         "_window",
         "cuts",
         "decrease",
@@ -110,6 +112,10 @@ class AIMD:
         levels = _level(maximum) + 1
         self._started = [0.0] * levels  # per half-octave (_level): calls started under it
         self._refused = [0.0] * levels  # ... and refused as overload
+        # Made once, for start() on every call: past this many starts a level is halved;
+        # the maximum's level (most calls start there).
+        self._halve_past = [max(2 * HORIZON, 8 * _smallest(level)) for level in range(levels)]
+        self._top = levels - 1
 
     def __repr__(self) -> str:
         return f"AIMD(current={self.current}, maximum={self.maximum})"
@@ -124,9 +130,9 @@ class AIMD:
         give back to :meth:`overload` if it is refused."""
         if size is None:
             size = self.current
-        level = _level(size)
+        level = self._top if size == self.maximum else _level(size)
         started = self._started[level] + 1
-        if started > max(2 * HORIZON, 8 * _smallest(level)):
+        if started > self._halve_past[level]:
             self._refused[level] /= 2
             started /= 2
         self._started[level] = started
@@ -212,7 +218,7 @@ class SharedPause:
     alone and the others go on (adaptive concurrency still cuts if load is the cause).
     """
 
-    __slots__ = ("_refusals", "_succeeded", "calm", "streak")
+    __slots__ = ("_refusals", "_succeeded", "streak")
 
     def __init__(self, streak: int = 8) -> None:
         if not (isinstance(streak, int) and streak >= 1):
@@ -220,20 +226,15 @@ class SharedPause:
         self.streak = streak
         self._succeeded = False
         self._refusals = 0  # overload answers since the last success
-        self.calm = False
-        """A call has succeeded since the last refusal: :meth:`success` changes nothing
-        (read by the scheduler per call, to spare the call)."""
 
     def success(self) -> None:
         """A call was answered."""
         self._succeeded = True
         self._refusals = 0
-        self.calm = True
 
     def refused(self) -> None:
         """A call got an overload answer (429, 529, 503 with ``Retry-After``)."""
         self._refusals += 1
-        self.calm = False
 
     def share(self, trusted: bool) -> bool:
         """Whether the latest refusal's pause is everyone's (``trusted``: it comes from an
