@@ -29,7 +29,8 @@ Then the pieces are timed alone in a tight loop (nanoseconds per call, best of k
 
 Run: ``python benchmarks/bench_overhead.py`` (a few minutes on 2 cores), ``--quick`` for
 a smoke run, ``--n``, ``--concurrency``, ``--repeats`` to change the sizes, ``--only
-TEXT`` to run only the rows whose label has TEXT (and the baselines), ``--cpu`` to time
+TEXT`` to run only the rows whose label has TEXT (and the baselines; with ``--exact``, whose
+label is TEXT), ``--provider`` to run with one provider only, ``--cpu`` to time
 by CPU time on a busy machine, ``--median`` for the median of k instead of the best,
 ``--no-pieces`` to skip the pieces in isolation.
 """
@@ -361,14 +362,26 @@ PROVIDERS: dict[str, Callable[[], Any]] = {
 
 
 def bench_backend(
-    backend: str, n: int, small: int, concurrency: int, repeats: int, only: list[str]
+    backend: str,
+    n: int,
+    small: int,
+    concurrency: int,
+    repeats: int,
+    only: list[str],
+    exact: bool = False,
+    providers: list[str] | None = None,
 ) -> None:
     rows = _rows(backend, make_tasks(n), make_tasks(small))
     if only:  # keep the baselines, and the rows asked for
-        rows = [r for r in rows if r[0].startswith("bare pool") or any(o in r[0] for o in only)]
+        rows = [
+            r
+            for r in rows
+            if r[0].startswith("bare pool") or any(o == r[0] if exact else o in r[0] for o in only)
+        ]
     tables = {
         name: anyio.run(_measure, rows, factory, concurrency, repeats, backend=backend)
         for name, factory in PROVIDERS.items()
+        if not providers or name in providers
     }
     baseline = {len(tasks): label for label, _, tasks in reversed(rows)}  # first row per size
 
@@ -498,6 +511,15 @@ def main(argv: list[str] | None = None) -> None:
         "--cpu", action="store_true", help="time rows by process CPU time (a busy machine)"
     )
     parser.add_argument("--median", action="store_true", help="median of k instead of best")
+    parser.add_argument(
+        "--exact", action="store_true", help="--only names whole labels (e.g. 'execute')"
+    )
+    parser.add_argument(
+        "--provider",
+        action="append",
+        choices=sorted(PROVIDERS),
+        help="run only with this provider (default: each in turn)",
+    )
     args = parser.parse_args(argv)
     for name in ("n", "concurrency", "repeats"):
         if getattr(args, name) < 1:
@@ -515,7 +537,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = perf_counter()
     for backend in BACKENDS:
-        bench_backend(backend, n, small, args.concurrency, repeats, args.only)
+        bench_backend(
+            backend, n, small, args.concurrency, repeats, args.only, args.exact, args.provider
+        )
     if not args.no_pieces:
         bench_pieces(repeats)
     print(f"\n(total {perf_counter() - started:.0f} s)")

@@ -18,8 +18,10 @@ from llmfanout import (
     EchoProvider,
     LLMMessage,
     LLMResponse,
+    LLMTask,
     ParallelLLMExecutor,
     RetryConfig,
+    TaskResult,
 )
 from llmfanout.testing import ErrorResponse, set_testing, text_response
 
@@ -88,6 +90,33 @@ async def test_execute_returns_one_result_per_tag_in_input_order() -> None:
 async def test_the_mapping_key_becomes_the_tag() -> None:
     results = await ParallelLLMExecutor(EchoProvider()).execute({"key": ask("x", tag="own")})
     assert results["key"].tag == "key"
+
+
+async def test_execute_runs_the_input_as_it_was_when_called() -> None:
+    """The caller's mapping is theirs: changing it during the run changes nothing."""
+    tasks = {f"t{i}": ask(f"t{i}") for i in range(20)}
+    given = dict(tasks)
+
+    def meddle(result: TaskResult) -> None:
+        tasks.pop(result.tag)
+        tasks[result.tag + " again"] = ask("late")
+
+    executor = ParallelLLMExecutor(EchoProvider(), max_concurrency=3)
+    results = await executor.execute(tasks, on_result=meddle)
+    assert list(results) == list(given)
+    assert all(r.success and r.value.content == f"Echo: {tag}" for tag, r in results.items())
+
+
+class _Tag(str):
+    pass
+
+
+async def test_a_mapping_whose_tags_are_str_subclasses_is_accepted() -> None:
+    tasks: dict[str, LLMTask] = {_Tag("a"): ask("a"), "b": ask("b")}
+    results = await ParallelLLMExecutor(EchoProvider()).execute(tasks)
+    assert [(tag, r.success) for tag, r in results.items()] == [("a", True), ("b", True)]
+    with pytest.raises(TypeError, match=r"execute: task 'c' is a str"):
+        await ParallelLLMExecutor(EchoProvider()).execute({**tasks, "c": "no"})  # type: ignore[dict-item]
 
 
 async def test_empty_input_gives_empty_results() -> None:

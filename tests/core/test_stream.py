@@ -7,6 +7,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmfanout import (
     DeterministicTask,
@@ -17,6 +19,7 @@ from llmfanout import (
     ParallelLLMExecutor,
     TaskResult,
 )
+from llmfanout._core._inputs import Invalid, Tagger
 
 from support.helpers import ask
 
@@ -163,6 +166,33 @@ async def test_a_refused_repeat_leaves_its_position_free_for_a_later_tag() -> No
     assert outcome == [("1", True), ("3", True), ("4", True), ("a", False), ("a", True)]
 
 
+# "" is no tag (tagged by position); None is not a task at all.
+_TAGS = st.sampled_from(["", "a", "b", "0", "1", "2", "3", "01", "٣", None])
+
+
+@given(st.lists(_TAGS, max_size=12))
+def test_tagging_a_stream_is_tagging_each_task(tags: list[str | None]) -> None:
+    """A stream of an iterable tags as the one-task-at-a-time rules do (the worker takes
+    the common case itself), on both backends; every task that runs has a tag of its
+    own; the iterable is read once and through."""
+    tasks = ["not a task" if tag is None else ask("x", tag=tag) for tag in tags]
+    one_by_one = Tagger()
+    expected = []
+    for tag, task in (one_by_one(task) for task in tasks):
+        expected.append((tag, str(task.error) if isinstance(task, Invalid) else None))
+    ran = [tag for tag, error in expected if error is None]
+    assert len(ran) == len(set(ran))
+
+    async def run() -> list[tuple[str, str | None]]:
+        # One worker: results come out in the input's order.
+        executor = ParallelLLMExecutor(EchoProvider(), max_concurrency=1)
+        async with executor.stream(iter(tasks)) as results:
+            return [(r.tag, None if r.success else str(r.error)) async for r in results]
+
+    for backend in ("asyncio", "trio"):
+        assert anyio.run(run, backend=backend) == expected
+
+
 async def test_a_bad_item_in_a_collection_is_refused_before_any_work() -> None:
     provider = EchoProvider()
     executor = ParallelLLMExecutor(provider)
@@ -268,13 +298,17 @@ async def test_a_slow_consumer_holds_the_workers_back() -> None:
     with anyio.fail_after(5):
         async with executor.stream(endless()) as results:
             await anyio.wait_all_tasks_blocked()
-            # The result buffer (max_concurrency) is full and every worker waits to hand
-            # its result on: nothing more is read from the endless input.
-            assert 4 < pulled <= 2 * 4
-            before = pulled
+            # The result buffer (twice max_concurrency) is full and every worker waits
+            # to hand its result on: nothing more is read from the endless input.
+            assert pulled == 3 * 4
             await anext(results)
             await anyio.wait_all_tasks_blocked()
-            assert before < pulled <= before + 2
+            assert pulled == 3 * 4 + 1  # room for one: one worker went on, took one task
+            # What is ready includes the results of the workers waiting for room, and
+            # taking it all makes room for as many again.
+            assert len(results.ready()) == 3 * 4
+            await anyio.wait_all_tasks_blocked()
+            assert pulled == 3 * 4 + 1 + 3 * 4
 
 
 # -- leaving early -----------------------------------------------------------------------

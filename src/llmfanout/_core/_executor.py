@@ -18,6 +18,7 @@ import enum
 import functools
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from time import perf_counter
@@ -42,7 +43,7 @@ from ._inputs import (
     AsyncItems,
     InputFailure,
     Invalid,
-    Item,
+    Tagger,
     TaskSource,
     check_mapping,
     prepare,
@@ -51,6 +52,7 @@ from ._outcome import Failed, Ok
 from ._retry import RetryConfig
 from ._run import (
     OnResult,
+    Results,
     ResultStream,
     _aborted,
     _check_max_errors,
@@ -354,40 +356,26 @@ class ParallelLLMExecutor:
         max_errors = _check_max_errors(max_errors)
         failure = InputFailure()
         items, count = prepare(tasks, failure)
-        send, receive = anyio.create_memory_object_stream[TaskResult](self.max_concurrency)
-
-        def put(result: TaskResult) -> bool:
-            if tg.cancel_scope.cancel_called:
-                return False  # see emit
-            try:
-                send.send_nowait(result)  # room in the buffer: no need to yield here
-            except anyio.WouldBlock:
-                return False
-            return True
-
-        async def emit(result: TaskResult) -> None:
-            if tg.cancel_scope.cancel_called:
-                # The consumer has left; this worker's call ended before the cancellation
-                # reached it. Stop here rather than read more input.
-                await anyio.lowlevel.checkpoint()
-            await send.send(result)
-
-        run = _Run(items, put, emit, max_errors, on_result, self.stop_on_auth_error)
+        # Room for two rounds of every worker finishing: the consumer may run last in
+        # the event loop's round after the one that woke it (trio shuffles a round), and
+        # a worker that finds the buffer full pays a wait of its own.
+        results = Results(2 * self.max_concurrency)
+        run = _Run(items, results.put, results.room, max_errors, on_result, self.stop_on_auth_error)
+        run.buffer = results
 
         async def drive() -> None:
-            async with send:
+            try:
                 await self._drive(run, count)
+            finally:
+                results.close()
 
         try:
-            # The receiving end closes only after every worker has ended: a worker whose
-            # call finished in the instant the consumer left (asyncio does not cancel a
-            # task whose wake-up is already due) hands its result to an open stream,
-            # never to a closed one (BrokenResourceError).
-            async with receive, anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(drive)
                 try:
-                    yield ResultStream(receive, failure)
+                    yield ResultStream(results, failure)
                 finally:
+                    results.left = True
                     tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:  # re-raised, unwrapped (noqa: cancellation-ok)
             raise unwrap_group(group) from None
@@ -460,12 +448,14 @@ class ParallelLLMExecutor:
         on_result: OnResult | None,
     ) -> dict[str, TaskResult]:
         max_errors = _check_max_errors(max_errors)
-        items = check_mapping(tasks, method, llm_only=llm_only)
-        results: dict[str, Any] = dict.fromkeys(tasks)  # the input's order
-
-        run = _Run(iter(items), _never, _never, max_errors, on_result, self.stop_on_auth_error)
+        # The run's copy of the input, in its order, becomes the results: each worker
+        # puts a task's result in place of the task, which it has read already (the
+        # values change under the iterator, the keys never do).
+        results: dict[str, Any] = check_mapping(tasks, method, llm_only=llm_only)
+        items = iter(results.items())
+        run = _Run(items, _never, _never, max_errors, on_result, self.stop_on_auth_error)
         run.results = results
-        await self._drive(run, len(items))
+        await self._drive(run, len(results))
         return results
 
     async def _drive(self, run: _Run, count: int | None) -> None:
@@ -489,8 +479,13 @@ class ParallelLLMExecutor:
         holding(lease)  # this task's own context: nested calls find it
         # An async source is read under its lock; a plain iterator needs none.
         source = run.items if isinstance(run.items, AsyncItems) else None
-        items: Iterator[Item] = iter(()) if isinstance(run.items, AsyncItems) else run.items
+        items = run.items if isinstance(run.items, Iterator) else iter(())
+        tagger = run.items if type(run.items) is Tagger else None
+        tasks: Iterator[Any] = iter(()) if tagger is None else tagger.tasks
+        given: set[str] = set() if tagger is None else tagger.given
         results = run.results
+        buffer = run.buffer  # stream()'s
+        queue: deque[TaskResult] = deque() if buffer is None else buffer.buffer
         # Nothing the executor wraps around a call (cache, telemetry, rate limit, time
         # limit, answer check): the worker makes a plain first attempt itself, as
         # _run_task's fast path does, sparing a coroutine per task.
@@ -498,16 +493,41 @@ class ParallelLLMExecutor:
         if direct and self.default_retry is not None:
             direct = self.default_retry.retry_on_result is None
         governor, target, defaults = self._governor, self._llm, self.default_config_overrides
+        spend, cap, notify, stop_on_auth = self._spend, lease.cap, run.notify, run.stop_on_auth
         try:
             await take(lease)
             while True:
-                item = next(items, None) if source is None else await source.next()
-                if item is None:
-                    return
-                tag, task = item
-                if self._spend is not None and self._spend.reached and not run.aborted:
+                if tagger is not None:  # stream() of an iterable: tagged here
+                    if tagger.ended:
+                        return
+                    try:
+                        read: Any = next(tasks, tagger)
+                    except Exception as exc:  # the user's iterator broke: end the input
+                        tagger.end(exc)
+                        return
+                    kind = type(read)
+                    if (
+                        (kind is LLMTask or kind is DeterministicTask)
+                        and (tag := read.tag)
+                        and tag not in given
+                        and not (tagger.starts and tag.isdigit())
+                    ):
+                        given.add(tag)  # Tagger.__call__'s common case, inline
+                        tagger.position += 1
+                        task = read
+                    elif read is tagger:
+                        tagger.end()
+                        return
+                    else:
+                        tag, task = tagger(read)
+                else:
+                    item = next(items, None) if source is None else await source.next()
+                    if item is None:
+                        return
+                    tag, task = item
+                if spend is not None and spend.reached and not run.aborted:
                     # Start nothing more; the calls in flight finish (their cost is counted).
-                    run.aborted, run.reason = True, self._spend.reason
+                    run.aborted, run.reason = True, spend.reason
                 if run.guarded:
                     result = await self._run_guarded(run, index, tag, task)
                 elif run.aborted:
@@ -531,25 +551,36 @@ class ParallelLLMExecutor:
                         )
                     except Exception as exc:
                         result = await self._first_failed(tag, task, overrides, exc, start)
+                        if stop_on_auth and not result.success:
+                            run.count_failure(result)
                     except BaseException:  # cancelled (noqa: cancellation-ok): re-raised
                         if governor is not None:
                             governor.unpaced -= 1
                         raise
-                    else:
-                        result = self._first_answered(tag, response, overrides, start)
-                    if not result.success and run.stop_on_auth:
-                        run.count_failure(result)
+                    else:  # _first_answered, inline
+                        if governor is not None:
+                            governor.unpaced -= 1
+                            governor.answered()
+                            if getattr(response, "rate_limits", None) is not None:
+                                governor.learn(overrides, response)
+                        result = answered(tag, response, (perf_counter() - start) * 1000, 1)
                 else:
                     result = await self._run_task(tag, task, run.threads)
-                    if not result.success and run.stop_on_auth:
+                    if stop_on_auth and not result.success:
                         run.count_failure(result)
                 if results is not None:
                     results[tag] = result
+                elif buffer is not None and not buffer.left:  # Results.put, inline
+                    queue.append(result)
+                    if buffer.wake is not None:
+                        buffer.wake_up()
+                    if len(queue) > buffer.size:
+                        await buffer.room(result)
                 elif not run.put(result):
                     await run.emit(result)
-                if run.notify is not None:
-                    await run.notify(result)
-                if lease.cap.waiters or not lease.held:  # another call waits: take turns
+                if notify is not None:
+                    await notify(result)
+                if cap.waiters or not lease.held:  # another call waits: take turns
                     give_back(lease)
                     await take(lease)
         finally:

@@ -8,6 +8,7 @@ goes on (raising would throw away the work already done).
 
 from __future__ import annotations
 
+import bisect
 import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from collections.abc import Collection as CollectionABC
@@ -41,61 +42,94 @@ def _kind_error(method: str, where: str, task: object, llm_only: bool) -> TypeEr
     return TypeError(f"{method}: task {where} is {a_kind(task)}; give {wanted}")
 
 
-def check_mapping(tasks: object, method: str, *, llm_only: bool) -> list[Item]:
-    """Validate a tag -> task mapping whole; return its items in order."""
+def check_mapping(tasks: object, method: str, *, llm_only: bool) -> dict[str, Task]:
+    """Validate a tag -> task mapping whole; return a copy of it, in its order.
+
+    The copy is the run's own: the caller may change its mapping meanwhile.
+    """
     if not isinstance(tasks, Mapping):
         raise TypeError(
             f"{method}() takes a mapping of tag to task, not {type(tasks).__name__}"
             + ("; for a list or a generator use stream()" if isinstance(tasks, Iterable) else "")
         )
-    items = list(tasks.items())
-    for tag, task in items:
+    copy = dict(tasks) if type(tasks) is dict else dict(tasks.items())
+    # Checked a kind at a time in C (a cost per task, for every execute); the loop below
+    # runs only to name the first item that is wrong.
+    kinds = _LLM_ONLY if llm_only else _ANY_TASK
+    if set(map(type, copy)) <= _TAGS and set(map(type, copy.values())) <= kinds:
+        return copy
+    for tag, task in copy.items():
         if not isinstance(tag, str):
             raise TypeError(f"{method}: task key {tag!r} is {a_kind(tag)}; tags must be str")
         if not isinstance(task, LLMTask) and (llm_only or not isinstance(task, DeterministicTask)):
             raise _kind_error(method, repr(tag), task, llm_only)
-    return items
+    return copy
+
+
+_TAGS: frozenset[type] = frozenset((str,))
+_LLM_ONLY: frozenset[type] = frozenset((LLMTask,))
+_ANY_TASK: frozenset[type] = frozenset((LLMTask, DeterministicTask))
 
 
 class Tagger:
     """Gives each task from an iterable its tag: its own, else its position.
 
     A repeated tag makes that item :class:`Invalid`. Only explicitly given tags are
-    remembered (and one bit per position, up to the last of them), so a million
-    position-tagged tasks cost no memory here.
+    remembered (``given``), with the positions tagged by themselves as runs (``[start,
+    end)``: a million position-tagged tasks in a row cost two numbers here).
+
+    For ``stream()``, it also holds the input (``tasks``, read by the workers) and where
+    an error the input raises goes (:meth:`end`). A worker tags the common case itself,
+    without a call per task (a new tag of its own, not all digits while no task was
+    tagged by its position: ``given``, ``starts``, ``position``), and calls the tagger
+    for the rest.
     """
 
-    __slots__ = ("_explicit", "_given", "_position")
+    __slots__ = ("_ends", "ended", "failure", "given", "position", "starts", "tasks")
 
-    def __init__(self) -> None:
-        self._given: set[str] = set()
-        self._explicit = bytearray()  # bit p: task #p has a tag of its own
-        self._position = 0
+    def __init__(self, tasks: Iterable[Any] = (), failure: InputFailure | None = None) -> None:
+        self.tasks = iter(tasks)
+        self.failure = failure
+        self.ended = False  # the input ended, or raised
+        self.given: set[str] = set()
+        # Positions whose result carries the position as its tag: runs [starts[i], ends[i]).
+        self.starts: list[int] = []
+        self._ends: list[int] = []
+        self.position = 0
 
     def __call__(self, task: object) -> Item:
-        position = self._position
-        self._position = position + 1
+        position = self.position
+        self.position = position + 1
         kind = type(task)
         if kind is not LLMTask and not isinstance(task, LLMTask | DeterministicTask):
+            self._by_position(position)
             return str(position), Invalid(_kind_error("stream", f"#{position}", task, False))
         tag = task.tag  # type: ignore[attr-defined]
         if not tag:
+            self._by_position(position)
             tag = str(position)
-            if tag in self._given:
+            if tag in self.given:
                 return tag, Invalid(_duplicate(tag))
             return tag, task  # type: ignore[return-value]
-        # Marked even when the tag is refused below: position p's result carries this
-        # tag, so str(p) stays free for a later task to use.
-        explicit = self._explicit
-        byte = position >> 3
-        if byte >= len(explicit):  # grown by doubling: not a call every eighth task
-            explicit.extend(bytes(max(byte + 1 - len(explicit), len(explicit))))
-        explicit[byte] |= 1 << (position & 7)
-        given = self._given
+        given = self.given
         if tag in given or (tag.isdigit() and self._is_earlier_position(tag, position)):
             return tag, Invalid(_duplicate(tag))
         given.add(tag)
         return tag, task  # type: ignore[return-value]
+
+    def end(self, error: Exception | None = None) -> None:
+        """The input has ended (``error``: it raised that): read no more of it."""
+        self.ended = True
+        if error is not None and self.failure is not None:
+            self.failure.error = error
+
+    def _by_position(self, position: int) -> None:
+        ends = self._ends
+        if ends and ends[-1] == position:
+            ends[-1] = position + 1
+        else:
+            self.starts.append(position)
+            ends.append(position + 1)
 
     def _is_earlier_position(self, tag: str, position: int) -> bool:
         # An explicit tag "7" clashes with task #7 if that one was tagged by its position.
@@ -104,7 +138,8 @@ class Tagger:
         earlier = int(tag)
         if earlier >= position:
             return False
-        return not self._explicit[earlier >> 3] & (1 << (earlier & 7))
+        run = bisect.bisect_right(self.starts, earlier) - 1
+        return run >= 0 and earlier < self._ends[run]
 
 
 def _duplicate(tag: str) -> ValueError:
@@ -122,15 +157,6 @@ class InputFailure:
 
     def __init__(self) -> None:
         self.error: Exception | None = None
-
-
-def iter_items(tasks: Iterable[Any], failure: InputFailure) -> Iterator[Item]:
-    tagger = Tagger()
-    try:
-        for task in tasks:
-            yield tagger(task)
-    except Exception as exc:  # the user's iterator broke: end the input here
-        failure.error = exc
 
 
 class AsyncItems:
@@ -170,14 +196,16 @@ class AsyncItems:
             await self._iterator.aclose()
 
 
-def prepare(tasks: object, failure: InputFailure) -> tuple[Iterator[Item] | AsyncItems, int | None]:
+def prepare(
+    tasks: object, failure: InputFailure
+) -> tuple[Iterator[Item] | AsyncItems | Tagger, int | None]:
     """Items to run and, when known, how many: for ``stream()``'s any-shaped input.
 
     An exception the input raises while it is read lands in ``failure``.
     """
     if isinstance(tasks, Mapping):
         items = check_mapping(tasks, "stream", llm_only=False)
-        return iter(items), len(items)
+        return iter(items.items()), len(items)
     if isinstance(tasks, AsyncIterable):
         return AsyncItems(tasks, failure), None
     if isinstance(tasks, str | bytes) or not isinstance(tasks, Iterable):
@@ -190,5 +218,5 @@ def prepare(tasks: object, failure: InputFailure) -> tuple[Iterator[Item] | Asyn
             if not isinstance(task, LLMTask | DeterministicTask):
                 where = repr(task.tag) if isinstance(getattr(task, "tag", None), str) else ""
                 raise _kind_error("stream", where or f"#{position}", task, False)
-        return iter_items(tasks, failure), len(tasks)
-    return iter_items(tasks, failure), None
+        return Tagger(tasks, failure), len(tasks)
+    return Tagger(tasks, failure), None

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._base._checks import whole_number
 from ..errors import TaskAborted
@@ -20,11 +20,9 @@ from ._inputs import (
     AsyncItems,
     InputFailure,
     Item,
+    Tagger,
 )
 from ._tasks import TaskResult
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger("llmfanout")
 
@@ -36,6 +34,7 @@ class _Run:
 
     __slots__ = (
         "aborted",
+        "buffer",
         "emit",
         "failures",
         "guarded",
@@ -52,7 +51,7 @@ class _Run:
 
     def __init__(
         self,
-        items: Iterator[Item] | AsyncItems,
+        items: Iterator[Item] | AsyncItems | Tagger,
         put: Callable[[TaskResult], bool],
         emit: Callable[[TaskResult], Awaitable[None]],
         max_errors: int | None,
@@ -65,6 +64,7 @@ class _Run:
         self.put = put
         self.emit = emit
         self.results: dict[str, Any] | None = None  # execute's: results stored right here
+        self.buffer: Results | None = None  # stream's: the worker puts results in itself
         self.max_errors = max_errors
         self.guarded = max_errors is not None
         self.stop_on_auth = stop_on_auth
@@ -154,6 +154,74 @@ def _aborted(
     return TaskResult(tag, False, None, error, ms, late.attempts)
 
 
+class Results:
+    """Where a stream's finished results wait for its consumer: a buffer of ``size``.
+
+    Workers append (:meth:`put`); one that finds the buffer full leaves its result at
+    the end all the same and waits (:meth:`room`) until the consumer has taken enough for
+    it to be within ``size``, so the run holds at most ``size`` results plus one per
+    waiting worker, as a bounded channel does. The consumer takes from the front with no
+    wait while any is there and sleeps only on an empty buffer: one wake-up per batch of
+    results, not per result.
+    """
+
+    __slots__ = ("buffer", "closed", "left", "senders", "size", "wake")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buffer: deque[TaskResult] = deque()
+        self.closed = False  # every worker has ended: no more results
+        self.left = False  # the consumer has left the block: the run is being cancelled
+        self.wake: anyio.Event | None = None  # set for a consumer asleep on an empty buffer
+        # The workers waiting for room, in the order of their results beyond ``size``.
+        self.senders: deque[anyio.Event] = deque()
+
+    def put(self, result: TaskResult) -> bool:
+        """Hand ``result`` on without waiting: False if the worker must await :meth:`room`."""
+        if self.left:
+            return False  # see room
+        buffer = self.buffer
+        buffer.append(result)
+        if self.wake is not None:
+            self.wake_up()
+        return len(buffer) <= self.size
+
+    def wake_up(self) -> None:
+        """Wake the consumer asleep on an empty buffer."""
+        wake = self.wake
+        if wake is not None:
+            self.wake = None
+            wake.set()
+
+    async def room(self, result: TaskResult) -> None:
+        """Wait until the result :meth:`put` refused is within the buffer's size."""
+        if self.left:
+            # The consumer has left; this worker's call ended before the cancellation
+            # reached it. Stop here rather than read more input.
+            await anyio.lowlevel.checkpoint()  # raises the cancellation
+            return
+        sent = anyio.Event()
+        self.senders.append(sent)
+        try:
+            await sent.wait()
+        finally:
+            if not sent.is_set():
+                self.senders.remove(sent)
+
+    def take(self) -> TaskResult:
+        """The oldest result (the buffer is not empty); lets one waiting worker on."""
+        buffer = self.buffer
+        result = buffer.popleft()
+        if self.senders and len(buffer) >= self.size:
+            self.senders.popleft().set()
+        return result
+
+    def close(self) -> None:
+        """Every worker has ended."""
+        self.closed = True
+        self.wake_up()
+
+
 class ResultStream:
     """The results of a :meth:`ParallelLLMExecutor.stream` run, in completion order.
 
@@ -163,28 +231,29 @@ class ResultStream:
     tasks taken before it.
     """
 
-    __slots__ = ("_failure", "_receive")
+    __slots__ = ("_failure", "_results")
 
-    def __init__(
-        self, receive: MemoryObjectReceiveStream[TaskResult], failure: InputFailure
-    ) -> None:
-        self._receive = receive
+    def __init__(self, results: Results, failure: InputFailure) -> None:
+        self._results = results
         self._failure = failure
 
     def __aiter__(self) -> ResultStream:
         return self
 
     async def __anext__(self) -> TaskResult:
-        try:
-            return self._receive.receive_nowait()
-        except anyio.WouldBlock:
-            pass
-        except anyio.EndOfStream:
-            self._end()
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            self._end()
+        results = self._results
+        buffer = results.buffer
+        if buffer:  # Results.take, inline: this runs once per result
+            result = buffer.popleft()
+            if results.senders and len(buffer) >= results.size:
+                results.senders.popleft().set()
+            return result
+        while not buffer:
+            if results.closed:
+                self._end()
+            wake = results.wake = anyio.Event()
+            await wake.wait()
+        return results.take()
 
     def _end(self) -> NoReturn:
         error, self._failure.error = self._failure.error, None
@@ -197,9 +266,9 @@ class ResultStream:
 
         Useful when the run is being cancelled: whatever finished can still be saved.
         """
-        taken: list[TaskResult] = []
-        while True:
-            try:
-                taken.append(self._receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return taken
+        results = self._results
+        taken = list(results.buffer)
+        results.buffer.clear()
+        while results.senders:  # their results are taken: room for them all
+            results.senders.popleft().set()
+        return taken

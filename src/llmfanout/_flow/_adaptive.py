@@ -84,8 +84,10 @@ class AIMD:
 
     __slots__ = (
         "_ceiling",
+        "_halve_past",
         "_refused",
         "_started",
+        "_top",
         "_window",
         "cuts",
         "decrease",
@@ -110,6 +112,10 @@ class AIMD:
         levels = _level(maximum) + 1
         self._started = [0.0] * levels  # per half-octave (_level): calls started under it
         self._refused = [0.0] * levels  # ... and refused as overload
+        # Made once, for start() on every call: past this many starts a level is halved;
+        # the maximum's level (most calls start there).
+        self._halve_past = [max(2 * HORIZON, 8 * _smallest(level)) for level in range(levels)]
+        self._top = levels - 1
 
     def __repr__(self) -> str:
         return f"AIMD(current={self.current}, maximum={self.maximum})"
@@ -124,9 +130,9 @@ class AIMD:
         give back to :meth:`overload` if it is refused."""
         if size is None:
             size = self.current
-        level = _level(size)
+        level = self._top if size == self.maximum else _level(size)
         started = self._started[level] + 1
-        if started > max(2 * HORIZON, 8 * _smallest(level)):
+        if started > self._halve_past[level]:
             self._refused[level] /= 2
             started /= 2
         self._started[level] = started
