@@ -164,3 +164,25 @@ def test_a_shared_pause_needs_a_whole_streak() -> None:
 
     with pytest.raises(ValueError, match="streak"):
         SharedPause(0)
+
+
+@given(
+    st.integers(1, 300),
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 3)), max_size=8),
+)
+def test_starts_counted_at_once_equal_starts_one_by_one(
+    maximum: int, rounds: list[tuple[int, int]]
+) -> None:
+    """The fast path's answers, told to AIMD in one go, leave it as one start each would."""
+    one_by_one, at_once = AIMD(maximum), AIMD(maximum)
+    for starts, refusals in rounds:
+        for _ in range(starts):
+            one_by_one.start(maximum)
+        at_once.started_at_maximum(starts)
+        assert at_once._started == pytest.approx(one_by_one._started)
+        assert at_once._refused == pytest.approx(one_by_one._refused)
+        for _ in range(refusals):  # refusals in between, judged on the same counts
+            assert one_by_one.overload(one_by_one.cuts, maximum) == at_once.overload(
+                at_once.cuts, maximum
+            )
+        assert at_once.current == one_by_one.current

@@ -138,6 +138,25 @@ class AIMD:
         self._started[level] = started
         return size
 
+    def started_at_maximum(self, count: int) -> None:
+        """``count`` calls started at the maximum: :meth:`start` ``count`` times, at once."""
+        level = self._top
+        limit = self._halve_past[level]
+        started, refused = self._started[level], self._refused[level]
+        while count:
+            room = math.floor(limit - started) + 1  # starts until the level is halved
+            if started + room <= limit:  # as start()'s float sums round
+                room += 1
+            elif room > 1 and started + room - 1 > limit:
+                room -= 1
+            if count < room:
+                started += count
+                break
+            count -= room
+            started = (started + room) / 2
+            refused /= 2
+        self._started[level], self._refused[level] = started, refused
+
     def success(self) -> None:
         """A call succeeded: grow by one call per round of successes, up to ``maximum``
         (by one call per success while climbing back: refusals that persist whatever the

@@ -82,6 +82,7 @@ class Governor:
     """An executor's pacing (``pacing=True``) and adaptive concurrency (``adaptive=True``)."""
 
     __slots__ = (
+        "_answered",
         "_engaged",
         "_gates",
         "_pacers",
@@ -128,6 +129,7 @@ class Governor:
         self.unpaced = 0
         """Calls in flight that no pacer admitted (sent before any limits were known)."""
         self.unpaced_tokens = 0  # their estimated tokens, where known
+        self._answered = 0  # fast-path answers not yet told to pause and AIMD
 
     @property
     def current(self) -> int:
@@ -168,6 +170,7 @@ class Governor:
 
         ``cooldown``: as for :meth:`release`; returns whether it was shared.
         """
+        self._catch_up()
         self._tally(outcome)
         info = getattr(outcome, "rate_limits", None)
         shared = False
@@ -189,10 +192,19 @@ class Governor:
 
     def answered(self) -> None:
         """A call made without :meth:`admit` (at the maximum, before any overload) was
-        answered."""
-        self.pause.success()
-        if self.adaptive:
-            self.aimd.start(self.aimd.maximum)
+        answered: counted here, told to the pause and AIMD when an answer is next judged
+        (:meth:`_catch_up`), so the fast path pays one addition."""
+        self._answered += 1
+
+    def _catch_up(self) -> None:
+        """Tell the pause and AIMD of the answers :meth:`answered` counted, before the
+        next outcome: in the order they came."""
+        count = self._answered
+        if count:
+            self._answered = 0
+            self.pause.success()
+            if self.adaptive:
+                self.aimd.started_at_maximum(count)
 
     def _tally(self, outcome: object) -> None:
         if isinstance(outcome, Exception):
@@ -226,6 +238,7 @@ class Governor:
         A pacer's wait longer than ``patience`` seconds raises
         :class:`~llmfanout.errors.PacingError` at once.
         """
+        self._catch_up()
         model = overrides.get("model") if overrides else None
         pass_ = Pass(model, None, 0, self.aimd.cuts)
         pass_.tokens = tokens
@@ -270,6 +283,7 @@ class Governor:
         nothing new until then, and then one call alone. Returns whether it did (else the
         call waits on its own).
         """
+        self._catch_up()
         self._tally(outcome)
         shared = False
         info = getattr(outcome, "rate_limits", None)
