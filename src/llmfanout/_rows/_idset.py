@@ -4,16 +4,19 @@ rest in a SQLite table in a temporary file.
 Why: a first pass over the input must find repeated ids, and a resumed run must skip the
 ids its output already records. A plain ``set[str]`` of every id costs about 90 bytes an
 id (138 MB for 1M rows), so peak memory grew with the input. Past ``cap`` ids, new ids go
-to ``CREATE TABLE ids(id BLOB PRIMARY KEY) WITHOUT ROWID`` on disk: the exact ids, never a
-hash, because a hash that collided would report a row as a repeat and drop it. They are
-stored as their UTF-8 bytes with ``surrogatepass`` (a JSON id may hold a lone surrogate,
-which SQLite's TEXT cannot take), a one-to-one encoding.
+to ``CREATE TABLE ids(id BLOB PRIMARY KEY, round INTEGER) WITHOUT ROWID`` on disk: the
+exact ids, never a hash, because a hash that collided would report a row as a repeat and
+drop it. They are stored as their UTF-8 bytes with ``surrogatepass`` (a JSON id may hold a
+lone surrogate, which SQLite's TEXT cannot take), a one-to-one encoding.
 
 Ids are checked and added a batch at a time (:meth:`IdSet.add_new`,
-:meth:`IdSet.contains_many`): one ``SELECT ... WHERE id IN (...)`` and one
-``executemany`` INSERT per batch, so the per-id cost stays small once it spills. Below
-``cap`` SQLite is never opened. :meth:`IdSet.close` (or leaving the ``with`` block, also
-on an error or cancellation) closes the database and removes its directory.
+:meth:`IdSet.contains_many`), so the per-id cost stays small once it spills: one
+``executemany`` of ``INSERT OR IGNORE`` per batch, each row tagged with the batch's
+round; only when fewer rows went in than were offered (a batch with an id seen before)
+does one ``SELECT ... WHERE id IN (...) AND round < ?`` say which. Below ``cap`` SQLite
+is never opened. :meth:`IdSet.close` (or leaving the ``with`` block, also on an error or
+cancellation) closes the database and removes its directory; a process killed with
+``kill -9`` leaves a ``llmfanout-ids-*`` directory in the temporary folder.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class IdSet:
         self._db: sqlite3.Connection | None = None
         self._dir: str | None = None
         self._on_disk = 0
-        self._batch = 999  # SQLite's smallest limit on ? parameters; raised on open
+        self._round = 0  # batches inserted into the table so far
+        self._batch = 998  # keys per query: SQLite's smallest limit on ? parameters, less one
 
     @property
     def path(self) -> str | None:
@@ -64,7 +68,7 @@ class IdSet:
         memory = self._memory
         if self._db is None:
             return [key in memory for key in keys]
-        on_disk = self._on_disk_of([key for key in keys if key not in memory])
+        on_disk = self._on_disk_of([key for key in keys if key not in memory], self._round + 1)
         return [key in memory or key in on_disk for key in keys]
 
     def add_new(self, keys: Sequence[str]) -> list[bool]:
@@ -74,19 +78,21 @@ class IdSet:
         them one by one to a ``set`` would say.
         """
         memory = self._memory
-        on_disk = (
-            self._on_disk_of([key for key in keys if key not in memory])
-            if self._db is not None
-            else frozenset()
-        )
-        fresh: set[str] = set()
+        fresh: dict[str, None] = {}  # first places of keys not in memory, in order
         answer = []
         for key in keys:
-            new = key not in memory and key not in on_disk and key not in fresh
+            new = key not in memory and key not in fresh
             if new:
-                fresh.add(key)
+                fresh[key] = None
             answer.append(new)
-        self._store(fresh)
+        if not fresh:
+            return answer
+        if self._db is None and len(memory) + len(fresh) <= self.cap:
+            memory.update(fresh)
+            return answer
+        old = self._insert(list(fresh))
+        if old:
+            answer = [new and key not in old for key, new in zip(keys, answer, strict=True)]
         return answer
 
     def update(self, keys: Iterable[str], *, batch: int = 4096) -> None:
@@ -99,26 +105,37 @@ class IdSet:
                 chunk = []
         self.add_new(chunk)
 
-    def _store(self, fresh: set[str]) -> None:
-        if not fresh:
-            return
-        if self._db is None and len(self._memory) + len(fresh) <= self.cap:
-            self._memory |= fresh
-            return
-        db = self._db or self._open()
-        with db:  # one transaction per batch
-            db.executemany("INSERT INTO ids VALUES (?)", ((_blob(key),) for key in fresh))
-        self._on_disk += len(fresh)
+    def _insert(self, keys: list[str]) -> frozenset[str]:
+        """Add ``keys`` (distinct) to the table; those of them it held already.
 
-    def _on_disk_of(self, keys: list[str]) -> frozenset[str]:
-        """Those of ``keys`` that the table holds."""
+        ``INSERT OR IGNORE`` tags each new row with this batch's round: when every key
+        was added (the usual case) that one statement is all; otherwise one query finds
+        the keys held from an earlier round.
+        """
+        db = self._db or self._open()
+        self._round += 1
+        before = db.total_changes
+        with db:  # one transaction per batch
+            db.executemany(
+                "INSERT OR IGNORE INTO ids VALUES (?, ?)",
+                [(_blob(key), self._round) for key in sorted(keys)],  # sorted: fewer page hops
+            )
+        added = db.total_changes - before
+        self._on_disk += added
+        if added == len(keys):
+            return frozenset()
+        return self._on_disk_of(keys, self._round)
+
+    def _on_disk_of(self, keys: list[str], before_round: int) -> frozenset[str]:
+        """Those of ``keys`` that the table held before round ``before_round``."""
         assert self._db is not None
         found: set[str] = set()
         for start in range(0, len(keys), self._batch):
-            part = [_blob(key) for key in keys[start : start + self._batch]]
-            query = f"SELECT id FROM ids WHERE id IN ({','.join('?' * len(part))})"
+            part: list[object] = [_blob(key) for key in keys[start : start + self._batch]]
+            query = f"SELECT id FROM ids WHERE id IN ({','.join('?' * len(part))}) AND round < ?"
             found.update(
-                row[0].decode("utf-8", "surrogatepass") for row in self._db.execute(query, part)
+                row[0].decode("utf-8", "surrogatepass")
+                for row in self._db.execute(query, [*part, before_round])
             )
         return frozenset(found)
 
@@ -129,14 +146,16 @@ class IdSet:
             # Scratch data, thrown away at the end: no journal, no fsync.
             db.execute("PRAGMA journal_mode = OFF")
             db.execute("PRAGMA synchronous = OFF")
-            db.execute("CREATE TABLE ids (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            db.execute(
+                "CREATE TABLE ids (id BLOB PRIMARY KEY, round INTEGER NOT NULL) WITHOUT ROWID"
+            )
         except Exception:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
             raise
         limit = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
         if limit is not None:
-            self._batch = max(1, min(db.getlimit(limit), 32_766))
+            self._batch = max(1, min(db.getlimit(limit), 32_766) - 1)
         self._db = db
         return db
 
