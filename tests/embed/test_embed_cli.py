@@ -87,6 +87,25 @@ def test_echo_rows_one_per_id(tmp_path: Path, backend: str) -> None:
     assert "embedded 50 of 50 rows in 1 requests" in done.stderr
 
 
+def test_repeated_ids_are_embedded_once_and_the_notes_end_in_a_count(
+    tmp_path: Path, backend: str
+) -> None:
+    texts = write_input(tmp_path / "in.jsonl", 5)
+    with (tmp_path / "in.jsonl").open("a") as file:  # lines 6 to 35 repeat row-0 .. row-4
+        file.writelines(
+            json.dumps({"id": f"row-{i % 5}", "text": "again"}) + "\n" for i in range(30)
+        )
+    done = llmfanout("in.jsonl", "-o", "out.jsonl", "--backend", backend, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = rows(tmp_path / "out.jsonl")
+    assert Counter(r["id"] for r in out) == Counter(list(texts))
+    assert all(r["embedding"] == list(echo_vector(texts[r["id"]])) for r in out)  # first rows
+    notes = [line for line in done.stderr.splitlines() if line.startswith("note: line")]
+    assert notes[0] == "note: line 6 repeats id 'row-0'; it is embedded once"
+    assert len(notes) == 20 and notes[-1].startswith("note: line 25 ")
+    assert "note: ... and 10 more lines repeat an earlier id" in done.stderr
+
+
 def test_bad_input_is_refused_before_anything_is_sent(tmp_path: Path, server: FakeGemini) -> None:
     (tmp_path / "in.jsonl").write_text('{"id": 1, "text": "ok"}\n{"id": 2}\n[3]\n')
     args = ["in.jsonl", "-o", "out.jsonl", "--provider", "openai", "--model", "m"]

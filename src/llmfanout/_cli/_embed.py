@@ -38,6 +38,7 @@ from .._rows._embed import (
     run_embed,
     scan,
 )
+from .._rows._idset import IdSet
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import OutputCorrupt, cut_torn_line, drop_failed, recover
 from .._rows._spec import key_variable, scrubber
@@ -240,7 +241,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
                 "to finish (or stop it), then run again with --resume"
             ) from None
         source = _open_input(args, stack)
-        done = _recover(args)
+        done = stack.enter_context(IdSet())
+        done.update(_recover(args))  # the recovered set is dropped before the scan
         spool = stack.enter_context(tempfile.TemporaryFile())
         found = scan(source, done, spool)
         bad = [b for b in found.bad if b.id is None or str(b.id) not in done]
@@ -254,6 +256,9 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
             )
         for line, row_id in list(found.duplicates.items())[:MAX_BAD_SHOWN]:
             print(f"note: line {line} repeats id {row_id!r}; it is embedded once", file=sys.stderr)
+        if found.repeats > MAX_BAD_SHOWN:
+            more = found.repeats - MAX_BAD_SHOWN
+            print(f"note: ... and {more} more lines repeat an earlier id", file=sys.stderr)
         key = _key(args)
         try:
             provider = embedding_provider(spec, key)

@@ -25,6 +25,7 @@ import os
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AsyncExitStack
 from typing import IO, Any
 
@@ -38,6 +39,7 @@ from .._core._retry import BackoffStrategy, RetryConfig
 from .._core._tasks import LLMTask
 from .._flow._ratelimit import RateLimit
 from ..providers._embeddings_format import encode_base64
+from ._idset import DEFAULT_CAP, IdSet
 from ._input_rows import key_of, load_json, numbered_lines
 from ._output_rows import RowWriter, _dumps, encode
 
@@ -148,43 +150,69 @@ class EmbedScan:
 
     bad: list[BadLine] = attrs.Factory(list)
     to_run: int = 0
-    duplicates: dict[int, object] = attrs.Factory(dict)  # line -> the id it repeats
+    duplicates: dict[int, object] = attrs.Factory(dict)  # line -> the id it repeats (the first few)
+    repeats: int = 0  # lines repeating an earlier id, all of them
 
 
 SPOOL_CHUNK = 4096  # rows per spooled chunk: what the second pass holds at a time
+KEPT_DUPLICATES = 100  # repeats listed in EmbedScan.duplicates (the rest only counted)
 _LENGTH = struct.Struct("<Q")
 
 
-def scan(file: IO[bytes], done: set[str], spool: IO[bytes]) -> EmbedScan:
+def scan(
+    file: IO[bytes],
+    done: IdSet | AbstractSet[str],
+    spool: IO[bytes],
+    *,
+    cap: int = DEFAULT_CAP,
+) -> EmbedScan:
     """Check every line before anything is sent; spool the rows to embed.
 
-    Each line is parsed once, here: the ``(id, text)`` of every good row not yet recorded
+    Each line is parsed once, here: the ``(id, text)`` of every good row not in ``done``
     (a repeated id's first row only) is appended to ``spool`` (a temporary file) in
-    chunks of :data:`SPOOL_CHUNK` rows, which :func:`read_rows` reads back with no JSON
-    parse. Holds the set of ids while it reads (as ``run``'s first pass does), to find
-    repeats; nothing else grows with the input.
+    chunks of at most :data:`SPOOL_CHUNK` rows, which :func:`read_rows` reads back with
+    no JSON parse. Repeats are found with an :class:`~._idset.IdSet` (``cap`` ids in
+    memory, the rest in a temporary SQLite file removed before this returns), checked a
+    chunk at a time, so memory does not grow with the input.
     """
     found = EmbedScan()
-    seen: set[str] = set()
-    chunk: list[tuple[object, str]] = []
-    for number, raw in numbered_lines(file):
-        parsed = parse_line(raw, number)
-        if isinstance(parsed, BadLine):
-            found.bad.append(parsed)
-            continue
-        key = key_of(parsed[0])
-        if key in seen:
-            found.duplicates[number] = parsed[0]
-            continue
-        seen.add(key)
-        if key not in done:
-            found.to_run += 1
-            chunk.append(parsed)
-            if len(chunk) == SPOOL_CHUNK:
-                _spool(spool, chunk)
-                chunk = []
-    _spool(spool, chunk)
+    pending: list[tuple[int, object, str, str]] = []  # line, id, text, key
+    with IdSet(cap=cap) as seen:
+        for number, raw in numbered_lines(file):
+            parsed = parse_line(raw, number)
+            if isinstance(parsed, BadLine):
+                found.bad.append(parsed)
+                continue
+            pending.append((number, parsed[0], parsed[1], key_of(parsed[0])))
+            if len(pending) == SPOOL_CHUNK:
+                _sort_chunk(pending, seen, done, found, spool)
+                pending = []
+        _sort_chunk(pending, seen, done, found, spool)
     return found
+
+
+def _sort_chunk(
+    pending: list[tuple[int, object, str, str]],
+    seen: IdSet,
+    done: IdSet | AbstractSet[str],
+    found: EmbedScan,
+    spool: IO[bytes],
+) -> None:
+    """Note a chunk's repeats (against every earlier chunk too); spool its rows to embed."""
+    if not pending:
+        return
+    first = seen.add_new([row[3] for row in pending])
+    fresh = [row for row, new in zip(pending, first, strict=True) if new]
+    for row, new in zip(pending, first, strict=True):
+        if not new:
+            found.repeats += 1
+            if len(found.duplicates) < KEPT_DUPLICATES:
+                found.duplicates[row[0]] = row[1]
+    keys = [row[3] for row in fresh]
+    recorded = done.contains_many(keys) if isinstance(done, IdSet) else [k in done for k in keys]
+    chunk = [(row[1], row[2]) for row, old in zip(fresh, recorded, strict=True) if not old]
+    found.to_run += len(chunk)
+    _spool(spool, chunk)
 
 
 def _spool(spool: IO[bytes], chunk: list[tuple[object, str]]) -> None:
