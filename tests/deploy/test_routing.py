@@ -168,7 +168,7 @@ async def test_an_answer_on_the_quick_path_counts_for_the_deployments_pause() ->
     """As the executor's quick path does: after an answer, a bare 429's Retry-After is
     that call's own wait, not a pause of the whole deployment."""
     pool = Pool([EchoProvider()])
-    pause = pool._slots[0].governor.pause
-    assert pause.share(False)  # nothing answered yet: a refusal pauses everyone
+    governor = pool._slots[0].governor  # its pause is told of answers when next read
+    assert governor.pause.share(False)  # nothing answered yet: a refusal pauses everyone
     await pool.complete([LLMMessage("user", "hi")])
-    assert not pause.share(False)
+    assert not governor.pause.share(False)

@@ -86,12 +86,12 @@ class Governor:
         "_engaged",
         "_gates",
         "_pacers",
+        "_pause",
         "_probe_first",
         "_reported",
         "adaptive",
         "aimd",
         "pacing",
-        "pause",
         "quiet",
         "refused",
         "stop_on_auth",
@@ -115,8 +115,7 @@ class Governor:
         is sent."""
         self.adaptive = adaptive
         self.aimd = AIMD(max_concurrency)
-        self.pause = SharedPause()
-        """Whether a bare refusal's Retry-After pauses every call or only its own."""
+        self._pause = SharedPause()
         self._pacers = _pacers_for(provider) if pacing else None
         self._gates = PerLoop[anyio.CapacityLimiter]()
         self._engaged = False  # AIMD gates calls after the first overload answer only
@@ -135,6 +134,13 @@ class Governor:
     def current(self) -> int:
         """How many calls the executor keeps in flight now."""
         return self.aimd.current
+
+    @property
+    def pause(self) -> SharedPause:
+        """Whether a bare refusal's Retry-After pauses every call or only its own (told of
+        every answer so far)."""
+        self._catch_up()
+        return self._pause
 
     def pacer(self, overrides: Mapping[str, Any] | None) -> HeaderPacer | None:
         """The pacer for a call with ``overrides`` (None until its server has reported)."""
@@ -202,23 +208,23 @@ class Governor:
         count = self._answered
         if count:
             self._answered = 0
-            self.pause.success()
+            self._pause.success()
             if self.adaptive:
                 self.aimd.started_at_maximum(count)
 
     def _tally(self, outcome: object) -> None:
         if isinstance(outcome, Exception):
             if is_overload(outcome):
-                self.pause.refused()
+                self._pause.refused()
         elif outcome is not None:
-            self.pause.success()
+            self._pause.success()
 
     def _cool(self, pacer: HeaderPacer, outcome: object, cooldown: float | None) -> bool:
         """Pause every call for ``cooldown`` if the refusal is everyone's; whether it was."""
         if cooldown is None:
             return False
         budgeted = trusted(getattr(outcome, "rate_limits", None)) or pacer.limits != (None, None)
-        if not self.pause.share(budgeted):
+        if not self._pause.share(budgeted):
             return False
         pacer.cooldown(cooldown)
         return True
