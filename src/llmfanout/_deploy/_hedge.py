@@ -147,7 +147,7 @@ class HedgeHost:
         self._seq = 0  # ties broken by arrival, never by comparing races
         self._stale = 0  # answered calls still in the heap
         self._target = math.inf  # the deadline the timer sleeps until
-        self._wake = anyio.Event()
+        self._wake: anyio.Event | None = None  # the timer's, made once it runs
         self.closed = False
         self.token: Any = None  # to reset HOST when the block ends
 
@@ -162,7 +162,8 @@ class HedgeHost:
         heapq.heappush(heap, (deadline, self._seq, race))
         if deadline < self._target:
             self._target = deadline
-            self._wake.set()  # the timer sleeps past this deadline: wake it
+            if self._wake is not None:
+                self._wake.set()  # the timer sleeps past this deadline: wake it
 
     def settled(self, race: Race) -> None:
         """``race`` answered (or its caller left) with no copy sent: its entry is stale."""
@@ -183,6 +184,6 @@ class HedgeHost:
                     race.copy_done = anyio.Event()
                     self.tg.start_soon(race.copy)
             self._target = heap[0][0] if heap else math.inf
-            self._wake = anyio.Event()
+            self._wake = wake = anyio.Event()
             with anyio.move_on_after(self._target - now):
-                await self._wake.wait()
+                await wake.wait()
