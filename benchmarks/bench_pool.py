@@ -8,7 +8,10 @@
    (the pool copies it to name the deployment) and with one that makes a new answer per
    call, its metadata holding a request id as the HTTP providers' hold the raw body, and
    says so (``fresh_answers``, as the HTTP providers do: the pool names the deployment
-   in it, no copy), each against its own bare provider.
+   in it, no copy), each against its own bare provider. Then hedging on (a pool of
+   three, fresh answers, a delay no call reaches: what every call answered in time
+   pays), with the pool entered (``async with pool``: one timer per block) and not (a
+   task group per call).
 2. **Capacity.** Loopback fake servers, each enforcing ``--rpm`` requests per minute
    with ``--burst`` seconds of burst (one by default: the limits bind within a second):
    M calls through one deployment, then 3M through a pool of three (each its own server

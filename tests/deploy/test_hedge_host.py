@@ -260,6 +260,28 @@ async def test_the_block_ends_cleanly_and_a_pool_not_entered_still_hedges() -> N
     assert HOST.get() is None
 
 
+async def test_a_call_outliving_its_block_still_answers() -> None:
+    first, second = Scripted("first", {"stray": "gate-then-answer"}), Scripted("second")
+    pool = pair(first, second, 5.0)
+    got: list[LLMResponse] = []
+    callers: list[int] = []
+
+    async def call() -> None:
+        callers.append(anyio.get_current_task().id)
+        got.append(await pool.complete(ask("stray")))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as outer:
+            async with pool:
+                outer.start_soon(call)  # sees the block's host, and outlives the block
+                await first.arrived("stray").wait()
+            assert HOST.get() is None
+            first.release.set()
+    assert got[0].content == "first: stray" and "hedged" not in got[0].metadata
+    assert "stray" not in second.calls and idle(pool)
+    assert first.calls["stray"][0] == callers[0]  # it was the block's: in its own task
+
+
 # -- the timer's heap: bounded by the calls in flight ---------------------------------------
 
 

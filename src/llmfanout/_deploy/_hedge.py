@@ -17,7 +17,9 @@ it. Elsewhere (a pool not entered) the pool falls back to a task group per call.
 The rules are the per-call group's: the first whole answer wins and the other copy is
 cancelled, and the call returns only once it is; an error waits for the other copy; a
 caller cancelled cancels its copy and waits for it to end. The copy runs with the
-caller's context variables, as a task started by the caller would.
+caller's context variables, as a task started by the caller would. A call still running
+when its block ends (a task started inside the block into a group outside it) keeps its
+first request; its copy, if any, is cancelled with the block, and it is not hedged after.
 """
 
 from __future__ import annotations

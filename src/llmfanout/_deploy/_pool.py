@@ -25,7 +25,9 @@ connection pool (its provider's), its own ``rpm``/``tpm``. The pool adds three t
 
 ``hedge_after`` (seconds, or a latency quantile such as ``"p95"``; off by default: it
 costs money) sends a second copy of a call that has not answered by then to another
-deployment; the first whole answer wins and the other copy is cancelled.
+deployment; the first whole answer wins and the other copy is cancelled. Inside
+``async with pool:`` one timer per block sends the copies (``_hedge``); a pool not
+entered makes a task group per hedged call.
 
 The module is long (about 650 lines) because ``Pool`` is one piece: routing, failover,
 fallbacks and hedging all read and write the same slots within one call's attempts; the
@@ -133,6 +135,8 @@ class Pool:
       another deployment; or a latency quantile, ``"p95"`` (``"p50"`` to ``"p99.9"``): a
       call is hedged once it has waited longer than that quantile of the pool's recent
       answers (the last 256), and only once 20 have come in. None, the default: never.
+      Hedge inside ``async with pool:``: there one timer serves every call, and a call
+      answered in time costs a few tens of microseconds, not a task group of its own.
     - ``max_concurrency``: the most calls each deployment's AIMD window allows in flight.
     - ``trip_after``: transient failures in a row that take a deployment out;
       ``reopen_after``: seconds it stays out the first time (doubling while it keeps
