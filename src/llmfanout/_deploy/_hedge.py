@@ -50,8 +50,9 @@ _COMPACT_AT = 64
 class Race:
     """One hedged call: its first copy in the caller's task, perhaps a second in the host.
 
-    ``send(avoid)`` sends the call's copy, avoiding the deployment ``avoid``; ``chosen``
-    collects the deployments the first copy went to (the copy avoids the first one).
+    ``send(avoid, chose)`` sends a copy of the call, avoiding the deployment ``avoid``
+    and telling ``chose`` where it goes; ``chosen`` collects the deployments the first
+    copy went to (the second copy avoids the first of them).
     """
 
     __slots__ = (
@@ -73,7 +74,7 @@ class Race:
 
     def __init__(
         self,
-        send: Callable[[Any], Awaitable[LLMResponse]],
+        send: Callable[[Any, Any], Awaitable[LLMResponse]],
         call: Any,
         window: LatencyWindow | None,
         context: Context,
@@ -109,7 +110,7 @@ class Race:
             try:
                 with anyio.CancelScope() as self.copy_scope:
                     try:
-                        answer = await self.send(self.chosen[0] if self.chosen else None)
+                        answer = await self.send(self.chosen[0] if self.chosen else None, None)
                     except Exception as exc:
                         error = exc
             finally:  # also when the host closes under it

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, copy_context
 from types import TracebackType
 from typing import Any, Self
@@ -331,7 +331,8 @@ class Pool:
             return answer
         host = HOST.get()
         if host is not None and not host.closed:
-            return await self._raced(host, float(delay), call, messages, config_overrides, model)
+            send = functools.partial(self._route, call, messages, config_overrides, model)
+            return await self._raced(host, float(delay), call, send)
         return await self._hedged(float(delay), call, messages, config_overrides, model)
 
     def _open(
@@ -353,19 +354,13 @@ class Pool:
         host: HedgeHost,
         delay: float,
         call: _Call,
-        messages: Sequence[LLMMessage],
-        overrides: Mapping[str, Any] | None,
-        model: Any,
+        send: Callable[[_Slot | None, Callable[[_Slot], None] | None], Awaitable[LLMResponse]],
     ) -> LLMResponse:
         """The call in this task, and a copy started by ``host`` if ``delay`` passes
-        unanswered (see ``_hedge``); the first whole answer wins, the other is cancelled."""
+        unanswered (see ``_hedge``); the first whole answer wins, the other is cancelled.
+        ``send(avoid, chose)``: ``_route`` for this call."""
         window = self._latency
-        race = Race(
-            functools.partial(self._route, call, messages, overrides, model, chose=None),
-            call,
-            window,
-            copy_context(),
-        )
+        race = Race(send, call, window, copy_context())
         start = anyio.current_time()
         host.add(race, start + delay)
         answer: LLMResponse | None = None
@@ -373,9 +368,7 @@ class Pool:
         try:
             with anyio.CancelScope() as race.first:
                 try:
-                    answer = await self._route(
-                        call, messages, overrides, model, None, race.chosen.append
-                    )
+                    answer = await send(None, race.chosen.append)
                 except Exception as exc:
                     error = exc
             race.first_running = False
