@@ -8,7 +8,10 @@
    (the pool copies it to name the deployment) and with one that makes a new answer per
    call, its metadata holding a request id as the HTTP providers' hold the raw body, and
    says so (``fresh_answers``, as the HTTP providers do: the pool names the deployment
-   in it, no copy), each against its own bare provider.
+   in it, no copy), each against its own bare provider. Then hedging on (a pool of
+   three, fresh answers, a delay no call reaches: what every call answered in time
+   pays), with the pool entered (``async with pool``: one timer per block) and not (a
+   task group per call).
 2. **Capacity.** Loopback fake servers, each enforcing ``--rpm`` requests per minute
    with ``--burst`` seconds of burst (one by default: the limits bind within a second):
    M calls through one deployment, then 3M through a pool of three (each its own server
@@ -54,13 +57,28 @@ def tasks(n: int) -> dict[str, LLMTask]:
 
 
 async def run_once(provider: object, n: int, concurrency: int) -> float:
-    executor = ParallelLLMExecutor(provider, max_concurrency=concurrency)  # type: ignore[arg-type]
+    pool = provider.pool if isinstance(provider, Entered) else provider
+    executor = ParallelLLMExecutor(pool, max_concurrency=concurrency)  # type: ignore[arg-type]
     work = tasks(n)
     start = time.process_time()
-    results = await executor.execute(work)
+    if isinstance(provider, Entered):
+        async with provider.pool:  # its hedge host: one timer for every call
+            results = await executor.execute(work)
+    else:
+        results = await executor.execute(work)
     elapsed = time.process_time() - start
     assert all(r.success for r in results.values())
     return elapsed
+
+
+class Entered:
+    """A pool the run enters (``async with pool:``), as ``llmfanout run`` and JobSpec do."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def complete(self, *args: Any, **kwargs: Any) -> LLMResponse:
+        raise AssertionError("the executor is given the pool itself")
 
 
 class FreshProvider(CheckpointProvider):
@@ -84,8 +102,10 @@ async def routing(n: int, concurrency: int, repeats: int) -> None:
         "bare, fresh": lambda: FreshProvider(),
         "pool of one, fresh": lambda: Pool([FreshProvider()]),
         "pool of three, fresh": lambda: Pool([FreshProvider() for _ in range(3)]),
-        "hedge after 60 s": lambda: Pool([FreshProvider() for _ in range(3)], hedge_after=60),
-        "hedge after p99": lambda: Pool([FreshProvider() for _ in range(3)], hedge_after="p99"),
+        "hedge after 60 s": lambda: Entered(hedging(60)),
+        "hedge after p99": lambda: Entered(hedging("p99")),
+        "60 s, not entered": lambda: hedging(60),
+        "p99, not entered": lambda: hedging("p99"),
     }
     runs: dict[str, list[float]] = {label: [] for label in contenders}
     for _ in range(repeats):  # interleaved: a change in the machine's load touches each alike
@@ -99,9 +119,16 @@ async def routing(n: int, concurrency: int, repeats: int) -> None:
     print("  a new answer per call, fresh_answers (the pool writes the name into it):")
     for label in ("bare, fresh", "pool of one, fresh", "pool of three, fresh"):
         line(label, us[label], us["bare, fresh"])
-    print("  pool of three, fresh, hedging on (a task group per call; p99 keeps a quantile):")
+    print("  pool of three, fresh, hedging on, the pool entered (one timer for every call):")
     for label in ("hedge after 60 s", "hedge after p99"):
         line(label, us[label], us["bare, fresh"])
+    print("  the same, the pool not entered (a task group per call):")
+    for label in ("60 s, not entered", "p99, not entered"):
+        line(label, us[label], us["bare, fresh"])
+
+
+def hedging(after: float | str) -> Pool:
+    return Pool([FreshProvider() for _ in range(3)], hedge_after=after)
 
 
 def line(label: str, us: float, base: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -143,8 +144,11 @@ def ask(text: str) -> list[LLMMessage]:
 
 
 @pytest.mark.anyio
-async def test_calls_are_hedged_only_past_the_quantile_of_recent_answers() -> None:
-    with anyio.fail_after(30):  # a bug fails the test, never hangs the suite
+@pytest.mark.parametrize("entered", [False, True], ids=["own-group", "async-with"])
+async def test_calls_are_hedged_only_past_the_quantile_of_recent_answers(entered: bool) -> None:
+    # Entered (async with pool): one timer hedges every call; else a task group per call.
+    async with AsyncExitStack() as stack:
+        stack.enter_context(anyio.fail_after(30))  # a bug fails the test, never hangs
         first, second = Scripted("first", hangs=True), Scripted("second")
         pool = Pool(
             [
@@ -153,6 +157,8 @@ async def test_calls_are_hedged_only_past_the_quantile_of_recent_answers() -> No
             ],
             hedge_after="p95",
         )
+        if entered:
+            await stack.enter_async_context(pool)
         assert pool.hedge_delay is None  # no answers yet: no quantile, no hedge
         # Too few answers to know the quantile: a slow one is not hedged.
         lone = await pool.complete(ask("slow 0"))

@@ -25,7 +25,9 @@ connection pool (its provider's), its own ``rpm``/``tpm``. The pool adds three t
 
 ``hedge_after`` (seconds, or a latency quantile such as ``"p95"``; off by default: it
 costs money) sends a second copy of a call that has not answered by then to another
-deployment; the first whole answer wins and the other copy is cancelled.
+deployment; the first whole answer wins and the other copy is cancelled. Inside
+``async with pool:`` one timer per block sends the copies (``_hedge``); a pool not
+entered makes a task group per hedged call.
 
 The module is long (about 650 lines) because ``Pool`` is one piece: routing, failover,
 fallbacks and hedging all read and write the same slots within one call's attempts; the
@@ -34,9 +36,10 @@ bookkeeping they share (slots, stats, the stamped answer) is in ``_slots``.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar, copy_context
 from types import TracebackType
 from typing import Any, Self
 
@@ -49,6 +52,7 @@ from .._flow._patience import is_overload
 from .._flow._ratelimit import estimate_tokens
 from ..errors import BadRequestError, ProviderError
 from ._causes import CONTENT_FILTER, CONTEXT_WINDOW, cause_of
+from ._hedge import HOST, HedgeHost, Race
 from ._latency import LatencyWindow, parse_quantile
 from ._slots import (
     _DEFAULT_COOL,
@@ -131,6 +135,8 @@ class Pool:
       another deployment; or a latency quantile, ``"p95"`` (``"p50"`` to ``"p99.9"``): a
       call is hedged once it has waited longer than that quantile of the pool's recent
       answers (the last 256), and only once 20 have come in. None, the default: never.
+      Hedge inside ``async with pool:``: there one timer serves every call, and a call
+      answered in time costs a few tens of microseconds, not a task group of its own.
     - ``max_concurrency``: the most calls each deployment's AIMD window allows in flight.
     - ``trip_after``: transient failures in a row that take a deployment out;
       ``reopen_after``: seconds it stays out the first time (doubling while it keeps
@@ -222,6 +228,14 @@ class Pool:
 
     # Alike in shape only (providers/_http.py): the async-with protocol over aclose().
     async def __aenter__(self) -> Self:
+        """With ``hedge_after``, also open the block's hedge host (see ``_hedge``): the
+        calls made inside the block are hedged by one timer, not a task group each."""
+        if self.hedge_after is not None:
+            tg = anyio.create_task_group()
+            await tg.__aenter__()
+            host = HedgeHost(tg, self)
+            host.token = HOST.set(host)
+            tg.start_soon(host.serve)
         return self
 
     async def __aexit__(
@@ -230,6 +244,14 @@ class Pool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.hedge_after is not None:
+            host = HOST.get()
+            if host is None or host.owner is not self:
+                raise RuntimeError("Pool: async with blocks were left out of order")
+            host.closed = True
+            HOST.reset(host.token)
+            host.tg.cancel_scope.cancel()  # the timer, and any copy a stray call left
+            await host.tg.__aexit__(None, None, None)
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -299,7 +321,19 @@ class Pool:
             return await self._route(call, messages, config_overrides, model, None)
         if call is None:
             call = self._open(messages, config_overrides)
-        return await self._hedged(call, messages, config_overrides, model)
+        window = self._latency
+        delay = self.hedge_after if window is None else window.threshold
+        if delay is None:  # a quantile, and too few answers yet to know it: no hedge
+            assert window is not None
+            start = anyio.current_time()
+            answer = await self._route(call, messages, config_overrides, model, None)
+            window.add(anyio.current_time() - start)
+            return answer
+        host = HOST.get()
+        if host is not None and not host.closed:
+            send = functools.partial(self._route, call, messages, config_overrides, model)
+            return await self._raced(host, float(delay), call, send)
+        return await self._hedged(float(delay), call, messages, config_overrides, model)
 
     def _open(
         self,
@@ -315,22 +349,71 @@ class Pool:
         _CALL.set(call)
         return call
 
+    async def _raced(
+        self,
+        host: HedgeHost,
+        delay: float,
+        call: _Call,
+        send: Callable[[_Slot | None, Callable[[_Slot], None] | None], Awaitable[LLMResponse]],
+    ) -> LLMResponse:
+        """The call in this task, and a copy started by ``host`` if ``delay`` passes
+        unanswered (see ``_hedge``); the first whole answer wins, the other is cancelled.
+        ``send(avoid, chose)``: ``_route`` for this call."""
+        window = self._latency
+        race = Race(send, call, window, copy_context())
+        start = anyio.current_time()
+        host.add(race, start + delay)
+        answer: LLMResponse | None = None
+        error: Exception | None = None
+        try:
+            with anyio.CancelScope() as race.first:
+                try:
+                    answer = await send(None, race.chosen.append)
+                except Exception as exc:
+                    error = exc
+            race.first_running = False
+            if not race.hedged:  # the common case: answered in time, no copy
+                host.settled(race)
+                if error is not None:
+                    raise error
+                assert answer is not None
+                if window is not None:
+                    window.add(anyio.current_time() - start)
+                return answer
+            race.finished(answer, error, start)
+            if race.answers:
+                race.cancel_copy()  # the loser, if it still runs
+            assert race.copy_done is not None
+            await race.copy_done.wait()  # the copy's answer or error, or its end
+        finally:
+            if race.first_running:  # cancelled from outside while this copy ran
+                race.first_running = False
+                if not race.hedged:
+                    host.settled(race)  # the timer must not hedge it
+                else:
+                    race.finished(None, None, start)
+            if race.copy_done is not None and not race.copy_done.is_set():
+                race.cancel_copy()  # leaving early: the copy goes too, and ends first
+                with anyio.CancelScope(shield=True):
+                    await race.copy_done.wait()
+        if race.answers:
+            first = race.answers[0]
+            if race.started:
+                return attrs.evolve(first, metadata={**first.metadata, "hedged": True})
+            return first
+        raise race.errors[0]
+
     async def _hedged(
         self,
+        delay: float,
         call: _Call,
         messages: Sequence[LLMMessage],
         overrides: Mapping[str, Any] | None,
         model: Any,
     ) -> LLMResponse:
-        """The call, and a second copy of it once ``hedge_after`` passes unanswered."""
+        """The call, and a second copy of it once ``delay`` passes unanswered, in a task
+        group of its own (a pool not entered with ``async with``: no host to share)."""
         window = self._latency
-        delay = self.hedge_after if window is None else window.threshold
-        if delay is None:  # a quantile, and too few answers yet to know it: no hedge
-            assert window is not None
-            start = anyio.current_time()
-            answer = await self._route(call, messages, overrides, model, None)
-            window.add(anyio.current_time() - start)
-            return answer
         answers: list[LLMResponse] = []
         errors: list[Exception] = []
         done = anyio.Event()
@@ -359,7 +442,7 @@ class Pool:
         async with anyio.create_task_group() as tg:
             running = 1
             tg.start_soon(copy_of, None)
-            with anyio.move_on_after(float(delay)):
+            with anyio.move_on_after(delay):
                 await done.wait()
             if not done.is_set():
                 call.hedged = True
