@@ -19,8 +19,10 @@ from llmfanout import (
     ParallelLLMExecutor,
     Pool,
 )
+from llmfanout._deploy._build import build_pool
 from llmfanout._deploy._pool import _Call
 from llmfanout._deploy._slots import STAMPED_FIELDS, _stamped
+from llmfanout._deploy._spec import parse_deployments
 from llmfanout.errors import BadRequestError, ServerError
 from llmfanout.retry import RetryConfig
 from llmfanout.testing import set_testing
@@ -172,3 +174,11 @@ async def test_an_answer_on_the_quick_path_counts_for_the_deployments_pause() ->
     assert governor.pause.share(False)  # nothing answered yet: a refusal pauses everyone
     await pool.complete([LLMMessage("user", "hi")])
     assert not governor.pause.share(False)
+
+
+@given(st.floats(min_value=0.0, max_value=5.0, allow_nan=False))
+def test_echo_deployments_take_the_jobs_echo_latency(latency: float) -> None:
+    """``--echo-latency`` reaches every echo deployment of a ``--deployments`` file."""
+    specs = parse_deployments([{"name": name, "provider": "echo"} for name in "ab"])
+    pool = build_pool(specs, keys={}, echo_latency=latency)
+    assert [slot.deployment.provider.latency for slot in pool._slots] == [latency, latency]

@@ -27,11 +27,13 @@ def deployment_keys(specs: Sequence[DeploymentSpec]) -> dict[str, str]:
     return keys
 
 
-def _provider(spec: DeploymentSpec, key: str | None, options: dict[str, Any]) -> AsyncLLMProvider:
+def _provider(
+    spec: DeploymentSpec, key: str | None, options: dict[str, Any], echo_latency: float = 0.0
+) -> AsyncLLMProvider:
     if spec.provider == "echo":
         from ..providers._echo import EchoProvider
 
-        return EchoProvider(model=spec.model or "echo", record_calls=False)
+        return EchoProvider(latency=echo_latency, model=spec.model or "echo", record_calls=False)
     if spec.model is None:
         raise ValueError(
             f"deployment {spec.name!r}: give its model (for azure, the deployment's name)"
@@ -78,12 +80,14 @@ def build_pool(
     timeout: float | None = None,
     shared_limit: str | None = None,
     hedge_after: float | str | None = None,
+    echo_latency: float = 0.0,
 ) -> Pool:
     """The pool for ``specs``; ``ValueError`` naming the deployment for one that cannot work.
 
     ``shared_limit``: a Redis URL; each deployment with ``rpm``/``tpm`` then keeps its
     budget there under its own key (``deployment:NAME``, or ``KEY:NAME`` with ``?key=``),
-    shared by every worker using the same file.
+    shared by every worker using the same file. ``echo_latency``: seconds each ``echo``
+    deployment waits per call (demos, benchmarks).
     """
     options: dict[str, Any] = {"max_connections": max_connections}
     if timeout:
@@ -91,7 +95,7 @@ def build_pool(
     deployments = []
     for spec in specs:
         try:
-            provider = _provider(spec, keys.get(spec.name), options)
+            provider = _provider(spec, keys.get(spec.name), options, echo_latency)
         except (TypeError, ValueError) as exc:
             message = str(exc)
             if spec.name not in message:

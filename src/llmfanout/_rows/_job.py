@@ -87,6 +87,7 @@ def _pool_for(job: Job, spec: JobSpec) -> AsyncLLMProvider:
             timeout=spec.timeout,
             shared_limit=spec.shared_limit,
             hedge_after=spec.hedge_after,
+            echo_latency=spec.echo_latency,
         )
     except (ValueError, ImportError) as exc:
         raise JobError(str(exc)) from None
