@@ -16,9 +16,8 @@ import json
 from json.encoder import encode_basestring
 from typing import Any
 
-
-def _text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# Made once: json.dumps given options other than its defaults makes an encoder per call.
+_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 class EncodedDict(dict[str, Any]):
