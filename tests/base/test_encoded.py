@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 from typing import Any
 
 import pytest
@@ -54,3 +56,19 @@ def test_anything_else_is_plain_json_and_nan_is_refused(payload: Any) -> None:
             dumps(payload)
     else:
         assert dumps(payload) == json.dumps(payload, separators=(",", ":"))
+
+
+@given(value=st.dictionaries(st.text(), values, max_size=4))
+def test_an_encoded_value_refuses_changes_but_copies_and_pickles_by_value(
+    value: dict[str, Any],
+) -> None:
+    for encoded in (EncodedDict(value), EncodedList([value])):
+        with pytest.raises(TypeError, match="shared by every request"):
+            encoded.clear()
+        for again in (
+            copy.copy(encoded),
+            copy.deepcopy(encoded),
+            pickle.loads(pickle.dumps(encoded)),
+        ):
+            assert type(again) is type(encoded) and again == encoded
+            assert again.text == encoded.text

@@ -42,14 +42,27 @@ def test_prices_give_the_cost_in_the_summary(tmp_path: Path) -> None:
     assert "cached prompt tokens: 8" in done.stderr
 
 
-def test_a_bad_price_file_is_a_usage_error(tmp_path: Path) -> None:
-    source, prices = tmp_path / "in.jsonl", tmp_path / "p.json"
-    write_prompts(source, 1)
-    prices.write_text(json.dumps({"gpt-test": {"input": 1}}))
-    done = llmfanout("run", source, "-o", tmp_path / "o.jsonl", "--prices", prices, cwd=tmp_path)
-    assert done.returncode == 2
-    assert "--prices: prices file" in done.stderr and "has no 'output' price" in done.stderr
-    assert not (tmp_path / "o.jsonl").exists() or (tmp_path / "o.jsonl").read_text() == ""
+@pytest.mark.parametrize(
+    ("table", "fault"),
+    [
+        ('{"gpt-test": {"input": 1}}', "prices['gpt-test'] has no 'output' price"),
+        ('{"gpt-test": [1, 2]}', "prices['gpt-test'] is a list"),  # a TypeError
+        (None, "cannot be read"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command", [["run", "in.jsonl", "-o"], ["embed", "in.jsonl", "-o"], ["batch", "wait"]]
+)
+def test_run_embed_and_batch_refuse_a_bad_price_file_alike(
+    tmp_path: Path, command: list[str], table: str | None, fault: str
+) -> None:
+    write_prompts(tmp_path / "in.jsonl", 1)
+    if table is not None:
+        (tmp_path / "p.json").write_text(table)
+    done = llmfanout(*command, "o.jsonl", "--prices", "p.json", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"--prices: prices file 'p.json': {fault}" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "o.jsonl").exists()
 
 
 @pytest.mark.parametrize("base", ["flag", "env"])

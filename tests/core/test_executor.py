@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -117,6 +118,49 @@ async def test_a_mapping_whose_tags_are_str_subclasses_is_accepted() -> None:
     assert [(tag, r.success) for tag, r in results.items()] == [("a", True), ("b", True)]
     with pytest.raises(TypeError, match=r"execute: task 'c' is a str"):
         await ParallelLLMExecutor(EchoProvider()).execute({**tasks, "c": "no"})  # type: ignore[dict-item]
+
+
+@attrs.frozen
+class RowTask(LLMTask):
+    """A user's own kind of LLM task: attrs lets the value classes be extended."""
+
+    row: int = attrs.field(default=0, kw_only=True)
+
+
+@attrs.frozen
+class NamedFunction(DeterministicTask):
+    name: str = attrs.field(default="", kw_only=True)
+
+
+class JSONProvider:
+    async def complete(
+        self, messages: Sequence[LLMMessage], config_overrides: Mapping[str, Any] | None = None
+    ) -> LLMResponse:
+        return LLMResponse('{"n": 1}')
+
+
+async def test_subclasses_of_the_task_classes_run_as_the_classes_do() -> None:
+    def row(text: str, **kwargs: Any) -> RowTask:
+        return RowTask([LLMMessage("user", text)], row=1, **kwargs)
+
+    executor = ParallelLLMExecutor(EchoProvider())
+    mixed = await executor.execute_mixed(
+        {"llm": row("a"), "timed": row("b", timeout=5), "code": NamedFunction(lambda: 3)}
+    )
+    async with executor.stream([row("s", tag="s"), row("p"), NamedFunction(lambda: 4)]) as out:
+        streamed = {r.tag: r async for r in out}
+    chain = await executor.execute_sequential([row("q", tag="q")])
+    checked = await ParallelLLMExecutor(JSONProvider()).execute(
+        {"j": row("j", response_model=lambda body: body["n"])}
+    )
+    assert [r.value.content for r in (mixed["llm"], mixed["timed"], chain[0])] == [
+        "Echo: a",
+        "Echo: b",
+        "Echo: q",
+    ]
+    assert mixed["code"].value == 3 and checked["j"].value.parsed == 1
+    assert streamed["s"].value.content == "Echo: s" and streamed["1"].value.content == "Echo: p"
+    assert streamed["2"].value == 4
 
 
 async def test_empty_input_gives_empty_results() -> None:

@@ -160,6 +160,32 @@ async def test_a_missing_or_wrong_bearer_is_refused_and_never_shown(
     no_token_in(str(bad.value), repr(bad.value), caplog.text, repr(wrong), repr(vars(wrong)))
 
 
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        (
+            {"azure_ad_token_provider": lambda: TOKENS[3]},
+            "the Entra ID token azure_ad_token_provider returns",
+        ),
+        ({"azure_ad_token": TOKENS[3]}, "the Entra ID token given as azure_ad_token="),
+        ({}, "the Entra ID token in AZURE_OPENAI_AD_TOKEN"),
+        ({"api_key": "k" * 20}, "the API key (AZURE_OPENAI_API_KEY or api_key=)"),
+    ],
+)
+async def test_a_refusal_asks_to_check_the_credential_in_use(
+    monkeypatch: pytest.MonkeyPatch, given: dict[str, Any], hint: str
+) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_AD_TOKEN", TOKENS[3])
+    async with serve_fake_llm() as server:
+        server.fault_for = bearer_only([TOKENS[0]])
+        provider = AzureOpenAIProvider("gpt-4o-east", azure_endpoint=server.base_url, **given)
+        async with provider:
+            with pytest.raises(AuthenticationError) as refused:
+                await provider.complete(QUESTION)
+    assert f"; check {hint} and what it may access" in str(refused.value)
+    no_token_in(str(refused.value), repr(refused.value))
+
+
 async def test_what_wins_when_several_credentials_are_given(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

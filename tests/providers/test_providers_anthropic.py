@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor
+from llmfanout._base._encoded import dumps
+from llmfanout._structured._request import response_format
 from llmfanout.errors import BadRequestError, ResponseFormatError
 from llmfanout.providers import AnthropicProvider
 
@@ -256,3 +259,43 @@ async def test_end_to_end_through_the_executor_on_a_real_server() -> None:
     assert first.headers["x-api-key"] == KEY
     assert first.json["system"] == "s"
     assert server.peak_connections <= 4
+
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+OWN_TOOL = {"name": "lookup", "input_schema": {"type": "object"}}
+
+# (a change to a built body, whether it changes the tools list itself)
+CHANGES: list[tuple[Callable[[dict[str, Any]], object], bool]] = [
+    (lambda body: body["tools"].append(OWN_TOOL), True),
+    (lambda body: body["tools"].clear(), True),
+    (lambda body: body["tools"].__setitem__(0, OWN_TOOL), True),
+    (lambda body: body["tools"][-1].update(name="other"), False),
+    (lambda body: body["tools"][-1].pop("input_schema"), False),
+    (lambda body: body["tool_choice"].__setitem__("name", "other"), False),
+]
+
+
+@pytest.mark.parametrize("tools", [None, [OWN_TOOL]])
+@pytest.mark.parametrize(("change", "of_the_list"), CHANGES)
+def test_changing_a_built_structured_request_cannot_change_the_next_one(
+    tools: list[dict[str, Any]] | None,
+    change: Callable[[dict[str, Any]], object],
+    of_the_list: bool,
+) -> None:
+    """The forced tool, its list and the tool_choice are made once per schema and shared
+    by every call: they refuse a change rather than pass it on to the next request (a
+    list joining the caller's tools to the forced one is the call's own)."""
+    provider = AnthropicProvider("claude-test", api_key=KEY, base_url="http://127.0.0.1:9/v1")
+    overrides = {"response_format": response_format("answer", SCHEMA)}
+    if tools is not None:
+        overrides["tools"] = tools
+    first = provider.cache_request(MESSAGES, overrides)["body"]
+    sent = json.loads(dumps(first))
+    if of_the_list and tools is not None:
+        change(first)
+    else:
+        with pytest.raises(TypeError, match="shared by every request"):
+            change(first)
+    second = provider.cache_request(MESSAGES, overrides)["body"]
+    assert json.loads(dumps(second)) == sent
+    assert sent["tools"][-1]["name"] == sent["tool_choice"]["name"] == "answer"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor
 from llmfanout.errors import BadRequestError, ProviderError, ResponseFormatError
@@ -20,6 +23,7 @@ pytestmark = pytest.mark.anyio
 
 KEY = "sk-test-openai-0123456789"
 MESSAGES = [LLMMessage("system", "Be brief."), LLMMessage("user", "Hi", name="ann")]
+ENCODER = OpenAIProvider("gpt-4o-mini", api_key=KEY, base_url="http://127.0.0.1:9/v1")
 
 
 def completion(content: Any = "Hello!", **extra: Any) -> dict[str, Any]:
@@ -156,6 +160,30 @@ async def test_a_request_that_cannot_be_sent_is_refused_before_sending(
         await provider.complete(MESSAGES, overrides)
     assert caught.value.retryable is False and caught.value.status_code is None
     assert recorder.requests == []
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(body=st.dictionaries(st.text(), json_values, max_size=5))
+def test_a_body_is_encoded_byte_for_byte_as_json_dumps_would(body: dict[str, Any]) -> None:
+    """The encoder made once writes what json.dumps with the same options writes, and
+    refuses what it refuses (NaN, a lone surrogate)."""
+    try:
+        expected: bytes | None = json.dumps(
+            body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+    except ValueError:
+        expected = None
+    try:
+        sent: bytes | None = ENCODER._encode(body)
+    except BadRequestError:
+        sent = None
+    assert sent == expected
 
 
 # -- the response ----------------------------------------------------------------------

@@ -6,19 +6,26 @@ Encoding it into each body cost more than validating the answer. :class:`Encoded
 and :class:`EncodedList` are a ``dict`` and a ``list`` as any reader sees them (a
 provider rewriting the request, a cache key, a batch file), which also carry their JSON
 text, made once; :func:`dumps` writes that text where one stands at the top level of a
-body, instead of walking the value again. Treat them as read-only: the text is not
-remade.
+body, instead of walking the value again. They are read-only (a change raises
+``TypeError``): one is shared by every request that sends it, and its text is not remade;
+``dict(it)`` or ``list(it)`` is a copy to change.
 """
 
 from __future__ import annotations
 
 import json
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, NoReturn
+
+# Made once: json.dumps given options other than its defaults makes an encoder per call.
+_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
-def _text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+def _read_only(self: object, *args: object, **kwargs: object) -> NoReturn:
+    raise TypeError(
+        f"{type(self).__name__} is shared by every request that sends it and cannot be "
+        "changed; change a copy (dict(it), list(it))"
+    )
 
 
 class EncodedDict(dict[str, Any]):
@@ -32,6 +39,9 @@ class EncodedDict(dict[str, Any]):
         self.text = _text(value)
         self.derived: dict[str, Any] = {}
 
+    def __reduce__(self) -> tuple[type[EncodedDict], tuple[dict[str, Any]]]:
+        return EncodedDict, (dict(self),)  # copied and pickled by value, not by setitem
+
 
 class EncodedList(list[Any]):
     """A JSON array and its text, made once."""
@@ -42,6 +52,21 @@ class EncodedList(list[Any]):
         super().__init__(value)
         self.text = _text(value)
 
+    def __reduce__(self) -> tuple[type[EncodedList], tuple[list[Any]]]:
+        return EncodedList, (list(self),)
+
+
+def _refuse_changes(cls: type, names: str) -> None:
+    """Make each method of ``names`` (those that change a dict or a list in place) raise."""
+    for name in names.split():
+        setattr(cls, name, _read_only)
+
+
+_refuse_changes(EncodedDict, "__setitem__ __delitem__ __ior__ clear pop popitem setdefault update")
+_refuse_changes(
+    EncodedList,
+    "__setitem__ __delitem__ __iadd__ __imul__ append clear extend insert pop remove reverse sort",
+)
 
 _ENCODED = (EncodedDict, EncodedList)
 

@@ -316,7 +316,7 @@ class OpenAIBatchAPI(BatchAPI):
                 json.dumps(body).encode(),
             )
             provider = self.provider
-            problem = status_error(where, answer, provider._redactor, provider.api_key_env)
+            problem = status_error(where, answer, provider._redactor, provider._credential())
             return Outcome(custom_id, None, problem, True)
         code = error.get("code") if isinstance(error, dict) else None
         message = error.get("message") if isinstance(error, dict) else None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._base._checks import TRIO_HINT
+from .._report._cost import Price, load_prices
 from .._rows._output_rows import is_stream
 from . import _log
 
@@ -141,6 +142,18 @@ def json_object(text: str) -> dict[str, Any]:
             f"{text!r} is not a JSON object; give e.g. '{{\"temperature\": 0}}'"
         )
     return value
+
+
+def price_table(args: argparse.Namespace) -> dict[str, Price] | None:
+    """The table ``--prices`` names, else None; a :class:`UsageError` naming the file and
+    the model and field at fault (run, embed and batch read it alike)."""
+    path = getattr(args, "prices", None)
+    if path is None:
+        return None
+    try:
+        return load_prices(path)
+    except (TypeError, ValueError) as exc:  # load_prices turns an OSError into a ValueError
+        raise UsageError(f"--prices: {exc}") from None
 
 
 def check_input(path: str) -> None:

@@ -53,11 +53,11 @@ from ._args import (
     check_backend,
     positive_float,
     positive_int,
+    price_table,
 )
 from ._batch_jobs import (
     PER_ROW,
     polling_of,
-    price_table,
     provider_for,
     wait,
     wait_command,

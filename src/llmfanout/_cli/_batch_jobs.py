@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .._batch._jobs import BatchJob, BatchProgress, Polling
 from .._batch._state import state_path
 from .._core._tasks import TaskResult
-from .._report._cost import CostTally, Price, load_prices
+from .._report._cost import CostTally
 from .._report._summary import format_usd
 from .._rows._output_rows import (
     OutputCorrupt,
@@ -302,16 +302,6 @@ class Display:
             self.bar.stop()
         elif self.last is not None and self.last != self.shown:
             self.line(self.last)
-
-
-def price_table(args: argparse.Namespace) -> dict[str, Price] | None:
-    path = getattr(args, "prices", None)
-    if path is None:
-        return None
-    try:
-        return load_prices(path)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--prices: {exc}") from None
 
 
 @attrs.define(eq=False)

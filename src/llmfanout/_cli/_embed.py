@@ -54,9 +54,9 @@ from ._args import (
     check_output,
     positive_float,
     positive_int,
+    price_table,
     same_file,
 )
-from ._batch_jobs import price_table
 
 MAX_BAD_SHOWN = 20
 

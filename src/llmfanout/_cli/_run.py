@@ -30,7 +30,6 @@ import anyio
 
 from .._deploy._latency import parse_quantile
 from .._deploy._spec import load_deployments
-from .._report._cost import load_prices
 from .._rows._input_rows import Scan, read_rows, scan
 from .._rows._job import Job
 from .._rows._lock import Busy, hold
@@ -58,6 +57,7 @@ from ._args import (
     json_object,
     positive_float,
     positive_int,
+    price_table,
     redact_command,
     redact_url,
     same_file,
@@ -269,12 +269,7 @@ def _check_options(args: argparse.Namespace) -> None:
         if args.rpm is None and args.tpm is None:
             raise UsageError("--shared-limit needs --rpm or --tpm: the budget to share")
         _check_shared_limit(args.shared_limit)
-    args.price_table = None
-    if args.prices is not None:
-        try:
-            args.price_table = load_prices(args.prices)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"--prices: {exc}") from None
+    args.price_table = price_table(args)
     check_structured_options(args)
     check_input(args.input)
     check_output(args.output, directory_ok=args.resume)

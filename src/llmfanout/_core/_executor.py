@@ -622,7 +622,7 @@ class ParallelLLMExecutor:
         False when the cache has been asked already (or must not be).
         """
         start = perf_counter()
-        if type(task) is LLMTask and task.structured is not None:
+        if isinstance(task, LLMTask) and task.structured is not None:
             done = await run_checked(
                 self._llm,
                 tag,
@@ -638,7 +638,7 @@ class ParallelLLMExecutor:
             ok = done.error is None
             reasks = done.reasks
             return TaskResult(tag, ok, done.value, done.error, ms, done.attempts, reasks=reasks)
-        if type(task) is LLMTask:
+        if isinstance(task, LLMTask):
             if self._cache is not None and cached and task.cache:
                 return await self._through_cache(tag, task, threads)
             overrides = self._plain(task)
@@ -670,7 +670,7 @@ class ParallelLLMExecutor:
                 self.rate_limit,
                 governor=self._governor,
             )
-        elif type(task) is DeterministicTask:
+        elif isinstance(task, DeterministicTask):
             timeout = task.timeout or self.default_timeout
             outcome = await run_function(task, timeout, threads or self._threads())
         else:

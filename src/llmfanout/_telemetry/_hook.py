@@ -374,7 +374,7 @@ class Telemetry:
             # The task span parents its attempts through the task's state (no need to
             # make it current for them: attach and detach cost every task).
             context = trace.set_span_in_context(span)
-            token = otel_context.attach(context) if type(task) in runs_code else None
+            token = otel_context.attach(context) if isinstance(task, runs_code) else None
             attempts = _TaskState(perf_counter(), context)
             state = _STATE.set(attempts)
             outcome = "aborted"

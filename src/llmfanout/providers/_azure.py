@@ -101,8 +101,10 @@ class AzureOpenAIProvider(OpenAIProvider):
         # Which credential: one given beats the environment's; a token beats a key (as the
         # openai SDK, which then sends the bearer and no api-key); a fixed token beats the
         # callable.
+        token_source = "given as azure_ad_token="
         if azure_ad_token is None and azure_ad_token_provider is None and api_key is None:
             azure_ad_token = os.environ.get(_TOKEN_VARIABLE, "").strip() or None
+            token_source = f"in {_TOKEN_VARIABLE}"
             if azure_ad_token is None and not os.environ.get(self.api_key_env, "").strip():
                 raise ValueError(
                     f"{owner}: no credential; set the {self.api_key_env} (or "
@@ -111,6 +113,10 @@ class AzureOpenAIProvider(OpenAIProvider):
                 )
         self._token_provider = None if azure_ad_token is not None else azure_ad_token_provider
         self._bearer = azure_ad_token is not None or self._token_provider is not None
+        if self._token_provider is not None:
+            token_source = "azure_ad_token_provider returns"
+        # What a 401 or 403 asks the user to check: the token's source, never the token.
+        self._token_source = f"the Entra ID token {token_source}" if self._bearer else None
         self.deployment = deployment
         quoted = urllib.parse.quote(deployment, safe="")
         query = urllib.parse.urlencode({"api-version": self.api_version})
@@ -137,6 +143,9 @@ class AzureOpenAIProvider(OpenAIProvider):
         if self._bearer:
             return {"authorization": f"Bearer {api_key}"}
         return {"api-key": api_key}
+
+    def _credential(self) -> str:
+        return self._token_source or super()._credential()
 
     async def _request_headers(self) -> Mapping[str, str]:
         """The bearer header with the token ``azure_ad_token_provider`` gives now.

@@ -184,9 +184,12 @@ def request_id(headers: Mapping[str, str]) -> str | None:
 
 
 def status_error(
-    provider: str, response: Response, redactor: Redactor, env_var: str
+    provider: str, response: Response, redactor: Redactor, credential: str
 ) -> APIStatusError:
     """The error for a non-2xx response: class by status, retryable as the SDKs decide.
+
+    ``credential`` names the credential a 401 or 403 asks the user to check, by where it
+    came from (``"the API key (OPENAI_API_KEY or api_key=)"``), never by its value.
 
     The body is read for the provider's error type and message. Body, headers and reason
     phrase are redacted of the key in any encoding, before and after JSON decoding (a
@@ -213,7 +216,7 @@ def status_error(
     if error_message:
         what += f": {one_line(error_message, _MESSAGE_KEEP)}"
     if cls is AuthenticationError:
-        hint = f"check the API key ({env_var} or api_key=) and what it may access"
+        hint = f"check {credential} and what it may access"
     elif cls is BadRequestError:
         hint = (
             "check base_url and the model name"

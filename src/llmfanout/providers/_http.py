@@ -196,6 +196,11 @@ class HTTPProvider:
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         raise NotImplementedError
 
+    def _credential(self) -> str:
+        """The credential a 401 or 403 asks the user to check: where it came from, never
+        its value."""
+        return f"the API key ({self.api_key_env} or api_key=)"
+
     async def _request_headers(self) -> Mapping[str, str]:
         """Headers made for each request, over the fixed ones (only with ``_per_request``)."""
         raise NotImplementedError
@@ -509,7 +514,9 @@ class HTTPProvider:
                     return
                 body = await raw.read()
                 response = Response(raw.status, raw.reason, raw.headers, body)
-                error = status_error(self.provider_name, response, self._redactor, self.api_key_env)
+                error = status_error(
+                    self.provider_name, response, self._redactor, self._credential()
+                )
         except TransportError as exc:
             error = self._transport_error(exc)
         logger.debug("%s", error)
@@ -579,7 +586,7 @@ class HTTPProvider:
         else:
             if 200 <= response.status < 300:
                 return response
-            error = status_error(self.provider_name, response, self._redactor, self.api_key_env)
+            error = status_error(self.provider_name, response, self._redactor, self._credential())
         logger.debug("%s", error)
         raise error
 
