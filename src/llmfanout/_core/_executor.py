@@ -507,20 +507,22 @@ class ParallelLLMExecutor:
                         tagger.end(exc)
                         return
                     kind = type(read)
+                    fresh = False  # Tagger.__call__'s common case, done here: a new tag
                     if (
                         (kind is LLMTask or kind is DeterministicTask)
                         and (tag := read.tag)
                         and not (tagger.starts and tag.isdigit())
-                        and len(given) < (given.add(tag) or len(given))
                     ):
-                        # Tagger.__call__'s common case, inline: a new tag of its own
-                        # (added and found new in one probe of the set).
+                        known = len(given)
+                        given.add(tag)  # added and found new in one probe of the set
+                        fresh = len(given) > known
+                    if fresh:
                         tagger.position += 1
                         task = read
                     elif read is tagger:
                         tagger.end()
                         return
-                    else:  # a repeated tag is still in the set: the tagger refuses it
+                    else:  # a repeated tag is in the set already: the tagger refuses it
                         tag, task = tagger(read)
                 else:
                     item = next(items, None) if source is None else await source.next()
