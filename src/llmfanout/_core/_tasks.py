@@ -245,7 +245,7 @@ def answered(tag: str, value: Any, duration_ms: float, attempts: int) -> TaskRes
 
     For the scheduler's hot path: a frozen attrs class's ``__init__`` sets each field
     through ``object.__setattr__`` by name; this stores a twin's slots and swaps its class
-    (a third of the cost; half that of setting each slot through its descriptor).
+    (about half the cost of setting each slot through its descriptor).
     """
     result: Any = _new(_Building)
     result.tag = tag
