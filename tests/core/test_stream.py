@@ -193,6 +193,29 @@ def test_tagging_a_stream_is_tagging_each_task(tags: list[str | None]) -> None:
         assert anyio.run(run, backend=backend) == expected
 
 
+class _OwnTask(LLMTask):
+    """A subclass: an LLMTask to the kind check, though not of its exact type."""
+
+
+_ITEMS = st.sampled_from(
+    [ask("a"), DeterministicTask(len, ("x",)), _OwnTask(messages=ask("b").messages), "no", None, 3]
+)
+
+
+@given(st.lists(_ITEMS, max_size=6))
+def test_a_collection_is_refused_exactly_when_an_item_is_no_task(items: list[Any]) -> None:
+    from llmfanout._core._inputs import InputFailure, prepare
+
+    bad = [i for i, item in enumerate(items) if not isinstance(item, LLMTask | DeterministicTask)]
+    if bad:
+        with pytest.raises(TypeError, match=f"stream: task #{bad[0]} is "):
+            prepare(items, InputFailure())
+    else:
+        tagger, count = prepare(items, InputFailure())
+        assert type(tagger) is Tagger
+        assert count == len(items)
+
+
 async def test_a_bad_item_in_a_collection_is_refused_before_any_work() -> None:
     provider = EchoProvider()
     executor = ParallelLLMExecutor(provider)

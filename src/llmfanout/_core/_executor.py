@@ -486,6 +486,7 @@ class ParallelLLMExecutor:
         results = run.results
         buffer = run.buffer  # stream()'s
         queue: deque[TaskResult] = deque() if buffer is None else buffer.buffer
+        size = 0 if buffer is None else buffer.size
         # Nothing the executor wraps around a call (cache, telemetry, rate limit, time
         # limit, answer check): the worker makes a plain first attempt itself, as
         # _run_task's fast path does, sparing a coroutine per task.
@@ -506,19 +507,22 @@ class ParallelLLMExecutor:
                         tagger.end(exc)
                         return
                     kind = type(read)
+                    fresh = False  # Tagger.__call__'s common case, done here: a new tag
                     if (
                         (kind is LLMTask or kind is DeterministicTask)
                         and (tag := read.tag)
-                        and tag not in given
                         and not (tagger.starts and tag.isdigit())
                     ):
-                        given.add(tag)  # Tagger.__call__'s common case, inline
+                        known = len(given)
+                        given.add(tag)  # added and found new in one probe of the set
+                        fresh = len(given) > known
+                    if fresh:
                         tagger.position += 1
                         task = read
                     elif read is tagger:
                         tagger.end()
                         return
-                    else:
+                    else:  # a repeated tag is in the set already: the tagger refuses it
                         tag, task = tagger(read)
                 else:
                     item = next(items, None) if source is None else await source.next()
@@ -574,7 +578,7 @@ class ParallelLLMExecutor:
                     queue.append(result)
                     if buffer.wake is not None:
                         buffer.wake_up()
-                    if len(queue) > buffer.size:
+                    if len(queue) > size:
                         await buffer.room(result)
                 elif not run.put(result):
                     await run.emit(result)

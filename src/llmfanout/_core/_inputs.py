@@ -214,6 +214,8 @@ def prepare(
             f"iterable of tasks, not {type(tasks).__name__}"
         )
     if isinstance(tasks, CollectionABC):
+        if set(map(type, tasks)) <= _ANY_TASK:  # in C, as check_mapping does
+            return Tagger(tasks, failure), len(tasks)
         for position, task in enumerate(tasks):
             if not isinstance(task, LLMTask | DeterministicTask):
                 where = repr(task.tag) if isinstance(getattr(task, "tag", None), str) else ""
