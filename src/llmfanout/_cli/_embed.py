@@ -40,7 +40,7 @@ from .._rows._embed import (
 )
 from .._rows._idset import IdSet
 from .._rows._lock import Busy, hold
-from .._rows._output_rows import OutputCorrupt, cut_torn_line, drop_failed, recover
+from .._rows._output_rows import OutputCorrupt, cut_torn_line, drop_failed, recover_into
 from .._rows._spec import key_variable, scrubber
 from ._args import (
     EXIT_FAILED,
@@ -202,8 +202,8 @@ def _record(args: argparse.Namespace) -> str:
     return os.path.join(args.output, INDEX)
 
 
-def _recover(args: argparse.Namespace) -> set[str]:
-    """The ids the output records as done; prepares it to be continued."""
+def _recover(args: argparse.Namespace, done: IdSet) -> None:
+    """Add the ids the output records as done to ``done``; prepare it to be continued."""
     record = _record(args)
     exists = os.path.exists(record) and os.path.getsize(record) > 0
     if not args.resume:
@@ -212,19 +212,16 @@ def _recover(args: argparse.Namespace) -> set[str]:
                 f"{args.output} exists and is not empty; pass --resume to continue it, or "
                 "choose another output"
             )
-        return set()
+        return
     if not exists:
-        return set()
+        return
     try:
-        recovered = recover(record)
+        tail = recover_into(record, done, retry_failed=args.retry_failed)
     except OutputCorrupt as exc:
         raise UsageError(str(exc)) from None
-    if args.retry_failed:
-        recovered.forget_failed()
-    cut_torn_line(record, recovered)
+    cut_torn_line(record, tail)
     if args.retry_failed:
         drop_failed(record)
-    return recovered.keys
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
@@ -242,7 +239,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
             ) from None
         source = _open_input(args, stack)
         done = stack.enter_context(IdSet())
-        done.update(_recover(args))  # the recovered set is dropped before the scan
+        _recover(args, done)  # ids go in as the output is read: no set of them all
         spool = stack.enter_context(tempfile.TemporaryFile())
         found = scan(source, done, spool)
         bad = [b for b in found.bad if b.id is None or str(b.id) not in done]

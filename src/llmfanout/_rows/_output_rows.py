@@ -4,7 +4,9 @@
 crash the file holds complete lines and at most one torn last line, which :func:`recover`
 finds and :func:`cut_torn_line` cuts off. An output may also be a directory of shard files
 (one per worker, as a distributed job writes them): :func:`recover` reads every shard,
-and :func:`merge` compacts them into one file with each id once.
+and :func:`merge` compacts them into one file with each id once. :func:`recover_into`
+reads a file's ids into an :class:`~._idset.IdSet` as it goes (``llmfanout embed
+--resume``), so memory stays bounded however many rows the output holds.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, BinaryIO
 import attrs
 
 from .._core._tasks import TaskResult
+from ._idset import IdSet
 from ._input_rows import Bad, key_of, load_json
 
 SHARD_SUFFIX = ".jsonl"
@@ -187,12 +190,72 @@ def _recover_file(path: str, found: Recovered, *, shards: bool) -> None:
                 found.rerunnable.add(key)
 
 
+@attrs.define
+class Tail:
+    """Where a file's complete lines end: what :func:`cut_torn_line` needs."""
+
+    size: int = 0  # bytes of complete lines
+    torn: int = 0  # bytes of a torn last line (0 when the file ends cleanly)
+
+
+def recover_into(path: str | os.PathLike[str], done: IdSet, *, retry_failed: bool = False) -> Tail:
+    """Add the ids an output file records to ``done``, as it reads; where its lines end.
+
+    ``done`` receives exactly ``recover(path).keys`` (after :meth:`Recovered.forget_failed`
+    when ``retry_failed``): every recorded id, or with ``retry_failed`` every id but those
+    whose rows are all failures that may run again (a success among them outranks them).
+    Unlike :func:`recover`, no set of every id is built: ids go to ``done`` a chunk at a
+    time, and with ``retry_failed`` the ids with a rerunnable failure are gathered first
+    in a second :class:`~._idset.IdSet` (a first pass over the file), so peak memory does
+    not grow with the file. Only a single file (not a shard directory); rows for bad input
+    lines without an id are not read back (``Recovered.lines``). Raises
+    :class:`OutputCorrupt` naming the line when a complete line is not a row; ``done`` may
+    then hold some of the ids.
+    """
+    path = os.fspath(path)
+    tail = Tail()
+    if not retry_failed:
+        done.update(key for key, _, _ in _recorded(path, tail))
+        return tail
+    with IdSet(cap=done.cap) as rerun:  # ids with a failed row that may run again
+        rerun.update(key for key, _, again in _recorded(path, Tail()) if again)
+        part: list[tuple[str, bool]] = []
+        for key, ok, _ in _recorded(path, tail):
+            part.append((key, ok))
+            if len(part) == _CHUNK:
+                _add_done(part, rerun, done)
+                part = []
+        _add_done(part, rerun, done)
+    return tail
+
+
+_CHUNK = 4096  # ids checked against the IdSets at a time
+
+
+def _recorded(path: str, tail: Tail) -> Iterator[tuple[str, bool, bool]]:
+    """``(id's key, success, rerunnable)`` of each row with an id; fills ``tail``."""
+    for _, size, row in _rows(path):
+        if size < 0:
+            tail.torn = -size
+            return
+        tail.size += size
+        if row is None or row["id"] is None:
+            continue
+        yield key_of(row["id"]), bool(row["success"]), _rerunnable(row)
+
+
+def _add_done(part: list[tuple[str, bool]], rerun: IdSet, done: IdSet) -> None:
+    """Add to ``done`` each id of ``part`` that succeeded or has no rerunnable failure."""
+    again = rerun.contains_many([key for key, _ in part])
+    done.add_new([key for (key, ok), a in zip(part, again, strict=True) if ok or not a])
+
+
 def _rerunnable(row: dict[str, Any]) -> bool:
     # Rows for bad input lines carry "line"; sending them again cannot succeed.
     return not row["success"] and row["id"] is not None and "line" not in row
 
 
-def cut_torn_line(path: str | os.PathLike[str], recovered: Recovered) -> None:
+def cut_torn_line(path: str | os.PathLike[str], recovered: Recovered | Tail) -> None:
     """Truncate the file to the end of its last complete line."""
     if recovered.torn:
         with open(path, "r+b") as file:
