@@ -251,11 +251,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
                 f"{len(bad)} bad input line{'s' if len(bad) > 1 else ''}; nothing was sent. "
                 "Fix them, or pass --skip-invalid to record them as failed rows"
             )
-        for line, row_id in list(found.duplicates.items())[:MAX_BAD_SHOWN]:
-            print(f"note: line {line} repeats id {row_id!r}; it is embedded once", file=sys.stderr)
-        if found.repeats > MAX_BAD_SHOWN:
-            more = found.repeats - MAX_BAD_SHOWN
-            print(f"note: ... and {more} more lines repeat an earlier id", file=sys.stderr)
+        for note in found.repeat_notes(MAX_BAD_SHOWN):
+            print(note, file=sys.stderr)
         key = _key(args)
         try:
             provider = embedding_provider(spec, key)
