@@ -38,7 +38,7 @@ from .._rows._embed import (
     run_embed,
     scan,
 )
-from .._rows._idset import IdSet
+from .._rows._idset import DEFAULT_CAP, IdSet
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import OutputCorrupt, cut_torn_line, drop_failed, recover_into
 from .._rows._spec import key_variable, scrubber
@@ -238,10 +238,12 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
                 "to finish (or stop it), then run again with --resume"
             ) from None
         source = _open_input(args, stack)
-        done = stack.enter_context(IdSet())
+        # The recorded ids and the scan's ids share one budget of DEFAULT_CAP ids in
+        # memory (the rest on disk), so a resumed run peaks about as a fresh one does.
+        done = stack.enter_context(IdSet(cap=DEFAULT_CAP // 2))
         _recover(args, done)  # ids go in as the output is read: no set of them all
         spool = stack.enter_context(tempfile.TemporaryFile())
-        found = scan(source, done, spool)
+        found = scan(source, done, spool, cap=DEFAULT_CAP - done.in_memory)
         bad = [b for b in found.bad if b.id is None or str(b.id) not in done]
         if bad and not args.skip_invalid:
             name = "<stdin>" if args.input == "-" else args.input

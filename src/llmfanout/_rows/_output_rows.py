@@ -17,13 +17,15 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import attrs
 
 from .._core._tasks import TaskResult
 from ._idset import IdSet
 from ._input_rows import Bad, key_of, load_json
+
+_T = TypeVar("_T")
 
 SHARD_SUFFIX = ".jsonl"
 MAX_LINE_BYTES = 256 * 1024 * 1024
@@ -203,10 +205,10 @@ def recover_into(path: str | os.PathLike[str], done: IdSet, *, retry_failed: boo
 
     ``done`` receives exactly ``recover(path).keys`` (after :meth:`Recovered.forget_failed`
     when ``retry_failed``): every recorded id, or with ``retry_failed`` every id but those
-    whose rows are all failures that may run again (a success among them outranks them).
-    Unlike :func:`recover`, no set of every id is built: ids go to ``done`` a chunk at a
-    time, and with ``retry_failed`` the ids with a rerunnable failure are gathered first
-    in a second :class:`~._idset.IdSet` (a first pass over the file), so peak memory does
+    whose rows are all failures and one of them may run again (a success among them
+    outranks them). Unlike :func:`recover`, no set of every id is built: ids go to
+    ``done`` a chunk at a time in one pass, and with ``retry_failed`` the ids of failed
+    rows wait in two more :class:`~._idset.IdSet` (cap ``done.cap``), so peak memory does
     not grow with the file. Only a single file (not a shard directory); rows for bad input
     lines without an id are not read back (``Recovered.lines``). Raises
     :class:`OutputCorrupt` naming the line when a complete line is not a row; ``done`` may
@@ -217,19 +219,32 @@ def recover_into(path: str | os.PathLike[str], done: IdSet, *, retry_failed: boo
     if not retry_failed:
         done.update(key for key, _, _ in _recorded(path, tail))
         return tail
-    with IdSet(cap=done.cap) as rerun:  # ids with a failed row that may run again
-        rerun.update(key for key, _, again in _recorded(path, Tail()) if again)
-        part: list[tuple[str, bool]] = []
-        for key, ok, _ in _recorded(path, tail):
-            part.append((key, ok))
-            if len(part) == _CHUNK:
-                _add_done(part, rerun, done)
-                part = []
-        _add_done(part, rerun, done)
+    with IdSet(cap=done.cap) as rerun, IdSet(cap=done.cap) as futile:
+        # rerun: ids with a failed row that may run again; futile: ids with a failed row
+        # for a bad input line (never run again).
+        for part in _chunks(_recorded(path, tail)):
+            done.add_new([key for key, ok, _ in part if ok])
+            rerun.add_new([key for key, ok, again in part if again])
+            futile.add_new([key for key, ok, again in part if not ok and not again])
+        # An id with no success is done if none of its failures may run again.
+        for keys in _chunks(futile):
+            again = rerun.contains_many(keys)
+            done.add_new([key for key, a in zip(keys, again, strict=True) if not a])
     return tail
 
 
-_CHUNK = 4096  # ids checked against the IdSets at a time
+_CHUNK = 4096  # ids checked against and added to the IdSets at a time
+
+
+def _chunks(items: Iterable[_T]) -> Iterator[list[_T]]:
+    part: list[_T] = []
+    for item in items:
+        part.append(item)
+        if len(part) == _CHUNK:
+            yield part
+            part = []
+    if part:
+        yield part
 
 
 def _recorded(path: str, tail: Tail) -> Iterator[tuple[str, bool, bool]]:
@@ -242,12 +257,6 @@ def _recorded(path: str, tail: Tail) -> Iterator[tuple[str, bool, bool]]:
         if row is None or row["id"] is None:
             continue
         yield key_of(row["id"]), bool(row["success"]), _rerunnable(row)
-
-
-def _add_done(part: list[tuple[str, bool]], rerun: IdSet, done: IdSet) -> None:
-    """Add to ``done`` each id of ``part`` that succeeded or has no rerunnable failure."""
-    again = rerun.contains_many([key for key, _ in part])
-    done.add_new([key for (key, ok), a in zip(part, again, strict=True) if ok or not a])
 
 
 def _rerunnable(row: dict[str, Any]) -> bool:
