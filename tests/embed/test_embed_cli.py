@@ -134,6 +134,19 @@ def test_resume_cuts_a_torn_line_and_retry_failed_reruns_only_failures(
     assert out["row-0"]["embedding"] == [0.5] and out["row-2"]["line"] == 3
 
 
+def test_resume_does_not_record_a_bad_line_twice(tmp_path: Path, backend: str) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": ""}\n')
+    args = ["in.jsonl", "-o", "out.jsonl", "--backend", backend, "--skip-invalid"]
+    first = llmfanout(*args, cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    for again in (["--resume"], ["--resume", "--retry-failed"]):
+        resumed = llmfanout(*args, *again, cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert Counter(r["id"] for r in rows(tmp_path / "out.jsonl")) == {"a": 1, "b": 1}
+    plain = llmfanout(*args[:-1], "--resume", cwd=tmp_path)  # recorded: not refused again
+    assert plain.returncode == 0, plain.stderr
+
+
 def test_bad_input_is_refused_before_anything_is_sent(tmp_path: Path, server: FakeGemini) -> None:
     (tmp_path / "in.jsonl").write_text('{"id": 1, "text": "ok"}\n{"id": 2}\n[3]\n')
     args = ["in.jsonl", "-o", "out.jsonl", "--provider", "openai", "--model", "m"]

@@ -39,6 +39,7 @@ from .._rows._embed import (
     scan,
 )
 from .._rows._idset import DEFAULT_CAP, IdSet
+from .._rows._input_rows import key_of
 from .._rows._lock import Busy, hold
 from .._rows._output_rows import OutputCorrupt, cut_torn_line, drop_failed, recover_into
 from .._rows._spec import key_variable, scrubber
@@ -244,7 +245,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         _recover(args, done)  # ids go in as the output is read: no set of them all
         spool = stack.enter_context(tempfile.TemporaryFile())
         found = scan(source, done, spool, cap=DEFAULT_CAP - done.in_memory)
-        bad = [b for b in found.bad if b.id is None or str(b.id) not in done]
+        # A bad line whose id the output records (its failed row) is not written again.
+        bad = [b for b in found.bad if b.id is None or key_of(b.id) not in done]
         if bad and not args.skip_invalid:
             name = "<stdin>" if args.input == "-" else args.input
             for shown in bad[:MAX_BAD_SHOWN]:
@@ -272,7 +274,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
                 raise UsageError(str(exc)) from None
         stack.callback(sink.close)
         if args.skip_invalid and bad:
-            sink.bad([bad_row(b) for b in bad if b.id is None or str(b.id) not in done])
+            sink.bad([bad_row(b) for b in bad])
         rows = read_rows(spool)
         start = time.monotonic()
         try:
