@@ -533,12 +533,15 @@ def write_embed_input(path: Path, count: int) -> list[str]:
 def test_openai_embeddings_batch(server: FakeBatchServer, backend: str, tmp_path: Path) -> None:
     ids = write_embed_input(tmp_path / "in.jsonl", 40)
     with (tmp_path / "in.jsonl").open("a") as file:  # a repeated id is embedded once
-        file.write(json.dumps({"id": "doc-3", "text": "again"}) + "\n")
+        file.writelines(json.dumps({"id": f"doc-{i}", "text": "again"}) + "\n" for i in range(25))
     server.advance_on_poll = True
     args = submit_args(server, "openai", "--endpoint", "embeddings", "--wait", "--backend", backend)
     done = llmfanout(*args, cwd=tmp_path, wire="openai")
     assert done.returncode == 0, done.stderr
-    assert "line 41 repeats id 'doc-3'" in done.stderr
+    notes = [line for line in done.stderr.splitlines() if line.startswith("note: line")]
+    assert notes[0] == "note: line 41 repeats id 'doc-0'; it is embedded once"
+    assert len(notes) == 20 and notes[-1].startswith("note: line 60 ")
+    assert "note: ... and 5 more lines repeat an earlier id" in done.stderr
     found = check_once(tmp_path / "out.jsonl", ids)
     for row in found:
         text = f"text {int(row['id'].split('-')[1])}"

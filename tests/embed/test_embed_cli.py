@@ -106,6 +106,47 @@ def test_repeated_ids_are_embedded_once_and_the_notes_end_in_a_count(
     assert "note: ... and 10 more lines repeat an earlier id" in done.stderr
 
 
+def test_resume_cuts_a_torn_line_and_retry_failed_reruns_only_failures(
+    tmp_path: Path, backend: str
+) -> None:
+    texts = write_input(tmp_path / "in.jsonl", 5)
+    recorded = [
+        {"id": "row-0", "success": True, "embedding": [0.5], "error": None, "model": "echo"},
+        {"id": "row-1", "success": False, "embedding": None, "error": {}, "model": None},
+        # a bad input line's row: recorded as done, never run again
+        {"id": "row-2", "success": False, "embedding": None, "error": {}, "line": 3},
+    ]
+    (tmp_path / "out.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in recorded) + '{"id": "row-3", "succ'
+    )
+    args = ["in.jsonl", "-o", "out.jsonl", "--backend", backend, "--resume"]
+    resumed = llmfanout(*args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    out = rows(tmp_path / "out.jsonl")  # the torn line is gone: every line parses
+    assert [r["id"] for r in out] == ["row-0", "row-1", "row-2", "row-3", "row-4"]
+    assert "embedded 2 of 2 rows" in resumed.stderr
+    again = llmfanout(*args, "--retry-failed", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "embedded 1 of 1 rows" in again.stderr
+    out = {r["id"]: r for r in rows(tmp_path / "out.jsonl")}
+    assert sorted(out) == sorted(texts) and len(rows(tmp_path / "out.jsonl")) == 5
+    assert out["row-1"]["embedding"] == list(echo_vector(texts["row-1"]))
+    assert out["row-0"]["embedding"] == [0.5] and out["row-2"]["line"] == 3
+
+
+def test_resume_does_not_record_a_bad_line_twice(tmp_path: Path, backend: str) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": ""}\n')
+    args = ["in.jsonl", "-o", "out.jsonl", "--backend", backend, "--skip-invalid"]
+    first = llmfanout(*args, cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    for again in (["--resume"], ["--resume", "--retry-failed"]):
+        resumed = llmfanout(*args, *again, cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert Counter(r["id"] for r in rows(tmp_path / "out.jsonl")) == {"a": 1, "b": 1}
+    plain = llmfanout(*args[:-1], "--resume", cwd=tmp_path)  # recorded: not refused again
+    assert plain.returncode == 0, plain.stderr
+
+
 def test_bad_input_is_refused_before_anything_is_sent(tmp_path: Path, server: FakeGemini) -> None:
     (tmp_path / "in.jsonl").write_text('{"id": 1, "text": "ok"}\n{"id": 2}\n[3]\n')
     args = ["in.jsonl", "-o", "out.jsonl", "--provider", "openai", "--model", "m"]

@@ -51,6 +51,17 @@ def test_update_holds_what_a_set_holds(items: list[str], cap: int) -> None:
         assert "not one of them" not in ids
 
 
+@given(st.lists(keys, max_size=40), st.integers(0, 3))
+def test_iterating_gives_each_id_once_and_in_memory_counts_those_not_spilled(
+    items: list[str], cap: int
+) -> None:
+    with IdSet(cap=cap) as ids:
+        ids.update(items, batch=2)
+        listed = list(ids)
+        assert sorted(listed) == sorted(set(items))
+        assert ids.in_memory <= cap and len(ids) == len(set(items))
+
+
 def test_the_sqlite_file_is_gone_after_close_and_after_an_error() -> None:
     ids = IdSet(cap=2)
     ids.add_new(["a", "b", "c", "d"])

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llmfanout import TaskResult
 from llmfanout._base._types import LLMResponse
-from llmfanout._rows._input_rows import Bad
+from llmfanout._rows._idset import IdSet
+from llmfanout._rows._input_rows import Bad, key_of
 from llmfanout._rows._output_rows import (
     RowWriter,
     bad_row,
@@ -18,6 +21,7 @@ from llmfanout._rows._output_rows import (
     drop_failed,
     encode,
     recover,
+    recover_into,
     result_row,
 )
 
@@ -45,6 +49,58 @@ def test_recover_refuses_a_corrupt_complete_line(tmp_path: Path) -> None:
     output.write_bytes(line({"id": "a", "success": True}) + b"garbage\n")
     with pytest.raises(ValueError, match=r"out.jsonl:2: not a row written by llmfanout"):
         recover(output)
+
+
+# Few ids, so that rows repeat them: str and int ids (7 and "7" are distinct), a lone
+# surrogate, and None (a bad input line's row with no id).
+IDS = st.sampled_from(["a", "b", "\ud800", "7", 7, 8, None])
+ROWS = st.lists(
+    st.one_of(
+        st.builds(
+            lambda row_id, ok, bad, number: (
+                {"id": row_id, "success": ok} | ({"line": number} if bad and not ok else {})
+            ),
+            IDS,
+            st.booleans(),
+            st.booleans(),
+            st.integers(1, 9),
+        ),
+        st.just(None),  # a blank line
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=ROWS,
+    torn=st.sampled_from([b"", b'{"id": "b", "succ', b'{"id": "z", "success": true}']),
+    retry_failed=st.booleans(),
+    cap=st.integers(0, 3),
+)
+def test_recover_into_adds_the_ids_recover_finds(
+    tmp_path: Path, rows: list[Any], torn: bytes, retry_failed: bool, cap: int
+) -> None:
+    """The ids streamed into an IdSet (spilling past a tiny cap) are the old sets' ids."""
+    output = tmp_path / "out.jsonl"
+    output.write_bytes(b"".join(b"\n" if r is None else line(r) for r in rows) + torn)
+    old = recover(output)
+    if retry_failed:
+        old.forget_failed()
+    with IdSet(cap=cap) as done:
+        tail = recover_into(output, done, retry_failed=retry_failed)
+        candidates = [key_of(i) for i in ["a", "b", "\ud800", "7", 7, 8, "z"]]
+        held = done.contains_many(candidates)
+        assert {k for k, h in zip(candidates, held, strict=True) if h} == old.keys
+        assert len(done) == len(old.keys)
+    assert (tail.size, tail.torn) == (old.size, old.torn)
+
+
+def test_recover_into_refuses_a_corrupt_complete_line(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    output.write_bytes(line({"id": "a", "success": True}) + b"garbage\n")
+    with IdSet() as done, pytest.raises(ValueError, match=r"out.jsonl:2: not a row written"):
+        recover_into(output, done, retry_failed=True)
 
 
 def test_drop_failed_keeps_successes_and_bad_line_rows(tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ from ._batch_jobs import (
 from ._structured import load_schema
 
 MAX_BAD_SHOWN = 50
+MAX_REPEATS_SHOWN = 20  # as llmfanout embed shows
 
 
 def _prices(parser: argparse.ArgumentParser) -> None:
@@ -333,8 +334,8 @@ def _check_embedding_rows(args: argparse.Namespace, source: IO[bytes], spool: IO
         raise UsageError("--schema goes with --endpoint chat; embeddings have no schema")
     found = scan_embed_rows(source, set(), spool)
     _refuse(args.input, {b.line: b.reason for b in found.bad})
-    for line, row_id in list(found.duplicates.items())[:MAX_BAD_SHOWN]:
-        print(f"note: line {line} repeats id {row_id!r}; it is embedded once", file=sys.stderr)
+    for note in found.repeat_notes(MAX_REPEATS_SHOWN):
+        print(note, file=sys.stderr)
     return found.to_run
 
 

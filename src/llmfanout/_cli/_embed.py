@@ -38,9 +38,10 @@ from .._rows._embed import (
     run_embed,
     scan,
 )
-from .._rows._idset import IdSet
+from .._rows._idset import DEFAULT_CAP, IdSet
+from .._rows._input_rows import key_of
 from .._rows._lock import Busy, hold
-from .._rows._output_rows import OutputCorrupt, cut_torn_line, drop_failed, recover
+from .._rows._output_rows import OutputCorrupt, cut_torn_line, drop_failed, recover_into
 from .._rows._spec import key_variable, scrubber
 from ._args import (
     EXIT_FAILED,
@@ -202,8 +203,8 @@ def _record(args: argparse.Namespace) -> str:
     return os.path.join(args.output, INDEX)
 
 
-def _recover(args: argparse.Namespace) -> set[str]:
-    """The ids the output records as done; prepares it to be continued."""
+def _recover(args: argparse.Namespace, done: IdSet) -> None:
+    """Add the ids the output records as done to ``done``; prepare it to be continued."""
     record = _record(args)
     exists = os.path.exists(record) and os.path.getsize(record) > 0
     if not args.resume:
@@ -212,19 +213,16 @@ def _recover(args: argparse.Namespace) -> set[str]:
                 f"{args.output} exists and is not empty; pass --resume to continue it, or "
                 "choose another output"
             )
-        return set()
+        return
     if not exists:
-        return set()
+        return
     try:
-        recovered = recover(record)
+        tail = recover_into(record, done, retry_failed=args.retry_failed)
     except OutputCorrupt as exc:
         raise UsageError(str(exc)) from None
-    if args.retry_failed:
-        recovered.forget_failed()
-    cut_torn_line(record, recovered)
+    cut_torn_line(record, tail)
     if args.retry_failed:
         drop_failed(record)
-    return recovered.keys
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
@@ -241,11 +239,14 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
                 "to finish (or stop it), then run again with --resume"
             ) from None
         source = _open_input(args, stack)
-        done = stack.enter_context(IdSet())
-        done.update(_recover(args))  # the recovered set is dropped before the scan
+        # The recorded ids and the scan's ids share one budget of DEFAULT_CAP ids in
+        # memory (the rest on disk), so a resumed run peaks about as a fresh one does.
+        done = stack.enter_context(IdSet(cap=DEFAULT_CAP // 2))
+        _recover(args, done)  # ids go in as the output is read: no set of them all
         spool = stack.enter_context(tempfile.TemporaryFile())
-        found = scan(source, done, spool)
-        bad = [b for b in found.bad if b.id is None or str(b.id) not in done]
+        found = scan(source, done, spool, cap=DEFAULT_CAP - done.in_memory)
+        # A bad line whose id the output records (its failed row) is not written again.
+        bad = [b for b in found.bad if b.id is None or key_of(b.id) not in done]
         if bad and not args.skip_invalid:
             name = "<stdin>" if args.input == "-" else args.input
             for shown in bad[:MAX_BAD_SHOWN]:
@@ -254,11 +255,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
                 f"{len(bad)} bad input line{'s' if len(bad) > 1 else ''}; nothing was sent. "
                 "Fix them, or pass --skip-invalid to record them as failed rows"
             )
-        for line, row_id in list(found.duplicates.items())[:MAX_BAD_SHOWN]:
-            print(f"note: line {line} repeats id {row_id!r}; it is embedded once", file=sys.stderr)
-        if found.repeats > MAX_BAD_SHOWN:
-            more = found.repeats - MAX_BAD_SHOWN
-            print(f"note: ... and {more} more lines repeat an earlier id", file=sys.stderr)
+        for note in found.repeat_notes(MAX_BAD_SHOWN):
+            print(note, file=sys.stderr)
         key = _key(args)
         try:
             provider = embedding_provider(spec, key)
@@ -276,7 +274,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
                 raise UsageError(str(exc)) from None
         stack.callback(sink.close)
         if args.skip_invalid and bad:
-            sink.bad([bad_row(b) for b in bad if b.id is None or str(b.id) not in done])
+            sink.bad([bad_row(b) for b in bad])
         rows = read_rows(spool)
         start = time.monotonic()
         try:

@@ -153,6 +153,18 @@ class EmbedScan:
     duplicates: dict[int, object] = attrs.Factory(dict)  # line -> the id it repeats (the first few)
     repeats: int = 0  # lines repeating an earlier id, all of them
 
+    def repeat_notes(self, shown: int) -> list[str]:
+        """Notes for the first ``shown`` repeated ids, then one counting the rest."""
+        notes = [
+            f"note: line {line} repeats id {row_id!r}; it is embedded once"
+            for line, row_id in list(self.duplicates.items())[:shown]
+        ]
+        if self.repeats > len(notes):
+            notes.append(
+                f"note: ... and {self.repeats - len(notes)} more lines repeat an earlier id"
+            )
+        return notes
+
 
 SPOOL_CHUNK = 4096  # rows per spooled chunk: what the second pass holds at a time
 KEPT_DUPLICATES = 100  # repeats listed in EmbedScan.duplicates (the rest only counted)

@@ -25,7 +25,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 
 DEFAULT_CAP = 200_000
@@ -52,6 +52,11 @@ class IdSet:
         :meth:`close`)."""
         return self._dir
 
+    @property
+    def in_memory(self) -> int:
+        """How many of the ids are held in memory (at most ``cap``); the rest are on disk."""
+        return len(self._memory)
+
     def __len__(self) -> int:
         return len(self._memory) + self._on_disk
 
@@ -62,6 +67,13 @@ class IdSet:
             return False
         row = self._db.execute("SELECT 1 FROM ids WHERE id = ?", (_blob(key),)).fetchone()
         return row is not None
+
+    def __iter__(self) -> Iterator[str]:
+        """Every id, those in memory first, then those on disk (do not add while iterating)."""
+        yield from self._memory
+        if self._db is not None:
+            for (blob,) in self._db.execute("SELECT id FROM ids"):
+                yield blob.decode("utf-8", "surrogatepass")
 
     def contains_many(self, keys: Sequence[str]) -> list[bool]:
         """Whether each of ``keys`` is in the set, in order (one query per batch on disk)."""

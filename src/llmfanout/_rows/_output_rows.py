@@ -4,7 +4,9 @@
 crash the file holds complete lines and at most one torn last line, which :func:`recover`
 finds and :func:`cut_torn_line` cuts off. An output may also be a directory of shard files
 (one per worker, as a distributed job writes them): :func:`recover` reads every shard,
-and :func:`merge` compacts them into one file with each id once.
+and :func:`merge` compacts them into one file with each id once. :func:`recover_into`
+reads a file's ids into an :class:`~._idset.IdSet` as it goes (``llmfanout embed
+--resume``), so memory stays bounded however many rows the output holds.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import attrs
 
 from .._core._tasks import TaskResult
+from ._idset import IdSet
 from ._input_rows import Bad, key_of, load_json
+
+_T = TypeVar("_T")
 
 SHARD_SUFFIX = ".jsonl"
 MAX_LINE_BYTES = 256 * 1024 * 1024
@@ -187,12 +192,79 @@ def _recover_file(path: str, found: Recovered, *, shards: bool) -> None:
                 found.rerunnable.add(key)
 
 
+@attrs.define
+class Tail:
+    """Where a file's complete lines end: what :func:`cut_torn_line` needs."""
+
+    size: int = 0  # bytes of complete lines
+    torn: int = 0  # bytes of a torn last line (0 when the file ends cleanly)
+
+
+def recover_into(path: str | os.PathLike[str], done: IdSet, *, retry_failed: bool = False) -> Tail:
+    """Add the ids an output file records to ``done``, as it reads; where its lines end.
+
+    ``done`` receives exactly ``recover(path).keys`` (after :meth:`Recovered.forget_failed`
+    when ``retry_failed``): every recorded id, or with ``retry_failed`` every id but those
+    whose rows are all failures and one of them may run again (a success among them
+    outranks them). Unlike :func:`recover`, no set of every id is built: ids go to
+    ``done`` a chunk at a time in one pass, and with ``retry_failed`` the ids of failed
+    rows wait in two more :class:`~._idset.IdSet` (cap ``done.cap``), so peak memory does
+    not grow with the file. Only a single file (not a shard directory); rows for bad input
+    lines without an id are not read back (``Recovered.lines``). Raises
+    :class:`OutputCorrupt` naming the line when a complete line is not a row; ``done`` may
+    then hold some of the ids.
+    """
+    path = os.fspath(path)
+    tail = Tail()
+    if not retry_failed:
+        done.update(key for key, _, _ in _recorded(path, tail))
+        return tail
+    with IdSet(cap=done.cap) as rerun, IdSet(cap=done.cap) as futile:
+        # rerun: ids with a failed row that may run again; futile: ids with a failed row
+        # for a bad input line (never run again).
+        for part in _chunks(_recorded(path, tail)):
+            done.add_new([key for key, ok, _ in part if ok])
+            rerun.add_new([key for key, ok, again in part if again])
+            futile.add_new([key for key, ok, again in part if not ok and not again])
+        # An id with no success is done if none of its failures may run again.
+        for keys in _chunks(futile):
+            again = rerun.contains_many(keys)
+            done.add_new([key for key, a in zip(keys, again, strict=True) if not a])
+    return tail
+
+
+_CHUNK = 4096  # ids checked against and added to the IdSets at a time
+
+
+def _chunks(items: Iterable[_T]) -> Iterator[list[_T]]:
+    part: list[_T] = []
+    for item in items:
+        part.append(item)
+        if len(part) == _CHUNK:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def _recorded(path: str, tail: Tail) -> Iterator[tuple[str, bool, bool]]:
+    """``(id's key, success, rerunnable)`` of each row with an id; fills ``tail``."""
+    for _, size, row in _rows(path):
+        if size < 0:
+            tail.torn = -size
+            return
+        tail.size += size
+        if row is None or row["id"] is None:
+            continue
+        yield key_of(row["id"]), bool(row["success"]), _rerunnable(row)
+
+
 def _rerunnable(row: dict[str, Any]) -> bool:
     # Rows for bad input lines carry "line"; sending them again cannot succeed.
     return not row["success"] and row["id"] is not None and "line" not in row
 
 
-def cut_torn_line(path: str | os.PathLike[str], recovered: Recovered) -> None:
+def cut_torn_line(path: str | os.PathLike[str], recovered: Recovered | Tail) -> None:
     """Truncate the file to the end of its last complete line."""
     if recovered.torn:
         with open(path, "r+b") as file:
