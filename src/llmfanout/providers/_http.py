@@ -27,11 +27,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 import attrs
-import httpx
 
 from .._base._advertised import parse_rate_limit_headers
 from .._base._encoded import dumps
@@ -79,6 +78,9 @@ from ._transports._base import (
 )
 from ._transports._choose import new_transport
 from ._transports._origin import Origin
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger("llmfanout")
 
@@ -140,6 +142,8 @@ class HTTPProvider:
         verify: bool | str | ssl.SSLContext = True,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
+        import httpx  # parses base_url; imported here so `import llmfanout` stays light
+
         owner = type(self).__name__
         self.model = check_model(model, owner)
         self.base_url = check_base_url(base_url, self.base_url_env, self.default_base_url, owner)
@@ -287,6 +291,8 @@ class HTTPProvider:
             await transport.aclose()
 
     def _new_transport(self) -> Transport:
+        import httpx
+
         return new_transport(
             httpx.URL(self.base_url),
             self._headers,
@@ -534,6 +540,8 @@ class HTTPProvider:
     ) -> tuple[str, bytes, Mapping[str, str] | None]:
         owner = f"{type(self).__name__}.request"
         if path.startswith(("http://", "https://")):
+            import httpx
+
             url = httpx.URL(path)
             if Origin.of(url) != self._origin:
                 raise ValueError(

@@ -6,9 +6,12 @@ import functools
 import os
 import ssl
 import urllib.request
+from typing import TYPE_CHECKING
 
 import attrs
-import httpx
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @functools.cache
@@ -17,6 +20,8 @@ def default_ssl_context() -> ssl.SSLContext:
 
     Loading the CA bundle costs ~20 ms, so every provider shares one context.
     """
+    import httpx  # its CA bundle choice, loaded once the first TLS provider needs it
+
     context = httpx.create_ssl_context()
     context.set_alpn_protocols(["http/1.1"])
     return context
