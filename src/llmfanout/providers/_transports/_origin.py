@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import ssl
-import urllib.request
 from typing import TYPE_CHECKING
 
 import attrs
@@ -47,6 +46,8 @@ def ssl_context(verify: bool | str | ssl.SSLContext) -> ssl.SSLContext:
 def proxy_for(url: httpx.URL) -> str | None:
     """The proxy the environment (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``...) sets for
     ``url``, as httpx with ``trust_env`` would use it; None for a direct connection."""
+    import urllib.request  # ~20 ms (http.client, email): needed once per transport made
+
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(url.scheme) or proxies.get("all")
     if not proxy:
