@@ -1,5 +1,6 @@
 """What a process pays at start: ``import llmfanout``, an echo run on either backend and
-``llmfanout run`` with the echo provider load neither httpx nor rich.
+``llmfanout run`` with the echo provider load neither httpx nor rich; the library loads
+the HTTP providers and the batch API only when a name of theirs is used.
 
 httpx (with click, rich and pygments behind ``httpx._main``) and rich cost about half a
 second of every process's start; they are imported where they serve (a proxy, a user's
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 HEAVY = ("httpx", "rich")
+# Loaded on first use through the public modules' __getattr__ (PEP 562).
+LAZY = ("llmfanout.providers._http", "llmfanout._batch._jobs", "llmfanout._batch._submit")
 
 _LIBRARY = """
 import json, sys
@@ -76,7 +79,7 @@ def _run(code: str, *args: str) -> str:
 
 
 def test_the_library_and_an_echo_run_load_neither_httpx_nor_rich() -> None:
-    seen = json.loads(_run(_LIBRARY.format(heavy=HEAVY)))
+    seen = json.loads(_run(_LIBRARY.format(heavy=HEAVY + LAZY)))
     assert list(seen) == [
         "import llmfanout",
         "an executor over EchoProvider",
@@ -113,3 +116,44 @@ def test_a_terminal_bar_still_loads_rich(tmp_path: Path, monkeypatch: pytest.Mon
     args = ["run", str(rows), "-o", str(tmp_path / "out.jsonl")]
     report = json.loads(_run(_CLI.format(heavy=HEAVY), *args))
     assert report == {"status": 0, "heavy": ["rich"]}
+
+
+_ORDER = """
+import importlib, sys
+
+first, name = sys.argv[1:]
+importlib.import_module(first)
+import llmfanout, llmfanout.batch, llmfanout.providers
+
+value = getattr(llmfanout.providers if name.endswith("Provider") else llmfanout, name)
+print(value.__module__)
+"""
+
+
+@pytest.mark.parametrize(
+    ("first", "name", "module"),
+    [
+        ("llmfanout.batch", "BatchJob", "llmfanout"),
+        ("llmfanout.batch", "submit_batch", "llmfanout"),
+        ("llmfanout", "BatchJob", "llmfanout"),
+        ("llmfanout.providers._azure", "OpenAIProvider", "llmfanout.providers"),
+        ("llmfanout.providers", "AzureOpenAIProvider", "llmfanout.providers"),
+        ("llmfanout", "AnthropicProvider", "llmfanout.providers"),
+    ],
+)
+def test_a_lazy_name_carries_its_public_module_whichever_import_comes_first(
+    first: str, name: str, module: str
+) -> None:
+    # Whichever import comes first, the public name gets its public module (pickles and
+    # reprs name it), as when everything was imported eagerly.
+    assert _run(_ORDER, first, name) == module
+
+
+def test_lazy_names_are_listed_and_unknown_ones_raise() -> None:
+    import llmfanout
+    import llmfanout.providers
+
+    for module in (llmfanout, llmfanout.providers):
+        assert set(module.__all__) <= set(dir(module))
+        with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+            module.Nope  # noqa: B018
