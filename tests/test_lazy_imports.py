@@ -1,6 +1,7 @@
 """What a process pays at start: ``import llmfanout``, an echo run on either backend and
 ``llmfanout run`` with the echo provider load neither httpx nor rich; the library loads
-the HTTP providers and the batch API only when a name of theirs is used.
+the HTTP providers and the batch API only when a name of theirs is used, and the
+command line only for ``llmfanout batch``.
 
 httpx (with click, rich and pygments behind ``httpx._main``) and rich cost about half a
 second of every process's start; they are imported where they serve (a proxy, a user's
@@ -103,7 +104,8 @@ def test_cli_run_with_echo_loads_neither_httpx_nor_rich(
     )
     output = tmp_path / "out.jsonl"
     args = ["run", str(rows), "-o", str(output), "--backend", backend]
-    report = json.loads(_run(_CLI.format(heavy=HEAVY), *args, *(["--quiet"] if quiet else [])))
+    code = _CLI.format(heavy=HEAVY + LAZY)
+    report = json.loads(_run(code, *args, *(["--quiet"] if quiet else [])))
     assert report == {"status": 0, "heavy": []}
     assert len(output.read_text().splitlines()) == 20
 
@@ -157,3 +159,12 @@ def test_lazy_names_are_listed_and_unknown_ones_raise() -> None:
         assert set(module.__all__) <= set(dir(module))
         with pytest.raises(AttributeError, match="no attribute 'Nope'"):
             module.Nope  # noqa: B018
+
+
+def test_the_batch_parser_offers_every_batch_api() -> None:
+    # The parser takes the provider names from the state file's list, not the registry
+    # (which loads every batch API): the two must name the same providers.
+    from llmfanout._batch._apis import APIS
+    from llmfanout._batch._state import PROVIDERS
+
+    assert tuple(APIS) == PROVIDERS
