@@ -11,7 +11,12 @@ docs/architecture.md)::
     _flow | _structured  who may start a call and when | schemas and re-asks
     errors          the exception hierarchy
     _base           the vocabulary: messages, responses, advertised limits, checks
+
+The HTTP providers and the batch API load on first use (PEP 562 ``__getattr__`` below):
+together they are a third of the import, and a run that never names them pays nothing.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._base._advertised import RateLimitBudget, RateLimitInfo, parse_rate_limit_headers
 from ._base._embeddings import AsyncEmbeddingProvider, EmbeddingCaps, EmbeddingResponse
@@ -26,8 +31,6 @@ from ._base._types import (
     ToolCall,
 )
 from ._base._version import VERSION
-from ._batch._jobs import BatchJob
-from ._batch._submit import submit_batch
 from ._core._embed import EmbeddingResult, EmbeddingTask, aembed, embed
 from ._core._executor import ParallelLLMExecutor
 from ._core._retry import BackoffStrategy, RetryConfig, RetryExecutor
@@ -44,8 +47,12 @@ from ._report._summary import RunSummary, summarize
 from ._rows._job import RowStream, arun_rows, run_rows
 from ._rows._spec import JobError, JobSpec
 from .errors import ProviderError, TaskAborted
-from .providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 from .providers._echo import EchoProvider, ErrorResponse
+
+if TYPE_CHECKING:
+    from ._batch._jobs import BatchJob
+    from ._batch._submit import submit_batch
+    from .providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 
 __all__ = [
     "AnthropicProvider",
@@ -98,6 +105,28 @@ __all__ = [
     "summarize",
 ]
 
-publish(__name__, globals(), __all__)
+_LAZY = ("AnthropicProvider", "BatchJob", "GeminiProvider", "OpenAIProvider", "submit_batch")
+
+publish(__name__, globals(), [name for name in __all__ if name not in _LAZY])
 
 __version__ = VERSION
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("AnthropicProvider", "GeminiProvider", "OpenAIProvider"):
+        from . import providers  # publishes them as llmfanout.providers.X
+
+        value = getattr(providers, name)
+    elif name == "BatchJob":
+        from ._batch._jobs import BatchJob as value
+    elif name == "submit_batch":
+        from ._batch._submit import submit_batch as value
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    publish(__name__, {name: value}, [name])
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -6,11 +6,11 @@ limits allow and creates them, recording each step in a state file first; a
 and cancels. See docs/batch.md.
 """
 
+from . import BatchJob, submit_batch  # through the top level, which names them for itself
 from ._base._public import publish
 from ._batch._api import BatchRequestCancelled, BatchRequestError, BatchRequestExpired
-from ._batch._jobs import BatchJob, BatchPart, BatchProgress, Polling
+from ._batch._jobs import BatchPart, BatchProgress, Polling
 from ._batch._state import BatchStateError
-from ._batch._submit import submit_batch
 
 __all__ = [
     "BatchJob",

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 
 from llmfanout._cli import _display as _progress
@@ -18,6 +20,7 @@ from llmfanout._cli._display import (
     RichDisplay,
     make_display,
     plain_line,
+    terminal_console,
 )
 from llmfanout._cli._main import main
 
@@ -36,6 +39,42 @@ def counted(display: Display, ok: int, failed: int) -> Display:
     for _ in range(failed):
         display.record(False, None)
     return display
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+_ENV_VALUES = st.one_of(st.none(), st.sampled_from(["", "0", "1", "2", "yes"]))
+
+
+@given(tty=st.booleans(), tty_compatible=_ENV_VALUES, force_color=_ENV_VALUES)
+def test_terminal_console_agrees_with_rich(
+    tty: bool, tty_compatible: str | None, force_color: str | None
+) -> None:
+    # The check that spares importing rich off a terminal says yes exactly when rich would.
+    env = {"TTY_COMPATIBLE": tty_compatible, "FORCE_COLOR": force_color}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            if value is None:
+                patch.delenv(name, raising=False)
+            else:
+                patch.setenv(name, value)
+        ours = terminal_console(_Stream(tty))
+        theirs = Console(file=_Stream(tty)).is_terminal
+        assert (ours is not None) == theirs
+
+
+def test_terminal_console_off_a_terminal_is_none() -> None:
+    assert terminal_console(io.StringIO()) is None
+    closed = io.StringIO()
+    closed.close()
+    assert terminal_console(closed) is None
 
 
 def test_plain_line_has_every_count() -> None:

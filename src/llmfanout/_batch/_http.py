@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, TypedDict, Unpack
 
-import httpx
-
 from ..errors import BadRequestError, ResponseFormatError
 from ..providers._http import HTTPProvider
 from ..providers._transports._base import Response
@@ -45,6 +43,8 @@ class BatchHTTP:
         """Whether ``url`` is a path, or on base_url's scheme, host and port."""
         if not url.lower().startswith(("http://", "https://")):
             return True
+        import httpx  # the provider has imported it already
+
         try:
             return Origin.of(httpx.URL(url)) == self.provider._origin
         except httpx.InvalidURL:
@@ -60,6 +60,8 @@ class BatchHTTP:
         """
         if not isinstance(url, str) or any(ord(c) < 33 or ord(c) > 126 for c in url):
             return None
+        import httpx
+
         try:
             target = httpx.URL(self.provider.base_url + "/").join(url)
             same = Origin.of(target) == self.provider._origin

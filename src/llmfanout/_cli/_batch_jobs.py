@@ -14,12 +14,10 @@ import sys
 import time
 from contextlib import ExitStack
 from functools import partial
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 import attrs
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .._batch._jobs import BatchJob, BatchProgress, Polling
 from .._batch._state import state_path
@@ -39,6 +37,10 @@ from .._rows._structured_rows import checked_result, structured_fields
 from .._structured._schema import Schema, schema_for
 from ..providers._http import HTTPProvider
 from ._args import EXIT_FAILED, EXIT_OK, UsageError, redact_command
+from ._display import terminal_console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 PER_ROW = "per-row"  # the provider's model when every row names its own
 BATCH_DISCOUNT = 0.5  # both providers bill batch requests at half the list price
@@ -249,9 +251,17 @@ class Display:
     def __init__(self, quiet: bool, stream: IO[str]) -> None:
         self.stream = stream
         self.quiet = quiet
-        console = Console(file=stream)
         self.bar: Progress | None = None
-        if not quiet and console.is_terminal:
+        console = None if quiet else terminal_console(stream)
+        if console is not None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self.bar = Progress(
                 BarColumn(bar_width=24),
                 MofNCompleteColumn(),

@@ -6,19 +6,15 @@ timer, so the display costs the same at ten rows a second or ten thousand.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import IO, TYPE_CHECKING, TextIO
 
 import anyio
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PLAIN_EVERY = 5.0  # seconds between plain progress lines
 RICH_EVERY = 0.1  # seconds between redraws of the bar
@@ -123,6 +119,14 @@ class RichDisplay(Display):
     """A live bar for a terminal: done/total, ok/failed, rate, tokens, ETA."""
 
     def __init__(self, total: int, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         super().__init__(total)
         self.every = RICH_EVERY
         # No auto-refresh: that would start a thread; run() redraws from the event loop.
@@ -173,11 +177,31 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def terminal_console(stream: IO[str]) -> Console | None:
+    """A rich console on ``stream`` if rich takes it for a terminal, else None.
+
+    rich (~150 ms to import) is loaded only when it could say yes: ``stream`` is a tty,
+    or ``TTY_COMPATIBLE=1`` or a non-empty ``FORCE_COLOR`` tells it to draw anyway (the
+    only ways its ``Console.is_terminal`` answers True when not forced by the caller).
+    """
+    isatty = getattr(stream, "isatty", None)
+    try:
+        tty = bool(isatty()) if isatty is not None else False
+    except ValueError:  # a closed stream
+        tty = False
+    if not (tty or os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR")):
+        return None
+    from rich.console import Console
+
+    console = Console(file=stream)
+    return console if console.is_terminal else None
+
+
 def make_display(total: int, *, quiet: bool, stream: TextIO) -> Display:
     """The display for ``stream``: rich on a terminal, plain lines elsewhere, none if quiet."""
     if quiet:
         return Display(total)
-    console = Console(file=stream)
-    if console.is_terminal:
+    console = terminal_console(stream)
+    if console is not None:
         return RichDisplay(total, console)
     return PlainDisplay(total, stream)

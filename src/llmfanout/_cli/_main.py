@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 
 from .._base._version import VERSION
 from .._rows._spec import FALLBACK_KEY_VARIABLES, KEY_VARIABLES, scrubber
-from . import _batch as _batch_cli
-from . import _cache, _embed, _example, _log, _merge, _run
+from . import _batch_args, _cache, _embed, _example, _log, _merge, _run
 from ._args import EXIT_USAGE, VERBOSE_HELP, UsageError
 from ._example import EXAMPLE, EXAMPLE_FILE
 
@@ -33,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run.add_parser(commands)
     _merge.add_parser(commands)
     _example.add_parser(commands)
-    _batch_cli.add_parser(commands)
+    _batch_args.add_parser(commands)
     _cache.add_parser(commands)
     _embed.add_parser(commands)
     return parser
@@ -59,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llmfanout: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "batch":
-        return _batch_cli.main(args)
+        from . import _batch  # the batch APIs load only for this command
+
+        return _batch.main(args)
     if args.command not in ("run", "merge", "example", "cache", "embed"):
         parser.print_usage(sys.stderr)
         return EXIT_USAGE

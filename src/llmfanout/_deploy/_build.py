@@ -39,7 +39,7 @@ def _provider(
             f"deployment {spec.name!r}: give its model (for azure, the deployment's name)"
         )
     if spec.provider == "azure":
-        from ..providers._azure import AzureOpenAIProvider
+        from ..providers import AzureOpenAIProvider
 
         return AzureOpenAIProvider(
             spec.model,

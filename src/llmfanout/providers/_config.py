@@ -6,9 +6,10 @@ import math
 import os
 import ssl
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds for each read, each write and the wait for a pooled connection."""
@@ -44,6 +45,8 @@ def make_timeout(timeout: float | httpx.Timeout, owner: str) -> httpx.Timeout:
     Connecting gets at most :data:`DEFAULT_CONNECT_TIMEOUT`. An ``httpx.Timeout`` is used
     as given. Raises ``ValueError`` for anything but a number > 0 or an ``httpx.Timeout``.
     """
+    import httpx  # a provider's timeout is an httpx.Timeout (its public attribute)
+
     if isinstance(timeout, httpx.Timeout):
         return timeout
     seconds = check_seconds(timeout, "timeout", owner, also="an httpx.Timeout")
@@ -73,6 +76,8 @@ def check_base_url(base_url: str | None, env_var: str, default: str, owner: str)
             base_url = default
     if not isinstance(base_url, str):
         raise TypeError(f"{owner}: base_url must be a str, not {type(base_url).__name__}")
+    import httpx  # its URL parser: the same rules the httpx transport applies
+
     try:
         url = httpx.URL(base_url)
     except httpx.InvalidURL as exc:

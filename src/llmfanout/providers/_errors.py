@@ -12,7 +12,6 @@ errors carry no request and chain no exception that holds one.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
 import re
@@ -83,6 +82,8 @@ def parse_retry_after(
         return seconds if math.isfinite(seconds) else None
     if not any(c.isalpha() for c in raw):  # every HTTP date names a month
         return None
+    import email.utils  # only for a Retry-After given as a date: rare
+
     try:
         parsed = email.utils.parsedate_tz(raw)
         if parsed is None:

@@ -22,11 +22,13 @@ import math
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import anyio
 import attrs
-import httpx
+
+if TYPE_CHECKING:
+    import httpx
 
 # -- values ------------------------------------------------------------------------------
 
@@ -81,6 +83,7 @@ class Timeouts:
 
     def as_httpx(self) -> httpx.Timeout:
         """The same per-phase limits as an ``httpx.Timeout``."""
+        import httpx  # only the httpx transport needs it
 
         def value(seconds: float) -> float | None:
             return None if math.isinf(seconds) else seconds

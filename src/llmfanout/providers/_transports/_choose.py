@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-
-import httpx
+from typing import TYPE_CHECKING
 
 from ._base import Transport
-from ._httpx import HTTPXTransport
 from ._origin import Origin, proxy_for, ssl_context
 from ._pool import Pool
+
+if TYPE_CHECKING:
+    import httpx
 
 
 def new_transport(
@@ -27,10 +28,16 @@ def new_transport(
     proxy for ``url``, else our pool."""
     origin = Origin.of(url)
     if client is not None:
+        from ._httpx import HTTPXTransport  # httpx is imported only where it serves
+
         return HTTPXTransport(client, origin.url, headers, owned=False)
     context = ssl_context(verify) if origin.tls else None
     if proxy_for(url) is not None:
         # httpx speaks HTTP and SOCKS proxies and reads NO_PROXY as it always has.
+        import httpx
+
+        from ._httpx import HTTPXTransport
+
         ours = httpx.AsyncClient(
             timeout=timeout,
             limits=httpx.Limits(

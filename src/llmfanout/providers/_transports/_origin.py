@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import ssl
-import urllib.request
+from typing import TYPE_CHECKING
 
 import attrs
-import httpx
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @functools.cache
@@ -17,6 +19,8 @@ def default_ssl_context() -> ssl.SSLContext:
 
     Loading the CA bundle costs ~20 ms, so every provider shares one context.
     """
+    import httpx  # its CA bundle choice, loaded once the first TLS provider needs it
+
     context = httpx.create_ssl_context()
     context.set_alpn_protocols(["http/1.1"])
     return context
@@ -42,6 +46,8 @@ def ssl_context(verify: bool | str | ssl.SSLContext) -> ssl.SSLContext:
 def proxy_for(url: httpx.URL) -> str | None:
     """The proxy the environment (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``...) sets for
     ``url``, as httpx with ``trust_env`` would use it; None for a direct connection."""
+    import urllib.request  # ~20 ms (http.client, email): needed once per transport made
+
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(url.scheme) or proxies.get("all")
     if not proxy:
