@@ -3,8 +3,7 @@
 from ._api import AnthropicBatchAPI, BatchAPI, OpenAIBatchAPI
 from ._gemini import GeminiBatchAPI
 from ._openai_embeddings import OpenAIEmbeddingsBatchAPI
-
-ENDPOINTS = ("chat", "embeddings")
+from ._state import ENDPOINTS
 
 APIS: dict[str, type[BatchAPI]] = {
     "openai": OpenAIBatchAPI,
