@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from llmfanout import Deployment, LLMTask, ParallelLLMExecutor, Pool
+from llmfanout import (
+    Deployment,
+    EchoProvider,
+    LLMMessage,
+    LLMResponse,
+    LLMTask,
+    ParallelLLMExecutor,
+    Pool,
+)
 from llmfanout.errors import RateLimitError
 from llmfanout.providers import OpenAIProvider
 from llmfanout.retry import RetryConfig
@@ -241,3 +254,197 @@ async def test_cancelling_a_call_leaves_nothing_in_flight() -> None:
             await server.wait_for_no_connections()
             await other.wait_for_no_connections()
             assert all(s.in_flight == 0 for s in pool._slots)
+
+
+# -- async with blocks: nested and overlapping ------------------------------------------
+
+
+class ClosingEcho(EchoProvider):
+    """An echo provider that counts its closes (and per-loop releases) and, once closed,
+    refuses calls as a closed HTTP provider would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closes = 0
+        self.releases = 0
+
+    async def aclose(self) -> None:
+        self.closes += 1
+
+    async def complete(
+        self, messages: Sequence[LLMMessage], config_overrides: Mapping[str, Any] | None = None
+    ) -> LLMResponse:
+        if self.closes:
+            raise RuntimeError("closed")
+        return await super().complete(messages, config_overrides)
+
+
+class LoopBoundEcho(ClosingEcho):
+    async def release_loop(self) -> None:
+        self.releases += 1
+
+
+def closing_pool(hedge_after: float | None = None) -> tuple[Pool, list[ClosingEcho]]:
+    providers = [ClosingEcho(), ClosingEcho()]
+    return Pool(providers, hedge_after=hedge_after), providers
+
+
+HELLO: list[Any] = [{"role": "user", "content": "hello"}]
+HEDGED = pytest.mark.parametrize("hedge_after", [None, 60.0], ids=["plain", "hedged"])
+
+
+@HEDGED
+async def test_an_inner_block_leaves_the_providers_open_for_the_outer(
+    hedge_after: float | None,
+) -> None:
+    pool, providers = closing_pool(hedge_after)
+    async with pool:
+        async with pool:  # a library's block inside the caller's
+            await pool.complete(HELLO)
+        assert [p.closes for p in providers] == [0, 0]
+        answer = await pool.complete(HELLO)  # the outer block still works
+        assert answer.content == "Echo: hello"
+    assert [p.closes for p in providers] == [1, 1]
+
+
+@HEDGED
+async def test_overlapping_blocks_in_two_tasks_close_when_the_last_leaves(
+    hedge_after: float | None,
+) -> None:
+    pool, providers = closing_pool(hedge_after)
+    a_in, b_in, a_out = anyio.Event(), anyio.Event(), anyio.Event()
+    answers: list[str] = []
+
+    async def task_a() -> None:
+        async with pool:
+            a_in.set()
+            await b_in.wait()
+        a_out.set()
+
+    async def task_b() -> None:
+        await a_in.wait()
+        async with pool:
+            b_in.set()
+            await a_out.wait()
+            assert [p.closes for p in providers] == [0, 0]
+            answers.append((await pool.complete(HELLO)).content)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(task_a)
+            tg.start_soon(task_b)
+    assert answers == ["Echo: hello"]
+    assert [p.closes for p in providers] == [1, 1]
+
+
+@HEDGED
+async def test_an_error_in_the_inner_block_propagates_and_leaves_the_outer_open(
+    hedge_after: float | None,
+) -> None:
+    pool, providers = closing_pool(hedge_after)
+    async with pool:
+        with pytest.raises(ValueError, match="inner"):
+            async with pool:
+                raise ValueError("inner")
+        assert [p.closes for p in providers] == [0, 0]
+        await pool.complete(HELLO)
+        with pytest.raises(ValueError, match="outer"):
+            async with pool:
+                raise ValueError("outer")
+    assert [p.closes for p in providers] == [1, 1]
+
+
+@HEDGED
+async def test_the_last_block_left_by_cancellation_still_closes(
+    hedge_after: float | None,
+) -> None:
+    pool, providers = closing_pool(hedge_after)
+    with anyio.CancelScope() as scope:
+        async with pool, pool:
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert [p.closes for p in providers] == [1, 1]
+
+
+@pytest.mark.parametrize("hedge_after", [None, 60.0])
+def test_a_loops_last_block_releases_only_its_loop_while_another_loop_holds_one(
+    hedge_after: float | None,
+) -> None:
+    bound, plain = LoopBoundEcho(), ClosingEcho()
+    pool = Pool([bound, plain], hedge_after=hedge_after)
+    entered, leave = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        async with pool:
+            entered.set()
+            await anyio.to_thread.run_sync(leave.wait)
+
+    async def enter_and_leave() -> None:
+        async with pool:
+            await pool.complete(HELLO)
+
+    holder = threading.Thread(target=anyio.run, args=(hold,))
+    holder.start()
+    try:
+        assert entered.wait(10)
+        anyio.run(enter_and_leave, backend="trio")
+        # This loop's share released; nothing closed for good under the other loop's block.
+        assert (bound.releases, bound.closes, plain.closes) == (1, 0, 0)
+    finally:
+        leave.set()
+        holder.join(10)
+    assert (bound.releases, bound.closes, plain.closes) == (1, 1, 1)
+
+
+@given(
+    hedged=st.booleans(),
+    steps=st.lists(st.tuples(st.integers(0, 2), st.booleans()), max_size=30),
+)
+async def test_providers_close_once_after_the_last_of_any_nesting_of_blocks(
+    hedged: bool, steps: list[tuple[int, bool]]
+) -> None:
+    """Three tasks each nest blocks as the steps say (True: enter, False: leave the
+    innermost), interleaved across tasks, one block at least open throughout; then each
+    task leaves what it holds."""
+    pool, providers = closing_pool(60.0 if hedged else None)
+    depth = [0, 0, 0]
+    commands = [anyio.create_memory_object_stream[bool | None](1) for _ in depth]
+    done = anyio.create_memory_object_stream[None](1)
+
+    async def worker(index: int) -> None:
+        blocks: list[AsyncExitStack] = []
+        async with commands[index][1] as receive, done[0].clone() as ack:
+            async for enter in receive:
+                if enter:
+                    blocks.append(AsyncExitStack())
+                    await blocks[-1].enter_async_context(pool)
+                else:
+                    await blocks.pop().aclose()
+                if blocks:
+                    await pool.complete(HELLO)  # usable in every block still open
+                await ack.send(None)
+
+    async def step(index: int, enter: bool) -> None:
+        await commands[index][0].send(enter)
+        await done[1].receive()
+        depth[index] += 1 if enter else -1
+        expected = 0 if any(depth) else 1
+        assert [p.closes for p in providers] == [expected, expected]
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for index in range(len(depth)):
+                tg.start_soon(worker, index)
+            await step(0, True)
+            for index, enter in steps:
+                # (A closed pool's providers stay closed: the last leave comes at the end.)
+                if enter or (depth[index] and sum(depth) > 1):
+                    await step(index, enter)
+            for index in range(len(depth)):
+                while depth[index]:
+                    await step(index, False)
+                await commands[index][0].aclose()
+            done[0].close()
+        done[1].close()
+    assert [p.closes for p in providers] == [1, 1]

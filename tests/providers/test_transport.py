@@ -31,6 +31,7 @@ from llmfanout.errors import (
     APIConnectionError,
     APITimeoutError,
     BadRequestError,
+    ProviderError,
     RateLimitError,
     ResponseFormatError,
 )
@@ -601,3 +602,26 @@ async def test_cancellation_at_any_point_leaks_no_connection_slot(
         executor = ParallelLLMExecutor(provider, max_concurrency=8, default_retry=ONCE)
         results = await executor.execute(tasks("after", 16))
     assert all(r.success for r in results.values())
+
+
+async def test_an_inner_async_with_keeps_the_connections_of_the_outer(
+    server: FakeLLMServer,
+) -> None:
+    """Blocks nest (a library's inside yours): only the outermost closes, once."""
+    hello: list[Any] = [{"role": "user", "content": "hello"}]
+    provider = openai(server.openai_base_url, max_connections=1)
+
+    async def inner() -> None:
+        async with provider:
+            await provider.complete(hello)
+            raise ValueError("inner")
+
+    async with provider:
+        await provider.complete(hello)
+        with pytest.raises(ValueError, match="inner"):
+            await inner()
+        await provider.complete(hello)  # still open, on the same connection
+        assert server.connections_opened == 1
+    await server.wait_for_no_connections()
+    with pytest.raises(ProviderError, match="closed"):
+        await provider.complete(hello)

@@ -29,6 +29,9 @@ deployment; the first whole answer wins and the other copy is cancelled. Inside
 ``async with pool:`` one timer per block sends the copies (``_hedge``); a pool not
 entered makes a task group per hedged call.
 
+``async with pool:`` blocks may nest and overlap (a library's block inside yours, or one
+block per task): the providers are closed when the last open block leaves, not the first.
+
 The module is long (about 650 lines) because ``Pool`` is one piece: routing, failover,
 fallbacks and hedging all read and write the same slots within one call's attempts; the
 bookkeeping they share (slots, stats, the stamped answer) is in ``_slots``.
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, copy_context
 from types import TracebackType
@@ -46,6 +50,7 @@ from typing import Any, Self
 import anyio
 import attrs
 
+from .._base._perloop import PerLoop
 from .._base._types import AsyncLLMProvider, LLMMessage, LLMResponse, LoopBound, to_messages
 from .._core._retry import TESTING
 from .._flow._patience import is_overload
@@ -220,22 +225,33 @@ class Pool:
             cause: tuple(s for s in self._slots if cause in s.deployment.fallback_for)
             for cause in {c for d in items for c in d.fallback_for}
         }
+        # The open ``async with`` blocks, in each event loop and in all: a loop's last
+        # block releases that loop's connections, the last block anywhere closes the rest
+        # (the lock: loops in other threads count too).
+        self._blocks = PerLoop[int]()
+        self._open_blocks = 0
+        self._blocks_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Pool({', '.join(repr(d.name) for d in self.deployments)})"
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    # Alike in shape only (providers/_http.py): the async-with protocol over aclose().
     async def __aenter__(self) -> Self:
         """With ``hedge_after``, also open the block's hedge host (see ``_hedge``): the
-        calls made inside the block are hedged by one timer, not a task group each."""
+        calls made inside the block are hedged by one timer, not a task group each.
+
+        Blocks may nest and overlap, in one task or several: only the last one to leave
+        closes the providers."""
         if self.hedge_after is not None:
             tg = anyio.create_task_group()
             await tg.__aenter__()
             host = HedgeHost(tg, self)
             host.token = HOST.set(host)
             tg.start_soon(host.serve)
+        with self._blocks_lock:
+            self._blocks.set(self._blocks.get(0) + 1)
+            self._open_blocks += 1
         return self
 
     async def __aexit__(
@@ -244,15 +260,33 @@ class Pool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.hedge_after is not None:
-            host = HOST.get()
-            if host is None or host.owner is not self:
-                raise RuntimeError("Pool: async with blocks were left out of order")
-            host.closed = True
-            HOST.reset(host.token)
-            host.tg.cancel_scope.cancel()  # the timer, and any copy a stray call left
-            await host.tg.__aexit__(None, None, None)
-        await self.aclose()
+        host = HOST.get() if self.hedge_after is not None else None
+        if self.hedge_after is not None and (host is None or host.owner is not self):
+            raise RuntimeError("Pool: async with blocks were left out of order")
+        close = self._leave()  # counted at once, whatever the block's end raises below
+        try:
+            if host is not None:
+                host.closed = True
+                HOST.reset(host.token)
+                host.tg.cancel_scope.cancel()  # the timer, and any copy a stray call left
+                await host.tg.__aexit__(None, None, None)
+        finally:
+            if close is not None:
+                with anyio.CancelScope(shield=True):  # closed even when leaving by cancellation
+                    await close()
+
+    def _leave(self) -> Callable[[], Awaitable[None]] | None:
+        """Count one block out: what the last block of this loop must call to close
+        (``release_loop`` while blocks stay open in other loops), None if not the last."""
+        with self._blocks_lock:
+            here = self._blocks.get(0)
+            if here > 1:
+                self._blocks.set(here - 1)
+                self._open_blocks -= 1
+                return None
+            self._blocks.set(0)
+            self._open_blocks -= here  # 0: a block left that was never entered
+            return self.release_loop if self._open_blocks else self.aclose
 
     async def aclose(self) -> None:
         """Close every deployment's provider that can be closed (``aclose``)."""

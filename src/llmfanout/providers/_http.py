@@ -183,6 +183,7 @@ class HTTPProvider:
         # One transport per event loop: connections belong to the loop that opened them,
         # so a provider made at module level can serve successive anyio.run() calls.
         self._transports = PerLoop[Transport | None]()  # None: closed in that loop
+        self._blocks = PerLoop[int]()  # open ``async with`` blocks in each loop
         self._params = self._initial_params()
 
     # -- what a subclass says ------------------------------------------------------------
@@ -259,6 +260,9 @@ class HTTPProvider:
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
 
     async def __aenter__(self) -> Self:
+        """Count the block in: blocks may nest and overlap (a library's inside yours, one
+        per task), and only the last one to leave in this loop closes its connections."""
+        self._blocks.set(self._blocks.get(0) + 1)
         return self
 
     async def __aexit__(
@@ -267,7 +271,12 @@ class HTTPProvider:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        # Per loop, as the connections are: another loop's blocks hold other connections.
+        left = self._blocks.get(0) - 1
+        self._blocks.set(max(left, 0))
+        if left <= 0:
+            with anyio.CancelScope(shield=True):  # closed even when leaving by cancellation
+                await self.aclose()
 
     async def release_loop(self) -> None:
         """Close the running event loop's pool; a later loop gets a fresh one."""
