@@ -247,28 +247,25 @@ async def test_a_callable_returning_no_token_fails_the_call_without_sending() ->
     assert server.requests == []
 
 
+def token_entry(server: FakeLLMServer) -> dict[str, str]:
+    """A deployments file's entry for the fake, its token in ``EAST_ENTRA_TOKEN``."""
+    return {
+        "name": "east",
+        "provider": "azure",
+        "model": "gpt-4o-east",
+        "base_url": server.base_url,
+        "api_version": VERSION,
+        "azure_ad_token_env": "EAST_ENTRA_TOKEN",
+    }
+
+
 async def test_a_deployments_file_names_the_tokens_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("EAST_ENTRA_TOKEN", TOKENS[1])
     async with serve_fake_llm() as server:
         server.fault_for = bearer_only([TOKENS[1]])
-        specs = parse_deployments(
-            json.loads(
-                json.dumps(
-                    [
-                        {
-                            "name": "east",
-                            "provider": "azure",
-                            "model": "gpt-4o-east",
-                            "base_url": server.base_url,
-                            "api_version": VERSION,
-                            "azure_ad_token_env": "EAST_ENTRA_TOKEN",
-                        }
-                    ]
-                )
-            )
-        )
+        specs = parse_deployments(json.loads(json.dumps([token_entry(server)])))
         keys = deployment_keys(specs)
         async with build_pool(specs, keys=keys) as pool:
             answer = await pool.complete(QUESTION)
@@ -387,15 +384,7 @@ async def test_a_refused_token_stops_the_run_naming_the_tokens_source(
         server.fault_for = bearer_only([TOKENS[0]])  # refuses ours, echoing it
         provider: Any
         if source == "file":
-            entry = {
-                "name": "east",
-                "provider": "azure",
-                "model": "gpt-4o-east",
-                "base_url": server.base_url,
-                "api_version": VERSION,
-                "azure_ad_token_env": "EAST_ENTRA_TOKEN",
-            }
-            specs = parse_deployments([entry])
+            specs = parse_deployments([token_entry(server)])
             provider = build_pool(specs, keys=deployment_keys(specs))
         else:
             given: dict[str, Any] = {
