@@ -136,6 +136,9 @@ class ProviderError(Exception):
       headers and the like.
     - ``rate_limits``: the :class:`~llmfanout.RateLimitInfo` the response's headers
       advertised (a 429's remaining budget and reset, say).
+    - ``credential``: which credential the call sent, by where it came from (``"the API
+      key (OPENAI_API_KEY or api_key=)"``, ``"the Entra ID token in AZURE_OPENAI_AD_TOKEN"``),
+      never its value: what a 401 or 403 asks the user to check.
 
     No attribute and no message ever holds the API key: messages from the server are
     redacted, and request headers are never kept.
@@ -158,6 +161,7 @@ class ProviderError(Exception):
         body: str | None = None,
         headers: Mapping[str, str] | None = None,
         rate_limits: RateLimitInfo | None = None,
+        credential: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -171,6 +175,7 @@ class ProviderError(Exception):
         self.body = body
         self.headers = dict(headers) if headers is not None else None
         self.rate_limits = rate_limits
+        self.credential = credential
 
     def __str__(self) -> str:
         return self.message

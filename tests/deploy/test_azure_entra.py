@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import string
 import urllib.parse
 from collections.abc import Callable
@@ -21,10 +22,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmfanout import LLMMessage
+from llmfanout import LLMMessage, LLMTask, ParallelLLMExecutor
 from llmfanout._deploy._build import build_pool, deployment_keys
 from llmfanout._deploy._spec import parse_deployments
-from llmfanout.errors import AuthenticationError
+from llmfanout.errors import AuthenticationError, TaskAborted
 from llmfanout.providers import AzureOpenAIProvider
 from llmfanout.providers._secrets import TokenRedactor
 
@@ -246,28 +247,25 @@ async def test_a_callable_returning_no_token_fails_the_call_without_sending() ->
     assert server.requests == []
 
 
+def token_entry(server: FakeLLMServer) -> dict[str, str]:
+    """A deployments file's entry for the fake, its token in ``EAST_ENTRA_TOKEN``."""
+    return {
+        "name": "east",
+        "provider": "azure",
+        "model": "gpt-4o-east",
+        "base_url": server.base_url,
+        "api_version": VERSION,
+        "azure_ad_token_env": "EAST_ENTRA_TOKEN",
+    }
+
+
 async def test_a_deployments_file_names_the_tokens_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("EAST_ENTRA_TOKEN", TOKENS[1])
     async with serve_fake_llm() as server:
         server.fault_for = bearer_only([TOKENS[1]])
-        specs = parse_deployments(
-            json.loads(
-                json.dumps(
-                    [
-                        {
-                            "name": "east",
-                            "provider": "azure",
-                            "model": "gpt-4o-east",
-                            "base_url": server.base_url,
-                            "api_version": VERSION,
-                            "azure_ad_token_env": "EAST_ENTRA_TOKEN",
-                        }
-                    ]
-                )
-            )
-        )
+        specs = parse_deployments(json.loads(json.dumps([token_entry(server)])))
         keys = deployment_keys(specs)
         async with build_pool(specs, keys=keys) as pool:
             answer = await pool.complete(QUESTION)
@@ -351,3 +349,128 @@ async def test_a_call_cancelled_while_the_callable_fetches_a_token_sends_nothing
             await asked.wait()
             tg.cancel_scope.cancel()
     assert server.requests == []
+
+
+# -- a refusal names where the credential came from, in the error and the stop reason ----
+
+
+def fresh_secret(prefix: str) -> str:
+    """A credential no test shares, long and distinctive, to look for in every output."""
+    return f"{prefix}{secrets.token_urlsafe(40)}"
+
+
+def no_secret_in(secret: str, *texts: str) -> None:
+    for text in texts:
+        assert secret not in text
+        assert secret[-24:] not in text
+
+
+@pytest.mark.parametrize("source", ["azure_ad_token", "azure_ad_token_provider", "env", "file"])
+async def test_a_refused_token_stops_the_run_naming_the_tokens_source(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, source: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = fresh_secret("eyJ0eXAiOiJKV1Qi.")
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("AZURE_OPENAI_AD_TOKEN", token)
+    monkeypatch.setenv("EAST_ENTRA_TOKEN", token)
+    hint = {
+        "azure_ad_token": "the Entra ID token given as azure_ad_token=",
+        "azure_ad_token_provider": "the Entra ID token azure_ad_token_provider returns",
+        "env": "the Entra ID token in AZURE_OPENAI_AD_TOKEN",
+        "file": "the Entra ID token in EAST_ENTRA_TOKEN",
+    }[source]
+    async with serve_fake_llm() as server:
+        server.fault_for = bearer_only([TOKENS[0]])  # refuses ours, echoing it
+        provider: Any
+        if source == "file":
+            specs = parse_deployments([token_entry(server)])
+            provider = build_pool(specs, keys=deployment_keys(specs))
+        else:
+            given: dict[str, Any] = {
+                "azure_ad_token": {"azure_ad_token": token},
+                "azure_ad_token_provider": {"azure_ad_token_provider": lambda: token},
+                "env": {},
+            }[source]
+            provider = AzureOpenAIProvider(
+                "gpt-4o-east", azure_endpoint=server.base_url, api_version=VERSION, **given
+            )
+        async with provider:
+            executor = ParallelLLMExecutor(provider, max_concurrency=4)
+            results = await executor.execute({f"q{i}": LLMTask(QUESTION) for i in range(8)})
+    # Only the calls in flight at the first refusal were sent (one alone, when the
+    # provider is paced from its first answer; a pool sends up to max_concurrency).
+    sent = bearers(server)
+    assert set(sent) == {token} and len(sent) <= 4
+    errors = [r.error for r in results.values()]
+    assert all(isinstance(e, AuthenticationError | TaskAborted) for e in errors)
+    refused = [e for e in errors if isinstance(e, AuthenticationError)]
+    assert len(refused) == len(sent) and {e.credential for e in refused} == {hint}
+    stop = (
+        "the server refused the credentials (HTTP 401); "
+        f"check {hint} and what it may access, then run again"
+    )
+    assert any(stop in str(e) for e in errors)
+    for error in errors:
+        assert hint in str(error) and "API key" not in str(error)
+        no_secret_in(token, str(error), repr(error), repr(vars(error)))
+    no_secret_in(token, repr(results), repr(provider), caplog.text)
+
+
+def sent_key(request: RecordedRequest) -> str:
+    """The key a request carried: Azure's ``api-key`` header, else OpenAI's bearer."""
+    return request.headers.get("api-key") or request.api_key
+
+
+@pytest.mark.parametrize("kind", ["openai", "azure"])
+async def test_a_key_from_a_files_own_variable_is_named_in_the_refusal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = fresh_secret("sk-proj-")
+    monkeypatch.setenv("EAST_OWN_KEY", key)
+    monkeypatch.setenv("OPENAI_API_KEY", "unused-default-key")  # not the one read
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "unused-default-key")
+    async with serve_fake_llm() as server:
+        # A server that echoes the key it refuses.
+        server.fault_for = lambda r: Fault.status(401, message=f"Incorrect API key: {sent_key(r)}")
+        entry = {
+            "name": "east",
+            "provider": kind,
+            "model": "gpt-4o-east",
+            "base_url": server.base_url if kind == "azure" else server.openai_base_url,
+            "api_key_env": "EAST_OWN_KEY",
+        }
+        specs = parse_deployments([entry])
+        async with build_pool(specs, keys=deployment_keys(specs)) as pool:
+            executor = ParallelLLMExecutor(pool, max_concurrency=4)
+            results = await executor.execute({f"q{i}": LLMTask(QUESTION) for i in range(8)})
+    sent = [sent_key(r) for r in server.requests]
+    assert set(sent) == {key} and len(sent) <= 4  # those in flight at the first refusal
+    errors = [r.error for r in results.values()]
+    refused = [e for e in errors if isinstance(e, AuthenticationError)]
+    assert len(refused) == len(sent)
+    for error in refused:
+        assert "; check the API key (EAST_OWN_KEY) and what it may access" in str(error)
+        assert error.credential == "the API key (EAST_OWN_KEY)"
+    stop = (
+        "the server refused the credentials (HTTP 401); "
+        "check the API key (EAST_OWN_KEY) and what it may access, then run again"
+    )
+    assert any(isinstance(e, TaskAborted) and stop in str(e) for e in errors)
+    for error in errors:
+        assert "EAST_OWN_KEY" in str(error) and "OPENAI_API_KEY" not in str(error)
+        no_secret_in(key, str(error), repr(error), repr(vars(error)))
+    no_secret_in(key, repr(results), repr(pool), caplog.text)
+
+
+@pytest.mark.parametrize("name", ["api_key_env", "azure_ad_token_env"])
+@pytest.mark.parametrize("value", ["sk-proj-abc123", "has space", "", "X=1"])
+def test_a_variable_name_that_is_not_one_is_refused_without_echoing_it(
+    name: str, value: str
+) -> None:
+    with pytest.raises(ValueError, match=f"{name} is not an environment variable name") as bad:
+        AzureOpenAIProvider(
+            "d", azure_endpoint="http://127.0.0.1:9", api_key="k" * 20, **{name: value}
+        )
+    assert value not in str(bad.value) or not value

@@ -162,6 +162,28 @@ async def test_a_refused_key_stops_the_run(server: FakeLLMServer) -> None:
     assert len(aborted) == 49
     assert all("refused the credentials" in str(r.error) for r in aborted)
     assert any("never started" in str(r.error) for r in aborted)
+    # It names the credential the call sent, as the provider's error does.
+    stop = "check the API key (OPENAI_API_KEY or api_key=) and what it may access, then run"
+    assert any(stop in str(r.error) for r in aborted)
+
+
+class Refusing:
+    """A provider of one's own whose 401 names no credential."""
+
+    async def complete(self, messages: object, config_overrides: object = None) -> object:
+        raise ProviderError("my gateway: HTTP 401", status_code=401)
+
+
+async def test_a_refusal_naming_no_credential_asks_to_check_the_credentials() -> None:
+    executor = ParallelLLMExecutor(Refusing(), max_concurrency=1)  # type: ignore[arg-type]
+    results = await executor.execute(tasks(5))
+    aborted = [str(r.error) for r in results.values() if isinstance(r.error, TaskAborted)]
+    assert len(aborted) == 4
+    assert all(
+        "the server refused the credentials (HTTP 401); check the credentials and what it "
+        "may access, then run again" in text
+        for text in aborted
+    )
 
 
 async def test_stop_on_auth_error_can_be_turned_off(server: FakeLLMServer) -> None:

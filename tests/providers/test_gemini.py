@@ -308,6 +308,7 @@ def test_the_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("GOOGLE_API_KEY", KEY)
     provider = GeminiProvider(MODEL)
     assert provider._headers["x-goog-api-key"] == KEY
+    assert provider._credential() == "the API key (GOOGLE_API_KEY)"  # what a 401 names
     assert provider.base_url == "https://generativelanguage.googleapis.com/v1beta"
     monkeypatch.delenv("GOOGLE_API_KEY")
     with pytest.raises(ValueError, match="GEMINI_API_KEY"):

@@ -210,6 +210,13 @@ def test_against_a_real_server_with_the_key_read_where_the_job_runs(
     assert not out[2]["success"] and "no model" in out[2]["error"]["message"]
 
 
+def test_a_refusal_names_the_variable_the_key_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOB_KEY", "sk-job-key-0123456789")
+    job = Job(JobSpec(provider="openai", model="m", api_key_env="JOB_KEY"))
+    assert job.provider._credential() == "the API key (JOB_KEY)"  # type: ignore[attr-defined]
+    assert "sk-job-key" not in repr(vars(job.provider))
+
+
 def test_the_scrubber_blanks_every_encoding_of_the_key() -> None:
     key = "sk-abc/def+1"
     scrub = scrubber(key)

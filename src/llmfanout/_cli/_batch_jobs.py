@@ -67,7 +67,7 @@ def provider_for(
     cls = classes[name]
     options: dict[str, Any] = {"base_url": base_url} if base_url else {}
     try:
-        return cls(model, api_key=key, **options)
+        return cls(model, api_key=key, api_key_env=variable, **options)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
 

@@ -15,6 +15,7 @@ import anyio
 import anyio.lowlevel
 
 from .._base._checks import whole_number
+from .._flow._governor import refused_credential
 from ..errors import TaskAborted
 from ._inputs import (
     AsyncItems,
@@ -83,9 +84,10 @@ class _Run:
             return
         if self.stop_on_auth and _refused_key(result.error):
             status = getattr(result.error, "status_code", None)
+            credential = refused_credential(result.error)
             self.stop(
                 f"the run stopped at task {result.tag!r}: the server refused the credentials "
-                f"(HTTP {status}); check the API key and what it may access, then run again"
+                f"(HTTP {status}); check {credential} and what it may access, then run again"
             )
         elif self.max_errors is not None and self.failures >= self.max_errors:
             logger.info("max_errors=%d reached: stopping the run", self.max_errors)

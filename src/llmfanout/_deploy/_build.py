@@ -47,6 +47,9 @@ def _provider(
             api_version=spec.api_version,
             api_key=None if spec.azure_ad_token_env else key,
             azure_ad_token=key if spec.azure_ad_token_env else None,
+            # The variable read, for a refusal to name (never the key).
+            api_key_env=None if spec.azure_ad_token_env else spec.key_variable,
+            azure_ad_token_env=spec.azure_ad_token_env,
             **options,
         )
     from ..providers import AnthropicProvider, OpenAIProvider
@@ -54,7 +57,7 @@ def _provider(
     cls = OpenAIProvider if spec.provider == "openai" else AnthropicProvider
     if spec.base_url:
         options = {**options, "base_url": spec.base_url}
-    return cls(spec.model, api_key=key, **options)
+    return cls(spec.model, api_key=key, api_key_env=spec.key_variable, **options)
 
 
 def _shared(url: str, spec: DeploymentSpec) -> Limiter | None:

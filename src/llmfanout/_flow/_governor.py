@@ -30,7 +30,7 @@ from ._adaptive import AIMD, SharedPause
 from ._pacing import HeaderPacer, trusted
 from ._patience import is_overload
 
-__all__ = ["Governor", "Pass"]
+__all__ = ["Governor", "Pass", "refused_credential"]
 
 
 class _Pacers:
@@ -50,6 +50,14 @@ class _Pacers:
 
 
 _BY_PROVIDER: WeakKeyDictionary[object, _Pacers] = WeakKeyDictionary()
+
+
+def refused_credential(error: object) -> str:
+    """The credential a refusal (401, 403) asks the user to fix: the one the call sent, as
+    its error names it (``credential``, by where it came from, never its value), else
+    neutral words (a custom provider's error names none)."""
+    credential = getattr(error, "credential", None)
+    return credential if isinstance(credential, str) and credential else "the credentials"
 
 
 def _pacers_for(provider: object) -> _Pacers:
@@ -268,7 +276,7 @@ class Governor:
                     pacer.observe(None, pass_.ticket)
                     raise TaskAborted(
                         "not sent: the server refused the credentials "
-                        f"({self.refused}); fix the API key and run again"
+                        f"({self.refused}); fix {refused_credential(self.refused)} and run again"
                     )
             else:  # no pacer yet: in flight where no budget counts it
                 self.unpaced += 1

@@ -62,7 +62,11 @@ def _provider_for(spec: JobSpec, model: str, key: str | None) -> AsyncLLMProvide
 
     from ..providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 
-    options: dict[str, Any] = {"max_connections": spec.concurrency, "api_key": key}
+    options: dict[str, Any] = {
+        "max_connections": spec.concurrency,
+        "api_key": key,
+        "api_key_env": spec.key_variable,  # for a refusal to name (never the key)
+    }
     if spec.base_url:
         options["base_url"] = spec.base_url
     if spec.timeout:

@@ -32,7 +32,7 @@ import attrs
 from .._base._advertised import RateLimitInfo
 from .._base._types import LLMMessage, LLMResponse
 from ..errors import RateLimitError
-from ._config import HTTPOptions
+from ._config import HTTPOptions, check_variable
 from ._openai import OpenAIProvider
 from ._secrets import Secret, SecretHeaders, TokenRedactor, header_safe
 
@@ -57,8 +57,11 @@ class AzureOpenAIProvider(OpenAIProvider):
     body's ``model``). ``azure_endpoint`` (``https://NAME.openai.azure.com``), else
     ``base_url``, else ``AZURE_OPENAI_ENDPOINT``. ``api_version``, else
     ``OPENAI_API_VERSION``, else :data:`DEFAULT_API_VERSION`. The key from ``api_key``,
-    else ``AZURE_OPENAI_API_KEY``; or a Microsoft Entra ID token from ``azure_ad_token``,
-    else ``AZURE_OPENAI_AD_TOKEN``, sent as a bearer token. Every other option is
+    else ``AZURE_OPENAI_API_KEY`` (or the variable ``api_key_env`` names); or a Microsoft
+    Entra ID token from ``azure_ad_token``, else ``AZURE_OPENAI_AD_TOKEN`` (or the variable
+    ``azure_ad_token_env`` names), sent as a bearer token. A 401 or 403 asks to check the
+    credential in use by where it came from (give the ``_env`` name beside a key or token
+    you read from a variable yourself), never by its value. Every other option is
     :class:`~llmfanout.providers.OpenAIProvider`'s. Raises ``ValueError`` naming the
     variable when no endpoint or no key is found.
     """
@@ -77,6 +80,7 @@ class AzureOpenAIProvider(OpenAIProvider):
         api_version: str | None = None,
         azure_ad_token: str | None = None,
         azure_ad_token_provider: TokenProvider | None = None,
+        azure_ad_token_env: str | None = None,
         **options: Unpack[HTTPOptions],
     ) -> None:
         owner = type(self).__name__
@@ -101,15 +105,18 @@ class AzureOpenAIProvider(OpenAIProvider):
         # Which credential: one given beats the environment's; a token beats a key (as the
         # openai SDK, which then sends the bearer and no api-key); a fixed token beats the
         # callable.
-        token_source = "given as azure_ad_token="
+        key_env = check_variable(options.get("api_key_env"), "api_key_env", owner)
+        token_env = check_variable(azure_ad_token_env, "azure_ad_token_env", owner)
+        token_source = f"in {token_env}" if token_env else "given as azure_ad_token="
         if azure_ad_token is None and azure_ad_token_provider is None and api_key is None:
-            azure_ad_token = os.environ.get(_TOKEN_VARIABLE, "").strip() or None
-            token_source = f"in {_TOKEN_VARIABLE}"
-            if azure_ad_token is None and not os.environ.get(self.api_key_env, "").strip():
+            key_env, token_env = key_env or self.api_key_env, token_env or _TOKEN_VARIABLE
+            azure_ad_token = os.environ.get(token_env, "").strip() or None
+            token_source = f"in {token_env}"
+            if azure_ad_token is None and not os.environ.get(key_env, "").strip():
                 raise ValueError(
-                    f"{owner}: no credential; set the {self.api_key_env} (or "
-                    f"{_TOKEN_VARIABLE}) environment variable, or pass api_key=..., "
-                    "azure_ad_token=... or azure_ad_token_provider=..."
+                    f"{owner}: no credential; set the {key_env} (or {token_env}) "
+                    "environment variable, or pass api_key=..., azure_ad_token=... or "
+                    "azure_ad_token_provider=..."
                 )
         self._token_provider = None if azure_ad_token is not None else azure_ad_token_provider
         self._bearer = azure_ad_token is not None or self._token_provider is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -29,6 +30,7 @@ class HTTPOptions(TypedDict, total=False):
 
     base_url: str | None
     api_key: str | None
+    api_key_env: str | None
     timeout: float | httpx.Timeout
     total_timeout: float | None
     max_connections: int
@@ -132,6 +134,27 @@ def check_model(value: object, owner: str) -> str:
     """The model name; raise unless it is a non-empty string."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{owner}: model is {value!r}; give a model name, e.g. 'gpt-4o-mini'")
+    return value
+
+
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
+def check_variable(value: object, name: str, owner: str) -> str | None:
+    """An environment variable's name, or None; raise naming ``name`` otherwise.
+
+    The value is never echoed: a key pasted where its variable's name belongs would
+    otherwise land in the error.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{owner}: {name} must be a str, not {type(value).__name__}")
+    if not _VARIABLE.fullmatch(value):
+        raise ValueError(
+            f"{owner}: {name} is not an environment variable name (letters, digits and _); "
+            "give the variable's name, never the key itself"
+        )
     return value
 
 

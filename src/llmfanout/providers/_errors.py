@@ -252,6 +252,7 @@ def status_error(
         body=text[:BODY_KEEP] or None,
         headers=headers,
         rate_limits=parse_rate_limit_headers(headers),
+        credential=credential,
     )
 
 

@@ -74,10 +74,14 @@ class GeminiProvider(HTTPProvider):
     reports_rate_limits = False  # Gemini sends no rate-limit headers to pace by
 
     def __init__(self, model: str, **options: Unpack[HTTPOptions]) -> None:
-        if options.get("api_key") is None and not os.environ.get(self.api_key_env, "").strip():
+        if (
+            options.get("api_key") is None
+            and options.get("api_key_env") is None
+            and not os.environ.get(self.api_key_env, "").strip()
+        ):
             google = os.environ.get("GOOGLE_API_KEY", "").strip()
-            if google:
-                options["api_key"] = google
+            if google:  # a refusal then names the variable the key came from
+                options["api_key"], options["api_key_env"] = google, "GOOGLE_API_KEY"
         super().__init__(model, **options)
         self._paths = {model: self._paths_for(model)}
 

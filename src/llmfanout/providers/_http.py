@@ -47,6 +47,7 @@ from ._config import (
     check_params,
     check_positive_int,
     check_seconds,
+    check_variable,
     check_verify,
     make_timeout,
 )
@@ -127,6 +128,7 @@ class HTTPProvider:
         *,
         base_url: str | None = None,
         api_key: str | None = None,
+        api_key_env: str | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         total_timeout: float | None = DEFAULT_TOTAL_TIMEOUT,
         max_connections: int = 100,
@@ -158,7 +160,14 @@ class HTTPProvider:
                 f"{owner}: http_client must be an httpx.AsyncClient, "
                 f"not {type(http_client).__name__}"
             )
-        secret = Secret(resolve_api_key(api_key, self.api_key_env, owner))
+        variable = check_variable(api_key_env, "api_key_env", owner)
+        secret = Secret(resolve_api_key(api_key, variable or self.api_key_env, owner))
+        # What a 401 or 403 asks the user to check: where the key came from, not the key.
+        self._key_source = (
+            f"the API key ({variable})"
+            if variable
+            else f"the API key ({self.api_key_env} or api_key=)"
+        )
         self._redactor = Redactor(secret)
         self._redact_answers = len(secret) >= _REDACT_ANSWERS_FROM
         url = httpx.URL(self.base_url)
@@ -198,7 +207,7 @@ class HTTPProvider:
     def _credential(self) -> str:
         """The credential a 401 or 403 asks the user to check: where it came from, never
         its value."""
-        return f"the API key ({self.api_key_env} or api_key=)"
+        return self._key_source
 
     async def _request_headers(self) -> Mapping[str, str]:
         """Headers made for each request, over the fixed ones (only with ``_per_request``)."""

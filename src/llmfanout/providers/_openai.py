@@ -28,8 +28,9 @@ class OpenAIProvider(HTTPProvider):
 
     ``async with OpenAIProvider("gpt-4o-mini") as provider: ...`` or call ``aclose()``
     when done; the pool is per event loop, so one provider may serve successive
-    ``anyio.run()`` calls. The key comes from ``api_key``, else ``OPENAI_API_KEY``;
-    without one the constructor raises ``ValueError`` naming the variable. ``base_url``
+    ``anyio.run()`` calls. The key comes from ``api_key``, else ``OPENAI_API_KEY`` (or
+    the variable ``api_key_env`` names); without one the constructor raises
+    ``ValueError`` naming the variable. ``base_url``
     (else ``OPENAI_BASE_URL``, else ``https://api.openai.com/v1``) points it at any
     OpenAI-compatible server (vLLM, Ollama, Groq...).
 
@@ -53,6 +54,9 @@ class OpenAIProvider(HTTPProvider):
     - ``verify``: TLS certificate checks (on by default, with ``SSL_CERT_FILE`` and
       ``SSL_CERT_DIR`` honoured); a CA bundle path or an ``ssl.SSLContext`` for a private
       CA; False turns them off.
+    - ``api_key_env``: the environment variable the key is read from when ``api_key`` is
+      not given (default the provider's own). Give it beside ``api_key`` when you read
+      the key from a variable yourself: a 401 or 403 then asks to check that variable.
     - ``headers`` add to or replace the default headers; ``default_params`` go into
       every body.
     - ``http_client``: an ``httpx.AsyncClient`` of your own, used instead of the pool
