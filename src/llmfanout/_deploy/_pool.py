@@ -129,6 +129,25 @@ _NONE: frozenset[int] = frozenset()
 _CALL: ContextVar[_Call | None] = ContextVar("llmfanout_pool_call", default=None)
 
 
+async def _each(verb: str, steps: Sequence[tuple[str, Callable[[], Awaitable[None]]]]) -> None:
+    """Await every step (a deployment's close), whatever the others raise; then raise
+    the one error as it is, or an ``ExceptionGroup`` of them all (in the deployments'
+    order). An ``ExceptionGroup``, not the first error with the others as notes: each
+    keeps its type and traceback, ``except*`` can pick one kind out, and it is what an
+    anyio task group raises when several things fail at once."""
+    errors: list[Exception] = []
+    for name, step in steps:
+        try:
+            await step()
+        except Exception as exc:  # the others are still closed; raised below
+            exc.add_note(f"(Pool: raised by deployment {name!r} on {verb})")
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ExceptionGroup(f"Pool: {len(errors)} deployments failed to {verb}", errors)
+
+
 class Pool:
     """Several deployments used as one provider: ``ParallelLLMExecutor(Pool([...]))``.
 
@@ -289,17 +308,31 @@ class Pool:
             return self.release_loop if self._open_blocks else self.aclose
 
     async def aclose(self) -> None:
-        """Close every deployment's provider that can be closed (``aclose``)."""
-        for deployment in self.deployments:
-            close = getattr(deployment.provider, "aclose", None)
-            if close is not None:
-                await close()
+        """Close every deployment's provider that can be closed (``aclose``).
+
+        Every provider is asked to close, whatever the others raise; then the one error
+        is raised as it is, or several as an ``ExceptionGroup`` (each names its
+        deployment in a note). Cancellation propagates at once."""
+        await _each(
+            "close",
+            [
+                (d.name, close)
+                for d in self.deployments
+                if (close := getattr(d.provider, "aclose", None)) is not None
+            ],
+        )
 
     async def release_loop(self) -> None:
-        """Release the running loop's share of every deployment's provider."""
-        for deployment in self.deployments:
-            if isinstance(deployment.provider, LoopBound):
-                await deployment.provider.release_loop()
+        """Release the running loop's share of every deployment's provider: every one,
+        whatever the others raise, then the error(s) as :meth:`aclose` raises them."""
+        await _each(
+            "release",
+            [
+                (d.name, d.provider.release_loop)
+                for d in self.deployments
+                if isinstance(d.provider, LoopBound)
+            ],
+        )
 
     # -- what it did ---------------------------------------------------------------------
 
