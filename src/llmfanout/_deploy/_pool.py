@@ -53,9 +53,10 @@ import attrs
 from .._base._perloop import PerLoop
 from .._base._types import AsyncLLMProvider, LLMMessage, LLMResponse, LoopBound, to_messages
 from .._core._retry import TESTING
+from .._flow._governor import refused_credential
 from .._flow._patience import is_overload
 from .._flow._ratelimit import estimate_tokens
-from ..errors import BadRequestError, ProviderError
+from ..errors import BadRequestError, ProviderError, TaskAborted
 from ._causes import CONTENT_FILTER, CONTEXT_WINDOW, cause_of
 from ._hedge import HOST, HedgeHost, Race
 from ._latency import LatencyWindow, parse_quantile
@@ -121,6 +122,10 @@ class _Call:
 
 
 _NONE: frozenset[int] = frozenset()
+
+
+class _NotSent(Exception):
+    """A call waited its turn at a deployment that has refused its key since: not sent."""
 
 
 # The call in progress in this task: the executor makes a call's attempts one after the
@@ -590,6 +595,23 @@ class Pool:
                     assert call is not None  # made above: this deployment may have to wait
                     response = await self._governed(slot, call, messages, sent)
                 outcome = response
+            except _NotSent:
+                # Its deployment refused its key while the call waited its turn there:
+                # on to another, as the refusal would have sent it, or nowhere.
+                assert call is not None
+                slot.calls -= 1
+                sends = call.sends
+                sends[deployment.name] -= 1
+                if not sends[deployment.name]:
+                    del sends[deployment.name]
+                if any(not s.disabled for s in self._candidates(call)):
+                    continue
+                refusal = slot.refusal
+                raise TaskAborted(
+                    f"not sent: deployment {deployment.name!r} refused its key ({refusal}) "
+                    f"and no other can take the call; fix {refused_credential(refusal)} "
+                    "and run again"
+                ) from None
             except Exception as exc:
                 outcome = exc
                 if quick:
@@ -706,7 +728,10 @@ class Pool:
         messages: Sequence[LLMMessage],
         overrides: Mapping[str, Any] | None,
     ) -> LLMResponse:
-        """The request through the deployment's limiter, pacer and AIMD window."""
+        """The request through the deployment's limiter, pacer and AIMD window.
+
+        Raises :class:`_NotSent` if the deployment refused its key while the call waited
+        for its turn (the first call to a deployment goes alone: see ``Governor``)."""
         tokens = call.need
         limit = slot.limit
         governor = slot.governor
@@ -718,6 +743,10 @@ class Pool:
                 await limit.acquire(tokens)
                 acquired = True
             admitted = await governor.admit(overrides, tokens)
+            if slot.disabled:
+                governor.release(admitted, None)
+                used = 0
+                raise _NotSent
             cooldown: float | None = None
             try:
                 response = await slot.deployment.provider.complete(
@@ -812,6 +841,7 @@ class Pool:
             return exc
         if status in (401, 403):
             slot.disabled = True  # every call with its key would be refused too
+            slot.refusal = exc
             self._refused = True
             if any(not s.disabled for s in self._candidates(call)):
                 return None
