@@ -53,9 +53,10 @@ import attrs
 from .._base._perloop import PerLoop
 from .._base._types import AsyncLLMProvider, LLMMessage, LLMResponse, LoopBound, to_messages
 from .._core._retry import TESTING
+from .._flow._governor import refused_credential
 from .._flow._patience import is_overload
 from .._flow._ratelimit import estimate_tokens
-from ..errors import BadRequestError, ProviderError
+from ..errors import BadRequestError, ProviderError, TaskAborted
 from ._causes import CONTENT_FILTER, CONTEXT_WINDOW, cause_of
 from ._hedge import HOST, HedgeHost, Race
 from ._latency import LatencyWindow, parse_quantile
@@ -123,10 +124,33 @@ class _Call:
 _NONE: frozenset[int] = frozenset()
 
 
+class _NotSent(Exception):
+    """A call waited its turn at a deployment that has refused its key since: not sent."""
+
+
 # The call in progress in this task: the executor makes a call's attempts one after the
 # other in one task, so what an attempt learnt (a deployment that failed it, a context
 # window too small) is here for the next. Keyed by the messages object, held alive.
 _CALL: ContextVar[_Call | None] = ContextVar("llmfanout_pool_call", default=None)
+
+
+async def _each(verb: str, steps: Sequence[tuple[str, Callable[[], Awaitable[None]]]]) -> None:
+    """Await every step (a deployment's close), whatever the others raise; then raise
+    the one error as it is, or an ``ExceptionGroup`` of them all (in the deployments'
+    order). An ``ExceptionGroup``, not the first error with the others as notes: each
+    keeps its type and traceback, ``except*`` can pick one kind out, and it is what an
+    anyio task group raises when several things fail at once."""
+    errors: list[Exception] = []
+    for name, step in steps:
+        try:
+            await step()
+        except Exception as exc:  # the others are still closed; raised below
+            exc.add_note(f"(Pool: raised by deployment {name!r} on {verb})")
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ExceptionGroup(f"Pool: {len(errors)} deployments failed to {verb}", errors)
 
 
 class Pool:
@@ -289,17 +313,31 @@ class Pool:
             return self.release_loop if self._open_blocks else self.aclose
 
     async def aclose(self) -> None:
-        """Close every deployment's provider that can be closed (``aclose``)."""
-        for deployment in self.deployments:
-            close = getattr(deployment.provider, "aclose", None)
-            if close is not None:
-                await close()
+        """Close every deployment's provider that can be closed (``aclose``).
+
+        Every provider is asked to close, whatever the others raise; then the one error
+        is raised as it is, or several as an ``ExceptionGroup`` (each names its
+        deployment in a note). Cancellation propagates at once."""
+        await _each(
+            "close",
+            [
+                (d.name, close)
+                for d in self.deployments
+                if (close := getattr(d.provider, "aclose", None)) is not None
+            ],
+        )
 
     async def release_loop(self) -> None:
-        """Release the running loop's share of every deployment's provider."""
-        for deployment in self.deployments:
-            if isinstance(deployment.provider, LoopBound):
-                await deployment.provider.release_loop()
+        """Release the running loop's share of every deployment's provider: every one,
+        whatever the others raise, then the error(s) as :meth:`aclose` raises them."""
+        await _each(
+            "release",
+            [
+                (d.name, d.provider.release_loop)
+                for d in self.deployments
+                if isinstance(d.provider, LoopBound)
+            ],
+        )
 
     # -- what it did ---------------------------------------------------------------------
 
@@ -557,6 +595,23 @@ class Pool:
                     assert call is not None  # made above: this deployment may have to wait
                     response = await self._governed(slot, call, messages, sent)
                 outcome = response
+            except _NotSent:
+                # Its deployment refused its key while the call waited its turn there:
+                # on to another, as the refusal would have sent it, or nowhere.
+                assert call is not None
+                slot.calls -= 1
+                sends = call.sends
+                sends[deployment.name] -= 1
+                if not sends[deployment.name]:
+                    del sends[deployment.name]
+                if any(not s.disabled for s in self._candidates(call)):
+                    continue
+                refusal = slot.refusal
+                raise TaskAborted(
+                    f"not sent: deployment {deployment.name!r} refused its key ({refusal}) "
+                    f"and no other can take the call; fix {refused_credential(refusal)} "
+                    "and run again"
+                ) from None
             except Exception as exc:
                 outcome = exc
                 if quick:
@@ -673,7 +728,10 @@ class Pool:
         messages: Sequence[LLMMessage],
         overrides: Mapping[str, Any] | None,
     ) -> LLMResponse:
-        """The request through the deployment's limiter, pacer and AIMD window."""
+        """The request through the deployment's limiter, pacer and AIMD window.
+
+        Raises :class:`_NotSent` if the deployment refused its key while the call waited
+        for its turn (the first call to a deployment goes alone: see ``Governor``)."""
         tokens = call.need
         limit = slot.limit
         governor = slot.governor
@@ -685,6 +743,10 @@ class Pool:
                 await limit.acquire(tokens)
                 acquired = True
             admitted = await governor.admit(overrides, tokens)
+            if slot.disabled:
+                governor.release(admitted, None)
+                used = 0
+                raise _NotSent
             cooldown: float | None = None
             try:
                 response = await slot.deployment.provider.complete(
@@ -779,6 +841,7 @@ class Pool:
             return exc
         if status in (401, 403):
             slot.disabled = True  # every call with its key would be refused too
+            slot.refusal = exc
             self._refused = True
             if any(not s.disabled for s in self._candidates(call)):
                 return None

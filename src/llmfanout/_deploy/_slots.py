@@ -67,6 +67,7 @@ class _Slot:
         "probing",
         "prompt_tokens",
         "rate_limited",
+        "refusal",
         "succeeded",
         "weight",
     )
@@ -92,6 +93,7 @@ class _Slot:
         self.open_for = 0.0
         self.probing = False
         self.disabled = False  # refused its key: out for good
+        self.refusal: Exception | None = None  # the answer that refused it
         self.calm = self.quiet()  # quiet() as of its last answer: what routing reads
         self.calls = self.succeeded = self.failed = self.rate_limited = 0
         self.fallbacks = self.hedges = self.prompt_tokens = self.completion_tokens = 0
