@@ -8,11 +8,12 @@
   not help: the run should stay near ``--cap`` in flight and take about as long paced as
   unpaced.
 
-Each runs ``paced`` (the defaults) and ``unpaced`` (``pacing=False``, as ``--no-pacing``),
-in the same process, on one event loop with the server. The figures, on the server's
-side: the mean of the calls in flight each request found (itself included), the share of
-requests refused, and the wall time; the ratios compare paced with unpaced, and the
-concurrency with the capacity (``overload``) or the cap (``random``).
+Each runs ``paced`` (the defaults) and ``unpaced`` (``pacing=False, adaptive=False``, as
+``--no-pacing --no-adaptive``), in the same process, on one event loop with the server.
+The figures, on the server's side: the mean of the calls in flight each request found
+(itself included), the share of requests refused, and the wall time; the ratios compare
+paced with unpaced, and the concurrency with the capacity (``overload``) or the cap
+(``random``).
 
 Run: ``python benchmarks/bench_aimd.py`` (about a minute), ``--backend trio``.
 """
@@ -49,7 +50,7 @@ RETRY = RetryConfig(max_attempts=3, backoff_strategy=BackoffStrategy.JITTER)
 HOWS = {  # name: (pacing, adaptive)
     "paced": (True, True),  # the defaults
     "aimd": (False, True),  # adaptive concurrency alone
-    "unpaced": (False, False),  # --no-pacing: neither
+    "unpaced": (False, False),  # --no-pacing --no-adaptive: neither
 }
 
 

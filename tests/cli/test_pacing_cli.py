@@ -7,11 +7,26 @@ The issue's scenarios, scaled down (a faster limit, fewer rows) so the suite sta
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 
-from support.fake_llm_server import FakeLLMServer, Fault, ServerLimit, fake_llm_server_in_thread
+from llmfanout import EchoProvider, Pool
+from llmfanout._cli._main import build_parser
+from llmfanout._cli._run import _check_options, _spec
+from llmfanout._rows._input_rows import parse_rows
+from llmfanout._rows._job import Job
+from llmfanout._rows._spec import JobSpec
+from llmfanout.testing import set_testing
+
+from support.fake_llm_server import (
+    FakeLLMServer,
+    Fault,
+    ServerLimit,
+    fake_llm_server_in_thread,
+    serve_fake_llm,
+)
 from test_cli import assert_each_once, environment, llmfanout, rows, write_prompts
 
 KEY = "sk-test-0123456789abcdef"
@@ -46,25 +61,33 @@ def span(server: FakeLLMServer) -> float:
 
 
 @pytest.mark.parametrize(
-    ("provider", "limit"),
+    ("provider", "limit", "flags"),
     [
         # 6,000 requests a minute (100 a second), enforced over one second.
-        ("openai", ServerLimit(requests_per_minute=6000, burst=1.0)),
-        ("anthropic", ServerLimit(requests_per_minute=6000, burst=1.0)),
+        ("openai", ServerLimit(requests_per_minute=6000, burst=1.0), ()),
+        ("anthropic", ServerLimit(requests_per_minute=6000, burst=1.0), ()),
         # 60,000 tokens a minute; a row costs about 13 (prompt + max_tokens 10): ~75 a second.
-        ("openai", ServerLimit(tokens_per_minute=60_000, burst=1.0)),
-        ("anthropic", ServerLimit(tokens_per_minute=60_000, burst=1.0)),
+        ("openai", ServerLimit(tokens_per_minute=60_000, burst=1.0), ()),
+        ("anthropic", ServerLimit(tokens_per_minute=60_000, burst=1.0), ()),
+        # --no-adaptive leaves pacing by the advertised limits on.
+        ("openai", ServerLimit(requests_per_minute=6000, burst=1.0), ("--no-adaptive",)),
     ],
-    ids=["openai-requests", "anthropic-requests", "openai-tokens", "anthropic-tokens"],
+    ids=[
+        "openai-requests",
+        "anthropic-requests",
+        "openai-tokens",
+        "anthropic-tokens",
+        "openai-requests-no-adaptive",
+    ],
 )
 def test_a_rate_limited_key_loses_no_row_with_default_settings(
-    tmp_path: Path, provider: str, limit: ServerLimit
+    tmp_path: Path, provider: str, limit: ServerLimit, flags: tuple[str, ...]
 ) -> None:
     with fake_llm_server_in_thread() as server:
         server.limit = limit
         server.latency = 0.02
         ids, output, stderr, status = run(
-            server, tmp_path, provider, "--params", '{"max_tokens": 10}', count=240
+            server, tmp_path, provider, "--params", '{"max_tokens": 10}', *flags, count=240
         )
         answered_429 = len(server.limited)
         took = span(server)
@@ -128,3 +151,95 @@ def test_max_errors_stops_the_run_and_resume_sends_the_rest(tmp_path: Path) -> N
     assert status in (0, 1), stderr  # the failed row stays failed without --retry-failed
     assert sorted(again) == sorted(f"say {i}" for i in ids if i not in written)
     assert_each_once(output, ids)
+
+
+# -- --no-pacing and --no-adaptive: two separate switches -----------------------------------
+
+FLAGS = {  # the flags given: (pacing, adaptive)
+    (): (True, True),
+    ("--no-pacing",): (False, True),
+    ("--no-adaptive",): (True, False),
+    ("--no-pacing", "--no-adaptive"): (False, False),
+}
+
+
+def parsed_spec(tmp_path: Path, *extra: str) -> JobSpec:
+    """The JobSpec ``llmfanout run`` builds from these flags (in process, nothing sent)."""
+    source = tmp_path / "in.jsonl"
+    write_prompts(source, 1)
+    args = build_parser().parse_args(["run", str(source), "-o", str(tmp_path / "o.jsonl"), *extra])
+    _check_options(args)
+    return _spec(args)
+
+
+@pytest.mark.parametrize("flags", list(FLAGS), ids=lambda f: " ".join(f) or "defaults")
+def test_each_flag_turns_off_its_own_switch_only(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    pacing, adaptive = FLAGS[flags]
+    spec = parsed_spec(tmp_path, *flags)
+    assert (spec.pacing, spec.adaptive) == (pacing, adaptive)
+    governor = Job(spec).executor()._governor
+    if pacing or adaptive:
+        assert governor is not None
+        assert (governor.pacing, governor.adaptive) == (pacing, adaptive)
+    else:
+        assert governor is None  # nothing but --rpm/--tpm holds calls back
+
+
+@pytest.mark.parametrize("flags", list(FLAGS), ids=lambda f: " ".join(f) or "defaults")
+def test_each_deployment_gets_the_same_switches(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    pacing, adaptive = FLAGS[flags]
+    listing = tmp_path / "d.json"
+    listing.write_text(
+        json.dumps([{"name": "east", "provider": "echo"}, {"name": "west", "provider": "echo"}])
+    )
+    spec = parsed_spec(tmp_path, "--deployments", str(listing), *flags)
+    pool = Job(spec).provider
+    assert isinstance(pool, Pool)
+    governors = [slot.governor for slot in pool._slots]
+    assert [(g.pacing, g.adaptive) for g in governors] == [(pacing, adaptive)] * 2
+
+
+@pytest.mark.parametrize("field", ["pacing", "adaptive"])
+def test_a_pool_takes_only_booleans_for_the_switches(field: str) -> None:
+    with pytest.raises(TypeError, match=f"Pool: {field} is 'no'; give True or False"):
+        Pool([EchoProvider()], **{field: "no"})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("adaptive", [True, False])
+async def test_without_pacing_aimd_still_backs_off_on_429(
+    monkeypatch: pytest.MonkeyPatch, adaptive: bool
+) -> None:
+    """A server with no limit headers, 429 without Retry-After past 6 in flight:
+    ``--no-pacing`` alone still cuts the figure; with ``--no-adaptive`` too it stays (and
+    rows may run out of patience hammering it)."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    async with serve_fake_llm() as server:
+        server.overload_after = 6
+        server.latency, server.latency_spread = 0.02, 0.2
+        spec = JobSpec(
+            provider="openai",
+            model="m",
+            base_url=server.openai_base_url,
+            concurrency=32,
+            pacing=False,
+            adaptive=adaptive,
+        )
+        job = Job(spec)
+        executor = job.executor()
+        inputs = [{"id": f"r{i}", "prompt": f"say r{i}"} for i in range(200)]
+        # Given an executor, the job leaves its provider open for the caller to close.
+        async with job.provider:  # type: ignore[attr-defined]
+            with set_testing(True):  # the retries' backoff is counted, not slept
+                async with job.run(parse_rows(inputs), executor=executor) as out:
+                    done = [row async for row in out]
+        seen = server.in_flight_seen
+    assert len(done) == 200
+    settled = statistics.fmean(seen[len(seen) // 2 :])
+    if adaptive:
+        assert all(row["success"] for row in done)
+        assert executor.concurrency < 32
+        assert settled <= 6 * 1.5
+    else:
+        assert executor.concurrency == 32
+        assert settled > 6 * 1.5

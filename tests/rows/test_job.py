@@ -57,6 +57,29 @@ def test_the_spec_never_holds_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     assert b"sk-never" not in pickle.dumps(spec)
 
 
+@given(pacing=st.booleans(), adaptive=st.booleans())
+def test_pacing_and_adaptive_travel_with_the_spec(pacing: bool, adaptive: bool) -> None:
+    """Shipped to a worker (pickled, as Ray does), the spec keeps both switches apart, and
+    the executor a worker builds from it gets them."""
+    spec = JobSpec(pacing=pacing, adaptive=adaptive)
+    shipped = pickle.loads(pickle.dumps(spec))
+    assert shipped == spec
+    assert (shipped.pacing, shipped.adaptive) == (pacing, adaptive)
+    assert attrs.evolve(spec).adaptive is adaptive
+    governor = Job(shipped).executor()._governor
+    if pacing or adaptive:
+        assert governor is not None
+        assert (governor.pacing, governor.adaptive) == (pacing, adaptive)
+    else:
+        assert governor is None
+
+
+@pytest.mark.parametrize("field", ["pacing", "adaptive"])
+def test_the_switches_take_only_booleans(field: str) -> None:
+    with pytest.raises(TypeError, match=f"'{field}' must be <class 'bool'>"):
+        JobSpec(**{field: 1})
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -132,9 +132,17 @@ def add_parser(commands: Any) -> None:
         "--no-pacing",
         dest="pacing",
         action="store_false",
-        help="turn off pacing by the rate limits the server advertises and adaptive "
-        "concurrency (fewer calls in flight while the server answers 429/503/529): "
-        "--concurrency calls go at once whatever it answers (--rpm/--tpm still apply)",
+        help="turn off pacing by the rate limits the server advertises in its headers "
+        "(for a server whose headers are wrong); --rpm/--tpm still apply, and so does "
+        "adaptive concurrency unless --no-adaptive",
+    )
+    run.add_argument(
+        "--no-adaptive",
+        dest="adaptive",
+        action="store_false",
+        help="turn off adaptive concurrency (fewer calls in flight while the server answers "
+        "429/503/529 with no limits advertised): --concurrency calls stay in flight whatever "
+        "it answers; with --no-pacing too, nothing but --rpm/--tpm holds calls back",
     )
     run.add_argument(
         "--patience",
@@ -357,6 +365,7 @@ def _spec(args: argparse.Namespace) -> JobSpec:
         prices=args.price_table,
         patience=args.patience,
         pacing=args.pacing,
+        adaptive=args.adaptive,
         max_errors=args.max_errors,
         cache=args.cache,
         cache_namespace=args.cache_namespace,

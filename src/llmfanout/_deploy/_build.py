@@ -84,13 +84,15 @@ def build_pool(
     shared_limit: str | None = None,
     hedge_after: float | str | None = None,
     echo_latency: float = 0.0,
+    pacing: bool = True,
+    adaptive: bool = True,
 ) -> Pool:
     """The pool for ``specs``; ``ValueError`` naming the deployment for one that cannot work.
 
     ``shared_limit``: a Redis URL; each deployment with ``rpm``/``tpm`` then keeps its
     budget there under its own key (``deployment:NAME``, or ``KEY:NAME`` with ``?key=``),
     shared by every worker using the same file. ``echo_latency``: seconds each ``echo``
-    deployment waits per call (demos, benchmarks).
+    deployment waits per call (demos, benchmarks). ``pacing``, ``adaptive``: the pool's.
     """
     options: dict[str, Any] = {"max_connections": max_connections}
     if timeout:
@@ -117,4 +119,4 @@ def build_pool(
                 limit=None if shared_limit is None else _shared(shared_limit, spec),
             )
         )
-    return Pool(deployments, hedge_after=hedge_after)
+    return Pool(deployments, hedge_after=hedge_after, pacing=pacing, adaptive=adaptive)

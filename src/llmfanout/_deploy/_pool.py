@@ -171,6 +171,9 @@ class Pool:
       ``reopen_after``: seconds it stays out the first time (doubling while it keeps
       failing, up to ``max_cooldown``), before one call probes it.
     - ``max_cooldown``: the longest a 429's Retry-After keeps a deployment cooling.
+    - ``pacing``: pace each deployment by the rate limits its answers advertise;
+      ``adaptive``: keep fewer calls in flight on a deployment while it answers overload
+      (as ``ParallelLLMExecutor``'s switches, which a pool leaves to its deployments).
 
     Each answer's ``metadata["deployment"]`` names the deployment that gave it; when the
     call went to more than one request, ``metadata["deployment_attempts"]`` counts the
@@ -190,6 +193,8 @@ class Pool:
         trip_after: int = 3,
         reopen_after: float = 5.0,
         max_cooldown: float = 60.0,
+        pacing: bool = True,
+        adaptive: bool = True,
     ) -> None:
         if isinstance(deployments, Deployment) or not isinstance(deployments, Sequence):
             raise TypeError("Pool: give a list of deployments (Deployment or provider objects)")
@@ -227,6 +232,9 @@ class Pool:
         for label, whole in (("max_concurrency", max_concurrency), ("trip_after", trip_after)):
             if isinstance(whole, bool) or not isinstance(whole, int) or whole < 1:
                 raise ValueError(f"Pool: {label} is {whole!r}; give a whole number >= 1")
+        for label, flag in (("pacing", pacing), ("adaptive", adaptive)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"Pool: {label} is {flag!r}; give True or False")
         self.deployments = tuple(items)
         self.hedge_after: float | str | None = (
             None
@@ -240,7 +248,10 @@ class Pool:
         self.trip_after = trip_after
         self.reopen_after = float(reopen_after)
         self.max_cooldown = float(max_cooldown)
-        self._slots = tuple(_Slot(i, d, max_concurrency) for i, d in enumerate(items))
+        self._slots = tuple(
+            _Slot(i, d, max_concurrency, pacing=pacing, adaptive=adaptive)
+            for i, d in enumerate(items)
+        )
         self._primary = tuple(s for s in self._slots if not s.deployment.fallback_for)
         self._only = self._primary[0] if len(self._primary) == 1 else None
         self._sized = any(d.context_window is not None for d in items)

@@ -72,7 +72,15 @@ class _Slot:
         "weight",
     )
 
-    def __init__(self, index: int, deployment: Deployment, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        deployment: Deployment,
+        max_concurrency: int,
+        *,
+        pacing: bool = True,
+        adaptive: bool = True,
+    ) -> None:
         self.index = index
         self.deployment = deployment
         self.weight = deployment.weight
@@ -80,7 +88,11 @@ class _Slot:
         self.fresh = getattr(deployment.provider, "fresh_answers", False) is True
         # Its own pacer (by the headers its answers carry), AIMD window and cooldowns.
         self.governor = Governor(
-            deployment.provider, max_concurrency, pacing=True, adaptive=True, stop_on_auth=False
+            deployment.provider,
+            max_concurrency,
+            pacing=pacing,
+            adaptive=adaptive,
+            stop_on_auth=False,
         )
         limit = deployment.limit
         if limit is None and (deployment.rpm or deployment.tpm):

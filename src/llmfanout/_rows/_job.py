@@ -92,6 +92,8 @@ def _pool_for(job: Job, spec: JobSpec) -> AsyncLLMProvider:
             shared_limit=spec.shared_limit,
             hedge_after=spec.hedge_after,
             echo_latency=spec.echo_latency,
+            pacing=spec.pacing,
+            adaptive=spec.adaptive,
         )
     except (ValueError, ImportError) as exc:
         raise JobError(str(exc)) from None
@@ -203,7 +205,7 @@ class Job:
             default_timeout=spec.timeout,
             rate_limit=self._limiter,
             pacing=spec.pacing,
-            adaptive=spec.pacing,
+            adaptive=spec.adaptive,
             cache=self.cache,
             telemetry=spec.telemetry,
             capture_content=spec.capture_content,

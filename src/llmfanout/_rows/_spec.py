@@ -151,8 +151,11 @@ class JobSpec:
     - ``patience``: seconds a row keeps waiting out rate-limit and overload answers (429,
       529, 503 with Retry-After) before it fails, apart from ``max_attempts``; 0: no
       patience (such an answer is an attempt like any other).
-    - ``pacing``: pace by the rate limits the server advertises in its headers, and keep
-      fewer calls in flight while it answers overload (False: only ``rpm``/``tpm``).
+    - ``pacing``: pace by the rate limits the server advertises in its headers (False:
+      ignore those headers; ``rpm``/``tpm`` still apply).
+    - ``adaptive``: keep fewer calls in flight while the server answers overload (429,
+      503, 529) with no limits advertised, back up as it recovers (False: ``concurrency``
+      calls stay in flight whatever it answers). Independent of ``pacing``.
     - ``max_errors``: stop after this many failed rows (None: never); rows not sent then
       come out as failed with ``TaskAborted``. An answer refusing the key (401, 403) always
       stops the run.
@@ -196,6 +199,7 @@ class JobSpec:
     )
     patience: float = attrs.field(default=600.0, validator=_seconds("patience", zero=True))
     pacing: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    adaptive: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     max_errors: int | None = attrs.field(default=None, validator=_whole("max_errors", none=True))
     backend: str = attrs.field(default="asyncio", validator=_one_of("backend", BACKENDS))
     echo_latency: float = attrs.field(default=0.0, validator=_seconds("echo_latency", zero=True))
