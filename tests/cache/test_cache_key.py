@@ -192,12 +192,14 @@ def test_the_pure_python_encoder_writes_the_same_key(overrides: dict[str, Any], 
     provider = openai()
     messages = [LLMMessage("user", text)]
     fast = request_key(provider, messages, overrides)
-    saved = key_module._iterencode
-    key_module._iterencode = None
+    saved = key_module._encode
+    key_module._encode = json.JSONEncoder(
+        ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+    ).encode
     try:
         assert request_key(provider, messages, overrides) == fast
     finally:
-        key_module._iterencode = saved
+        key_module._encode = saved
 
 
 # -- the fast paths write the very key the reference walk writes -----------------------------

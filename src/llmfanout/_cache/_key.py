@@ -26,11 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from .._base._json import encoder
 from .._base._types import LLMMessage
 
 CLIENT_ONLY = frozenset({"on_text", "stream", "stream_options"})
@@ -108,45 +109,9 @@ _LATE = frozenset({"signature"})
 """Fields added to a keyed class after its keys were fixed (``ToolCall.signature``): left
 out of the key while None, so every key made before them is the same."""
 
-_encoder = json.JSONEncoder(
-    sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-)
-
-
-def _c_iterencode() -> Callable[[Any, int], Iterable[str]] | None:
-    """The C encoder behind json.dumps, made once rather than per call (json's own
-    ``encode`` makes one each time); None where CPython's ``_json`` is missing or takes
-    other arguments, or writes other bytes (checked here once): then json's own."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return None
-    try:
-        iterencode: Callable[[Any, int], Iterable[str]] = make(
-            None,  # markers: no cycle check (canonical has walked the value already)
-            _encoder.default,
-            json.encoder.encode_basestring,
-            None,  # indent
-            ":",
-            ",",
-            True,  # sort_keys
-            False,  # skipkeys
-            False,  # allow_nan
-        )
-        sample = {"b": [1, 2.5, None, True], "a": "é\u2603\n", "c": {"z": "", "y": -0.0}}
-        if "".join(iterencode(sample, 0)) != _encoder.encode(sample):
-            return None
-    except Exception:
-        return None
-    return iterencode
-
-
-_iterencode = _c_iterencode()
-
-
-def _encode(value: Any) -> str:
-    if _iterencode is None:
-        return _encoder.encode(value)
-    return "".join(_iterencode(value, 0))
+# The JSON written by one C encoder made once (json's own encode makes one each call);
+# no check for cycles: canonical() has walked the value already.
+_encode = encoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
 def _hash(text: str, namespace: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import attrs
 
+from .._base._json import encoder
 from .._core._tasks import TaskResult
 from ._idset import IdSet
 from ._input_rows import Bad, key_of, load_json
@@ -467,7 +468,7 @@ def _usage(response: object) -> dict[str, Any] | None:
     return dict(usage) if usage else None
 
 
-_dumps = json.JSONEncoder(ensure_ascii=False).encode
+_dumps = encoder(ensure_ascii=False)  # json.dumps(ensure_ascii=False), its encoder made once
 
 
 def encode(rows: Iterable[dict[str, Any]]) -> bytes:
